@@ -1,0 +1,75 @@
+"""The `mm` command line: a thin typer app; each command group lives in pipeline/commands/."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Annotated, Any
+
+import typer
+from typer import _click  # typer vendors click; its Context is the one TyperGroup.invoke takes
+from typer.core import TyperGroup
+
+from pipeline import __version__
+from pipeline.commands import registered_groups
+from pipeline.errors import MMError
+
+
+class _MMGroup(TyperGroup):
+    """Every command runs inside this: an MMError becomes its message and exit code, not a traceback."""
+
+    def invoke(self, ctx: _click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except MMError as exc:
+            if os.environ.get("MM_DEBUG") == "1":
+                raise
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(exc.exit_code) from None
+
+
+app = typer.Typer(
+    cls=_MMGroup,
+    name="mm",
+    help=(
+        "mm: pull, verify, quantize, fit, publish and run GGUF models on the hardware you have — "
+        "or the hardware you are building for.\n\n"
+        "Example: mm fit TheBloke/Llama-2-70B-chat-GGUF:llama-2-70b-chat.Q4_K_M.gguf --hardware rtx3060-12g"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"mm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print mm's version.")
+    ] = False,
+    verbose: Annotated[
+        int, typer.Option("--verbose", "-v", count=True, help="More log output (-v info, -vv debug).")
+    ] = 0,
+) -> None:
+    """Set up logging for the whole run (diagnostics go to stderr; results to stdout)."""
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+for register in registered_groups():
+    register(app)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

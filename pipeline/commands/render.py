@@ -1,0 +1,50 @@
+"""How commands show results: JSON for scripts, aligned tables and short lines for people."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import typer
+from pydantic import BaseModel
+
+
+def emit_json(document: Any) -> None:
+    """Print a pydantic model, or plain data, as JSON on stdout."""
+    if isinstance(document, BaseModel):
+        text = document.model_dump_json(indent=2)
+    else:
+        text = json.dumps(_plain(document), indent=2, default=str)
+    typer.echo(text)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """A plain aligned text table (no colour codes, so it pipes cleanly)."""
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for index, row in enumerate(cells):
+        typer.echo("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+        if index == 0:
+            typer.echo("  ".join("-" * w for w in widths))
+
+
+def note(message: str) -> None:
+    """A diagnostic line for people, on stderr so stdout stays parseable."""
+    typer.echo(message, err=True)
+
+
+def show_progress(quiet: bool) -> bool:
+    """Progress bars only for a person watching a terminal."""
+    return not quiet and sys.stderr.isatty()

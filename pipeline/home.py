@@ -1,0 +1,170 @@
+"""The mm home (MM_HOME): its folders, atomic writes into it, and the locks that serialize mm processes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import filelock
+
+from pipeline.errors import LockTimeoutError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOME = Path("~/.cache/mm")
+
+
+@dataclass(frozen=True)
+class Home:
+    """The folders of one mm home; every path mm writes lives under one of these."""
+
+    root: Path
+
+    @property
+    def hub(self) -> Path:
+        """Hub cache: an explicitly set HF_HUB_CACHE wins, so an existing cache is reused, not copied."""
+        explicit = os.environ.get("HF_HUB_CACHE")
+        return Path(explicit).expanduser() if explicit else self.root / "hub"
+
+    @property
+    def quant(self) -> Path:
+        return self.root / "quant"
+
+    @property
+    def blobs(self) -> Path:
+        return self.root / "blobs" / "sha256"
+
+    @property
+    def profiles(self) -> Path:
+        return self.root / "profiles"
+
+    @property
+    def stamps(self) -> Path:
+        return self.root / "stamps"
+
+    @property
+    def tools(self) -> Path:
+        return self.root / "tools"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def locks(self) -> Path:
+        return self.root / "locks"
+
+    @property
+    def partial(self) -> Path:
+        """mm's own resumable partial downloads (huggingface_hub no longer resumes across runs)."""
+        return self.root / "partial"
+
+    @property
+    def digests(self) -> Path:
+        return self.root / "digests"
+
+    def ensure(self, folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+
+def mm_home() -> Home:
+    """The home named by MM_HOME (read on each call so tests and `make nightly` can point elsewhere)."""
+    return Home(Path(os.environ.get("MM_HOME") or DEFAULT_HOME).expanduser().resolve())
+
+
+@contextlib.contextmanager
+def atomic_path(target: Path) -> Iterator[Path]:
+    """Yield a unique temporary path beside `target`; it replaces `target` only if the block succeeds.
+
+    A unique name (not a shared `.incomplete`) so two writers never share a temp file, and the same
+    directory so `os.replace` is an atomic rename. Nothing may point at `target` until it is complete.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        _fsync_file(tmp)
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def atomic_write_bytes(target: Path, data: bytes) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(target: Path, text: str) -> None:
+    atomic_write_bytes(target, text.encode("utf-8"))
+
+
+def atomic_write_json(target: Path, document: Any) -> None:
+    atomic_write_text(target, json.dumps(document, indent=2, sort_keys=True) + "\n")
+
+
+def _fsync_file(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError), open(path, "rb+") as handle:
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def lock_path(home: Home, name: str) -> Path:
+    """One lock file per artifact, all in $MM_HOME/locks; `name` may contain '/' (flattened)."""
+    safe = name.replace("/", "--").replace(":", "-")
+    return home.ensure(home.locks) / f"{safe}.lock"
+
+
+@contextlib.contextmanager
+def locked(home: Home, name: str, *, wait: bool = True, timeout: float | None = None) -> Iterator[None]:
+    """Hold the named lock; while blocked, log "still waiting for …" every few seconds.
+
+    With wait=False a held lock raises LockTimeoutError at once (`--no-wait`).
+    """
+    lock = filelock.FileLock(str(lock_path(home, name)))
+    if not wait:
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout as exc:
+            raise LockTimeoutError(f"{name} is busy: another mm process is working on it") from exc
+    else:
+        _acquire_with_heartbeat(lock, name, timeout)
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _acquire_with_heartbeat(lock: filelock.FileLock, name: str, timeout: float | None) -> None:
+    waited = 0.0
+    step = 5.0
+    while True:
+        try:
+            lock.acquire(timeout=step)
+            return
+        except filelock.Timeout:
+            waited += step
+            if timeout is not None and waited >= timeout:
+                raise LockTimeoutError(
+                    f"gave up after {waited:.0f}s waiting for {name}: another mm process holds it"
+                ) from None
+            log.info("still waiting for %s (held by another mm process, %.0fs so far)", name, waited)

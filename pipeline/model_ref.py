@@ -1,0 +1,79 @@
+"""Turn a MODEL argument (a path, `owner/name:file[@revision]`, or a recipe) into local GGUF file(s)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from huggingface_hub import try_to_load_from_cache
+
+from pipeline.errors import UsageError
+from pipeline.home import mm_home
+from pipeline.recipe import Recipe, find_recipe, load_recipe, looks_like_recipe
+
+HUB_REF_RE = re.compile(r"^(?P<repo>[^/:@\s]+/[^/:@\s]+):(?P<file>[^@\s]+\.gguf)(?:@(?P<revision>[^\s]+))?$")
+SHARD_RE = re.compile(r"^(?P<stem>.*)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$")
+
+
+@dataclass(frozen=True)
+class HubRef:
+    repo: str
+    file: str
+    revision: str = "main"
+
+    def __str__(self) -> str:
+        return f"{self.repo}:{self.file}" + ("" if self.revision == "main" else f"@{self.revision}")
+
+
+@dataclass(frozen=True)
+class ModelArg:
+    """What the user named: exactly one of a local path, a Hub file, or a recipe."""
+
+    path: Path | None = None
+    hub: HubRef | None = None
+    recipe: Recipe | None = None
+
+
+def parse_hub_ref(text: str) -> HubRef | None:
+    match = HUB_REF_RE.match(text)
+    if not match:
+        return None
+    return HubRef(match["repo"], match["file"], match["revision"] or "main")
+
+
+def shard_names(filename: str) -> list[str]:
+    """All shard names of a split GGUF given any one of them (`x-00001-of-00003.gguf`), else [filename]."""
+    match = SHARD_RE.match(filename)
+    if not match:
+        return [filename]
+    count = int(match["count"])
+    return [f"{match['stem']}-{i:05d}-of-{count:05d}.gguf" for i in range(1, count + 1)]
+
+
+def parse_model_arg(text: str, recipes_folder: Path | None = None) -> ModelArg:
+    """Classify MODEL: an existing file wins, then `owner/name:file`, then a recipe name or path."""
+    candidate = Path(text).expanduser()
+    if candidate.is_file() and candidate.suffix != ".toml":
+        return ModelArg(path=candidate)
+    hub = parse_hub_ref(text)
+    if hub is not None:
+        return ModelArg(hub=hub)
+    if looks_like_recipe(text):
+        return ModelArg(recipe=load_recipe(find_recipe(text, recipes_folder)))
+    if text.endswith(".gguf"):
+        raise UsageError(f"{text}: no such file")
+    raise UsageError(
+        f"{text!r} is not a model: expected a .gguf path, owner/name:FILE.gguf[@revision], or a recipe name"
+    )
+
+
+def cached_hub_file(ref: HubRef) -> Path | None:
+    """The first shard of a pulled Hub file from the Hub cache (no network), if every shard is there."""
+    paths = []
+    for name in shard_names(ref.file):
+        found = try_to_load_from_cache(ref.repo, name, cache_dir=mm_home().hub, revision=ref.revision)
+        if not isinstance(found, str):
+            return None
+        paths.append(Path(found))
+    return paths[0]

@@ -1,0 +1,91 @@
+"""Where a model file came from and how it was made: the records later stages (registry, build) read."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pipeline.errors import ModelFormatError
+from pipeline.home import atomic_write_text
+
+SCHEMA_VERSION = 1
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class SourceRef(BaseModel):
+    """A model file's origin: a local path, or a Hub repo at a resolved commit."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["local", "hub"]
+    path: str  # where the bytes are on this machine (first shard for split models)
+    sha256: str  # of the first (or only) file
+    size_bytes: int  # all shards together
+    repo: str | None = None
+    revision: str | None = None  # as asked (branch/tag/commit)
+    commit: str | None = None  # resolved 40-hex commit
+    file: str | None = None  # path in the repo (first shard)
+    shards: list[str] = Field(default_factory=list)  # every shard's local path, split models only
+
+
+class QuantParams(BaseModel):
+    """Every quantize parameter that changes the output (threads do not, and are recorded apart)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str
+    allow_requantize: bool = False
+    imatrix_path: str | None = None
+    imatrix_sha256: str | None = None
+    output_tensor_type: str | None = None
+    token_embedding_type: str | None = None
+    tensor_types: dict[str, str] = Field(default_factory=dict)
+    pure: bool = False
+    leave_output_tensor: bool = False
+
+
+class QuantRecord(BaseModel):
+    """Written beside each quantize output (`<file>.mm.json`) once the output is complete and checked."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = SCHEMA_VERSION
+    output_path: str
+    sha256: str
+    size_bytes: int
+    file_type: int  # general.file_type of the output
+    n_tensors: int
+    source: SourceRef
+    params: QuantParams
+    engine: Literal["api", "binary"]
+    llama_cpp_version: str  # llama-cpp-python version and llama.cpp build, e.g. "0.3.36 (b6xxx)"
+    threads: int | None = None
+    seconds: float
+    created_at: str = Field(default_factory=utc_now)
+
+
+def record_path_for(output: Path) -> Path:
+    return output.with_name(output.name + ".mm.json")
+
+
+def write_record(record: QuantRecord) -> Path:
+    path = record_path_for(Path(record.output_path))
+    atomic_write_text(path, record.model_dump_json(indent=2) + "\n")
+    return path
+
+
+def read_record(output: Path) -> QuantRecord | None:
+    """The record beside a quantize output, or None when there is none; a broken one is an error."""
+    path = record_path_for(output)
+    if not path.is_file():
+        return None
+    try:
+        return QuantRecord.model_validate_json(path.read_text())
+    except ValidationError as exc:
+        raise ModelFormatError(f"{path}: not a valid quantize record ({exc.error_count()} problem(s))") from None

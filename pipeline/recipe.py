@@ -1,0 +1,181 @@
+"""Recipes: what to build (a source model, target quants, a hardware class, run settings), loaded from TOML."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.errors import HardwareError, RecipeError, UsageError
+from pipeline.hardware import hardware_catalog
+from pipeline.quant_types import parse_quant_type
+from pipeline.validation import describe_validation_error, read_toml
+
+REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
+HARDWARE_FILE = "hardware.toml"
+KvType = Literal["f16", "q8_0", "q4_0"]
+Engine = Literal["api", "binary"]
+
+
+def recipes_dir() -> Path:
+    """`MM_RECIPES`, else ./recipes."""
+    return Path(os.environ.get("MM_RECIPES") or "recipes")
+
+
+class Source(BaseModel):
+    """A Hub file (repo + file, optionally pinned) or a local `path`; not both."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    repo: str | None = None
+    revision: str = "main"
+    file: str | None = None
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    path: Path | None = None
+
+    @field_validator("repo")
+    @classmethod
+    def _repo_id(cls, value: str | None) -> str | None:
+        if value is not None and not REPO_ID_RE.match(value):
+            raise ValueError(
+                f"{value!r} is not a Hub repository id; expected owner/name, e.g. TheBloke/Llama-2-7B-GGUF"
+            )
+        return value
+
+    @field_validator("file")
+    @classmethod
+    def _gguf_file(cls, value: str | None) -> str | None:
+        if value is not None and not value.endswith(".gguf"):
+            raise ValueError(f"{value!r} is not a .gguf file; mm pulls GGUF models")
+        return value
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Source:
+        if self.path is not None and (self.repo or self.file):
+            raise ValueError("give either path (a local file) or repo and file (a Hub file), not both")
+        if self.path is None and not (self.repo and self.file):
+            raise ValueError("give repo and file (a Hub file), or path (a local file)")
+        return self
+
+    @property
+    def is_local(self) -> bool:
+        return self.path is not None
+
+
+class QuantizeSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    types: list[str] = Field(default_factory=list)
+    allow_requantize: bool = False
+    imatrix: Path | None = None
+    engine: Engine = "api"
+    output_tensor_type: str | None = None
+    token_embedding_type: str | None = None
+    tensor_types: dict[str, str] = Field(default_factory=dict)  # pattern -> type, as --tensor-type
+    pure: bool = False
+    leave_output_tensor: bool = False
+
+    @field_validator("types")
+    @classmethod
+    def _known_types(cls, values: list[str]) -> list[str]:
+        canonical = []
+        for value in values:
+            try:
+                canonical.append(parse_quant_type(value).canonical)
+            except UsageError as exc:
+                raise ValueError(exc.message) from None
+        if len(set(canonical)) != len(canonical):
+            raise ValueError("a type is listed twice (aliases such as q4_k = q4_k_m count as the same)")
+        return canonical
+
+
+class RunSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ctx: int = Field(default=4096, ge=16, le=1 << 22)
+    kv_type: KvType = "f16"
+    flash_attn: bool = False
+    batch: int = Field(default=2048, ge=1)
+    ubatch: int = Field(default=512, ge=1)
+    parallel: int = Field(default=1, ge=1)
+    threads: int | None = Field(default=None, ge=1)
+    n_gpu_layers: int | None = Field(default=None, ge=0)  # None: as many as fit
+
+
+class Recipe(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    hardware: str
+    source: Source
+    quantize: QuantizeSettings = Field(default_factory=QuantizeSettings)
+    run: RunSettings = Field(default_factory=RunSettings)
+    # Where it was read from, and a hash of its bytes (provenance; the build's fingerprints).
+    path: Path | None = Field(default=None, exclude=True)
+    content_sha256: str | None = Field(default=None, exclude=True)
+
+    def resolve(self, relative: Path) -> Path:
+        """A path written in the recipe, relative to the recipe's folder."""
+        base = self.path.parent if self.path else Path.cwd()
+        return relative if relative.is_absolute() else (base / relative)
+
+
+def load_recipe(path: Path) -> Recipe:
+    """Read and validate one recipe; its hardware class must exist (built in or hardware.toml beside it)."""
+    if path.name == HARDWARE_FILE:
+        raise RecipeError(f"{path}: this is the hardware catalog, not a recipe")
+    try:
+        document = read_toml(path)
+    except ValueError as exc:
+        raise RecipeError(str(exc)) from None
+    document.setdefault("name", path.stem)
+    try:
+        recipe = Recipe.model_validate(document)
+    except ValidationError as exc:
+        raise RecipeError(describe_validation_error(str(path), exc)) from None
+    try:
+        catalog = hardware_catalog(path.parent / HARDWARE_FILE)
+    except HardwareError as exc:
+        raise RecipeError(f"{path}: hardware: cannot read the catalog: {exc.message}") from None
+    if recipe.hardware not in catalog:
+        raise RecipeError(
+            f"{path}: hardware: unknown hardware class {recipe.hardware!r}; known: {', '.join(sorted(catalog))}",
+            hint=f"define it in {path.parent / HARDWARE_FILE}",
+        )
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return recipe.model_copy(update={"path": path.resolve(), "content_sha256": digest})
+
+
+def list_recipe_paths(folder: Path) -> list[Path]:
+    """Every *.toml in the folder except the hardware catalog, sorted by name."""
+    if not folder.is_dir():
+        raise RecipeError(f"{folder}: no such recipes folder", hint="pass --recipes DIR or set MM_RECIPES")
+    return sorted(p for p in folder.glob("*.toml") if p.name != HARDWARE_FILE)
+
+
+def find_recipe(name_or_path: str, folder: Path | None = None) -> Path:
+    """A recipe path from a path, or a name looked up in the recipes folder."""
+    candidate = Path(name_or_path)
+    if candidate.suffix == ".toml" or candidate.is_file():
+        if not candidate.is_file():
+            raise RecipeError(f"{candidate}: no such recipe file")
+        return candidate
+    folder = folder or recipes_dir()
+    for path in list_recipe_paths(folder) if folder.is_dir() else []:
+        if path.stem == name_or_path:
+            return path
+        try:
+            if read_toml(path).get("name") == name_or_path:
+                return path
+        except ValueError:
+            continue
+    raise RecipeError(f"no recipe named {name_or_path!r} in {folder}", hint="`mm recipe ls` lists them")
+
+
+def looks_like_recipe(text: str) -> bool:
+    """True for a .toml path or a bare name without '/' or ':' (which would be a repo or a file)."""
+    return text.endswith(".toml") or ("/" not in text and ":" not in text and not text.endswith(".gguf"))

@@ -1,0 +1,35 @@
+"""Turn pydantic's and TOML's errors into 'file: field: problem' lines a user can act on."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+
+def describe_validation_error(source: str, error: ValidationError) -> str:
+    """One line per problem: `recipes/x.toml: quantize.types.0: unknown quantization type 'q9' …`."""
+    lines = []
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (not part of the schema; check its spelling)"
+        elif item["type"] == "missing":
+            message = "required field is missing"
+        message = message.removeprefix("Value error, ")
+        lines.append(f"{source}: {field}: {message}")
+    return "\n".join(lines)
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Parse a TOML file; raise ValueError with the file and line on a syntax error."""
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path}: not valid TOML: {exc}") from exc
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read: {exc.strerror}") from exc
