@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from pipeline.tiny_model import TinySpec, write_tiny_model
+from tests.hub import LocalHub
 
 # Nothing in a test may reach the internet: an endpoint on a closed loopback port fails fast.
 UNREACHABLE_ENDPOINT = "http://127.0.0.1:9"
@@ -69,3 +70,12 @@ def write_recipe(folder: Path, name: str, text: str) -> Path:
     path = folder / f"{name}.toml"
     path.write_text(text)
     return path
+
+
+@pytest.fixture
+def local_hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalHub]:
+    """A local Hub-compatible server on 127.0.0.1 (random port); HF_ENDPOINT points at it for this test."""
+    hub = LocalHub().start()
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    yield hub
+    hub.stop()

@@ -1,0 +1,255 @@
+"""`pull`: bring a Hub GGUF file (every shard of a split one) into the Hub cache, verified by sha256.
+
+Order of work per file: resolve the revision to a commit → already cached and verified? done, no
+download → HEAD for the LFS sha256 and size → check the pin and free disk → under a per-blob lock,
+download (resuming mm's partial file) while hashing → verify → place blob, snapshot link and ref.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel
+
+from pipeline import hub, hub_cache
+from pipeline.digest import cached_sha256, file_sha256, record_sha256
+from pipeline.errors import DiskSpaceError, IntegrityError, OfflineError, UsageError
+from pipeline.home import locked, mm_home
+from pipeline.model_ref import parse_hub_ref, shard_names
+from pipeline.provenance import SourceRef
+from pipeline.recipe import REPO_ID_RE, find_recipe, load_recipe, looks_like_recipe
+from pipeline.transfer import ProgressFactory, fetch, partial_size
+from pipeline.units import format_size
+
+log = logging.getLogger(__name__)
+
+
+class PulledFile(BaseModel):
+    """One verified file in the Hub cache (`path` is its snapshot path, what huggingface_hub returns too)."""
+
+    path: Path
+    repo: str
+    revision: str
+    commit: str
+    filename: str
+    sha256: str
+    size_bytes: int
+
+
+def disk_free_bytes(folder: Path) -> int:
+    """Free bytes on the filesystem that holds `folder` (or its nearest existing parent)."""
+    for candidate in [folder, *folder.parents]:
+        if candidate.exists():
+            return shutil.disk_usage(candidate).free
+    return shutil.disk_usage("/").free
+
+
+def pull(
+    repo: str,
+    filename: str,
+    revision: str = "main",
+    *,
+    token: str | None = None,
+    offline: bool = False,
+    expected_sha256: str | None = None,
+    progress: ProgressFactory | None = None,
+) -> list[PulledFile]:
+    """Every shard of `filename` at `revision`, downloaded if needed and verified; the first shard first.
+
+    `expected_sha256` pins the first (or only) shard, as a recipe's `sha256` does. With a 40-hex
+    `revision` and everything already verified in the cache this makes no request at all.
+    """
+    names = shard_names(filename)
+    commit = hub.resolve_commit(repo, revision, token=token, offline=offline)
+    cached = [_verified_from_cache(repo, revision, commit, name) for name in names]
+    if all(f is not None for f in cached):
+        files = [f for f in cached if f is not None]
+        _check_pin(files[0], expected_sha256)
+        if not hub.offline_mode(offline):
+            hub_cache.write_ref(repo, revision, commit)
+        return files
+    if hub.offline_mode(offline):
+        missing = [name for name, f in zip(names, cached, strict=True) if f is None]
+        raise OfflineError(
+            f"{repo}@{revision}: {', '.join(missing)} not in the local cache and offline mode is on",
+            hint="pull it once without --offline (and with HF_HUB_OFFLINE unset)",
+        )
+    remote = {
+        name: hub.file_metadata(repo, name, commit, token=token)
+        for name, found in zip(names, cached, strict=True)
+        if found is None
+    }
+    first = remote.get(names[0])
+    if expected_sha256 and first is not None and first.sha256 and first.sha256 != expected_sha256:
+        raise IntegrityError(
+            f"{repo}@{commit[:12]}:{names[0]}: the Hub's sha256 is {first.sha256}, the recipe pins {expected_sha256}",
+            hint="the file changed upstream: check it, then update the pin (or pin the revision to a commit)",
+        )
+    _check_disk(list(remote.values()))
+    files = [
+        found if found is not None else _download(repo, revision, name, remote[name], token, progress)
+        for name, found in zip(names, cached, strict=True)
+    ]
+    _check_pin(files[0], expected_sha256)
+    hub_cache.write_ref(repo, revision, commit)
+    return files
+
+
+def _verified_from_cache(repo: str, revision: str, commit: str, filename: str) -> PulledFile | None:
+    """The cached snapshot entry if its blob's bytes match its name (hashed once, then remembered)."""
+    etag = hub_cache.cached_blob_name(repo, commit, filename)
+    if etag is None or not hub.SHA256_RE.match(etag):
+        return None
+    blob = hub_cache.blob_path(repo, etag)
+    home = mm_home()
+    digest = cached_sha256(home, blob)
+    if digest is None:
+        log.info("verifying cached %s (first time mm sees it)", blob)
+        digest = file_sha256(home, blob)
+    if digest != etag:
+        log.warning("cached blob %s does not match its name (sha256 %s); it will be downloaded again", blob, digest)
+        hub_cache.remove_blob(repo, etag)
+        return None
+    return _pulled(repo, revision, commit, filename, etag, blob)
+
+
+def _download(
+    repo: str,
+    revision: str,
+    filename: str,
+    remote: hub.RemoteFile,
+    token: str | None,
+    progress: ProgressFactory | None,
+) -> PulledFile:
+    """Download one file under its blob's lock, so concurrent pulls of it make one download."""
+    home = mm_home()
+    with locked(home, f"blob-{remote.etag}"):
+        blob = hub_cache.blob_path(repo, remote.etag)
+        if blob.is_file() and _blob_is_good(blob, remote):
+            log.info("%s: already downloaded (by another process or repo)", filename)
+        else:
+            headers = _headers_for(remote.url, token)
+            with hub.translate_errors(repo, remote.commit, filename, token=token):
+                fetched = fetch(
+                    remote.url,
+                    etag=remote.etag,
+                    size_bytes=remote.size_bytes,
+                    headers=headers,
+                    label=filename,
+                    progress=progress,
+                )
+            blob = hub_cache.place_blob(fetched.path, repo, remote.etag)
+            record_sha256(home, blob, fetched.sha256)
+        hub_cache.link_snapshot(repo, remote.commit, filename, remote.etag)
+    return _pulled(repo, revision, remote.commit, filename, remote.etag, blob)
+
+
+def _blob_is_good(blob: Path, remote: hub.RemoteFile) -> bool:
+    """A blob already there (e.g. from huggingface_hub) counts only if its bytes match the Hub's sha256."""
+    if remote.sha256 is None:
+        return False  # a non-LFS file: its git sha1 is checked only while downloading
+    if file_sha256(mm_home(), blob) == remote.sha256:
+        return True
+    log.warning("%s does not match the Hub's sha256; replacing it", blob)
+    blob.unlink(missing_ok=True)
+    return False
+
+
+def _pulled(repo: str, revision: str, commit: str, filename: str, etag: str, blob: Path) -> PulledFile:
+    sha256 = etag if hub.SHA256_RE.match(etag) else file_sha256(mm_home(), blob)
+    return PulledFile(
+        path=hub_cache.snapshot_path(repo, commit, filename),
+        repo=repo,
+        revision=revision,
+        commit=commit,
+        filename=filename,
+        sha256=sha256,
+        size_bytes=blob.stat().st_size,
+    )
+
+
+def _headers_for(url: str, token: str | None) -> dict[str, str]:
+    """The token goes only to the Hub's own host, never to a CDN the Hub redirected to."""
+    headers = hub.auth_headers(token)
+    if urlsplit(url).netloc != urlsplit(hub.endpoint()).netloc:
+        headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+    return headers
+
+
+def _check_pin(first: PulledFile, expected_sha256: str | None) -> None:
+    if expected_sha256 and first.sha256 != expected_sha256:
+        raise IntegrityError(
+            f"{first.repo}:{first.filename} has sha256 {first.sha256}, the recipe pins {expected_sha256}",
+            hint="the file changed upstream: check it, then update the pin (or pin the revision to a commit)",
+        )
+
+
+def _check_disk(remote: list[hub.RemoteFile]) -> None:
+    """Fail before downloading when the partial area cannot hold what is still to come."""
+    if not remote:
+        return
+    needed = sum(max(0, f.size_bytes - partial_size(f.etag)) for f in remote)
+    folder = mm_home().partial
+    free = disk_free_bytes(folder)
+    if needed > free:
+        raise DiskSpaceError(
+            f"not enough free disk: {format_size(needed)} to download, {format_size(free)} free at {folder}",
+            hint="free some space, or point MM_HOME (or HF_HUB_CACHE) at a bigger disk",
+        )
+
+
+def source_ref_for(files: list[PulledFile]) -> SourceRef:
+    """The provenance record of a pulled model (all shards together)."""
+    first = files[0]
+    return SourceRef(
+        kind="hub",
+        path=str(first.path),
+        sha256=first.sha256,
+        size_bytes=sum(f.size_bytes for f in files),
+        repo=first.repo,
+        revision=first.revision,
+        commit=first.commit,
+        file=first.filename,
+        shards=[str(f.path) for f in files] if len(files) > 1 else [],
+    )
+
+
+class PullTarget(BaseModel):
+    """What `mm pull MODEL` names: a repo, maybe a file (else the user chooses), a revision, maybe a pin."""
+
+    repo: str
+    filename: str | None = None
+    revision: str = "main"
+    sha256: str | None = None
+
+
+def pull_target(
+    model: str, *, filename: str | None = None, revision: str | None = None, recipes_folder: Path | None = None
+) -> PullTarget:
+    """Classify MODEL: `owner/name:FILE[@rev]`, `owner/name` (+ --file), or a recipe name or path."""
+    ref = parse_hub_ref(model)
+    if ref is not None:
+        if filename is not None:
+            raise UsageError(f"{model} already names a file; drop --file or write just {ref.repo}")
+        if revision is not None and "@" in model:
+            raise UsageError(f"{model} already names a revision; drop --revision or the @{ref.revision}")
+        return PullTarget(repo=ref.repo, filename=ref.file, revision=revision or ref.revision)
+    if REPO_ID_RE.match(model) and not model.endswith((".toml", ".gguf")):
+        return PullTarget(repo=model, filename=filename, revision=revision or "main")
+    if looks_like_recipe(model):
+        recipe = load_recipe(find_recipe(model, recipes_folder))
+        source = recipe.source
+        if source.repo is None or source.file is None:
+            raise UsageError(f"recipe {recipe.name} has a local source ({source.path}); there is nothing to pull")
+        if filename is not None:
+            raise UsageError(f"recipe {recipe.name} already names its file; drop --file")
+        return PullTarget(
+            repo=source.repo, filename=source.file, revision=revision or source.revision, sha256=source.sha256
+        )
+    raise UsageError(
+        f"{model!r} is not something to pull: expected owner/name:FILE.gguf, owner/name --file FILE.gguf, "
+        "or a recipe name or path"
+    )

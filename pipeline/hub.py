@@ -1,0 +1,172 @@
+"""The huggingface_hub edge: endpoint, token and offline settings, metadata calls, and their errors as mm's."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx2
+from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_url
+from huggingface_hub import errors as hf_errors
+from huggingface_hub.hf_api import RepoFile
+from huggingface_hub.utils._headers import build_hf_headers
+
+from pipeline.errors import (
+    EntryNotFoundError,
+    GatedRepoError,
+    HubError,
+    OfflineError,
+    RepoNotFoundError,
+    RevisionNotFoundError,
+)
+from pipeline.hub_cache import cached_commit
+from pipeline.units import format_size
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+TOKEN_HINT = "accept the license on the model's page on the Hub, then set HF_TOKEN or pass --token"
+
+
+def endpoint() -> str:
+    """HF_ENDPOINT read on each call: huggingface_hub reads it once at import, tests and mirrors set it later."""
+    return (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+
+
+def offline_mode(offline: bool = False) -> bool:
+    """--offline, or HF_HUB_OFFLINE=1 read now (huggingface_hub also freezes this one at import)."""
+    return offline or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def is_commit(revision: str) -> bool:
+    return bool(COMMIT_RE.match(revision))
+
+
+def auth_headers(token: str | None) -> dict[str, str]:
+    """huggingface_hub's own headers (user agent, and the token from --token, HF_TOKEN or the saved login)."""
+    return dict(build_hf_headers(token=token))
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One file of a repo at a commit, as the Hub describes it."""
+
+    url: str  # where to GET the bytes (after the Hub's redirects, if any)
+    commit: str
+    etag: str  # the LFS sha256 for LFS files, the git blob sha1 otherwise
+    size_bytes: int
+
+    @property
+    def sha256(self) -> str | None:
+        return self.etag if SHA256_RE.match(self.etag) else None
+
+
+def resolve_commit(repo: str, revision: str = "main", *, token: str | None = None, offline: bool = False) -> str:
+    """The 40-hex commit a branch or tag points at now; a commit is returned as is, with no request."""
+    if is_commit(revision):
+        return revision
+    if offline_mode(offline):
+        commit = cached_commit(repo, revision)
+        if commit is None:
+            raise OfflineError(
+                f"{repo}@{revision} is not in the local cache and offline mode is on",
+                hint="pull it once without --offline (and with HF_HUB_OFFLINE unset)",
+            )
+        return commit
+    with translate_errors(repo, revision):
+        info = HfApi(endpoint=endpoint()).model_info(repo, revision=revision, token=token)
+    if not info.sha:
+        raise HubError(f"{endpoint()} did not report a commit for {repo}@{revision}; is HF_ENDPOINT a Hub?")
+    return info.sha
+
+
+def list_repo_files(repo: str, revision: str = "main", *, token: str | None = None) -> list[RepoFile]:
+    """Every file of the repo at `revision`, with sizes and LFS sha256s (the tree API)."""
+    with translate_errors(repo, revision):
+        entries = HfApi(endpoint=endpoint()).list_repo_tree(repo, revision=revision, recursive=True, token=token)
+        return [entry for entry in entries if isinstance(entry, RepoFile)]
+
+
+def list_gguf_files(repo: str, revision: str = "main", *, token: str | None = None) -> list[tuple[str, int]]:
+    """(path, size in bytes) of the repo's GGUF files, sorted by path."""
+    files = list_repo_files(repo, revision, token=token)
+    return sorted((f.path, int(f.size)) for f in files if f.path.endswith(".gguf"))
+
+
+def describe_gguf_files(files: list[tuple[str, int]]) -> str:
+    if not files:
+        return "the repository has no .gguf files"
+    return "GGUF files there: " + ", ".join(f"{name} ({format_size(size)})" for name, size in files)
+
+
+def file_metadata(repo: str, filename: str, commit: str, *, token: str | None = None) -> RemoteFile:
+    """HEAD the file's resolve URL: its LFS sha256 (X-Linked-Etag), size and download location."""
+    url = hf_hub_url(repo, filename, revision=commit, endpoint=endpoint())
+    with translate_errors(repo, commit, filename, token=token):
+        meta = get_hf_file_metadata(url, token=token)
+    if meta.etag is None or meta.size is None:
+        raise HubError(f"{url}: the server sent no ETag or size; is HF_ENDPOINT a Hugging Face Hub?")
+    return RemoteFile(url=meta.location, commit=meta.commit_hash or commit, etag=meta.etag, size_bytes=meta.size)
+
+
+@contextlib.contextmanager
+def translate_errors(
+    repo: str, revision: str, filename: str | None = None, *, token: str | None = None
+) -> Iterator[None]:
+    """Turn huggingface_hub's and httpx's exceptions into mm's, each with what to do about it."""
+    try:
+        yield
+    except hf_errors.GatedRepoError as exc:
+        raise GatedRepoError(f"{repo} is gated: access was refused ({_status(exc)})", hint=TOKEN_HINT) from None
+    except hf_errors.RepositoryNotFoundError:
+        raise RepoNotFoundError(
+            f"repository {repo} not found on {endpoint()}",
+            repo_id=repo,
+            hint="check the owner/name spelling; for a private repo set HF_TOKEN or pass --token",
+        ) from None
+    except hf_errors.RevisionNotFoundError:
+        raise RevisionNotFoundError(
+            f"revision {revision!r} not found in {repo}",
+            repo_id=repo,
+            revision=revision,
+            hint="use a branch, a tag or a full 40-hex commit of the repository",
+        ) from None
+    except hf_errors.RemoteEntryNotFoundError:
+        if filename is None:
+            raise HubError(f"{repo}@{revision}: the Hub has no such entry") from None
+        raise EntryNotFoundError(
+            f"{filename} not found in {repo}@{revision}",
+            repo_id=repo,
+            filename=filename,
+            hint=_listing_hint(repo, revision, token),
+        ) from None
+    except hf_errors.HfHubHTTPError as exc:
+        status = _status(exc)
+        if status in (401, 403):
+            raise GatedRepoError(f"{repo}: access refused ({status})", hint=TOKEN_HINT) from None
+        raise HubError(
+            f"{repo}: the Hub answered {status} for {revision}" + (f"/{filename}" if filename else "")
+        ) from None
+    except (httpx2.TransportError, hf_errors.OfflineModeIsEnabled) as exc:
+        raise HubError(
+            f"cannot reach {endpoint()} ({type(exc).__name__})",
+            hint="check the network or HF_ENDPOINT; pass --offline to use only the local cache",
+        ) from None
+
+
+def _status(exc: hf_errors.HfHubHTTPError) -> int | None:
+    response = getattr(exc, "response", None)
+    return getattr(response, "status_code", None)
+
+
+def _listing_hint(repo: str, revision: str, token: str | None) -> str:
+    try:
+        return describe_gguf_files(list_gguf_files(repo, revision, token=token))
+    except HubError:
+        return "list the repository's files on the Hub to find the right name"

@@ -1,0 +1,93 @@
+"""The Hugging Face cache layout under the mm home: blobs, snapshot links and refs, read and written safely.
+
+huggingface_hub's own `hf_hub_download`/`try_to_load_from_cache` find what mm places here:
+`models--owner--name/blobs/<etag>`, `snapshots/<commit>/<file>` → relative symlink to the blob,
+`refs/<revision>` → commit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from pipeline.home import atomic_path, atomic_write_text, mm_home
+
+
+def repo_folder(repo: str) -> Path:
+    return mm_home().hub / ("models--" + repo.replace("/", "--"))
+
+
+def blob_path(repo: str, etag: str) -> Path:
+    return repo_folder(repo) / "blobs" / etag
+
+
+def snapshot_path(repo: str, commit: str, filename: str) -> Path:
+    return repo_folder(repo) / "snapshots" / commit / filename
+
+
+def cached_commit(repo: str, revision: str) -> str | None:
+    """The commit a branch or tag pointed at when last pulled (refs/<revision>), or None."""
+    ref = repo_folder(repo) / "refs" / revision
+    try:
+        commit = ref.read_text().strip()
+    except OSError:
+        return None
+    return commit or None
+
+
+def cached_blob_name(repo: str, commit: str, filename: str) -> str | None:
+    """The blob (etag) a snapshot entry points at, if the entry and its blob are both there."""
+    link = snapshot_path(repo, commit, filename)
+    if not link.is_file():
+        return None
+    return link.resolve().name if link.is_symlink() else None
+
+
+def write_ref(repo: str, revision: str, commit: str) -> None:
+    """Point refs/<revision> at `commit` (atomically, as huggingface_hub does); commits need no ref."""
+    if revision == commit:
+        return
+    ref = repo_folder(repo) / "refs" / revision
+    with contextlib.suppress(OSError):
+        if ref.read_text() == commit:
+            return
+    atomic_write_text(ref, commit)
+
+
+def link_snapshot(repo: str, commit: str, filename: str, etag: str) -> Path:
+    """Create snapshots/<commit>/<filename> → ../../blobs/<etag> (relative, replaced atomically)."""
+    link = snapshot_path(repo, commit, filename)
+    blob = blob_path(repo, etag)
+    link.parent.mkdir(parents=True, exist_ok=True)
+    target = os.path.relpath(blob, link.parent)
+    if link.is_symlink() and os.readlink(link) == target:
+        return link
+    tmp = link.with_name(f".{link.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        os.symlink(target, tmp)
+        os.replace(tmp, link)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return link
+
+
+def place_blob(source: Path, repo: str, etag: str) -> Path:
+    """Move a verified file into blobs/<etag>: a rename on one filesystem, else a copy that appears atomically."""
+    blob = blob_path(repo, etag)
+    blob.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(source, blob)
+    except OSError:  # HF_HUB_CACHE on another filesystem than the mm home (EXDEV)
+        with atomic_path(blob) as tmp:
+            shutil.copyfile(source, tmp)
+        source.unlink()
+    return blob
+
+
+def remove_blob(repo: str, etag: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        blob_path(repo, etag).unlink()
