@@ -1,7 +1,9 @@
 """Tiny-model factory (tests, benchmarks, `make demo`): small valid GGUF models that llama.cpp loads and runs.
 
 Weights are seeded random numbers, so generation is gibberish, but every tensor, hyperparameter and
-tokenizer field is what llama.cpp's loader expects for the architecture.
+tokenizer field is what llama.cpp's loader expects for the architecture (llama; gemma3 with sliding-window
+attention; qwen3 with q/k norms), checked against src/models/<arch>.cpp of the vendored llama.cpp.
+`write_header_only_model` writes the real header of a big model and leaves the data region sparse.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ _WORDS = ("the", "a", "model", "runs", "on", "small", "card", "hello", "world", 
 class TinySpec:
     """Shape of a tiny model. Widths are multiples of 256 by default so k-quants apply without fallback."""
 
-    arch: str = "llama"
+    arch: str = "llama"  # llama | gemma3 | qwen3
     n_layers: int = 2
     n_embd: int = 256
     n_head: int = 4
@@ -34,11 +36,14 @@ class TinySpec:
     dtype: str = "f32"  # f32 | f16: type of the 2-D weights (norms stay f32)
     tie_embeddings: bool = False  # no output.weight: llama.cpp reuses token_embd
     seed: int = 0
+    head_dim_override: int | None = None  # {arch}.attention.key_length/value_length when != n_embd/n_head
+    sliding_window: int = 512  # gemma3 only: tokens an SWA layer attends to
+    swa_pattern: int | None = None  # gemma3 only: every Nth layer is full attention (llama.cpp's default: 6)
     extra_kv: dict[str, object] = field(default_factory=dict)
 
     @property
     def head_dim(self) -> int:
-        return self.n_embd // self.n_head
+        return self.head_dim_override or self.n_embd // self.n_head
 
     def with_(self, **changes: object) -> TinySpec:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -69,14 +74,31 @@ def _matrix(rng: np.random.Generator, rows: int, cols: int, dtype: str) -> np.nd
     return values.astype(np.float16) if dtype == "f16" else values
 
 
+SUPPORTED_ARCHS = ("llama", "gemma3", "qwen3")
+
+
 def write_tiny_model(path: Path, spec: TinySpec | None = None) -> Path:
-    """Write a llama-architecture GGUF described by `spec` to `path` and return the path."""
+    """Write the GGUF described by `spec` (llama, gemma3 or qwen3) to `path` and return the path."""
     spec = spec or TinySpec()
-    if spec.arch != "llama":
-        raise ValueError(f"unsupported arch {spec.arch!r} for the tiny-model factory")
+    if spec.arch not in SUPPORTED_ARCHS:
+        raise ValueError(f"unsupported arch {spec.arch!r} for the tiny-model factory; use one of {SUPPORTED_ARCHS}")
     rng = np.random.default_rng(spec.seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = gguf.GGUFWriter(str(path), spec.arch)
+    _write_metadata(writer, spec)
+    for name, shape in _tensor_shapes(spec):
+        if len(shape) == 1:
+            writer.add_tensor(name, np.ones(shape[0], dtype=np.float32))
+        else:
+            writer.add_tensor(name, _matrix(rng, shape[1], shape[0], spec.dtype))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def _write_metadata(writer: gguf.GGUFWriter, spec: TinySpec, file_type: int | None = None) -> None:
     writer.add_name(f"tiny-{spec.arch}-{spec.n_layers}l-{spec.n_embd}d")
     writer.add_block_count(spec.n_layers)
     writer.add_context_length(spec.context_length)
@@ -84,11 +106,20 @@ def write_tiny_model(path: Path, spec: TinySpec | None = None) -> Path:
     writer.add_feed_forward_length(spec.n_ff)
     writer.add_head_count(spec.n_head)
     writer.add_head_count_kv(spec.n_head_kv)
+    if spec.head_dim_override is not None:
+        writer.add_key_length(spec.head_dim)
+        writer.add_value_length(spec.head_dim)
     writer.add_rope_dimension_count(spec.head_dim)
     writer.add_rope_freq_base(10000.0)
-    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_layer_norm_rms_eps(1e-6 if spec.arch != "llama" else 1e-5)
+    if spec.arch == "gemma3":
+        writer.add_sliding_window(spec.sliding_window)
+        if spec.swa_pattern is not None:
+            writer.add_uint32(gguf.Keys.Attention.SLIDING_WINDOW_PATTERN.format(arch=spec.arch), spec.swa_pattern)
     writer.add_vocab_size(spec.n_vocab)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if spec.dtype == "f16" else gguf.LlamaFileType.ALL_F32)
+    if file_type is None:
+        file_type = gguf.LlamaFileType.MOSTLY_F16 if spec.dtype == "f16" else gguf.LlamaFileType.ALL_F32
+    writer.add_file_type(file_type)
 
     tokens, scores, types = _vocab(spec.n_vocab)
     writer.add_tokenizer_model("llama")
@@ -103,27 +134,63 @@ def write_tiny_model(path: Path, spec: TinySpec | None = None) -> Path:
     for key, value in spec.extra_kv.items():
         _add_extra(writer, key, value)
 
-    n_embd_kv = spec.n_head_kv * spec.head_dim
-    norm = np.ones(spec.n_embd, dtype=np.float32)
-    writer.add_tensor("token_embd.weight", _matrix(rng, spec.n_vocab, spec.n_embd, spec.dtype))
-    for i in range(spec.n_layers):
-        writer.add_tensor(f"blk.{i}.attn_norm.weight", norm)
-        writer.add_tensor(f"blk.{i}.attn_q.weight", _matrix(rng, spec.n_embd, spec.n_embd, spec.dtype))
-        writer.add_tensor(f"blk.{i}.attn_k.weight", _matrix(rng, n_embd_kv, spec.n_embd, spec.dtype))
-        writer.add_tensor(f"blk.{i}.attn_v.weight", _matrix(rng, n_embd_kv, spec.n_embd, spec.dtype))
-        writer.add_tensor(f"blk.{i}.attn_output.weight", _matrix(rng, spec.n_embd, spec.n_embd, spec.dtype))
-        writer.add_tensor(f"blk.{i}.ffn_norm.weight", norm)
-        writer.add_tensor(f"blk.{i}.ffn_gate.weight", _matrix(rng, spec.n_ff, spec.n_embd, spec.dtype))
-        writer.add_tensor(f"blk.{i}.ffn_up.weight", _matrix(rng, spec.n_ff, spec.n_embd, spec.dtype))
-        writer.add_tensor(f"blk.{i}.ffn_down.weight", _matrix(rng, spec.n_embd, spec.n_ff, spec.dtype))
-    writer.add_tensor("output_norm.weight", norm)
-    if not spec.tie_embeddings:
-        writer.add_tensor("output.weight", _matrix(rng, spec.n_vocab, spec.n_embd, spec.dtype))
 
+def _tensor_shapes(spec: TinySpec) -> list[tuple[str, tuple[int, ...]]]:
+    """Every tensor the architecture's loader requires, in ggml order (ne0 = input width first)."""
+    d, q, kv, ff = spec.n_embd, spec.n_head * spec.head_dim, spec.n_head_kv * spec.head_dim, spec.n_ff
+    shapes: list[tuple[str, tuple[int, ...]]] = [("token_embd.weight", (d, spec.n_vocab))]
+    for i in range(spec.n_layers):
+        b = f"blk.{i}"
+        shapes += [(f"{b}.attn_norm.weight", (d,)), (f"{b}.attn_q.weight", (d, q))]
+        shapes += [(f"{b}.attn_k.weight", (d, kv)), (f"{b}.attn_v.weight", (d, kv))]
+        shapes += [(f"{b}.attn_output.weight", (q, d))]
+        if spec.arch in ("gemma3", "qwen3"):
+            shapes += [(f"{b}.attn_q_norm.weight", (spec.head_dim,)), (f"{b}.attn_k_norm.weight", (spec.head_dim,))]
+        if spec.arch == "gemma3":
+            shapes += [(f"{b}.post_attention_norm.weight", (d,))]
+        shapes += [(f"{b}.ffn_norm.weight", (d,)), (f"{b}.ffn_gate.weight", (d, ff))]
+        shapes += [(f"{b}.ffn_up.weight", (d, ff)), (f"{b}.ffn_down.weight", (ff, d))]
+        if spec.arch == "gemma3":
+            shapes += [(f"{b}.post_ffw_norm.weight", (d,))]
+    shapes.append(("output_norm.weight", (d,)))
+    if not spec.tie_embeddings and spec.arch != "gemma3":  # gemma3 always ties its embeddings
+        shapes.append(("output.weight", (d, spec.n_vocab)))
+    return shapes
+
+
+def _big_type(name: str, n_layers: int) -> gguf.GGMLQuantizationType:
+    """Roughly llama.cpp's Q4_K_M mix: Q6_K for output, and attn_v/ffn_down in about half the layers."""
+    q4, q6 = gguf.GGMLQuantizationType.Q4_K, gguf.GGMLQuantizationType.Q6_K
+    if name == "output.weight":
+        return q6
+    if ".attn_v." in name or ".ffn_down." in name:
+        layer = int(name.split(".")[1])
+        return q6 if layer < n_layers // 8 or layer >= 7 * n_layers // 8 or (layer - n_layers // 8) % 3 == 2 else q4
+    return q4
+
+
+def write_header_only_model(path: Path, spec: TinySpec) -> Path:
+    """A Q4_K_M-shaped GGUF whose header is real and whose data region is a sparse hole (for big shapes)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = gguf.GGUFWriter(str(path), spec.arch)
+    _write_metadata(writer, spec, gguf.LlamaFileType.MOSTLY_Q4_K_M)
+    total = 0
+    for name, shape in _tensor_shapes(spec):
+        qtype = gguf.GGMLQuantizationType.F32 if len(shape) == 1 else _big_type(name, spec.n_layers)
+        block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+        n_bytes = int(np.prod(shape)) // block * type_size
+        numpy_shape = shape[::-1]  # gguf takes numpy order, the last axis in bytes for quantized types
+        byte_shape = (*numpy_shape[:-1], numpy_shape[-1] // block * type_size)
+        writer.add_tensor_info(name, byte_shape, np.dtype(np.uint8), n_bytes, raw_dtype=qtype)
+        total += n_bytes + (-n_bytes % 32)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
+    writer.write_ti_data_to_file()
     writer.close()
+    with path.open("r+b") as handle:
+        handle.seek(0, 2)
+        header_end = handle.tell()
+        handle.truncate(header_end + (-header_end % 32) + total)
     return path
 
 

@@ -1,9 +1,117 @@
-"""CLI commands for fit (filled in by its issue)."""
+"""`mm inspect`, `mm fit` and `mm hw`: what a model is, how it fits a machine, and which machines mm knows."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
+
+from pipeline.commands.options import HardwareOpt, JsonOpt, RecipesDirOpt
+from pipeline.commands.render import emit_json, note, table
+from pipeline.fit import FitResult, FitSettings, QuantReport, fit_model, parse_candidates, recommend_quant
+from pipeline.model_info import local_machine, resolve_model, summarize_model, target_hardware
+from pipeline.units import format_size, parse_size
+
+ModelArg = Annotated[str, typer.Argument(help="A .gguf path, a pulled owner/name:FILE.gguf[@revision], or a recipe.")]
+
+
+def _size(text: str | None, what: str) -> int | None:
+    return None if text is None else parse_size(text, what=what)
 
 
 def register(app: typer.Typer) -> None:
     """Add this group's commands to the root app."""
+
+    @app.command("inspect")
+    def inspect_cmd(model: ModelArg, json: JsonOpt = False, recipes: RecipesDirOpt = None) -> None:
+        """Architecture, size and shape of a GGUF, read from its header alone (fast on any size)."""
+        summary = summarize_model(resolve_model(model, recipes)[0])
+        if json:
+            emit_json(summary)
+            return
+        s = summary
+        swa = f"{s.sliding_window} tokens on {s.swa_layers}/{s.n_layers} layers" if s.sliding_window else "none"
+        rows = [
+            ("architecture", s.architecture), ("name", s.name), ("parameters", f"{s.n_params / 1e9:.3g} B"),
+            ("layers", s.n_layers), ("context length", s.context_length), ("embedding", s.n_embd),
+            ("heads / kv heads", f"{s.n_head} / {s.n_head_kv} (head dim {s.head_dim})"), ("ffn", s.n_ff),
+            ("vocabulary", s.n_vocab), ("sliding window", swa), ("file type", s.file_type),
+            ("tensor types", ", ".join(f"{k} x{v}" for k, v in s.tensor_types.items())),
+            ("size", f"{format_size(s.size_bytes)} in {s.shards} file(s)"),
+            ("bits per weight", f"{s.bits_per_weight:.2f}"),
+        ]  # fmt: skip
+        table(("field", "value"), rows)
+
+    @app.command("fit")
+    def fit_cmd(
+        model: ModelArg,
+        hardware: HardwareOpt = None,
+        vram: Annotated[str | None, typer.Option(help="GPU memory, e.g. 12G; 0 = CPU only.")] = None,
+        ram: Annotated[str | None, typer.Option(help="System RAM, e.g. 64G.")] = None,
+        ctx: Annotated[int | None, typer.Option(help="Context length (tokens).", min=16)] = None,
+        kv_type: Annotated[str | None, typer.Option(help="KV cache type: f16, q8_0 or q4_0.")] = None,
+        flash_attn: Annotated[
+            bool | None, typer.Option("--flash-attn/--no-flash-attn", help="Flash attention.")
+        ] = None,
+        batch: Annotated[int | None, typer.Option(help="Logical batch (n_batch).", min=1)] = None,
+        ubatch: Annotated[int | None, typer.Option(help="Physical batch (n_ubatch).", min=1)] = None,
+        parallel: Annotated[int | None, typer.Option(help="Parallel sequences (n_seq_max).", min=1)] = None,
+        n_gpu_layers: Annotated[int | None, typer.Option(help="Force this many layers on the GPU.", min=0)] = None,
+        quants: Annotated[str | None, typer.Option(help="Compare quants: 'all' or e.g. q3_k_m,q4_k_m.")] = None,
+        min_tps: Annotated[float, typer.Option(help="Speed floor (tokens/s) for --quants.", min=0)] = 0.0,
+        json: JsonOpt = False,
+        recipes: RecipesDirOpt = None,
+    ) -> None:
+        """How much of MODEL fits the GPU, what stays in RAM, how fast it decodes, and what would fit."""
+        path, recipe = resolve_model(model, recipes)
+        target = target_hardware(hardware, _size(vram, "--vram"), _size(ram, "--ram"), recipe, recipes)
+        base = recipe.run.model_dump(exclude={"threads"}) if recipe else {}
+        flags = {"ctx": ctx, "kv_type": kv_type, "flash_attn": flash_attn, "batch": batch, "ubatch": ubatch,
+                 "parallel": parallel, "n_gpu_layers": n_gpu_layers}  # fmt: skip
+        settings = FitSettings.model_validate({**base, **{k: v for k, v in flags.items() if v is not None}})
+        if quants is not None:
+            report = recommend_quant(path, target, parse_candidates(quants), settings, min_tps)
+            emit_json(report) if json else _show_report(report)
+            return
+        result = fit_model(path, target, settings)
+        emit_json(result) if json else _show_fit(result)
+
+    @app.command("hw")
+    def hw_cmd(json: JsonOpt = False, recipes: RecipesDirOpt = None) -> None:
+        """This machine's GPUs, RAM and CPU, and the hardware classes mm can plan for."""
+        machine = local_machine(recipes)
+        if json:
+            emit_json(machine)
+            return
+        gpus = ", ".join(f"{g.name} ({format_size(g.free_bytes)} free of {format_size(g.total_bytes)})"
+                         for g in machine.gpus) or f"none found (via {machine.gpu_source})"  # fmt: skip
+        typer.echo(f"GPUs: {gpus}\nRAM:  {format_size(machine.ram_bytes)}\nCPU:  {machine.cpu} x{machine.cpu_count}\n")
+        rows = [(c.name, format_size(c.vram_bytes) if c.vram_bytes else "-", format_size(c.ram_bytes),
+                 f"{c.gpu_bandwidth_gbps:g}" if c.vram_bytes else "-", f"{c.ram_bandwidth_gbps:g}",
+                 "built-in" if c.builtin else "hardware.toml", c.description) for c in machine.classes]  # fmt: skip
+        table(("class", "vram", "ram", "gpu GB/s", "ram GB/s", "from", "description"), rows)
+
+
+def _show_fit(r: FitResult) -> None:
+    verdicts = {"full_offload": "full offload", "partial_offload": "partial offload", "cpu_only": "CPU only",
+                "does_not_fit": "does not fit"}  # fmt: skip
+    typer.echo(f"{verdicts[r.verdict]}: {r.n_gpu_layers}/{r.n_layers + 1} layers on GPU ({r.hardware}), "
+               f"~{r.tokens_per_second:g} tokens/s decode")  # fmt: skip
+    rows = [(name, *(format_size(getattr(d, f"{name}_bytes")) for d in (r.gpu, r.cpu)))
+            for name in ("weights", "kv", "output", "compute", "overhead", "total")]  # fmt: skip
+    table(("", "gpu", "cpu"), rows)
+    typer.echo(f"fits VRAM: {'yes' if r.fits_vram else 'no'}   fits RAM: {'yes' if r.fits_ram else 'no'}")
+    for suggestion in r.suggestions:
+        typer.echo(f"try {suggestion}")
+    for assumption in r.assumptions:
+        note(f"assumes {assumption}")
+
+
+def _show_report(r: QuantReport) -> None:
+    rows = [(c.type, format_size(c.file_bytes) + ("" if c.exact_sizes else " ~"), c.n_gpu_layers,
+             f"{c.tokens_per_second:g}", "-" if c.ppl_delta is None else f"+{c.ppl_delta:g}",
+             "yes" if c.fits else "no") for c in r.candidates]  # fmt: skip
+    table(("type", "file", "gpu layers", "tokens/s", "ppl (ref)", "fits"), rows)
+    typer.echo(f"recommended: {r.recommended or 'none'} ({r.reason})")
+    if any(not c.exact_sizes for c in r.candidates):
+        note("~ sizes estimated from bits per weight (llama.cpp's quantize dry-run was not available)")

@@ -1,0 +1,308 @@
+"""Fitting a model to hardware: the layer solver, the decode-speed model, the verdict and what would fit.
+
+The per-device buffers come from pipeline/memory.py (which mirrors llama.cpp); this module decides how
+many layers go to the GPU, whether the rest fits in RAM, how fast decode will be, and what to change.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.errors import FitError
+from pipeline.gguf_header import GGUFHeader, read_model
+from pipeline.hardware import HardwareClass
+from pipeline.memory import ModelShape, Split, context, model_shape, split_layers
+from pipeline.quant_types import QUANT_TYPES, QuantType, parse_quant_type
+from pipeline.units import format_size
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+# Reserve this share of VRAM and RAM: the prediction is held to 5% of llama.cpp's own figures (the test
+# matrix), and allocators fragment; 5% of a 12 GB card is 600 MiB, about one 7B layer at Q8_0.
+DEFAULT_SAFETY_MARGIN = 0.05
+Verdict = Literal["full_offload", "partial_offload", "cpu_only", "does_not_fit"]
+
+
+class FitSettings(BaseModel):
+    """The run settings that change memory use (llama.cpp's context and model parameters)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ctx: int = Field(default=4096, ge=16)
+    batch: int = Field(default=2048, ge=1)
+    ubatch: int = Field(default=512, ge=1)
+    kv_type: Literal["f16", "q8_0", "q4_0"] = "f16"
+    flash_attn: bool = False
+    parallel: int = Field(default=1, ge=1)
+    mmap: bool = True
+    n_gpu_layers: int | None = Field(default=None, ge=0)  # None = as many as fit
+    swa_full: bool = True  # llama.cpp's default: the SWA cache as large as the full one
+    safety_margin: float = Field(default=DEFAULT_SAFETY_MARGIN, ge=0, lt=1)
+
+
+class DeviceBreakdown(BaseModel):
+    weights_bytes: int
+    kv_bytes: int
+    output_bytes: int
+    compute_bytes: int
+    overhead_bytes: int
+    total_bytes: int
+
+
+class FitResult(BaseModel):
+    schema_version: int
+    model_path: str
+    hardware: str
+    settings: FitSettings
+    n_layers: int  # repeating layers; llama.cpp offloads up to n_layers + 1 (the output layer counts)
+    n_gpu_layers: int
+    vram_bytes: int  # predicted GPU total (0 without a GPU)
+    ram_bytes: int  # predicted CPU total
+    gpu: DeviceBreakdown
+    cpu: DeviceBreakdown
+    fits_vram: bool
+    fits_ram: bool
+    tokens_per_second: float
+    verdict: Verdict
+    assumptions: list[str]
+    suggestions: list[str]
+
+
+def _breakdown(split: Split, overhead: int) -> DeviceBreakdown:
+    total = split.weights + split.kv + split.output + split.compute + overhead
+    return DeviceBreakdown(
+        weights_bytes=split.weights,
+        kv_bytes=split.kv,
+        output_bytes=split.output,
+        compute_bytes=split.compute,
+        overhead_bytes=overhead,
+        total_bytes=total,
+    )
+
+
+def decode_tokens_per_second(shape: ModelShape, gpu: Split, cpu: Split, hardware: HardwareClass) -> float:
+    """Decode is memory-bound: each token reads every weight once (except the embedding table, of which
+    one row) and the whole KV cache; time = bytes on each device / that device's bandwidth."""
+    cpu_bytes = cpu.weights - min(cpu.weights, shape.input_bytes) + cpu.kv
+    gpu_bytes = gpu.weights + gpu.kv
+    seconds = cpu_bytes / (hardware.ram_bandwidth_gbps * 1e9)
+    if gpu_bytes and hardware.gpu_bandwidth_gbps > 0:
+        seconds += gpu_bytes / (hardware.gpu_bandwidth_gbps * 1e9)
+    return round(1.0 / seconds, 2) if seconds > 0 else 0.0
+
+
+def _place(shape: ModelShape, hardware: HardwareClass, settings: FitSettings) -> tuple[int, Split, Split]:
+    """The largest n_gpu_layers whose GPU buffers fit (or the one asked for), with both devices' splits."""
+    ctx = context(
+        settings.ctx, settings.batch, settings.ubatch, settings.parallel, settings.kv_type,
+        settings.flash_attn, settings.swa_full, shape,
+    )  # fmt: skip
+    if settings.n_gpu_layers is not None or not hardware.has_gpu:
+        ngl = min(settings.n_gpu_layers or 0, shape.n_layers + 1) if hardware.has_gpu else 0
+        return (ngl, *split_layers(shape, ctx, ngl))
+    budget = hardware.vram_bytes * (1 - settings.safety_margin) - hardware.gpu_overhead_bytes
+    for ngl in range(shape.n_layers + 1, 0, -1):
+        gpu, cpu = split_layers(shape, ctx, ngl)
+        if gpu.weights + gpu.kv + gpu.output + gpu.compute <= budget:
+            return ngl, gpu, cpu
+    return (0, *split_layers(shape, ctx, 0))
+
+
+def fit_shape(
+    shape: ModelShape, model: Path, hardware: HardwareClass, settings: FitSettings, *, suggest: bool = True
+) -> FitResult:
+    """fit_model for an already-read shape (the quant recommendation re-fits one shape per candidate)."""
+    ngl, gpu_split, cpu_split = _place(shape, hardware, settings)
+    overhead = hardware.gpu_overhead_bytes if ngl > 0 else 0
+    gpu, cpu = _breakdown(gpu_split, overhead), _breakdown(cpu_split, 0)
+    fits_vram = gpu.total_bytes <= hardware.vram_bytes * (1 - settings.safety_margin) or ngl == 0
+    fits_ram = cpu.total_bytes <= hardware.ram_bytes * (1 - settings.safety_margin)
+    verdict: Verdict
+    if not (fits_ram and fits_vram):
+        verdict = "does_not_fit"
+    elif ngl == 0:
+        verdict = "cpu_only"
+    else:
+        verdict = "full_offload" if ngl == shape.n_layers + 1 else "partial_offload"
+    result = FitResult(
+        schema_version=SCHEMA_VERSION,
+        model_path=str(model),
+        hardware=hardware.name,
+        settings=settings,
+        n_layers=shape.n_layers,
+        n_gpu_layers=ngl,
+        vram_bytes=gpu.total_bytes,
+        ram_bytes=cpu.total_bytes,
+        gpu=gpu,
+        cpu=cpu,
+        fits_vram=fits_vram,
+        fits_ram=fits_ram,
+        tokens_per_second=decode_tokens_per_second(shape, gpu_split, cpu_split, hardware),
+        verdict=verdict,
+        assumptions=_assumptions(shape, hardware, settings),
+        suggestions=[],
+    )
+    if suggest and verdict in ("does_not_fit", "partial_offload"):
+        result.suggestions = _suggestions(shape, model, hardware, settings, result)
+    return result
+
+
+def fit_model(
+    model: Path,
+    hardware: HardwareClass,
+    settings: FitSettings | None = None,
+    tensor_bytes: Mapping[str, int] | None = None,
+) -> FitResult:
+    """Predict memory per device and decode speed for `model` on `hardware` (reads the header only).
+
+    `tensor_bytes` overrides tensor sizes by name: a quantize plan's sizes, to fit a quant not yet made.
+    """
+    shape = model_shape(read_model(model), tensor_bytes)
+    return fit_shape(shape, model, hardware, settings or FitSettings())
+
+
+def _assumptions(shape: ModelShape, hardware: HardwareClass, settings: FitSettings) -> list[str]:
+    notes = [
+        "decode speed is memory-bound: every weight (but the embedding table) and the whole KV cache are read "
+        f"once per token at the class's bandwidths (GPU {hardware.gpu_bandwidth_gbps:g} GB/s, "
+        f"RAM {hardware.ram_bandwidth_gbps:g} GB/s); real speed is lower by compute and transfer overheads",
+        f"a safety margin of {settings.safety_margin:.0%} of VRAM and RAM is kept free",
+        "the output layer counts as one layer: full offload is n_layers + 1, as llama.cpp counts it",
+    ]
+    if hardware.has_gpu:
+        notes.append(f"{format_size(hardware.gpu_overhead_bytes)} of VRAM for the CUDA context and runtime")
+    if settings.kv_type != "f16" and not settings.flash_attn:
+        notes.append("a quantized V cache needs flash attention: llama.cpp's auto mode turns it on, and so does mm")
+    if shape.n_swa and settings.swa_full:
+        notes.append("sliding-window layers get a full-size KV cache (llama.cpp's default swa_full)")
+    if settings.mmap:
+        notes.append("with mmap the CPU weights are file pages the OS may evict; they are counted as RAM")
+    return notes
+
+
+def _suggestions(
+    shape: ModelShape, model: Path, hardware: HardwareClass, settings: FitSettings, current: FitResult
+) -> list[str]:
+    """Settings that would fit more of the model: a smaller context, a lighter KV cache, a smaller ubatch."""
+    tries: list[tuple[str, FitSettings]] = []
+    if settings.ctx > 2048:
+        tries.append((f"--ctx {settings.ctx // 2}", settings.model_copy(update={"ctx": settings.ctx // 2})))
+    for kv in ("q8_0", "q4_0"):
+        if kv != settings.kv_type and (settings.kv_type, kv) != ("q4_0", "q8_0"):
+            tries.append(
+                (f"--kv-type {kv} --flash-attn", settings.model_copy(update={"kv_type": kv, "flash_attn": True}))
+            )
+    if not settings.flash_attn:
+        tries.append(("--flash-attn", settings.model_copy(update={"flash_attn": True})))
+    if settings.ubatch > 128:
+        tries.append(("--ubatch 128", settings.model_copy(update={"ubatch": 128})))
+    out = []
+    for flag, changed in tries:
+        other = fit_shape(shape, model, hardware, changed, suggest=False)
+        better = other.n_gpu_layers > current.n_gpu_layers or (
+            current.verdict == "does_not_fit" and other.verdict != "does_not_fit"
+        )
+        if better:
+            out.append(f"{flag}: {other.n_gpu_layers}/{shape.n_layers + 1} layers on GPU, {other.verdict}")
+    if current.verdict == "does_not_fit" or current.n_gpu_layers < shape.n_layers + 1:
+        out.append("a lower quant: `mm fit MODEL --quants all` compares them")
+    return out
+
+
+class QuantCandidate(BaseModel):
+    type: str
+    file_bytes: int
+    exact_sizes: bool  # True: llama.cpp's quantize dry-run; False: bits-per-weight estimate
+    tensor_types: dict[str, int]  # ggml type -> tensor count
+    n_gpu_layers: int
+    tokens_per_second: float
+    ppl_delta: float | None  # llama.cpp's reference perplexity increase (quantize.cpp; lower is better)
+    fits: bool
+    verdict: Verdict
+
+
+class QuantReport(BaseModel):
+    schema_version: int
+    model_path: str
+    hardware: str
+    settings: FitSettings
+    min_tps: float
+    candidates: list[QuantCandidate]
+    recommended: str | None
+    reason: str
+
+
+# Types worth offering by default: the k-quants and q8_0 (no importance matrix needed).
+DEFAULT_CANDIDATES = ("q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q4_k_m", "q5_k_s", "q5_k_m", "q6_k", "q8_0")
+
+
+def parse_candidates(text: str) -> list[QuantType]:
+    """`all` (the k-quants and q8_0) or a comma-separated list of quant types."""
+    names = DEFAULT_CANDIDATES if text.strip().lower() == "all" else [t for t in text.split(",") if t.strip()]
+    types = [parse_quant_type(name) for name in names]
+    return [t for t in types if not t.is_float or t.name in ("f16", "bf16")]
+
+
+def _planned_sizes(headers: list[GGUFHeader], qtype: QuantType) -> tuple[dict[str, int], dict[str, int], bool]:
+    """Per-tensor (bytes, type) for a candidate: the quantize dry-run when available, else an estimate."""
+    try:
+        # Looked up at run time: pipeline/quantize.py (the quantize issue) may not be there yet.
+        plan: Any = importlib.import_module("pipeline.quantize").plan
+        params: Any = importlib.import_module("pipeline.provenance").QuantParams
+        result = plan(headers[0].path, params(type=qtype.canonical))
+        sizes = {str(t.name): int(t.n_bytes) for t in result.tensors}
+        kinds: dict[str, int] = {}
+        for tensor in result.tensors:
+            kinds[str(tensor.type)] = kinds.get(str(tensor.type), 0) + 1
+        return sizes, kinds, True
+    except (ImportError, AttributeError, TypeError, ValueError) as exc:
+        log.debug("quantize dry-run unavailable (%s); estimating sizes from bits per weight", exc)
+    sizes, kinds = {}, {}
+    for header in headers:
+        for tensor in header.tensors:
+            if len(tensor.shape) < 2 or tensor.shape[0] % 32:  # llama.cpp leaves 1-D tensors in F32
+                sizes[tensor.name], kind = tensor.n_bytes, tensor.type_name
+            else:
+                sizes[tensor.name], kind = int(tensor.n_elements * qtype.bits_per_weight / 8), qtype.canonical
+            kinds[kind] = kinds.get(kind, 0) + 1
+    return sizes, kinds, False
+
+
+def recommend_quant(
+    model: Path, hardware: HardwareClass, candidates: list[QuantType], settings: FitSettings | None = None,
+    min_tps: float = 0.0,
+) -> QuantReport:  # fmt: skip
+    """Fit each candidate quant; recommend the best reference quality that fits at or above `min_tps`."""
+    if not candidates:
+        raise FitError("no candidate quant types given", hint="e.g. --quants all or --quants q4_k_m,q5_k_m")
+    settings = settings or FitSettings()
+    headers = read_model(model)
+    rows = []
+    for qtype in candidates:
+        sizes, kinds, exact = _planned_sizes(headers, qtype)
+        fit = fit_shape(model_shape(headers, sizes), model, hardware, settings, suggest=False)
+        rows.append(
+            QuantCandidate(
+                type=qtype.canonical, file_bytes=sum(sizes.values()), exact_sizes=exact, tensor_types=kinds,
+                n_gpu_layers=fit.n_gpu_layers, tokens_per_second=fit.tokens_per_second, ppl_delta=qtype.ppl_delta,
+                fits=fit.verdict != "does_not_fit", verdict=fit.verdict,
+            )
+        )  # fmt: skip
+    usable = [c for c in rows if c.fits and c.tokens_per_second >= min_tps]
+    order = {q.name: i for i, q in enumerate(QUANT_TYPES)}
+    best = min(usable, key=lambda c: (c.ppl_delta if c.ppl_delta is not None else 99.0, -order[c.type]), default=None)
+    if best is None:
+        reason = f"no candidate fits {hardware.name} at {min_tps:g} tokens/s or more"
+    else:
+        reason = f"lowest reference perplexity increase that fits {hardware.name} at >= {min_tps:g} tokens/s"
+    return QuantReport(
+        schema_version=SCHEMA_VERSION, model_path=str(model), hardware=hardware.name, settings=settings,
+        min_tps=min_tps, candidates=rows, recommended=best.type if best else None, reason=reason,
+    )  # fmt: skip

@@ -1,0 +1,239 @@
+"""The memory model: the buffers llama.cpp allocates per device (weights, KV cache, output, compute).
+
+Each rule names the llama.cpp source it mirrors (the version vendored by llama-cpp-python 0.3.36).
+The compute-buffer terms were read off the graph (the largest tensors alive at each phase of a layer)
+and their small constants calibrated against the buffer sizes llama.cpp reports on load; the test
+matrix in tests/test_fit.py keeps them honest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import gguf
+
+from pipeline.errors import FitError
+from pipeline.gguf_header import GGUFHeader, layer_of
+
+F32 = 4
+CTX_PAD = 256  # llama-context.cpp: cparams.n_ctx = GGML_PAD(n_ctx, 256); the SWA cache is padded the same
+# llama.cpp's default SWA period per architecture (load_swa_pattern(ml, N) in src/models/<arch>.cpp),
+# used when the GGUF has no {arch}.attention.sliding_window_pattern.
+SWA_PERIOD = {"gemma2": 2, "gemma3": 6, "cohere2": 4, "gemma3n": 5}
+KV_TYPES = {"f16": gguf.GGMLQuantizationType.F16, "q8_0": gguf.GGMLQuantizationType.Q8_0,
+            "q4_0": gguf.GGMLQuantizationType.Q4_0}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the memory model needs from a GGUF header: hyperparameters and where each tensor's bytes go."""
+
+    arch: str
+    n_layers: int
+    n_embd: int
+    n_head: int
+    n_head_kv: tuple[int, ...]  # per layer
+    head_dim_k: int
+    head_dim_v: int
+    n_ff: int
+    n_vocab: int
+    n_swa: int
+    is_swa: tuple[bool, ...]  # per layer
+    n_ctx_train: int
+    layer_bytes: tuple[int, ...]  # weights per repeating layer
+    input_bytes: int  # token embeddings and other non-layer tensors that stay with the input (CPU)
+    output_bytes: int  # output norm + output head (offloaded first: it is llama.cpp's layer n_layer)
+    tied_bytes: int  # no output.weight: the GPU gets a copy of token_embd as the head (TENSOR_DUPLICATED)
+    n_params: int
+
+    @property
+    def weights_bytes(self) -> int:
+        return self.input_bytes + self.output_bytes + sum(self.layer_bytes)
+
+
+def _int(header: GGUFHeader, key: str, default: int | None = None) -> int:
+    value = header.get(key, default)
+    if isinstance(value, list):  # per-layer arrays (e.g. head_count_kv in some models): take the widest
+        value = max(value) if value else default
+    if not isinstance(value, int):
+        raise FitError(f"{header.path}: missing or invalid {header.architecture}.{key} (needed to size the model)")
+    return value
+
+
+def _per_layer(header: GGUFHeader, key: str, n_layers: int, default: int) -> tuple[int, ...]:
+    value = header.get(key, default)
+    if isinstance(value, list) and len(value) == n_layers:
+        return tuple(int(v) for v in value)
+    return (int(value) if isinstance(value, int) else default,) * n_layers
+
+
+def _swa_layers(header: GGUFHeader, n_layers: int, n_swa: int) -> tuple[bool, ...]:
+    """llama-hparams.cpp set_swa_pattern: layer il is SWA unless il % period == period - 1."""
+    if n_swa <= 0:
+        return (False,) * n_layers
+    pattern = header.get("attention.sliding_window_pattern")
+    if isinstance(pattern, list) and len(pattern) == n_layers:
+        return tuple(bool(p) for p in pattern)
+    period = pattern if isinstance(pattern, int) else SWA_PERIOD.get(header.architecture, 1)
+    if period == 1 and header.architecture not in SWA_PERIOD:
+        return (False,) * n_layers  # unknown architecture: size every layer as full attention (the larger)
+    return tuple(period == 0 or il % period < period - 1 for il in range(n_layers))
+
+
+def model_shape(headers: Sequence[GGUFHeader], tensor_bytes: Mapping[str, int] | None = None) -> ModelShape:
+    """Hyperparameters from the first shard, tensor sizes from all; `tensor_bytes` overrides sizes by name
+    (a quantize plan's per-tensor sizes, to fit a quant before it exists)."""
+    head = headers[0]
+    n_layers = head.n_layers
+    if n_layers <= 0:
+        raise FitError(f"{head.path}: no {head.architecture}.block_count: not a model mm can fit")
+    n_embd = _int(head, "embedding_length")
+    n_head = _int(head, "attention.head_count")
+    head_dim_k = _int(head, "attention.key_length", n_embd // max(n_head, 1))
+    layer_bytes = [0] * n_layers
+    input_bytes = output_bytes = n_params = 0
+    n_vocab = embd_bytes = 0
+    has_output = False
+    for header in headers:
+        for tensor in header.tensors:
+            size = tensor_bytes.get(tensor.name, tensor.n_bytes) if tensor_bytes else tensor.n_bytes
+            n_params += tensor.n_elements
+            layer = layer_of(tensor.name)
+            if layer is not None and layer < n_layers:
+                layer_bytes[layer] += size
+            elif tensor.name.startswith(("output", "cls")):
+                output_bytes += size
+            else:
+                input_bytes += size
+            has_output = has_output or tensor.name == "output.weight"
+            if tensor.name == "token_embd.weight" and len(tensor.shape) > 1:
+                n_vocab, embd_bytes = tensor.shape[1], size
+    tokens = head.metadata.get("tokenizer.ggml.tokens")
+    n_vocab = n_vocab or (len(tokens) if tokens is not None else _int(head, "vocab_size"))
+    n_swa = int(head.get("attention.sliding_window", 0) or 0)
+    return ModelShape(
+        arch=head.architecture,
+        n_layers=n_layers,
+        n_embd=n_embd,
+        n_head=n_head,
+        n_head_kv=_per_layer(head, "attention.head_count_kv", n_layers, n_head),
+        head_dim_k=head_dim_k,
+        head_dim_v=_int(head, "attention.value_length", head_dim_k),
+        n_ff=_int(head, "feed_forward_length", 4 * n_embd),
+        n_vocab=n_vocab,
+        n_swa=n_swa,
+        is_swa=_swa_layers(head, n_layers, n_swa),
+        n_ctx_train=_int(head, "context_length", 4096),
+        layer_bytes=tuple(layer_bytes),
+        input_bytes=input_bytes,
+        output_bytes=output_bytes,
+        tied_bytes=0 if has_output else embd_bytes,
+        n_params=n_params,
+    )
+
+
+@dataclass(frozen=True)
+class Context:
+    """The context parameters after llama.cpp's own adjustments (llama-context.cpp constructor)."""
+
+    n_ctx: int  # padded to 256
+    n_ubatch: int  # min(n_batch, n_ubatch), n_batch = min(n_ctx, n_batch)
+    n_seq: int
+    kv_swa: int  # cells in the SWA cache
+    type_k: str
+    type_v: str
+    flash_attn: bool
+
+
+def context(
+    ctx: int, batch: int, ubatch: int, parallel: int, kv_type: str, flash_attn: bool, swa_full: bool, shape: ModelShape
+) -> Context:
+    n_ctx = -(-ctx // CTX_PAD) * CTX_PAD
+    if parallel > 1:  # n_ctx_seq = pad(n_ctx / n_seq, 256); n_ctx = n_ctx_seq * n_seq
+        n_ctx = -(-(n_ctx // parallel) // CTX_PAD) * CTX_PAD * parallel
+    n_batch = min(n_ctx, batch)
+    n_ubatch = min(n_batch, ubatch)
+    # llama-kv-cache-iswa.cpp: size_swa = pad(min(size_base, n_swa * n_seq + n_ubatch), 256), unless swa_full
+    kv_swa = n_ctx if swa_full else min(n_ctx, -(-(shape.n_swa * parallel + n_ubatch) // CTX_PAD) * CTX_PAD)
+    # llama-context.cpp refuses a quantized V cache without flash attention and its default (auto) mode
+    # turns flash attention on for it; mm mirrors auto: a quantized KV type implies flash attention.
+    flash = flash_attn or kv_type != "f16"
+    return Context(n_ctx, n_ubatch, parallel, kv_swa, kv_type, kv_type, flash)
+
+
+def _row_bytes(type_name: str, n: int) -> int:
+    block, size = gguf.GGML_QUANT_SIZES[KV_TYPES[type_name]]
+    return -(-n // block) * size
+
+
+def kv_layer_bytes(shape: ModelShape, ctx: Context, il: int) -> int:
+    """llama-kv-cache.cpp: per layer a K tensor [n_embd_k_gqa, kv_size] and a V tensor [n_embd_v_gqa, kv_size]."""
+    cells = ctx.kv_swa if shape.is_swa[il] else ctx.n_ctx
+    k = _row_bytes(ctx.type_k, shape.n_head_kv[il] * shape.head_dim_k)
+    v = _row_bytes(ctx.type_v, shape.n_head_kv[il] * shape.head_dim_v)
+    return (k + v) * cells
+
+
+def output_buffer_bytes(shape: ModelShape, ctx: Context) -> int:
+    """llama-context.cpp output_reserve(n_seq_max) at init: n_vocab logits per sequence (float32)."""
+    return shape.n_vocab * ctx.n_seq * F32
+
+
+def compute_buffer_bytes(shape: ModelShape, ctx: Context) -> int:
+    """The graph allocator's peak for a worst-case ubatch: the largest live set across a layer's phases.
+
+    Phases (tensors of n_ubatch rows; widths in floats): attention without flash attention holds the
+    scores KQ [n_kv, n_ubatch, n_head] (softmax runs in place) plus the mask; flash attention holds only
+    an f16 mask and its output; the FFN holds gate/up/act [n_ff]; the output holds the logits [n_vocab].
+    Masks (one per cache: full and SWA) live until the last layer.
+    """
+    u = ctx.n_ubatch
+    row = u * F32
+    q_width = shape.n_head * shape.head_dim_k
+    kv_width = max(shape.n_head_kv) * shape.head_dim_k
+    kinds = [ctx.kv_swa if swa else ctx.n_ctx for swa in sorted(set(shape.is_swa))]  # one mask per cache
+    mask_bytes = sum(n_kv * u * (2 if ctx.flash_attn else F32) for n_kv in kinds)
+    if ctx.flash_attn:
+        attention = mask_bytes + (6 * shape.n_embd + 2 * q_width) * row
+    else:
+        scores = max(kinds) * u * shape.n_head * F32
+        attention = scores + mask_bytes + (3 * shape.n_embd + 2 * q_width + 2 * kv_width) * row
+    output = shape.n_vocab * row + 3 * shape.n_embd * row  # the masks are dead after the last layer
+    ffn = mask_bytes + (3 * shape.n_ff + 4 * shape.n_embd) * row
+    return max(attention, ffn, output)
+
+
+@dataclass(frozen=True)
+class Split:
+    """Bytes per component on one device."""
+
+    weights: int = 0
+    kv: int = 0
+    output: int = 0
+    compute: int = 0
+
+
+def split_layers(shape: ModelShape, ctx: Context, n_gpu_layers: int) -> tuple[Split, Split]:
+    """(gpu, cpu) buffers for `n_gpu_layers`, as llama-model.cpp load_tensors assigns layers.
+
+    i_gpu_start = n_layer + 1 - n_gpu_layers: the output layer (index n_layer) is the first to go to the
+    GPU, then repeating layers from the last one down; token embeddings always stay on the CPU. The KV
+    cache of a layer lives with the layer (offload_kqv, the default).
+    """
+    ngl = max(0, min(n_gpu_layers, shape.n_layers + 1))
+    start = shape.n_layers + 1 - ngl
+    gpu_layers = range(start, shape.n_layers)
+    gpu_w = sum(shape.layer_bytes[i] for i in gpu_layers) + (shape.output_bytes + shape.tied_bytes if ngl > 0 else 0)
+    gpu_kv = sum(kv_layer_bytes(shape, ctx, i) for i in gpu_layers)
+    all_kv = sum(kv_layer_bytes(shape, ctx, i) for i in range(shape.n_layers))
+    compute = compute_buffer_bytes(shape, ctx)
+    output = output_buffer_bytes(shape, ctx)
+    if ngl == 0:
+        return Split(), Split(shape.weights_bytes, all_kv, output, compute)
+    # With any layer offloaded, the scheduler runs the big matmuls on the GPU (op_offload) and keeps a
+    # small host buffer for the inputs: the embeddings of the ubatch and the logits copied back.
+    host_compute = (2 * shape.n_embd + shape.n_vocab) * ctx.n_ubatch * F32
+    gpu = Split(gpu_w, gpu_kv, 0, compute)
+    cpu = Split(shape.weights_bytes - gpu_w, all_kv - gpu_kv, output, host_compute)
+    return gpu, cpu

@@ -1,0 +1,80 @@
+"""`mm inspect`, `mm fit` and `mm hw` driven the way a user runs them."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from typer.testing import Result
+
+from tests.conftest import write_recipe
+
+Mm = Callable[..., Result]
+
+
+def test_inspect_json(mm: Mm, tiny_model: Path) -> None:
+    result = mm("inspect", str(tiny_model), "--json")
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["architecture"] == "llama" and doc["n_layers"] == 2 and doc["n_head_kv"] == 2
+    assert doc["n_vocab"] == 320 and doc["tensor_types"] == {
+        "F32": 1 + 2 * 9 + 2
+    }  # embeddings, 9 per layer, norm + head
+
+
+def test_fit_json_schema(mm: Mm, tiny_model_f16: Path) -> None:
+    result = mm("fit", str(tiny_model_f16), "--hardware", "rtx3060-12g", "--ctx", "2048", "--json")
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    for key in ("n_layers", "n_gpu_layers", "vram_bytes", "ram_bytes", "tokens_per_second", "verdict"):
+        assert key in doc
+    assert set(doc["gpu"]) == {"weights_bytes", "kv_bytes", "output_bytes", "compute_bytes", "overhead_bytes",
+                               "total_bytes"}  # fmt: skip
+    assert doc["verdict"] == "full_offload" and doc["settings"]["ctx"] == 2048
+
+
+def test_fit_vram_zero_is_cpu_only(mm: Mm, tiny_model: Path) -> None:
+    result = mm("fit", str(tiny_model), "--vram", "0", "--ram", "8G", "--json")
+    doc = json.loads(result.stdout)
+    assert doc["verdict"] == "cpu_only" and doc["n_gpu_layers"] == 0 and doc["vram_bytes"] == 0
+
+
+def test_fit_table_and_quants(mm: Mm, tiny_model_f16: Path) -> None:
+    result = mm("fit", str(tiny_model_f16), "--hardware", "cpu-32g")
+    assert result.exit_code == 0 and "CPU only" in result.stdout and "compute" in result.stdout
+    result = mm("fit", str(tiny_model_f16), "--hardware", "cpu-32g", "--quants", "q4_k_m,q8_0", "--json")
+    doc = json.loads(result.stdout)
+    assert [c["type"] for c in doc["candidates"]] == ["q4_k_m", "q8_0"]
+    assert {"type", "file_bytes", "n_gpu_layers", "tokens_per_second", "fits"} <= set(doc["candidates"][0])
+    assert doc["recommended"] == "q8_0"
+
+
+def test_fit_from_recipe_uses_its_hardware_and_run_settings(mm: Mm, tiny_model: Path, recipes_folder: Path) -> None:
+    write_recipe(
+        recipes_folder, "tiny", f'hardware = "rtx3060-12g"\n[source]\npath = "{tiny_model}"\n[run]\nctx = 1024\n'
+    )
+    result = mm("fit", "tiny", "--recipes", str(recipes_folder), "--json")
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["hardware"] == "rtx3060-12g" and doc["settings"]["ctx"] == 1024
+
+
+def test_bad_inputs_are_clear_errors(mm: Mm, tmp_path: Path, tiny_model: Path) -> None:
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"not a model at all")
+    result = mm("inspect", str(bad))
+    assert result.exit_code == 6 and "not a GGUF file" in result.stderr
+    result = mm("fit", str(tiny_model), "--hardware", "nope")
+    assert result.exit_code == 2 and "unknown hardware class" in result.stderr
+    result = mm("fit", str(tiny_model), "--vram", "lots")
+    assert result.exit_code == 2
+    result = mm("fit", "someone/repo:model.gguf")
+    assert result.exit_code != 0 and "mm pull" in result.stderr
+
+
+def test_hw_lists_classes(mm: Mm) -> None:
+    result = mm("hw", "--json")
+    assert result.exit_code == 0
+    doc = json.loads(result.stdout)
+    assert doc["ram_bytes"] > 0 and any(c["name"] == "rtx3060-12g" for c in doc["classes"])

@@ -1,0 +1,174 @@
+"""The memory model against llama.cpp itself: load each tiny model on the CPU with the same settings and
+compare mm's prediction with the buffer sizes llama.cpp logs (model, KV, output, compute)."""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+import re
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import llama_cpp
+import pytest
+
+from pipeline.fit import FitSettings, fit_model, parse_candidates, recommend_quant
+from pipeline.hardware import HardwareClass, get_hardware
+from pipeline.tiny_model import TinySpec, write_header_only_model, write_tiny_model
+
+MIB = 1 << 20
+ARCHS = {
+    "llama": TinySpec(n_vocab=4096, dtype="f16"),  # GQA 4/2
+    "gemma3": TinySpec(arch="gemma3", n_layers=6, n_head=4, n_head_kv=1, head_dim_override=128, n_vocab=2048),
+    "qwen3": TinySpec(arch="qwen3", n_head=8, n_head_kv=2, head_dim_override=64, n_ff=1024, dtype="f16"),
+}
+KV_TYPE_IDS = {"f16": 1, "q8_0": 8, "q4_0": 2}  # ggml_type values
+_BUFFER_RE = re.compile(r"(\S+)\s+(model|KV|output|compute) buffer size =\s+([\d.]+) MiB")
+_LOG: list[str] = []
+_LOCK = threading.Lock()
+
+
+@llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
+def _capture(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    _LOG.append(text.decode(errors="replace"))
+
+
+@pytest.fixture(scope="module")
+def llama_log() -> Iterator[list[str]]:
+    """Route llama.cpp's log into a list (verbose output would go to stderr otherwise)."""
+    llama_cpp.llama_log_set(_capture, ctypes.c_void_p(0))
+    llama_cpp.llama_backend_init()
+    yield _LOG
+    llama_cpp.llama_log_set(ctypes.cast(None, llama_cpp.llama_log_callback), ctypes.c_void_p(0))
+
+
+@pytest.fixture(scope="module")
+def arch_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("fit-models")
+    return {name: write_tiny_model(folder / f"{name}.gguf", spec) for name, spec in ARCHS.items()}
+
+
+def llama_buffers(path: Path, settings: FitSettings, flash_mode: int) -> dict[str, float] | None:
+    """Load on the CPU and return llama.cpp's reported buffers in MiB (None if it refused the context)."""
+    with _LOCK:
+        _LOG.clear()
+        model_params = llama_cpp.llama_model_default_params()
+        model_params.n_gpu_layers = 0
+        model_params.use_mmap = settings.mmap
+        model = llama_cpp.llama_model_load_from_file(str(path).encode(), model_params)
+        assert model, "".join(_LOG)
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx, params.n_batch, params.n_ubatch = settings.ctx, settings.batch, settings.ubatch
+        params.n_seq_max = settings.parallel
+        params.type_k = params.type_v = KV_TYPE_IDS[settings.kv_type]
+        params.flash_attn_type = flash_mode
+        context = llama_cpp.llama_init_from_model(model, params)
+        text = "".join(_LOG)
+        if context:
+            llama_cpp.llama_free(context)
+        llama_cpp.llama_model_free(model)
+    if not context:
+        return None
+    found = {"model": 0.0, "KV": 0.0, "output": 0.0, "compute": 0.0}
+    for match in _BUFFER_RE.finditer(text):
+        found[match.group(2)] += float(match.group(3))
+    return found
+
+
+CPU = HardwareClass.model_validate({"name": "test-cpu", "ram": "64G", "ram_bandwidth_gbps": 50})
+MATRIX = list(itertools.product(ARCHS, (512, 4096, 32768), ("f16", "q8_0"), (False, True), (512, 128)))
+
+
+@pytest.mark.parametrize(("arch", "ctx", "kv_type", "flash_attn", "ubatch"), MATRIX)
+def test_cpu_prediction_matches_llama_cpp(
+    llama_log: list[str], arch_models: dict[str, Path], arch: str, ctx: int, kv_type: str, flash_attn: bool, ubatch: int
+) -> None:
+    settings = FitSettings(ctx=ctx, kv_type=kv_type, flash_attn=flash_attn, ubatch=ubatch)  # type: ignore[arg-type]
+    # A quantized V cache without flash attention: llama.cpp's auto mode turns flash attention on (mm too).
+    flash_mode = 1 if flash_attn else (-1 if kv_type != "f16" else 0)
+    truth = llama_buffers(arch_models[arch], settings, flash_mode)
+    assert truth is not None, "llama.cpp refused the context"
+    result = fit_model(arch_models[arch], CPU, settings)
+    predicted = {
+        "model": result.cpu.weights_bytes / MIB,
+        "KV": result.cpu.kv_bytes / MIB,
+        "output": result.cpu.output_bytes / MIB,
+        "compute": result.cpu.compute_bytes / MIB,
+    }
+    # Weights, KV and output are exact rules: within llama.cpp's two printed decimals.
+    for part in ("model", "KV", "output"):
+        assert predicted[part] == pytest.approx(truth[part], abs=0.011), (part, predicted, truth)
+    total, want = sum(predicted.values()), sum(truth.values())
+    assert abs(total - want) <= max(0.05 * want, 16.0), (predicted, truth)
+    assert result.ram_bytes == result.cpu.total_bytes and result.n_gpu_layers == 0
+
+
+def test_llama_cpp_refuses_quantized_v_cache_without_flash_attention(
+    llama_log: list[str], arch_models: dict[str, Path]
+) -> None:
+    settings = FitSettings(kv_type="q8_0", flash_attn=False)
+    assert llama_buffers(arch_models["llama"], settings, flash_mode=0) is None
+    result = fit_model(arch_models["llama"], CPU, settings)
+    assert any("flash attention" in a for a in result.assumptions)
+
+
+def test_swa_cache_shrinks_without_swa_full(llama_log: list[str], arch_models: dict[str, Path]) -> None:
+    full = fit_model(arch_models["gemma3"], CPU, FitSettings(ctx=32768))
+    small = fit_model(arch_models["gemma3"], CPU, FitSettings(ctx=32768, swa_full=False))
+    assert small.cpu.kv_bytes < full.cpu.kv_bytes / 3  # 5 of 6 layers keep only window + ubatch cells
+
+
+def test_smaller_gpu_gets_fewer_layers_and_cpu_only_when_no_vram(arch_models: dict[str, Path]) -> None:
+    path = arch_models["qwen3"]
+    big = get_hardware("rtx4090-24g")
+    full = fit_model(path, big, FitSettings(ctx=4096))
+    assert full.verdict == "full_offload" and full.n_gpu_layers == full.n_layers + 1
+    # A GPU with room for the overhead, the compute buffer and about half the layers.
+    need = full.gpu.total_bytes - full.gpu.weights_bytes // 2
+    half = big.model_copy(update={"vram_bytes": int(need / 0.95)})
+    partial = fit_model(path, half, FitSettings(ctx=4096))
+    assert partial.verdict == "partial_offload" and 0 < partial.n_gpu_layers < full.n_gpu_layers
+    assert partial.gpu.total_bytes <= half.vram_bytes
+    cpu = fit_model(path, big.model_copy(update={"vram_bytes": 0}), FitSettings(ctx=4096))
+    assert cpu.verdict == "cpu_only" and cpu.gpu.total_bytes == 0
+    assert cpu.tokens_per_second < full.tokens_per_second
+
+
+def test_does_not_fit_suggests_what_would(tmp_path: Path) -> None:
+    model = write_header_only_model(tmp_path / "70b.gguf", SEVENTY_B)
+    tiny_box = get_hardware("rtx3060-12g").model_copy(update={"ram_bytes": 16 << 30})
+    result = fit_model(model, tiny_box, FitSettings(ctx=32768))
+    assert result.verdict == "does_not_fit" and not result.fits_ram
+    assert any("lower quant" in s for s in result.suggestions)
+
+
+SEVENTY_B = TinySpec(n_layers=80, n_embd=8192, n_head=64, n_head_kv=8, n_ff=28672, n_vocab=32000)
+
+
+def test_70b_header_is_inspected_and_fitted_in_well_under_a_second(tmp_path: Path) -> None:
+    from pipeline.model_info import summarize_model
+
+    model = write_header_only_model(tmp_path / "llama-70b.Q4_K_M.gguf", SEVENTY_B)
+    assert model.stat().st_size > 35 << 30  # sparse: the data region is a hole
+    start = time.perf_counter()
+    summary = summarize_model(model)
+    result = fit_model(model, get_hardware("rtx3060-12g"), FitSettings(ctx=8192))
+    elapsed = time.perf_counter() - start
+    assert elapsed < 1.0
+    assert summary.n_layers == 80 and 68e9 < summary.n_params < 71e9
+    assert result.verdict == "partial_offload" and 10 < result.n_gpu_layers < 30
+    # KV at f16: 80 layers x 8192 cells x (1024 + 1024) x 2 bytes = 2.5 GiB across both devices.
+    assert result.gpu.kv_bytes + result.cpu.kv_bytes == 80 * 8192 * 2048 * 2
+
+
+def test_quant_recommendation_prefers_quality_that_fits(arch_models: dict[str, Path]) -> None:
+    hw = get_hardware("cpu-32g")
+    report = recommend_quant(arch_models["llama"], hw, parse_candidates("q2_k,q4_k_m,q8_0"), FitSettings())
+    sizes = {c.type: c.file_bytes for c in report.candidates}
+    assert sizes["q2_k"] < sizes["q4_k_m"] < sizes["q8_0"]
+    assert report.recommended == "q8_0"
+    fast = max(c.tokens_per_second for c in report.candidates)
+    floor = recommend_quant(arch_models["llama"], hw, parse_candidates("q2_k,q4_k_m,q8_0"), FitSettings(), fast)
+    assert floor.recommended == "q2_k"
