@@ -34,6 +34,7 @@ bench: install
 	$(BIN)/python bench/verify.py
 	$(BIN)/python bench/header.py
 	$(BIN)/python bench/quantize.py
+	$(BIN)/python bench/registry.py
 	$(BIN)/python bench/build.py
 
 demo: install

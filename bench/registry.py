@@ -1,0 +1,68 @@
+"""Registry costs side by side on one ~256 MiB model: publish by hard link vs by copy, re-publish, and the
+cheap pre-run blob check vs a full re-hash (`mm run` vs `mm run --verify`).
+
+Run: .venv/bin/python bench/registry.py
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+SPEC = {"n_layers": 4, "n_embd": 1024, "n_ff": 4096}
+
+
+def timed(action: Callable[[], object], repeat: int = 1) -> float:
+    """Best of `repeat` wall times, in seconds."""
+    best = float("inf")
+    for _ in range(repeat):
+        started = time.perf_counter()
+        action()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="mm-bench-registry-", dir=os.environ.get("TMPDIR")) as tmp:
+        root = Path(tmp)
+        os.environ["MM_HOME"] = str(root / "home")
+        from pipeline import registry
+        from pipeline.hardware import get_hardware
+        from pipeline.tiny_model import TinySpec, write_tiny_model
+
+        hardware = get_hardware("cpu-64g")
+        linked_model = write_tiny_model(root / "linked.gguf", TinySpec(**SPEC))  # type: ignore[arg-type]
+        copied_model = write_tiny_model(root / "copied.gguf", TinySpec(seed=1, **SPEC))  # type: ignore[arg-type]
+        size_mib = linked_model.stat().st_size / (1 << 20)
+
+        link_s = timed(lambda: registry.publish(linked_model, hardware, name="linked"))
+        real_link = os.link
+
+        def refuse(src: object, dst: object) -> None:
+            raise OSError(18, "Invalid cross-device link")  # as across filesystems: copy while hashing
+
+        os.link = refuse  # type: ignore[assignment]
+        try:
+            copy_s = timed(lambda: registry.publish(copied_model, hardware, name="copied"))
+        finally:
+            os.link = real_link
+        again_s = timed(lambda: registry.publish(linked_model, hardware, name="linked"), repeat=3)
+
+        profile = registry.get_profile("linked")
+        cheap_s = timed(lambda: registry.check_blob(profile), repeat=5)
+        full_s = timed(lambda: registry.check_blob(profile, full=True), repeat=3)
+
+        print(f"model: {size_mib:.0f} MiB")
+        print(f"publish, hard link (hash once):      {link_s:8.3f} s")
+        print(f"publish, copy while hashing:         {copy_s:8.3f} s   copy/link = {copy_s / link_s:5.2f}x")
+        print(f"re-publish (digest cached):          {again_s:8.3f} s   link/again = {link_s / again_s:5.1f}x")
+        print(f"pre-run check, cheap (size + stat):  {cheap_s * 1e3:8.3f} ms")
+        print(f"pre-run check, full re-hash:         {full_s * 1e3:8.1f} ms  full/cheap = {full_s / cheap_s:,.0f}x")
+        print(f"full re-hash throughput:             {size_mib / full_s:8.0f} MiB/s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""`mm export`: a profile in the forms other tools take — an Ollama Modelfile, a llama-server line, JSON."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pipeline.errors import UsageError
+from pipeline.home import mm_home
+from pipeline.profile import Profile, llama_server_command
+from pipeline.registry import blob_path
+
+ExportFormat = Literal["ollama", "llama-server", "json"]
+FORMATS: tuple[ExportFormat, ...] = ("ollama", "llama-server", "json")
+
+
+def modelfile(profile: Profile) -> str:
+    """An Ollama Modelfile; Ollama reads the chat template from the GGUF itself, so none is written.
+
+    Ollama sets flash attention and the KV cache type per server (environment), not per model: they
+    are written as comments to copy into the server's environment.
+    """
+    run = profile.run
+    blob = blob_path(mm_home(), profile.blob.sha256)
+    lines = [
+        f"# mm profile {profile.name}: {profile.model} {profile.quant} for {profile.hardware}",
+        f"# sha256 {profile.blob.sha256}",
+        f"# server settings: OLLAMA_FLASH_ATTENTION={int(run.flash_attn)} OLLAMA_KV_CACHE_TYPE={run.kv_type}",
+        f"FROM {blob}",
+        f"PARAMETER num_gpu {run.n_gpu_layers}",
+        f"PARAMETER num_ctx {run.n_ctx}",
+        f"PARAMETER num_batch {run.n_batch}",
+    ]
+    if run.threads is not None:
+        lines.append(f"PARAMETER num_thread {run.threads}")
+    if not run.use_mmap:
+        lines.append("PARAMETER use_mmap false")
+    return "\n".join(lines) + "\n"
+
+
+def export(profile: Profile, fmt: str) -> str:
+    """The profile as text in format `fmt` (ollama | llama-server | json)."""
+    if fmt == "ollama":
+        return modelfile(profile)
+    if fmt == "llama-server":
+        return llama_server_command(str(blob_path(mm_home(), profile.blob.sha256)), profile.run) + "\n"
+    if fmt == "json":
+        return profile.model_dump_json(indent=2) + "\n"
+    raise UsageError(f"unknown export format {fmt!r}; expected one of: {', '.join(FORMATS)}")

@@ -1,0 +1,274 @@
+"""The `Profile` document: one runnable model-on-hardware, with its blob, provenance, settings and commands.
+
+A profile is what `mm publish` writes to `$MM_HOME/profiles/<name>.json` and what `mm run` and
+`mm export` read. Everything a person needs to run the model elsewhere is in it: the exact llama.cpp
+settings, ready-to-paste command lines and llama-cpp-python keyword arguments.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from pipeline.errors import UsageError
+from pipeline.gguf_header import read_header
+from pipeline.hardware import HardwareClass
+from pipeline.home import Home
+from pipeline.model_ref import shard_names
+from pipeline.provenance import QuantParams, QuantRecord, SourceRef, utc_now
+from pipeline.quant_types import QUANT_TYPES, by_ftype
+
+if TYPE_CHECKING:
+    from pipeline.fit import FitResult
+    from pipeline.recipe import Recipe
+
+SCHEMA_VERSION = 1
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,199}$")
+NAME_HELP = "letters, digits and . _ @ + - (at most 200, starting with a letter or digit)"
+
+# ggml_type ids (ggml/include/ggml.h) for the KV cache types mm plans with; llama.cpp's
+# context params `type_k`/`type_v` take these ids, its CLI flags take the names.
+KV_TYPE_IDS: dict[str, int] = {"f16": 1, "q4_0": 2, "q8_0": 8}
+KvType = Literal["f16", "q8_0", "q4_0"]
+Verdict = Literal["full_offload", "partial_offload", "cpu_only", "does_not_fit"]
+
+
+def check_name(name: str) -> str:
+    """Profile names become file names: refuse anything that could escape the profiles folder."""
+    if not NAME_RE.match(name):
+        raise ValueError(f"{name!r} is not a valid profile name; use {NAME_HELP}")
+    return name
+
+
+class BlobRef(BaseModel):
+    """The model file, stored once by content; its stat at publish time backs the cheap pre-run check."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size_bytes: int = Field(ge=0)
+    path: str
+    mtime_ns: int
+    inode: int
+
+
+class Provenance(BaseModel):
+    """Where every byte came from: the source file, how it was quantized, by which recipe."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: SourceRef
+    llama_cpp_version: str | None = None
+    engine: str | None = None  # quantize engine ("api" | "binary"); None when not a quantize output
+    quantize: QuantParams | None = None
+    recipe: str | None = None
+    recipe_sha256: str | None = None
+    created_at: str = Field(default_factory=utc_now)
+
+
+class RunSettings(BaseModel):
+    """Exactly what llama.cpp is given: these fields become the commands and the Llama(...) kwargs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n_gpu_layers: int = Field(ge=0)
+    n_ctx: int = Field(ge=16)
+    n_batch: int = Field(ge=1)
+    n_ubatch: int = Field(ge=1)
+    kv_type: KvType = "f16"
+    type_k: int  # ggml type id of the K cache (KV_TYPE_IDS)
+    type_v: int
+    flash_attn: bool = False
+    threads: int | None = Field(default=None, ge=1)
+    parallel: int = Field(default=1, ge=1)
+    use_mmap: bool = True
+
+
+class Prediction(BaseModel):
+    """fit's prediction for the hardware class the profile was published for."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    vram_bytes: int
+    ram_bytes: int
+    tokens_per_second: float
+    verdict: Verdict
+    n_layers: int
+
+
+class Profile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = SCHEMA_VERSION
+    name: str
+    model: str  # a short model name (recipe, repo or file stem), for tables
+    architecture: str
+    quant: str  # quant type of the file, e.g. q4_k_m
+    hardware: str
+    blob: BlobRef
+    provenance: Provenance
+    run: RunSettings
+    prediction: Prediction
+    llama_server: str  # ready-to-paste command lines
+    llama_cli: str
+    llama_kwargs: dict[str, Any]  # llama_cpp.Llama(**llama_kwargs)
+    created_at: str = Field(default_factory=utc_now)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return check_name(value)
+
+    @field_validator("schema_version")
+    @classmethod
+    def _schema(cls, value: int) -> int:
+        if value != SCHEMA_VERSION:
+            raise ValueError(f"schema version {value} is not supported (this mm reads {SCHEMA_VERSION})")
+        return value
+
+
+def llama_kwargs(model_path: str, run: RunSettings) -> dict[str, Any]:
+    """llama_cpp.Llama keyword arguments for these settings (the runner passes exactly these)."""
+    kwargs: dict[str, Any] = {
+        "model_path": model_path,
+        "n_gpu_layers": run.n_gpu_layers,
+        "n_ctx": run.n_ctx,
+        "n_batch": run.n_batch,
+        "n_ubatch": run.n_ubatch,
+        "type_k": run.type_k,
+        "type_v": run.type_v,
+        "flash_attn": run.flash_attn,
+        "use_mmap": run.use_mmap,
+    }
+    if run.threads is not None:
+        kwargs["n_threads"] = run.threads
+    return kwargs
+
+
+def _common_flags(model_path: str, run: RunSettings) -> list[str]:
+    # Flag spellings from llama.cpp's common/arg.cpp (vendored by llama-cpp-python 0.3.36).
+    flags = [
+        "-m", model_path,
+        "--n-gpu-layers", str(run.n_gpu_layers),
+        "--ctx-size", str(run.n_ctx),
+        "--batch-size", str(run.n_batch),
+        "--ubatch-size", str(run.n_ubatch),
+        "--cache-type-k", run.kv_type,
+        "--cache-type-v", run.kv_type,
+        "--flash-attn", "on" if run.flash_attn else "off",
+    ]  # fmt: skip
+    if run.threads is not None:
+        flags += ["--threads", str(run.threads)]
+    if not run.use_mmap:
+        flags.append("--no-mmap")
+    return flags
+
+
+def llama_server_command(model_path: str, run: RunSettings, port: int = 8080) -> str:
+    flags = ["llama-server", *_common_flags(model_path, run), "--parallel", str(run.parallel)]
+    return shlex.join([*flags, "--host", "127.0.0.1", "--port", str(port)])
+
+
+def llama_cli_command(model_path: str, run: RunSettings) -> str:
+    return shlex.join(["llama-cli", *_common_flags(model_path, run), "--conversation"])
+
+
+# --- building a profile at publish time ------------------------------------------------------------
+
+_QUANT_SUFFIX = re.compile(
+    r"[-._](?:" + "|".join(sorted((re.escape(q.name) for q in QUANT_TYPES), key=len, reverse=True)) + r")$",
+    re.IGNORECASE,
+)
+_HUB_SNAPSHOT = re.compile(
+    r"models--(?P<owner>[^/]+?)--(?P<name>[^/]+)/snapshots/(?P<commit>[0-9a-f]{40})/(?P<file>.+)$"
+)
+
+
+def model_name(model: Path, recipe: Recipe | None, record: QuantRecord | None) -> str:
+    """A short name for tables and default profile names: the recipe, else the source file's stem."""
+    if recipe is not None:
+        return recipe.name
+    stem = Path(record.source.file or record.source.path).stem if record else model.stem
+    stem = _QUANT_SUFFIX.sub("", stem) or stem
+    return re.sub(r"[^A-Za-z0-9._+-]", "-", stem).strip("-.") or "model"
+
+
+def local_source(home: Home, model: Path, sha256: str) -> SourceRef:
+    """Provenance of a file that is not a quantize output: a Hub cache snapshot, or a local path."""
+    size = model.stat().st_size
+    match = _HUB_SNAPSHOT.search(model.as_posix()) if model.is_relative_to(home.hub) else None
+    if match:
+        return SourceRef(
+            kind="hub", path=str(model), sha256=sha256, size_bytes=size,
+            repo=f"{match['owner']}/{match['name']}", commit=match["commit"], file=match["file"],
+        )  # fmt: skip
+    return SourceRef(kind="local", path=str(model), sha256=sha256, size_bytes=size)
+
+
+def _llama_cpp_version() -> str | None:
+    try:
+        return f"llama-cpp-python {metadata.version('llama_cpp_python')}"
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def build_profile(
+    home: Home,
+    model: Path,
+    blob: BlobRef,
+    hardware: HardwareClass,
+    fit: FitResult,
+    *,
+    name: str | None,
+    recipe: Recipe | None,
+    record: QuantRecord | None,
+    threads: int | None,
+) -> Profile:
+    """The profile document for a stored blob and its fit; raises UsageError for unusable settings."""
+    if len(shard_names(model.name)) > 1:
+        raise UsageError(f"{model}: split GGUF models cannot be published yet; merge them with llama-gguf-split")
+    header = read_header(model)
+    ftype = header.file_type
+    qtype = by_ftype(ftype) if ftype is not None else None
+    quant = qtype.name if qtype else (record.params.type if record else "unknown")
+    settings = fit.settings
+    if settings.kv_type != "f16" and not settings.flash_attn:
+        raise UsageError(
+            f"a {settings.kv_type} KV cache needs flash attention (llama.cpp refuses a quantized V cache without it)",
+            hint="add --flash-attn, or use --kv-type f16",
+        )
+    if threads is None and recipe is not None:
+        threads = recipe.run.threads
+    short = model_name(model, recipe, record)
+    try:
+        chosen = check_name(name or f"{short}-{quant}@{hardware.name}")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    run = RunSettings(
+        n_gpu_layers=fit.n_gpu_layers, n_ctx=settings.ctx, n_batch=settings.batch, n_ubatch=settings.ubatch,
+        kv_type=settings.kv_type, type_k=KV_TYPE_IDS[settings.kv_type], type_v=KV_TYPE_IDS[settings.kv_type],
+        flash_attn=settings.flash_attn, threads=threads, parallel=settings.parallel, use_mmap=settings.mmap,
+    )  # fmt: skip
+    provenance = Provenance(
+        source=record.source if record else local_source(home, model, blob.sha256),
+        llama_cpp_version=record.llama_cpp_version if record else _llama_cpp_version(),
+        engine=record.engine if record else None,
+        quantize=record.params if record else None,
+        recipe=recipe.name if recipe else None,
+        recipe_sha256=recipe.content_sha256 if recipe else None,
+    )
+    prediction = Prediction(
+        vram_bytes=fit.vram_bytes, ram_bytes=fit.ram_bytes, tokens_per_second=fit.tokens_per_second,
+        verdict=fit.verdict, n_layers=fit.n_layers,
+    )  # fmt: skip
+    return Profile(
+        name=chosen, model=short, architecture=header.architecture, quant=quant, hardware=hardware.name,
+        blob=blob, provenance=provenance, run=run, prediction=prediction,
+        llama_server=llama_server_command(blob.path, run), llama_cli=llama_cli_command(blob.path, run),
+        llama_kwargs=llama_kwargs(blob.path, run),
+    )  # fmt: skip
