@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel
 
@@ -131,7 +130,7 @@ def _download(
         if blob.is_file() and _blob_is_good(blob, remote):
             log.info("%s: already downloaded (by another process or repo)", filename)
         else:
-            headers = _headers_for(remote.url, token)
+            headers = hub.headers_for(remote.url, token)
             with hub.translate_errors(repo, remote.commit, filename, token=token):
                 fetched = fetch(
                     remote.url,
@@ -169,14 +168,6 @@ def _pulled(repo: str, revision: str, commit: str, filename: str, etag: str, blo
         sha256=sha256,
         size_bytes=blob.stat().st_size,
     )
-
-
-def _headers_for(url: str, token: str | None) -> dict[str, str]:
-    """The token goes only to the Hub's own host, never to a CDN the Hub redirected to."""
-    headers = hub.auth_headers(token)
-    if urlsplit(url).netloc != urlsplit(hub.endpoint()).netloc:
-        headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
-    return headers
 
 
 def _check_pin(first: PulledFile, expected_sha256: str | None) -> None:

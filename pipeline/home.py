@@ -70,6 +70,11 @@ class Home:
     def digests(self) -> Path:
         return self.root / "digests"
 
+    @property
+    def headers(self) -> Path:
+        """Header stubs of Hub models not pulled: the real GGUF header, the data region a sparse hole."""
+        return self.root / "headers"
+
     def ensure(self, folder: Path) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         return folder

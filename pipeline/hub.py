@@ -8,6 +8,7 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import httpx2
 from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_url
@@ -51,6 +52,14 @@ def is_commit(revision: str) -> bool:
 def auth_headers(token: str | None) -> dict[str, str]:
     """huggingface_hub's own headers (user agent, and the token from --token, HF_TOKEN or the saved login)."""
     return dict(build_hf_headers(token=token))
+
+
+def headers_for(url: str, token: str | None) -> dict[str, str]:
+    """Headers for GETting a file's bytes: the token goes only to the Hub's own host, never to a CDN."""
+    headers = auth_headers(token)
+    if urlsplit(url).netloc != urlsplit(endpoint()).netloc:
+        headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+    return headers
 
 
 @dataclass(frozen=True)

@@ -12,14 +12,14 @@ import shutil
 import subprocess
 from collections import Counter
 from pathlib import Path
+from typing import NamedTuple
 
 from pydantic import BaseModel
 
-from pipeline.errors import OfflineError, UsageError
 from pipeline.gguf_header import read_model
 from pipeline.hardware import DEFAULT_GPU_OVERHEAD_BYTES, HardwareClass, get_hardware, hardware_catalog
 from pipeline.memory import model_shape
-from pipeline.model_ref import ModelArg, cached_hub_file, parse_model_arg
+from pipeline.model_ref import local_model_file, parse_model_arg
 from pipeline.quant_types import by_ftype
 from pipeline.recipe import HARDWARE_FILE, Recipe, recipes_dir
 
@@ -84,25 +84,28 @@ def summarize_model(path: Path) -> ModelSummary:
     )
 
 
-def resolve_model(text: str, recipes: Path | None = None) -> tuple[Path, Recipe | None]:
-    """MODEL → a local GGUF path (and the recipe, when one was named). Never downloads."""
-    arg: ModelArg = parse_model_arg(text, recipes)
-    if arg.path is not None:
-        return arg.path, None
-    if arg.hub is not None:
-        found = cached_hub_file(arg.hub)
-        if found is None:
-            raise OfflineError(f"{arg.hub} is not in the local cache", hint=f"run `mm pull {arg.hub}` first")
-        return found, None
-    recipe = arg.recipe
-    assert recipe is not None
-    source = recipe.source
-    if source.path is not None:
-        path = recipe.resolve(source.path)
-        if not path.is_file():
-            raise UsageError(f"{recipe.path}: source.path: {path}: no such file")
-        return path, recipe
-    return resolve_model(f"{source.repo}:{source.file}@{source.revision}", recipes)[0], recipe
+class ResolvedModel(NamedTuple):
+    path: Path  # the first shard; a sparse header stub when is_stub
+    recipe: Recipe | None
+    is_stub: bool
+
+
+def resolve_model(
+    text: str,
+    recipes: Path | None = None,
+    *,
+    token: str | None = None,
+    offline: bool = False,
+    allow_header_stub: bool = False,
+) -> ResolvedModel:
+    """MODEL → a local GGUF path (and the recipe, when one was named). Never downloads weights.
+
+    With allow_header_stub (commands that read only the header: inspect, fit), a Hub file that was not
+    pulled is answered from its GGUF header, fetched with Range requests into a sparse stub.
+    """
+    arg = parse_model_arg(text, recipes)
+    path, is_stub = local_model_file(arg, token=token, offline=offline, allow_header_stub=allow_header_stub)
+    return ResolvedModel(path, arg.recipe, is_stub)
 
 
 class LocalGPU(BaseModel):

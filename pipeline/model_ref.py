@@ -77,3 +77,39 @@ def cached_hub_file(ref: HubRef) -> Path | None:
             return None
         paths.append(Path(found))
     return paths[0]
+
+
+def local_model_file(
+    arg: ModelArg, *, token: str | None = None, offline: bool = False, allow_header_stub: bool = False
+) -> tuple[Path, bool]:
+    """(first-shard path, is_stub) for MODEL: a local path as is; a Hub file from the cache if pulled, else
+    — with allow_header_stub, for commands that read only the header — a sparse stub holding its header."""
+    if arg.path is not None:
+        return arg.path, False
+    if arg.hub is not None:
+        return _hub_file(arg.hub, token=token, offline=offline, allow_header_stub=allow_header_stub)
+    if arg.recipe is not None:
+        source = arg.recipe.source
+        if source.path is not None:
+            path = arg.recipe.resolve(source.path)
+            if not path.is_file():
+                raise UsageError(f"recipe {arg.recipe.name}: source.path {path} does not exist")
+            return path, False
+        if source.repo is not None and source.file is not None:
+            ref = HubRef(source.repo, source.file, source.revision)
+            return _hub_file(ref, token=token, offline=offline, allow_header_stub=allow_header_stub, pin=source.sha256)
+    raise UsageError("no model given: expected a .gguf path, owner/name:FILE.gguf[@revision], or a recipe")
+
+
+def _hub_file(
+    ref: HubRef, *, token: str | None, offline: bool, allow_header_stub: bool, pin: str | None = None
+) -> tuple[Path, bool]:
+    pulled = cached_hub_file(ref)
+    if pulled is not None:
+        return pulled, False
+    if not allow_header_stub:
+        raise UsageError(f"{ref} is not pulled yet: run `mm pull {ref}`")
+    from pipeline.remote_header import header_stub  # late: remote_header → gguf_header imports this module
+
+    stubs = header_stub(ref.repo, ref.file, ref.revision, token=token, offline=offline, expected_sha256=pin)
+    return stubs[0], True

@@ -43,6 +43,7 @@ class Request:
     range: str | None
     authorized: bool
     status: int
+    body_bytes: int = 0  # bytes the server set out to send in the body (a Range GET: the range's length)
 
 
 @dataclass
@@ -177,7 +178,7 @@ class _Handler(BaseHTTPRequestHandler):
             return "none"
         return "valid" if auth == f"Bearer {VALID_TOKEN}" else "invalid"
 
-    def _log(self, status: int) -> None:
+    def _log(self, status: int, body_bytes: int = 0) -> None:
         with self.state.lock:
             self.state.requests.append(
                 Request(
@@ -186,6 +187,7 @@ class _Handler(BaseHTTPRequestHandler):
                     self.headers.get("Range"),
                     self._token_status() == "valid",
                     status,
+                    body_bytes,
                 )
             )
 
@@ -328,18 +330,20 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None and fault.corrupt:
             middle = len(data) // 2
             data = data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1 :]
-        start, status = 0, 200
+        start, end, status = 0, len(data), 200
         wanted = self.headers.get("Range")
         if wanted:
-            start = int(wanted.removeprefix("bytes=").split("-")[0])
-            if start >= len(data):
+            first, _, last = wanted.removeprefix("bytes=").partition("-")
+            start = int(first)
+            end = min(len(data), int(last) + 1) if last else len(data)
+            if start >= len(data) or end <= start:
                 return self._error(
                     416, "RangeNotSatisfiable", "range not satisfiable", {"Content-Range": f"bytes */{len(data)}"}
                 )
             status = 206
-            headers = {**headers, "Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}"}
-        body = data[start:]
-        self._log(status)
+            headers = {**headers, "Content-Range": f"bytes {start}-{end - 1}/{len(data)}"}
+        body = data[start:end]
+        self._log(status, len(body))
         self.send_response(status)
         for key, value in headers.items():
             self.send_header(key, value)

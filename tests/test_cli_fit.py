@@ -69,8 +69,11 @@ def test_bad_inputs_are_clear_errors(mm: Mm, tmp_path: Path, tiny_model: Path) -
     assert result.exit_code == 2 and "unknown hardware class" in result.stderr
     result = mm("fit", str(tiny_model), "--vram", "lots")
     assert result.exit_code == 2
+    # Not pulled: fit reads the header from the Hub, which is unreachable here — a clear Hub error.
     result = mm("fit", "someone/repo:model.gguf")
-    assert result.exit_code != 0 and "mm pull" in result.stderr
+    assert result.exit_code == 3 and "cannot reach" in result.stderr
+    result = mm("fit", "someone/repo:model.gguf", "--offline")
+    assert result.exit_code == 3 and "Traceback" not in result.output
 
 
 def test_hw_lists_classes(mm: Mm) -> None:

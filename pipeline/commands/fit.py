@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from pipeline.commands.options import HardwareOpt, JsonOpt, RecipesDirOpt
+from pipeline.commands.options import HardwareOpt, JsonOpt, OfflineOpt, RecipesDirOpt, TokenOpt
 from pipeline.commands.render import emit_json, note, table
 from pipeline.fit import FitResult, FitSettings, QuantReport, fit_model, parse_candidates, recommend_quant
 from pipeline.model_info import local_machine, resolve_model, summarize_model, target_hardware
@@ -19,13 +19,31 @@ def _size(text: str | None, what: str) -> int | None:
     return None if text is None else parse_size(text, what=what)
 
 
+def _note_stub(model: str, is_stub: bool) -> None:
+    if is_stub:
+        note(f"{model}: not pulled; answered from its GGUF header (fetched with Range requests)")
+
+
 def register(app: typer.Typer) -> None:
     """Add this group's commands to the root app."""
 
     @app.command("inspect")
-    def inspect_cmd(model: ModelArg, json: JsonOpt = False, recipes: RecipesDirOpt = None) -> None:
-        """Architecture, size and shape of a GGUF, read from its header alone (fast on any size)."""
-        summary = summarize_model(resolve_model(model, recipes)[0])
+    def inspect_cmd(
+        model: ModelArg,
+        json: JsonOpt = False,
+        recipes: RecipesDirOpt = None,
+        token: TokenOpt = None,
+        offline: OfflineOpt = False,
+    ) -> None:
+        """Architecture, size and shape of a GGUF, read from its header alone (fast on any size).
+
+        A Hub file that is not pulled is inspected from its header, fetched with HTTP Range requests.
+
+        Example: mm inspect TheBloke/Llama-2-70B-chat-GGUF:llama-2-70b-chat.Q4_K_M.gguf
+        """
+        resolved = resolve_model(model, recipes, token=token, offline=offline, allow_header_stub=True)
+        _note_stub(model, resolved.is_stub)
+        summary = summarize_model(resolved.path)
         if json:
             emit_json(summary)
             return
@@ -61,9 +79,17 @@ def register(app: typer.Typer) -> None:
         min_tps: Annotated[float, typer.Option(help="Speed floor (tokens/s) for --quants.", min=0)] = 0.0,
         json: JsonOpt = False,
         recipes: RecipesDirOpt = None,
+        token: TokenOpt = None,
+        offline: OfflineOpt = False,
     ) -> None:
-        """How much of MODEL fits the GPU, what stays in RAM, how fast it decodes, and what would fit."""
-        path, recipe = resolve_model(model, recipes)
+        """How much of MODEL fits the GPU, what stays in RAM, how fast it decodes, and what would fit.
+
+        Works before `mm pull`: a Hub file is fitted from its header alone (fetched with Range requests).
+
+        Example: mm fit TheBloke/Llama-2-70B-chat-GGUF:llama-2-70b-chat.Q4_K_M.gguf --hardware rtx3060-12g
+        """
+        path, recipe, is_stub = resolve_model(model, recipes, token=token, offline=offline, allow_header_stub=True)
+        _note_stub(model, is_stub)
         target = target_hardware(hardware, _size(vram, "--vram"), _size(ram, "--ram"), recipe, recipes)
         base = recipe.run.model_dump(exclude={"threads"}) if recipe else {}
         flags = {"ctx": ctx, "kv_type": kv_type, "flash_attn": flash_attn, "batch": batch, "ubatch": ubatch,

@@ -53,7 +53,7 @@ def register(app: typer.Typer) -> None:
         from pipeline.model_info import resolve_model, target_hardware
         from pipeline.registry import publish
 
-        path, recipe = resolve_model(model, recipes)
+        path, recipe, _ = resolve_model(model, recipes)
         target = target_hardware(hardware, None, None, recipe, recipes)
         base = recipe.run.model_dump(exclude={"threads"}) if recipe else {}
         flags = {"ctx": ctx, "kv_type": kv_type, "flash_attn": flash_attn, "n_gpu_layers": n_gpu_layers}
