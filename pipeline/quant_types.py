@@ -20,7 +20,7 @@ class QuantType:
     reference: str  # quantize.cpp's description
     ref_size_gib: float | None = None  # reference size at Llama-3-8B (or 7B for f16/bf16/f32)
     ppl_delta: float | None = None  # +perplexity vs f16 at that model; lower is better
-    needs_imatrix: bool = False  # llama.cpp refuses without an importance matrix
+    needs_imatrix: bool = False  # llama.cpp refuses without an importance matrix (its dry run says so)
     alias_of: str | None = None
 
     @property
@@ -58,7 +58,7 @@ QUANT_TYPES: tuple[QuantType, ...] = (
     _q("iq2_xxs", 19, 2.06, "2.06 bpw quantization", imatrix=True),
     _q("iq2_xs", 20, 2.31, "2.31 bpw quantization", imatrix=True),
     _q("iq2_s", 28, 2.5, "2.5 bpw quantization", imatrix=True),
-    _q("iq2_m", 29, 2.7, "2.7 bpw quantization"),
+    _q("iq2_m", 29, 2.7, "2.7 bpw quantization", imatrix=True),  # its IQ2_S tensors need one
     _q("iq1_s", 24, 1.56, "1.56 bpw quantization", imatrix=True),
     _q("iq1_m", 31, 1.75, "1.75 bpw quantization", imatrix=True),
     _q("tq1_0", 36, 1.69, "1.69 bpw ternarization"),
@@ -69,7 +69,7 @@ QUANT_TYPES: tuple[QuantType, ...] = (
     _q("iq3_s", 26, 3.44, "3.44 bpw quantization"),
     _q("iq3_m", 27, 3.66, "3.66 bpw quantization mix"),
     _q("q3_k", 12, 4.0, "alias for Q3_K_M", 3.74, 0.6569, alias="q3_k_m"),
-    _q("iq3_xs", 22, 3.3, "3.3 bpw quantization"),
+    _q("iq3_xs", 22, 3.3, "3.3 bpw quantization", imatrix=True),  # its IQ3_XXS tensors need one
     _q("q3_k_s", 11, 3.65, "3.41G, +1.6321 ppl @ Llama-3-8B", 3.41, 1.6321),
     _q("q3_k_m", 12, 4.0, "3.74G, +0.6569 ppl @ Llama-3-8B", 3.74, 0.6569),
     _q("q3_k_l", 13, 4.31, "4.03G, +0.5562 ppl @ Llama-3-8B", 4.03, 0.5562),

@@ -1,9 +1,116 @@
-"""CLI commands for quantize (filled in by its issue)."""
+"""`mm quantize`: llama.cpp's quantize for one model and one or more target types."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated, Literal
+
 import typer
+from tqdm import tqdm
+
+from pipeline.commands.options import JsonOpt, QuietOpt, RecipesDirOpt
+from pipeline.commands.render import emit_json, note, show_progress, table
+from pipeline.quantize import QuantizeRequest, QuantizeResult, plan, quantize
+from pipeline.quantize_inputs import QuantizeOptions, build_requests
+from pipeline.units import format_size
 
 
 def register(app: typer.Typer) -> None:
-    """Add this group's commands to the root app."""
+    app.command("quantize")(quantize_command)
+
+
+def quantize_command(
+    model: Annotated[str, typer.Argument(help="A .gguf path, a pulled owner/name:FILE.gguf, or a recipe name.")],
+    to: Annotated[
+        list[str], typer.Option("--to", help="Target type, e.g. q4_k_m (repeatable); an unknown one lists them all.")
+    ] = [],  # noqa: B006
+    imatrix: Annotated[Path | None, typer.Option(help="Importance matrix from llama-imatrix.")] = None,
+    allow_requantize: Annotated[
+        bool, typer.Option("--allow-requantize", help="Allow re-quantizing an already quantized model.")
+    ] = False,
+    output_tensor_type: Annotated[str | None, typer.Option(help="ggml type for output.weight.")] = None,
+    token_embedding_type: Annotated[str | None, typer.Option(help="ggml type for token_embd.weight.")] = None,
+    tensor_type: Annotated[list[str], typer.Option(help="PATTERN=TYPE override (repeatable).")] = [],  # noqa: B006
+    pure: Annotated[
+        bool, typer.Option("--pure", help="No k-quant mixture: every tensor gets the target type.")
+    ] = False,
+    leave_output_tensor: Annotated[
+        bool, typer.Option("--leave-output-tensor", help="Leave output.weight un(re)quantized.")
+    ] = False,
+    threads: Annotated[int | None, typer.Option(min=1, help="Threads (default: all cores).")] = None,
+    output: Annotated[Path | None, typer.Option(help="Output file (default: $MM_HOME/quant/...).")] = None,
+    engine: Annotated[
+        Literal["api", "binary"] | None, typer.Option(help="api: libllama in a child process; binary: llama-quantize.")
+    ] = None,
+    llama_quantize: Annotated[Path | None, typer.Option(help="The llama-quantize binary (engine binary).")] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Report sizes and per-tensor types; write nothing.")
+    ] = False,
+    recipes: RecipesDirOpt = None,
+    json_: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Quantize MODEL to each --to TYPE with llama.cpp (a recipe's [quantize] section gives defaults)."""
+    options = QuantizeOptions(
+        types=to,
+        imatrix=imatrix,
+        allow_requantize=True if allow_requantize else None,
+        output_tensor_type=output_tensor_type,
+        token_embedding_type=token_embedding_type,
+        tensor_types=tensor_type,
+        pure=True if pure else None,
+        leave_output_tensor=True if leave_output_tensor else None,
+        threads=threads,
+        output=output,
+        engine=engine,
+        llama_quantize=llama_quantize,
+    )
+    requests = build_requests(model, options, recipes)
+    if dry_run:
+        plans = [plan(r.source, r.params, engine=r.engine, llama_quantize=r.llama_quantize) for r in requests]
+        if json_:
+            emit_json(plans)
+            return
+        for p in plans:
+            kinds: dict[str, int] = {}
+            for tensor in p.tensors:
+                kinds[tensor.type] = kinds.get(tensor.type, 0) + 1
+            mix = ", ".join(f"{n} {k.lower()}" for k, n in sorted(kinds.items(), key=lambda kv: -kv[1]))
+            typer.echo(
+                f"{p.type}: {format_size(p.source_bytes)} -> {format_size(p.file_bytes)} "
+                f"({p.bits_per_weight:.2f} bpw); tensors: {mix}"
+            )
+            if p.needs_imatrix:
+                note(f"  {p.type} needs an importance matrix (--imatrix)")
+            if p.fallback_note:
+                note(f"  {p.fallback_note}")
+        return
+    results = [_run_one(r, quiet) for r in requests]
+    if json_:
+        emit_json(results)
+        return
+    table(
+        ["type", "before", "after", "bpw", "seconds", "output"],
+        [
+            [r.type, format_size(r.source_bytes), format_size(r.output_bytes), r.bits_per_weight, r.seconds, r.output]
+            for r in results
+        ],
+    )
+
+
+def _run_one(request: QuantizeRequest, quiet: bool) -> QuantizeResult:
+    bar = tqdm(desc=request.params.type, unit="tensor", disable=not show_progress(quiet), leave=False)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        result = quantize(request, progress)
+    finally:
+        bar.close()
+    for line in ([result.skipped] if result.skipped else []) + result.warnings:
+        note(f"{request.params.type}: {line}")
+    if result.fallback_note:
+        note(f"{request.params.type}: {result.fallback_note}")
+    return result

@@ -1,0 +1,376 @@
+"""The quantize stage: checks, one llama.cpp quantize into a temporary file, verification, provenance.
+
+`plan` predicts a quantize with llama.cpp's own dry run (header only, milliseconds); `quantize` refuses
+what would waste work or quality before starting (unknown type, missing imatrix, requantize without
+permission, same type), writes under a temporary name, checks the result and only then renames it and
+writes its `QuantRecord`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+from pydantic import BaseModel
+
+from pipeline.digest import file_sha256, record_sha256, sha256_file
+from pipeline.errors import ModelFormatError, QuantizeError, UsageError
+from pipeline.gguf_header import GGUFHeader, read_header, read_model
+from pipeline.home import atomic_path, locked, mm_home
+from pipeline.llama import (
+    ApiWorker,
+    QuantizeLog,
+    TensorProgress,
+    dry_run_in_process,
+    ggml_type_id,
+    llama_cpp_version,
+    require_llama_quantize,
+    run_quantize,
+    tensor_bytes,
+)
+from pipeline.llama_worker import QuantizeJob
+from pipeline.provenance import QuantParams, QuantRecord, SourceRef, read_record, write_record
+from pipeline.quant_types import QuantType, by_ftype, parse_quant_type
+
+log = logging.getLogger(__name__)
+
+FLOAT_TYPES = {"F32", "F16", "BF16"}
+IMATRIX_HINT = (
+    "compute one with llama.cpp's imatrix tool on some calibration text, then pass it with --imatrix: "
+    "llama-imatrix -m model.gguf -f calibration.txt -o imatrix.dat"
+)
+
+
+class QuantizeRequest(BaseModel):
+    source: Path
+    params: QuantParams
+    source_ref: SourceRef | None = None
+    engine: Literal["api", "binary"] = "api"
+    threads: int | None = None
+    output: Path | None = None
+    llama_quantize: Path | None = None
+
+
+class PlannedTensor(NamedTuple):
+    name: str
+    type: str  # ggml type name, upper case (as gguf-py spells it: "Q4_K")
+    n_bytes: int
+
+
+class QuantPlan(BaseModel):
+    """What a quantize would produce, from llama.cpp's dry run: exact tensor sizes and types."""
+
+    type: str
+    file_bytes: int  # tensor data exact; header estimated from the source's (same keys, two more)
+    tensors: list[PlannedTensor]
+    needs_imatrix: bool
+    fallbacks: int
+    fallback_note: str | None = None
+    source_bytes: int
+    bits_per_weight: float
+
+
+class QuantizeResult(BaseModel):
+    record: QuantRecord | None
+    output: Path
+    skipped: str | None  # why no work was done, or None
+    type: str
+    source_bytes: int
+    output_bytes: int
+    bits_per_weight: float | None = None
+    seconds: float = 0.0
+    fallbacks: int = 0
+    fallback_note: str | None = None
+    warnings: list[str] = []
+    log_path: Path | None = None
+
+
+def default_output_path(source: Path, source_sha256: str, qtype: str) -> Path:
+    """`$MM_HOME/quant/<source sha256[:12]>-<source stem>.<type>.gguf`: same source + type, same name."""
+    stem = source.name.removesuffix(".gguf")
+    return mm_home().quant / f"{source_sha256[:12]}-{stem}.{qtype.lower()}.gguf"
+
+
+def _job(source: Path, output: Path, qtype: QuantType, params: QuantParams, threads: int | None) -> QuantizeJob:
+    """The llama.cpp call for these parameters; bad tensor types or patterns are usage errors here."""
+    tensor_types = []
+    for pattern, type_name in params.tensor_types.items():
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise UsageError(f"--tensor-type {pattern}={type_name}: invalid pattern: {exc}") from None
+        tensor_types.append((pattern, ggml_type_id(type_name)))
+    return QuantizeJob(
+        source=str(source),
+        output=str(output),
+        ftype=qtype.ftype,
+        only_copy=qtype.name == "copy",
+        nthread=threads or 0,
+        allow_requantize=params.allow_requantize,
+        quantize_output_tensor=not params.leave_output_tensor,
+        pure=params.pure,
+        output_tensor_type=ggml_type_id(params.output_tensor_type) if params.output_tensor_type else None,
+        token_embedding_type=ggml_type_id(params.token_embedding_type) if params.token_embedding_type else None,
+        tensor_types=tuple(tensor_types),
+        imatrix=params.imatrix_path,
+    )
+
+
+def _read_source(path: Path) -> GGUFHeader:
+    """The source's header; a split model's shards merged into one (llama.cpp reads them all)."""
+    headers = read_model(path)
+    if len(headers) == 1:
+        return headers[0]
+    first = headers[0]
+    return GGUFHeader(
+        first.path,
+        first.version,
+        first.metadata,
+        [t for h in headers for t in h.tensors],
+        first.data_offset,
+        sum(h.file_size for h in headers),
+    )
+
+
+def _quantized_type(header: GGUFHeader) -> str | None:
+    """The name of a quantized source's type (e.g. "q4_k_m"), or None for an F32/F16/BF16 model."""
+    if all(t.type_name in FLOAT_TYPES for t in header.tensors):
+        return None
+    known = by_ftype(header.file_type) if header.file_type is not None else None
+    if known is not None and not known.is_float:
+        return known.name
+    return next(t.type_name.lower() for t in header.tensors if t.type_name not in FLOAT_TYPES)
+
+
+def _output_header_bytes(header: GGUFHeader) -> int:
+    """The source's header plus general.file_type / general.quantization_version when it lacks them."""
+    extra = 0
+    for key in ("general.file_type", "general.quantization_version"):
+        if key not in header.metadata:
+            extra += 8 + len(key) + 4 + 4  # key length, key, value type, u32 value
+    return header.data_offset + extra
+
+
+def _pad(n: int, alignment: int = 32) -> int:
+    return n + (-n % alignment)
+
+
+def plan(
+    source: Path, params: QuantParams, *, engine: Literal["api", "binary"] = "api", llama_quantize: Path | None = None
+) -> QuantPlan:
+    """llama.cpp's dry run for `params`: per-tensor types and sizes, and whether an imatrix is needed.
+
+    Requantizing is assumed permitted: the plan says what the result would be, `quantize` says whether
+    it may be made.
+    """
+    qtype = parse_quant_type(params.type)
+    header = _read_source(source)
+    job = _job(source, source.with_name(".mm-dry-run.gguf"), qtype, params, None)
+    job = job.replace(dry_run=True, allow_requantize=True)
+    if engine == "api":
+        parsed = dry_run_in_process(job)
+    else:
+        logs = mm_home().ensure(mm_home().logs)
+        parsed = run_quantize(
+            job,
+            engine="binary",
+            type_name=qtype.name,
+            log_path=logs / "dry-run.log",
+            binary=require_llama_quantize(llama_quantize),
+        )
+    return _plan_from_log(header, qtype, parsed)
+
+
+def _plan_from_log(header: GGUFHeader, qtype: QuantType, parsed: QuantizeLog) -> QuantPlan:
+    tensors = []
+    for info in header.tensors:
+        new_type = parsed.tensor_types.get(info.name)
+        if new_type is None:
+            raise QuantizeError(f"{header.path}: llama.cpp's dry run did not report tensor {info.name}")
+        tensors.append(PlannedTensor(info.name, new_type, tensor_bytes(new_type, info.shape)))
+    data = sum(_pad(t.n_bytes) for t in tensors)
+    n_elements = sum(t.n_elements for t in header.tensors) or 1
+    return QuantPlan(
+        type=qtype.canonical,
+        file_bytes=_output_header_bytes(header) + data,
+        tensors=tensors,
+        needs_imatrix=parsed.needs_imatrix,
+        fallbacks=len(parsed.fallbacks),
+        fallback_note=parsed.fallback_note(),
+        source_bytes=header.file_size,
+        bits_per_weight=round(sum(t.n_bytes for t in tensors) * 8 / n_elements, 3),
+    )
+
+
+def _local_ref(source: Path) -> SourceRef:
+    home = mm_home()
+    return SourceRef(
+        kind="local", path=str(source.resolve()), sha256=file_sha256(home, source), size_bytes=source.stat().st_size
+    )
+
+
+def _check(request: QuantizeRequest, header: GGUFHeader, qtype: QuantType) -> tuple[str | None, list[str]]:
+    """(why to skip, warnings) — or raise before any work for what must not run."""
+    params = request.params
+    if params.imatrix_path is not None and not Path(params.imatrix_path).is_file():
+        raise UsageError(f"--imatrix {params.imatrix_path}: no such file")
+    current = _quantized_type(header)
+    overrides = params.tensor_types or params.output_tensor_type or params.token_embedding_type or params.pure
+    source_type = by_ftype(header.file_type) if header.file_type is not None else None
+    if source_type is not None and source_type.name == qtype.canonical and not overrides:
+        return f"{request.source.name} is already {qtype.canonical}: nothing to do", []
+    warnings = []
+    if current is not None and qtype.name != "copy":
+        if not params.allow_requantize:
+            raise QuantizeError(
+                f"{request.source} is already quantized ({current}); re-quantizing it to {qtype.canonical} "
+                "loses more quality than quantizing from an F16/BF16/F32 model",
+                hint="pass --allow-requantize (recipe: allow_requantize = true) to do it anyway",
+            )
+        warnings.append(f"re-quantizing from {current}: expect lower quality than {qtype.canonical} made from F16/BF16")
+    return None, warnings
+
+
+def quantize(request: QuantizeRequest, progress: TensorProgress | None = None) -> QuantizeResult:
+    """Produce (or find up to date) the quantized file for `request`; see the module docstring."""
+    qtype = parse_quant_type(request.params.type)
+    header = _read_source(request.source)
+    skip, warnings = _check(request, header, qtype)
+    if skip is not None:
+        return QuantizeResult(
+            record=None,
+            output=request.source,
+            skipped=skip,
+            type=qtype.canonical,
+            source_bytes=header.file_size,
+            output_bytes=header.file_size,
+        )
+    binary = require_llama_quantize(request.llama_quantize) if request.engine == "binary" else None
+    worker = ApiWorker() if request.engine == "api" else None  # warms up while the checks below run
+    try:
+        return _quantize(request, qtype, header, warnings, binary, worker, progress)
+    finally:
+        if worker is not None:
+            worker.close()
+
+
+def _quantize(
+    request: QuantizeRequest,
+    qtype: QuantType,
+    header: GGUFHeader,
+    warnings: list[str],
+    binary: Path | None,
+    worker: ApiWorker | None,
+    progress: TensorProgress | None,
+) -> QuantizeResult:
+    predicted = plan(request.source, request.params, engine=request.engine, llama_quantize=binary)
+    if predicted.needs_imatrix and not request.params.imatrix_path:
+        raise QuantizeError(f"{qtype.canonical} needs an importance matrix (imatrix) for this model", hint=IMATRIX_HINT)
+    source_ref = request.source_ref or _local_ref(request.source)
+    output = request.output or default_output_path(request.source, source_ref.sha256, qtype.canonical)
+    home = mm_home()
+    with locked(home, "quantize-" + hashlib.sha256(str(output.resolve()).encode()).hexdigest()[:16]):
+        done = _up_to_date(output, source_ref, request.params)
+        if done is not None:
+            return _result(done, output, qtype, header, f"{output.name} is up to date", warnings, None)
+        _remove_stale_temps(output)
+        log_path = home.ensure(home.logs) / f"quantize-{output.name}.log"
+        started = time.monotonic()
+        with ThreadPoolExecutor(max_workers=1) as hasher, atomic_path(output) as tmp:
+            job = _job(request.source, tmp, qtype, request.params, request.threads)
+            parsed = run_quantize(
+                job,
+                engine=request.engine,
+                type_name=qtype.name,
+                log_path=log_path,
+                binary=binary,
+                progress=progress,
+                worker=worker,
+            )
+            checked = _verify_output(tmp, header, qtype)
+            os.chmod(tmp, 0o644)
+            digest = hasher.submit(sha256_file, tmp)  # hashes while atomic_path fsyncs and renames
+        record_sha256(home, output, digest.result())
+        record = QuantRecord(
+            output_path=str(output),
+            sha256=digest.result(),
+            size_bytes=output.stat().st_size,
+            file_type=checked.file_type if checked.file_type is not None else qtype.ftype,
+            n_tensors=len(checked.tensors),
+            source=source_ref,
+            params=request.params,
+            engine=request.engine,
+            llama_cpp_version=llama_cpp_version(),
+            threads=request.threads,
+            seconds=round(time.monotonic() - started, 3),
+        )
+        write_record(record)
+        result = _result(record, output, qtype, header, None, warnings, log_path)
+        return result.model_copy(update={"fallbacks": len(parsed.fallbacks), "fallback_note": parsed.fallback_note()})
+
+
+def _result(
+    record: QuantRecord,
+    output: Path,
+    qtype: QuantType,
+    source: GGUFHeader,
+    skipped: str | None,
+    warnings: list[str],
+    log_path: Path | None,
+) -> QuantizeResult:
+    n_elements = sum(t.n_elements for t in source.tensors) or 1
+    return QuantizeResult(
+        record=record,
+        output=output,
+        skipped=skipped,
+        type=qtype.canonical,
+        source_bytes=source.file_size,
+        output_bytes=record.size_bytes,
+        bits_per_weight=round(record.size_bytes * 8 / n_elements, 2),
+        seconds=record.seconds,
+        warnings=warnings,
+        log_path=log_path,
+    )
+
+
+def _up_to_date(output: Path, source: SourceRef, params: QuantParams) -> QuantRecord | None:
+    """The existing record when `output` was made from the same source bytes with the same parameters."""
+    if not output.is_file():
+        return None
+    try:
+        record = read_record(output)
+    except ModelFormatError:
+        return None
+    if record is None or record.source.sha256 != source.sha256 or record.params != params:
+        return None
+    return record if output.stat().st_size == record.size_bytes else None
+
+
+def _remove_stale_temps(output: Path) -> None:
+    """Temp files of a killed earlier run (we hold the output's lock, so no live writer owns them)."""
+    if output.parent.is_dir():
+        for stale in output.parent.glob(f".{output.name}.*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
+                log.info("removed %s, left by an interrupted quantize", stale)
+
+
+def _verify_output(path: Path, source: GGUFHeader, qtype: QuantType) -> GGUFHeader:
+    """The output parses as GGUF, says the type asked for, and has every tensor of the source."""
+    try:
+        header = read_header(path)
+    except ModelFormatError as exc:
+        raise QuantizeError(f"llama.cpp's output is not a valid GGUF: {exc}") from None
+    expected = source.file_type if qtype.name == "copy" else qtype.ftype
+    if expected is not None and header.file_type != expected:
+        raise QuantizeError(f"llama.cpp's output has general.file_type {header.file_type}, expected {expected}")
+    if len(header.tensors) != len(source.tensors):
+        raise QuantizeError(f"llama.cpp's output has {len(header.tensors)} tensors, the source {len(source.tensors)}")
+    return header

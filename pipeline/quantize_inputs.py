@@ -1,0 +1,130 @@
+"""From what `mm quantize` was given (MODEL, flags, a recipe's [quantize] defaults) to QuantizeRequests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from pipeline.digest import file_sha256
+from pipeline.errors import UsageError
+from pipeline.home import mm_home
+from pipeline.model_ref import HubRef, cached_hub_file, parse_model_arg
+from pipeline.provenance import QuantParams, SourceRef
+from pipeline.quant_types import parse_quant_type
+from pipeline.quantize import QuantizeRequest
+from pipeline.recipe import QuantizeSettings, Recipe
+
+
+class QuantizeOptions(BaseModel):
+    """The command line's quantize flags; None / empty means "not given" (a recipe may fill it in)."""
+
+    types: list[str] = Field(default_factory=list)
+    imatrix: Path | None = None
+    allow_requantize: bool | None = None
+    output_tensor_type: str | None = None
+    token_embedding_type: str | None = None
+    tensor_types: list[str] = Field(default_factory=list)  # PATTERN=TYPE, as llama-quantize's --tensor-type
+    pure: bool | None = None
+    leave_output_tensor: bool | None = None
+    threads: int | None = None
+    output: Path | None = None
+    engine: Literal["api", "binary"] | None = None
+    llama_quantize: Path | None = None
+
+
+def parse_tensor_types(items: list[str]) -> dict[str, str]:
+    """`PATTERN=TYPE` items into {pattern: type}, split at the last '=' (types never contain one)."""
+    parsed: dict[str, str] = {}
+    for item in items:
+        pattern, sep, type_name = item.rpartition("=")
+        if not sep or not pattern or not type_name:
+            raise UsageError(f"--tensor-type {item!r}: expected PATTERN=TYPE, e.g. attn_v=q8_0")
+        parsed[pattern] = type_name.lower()
+    return parsed
+
+
+def _hub_source(ref: HubRef) -> tuple[Path, SourceRef]:
+    path = cached_hub_file(ref)
+    if path is None:
+        raise UsageError(f"{ref} is not in the local Hub cache", hint=f"run `mm pull {ref}` first")
+    parts = path.parts
+    commit = parts[parts.index("snapshots") + 1] if "snapshots" in parts else None
+    ref_model = SourceRef(
+        kind="hub",
+        path=str(path),
+        sha256=file_sha256(mm_home(), path.resolve()),
+        size_bytes=path.stat().st_size,
+        repo=ref.repo,
+        revision=ref.revision,
+        commit=commit,
+        file=ref.file,
+    )
+    return path, ref_model
+
+
+def _recipe_source(recipe: Recipe) -> tuple[Path, SourceRef | None]:
+    source = recipe.source
+    if source.path is not None:
+        path = recipe.resolve(source.path)
+        if not path.is_file():
+            raise UsageError(f"{recipe.path}: source.path: {path}: no such file")
+        return path, None
+    if source.repo and source.file:
+        return _hub_source(HubRef(source.repo, source.file, source.revision))
+    raise UsageError(f"{recipe.path}: source: needs repo + file, or path")
+
+
+def build_requests(model: str, options: QuantizeOptions, recipes_folder: Path | None = None) -> list[QuantizeRequest]:
+    """One request per target type; flags win over the recipe's [quantize] section."""
+    arg = parse_model_arg(model, recipes_folder)
+    defaults = QuantizeSettings()
+    source_ref: SourceRef | None = None
+    if arg.path is not None:
+        source = arg.path
+    elif arg.hub is not None:
+        source, source_ref = _hub_source(arg.hub)
+    else:
+        assert arg.recipe is not None
+        defaults = arg.recipe.quantize
+        source, source_ref = _recipe_source(arg.recipe)
+        if defaults.imatrix is not None:
+            defaults = defaults.model_copy(update={"imatrix": arg.recipe.resolve(defaults.imatrix)})
+    types = options.types or defaults.types
+    if not types:
+        raise UsageError("no target type: pass --to TYPE (e.g. --to q4_k_m), or name a recipe with quantize.types")
+    if options.output is not None and len(types) > 1:
+        raise UsageError("--output names one file: give a single --to with it")
+    imatrix = options.imatrix or defaults.imatrix
+    tensor_types = parse_tensor_types(options.tensor_types) if options.tensor_types else dict(defaults.tensor_types)
+    requests = []
+    for name in types:
+        qtype = parse_quant_type(name)
+        params = QuantParams(
+            type=qtype.canonical,
+            allow_requantize=_pick(options.allow_requantize, defaults.allow_requantize),
+            imatrix_path=str(imatrix.resolve()) if imatrix else None,
+            imatrix_sha256=file_sha256(mm_home(), imatrix) if imatrix and imatrix.is_file() else None,
+            output_tensor_type=options.output_tensor_type or defaults.output_tensor_type,
+            token_embedding_type=options.token_embedding_type or defaults.token_embedding_type,
+            tensor_types=tensor_types,
+            pure=_pick(options.pure, defaults.pure),
+            leave_output_tensor=_pick(options.leave_output_tensor, defaults.leave_output_tensor),
+        )
+        requests.append(
+            QuantizeRequest(
+                source=source,
+                params=params,
+                source_ref=source_ref,
+                engine=options.engine or defaults.engine,
+                threads=options.threads,
+                output=options.output,
+                llama_quantize=options.llama_quantize,
+            )
+        )
+    return requests
+
+
+def _pick(flag: bool | None, default: bool) -> bool:
+    return default if flag is None else flag

@@ -1,0 +1,368 @@
+"""The build's stages for one recipe — resolve → download → verify → quantize → fit → publish — and their inputs.
+
+Each stage declares the inputs its output depends on (fingerprinted by the runner as canonical JSON) and
+an action that produces outputs. Actions call the same library functions as `mm pull`, `mm quantize`,
+`mm fit` and `mm publish`; they import them lazily so a no-op build never loads llama.cpp.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from pipeline import __version__
+from pipeline.digest import cached_sha256, file_sha256, record_sha256
+from pipeline.errors import BuildError, IntegrityError
+from pipeline.hardware import HardwareClass, get_hardware
+from pipeline.home import Home
+from pipeline.provenance import QuantParams, SourceRef
+from pipeline.recipe import HARDWARE_FILE, Recipe
+
+COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+# Bumped when a stage's action changes what it produces, so stamps of the old action are stale.
+STAGE_VERSION = 1
+
+
+class OutputRecord(BaseModel):
+    """A file a stage produced, with the digest it had when the stage finished."""
+
+    path: str
+    size_bytes: int
+    sha256: str
+
+
+class StageOutcome(BaseModel):
+    """What a stage hands on: files it produced and small values (commit, digests, a fit result)."""
+
+    outputs: list[OutputRecord] = Field(default_factory=list)
+    values: dict[str, Any] = Field(default_factory=dict)
+
+
+Upstream = Mapping[str, StageOutcome]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One unit of work: `inputs(upstream)` is fingerprinted; `action(upstream)` does the work.
+
+    A `volatile` stage (resolve) is itself the up-to-date check: it runs every time (cheap, read-only)
+    and counts as skipped when its outcome is unchanged.
+    """
+
+    name: str
+    deps: tuple[str, ...]
+    inputs: Callable[[Upstream], dict[str, Any]]
+    action: Callable[[Upstream], StageOutcome]
+    volatile: bool = False
+
+
+@dataclass(frozen=True)
+class StageEnv:
+    """What every stage of a build shares: the home, Hub access, and the llama.cpp in use."""
+
+    home: Home
+    token: str | None = None
+    offline: bool = False
+    llama_cpp_version: str = field(default_factory=lambda: llama_cpp_version())
+
+
+def llama_cpp_version() -> str:
+    """The installed llama-cpp-python version, read from package metadata (importing it loads llama.cpp)."""
+    try:
+        return importlib.metadata.version("llama_cpp_python")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def fingerprint(inputs: Mapping[str, Any]) -> str:
+    """sha256 of the inputs' canonical JSON (sorted keys, no whitespace), as doit's config_changed."""
+    text = json.dumps(inputs, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def output_record(home: Home, path: Path, sha256: str | None = None) -> OutputRecord:
+    """Describe a produced file; its digest is remembered so later checks need only a stat."""
+    digest = sha256 or file_sha256(home, path)
+    if sha256 is not None and cached_sha256(home, path) != sha256:
+        record_sha256(home, path, sha256)
+    return OutputRecord(path=str(path), size_bytes=path.stat().st_size, sha256=digest)
+
+
+def check_output(home: Home, output: OutputRecord) -> str | None:
+    """None when the file is still what the stage produced, else why not. Cheap first: stat, then cache.
+
+    A file whose stat changed since its digest was recorded is re-hashed (touched is not changed).
+    """
+    path = Path(output.path)
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return f"output missing: {path}"
+    if size != output.size_bytes:
+        return f"output changed: {path}"
+    digest = cached_sha256(home, path) or file_sha256(home, path)
+    return None if digest == output.sha256 else f"output changed: {path}"
+
+
+def profile_name(recipe_name: str, qtype: str) -> str:
+    """One profile per recipe and quant type."""
+    return f"{recipe_name}-{qtype}"
+
+
+def recipe_hardware(recipe: Recipe) -> HardwareClass:
+    folder = recipe.path.parent if recipe.path else Path.cwd()
+    return get_hardware(recipe.hardware, folder / HARDWARE_FILE)
+
+
+def recipe_stages(recipe: Recipe, env: StageEnv) -> list[Stage]:
+    """The ordered stages of a recipe; publish stages come last so a failure never touches a profile."""
+    stages = [_resolve_stage(recipe, env)]
+    if not recipe.source.is_local:
+        stages.append(_download_stage(recipe, env))
+    stages.append(_verify_stage(recipe, env))
+    types = recipe.quantize.types
+    stages += [_quantize_stage(recipe, env, qtype) for qtype in types]
+    stages += [_fit_stage(recipe, env, qtype) for qtype in types]
+    stages += [_publish_stage(recipe, env, qtype) for qtype in types]
+    return stages
+
+
+# --- resolve: revision → commit (hub), or the local file's digest --------------------------------
+
+
+def _resolve_stage(recipe: Recipe, env: StageEnv) -> Stage:
+    source = recipe.source
+
+    def inputs(_: Upstream) -> dict[str, Any]:
+        if source.is_local:
+            return {"path": str(_local_path(recipe))}
+        return {"repo": source.repo, "revision": source.revision}
+
+    def action(_: Upstream) -> StageOutcome:
+        if source.is_local:
+            path = _local_path(recipe)
+            if not path.is_file():
+                raise BuildError(f"{recipe.path}: source.path: no such file: {path}")
+            return StageOutcome(values={"sha256": file_sha256(env.home, path), "size_bytes": path.stat().st_size})
+        assert source.repo is not None
+        if COMMIT_RE.match(source.revision):
+            return StageOutcome(values={"commit": source.revision})  # pinned: no network at all
+        from pipeline.hub import resolve_commit
+
+        commit = resolve_commit(source.repo, source.revision, token=env.token, offline=env.offline)
+        return StageOutcome(values={"commit": commit})
+
+    return Stage("resolve", (), inputs, action, volatile=True)
+
+
+def _local_path(recipe: Recipe) -> Path:
+    assert recipe.source.path is not None
+    return recipe.resolve(recipe.source.path.expanduser()).resolve()
+
+
+# --- download + verify ------------------------------------------------------------------------------
+
+
+def _download_stage(recipe: Recipe, env: StageEnv) -> Stage:
+    source = recipe.source
+
+    def inputs(up: Upstream) -> dict[str, Any]:
+        return {
+            "repo": source.repo,
+            "file": source.file,
+            "commit": up["resolve"].values["commit"],
+            "pin": source.sha256,
+        }
+
+    def action(up: Upstream) -> StageOutcome:
+        from pipeline.download import pull, source_ref_for
+
+        assert source.repo is not None and source.file is not None
+        commit = up["resolve"].values["commit"]
+        files = pull(
+            source.repo, source.file, commit, token=env.token, offline=env.offline, expected_sha256=source.sha256
+        )
+        ref = source_ref_for(files).model_copy(update={"revision": source.revision})
+        return StageOutcome(
+            outputs=[output_record(env.home, Path(f.path), f.sha256) for f in files],
+            values={"source_ref": ref.model_dump(mode="json")},
+        )
+
+    return Stage("download", ("resolve",), inputs, action)
+
+
+def _verify_stage(recipe: Recipe, env: StageEnv) -> Stage:
+    """Check the source bytes against the digests they must have (Hub LFS sha256, the recipe's pin)."""
+    local = recipe.source.is_local
+    dep = "resolve" if local else "download"
+    pin = recipe.source.sha256
+
+    def inputs(up: Upstream) -> dict[str, Any]:
+        if local:
+            return {"path": str(_local_path(recipe)), "source_sha256": up["resolve"].values["sha256"], "pin": pin}
+        return {"source_sha256": [o.sha256 for o in up["download"].outputs], "pin": pin}
+
+    def action(up: Upstream) -> StageOutcome:
+        if local:
+            path = _local_path(recipe)
+            expected = [OutputRecord(path=str(path), size_bytes=path.stat().st_size, sha256=pin or "")]
+        else:
+            expected = up["download"].outputs
+        outputs = []
+        for index, item in enumerate(expected):
+            path = Path(item.path)
+            actual = file_sha256(env.home, path)
+            must_be = pin if (pin and index == 0) else item.sha256
+            if must_be and actual != must_be:
+                field_name = "source.sha256" if must_be == pin else "the Hub's LFS sha256"
+                raise IntegrityError(
+                    f"{path}: sha256 {actual} does not match {field_name} {must_be}",
+                    hint="delete the file and rebuild, or fix the pin in the recipe",
+                )
+            outputs.append(OutputRecord(path=str(path), size_bytes=path.stat().st_size, sha256=actual))
+        ref = _source_ref(local, up, outputs)
+        return StageOutcome(
+            outputs=outputs,
+            values={"path": outputs[0].path, "sha256": outputs[0].sha256, "source_ref": ref.model_dump(mode="json")},
+        )
+
+    return Stage("verify", (dep,), inputs, action)
+
+
+def _source_ref(local: bool, up: Upstream, outputs: list[OutputRecord]) -> SourceRef:
+    if not local:
+        return SourceRef.model_validate(up["download"].values["source_ref"])
+    first = outputs[0]
+    return SourceRef(kind="local", path=first.path, sha256=first.sha256, size_bytes=first.size_bytes)
+
+
+# --- quantize, fit, publish: one of each per target type -------------------------------------------
+
+
+def _quant_params(recipe: Recipe, env: StageEnv, qtype: str) -> QuantParams:
+    settings = recipe.quantize
+    imatrix = recipe.resolve(settings.imatrix) if settings.imatrix else None
+    return QuantParams(
+        type=qtype,
+        allow_requantize=settings.allow_requantize,
+        imatrix_path=str(imatrix) if imatrix else None,
+        imatrix_sha256=file_sha256(env.home, imatrix) if imatrix and imatrix.is_file() else None,
+        output_tensor_type=settings.output_tensor_type,
+        token_embedding_type=settings.token_embedding_type,
+        tensor_types=settings.tensor_types,
+        pure=settings.pure,
+        leave_output_tensor=settings.leave_output_tensor,
+    )
+
+
+def _quantize_stage(recipe: Recipe, env: StageEnv, qtype: str) -> Stage:
+    def inputs(up: Upstream) -> dict[str, Any]:
+        params = _quant_params(recipe, env, qtype).model_dump(mode="json")
+        params.pop("imatrix_path")  # where the imatrix lives doesn't matter; its bytes do
+        return {
+            "source_sha256": up["verify"].values["sha256"],
+            "params": params,
+            "engine": recipe.quantize.engine,
+            "llama_cpp": env.llama_cpp_version,
+            "stage_version": STAGE_VERSION,
+        }
+
+    def action(up: Upstream) -> StageOutcome:
+        from pipeline.quantize import QuantizeRequest, quantize
+
+        verified = up["verify"].values
+        request = QuantizeRequest(
+            source=Path(verified["path"]),
+            params=_quant_params(recipe, env, qtype),
+            source_ref=SourceRef.model_validate(verified["source_ref"]),
+            engine=recipe.quantize.engine,
+            threads=recipe.run.threads,
+        )
+        result = quantize(request)
+        sha = result.record.sha256 if result.record is not None else None
+        out = output_record(env.home, Path(result.output), sha)
+        return StageOutcome(outputs=[out], values={"path": out.path, "sha256": out.sha256})
+
+    return Stage(f"quantize:{qtype}", ("verify",), inputs, action)
+
+
+def _fit_stage(recipe: Recipe, env: StageEnv, qtype: str) -> Stage:
+    quant = f"quantize:{qtype}"
+
+    def inputs(up: Upstream) -> dict[str, Any]:
+        return {
+            "model_sha256": up[quant].values["sha256"],
+            "hardware": recipe_hardware(recipe).model_dump(mode="json"),
+            "run": recipe.run.model_dump(mode="json", exclude={"threads"}),
+            "llama_cpp": env.llama_cpp_version,
+            "mm": __version__,
+        }
+
+    def action(up: Upstream) -> StageOutcome:
+        from pipeline.fit import fit_model
+
+        result = fit_model(Path(up[quant].values["path"]), recipe_hardware(recipe), fit_settings(recipe))
+        return StageOutcome(values={"fit": result.model_dump(mode="json")})
+
+    return Stage(f"fit:{qtype}", (quant,), inputs, action)
+
+
+def fit_settings(recipe: Recipe) -> Any:
+    """The recipe's [run] section as fit's settings (typed Any: fit is imported only when used)."""
+    from pipeline.fit import FitSettings
+
+    run = recipe.run
+    return FitSettings(
+        ctx=run.ctx,
+        batch=run.batch,
+        ubatch=run.ubatch,
+        kv_type=run.kv_type,
+        flash_attn=run.flash_attn,
+        parallel=run.parallel,
+        n_gpu_layers=run.n_gpu_layers,
+    )
+
+
+def _publish_stage(recipe: Recipe, env: StageEnv, qtype: str) -> Stage:
+    quant, fit = f"quantize:{qtype}", f"fit:{qtype}"
+    name = profile_name(recipe.name, qtype)
+
+    def inputs(up: Upstream) -> dict[str, Any]:
+        return {
+            "model_sha256": up[quant].values["sha256"],
+            "fit_sha256": fingerprint(up[fit].values["fit"]),
+            "source": up["verify"].values["source_ref"],
+            "profile": name,
+            # source and quantize reach the profile through model_sha256 and source; listing them here
+            # would republish every type when one is added to the recipe.
+            "recipe": recipe.model_dump(mode="json", exclude={"source", "quantize"}),
+            "stage_version": STAGE_VERSION,
+        }
+
+    def action(up: Upstream) -> StageOutcome:
+        from pipeline.fit import FitResult
+        from pipeline.registry import profile_path, publish
+
+        fit_result = FitResult.model_validate(up[fit].values["fit"])
+        model = Path(up[quant].values["path"])
+        profile = publish(
+            model,
+            recipe_hardware(recipe),
+            name=name,
+            settings=fit_settings(recipe),
+            recipe=recipe,
+            fit=fit_result,
+            threads=recipe.run.threads,
+        )
+        document = profile_path(env.home, profile.name)
+        return StageOutcome(outputs=[output_record(env.home, document)], values={"profile": profile.name})
+
+    return Stage(f"publish:{qtype}", (quant, fit, "verify"), inputs, action)
