@@ -8,6 +8,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from pipeline.home import Home, atomic_write_json
 
@@ -18,17 +19,22 @@ ProgressCallback = Callable[[int], None]  # called with the number of bytes just
 
 def sha256_file(path: Path, progress: ProgressCallback | None = None) -> str:
     """Hex sha256 of a file, read in large chunks into one reused buffer."""
+    with open(path, "rb", buffering=0) as handle:
+        return sha256_handle(handle, progress)
+
+
+def sha256_handle(handle: BinaryIO, progress: ProgressCallback | None = None) -> str:
+    """Hex sha256 of an open file from its current position; the handle stays valid across a rename."""
     digest = hashlib.sha256()
     buffer = bytearray(CHUNK_BYTES)
     view = memoryview(buffer)
-    with open(path, "rb", buffering=0) as handle:
-        while True:
-            count = handle.readinto(buffer)
-            if not count:
-                break
-            digest.update(view[:count])
-            if progress is not None:
-                progress(count)
+    while True:
+        count = handle.readinto(buffer)  # type: ignore[attr-defined]
+        if not count:
+            break
+        digest.update(view[:count])
+        if progress is not None:
+            progress(count)
     return digest.hexdigest()
 
 

@@ -19,6 +19,7 @@ from pipeline.gguf_header import GGUFHeader, read_model
 from pipeline.hardware import HardwareClass
 from pipeline.memory import ModelShape, Split, context, model_shape, split_layers
 from pipeline.quant_types import QUANT_TYPES, QuantType, parse_quant_type
+from pipeline.recipe import Recipe
 from pipeline.units import format_size
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,12 @@ class FitSettings(BaseModel):
     n_gpu_layers: int | None = Field(default=None, ge=0)  # None = as many as fit
     swa_full: bool = True  # llama.cpp's default: the SWA cache as large as the full one
     safety_margin: float = Field(default=DEFAULT_SAFETY_MARGIN, ge=0, lt=1)
+
+    @classmethod
+    def for_recipe(cls, recipe: Recipe | None, **overrides: Any) -> FitSettings:
+        """A recipe's [run] section (or the defaults), with the flags the user gave (None = not given) on top."""
+        base = recipe.run.model_dump(exclude={"threads"}) if recipe else {}
+        return cls.model_validate({**base, **{k: v for k, v in overrides.items() if v is not None}})
 
 
 class DeviceBreakdown(BaseModel):

@@ -21,6 +21,16 @@ log = logging.getLogger(__name__)
 DEFAULT_HOME = Path("~/.cache/mm")
 
 
+def _default_file_mode() -> int:
+    """0666 less the process umask (read once at import; os.umask can only be read by setting it)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_FILE_MODE = _default_file_mode()
+
+
 @dataclass(frozen=True)
 class Home:
     """The folders of one mm home; every path mm writes lives under one of these."""
@@ -94,6 +104,7 @@ def atomic_path(target: Path) -> Iterator[Path]:
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.fchmod(fd, _FILE_MODE)  # mkstemp makes 0600; mm's files get the user's usual mode
     os.close(fd)
     tmp = Path(tmp_name)
     try:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import os
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +19,7 @@ from typing import Literal, NamedTuple
 
 from pydantic import BaseModel
 
-from pipeline.digest import file_sha256, record_sha256, sha256_file
+from pipeline.digest import file_sha256, record_sha256, sha256_handle
 from pipeline.errors import ModelFormatError, QuantizeError, UsageError
 from pipeline.gguf_header import GGUFHeader, read_header, read_model
 from pipeline.home import atomic_path, locked, mm_home
@@ -283,7 +282,7 @@ def _quantize(
         _remove_stale_temps(output)
         log_path = home.ensure(home.logs) / f"quantize-{output.name}.log"
         started = time.monotonic()
-        with ThreadPoolExecutor(max_workers=1) as hasher, atomic_path(output) as tmp:
+        with contextlib.ExitStack() as stack, ThreadPoolExecutor(max_workers=1) as hasher, atomic_path(output) as tmp:
             job = _job(request.source, tmp, qtype, request.params, request.threads)
             parsed = run_quantize(
                 job,
@@ -295,8 +294,8 @@ def _quantize(
                 worker=worker,
             )
             checked = _verify_output(tmp, header, qtype)
-            os.chmod(tmp, 0o644)
-            digest = hasher.submit(sha256_file, tmp)  # hashes while atomic_path fsyncs and renames
+            finished = stack.enter_context(open(tmp, "rb", buffering=0))  # opened before the rename
+            digest = hasher.submit(sha256_handle, finished)  # hashes while atomic_path fsyncs and renames
         record_sha256(home, output, digest.result())
         record = QuantRecord(
             output_path=str(output),

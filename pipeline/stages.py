@@ -319,16 +319,7 @@ def fit_settings(recipe: Recipe) -> Any:
     """The recipe's [run] section as fit's settings (typed Any: fit is imported only when used)."""
     from pipeline.fit import FitSettings
 
-    run = recipe.run
-    return FitSettings(
-        ctx=run.ctx,
-        batch=run.batch,
-        ubatch=run.ubatch,
-        kv_type=run.kv_type,
-        flash_attn=run.flash_attn,
-        parallel=run.parallel,
-        n_gpu_layers=run.n_gpu_layers,
-    )
+    return FitSettings.for_recipe(recipe)
 
 
 def _publish_stage(recipe: Recipe, env: StageEnv, qtype: str) -> Stage:

@@ -91,10 +91,10 @@ def register(app: typer.Typer) -> None:
         path, recipe, is_stub = resolve_model(model, recipes, token=token, offline=offline, allow_header_stub=True)
         _note_stub(model, is_stub)
         target = target_hardware(hardware, _size(vram, "--vram"), _size(ram, "--ram"), recipe, recipes)
-        base = recipe.run.model_dump(exclude={"threads"}) if recipe else {}
-        flags = {"ctx": ctx, "kv_type": kv_type, "flash_attn": flash_attn, "batch": batch, "ubatch": ubatch,
-                 "parallel": parallel, "n_gpu_layers": n_gpu_layers}  # fmt: skip
-        settings = FitSettings.model_validate({**base, **{k: v for k, v in flags.items() if v is not None}})
+        settings = FitSettings.for_recipe(
+            recipe, ctx=ctx, kv_type=kv_type, flash_attn=flash_attn, batch=batch, ubatch=ubatch,
+            parallel=parallel, n_gpu_layers=n_gpu_layers,
+        )  # fmt: skip
         if quants is not None:
             report = recommend_quant(path, target, parse_candidates(quants), settings, min_tps)
             emit_json(report) if json else _show_report(report)

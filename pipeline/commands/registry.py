@@ -55,9 +55,9 @@ def register(app: typer.Typer) -> None:
 
         path, recipe, _ = resolve_model(model, recipes)
         target = target_hardware(hardware, None, None, recipe, recipes)
-        base = recipe.run.model_dump(exclude={"threads"}) if recipe else {}
-        flags = {"ctx": ctx, "kv_type": kv_type, "flash_attn": flash_attn, "n_gpu_layers": n_gpu_layers}
-        settings = FitSettings.model_validate({**base, **{k: v for k, v in flags.items() if v is not None}})
+        settings = FitSettings.for_recipe(
+            recipe, ctx=ctx, kv_type=kv_type, flash_attn=flash_attn, n_gpu_layers=n_gpu_layers
+        )
         profile = publish(path, target, name=name, settings=settings, recipe=recipe, threads=threads)
         if json:
             emit_json(profile)
