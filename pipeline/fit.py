@@ -6,19 +6,20 @@ many layers go to the GPU, whether the rest fits in RAM, how fast decode will be
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.errors import FitError
+from pipeline.errors import FitError, MMError
 from pipeline.gguf_header import GGUFHeader, read_model
 from pipeline.hardware import HardwareClass
 from pipeline.memory import ModelShape, Split, context, model_shape, split_layers
-from pipeline.quant_types import QUANT_TYPES, QuantType, parse_quant_type
+from pipeline.provenance import QuantParams
+from pipeline.quant_types import QUANT_TYPES, QuantType, by_ftype, parse_quant_type
+from pipeline.quantize import plan
 from pipeline.recipe import Recipe
 from pipeline.units import format_size
 
@@ -233,6 +234,9 @@ class QuantCandidate(BaseModel):
     ppl_delta: float | None  # llama.cpp's reference perplexity increase (quantize.cpp; lower is better)
     fits: bool
     verdict: Verdict
+    needs_imatrix: bool = False  # llama.cpp's quantize refuses this type without an importance matrix
+    worth_it: bool = True  # False: not smaller than an already-quantized source, so no gain from it
+    note: str | None = None
 
 
 class QuantReport(BaseModel):
@@ -257,20 +261,23 @@ def parse_candidates(text: str) -> list[QuantType]:
     return [t for t in types if not t.is_float or t.name in ("f16", "bf16")]
 
 
-def _planned_sizes(headers: list[GGUFHeader], qtype: QuantType) -> tuple[dict[str, int], dict[str, int], bool]:
-    """Per-tensor (bytes, type) for a candidate: the quantize dry-run when available, else an estimate."""
+class _Planned(NamedTuple):
+    sizes: dict[str, int]  # tensor name -> bytes
+    kinds: dict[str, int]  # ggml type -> tensor count
+    exact: bool  # True: llama.cpp's quantize dry-run; False: a bits-per-weight estimate
+    needs_imatrix: bool
+
+
+def _planned_sizes(headers: list[GGUFHeader], qtype: QuantType) -> _Planned:
+    """Per-tensor sizes for a candidate: llama.cpp's quantize dry-run, else (if it fails) an estimate."""
     try:
-        # Looked up at run time: pipeline/quantize.py (the quantize issue) may not be there yet.
-        plan: Any = importlib.import_module("pipeline.quantize").plan
-        params: Any = importlib.import_module("pipeline.provenance").QuantParams
-        result = plan(headers[0].path, params(type=qtype.canonical))
-        sizes = {str(t.name): int(t.n_bytes) for t in result.tensors}
+        result = plan(headers[0].path, QuantParams(type=qtype.canonical, allow_requantize=True))
         kinds: dict[str, int] = {}
-        for tensor in result.tensors:
-            kinds[str(tensor.type)] = kinds.get(str(tensor.type), 0) + 1
-        return sizes, kinds, True
-    except (ImportError, AttributeError, TypeError, ValueError) as exc:
-        log.debug("quantize dry-run unavailable (%s); estimating sizes from bits per weight", exc)
+        for planned in result.tensors:
+            kinds[planned.type] = kinds.get(planned.type, 0) + 1
+        return _Planned({t.name: t.n_bytes for t in result.tensors}, kinds, True, result.needs_imatrix)
+    except MMError as exc:
+        log.warning("quantize dry-run failed for %s (%s); estimating sizes from bits per weight", qtype.name, exc)
     sizes, kinds = {}, {}
     for header in headers:
         for tensor in header.tensors:
@@ -279,7 +286,16 @@ def _planned_sizes(headers: list[GGUFHeader], qtype: QuantType) -> tuple[dict[st
             else:
                 sizes[tensor.name], kind = int(tensor.n_elements * qtype.bits_per_weight / 8), qtype.canonical
             kinds[kind] = kinds.get(kind, 0) + 1
-    return sizes, kinds, False
+    return _Planned(sizes, kinds, False, qtype.needs_imatrix)
+
+
+def _requant_note(source: QuantType | None, qtype: QuantType) -> str | None:
+    """Why a candidate gains nothing: re-quantizing cannot add back what the source's quantization lost."""
+    if source is None or source.is_float or qtype.canonical == source.canonical:
+        return None
+    if qtype.bits_per_weight >= source.bits_per_weight:
+        return f"not smaller than the source ({source.name}): quality cannot improve by re-quantizing"
+    return None
 
 
 def recommend_quant(
@@ -291,18 +307,21 @@ def recommend_quant(
         raise FitError("no candidate quant types given", hint="e.g. --quants all or --quants q4_k_m,q5_k_m")
     settings = settings or FitSettings()
     headers = read_model(model)
+    source = by_ftype(headers[0].file_type) if headers[0].file_type is not None else None
     rows = []
     for qtype in candidates:
-        sizes, kinds, exact = _planned_sizes(headers, qtype)
-        fit = fit_shape(model_shape(headers, sizes), model, hardware, settings, suggest=False)
+        planned = _planned_sizes(headers, qtype)
+        fit = fit_shape(model_shape(headers, planned.sizes), model, hardware, settings, suggest=False)
+        note = _requant_note(source, qtype)
         rows.append(
             QuantCandidate(
-                type=qtype.canonical, file_bytes=sum(sizes.values()), exact_sizes=exact, tensor_types=kinds,
-                n_gpu_layers=fit.n_gpu_layers, tokens_per_second=fit.tokens_per_second, ppl_delta=qtype.ppl_delta,
-                fits=fit.verdict != "does_not_fit", verdict=fit.verdict,
+                type=qtype.canonical, file_bytes=sum(planned.sizes.values()), exact_sizes=planned.exact,
+                tensor_types=planned.kinds, n_gpu_layers=fit.n_gpu_layers, tokens_per_second=fit.tokens_per_second,
+                ppl_delta=qtype.ppl_delta, fits=fit.verdict != "does_not_fit", verdict=fit.verdict,
+                needs_imatrix=planned.needs_imatrix, worth_it=note is None, note=note,
             )
         )  # fmt: skip
-    usable = [c for c in rows if c.fits and c.tokens_per_second >= min_tps]
+    usable = [c for c in rows if c.fits and c.worth_it and c.tokens_per_second >= min_tps]
     order = {q.name: i for i, q in enumerate(QUANT_TYPES)}
     best = min(usable, key=lambda c: (c.ppl_delta if c.ppl_delta is not None else 99.0, -order[c.type]), default=None)
     if best is None:

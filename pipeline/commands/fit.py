@@ -8,7 +8,15 @@ import typer
 
 from pipeline.commands.options import HardwareOpt, JsonOpt, OfflineOpt, RecipesDirOpt, TokenOpt
 from pipeline.commands.render import emit_json, note, table
-from pipeline.fit import FitResult, FitSettings, QuantReport, fit_model, parse_candidates, recommend_quant
+from pipeline.fit import (
+    FitResult,
+    FitSettings,
+    QuantCandidate,
+    QuantReport,
+    fit_model,
+    parse_candidates,
+    recommend_quant,
+)
 from pipeline.model_info import local_machine, resolve_model, summarize_model, target_hardware
 from pipeline.units import format_size, parse_size
 
@@ -133,11 +141,16 @@ def _show_fit(r: FitResult) -> None:
         note(f"assumes {assumption}")
 
 
+def _candidate_note(c: QuantCandidate) -> str:
+    notes = (["needs --imatrix"] if c.needs_imatrix else []) + ([c.note] if c.note else [])
+    return "; ".join(notes)
+
+
 def _show_report(r: QuantReport) -> None:
     rows = [(c.type, format_size(c.file_bytes) + ("" if c.exact_sizes else " ~"), c.n_gpu_layers,
              f"{c.tokens_per_second:g}", "-" if c.ppl_delta is None else f"+{c.ppl_delta:g}",
-             "yes" if c.fits else "no") for c in r.candidates]  # fmt: skip
-    table(("type", "file", "gpu layers", "tokens/s", "ppl (ref)", "fits"), rows)
+             "yes" if c.fits else "no", _candidate_note(c)) for c in r.candidates]  # fmt: skip
+    table(("type", "file", "gpu layers", "tokens/s", "ppl (ref)", "fits", "note"), rows)
     typer.echo(f"recommended: {r.recommended or 'none'} ({r.reason})")
     if any(not c.exact_sizes for c in r.candidates):
         note("~ sizes estimated from bits per weight (llama.cpp's quantize dry-run was not available)")
