@@ -11,7 +11,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import BaseModel, computed_field
 
 from pipeline import hub, hub_cache
 from pipeline.digest import cached_sha256, file_sha256, record_sha256
@@ -36,6 +36,12 @@ class PulledFile(BaseModel):
     filename: str
     sha256: str
     size_bytes: int
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def size(self) -> int:
+        """The issue's --json name for size_bytes, kept so scripts can rely on either."""
+        return self.size_bytes
 
 
 def disk_free_bytes(folder: Path) -> int:

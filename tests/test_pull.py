@@ -57,7 +57,7 @@ def test_pull_single_file_lands_verified_in_the_hub_cache(
 
     assert entry["sha256"] == sha256(tiny_bytes)
     assert entry["commit"] == commit
-    assert entry["size_bytes"] == len(tiny_bytes)
+    assert entry["size_bytes"] == entry["size"] == len(tiny_bytes)
     path = Path(str(entry["path"]))
     assert path.read_bytes() == tiny_bytes
     # huggingface_hub's own cache lookup finds the file mm placed, by branch and by commit
