@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from pipeline.build import BuildOptions, build, parse_shard, select_recipes
 from pipeline.build_report import SUMMARY_HEADERS, ConsoleReporter, summary_rows, write_report
 from pipeline.commands.options import JsonOpt, OfflineOpt, QuietOpt, RecipesDirOpt, TokenOpt
 from pipeline.commands.render import emit_json, note, table
@@ -39,6 +39,8 @@ def build_command(
 
     Example: mm build --all --keep-going --report cache/nightly-report.json
     """
+    from pipeline.build import BuildOptions, build, parse_shard, select_recipes
+
     paths = select_recipes(
         recipes or [],
         all_recipes=all_recipes,
@@ -73,7 +75,8 @@ def demo_command(quiet: QuietOpt = False, as_json: JsonOpt = False) -> None:
         return
     table(SUMMARY_HEADERS, summary_rows(result.build))
     typer.echo(f"\nprofile {result.profile}: {result.prompt!r} → {result.text!r}")
-    typer.echo(f"try it:  mm run {result.profile} -p 'hello'")
+    home = f"MM_HOME={os.environ['MM_HOME']} " if os.environ.get("MM_HOME") else ""
+    typer.echo(f"try it:  {home}mm run {result.profile} -p 'hello'   ({home}mm ls lists the profiles)")
 
 
 def register(app: typer.Typer) -> None:

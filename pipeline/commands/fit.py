@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from pipeline.commands.options import HardwareOpt, JsonOpt, OfflineOpt, RecipesDirOpt, TokenOpt
 from pipeline.commands.render import emit_json, note, table
-from pipeline.fit import (
-    FitResult,
-    FitSettings,
-    QuantCandidate,
-    QuantReport,
-    fit_model,
-    parse_candidates,
-    recommend_quant,
-)
-from pipeline.model_info import local_machine, resolve_model, summarize_model, target_hardware
 from pipeline.units import format_size, parse_size
+
+if TYPE_CHECKING:  # imported when a command runs, so `mm` starts fast
+    from pipeline.fit import (
+        FitResult,
+        QuantCandidate,
+        QuantReport,
+    )
 
 ModelArg = Annotated[str, typer.Argument(help="A .gguf path, a pulled owner/name:FILE.gguf[@revision], or a recipe.")]
 
@@ -49,6 +46,8 @@ def register(app: typer.Typer) -> None:
 
         Example: mm inspect TheBloke/Llama-2-70B-chat-GGUF:llama-2-70b-chat.Q4_K_M.gguf
         """
+        from pipeline.model_info import resolve_model, summarize_model
+
         resolved = resolve_model(model, recipes, token=token, offline=offline, allow_header_stub=True)
         _note_stub(model, resolved.is_stub)
         summary = summarize_model(resolved.path)
@@ -96,6 +95,9 @@ def register(app: typer.Typer) -> None:
 
         Example: mm fit TheBloke/Llama-2-70B-chat-GGUF:llama-2-70b-chat.Q4_K_M.gguf --hardware rtx3060-12g
         """
+        from pipeline.fit import FitSettings, fit_model, parse_candidates, recommend_quant
+        from pipeline.model_info import resolve_model, target_hardware
+
         path, recipe, is_stub = resolve_model(model, recipes, token=token, offline=offline, allow_header_stub=True)
         _note_stub(model, is_stub)
         target = target_hardware(hardware, _size(vram, "--vram"), _size(ram, "--ram"), recipe, recipes)
@@ -113,6 +115,8 @@ def register(app: typer.Typer) -> None:
     @app.command("hw")
     def hw_cmd(json: JsonOpt = False, recipes: RecipesDirOpt = None) -> None:
         """This machine's GPUs, RAM and CPU, and the hardware classes mm can plan for."""
+        from pipeline.model_info import local_machine
+
         machine = local_machine(recipes)
         if json:
             emit_json(machine)

@@ -9,7 +9,6 @@ import typer
 
 from pipeline.commands.options import JsonOpt, QuietOpt
 from pipeline.commands.render import emit_json, note, table
-from pipeline.llama_build import build_llama_quantize, engines_info
 
 llama_app = typer.Typer(help="llama.cpp: build llama-quantize, show the quantize engines.", no_args_is_help=True)
 
@@ -31,6 +30,8 @@ def build_command(
     quiet: QuietOpt = False,
 ) -> None:
     """Compile llama-quantize from the llama.cpp matching llama-cpp-python (cached per version + options)."""
+    from pipeline.llama_build import build_llama_quantize
+
     if not quiet and not json_:
         note("building llama-quantize (only that target); this takes a few minutes...")
     tool = build_llama_quantize(cmake_arg, source, jobs=jobs)
@@ -44,6 +45,8 @@ def build_command(
 @llama_app.command("info")
 def info_command(json_: JsonOpt = False) -> None:
     """Which quantize engines are available, their llama.cpp versions and build options."""
+    from pipeline.llama_build import engines_info
+
     engines = engines_info()
     if json_:
         emit_json(engines)

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from tqdm import tqdm
 
-from pipeline import download, hub
 from pipeline.commands.options import JsonOpt, OfflineOpt, QuietOpt, RecipesDirOpt, RevisionOpt, TokenOpt
 from pipeline.commands.render import emit_json, note, show_progress, table
 from pipeline.errors import UsageError
-from pipeline.transfer import Progress
 from pipeline.units import format_size
+
+if TYPE_CHECKING:  # the Hub client is imported when a pull runs, not on every `mm` start
+    from pipeline.download import PullTarget
+    from pipeline.transfer import Progress
 
 FileOpt = Annotated[
     str | None, typer.Option("--file", "-f", help="The GGUF file in the repo (for split models: any shard).")
@@ -27,8 +29,10 @@ def _bar(label: str, total: int, initial: int) -> Progress:
     return bar
 
 
-def _choose_file(target: download.PullTarget, token: str | None) -> str:
+def _choose_file(target: PullTarget, token: str | None) -> str:
     """No file named: list the repo's GGUF files; ask on a terminal, else say to pass --file."""
+    from pipeline import hub
+
     files = hub.list_gguf_files(target.repo, target.revision, token=token)
     if len(files) == 1:
         note(f"{target.repo}: pulling its only GGUF file, {files[0][0]}")
@@ -56,6 +60,8 @@ def pull(
 
     Example: mm pull TheBloke/Llama-2-7B-GGUF:llama-2-7b.Q4_K_M.gguf
     """
+    from pipeline import download
+
     target = download.pull_target(model, filename=file, revision=revision, recipes_folder=recipes)
     filename = target.filename or _choose_file(target, token)
     files = download.pull(

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 from tqdm import tqdm
 
 from pipeline.commands.options import JsonOpt, QuietOpt, RecipesDirOpt
 from pipeline.commands.render import emit_json, note, show_progress, table
-from pipeline.quantize import QuantizeRequest, QuantizeResult, plan, quantize
-from pipeline.quantize_inputs import QuantizeOptions, build_requests
 from pipeline.units import format_size
+
+if TYPE_CHECKING:  # llama.cpp's bindings load when a command runs, so `mm` starts fast
+    from pipeline.quantize import QuantizeRequest, QuantizeResult
 
 
 def register(app: typer.Typer) -> None:
@@ -51,6 +52,9 @@ def quantize_command(
     quiet: QuietOpt = False,
 ) -> None:
     """Quantize MODEL to each --to TYPE with llama.cpp (a recipe's [quantize] section gives defaults)."""
+    from pipeline.quantize import plan
+    from pipeline.quantize_inputs import QuantizeOptions, build_requests
+
     options = QuantizeOptions(
         types=to,
         imatrix=imatrix,
@@ -99,6 +103,8 @@ def quantize_command(
 
 
 def _run_one(request: QuantizeRequest, quiet: bool) -> QuantizeResult:
+    from pipeline.quantize import quantize
+
     bar = tqdm(desc=request.params.type, unit="tensor", disable=not show_progress(quiet), leave=False)
 
     def progress(done: int, total: int) -> None:
