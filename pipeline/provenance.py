@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -68,6 +69,11 @@ class QuantRecord(BaseModel):
     threads: int | None = None
     seconds: float
     created_at: str = Field(default_factory=utc_now)
+
+
+def quantize_lock_name(output: Path) -> str:
+    """The lock quantize holds while it makes `output`; gc takes it too, so it never removes work in progress."""
+    return "quantize-" + hashlib.sha256(str(output.resolve()).encode()).hexdigest()[:16]
 
 
 def record_path_for(output: Path) -> Path:

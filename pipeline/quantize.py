@@ -9,7 +9,6 @@ writes its `QuantRecord`.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import re
 import time
@@ -35,7 +34,7 @@ from pipeline.llama import (
     tensor_bytes,
 )
 from pipeline.llama_worker import QuantizeJob
-from pipeline.provenance import QuantParams, QuantRecord, SourceRef, read_record, write_record
+from pipeline.provenance import QuantParams, QuantRecord, SourceRef, quantize_lock_name, read_record, write_record
 from pipeline.quant_types import QuantType, by_ftype, parse_quant_type
 
 log = logging.getLogger(__name__)
@@ -275,7 +274,7 @@ def _quantize(
     source_ref = request.source_ref or _local_ref(request.source)
     output = request.output or default_output_path(request.source, source_ref.sha256, qtype.canonical)
     home = mm_home()
-    with locked(home, "quantize-" + hashlib.sha256(str(output.resolve()).encode()).hexdigest()[:16]):
+    with locked(home, quantize_lock_name(output)):
         done = _up_to_date(output, source_ref, request.params)
         if done is not None:
             return _result(done, output, qtype, header, f"{output.name} is up to date", warnings, None)

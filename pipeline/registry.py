@@ -30,7 +30,7 @@ from pipeline.errors import (
 from pipeline.hardware import HardwareClass
 from pipeline.home import Home, atomic_path, atomic_write_json, locked, mm_home
 from pipeline.profile import BlobRef, Profile, build_profile, check_name
-from pipeline.provenance import read_record
+from pipeline.provenance import quantize_lock_name, read_record
 
 if TYPE_CHECKING:
     from pipeline.fit import FitResult, FitSettings
@@ -276,11 +276,6 @@ def _referenced(home: Home) -> set[str]:
     return keep
 
 
-def _quantize_lock(output: Path) -> str:
-    """The lock quantize holds while it makes or reuses `output` (pipeline/quantize.py names it this way)."""
-    return "quantize-" + hashlib.sha256(str(output.resolve()).encode()).hexdigest()[:16]
-
-
 def _gc_candidates(home: Home, keep: set[str], held: contextlib.ExitStack) -> list[tuple[Path, str]]:
     found: list[tuple[Path, str]] = []
     for folder in (home.blobs, home.profiles):
@@ -296,7 +291,7 @@ def _gc_candidates(home: Home, keep: set[str], held: contextlib.ExitStack) -> li
             continue
         if record is not None and record.sha256 not in keep:
             try:  # an output quantize is working on right now is not garbage: skip it, hold the rest
-                held.enter_context(locked(home, _quantize_lock(output), wait=False))
+                held.enter_context(locked(home, quantize_lock_name(output), wait=False))
             except LockTimeoutError:
                 continue
             if output.is_file():

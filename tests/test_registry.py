@@ -16,7 +16,7 @@ from pipeline.errors import FitError, IntegrityError, ProfileNotFoundError, Regi
 from pipeline.fit import FitSettings
 from pipeline.hardware import HardwareClass, get_hardware
 from pipeline.home import locked, mm_home
-from pipeline.provenance import QuantParams, QuantRecord, SourceRef, write_record
+from pipeline.provenance import QuantParams, QuantRecord, SourceRef, quantize_lock_name, write_record
 from pipeline.registry import check_blob, gc, get_profile, list_profiles, publish, remove_profile, verify
 
 CPU = get_hardware("cpu-64g")
@@ -237,6 +237,6 @@ def test_verify_names_only_the_corrupted_profiles(tiny_model: Path, tiny_model_f
 
 def test_gc_leaves_an_output_that_quantize_is_working_on(tiny_model: Path) -> None:
     output = _quantize_output(tiny_model, mm_home().quant / "busy")
-    with locked(mm_home(), registry._quantize_lock(output)):  # as quantize holds it while (re)making output
+    with locked(mm_home(), quantize_lock_name(output)):  # as quantize holds it while (re)making output
         assert [i.kind for i in gc().removed] == []
     assert {i.kind for i in gc().removed} == {"quant", "record"}
