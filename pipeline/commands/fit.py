@@ -122,7 +122,9 @@ def register(app: typer.Typer) -> None:
             emit_json(machine)
             return
         gpus = ", ".join(f"{g.name} ({format_size(g.free_bytes)} free of {format_size(g.total_bytes)})"
-                         for g in machine.gpus) or f"none found (via {machine.gpu_source})"  # fmt: skip
+                         for g in machine.gpus) or (
+            "none found" if machine.gpu_source == "none" else f"none found (asked {machine.gpu_source})"
+        )  # fmt: skip
         typer.echo(f"GPUs: {gpus}\nRAM:  {format_size(machine.ram_bytes)}\nCPU:  {machine.cpu} x{machine.cpu_count}\n")
         rows = [(c.name, format_size(c.vram_bytes) if c.vram_bytes else "-", format_size(c.ram_bytes),
                  f"{c.gpu_bandwidth_gbps:g}" if c.vram_bytes else "-", f"{c.ram_bandwidth_gbps:g}",
