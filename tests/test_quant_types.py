@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import UsageError
-from pipeline.quant_types import QUANT_TYPES, by_ftype, parse_quant_type
+from pipeline.quant_types import QUANT_TYPES, QuantType, by_ftype, parse_quant_type
 
 VENDORED = Path("/tmp/sd/llama_cpp_python-0.3.36/vendor/llama.cpp")
 
@@ -51,3 +51,14 @@ def test_table_matches_quantize_cpp_and_llama_h() -> None:
         mine = parse_quant_type(name)
         assert mine.ftype == ftypes[enum], name
         assert " ".join(mine.reference.split()) == " ".join(desc.split()), name
+
+
+@pytest.mark.parametrize(
+    "qtype", [q for q in QUANT_TYPES if q.alias_of is None and q.name != "copy"], ids=lambda q: q.name
+)
+def test_imatrix_need_in_the_table_matches_llama_cpp_dry_run(tiny_model_f16: Path, qtype: QuantType) -> None:
+    """quantize skips its dry run when the table says no imatrix can be needed, so the table must be right."""
+    from pipeline.provenance import QuantParams
+    from pipeline.quantize import plan
+
+    assert plan(tiny_model_f16, QuantParams(type=qtype.name)).needs_imatrix == qtype.needs_imatrix
