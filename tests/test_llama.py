@@ -18,8 +18,6 @@ from pipeline.provenance import QuantParams
 from pipeline.quantize import QuantizeRequest, plan, quantize
 from tests.test_quantize import tensor_types, write_legacy_imatrix
 
-VENDORED_SDIST = Path("/tmp/sd/llama_cpp_python-0.3.36")
-
 
 def test_log_parser_reads_llama_cpp_lines() -> None:
     log = QuantizeLog()
@@ -110,7 +108,8 @@ def llama_quantize_binary(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     saved = os.environ.get("MM_HOME")
     os.environ["MM_HOME"] = home
     try:
-        source = VENDORED_SDIST if VENDORED_SDIST.is_dir() else None  # else: pip download of the sdist
+        # MM_TEST_LLAMA_SOURCE: an unpacked llama-cpp-python sdist; else mm downloads the matching one.
+        source = Path(os.environ["MM_TEST_LLAMA_SOURCE"]) if os.environ.get("MM_TEST_LLAMA_SOURCE") else None
         tool = build_llama_quantize(source=source, jobs=2)
     finally:
         if saved is None:
@@ -121,6 +120,7 @@ def llama_quantize_binary(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # the first one compiles llama-quantize (minutes on 2 cores)
 @pytest.mark.parametrize("qtype", ["q4_k_m", "q2_k", "q8_0"])
 def test_binary_engine_matches_api_engine(
     tiny_model: Path, llama_quantize_binary: Path, qtype: str, tmp_path: Path
@@ -141,6 +141,7 @@ def test_binary_engine_matches_api_engine(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # the first one compiles llama-quantize (minutes on 2 cores)
 def test_binary_engine_with_imatrix_matches_api(tiny_model: Path, llama_quantize_binary: Path, tmp_path: Path) -> None:
     imatrix = write_legacy_imatrix(tmp_path / "i.dat", tiny_model)
     params = QuantParams(type="iq2_xs", imatrix_path=str(imatrix))
@@ -156,12 +157,12 @@ def test_binary_engine_with_imatrix_matches_api(tiny_model: Path, llama_quantize
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # the first one compiles llama-quantize (minutes on 2 cores)
 def test_llama_build_is_cached(
     llama_quantize_binary: Path, mm: Callable[..., Result], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("MM_HOME", str(llama_quantize_binary.parent.parent.parent))
-    source = ["--source", str(VENDORED_SDIST)] if VENDORED_SDIST.is_dir() else []
-    result = mm("llama", "build", *source, "--json")
+    result = mm("llama", "build", "--json")  # the same version and options: found in the cache, not rebuilt
     assert result.exit_code == 0, result.stderr
     assert '"cached": true' in result.stdout
     info = mm("llama", "info")
