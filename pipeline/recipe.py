@@ -15,6 +15,7 @@ from pipeline.hardware import hardware_catalog
 from pipeline.quant_types import parse_quant_type
 from pipeline.validation import describe_validation_error, read_toml
 
+RECIPE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 HARDWARE_FILE = "hardware.toml"
 KvType = Literal["f16", "q8_0", "q4_0"]
@@ -109,7 +110,7 @@ class RunSettings(BaseModel):
 class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    name: str = Field(pattern=RECIPE_NAME_RE.pattern)
     hardware: str
     source: Source
     quantize: QuantizeSettings = Field(default_factory=QuantizeSettings)
@@ -177,5 +178,5 @@ def find_recipe(name_or_path: str, folder: Path | None = None) -> Path:
 
 
 def looks_like_recipe(text: str) -> bool:
-    """True for a .toml path or a bare name without '/' or ':' (which would be a repo or a file)."""
-    return text.endswith(".toml") or ("/" not in text and ":" not in text and not text.endswith(".gguf"))
+    """True for a .toml path or a bare recipe name (no '/' or ':', which would make it a repo or a file)."""
+    return text.endswith(".toml") or (RECIPE_NAME_RE.match(text) is not None and not text.endswith(".gguf"))

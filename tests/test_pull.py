@@ -297,3 +297,10 @@ def test_pull_recipe_checks_its_pin(mm: Mm, local_hub: LocalHub, tiny_bytes: byt
 
     assert good[0]["sha256"] == sha256(tiny_bytes)
     assert stale.exit_code == 5 and "pins" in stale.stderr
+
+
+@pytest.mark.parametrize("model", ["not a repo", "owner/name/extra", "acme:model"])
+def test_pull_of_something_unpullable_says_what_is_expected(mm: Mm, model: str) -> None:
+    result = mm("pull", model)
+    assert result.exit_code == 2
+    assert "expected owner/name:FILE.gguf" in result.stderr and "Traceback" not in result.output
