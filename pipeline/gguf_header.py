@@ -21,7 +21,7 @@ import gguf
 import numpy as np
 
 from pipeline.errors import ModelFormatError
-from pipeline.model_ref import shard_names
+from pipeline.model_ref import shard_paths
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
@@ -260,8 +260,7 @@ _SPLIT_COUNT = "split.count"
 
 def read_model(path: Path) -> list[GGUFHeader]:
     """Headers of every shard of a (possibly split) model, given any shard; missing shards are an error."""
-    names = shard_names(path.name)
-    headers = [read_header(path.with_name(name)) for name in names] if len(names) > 1 else [read_header(path)]
+    headers = [read_header(shard) for shard in shard_paths(path)]
     declared = headers[0].metadata.get(_SPLIT_COUNT)
     if isinstance(declared, int) and declared > 1 and len(headers) != declared:
         raise ModelFormatError(f"{path}: declares {declared} shards but its name does not say how to find them")

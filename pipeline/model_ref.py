@@ -51,6 +51,12 @@ def shard_names(filename: str) -> list[str]:
     return [f"{match['stem']}-{i:05d}-of-{count:05d}.gguf" for i in range(1, count + 1)]
 
 
+def shard_paths(path: Path) -> list[Path]:
+    """Every shard's path beside `path` (any one shard of a split GGUF), or just [path] for one file."""
+    names = shard_names(path.name)
+    return [path.with_name(name) for name in names] if len(names) > 1 else [path]
+
+
 def parse_model_arg(text: str, recipes_folder: Path | None = None) -> ModelArg:
     """Classify MODEL: an existing file wins, then `owner/name:file`, then a recipe name or path."""
     candidate = Path(text).expanduser()

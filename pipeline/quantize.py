@@ -34,6 +34,7 @@ from pipeline.llama import (
     tensor_bytes,
 )
 from pipeline.llama_worker import QuantizeJob
+from pipeline.model_ref import SHARD_RE, shard_paths
 from pipeline.provenance import QuantParams, QuantRecord, SourceRef, quantize_lock_name, read_record, write_record
 from pipeline.quant_types import QuantType, by_ftype, parse_quant_type
 
@@ -91,8 +92,12 @@ class QuantizeResult(BaseModel):
 
 
 def default_output_path(source: Path, source_sha256: str, qtype: str) -> Path:
-    """`$MM_HOME/quant/<source sha256[:12]>-<source stem>.<type>.gguf`: same source + type, same name."""
-    stem = source.name.removesuffix(".gguf")
+    """`$MM_HOME/quant/<source sha256[:12]>-<source stem>.<type>.gguf`: same source + type, same name.
+
+    The output is one file, so a split source's `-00001-of-0000N` is left out of its name.
+    """
+    match = SHARD_RE.match(source.name)
+    stem = match["stem"] if match else source.name.removesuffix(".gguf")
     return mm_home().quant / f"{source_sha256[:12]}-{stem}.{qtype.lower()}.gguf"
 
 
@@ -208,9 +213,13 @@ def _plan_from_log(header: GGUFHeader, qtype: QuantType, parsed: QuantizeLog) ->
 
 
 def _local_ref(source: Path) -> SourceRef:
-    home = mm_home()
+    shards = shard_paths(source)
     return SourceRef(
-        kind="local", path=str(source.resolve()), sha256=file_sha256(home, source), size_bytes=source.stat().st_size
+        kind="local",
+        path=str(source.resolve()),
+        sha256=file_sha256(mm_home(), source),
+        size_bytes=sum(shard.stat().st_size for shard in shards),
+        shards=[str(shard.resolve()) for shard in shards] if len(shards) > 1 else [],
     )
 
 

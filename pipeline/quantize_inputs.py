@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 from pipeline.digest import file_sha256
 from pipeline.errors import UsageError
 from pipeline.home import mm_home
-from pipeline.model_ref import HubRef, cached_hub_file, parse_model_arg
+from pipeline.model_ref import HubRef, cached_hub_file, parse_model_arg, shard_paths
 from pipeline.provenance import QuantParams, SourceRef
 from pipeline.quant_types import parse_quant_type
 from pipeline.quantize import QuantizeRequest
@@ -49,17 +49,19 @@ def _hub_source(ref: HubRef) -> tuple[Path, SourceRef]:
     path = cached_hub_file(ref)
     if path is None:
         raise UsageError(f"{ref} is not in the local Hub cache", hint=f"run `mm pull {ref}` first")
+    shards = shard_paths(path)
     parts = path.parts
     commit = parts[parts.index("snapshots") + 1] if "snapshots" in parts else None
     ref_model = SourceRef(
         kind="hub",
         path=str(path),
         sha256=file_sha256(mm_home(), path.resolve()),
-        size_bytes=path.stat().st_size,
+        size_bytes=sum(shard.stat().st_size for shard in shards),
         repo=ref.repo,
         revision=ref.revision,
         commit=commit,
         file=ref.file,
+        shards=[str(shard) for shard in shards] if len(shards) > 1 else [],
     )
     return path, ref_model
 

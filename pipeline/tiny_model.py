@@ -40,6 +40,7 @@ class TinySpec:
     sliding_window: int = 512  # gemma3 only: tokens an SWA layer attends to
     swa_pattern: int | None = None  # gemma3 only: every Nth layer is full attention (llama.cpp's default: 6)
     extra_kv: dict[str, object] = field(default_factory=dict)
+    split_max_tensors: int = 0  # > 0: a gguf-split model, `path-0000k-of-0000n.gguf` (the first is returned)
 
     @property
     def head_dim(self) -> int:
@@ -84,7 +85,7 @@ def write_tiny_model(path: Path, spec: TinySpec | None = None) -> Path:
         raise ValueError(f"unsupported arch {spec.arch!r} for the tiny-model factory; use one of {SUPPORTED_ARCHS}")
     rng = np.random.default_rng(spec.seed)
     path.parent.mkdir(parents=True, exist_ok=True)
-    writer = gguf.GGUFWriter(str(path), spec.arch)
+    writer = gguf.GGUFWriter(str(path), spec.arch, split_max_tensors=spec.split_max_tensors)
     _write_metadata(writer, spec)
     for name, shape in _tensor_shapes(spec):
         if len(shape) == 1:
@@ -95,7 +96,7 @@ def write_tiny_model(path: Path, spec: TinySpec | None = None) -> Path:
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    return path
+    return Path(writer.format_shard_names(path)[0])  # `path` itself unless split
 
 
 def _write_metadata(writer: gguf.GGUFWriter, spec: TinySpec, file_type: int | None = None) -> None:
