@@ -192,7 +192,9 @@ def compute_buffer_bytes(shape: ModelShape, ctx: Context) -> int:
     row = u * F32
     q_width = shape.n_head * shape.head_dim_k
     kv_width = max(shape.n_head_kv) * shape.head_dim_k
-    kinds = [ctx.kv_swa if swa else ctx.n_ctx for swa in sorted(set(shape.is_swa))]  # one mask per cache
+    # Each sequence has its own KV stream (llama.cpp's default, kv_unified off): the worst-case ubatch is
+    # spread over the streams, so scores and masks span n_ctx / n_seq cells each (llama-kv-cache.cpp).
+    kinds = [(ctx.kv_swa if swa else ctx.n_ctx) // ctx.n_seq for swa in sorted(set(shape.is_swa))]
     mask_bytes = sum(n_kv * u * (2 if ctx.flash_attn else F32) for n_kv in kinds)
     if ctx.flash_attn:
         attention = mask_bytes + (6 * shape.n_embd + 2 * q_width) * row

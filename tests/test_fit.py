@@ -78,14 +78,27 @@ def llama_buffers(path: Path, settings: FitSettings, flash_mode: int) -> dict[st
 
 
 CPU = HardwareClass.model_validate({"name": "test-cpu", "ram": "64G", "ram_bandwidth_gbps": 50})
-MATRIX = list(itertools.product(ARCHS, (512, 4096, 32768), ("f16", "q8_0"), (False, True), (512, 128)))
+MATRIX = list(itertools.product(ARCHS, (512, 4096, 32768), ("f16", "q8_0"), (False, True), (512, 128), (1, 4)))
 
 
-@pytest.mark.parametrize(("arch", "ctx", "kv_type", "flash_attn", "ubatch"), MATRIX)
+@pytest.mark.parametrize(("arch", "ctx", "kv_type", "flash_attn", "ubatch", "parallel"), MATRIX)
 def test_cpu_prediction_matches_llama_cpp(
-    llama_log: list[str], arch_models: dict[str, Path], arch: str, ctx: int, kv_type: str, flash_attn: bool, ubatch: int
+    llama_log: list[str],
+    arch_models: dict[str, Path],
+    arch: str,
+    ctx: int,
+    kv_type: str,
+    flash_attn: bool,
+    ubatch: int,
+    parallel: int,
 ) -> None:
-    settings = FitSettings(ctx=ctx, kv_type=kv_type, flash_attn=flash_attn, ubatch=ubatch)  # type: ignore[arg-type]
+    settings = FitSettings(
+        ctx=ctx,
+        kv_type=kv_type,
+        flash_attn=flash_attn,
+        ubatch=ubatch,
+        parallel=parallel,  # type: ignore[arg-type]
+    )
     # A quantized V cache without flash attention: llama.cpp's auto mode turns flash attention on (mm too).
     flash_mode = 1 if flash_attn else (-1 if kv_type != "f16" else 0)
     truth = llama_buffers(arch_models[arch], settings, flash_mode)
