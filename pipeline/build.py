@@ -263,6 +263,19 @@ def _run_stages(
     return reports
 
 
+def _why_unstamped(
+    stamp: Stamp | None, fp: str, inputs: dict[str, Any], upstream_reasons: list[str], force: bool
+) -> str | None:
+    """The reasons every stage shares: forced, never built, or inputs changed (named by what changed)."""
+    if force:
+        return "forced (--force)"
+    if stamp is None:
+        return "never built"
+    if stamp.fingerprint != fp:
+        return _changed_reason(stamp.inputs, inputs, upstream_reasons)
+    return None
+
+
 def _why_stale(
     home: Home,
     stamp: Stamp | None,
@@ -273,12 +286,9 @@ def _why_stale(
     force: bool,
 ) -> str | None:
     """None when the stage is up to date; cheap checks first (fingerprint, then output stat + cache)."""
-    if force:
-        return "forced (--force)"
-    if stamp is None:
-        return "never built"
-    if stamp.fingerprint != fp:
-        return _changed_reason(stamp.inputs, inputs, [reasons[d] for d in deps if d in reasons])
+    reason = _why_unstamped(stamp, fp, inputs, [reasons[d] for d in deps if d in reasons], force)
+    if reason is not None or stamp is None:
+        return reason
     for output in stamp.outcome.outputs:
         problem = check_output(home, output)
         if problem is not None:
@@ -289,12 +299,9 @@ def _why_stale(
 def _why_volatile(
     stamp: Stamp | None, fp: str, inputs: dict[str, Any], outcome: StageOutcome, force: bool
 ) -> str | None:
-    if force:
-        return "forced (--force)"
-    if stamp is None:
-        return "never built"
-    if stamp.fingerprint != fp:
-        return _changed_reason(stamp.inputs, inputs, [])
+    reason = _why_unstamped(stamp, fp, inputs, [], force)
+    if reason is not None or stamp is None:
+        return reason
     if stamp.outcome.values == outcome.values:
         return None
     return "new upstream commit" if "commit" in outcome.values else "source file changed"
