@@ -175,7 +175,9 @@ def _llama_cpp_tree(source: Path | None, version: str, work: Path) -> Path:
             return _unpack(source, work)
         raise LlamaError(f"{source}: no such file or folder")
     download = work / "sdist"
-    argv = [sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps", "--no-build-isolation"]
+    # pip reads the sdist's metadata with its build backend (scikit-build-core) in an isolated env: no
+    # --no-build-isolation, since mm's own environment does not carry that backend.
+    argv = [sys.executable, "-m", "pip", "download", "--no-binary", ":all:", "--no-deps"]
     argv += ["-d", str(download), f"llama-cpp-python=={version}"]
     proc = subprocess.run(argv, capture_output=True, text=True, check=False)
     archives = sorted(download.glob("llama_cpp_python-*.tar.gz")) if download.is_dir() else []
