@@ -260,7 +260,14 @@ _SPLIT_COUNT = "split.count"
 
 def read_model(path: Path) -> list[GGUFHeader]:
     """Headers of every shard of a (possibly split) model, given any shard; missing shards are an error."""
-    headers = [read_header(shard) for shard in shard_paths(path)]
+    paths = shard_paths(path)
+    missing = [shard.name for shard in paths if not shard.exists()]
+    if len(paths) > 1 and missing:
+        raise ModelFormatError(
+            f"{path}: split model of {len(paths)} shards, missing {', '.join(missing)} "
+            f"(every shard must sit beside the first, in {path.parent})"
+        )
+    headers = [read_header(shard) for shard in paths]
     declared = headers[0].metadata.get(_SPLIT_COUNT)
     if isinstance(declared, int) and declared > 1 and len(headers) != declared:
         raise ModelFormatError(f"{path}: declares {declared} shards but its name does not say how to find them")

@@ -93,6 +93,7 @@ def build_requests(model: str, options: QuantizeOptions, recipes_folder: Path | 
         source, source_ref = _recipe_source(arg.recipe)
         if defaults.imatrix is not None:
             defaults = defaults.model_copy(update={"imatrix": arg.recipe.resolve(defaults.imatrix)})
+    source = shard_paths(source)[0]  # llama.cpp loads a split model only from its first shard
     types = options.types or defaults.types
     if not types:
         raise UsageError("no target type: pass --to TYPE (e.g. --to q4_k_m), or name a recipe with quantize.types")
