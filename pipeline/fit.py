@@ -46,6 +46,7 @@ class FitSettings(BaseModel):
     mmap: bool = True
     n_gpu_layers: int | None = Field(default=None, ge=0)  # None = as many as fit
     swa_full: bool = True  # llama.cpp's default: the SWA cache as large as the full one
+    kv_unified: bool = False  # llama.cpp's default: one KV stream per sequence (llama-server turns it on)
     safety_margin: float = Field(default=DEFAULT_SAFETY_MARGIN, ge=0, lt=1)
 
     @classmethod
@@ -110,7 +111,7 @@ def _place(shape: ModelShape, hardware: HardwareClass, settings: FitSettings) ->
     """The largest n_gpu_layers whose GPU buffers fit (or the one asked for), with both devices' splits."""
     ctx = context(
         settings.ctx, settings.batch, settings.ubatch, settings.parallel, settings.kv_type,
-        settings.flash_attn, settings.swa_full, shape,
+        settings.flash_attn, settings.swa_full, shape, settings.kv_unified,
     )  # fmt: skip
     if settings.n_gpu_layers is not None or not hardware.has_gpu:
         ngl = min(settings.n_gpu_layers or 0, shape.n_layers + 1) if hardware.has_gpu else 0
@@ -190,6 +191,11 @@ def _assumptions(shape: ModelShape, hardware: HardwareClass, settings: FitSettin
         notes.append("a quantized V cache needs flash attention: llama.cpp's auto mode turns it on, and so does mm")
     if shape.n_swa and settings.swa_full:
         notes.append("sliding-window layers get a full-size KV cache (llama.cpp's default swa_full)")
+    if any(shape.is_recurrent):
+        notes.append(
+            "recurrent (Mamba/RWKV) layers hold a fixed-size state per sequence instead of a KV cache; "
+            "it is counted as kv and does not grow with the context"
+        )
     if settings.mmap:
         notes.append("with mmap the CPU weights are file pages the OS may evict; they are counted as RAM")
     return notes

@@ -9,20 +9,19 @@ import ctypes
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Literal
 
 import gguf
 
-from pipeline.errors import LlamaError, QuantizeError, UsageError
+from pipeline.errors import QuantizeError, UsageError
+from pipeline.llama_build import find_llama_tool, require_llama_tool
 from pipeline.llama_worker import QuantizeJob
 
 Engine = Literal["api", "binary"]
@@ -125,54 +124,19 @@ def tensor_bytes(type_name: str, shape: tuple[int, ...]) -> int:
 # --- versions and binaries --------------------------------------------------------------------------
 
 
-def llama_cpp_python_version() -> str:
-    try:
-        return metadata.version("llama-cpp-python")
-    except metadata.PackageNotFoundError:
-        return "not installed"
+def find_llama_quantize(explicit: Path | None = None) -> Path | None:
+    """`--llama-quantize PATH`, then LLAMA_QUANTIZE, MM_LLAMA_TOOLS, PATH, then the newest `mm llama build`."""
+    return find_llama_tool("llama-quantize", explicit)
 
 
-def llama_cpp_version() -> str:
-    """The llama.cpp the API engine runs: llama-cpp-python's version (it pins one llama.cpp commit)."""
-    return f"llama-cpp-python {llama_cpp_python_version()}"
+def require_llama_quantize(explicit: Path | None = None) -> Path:
+    return require_llama_tool("llama-quantize", explicit)
 
 
 def api_system_info() -> str:
     import llama_cpp
 
     return bytes(llama_cpp.llama_print_system_info()).decode(errors="replace").strip()
-
-
-def find_llama_quantize(explicit: Path | None = None) -> Path | None:
-    """`--llama-quantize PATH`, then LLAMA_QUANTIZE, then PATH, then the newest `mm llama build`."""
-    if explicit is not None:
-        if not (explicit.is_file() and os.access(explicit, os.X_OK)):
-            raise LlamaError(f"{explicit}: not an executable llama-quantize")
-        return explicit
-    env = os.environ.get("LLAMA_QUANTIZE")
-    if env:
-        path = Path(env).expanduser()
-        if not (path.is_file() and os.access(path, os.X_OK)):
-            raise LlamaError(f"LLAMA_QUANTIZE={env}: not an executable llama-quantize")
-        return path
-    found = shutil.which("llama-quantize")
-    if found:
-        return Path(found)
-    from pipeline.llama_build import built_binaries
-
-    builds = built_binaries()
-    return builds[0].binary if builds else None
-
-
-def require_llama_quantize(explicit: Path | None = None) -> Path:
-    found = find_llama_quantize(explicit)
-    if found is None:
-        raise LlamaError(
-            "no llama-quantize binary found (looked at --llama-quantize, LLAMA_QUANTIZE, PATH and mm's builds)",
-            hint="run `mm llama build` to compile it from the llama.cpp that llama-cpp-python ships, "
-            "or use --engine api",
-        )
-    return found
 
 
 def binary_args(binary: Path, job: QuantizeJob, type_name: str) -> list[str]:

@@ -1,8 +1,11 @@
-"""`mm llama build`: compile only llama.cpp's `llama-quantize` from the source matching llama-cpp-python.
+"""`mm llama build`: compile llama.cpp's command-line tools from the source matching llama-cpp-python.
 
-The source is llama-cpp-python's sdist (it vendors llama.cpp under vendor/llama.cpp): a `--source` path
-(an unpacked sdist, a llama.cpp tree, or the .tar.gz), or `pip download` of the installed version. Builds
-are cached in `$MM_HOME/tools/llama-quantize-<version>-<options hash>/` and appear there only complete.
+llama-cpp-python exposes libllama but not the tools mm also runs: `llama-quantize` (the binary engine),
+`llama-imatrix`, `llama-perplexity`, `llama-bench`, `llama-fit-params`, `llama-server`, `llama-cli` and
+`llama-gguf-split`. The source is llama-cpp-python's sdist (it vendors llama.cpp under vendor/llama.cpp):
+a `--source` path (an unpacked sdist, a llama.cpp tree, or the .tar.gz), or `pip download` of the installed
+version, so every tool runs the same llama.cpp as the API. One build makes every tool; it is cached in
+`$MM_HOME/tools/llama-<version>-<options hash>/` and appears there only complete.
 """
 
 from __future__ import annotations
@@ -19,17 +22,18 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Callable
+from importlib import metadata
 from pathlib import Path
 
 from pydantic import BaseModel
 
 from pipeline.errors import LlamaError
 from pipeline.home import atomic_write_text, locked, mm_home
-from pipeline.llama import llama_cpp_python_version
 
 log = logging.getLogger(__name__)
 
-# Only what the quantize tool needs: no tests, examples, server, web UI, curl or OpenSSL; one static binary.
+# The tools and what they need: no tests, examples, web UI (the server's UI assets would be fetched from
+# the network), curl or OpenSSL; static binaries, so a build folder can be copied as a whole.
 BASE_CMAKE_ARGS = (
     "-DCMAKE_BUILD_TYPE=Release",
     "-DBUILD_SHARED_LIBS=OFF",
@@ -37,18 +41,49 @@ BASE_CMAKE_ARGS = (
     "-DLLAMA_OPENSSL=OFF",
     "-DLLAMA_BUILD_TESTS=OFF",
     "-DLLAMA_BUILD_EXAMPLES=OFF",
-    "-DLLAMA_BUILD_SERVER=OFF",
+    "-DLLAMA_BUILD_SERVER=ON",
+    "-DLLAMA_BUILD_UI=OFF",
+    "-DLLAMA_USE_PREBUILT_UI=OFF",
     "-DLLAMA_BUILD_APP=OFF",
     "-DLLAMA_BUILD_TOOLS=ON",
     "-DLLAMA_BUILD_COMMON=ON",
 )
-TARGET = "llama-quantize"
+TOOLS = (
+    "llama-quantize",
+    "llama-imatrix",
+    "llama-perplexity",
+    "llama-bench",
+    "llama-fit-params",
+    "llama-server",
+    "llama-cli",
+    "llama-gguf-split",
+)
+# Environment variables that point at a tool built elsewhere: LLAMA_QUANTIZE, LLAMA_IMATRIX, ...; and one
+# folder holding all of them (tests share one build through it).
+TOOLS_DIR_ENV = "MM_LLAMA_TOOLS"
 
 
-class BuiltTool(BaseModel):
-    """One cached build: where the binary is and what it was built from (its `build.json`)."""
+def llama_cpp_python_version() -> str:
+    try:
+        return metadata.version("llama-cpp-python")
+    except metadata.PackageNotFoundError:
+        return "not installed"
 
-    binary: Path
+
+def llama_cpp_version() -> str:
+    """The llama.cpp mm runs: llama-cpp-python's version (it pins one llama.cpp commit, which the tools share)."""
+    return f"llama-cpp-python {llama_cpp_python_version()}"
+
+
+def tool_env_var(tool: str) -> str:
+    return tool.upper().replace("-", "_")
+
+
+class BuiltTools(BaseModel):
+    """One cached build: where the tools are and what they were built from (its `build.json`)."""
+
+    bin_dir: Path
+    tools: list[str]
     version: str  # llama-cpp-python version whose vendored llama.cpp was compiled
     cmake_args: list[str]
     key: str
@@ -56,43 +91,84 @@ class BuiltTool(BaseModel):
     seconds: float
     cached: bool = False
 
+    def path(self, tool: str) -> Path:
+        return self.bin_dir / tool
+
 
 def build_key(version: str, cmake_args: list[str]) -> str:
-    canonical = json.dumps({"version": version, "cmake_args": sorted(cmake_args)}, sort_keys=True)
+    canonical = json.dumps({"version": version, "cmake_args": sorted(cmake_args), "tools": TOOLS}, sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
-def built_binaries() -> list[BuiltTool]:
+def built_tool_sets() -> list[BuiltTools]:
     """Every complete build in the mm home, newest first."""
     tools = mm_home().tools
-    found: list[tuple[float, BuiltTool]] = []
-    for info in tools.glob("llama-quantize-*/build.json"):
+    found: list[tuple[float, BuiltTools]] = []
+    for info in tools.glob("llama-*/build.json"):
         with contextlib.suppress(OSError, ValueError):
-            tool = BuiltTool.model_validate_json(info.read_text())
-            if tool.binary.is_file():
-                found.append((info.stat().st_mtime, tool))
-    return [tool for _, tool in sorted(found, key=lambda item: item[0], reverse=True)]
+            built = BuiltTools.model_validate_json(info.read_text())
+            if all(built.path(t).is_file() for t in built.tools):
+                found.append((info.stat().st_mtime, built))
+    return [built for _, built in sorted(found, key=lambda item: item[0], reverse=True)]
 
 
-def build_llama_quantize(
+def _executable(path: Path) -> bool:
+    return path.is_file() and os.access(path, os.X_OK)
+
+
+def find_llama_tool(tool: str, explicit: Path | None = None) -> Path | None:
+    """A llama.cpp tool: `explicit`, then $LLAMA_<TOOL>, then $MM_LLAMA_TOOLS/<tool>, then PATH, then the
+    newest `mm llama build`. A path given explicitly or by variable that is not executable is an error."""
+    if tool not in TOOLS:
+        raise ValueError(f"unknown llama.cpp tool {tool!r}")
+    named = [(str(explicit), explicit)] if explicit is not None else []
+    env_var = tool_env_var(tool)
+    if os.environ.get(env_var):
+        named.append((f"{env_var}={os.environ[env_var]}", Path(os.environ[env_var]).expanduser()))
+    if os.environ.get(TOOLS_DIR_ENV):
+        named.append((f"{TOOLS_DIR_ENV}={os.environ[TOOLS_DIR_ENV]}", Path(os.environ[TOOLS_DIR_ENV]) / tool))
+    for label, path in named:
+        if not _executable(path):
+            raise LlamaError(f"{label}: not an executable {tool}")
+        return path
+    found = shutil.which(tool)
+    if found:
+        return Path(found)
+    for built in built_tool_sets():
+        if tool in built.tools:
+            return built.path(tool)
+    return None
+
+
+def require_llama_tool(tool: str, explicit: Path | None = None) -> Path:
+    found = find_llama_tool(tool, explicit)
+    if found is None:
+        raise LlamaError(
+            f"no {tool} found (looked at ${tool_env_var(tool)}, ${TOOLS_DIR_ENV}, PATH and mm's builds)",
+            hint="run `mm llama build` to compile llama.cpp's tools from the source llama-cpp-python ships",
+        )
+    return found
+
+
+def build_llama_tools(
     cmake_args: list[str] | None = None,
     source: Path | None = None,
     *,
     jobs: int | None = None,
     on_line: Callable[[str], None] | None = None,
-) -> BuiltTool:
+) -> BuiltTools:
     """The cached build for these options, or a fresh one (serialized by a lock per build key)."""
     version = llama_cpp_python_version()
     extra = list(cmake_args or [])
     key = build_key(version, extra)
     home = mm_home()
-    final = home.tools / f"llama-quantize-{version}-{key}"
+    final = home.tools / f"llama-{version}-{key}"
     with locked(home, f"llama-build-{key}"):
         info = final / "build.json"
         if info.is_file():
-            tool = BuiltTool.model_validate_json(info.read_text())
-            if tool.binary.is_file():
-                return tool.model_copy(update={"cached": True})
+            built = BuiltTools.model_validate_json(info.read_text())
+            if all(built.path(t).is_file() for t in built.tools):
+                return built.model_copy(update={"cached": True})
         started = time.monotonic()
         home.ensure(home.tools)
         work = Path(tempfile.mkdtemp(prefix=f".build-{key}-", dir=home.tools))
@@ -103,39 +179,37 @@ def build_llama_quantize(
             log_path = home.ensure(home.logs) / f"llama-build-{key}.log"
             _run(["cmake", "-S", str(tree), "-B", str(build_dir), *args], log_path, on_line)
             parallel = str(jobs or os.cpu_count() or 2)
-            _run(
-                ["cmake", "--build", str(build_dir), "--target", TARGET, "-j", parallel],
-                log_path,
-                on_line,
-            )
-            built = build_dir / "bin" / TARGET
-            if not built.is_file():
-                raise LlamaError(f"the build finished but {built} is missing", hint=f"see {log_path}")
-            _check_runs(built)
+            _run(["cmake", "--build", str(build_dir), "--target", *TOOLS, "-j", parallel], log_path, on_line)
             staging = work / "out"
-            staging.mkdir()
-            shutil.copy2(built, staging / TARGET)
-            tool = BuiltTool(
-                binary=final / TARGET,
+            (staging / "bin").mkdir(parents=True)
+            for tool in TOOLS:
+                built_path = build_dir / "bin" / tool
+                if not built_path.is_file():
+                    raise LlamaError(f"the build finished but {built_path} is missing", hint=f"see {log_path}")
+                _check_runs(built_path)
+                shutil.copy2(built_path, staging / "bin" / tool)
+            result = BuiltTools(
+                bin_dir=final / "bin",
+                tools=list(TOOLS),
                 version=version,
                 cmake_args=extra,
                 key=key,
                 source=str(tree),
                 seconds=round(time.monotonic() - started, 1),
             )
-            atomic_write_text(staging / "build.json", tool.model_dump_json(indent=2) + "\n")
+            atomic_write_text(staging / "build.json", result.model_dump_json(indent=2) + "\n")
             if final.exists():  # a build without build.json is an interrupted one: replace it
                 shutil.rmtree(final)
             os.replace(staging, final)
-            return tool
+            return result
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
 
 def _check_runs(binary: Path) -> None:
-    """llama-quantize --help exits 1 after printing its usage; anything else means a broken binary."""
+    """Every tool prints its usage for --help (some exit 1 after it); anything else means a broken binary."""
     proc = subprocess.run([str(binary), "--help"], capture_output=True, text=True, timeout=60, check=False)
-    if "usage:" not in proc.stdout + proc.stderr:
+    if "usage" not in (proc.stdout + proc.stderr).lower():
         raise LlamaError(f"the built {binary} does not run: {(proc.stderr or proc.stdout).strip()[:300]}")
 
 
@@ -212,7 +286,7 @@ class EngineInfo(BaseModel):
 
 def engines_info() -> list[EngineInfo]:
     """What `mm llama info` shows: both engines, their llama.cpp versions and build options."""
-    from pipeline.llama import api_system_info, find_llama_quantize, llama_cpp_version
+    from pipeline.llama import api_system_info
 
     engines: list[EngineInfo] = []
     try:
@@ -220,17 +294,17 @@ def engines_info() -> list[EngineInfo]:
     except (ImportError, OSError) as exc:
         engines.append(EngineInfo(name="api", available=False, detail=f"llama-cpp-python not loadable: {exc}"))
     try:
-        binary = find_llama_quantize()
+        binary = find_llama_tool("llama-quantize")
     except LlamaError as exc:
         engines.append(EngineInfo(name="binary", available=False, detail=exc.message))
         return engines
     if binary is None:
         engines.append(EngineInfo(name="binary", available=False, detail="not found; `mm llama build` makes one"))
         return engines
-    built = next((b for b in built_binaries() if b.binary == binary), None)
+    built = next((b for b in built_tool_sets() if b.path("llama-quantize") == binary), None)
     if built is not None:
         version, detail = f"llama-cpp-python {built.version}", " ".join(built.cmake_args) or "default options"
     else:
-        version, detail = None, "found outside mm (LLAMA_QUANTIZE or PATH)"
+        version, detail = None, "found outside mm (LLAMA_QUANTIZE, MM_LLAMA_TOOLS or PATH)"
     engines.append(EngineInfo(name="binary", available=True, version=version, path=str(binary), detail=detail))
     return engines

@@ -21,6 +21,8 @@ CTX_PAD = 256  # llama-context.cpp: cparams.n_ctx = GGML_PAD(n_ctx, 256); the SW
 # llama.cpp's default SWA period per architecture (load_swa_pattern(ml, N) in src/models/<arch>.cpp),
 # used when the GGUF has no {arch}.attention.sliding_window_pattern.
 SWA_PERIOD = {"gemma2": 2, "gemma3": 6, "cohere2": 4, "gemma3n": 5}
+# llama-arch.cpp llm_arch_is_recurrent: one recurrent state per sequence instead of a KV cache.
+RECURRENT_ARCHS = frozenset({"mamba", "mamba2", "rwkv6", "rwkv6qwen2", "rwkv7", "arwkv7"})
 KV_TYPES = {"f16": gguf.GGMLQuantizationType.F16, "q8_0": gguf.GGMLQuantizationType.Q8_0,
             "q4_0": gguf.GGMLQuantizationType.Q4_0}  # fmt: skip
 
@@ -41,6 +43,10 @@ class ModelShape:
     n_swa: int
     is_swa: tuple[bool, ...]  # per layer
     n_ctx_train: int
+    is_recurrent: tuple[bool, ...]  # per layer: a recurrent state (Mamba/RWKV) instead of a KV cache
+    n_embd_r: int  # floats per sequence in a recurrent layer's r state (the convolution / token-shift rows)
+    n_embd_s: int  # floats per sequence in its s state (the SSM / WKV state)
+    ssm_d_inner: int
     layer_bytes: tuple[int, ...]  # weights per repeating layer
     input_bytes: int  # token embeddings and other non-layer tensors that stay with the input (CPU)
     output_bytes: int  # output norm + output head (offloaded first: it is llama.cpp's layer n_layer)
@@ -81,6 +87,19 @@ def _swa_layers(header: GGUFHeader, n_layers: int, n_swa: int) -> tuple[bool, ..
     return tuple(period == 0 or il % period < period - 1 for il in range(n_layers))
 
 
+def _recurrent_widths(header: GGUFHeader, n_embd: int) -> tuple[int, int, int]:
+    """(n_embd_r, n_embd_s, d_inner) as llama-hparams.cpp n_embd_r()/n_embd_s() compute them."""
+    wkv_head_size = int(header.get("wkv.head_size", 0) or 0)
+    if wkv_head_size:  # RWKV: token-shift rows and the WKV state
+        return int(header.get("token_shift_count", 2) or 2) * n_embd, n_embd * wkv_head_size, 0
+    d_conv = int(header.get("ssm.conv_kernel", 0) or 0)
+    d_inner = int(header.get("ssm.inner_size", 0) or 0)
+    d_state = int(header.get("ssm.state_size", 0) or 0)
+    n_group = int(header.get("ssm.group_count", 0) or 0)
+    # Mamba: the last d_conv - 1 convolution columns of x (and of B, C in Mamba-2), and the SSM state
+    return max(d_conv - 1, 0) * (d_inner + 2 * n_group * d_state), d_state * d_inner, d_inner
+
+
 def model_shape(headers: Sequence[GGUFHeader], tensor_bytes: Mapping[str, int] | None = None) -> ModelShape:
     """Hyperparameters from the first shard, tensor sizes from all; `tensor_bytes` overrides sizes by name
     (a quantize plan's per-tensor sizes, to fit a quant before it exists)."""
@@ -89,7 +108,8 @@ def model_shape(headers: Sequence[GGUFHeader], tensor_bytes: Mapping[str, int] |
     if n_layers <= 0:
         raise FitError(f"{head.path}: no {head.architecture}.block_count: not a model mm can fit")
     n_embd = _int(head, "embedding_length")
-    n_head = _int(head, "attention.head_count")
+    recurrent = head.architecture in RECURRENT_ARCHS
+    n_head = _int(head, "attention.head_count", 0 if recurrent else None)
     head_dim_k = _int(head, "attention.key_length", n_embd // max(n_head, 1))
     layer_bytes = [0] * n_layers
     input_bytes = output_bytes = n_params = 0
@@ -112,19 +132,24 @@ def model_shape(headers: Sequence[GGUFHeader], tensor_bytes: Mapping[str, int] |
     tokens = head.metadata.get("tokenizer.ggml.tokens")
     n_vocab = n_vocab or (len(tokens) if tokens is not None else _int(head, "vocab_size"))
     n_swa = int(head.get("attention.sliding_window", 0) or 0)
+    n_embd_r, n_embd_s, d_inner = _recurrent_widths(head, n_embd) if recurrent else (0, 0, 0)
     return ModelShape(
         arch=head.architecture,
         n_layers=n_layers,
         n_embd=n_embd,
         n_head=n_head,
-        n_head_kv=_per_layer(head, "attention.head_count_kv", n_layers, n_head),
+        n_head_kv=_per_layer(head, "attention.head_count_kv", n_layers, 0 if recurrent else n_head),
         head_dim_k=head_dim_k,
         head_dim_v=_int(head, "attention.value_length", head_dim_k),
-        n_ff=_int(head, "feed_forward_length", 4 * n_embd),
+        n_ff=_int(head, "feed_forward_length", 0 if recurrent else 4 * n_embd),
         n_vocab=n_vocab,
         n_swa=n_swa,
         is_swa=_swa_layers(head, n_layers, n_swa),
         n_ctx_train=_int(head, "context_length", 4096),
+        is_recurrent=(recurrent,) * n_layers,
+        n_embd_r=n_embd_r,
+        n_embd_s=n_embd_s,
+        ssm_d_inner=d_inner,
         layer_bytes=tuple(layer_bytes),
         input_bytes=input_bytes,
         output_bytes=output_bytes,
@@ -137,29 +162,48 @@ def model_shape(headers: Sequence[GGUFHeader], tensor_bytes: Mapping[str, int] |
 class Context:
     """The context parameters after llama.cpp's own adjustments (llama-context.cpp constructor)."""
 
-    n_ctx: int  # padded to 256
+    n_ctx: int  # padded to 256 (per stream, times the streams)
     n_ubatch: int  # min(n_batch, n_ubatch), n_batch = min(n_ctx, n_batch)
     n_seq: int
-    kv_swa: int  # cells in the SWA cache
+    kv_swa: int  # cells in the SWA cache, all streams together
     type_k: str
     type_v: str
     flash_attn: bool
+    n_stream: int = 1  # KV streams: one per sequence, or one shared by all with a unified cache
+
+    @property
+    def stream_cells(self) -> tuple[int, int]:
+        """(full, SWA) cells one stream holds: what one sequence's attention spans."""
+        return self.n_ctx // self.n_stream, self.kv_swa // self.n_stream
+
+
+def _pad(n: int) -> int:
+    return -(-n // CTX_PAD) * CTX_PAD
 
 
 def context(
-    ctx: int, batch: int, ubatch: int, parallel: int, kv_type: str, flash_attn: bool, swa_full: bool, shape: ModelShape
-) -> Context:
-    n_ctx = -(-ctx // CTX_PAD) * CTX_PAD
-    if parallel > 1:  # n_ctx_seq = pad(n_ctx / n_seq, 256); n_ctx = n_ctx_seq * n_seq
-        n_ctx = -(-(n_ctx // parallel) // CTX_PAD) * CTX_PAD * parallel
+    ctx: int, batch: int, ubatch: int, parallel: int, kv_type: str, flash_attn: bool, swa_full: bool, shape: ModelShape,
+    kv_unified: bool = False,
+) -> Context:  # fmt: skip
+    """llama-context.cpp's constructor and llama-kv-cache-iswa.cpp's cache sizes.
+
+    Without a unified cache (the default) each sequence has its own stream of n_ctx_seq = pad(n_ctx /
+    n_seq, 256) cells, and its own SWA stream of pad(min(n_ctx_seq, n_swa + n_ubatch), 256); a unified cache
+    is one stream of n_ctx cells whose SWA part must hold every sequence's window: n_swa * n_seq + n_ubatch.
+    swa_full makes the SWA cache as large as the full one.
+    """
+    n_ctx = _pad(ctx)
+    n_stream = 1 if kv_unified else parallel
+    n_ctx_seq = n_ctx if kv_unified else _pad(n_ctx // parallel)
+    n_ctx = n_ctx_seq * n_stream
     n_batch = min(n_ctx, batch)
     n_ubatch = min(n_batch, ubatch)
-    # llama-kv-cache-iswa.cpp: size_swa = pad(min(size_base, n_swa * n_seq + n_ubatch), 256), unless swa_full
-    kv_swa = n_ctx if swa_full else min(n_ctx, -(-(shape.n_swa * parallel + n_ubatch) // CTX_PAD) * CTX_PAD)
+    window = shape.n_swa * (parallel if kv_unified else 1) + n_ubatch
+    kv_swa = n_ctx if swa_full else _pad(min(n_ctx_seq, window)) * n_stream
     # llama-context.cpp refuses a quantized V cache without flash attention and its default (auto) mode
     # turns flash attention on for it; mm mirrors auto: a quantized KV type implies flash attention.
     flash = flash_attn or kv_type != "f16"
-    return Context(n_ctx, n_ubatch, parallel, kv_swa, kv_type, kv_type, flash)
+    return Context(n_ctx, n_ubatch, parallel, kv_swa, kv_type, kv_type, flash, n_stream)
 
 
 def _row_bytes(type_name: str, n: int) -> int:
@@ -168,7 +212,14 @@ def _row_bytes(type_name: str, n: int) -> int:
 
 
 def kv_layer_bytes(shape: ModelShape, ctx: Context, il: int) -> int:
-    """llama-kv-cache.cpp: per layer a K tensor [n_embd_k_gqa, kv_size] and a V tensor [n_embd_v_gqa, kv_size]."""
+    """llama-kv-cache.cpp: per layer a K tensor [n_embd_k_gqa, kv_size] and a V tensor [n_embd_v_gqa, kv_size].
+
+    A recurrent layer instead holds llama-memory-recurrent.cpp's r and s states (F32), one row each per
+    sequence (mem_size = max(1, n_seq_max); no rollback snapshots, n_rs_seq = 0 by default): its size does
+    not depend on the context at all.
+    """
+    if shape.is_recurrent[il]:
+        return (shape.n_embd_r + shape.n_embd_s) * F32 * max(1, ctx.n_seq)
     cells = ctx.kv_swa if shape.is_swa[il] else ctx.n_ctx
     k = _row_bytes(ctx.type_k, shape.n_head_kv[il] * shape.head_dim_k)
     v = _row_bytes(ctx.type_v, shape.n_head_kv[il] * shape.head_dim_v)
@@ -190,20 +241,39 @@ def compute_buffer_bytes(shape: ModelShape, ctx: Context) -> int:
     """
     u = ctx.n_ubatch
     row = u * F32
+    output = shape.n_vocab * row + 3 * shape.n_embd * row  # the masks are dead after the last layer
+    if all(shape.is_recurrent):
+        return max(output, _recurrent_compute_bytes(shape, ctx))
     q_width = shape.n_head * shape.head_dim_k
     kv_width = max(shape.n_head_kv) * shape.head_dim_k
     # Each sequence has its own KV stream (llama.cpp's default, kv_unified off): the worst-case ubatch is
-    # spread over the streams, so scores and masks span n_ctx / n_seq cells each (llama-kv-cache.cpp).
-    kinds = [(ctx.kv_swa if swa else ctx.n_ctx) // ctx.n_seq for swa in sorted(set(shape.is_swa))]
+    # spread over the streams, so scores and masks span one stream's cells each (llama-kv-cache.cpp); a
+    # unified cache is a single stream that every token attends over.
+    kinds = [ctx.stream_cells[1] if swa else ctx.stream_cells[0] for swa in sorted(set(shape.is_swa))]
     mask_bytes = sum(n_kv * u * (2 if ctx.flash_attn else F32) for n_kv in kinds)
     if ctx.flash_attn:
         attention = mask_bytes + (6 * shape.n_embd + 2 * q_width) * row
     else:
         scores = max(kinds) * u * shape.n_head * F32
         attention = scores + mask_bytes + (3 * shape.n_embd + 2 * q_width + 2 * kv_width) * row
-    output = shape.n_vocab * row + 3 * shape.n_embd * row  # the masks are dead after the last layer
     ffn = mask_bytes + (3 * shape.n_ff + 4 * shape.n_embd) * row
+    if ctx.flash_attn and ctx.type_k == "f16" and shape.n_vocab * row > max(kinds) * u * 2:
+        # The masks are graph inputs, allocated first at the bottom of the buffer and alive through every
+        # layer. With flash attention they are small (f16), and when the logits do not fit in the hole a
+        # freed mask leaves, ggml-alloc stacks the output phase (logits and final norm) on top of them.
+        # (Measured with an f16 cache; with a quantized one the logits find a hole and this does not occur.)
+        output = max(output, mask_bytes + (shape.n_vocab + shape.n_embd) * row)
     return max(attention, ffn, output)
+
+
+def _recurrent_compute_bytes(shape: ModelShape, ctx: Context) -> int:
+    """A Mamba layer's peak (models/mamba-base.cpp build_mamba_layer): per token xz [2 d_inner], the conv
+    input and output, dt and the scan's y [d_inner each] beside the residual; per sequence the r and s
+    states gathered from the cache, with the scan writing the new s and the conv its last columns.
+    Independent of n_ctx. Calibrated on mamba; RWKV and Mamba-2 graphs differ and are not checked."""
+    per_token = 5 * max(shape.ssm_d_inner, 2 * shape.n_embd) + 3 * shape.n_embd
+    per_seq = shape.n_embd_s + 2 * shape.n_embd_r
+    return (per_token * ctx.n_ubatch + per_seq * ctx.n_seq) * F32
 
 
 @dataclass(frozen=True)

@@ -28,11 +28,11 @@ from pipeline.llama import (
     TensorProgress,
     dry_run_in_process,
     ggml_type_id,
-    llama_cpp_version,
     require_llama_quantize,
     run_quantize,
     tensor_bytes,
 )
+from pipeline.llama_build import llama_cpp_version
 from pipeline.llama_worker import QuantizeJob
 from pipeline.model_ref import SHARD_RE, shard_paths
 from pipeline.provenance import QuantParams, QuantRecord, SourceRef, quantize_lock_name, read_record, write_record

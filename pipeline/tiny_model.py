@@ -2,7 +2,8 @@
 
 Weights are seeded random numbers, so generation is gibberish, but every tensor, hyperparameter and
 tokenizer field is what llama.cpp's loader expects for the architecture (llama; gemma3 with sliding-window
-attention; qwen3 with q/k norms), checked against src/models/<arch>.cpp of the vendored llama.cpp.
+attention; qwen3 with q/k norms; mamba, a pure recurrent state-space model), checked against
+src/models/<arch>.cpp of the vendored llama.cpp.
 `write_header_only_model` writes the real header of a big model and leaves the data region sparse.
 """
 
@@ -25,7 +26,7 @@ _WORDS = ("the", "a", "model", "runs", "on", "small", "card", "hello", "world", 
 class TinySpec:
     """Shape of a tiny model. Widths are multiples of 256 by default so k-quants apply without fallback."""
 
-    arch: str = "llama"  # llama | gemma3 | qwen3
+    arch: str = "llama"  # llama | gemma3 | qwen3 | mamba
     n_layers: int = 2
     n_embd: int = 256
     n_head: int = 4
@@ -41,10 +42,23 @@ class TinySpec:
     swa_pattern: int | None = None  # gemma3 only: every Nth layer is full attention (llama.cpp's default: 6)
     extra_kv: dict[str, object] = field(default_factory=dict)
     split_max_tensors: int = 0  # > 0: a gguf-split model, `path-0000k-of-0000n.gguf` (the first is returned)
+    # mamba only (no attention, no FFN: n_head, n_head_kv and n_ff are ignored); d_inner is 2 * n_embd,
+    # the only expansion llama.cpp supports
+    ssm_conv_kernel: int = 4
+    ssm_state_size: int = 16
+    ssm_time_step_rank: int | None = None  # None: ceil(n_embd / 16), as the Mamba reference code
 
     @property
     def head_dim(self) -> int:
         return self.head_dim_override or self.n_embd // self.n_head
+
+    @property
+    def ssm_inner_size(self) -> int:
+        return 2 * self.n_embd
+
+    @property
+    def ssm_dt_rank(self) -> int:
+        return self.ssm_time_step_rank or -(-self.n_embd // 16)
 
     def with_(self, **changes: object) -> TinySpec:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -75,11 +89,22 @@ def _matrix(rng: np.random.Generator, rows: int, cols: int, dtype: str) -> np.nd
     return values.astype(np.float16) if dtype == "f16" else values
 
 
-SUPPORTED_ARCHS = ("llama", "gemma3", "qwen3")
+SUPPORTED_ARCHS = ("llama", "gemma3", "qwen3", "mamba")
+# Mamba tensors llama.cpp's CPU kernels (ssm_conv, ssm_scan) read as F32 whatever the file type; A must be
+# negative (it is -exp(A_log)) or the state grows without bound.
+_MAMBA_F32 = (".ssm_conv1d.weight", ".ssm_a")
+
+
+def _values(rng: np.random.Generator, name: str, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    if len(shape) == 1:
+        return np.ones(shape[0], dtype=np.float32)
+    if name.endswith(".ssm_a"):
+        return -np.ones(shape[::-1], dtype=np.float32)
+    return _matrix(rng, shape[1], shape[0], "f32" if name.endswith(_MAMBA_F32) else dtype)
 
 
 def write_tiny_model(path: Path, spec: TinySpec | None = None) -> Path:
-    """Write the GGUF described by `spec` (llama, gemma3 or qwen3) to `path` and return the path."""
+    """Write the GGUF described by `spec` (llama, gemma3, qwen3 or mamba) to `path` and return the path."""
     spec = spec or TinySpec()
     if spec.arch not in SUPPORTED_ARCHS:
         raise ValueError(f"unsupported arch {spec.arch!r} for the tiny-model factory; use one of {SUPPORTED_ARCHS}")
@@ -88,10 +113,7 @@ def write_tiny_model(path: Path, spec: TinySpec | None = None) -> Path:
     writer = gguf.GGUFWriter(str(path), spec.arch, split_max_tensors=spec.split_max_tensors)
     _write_metadata(writer, spec)
     for name, shape in _tensor_shapes(spec):
-        if len(shape) == 1:
-            writer.add_tensor(name, np.ones(shape[0], dtype=np.float32))
-        else:
-            writer.add_tensor(name, _matrix(rng, shape[1], shape[0], spec.dtype))
+        writer.add_tensor(name, _values(rng, name, shape, spec.dtype))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -104,14 +126,23 @@ def _write_metadata(writer: gguf.GGUFWriter, spec: TinySpec, file_type: int | No
     writer.add_block_count(spec.n_layers)
     writer.add_context_length(spec.context_length)
     writer.add_embedding_length(spec.n_embd)
-    writer.add_feed_forward_length(spec.n_ff)
-    writer.add_head_count(spec.n_head)
-    writer.add_head_count_kv(spec.n_head_kv)
-    if spec.head_dim_override is not None:
-        writer.add_key_length(spec.head_dim)
-        writer.add_value_length(spec.head_dim)
-    writer.add_rope_dimension_count(spec.head_dim)
-    writer.add_rope_freq_base(10000.0)
+    if spec.arch == "mamba":  # as convert_hf_to_gguf writes it: no attention, no FFN
+        writer.add_feed_forward_length(0)
+        writer.add_head_count(0)
+        writer.add_ssm_conv_kernel(spec.ssm_conv_kernel)
+        writer.add_ssm_inner_size(spec.ssm_inner_size)
+        writer.add_ssm_state_size(spec.ssm_state_size)
+        writer.add_ssm_time_step_rank(spec.ssm_dt_rank)
+        writer.add_ssm_dt_b_c_rms(False)
+    else:
+        writer.add_feed_forward_length(spec.n_ff)
+        writer.add_head_count(spec.n_head)
+        writer.add_head_count_kv(spec.n_head_kv)
+        if spec.head_dim_override is not None:
+            writer.add_key_length(spec.head_dim)
+            writer.add_value_length(spec.head_dim)
+        writer.add_rope_dimension_count(spec.head_dim)
+        writer.add_rope_freq_base(10000.0)
     writer.add_layer_norm_rms_eps(1e-6 if spec.arch != "llama" else 1e-5)
     if spec.arch == "gemma3":
         writer.add_sliding_window(spec.sliding_window)
@@ -140,6 +171,8 @@ def _tensor_shapes(spec: TinySpec) -> list[tuple[str, tuple[int, ...]]]:
     """Every tensor the architecture's loader requires, in ggml order (ne0 = input width first)."""
     d, q, kv, ff = spec.n_embd, spec.n_head * spec.head_dim, spec.n_head_kv * spec.head_dim, spec.n_ff
     shapes: list[tuple[str, tuple[int, ...]]] = [("token_embd.weight", (d, spec.n_vocab))]
+    if spec.arch == "mamba":
+        return shapes + _mamba_layers(spec) + _output(spec)
     for i in range(spec.n_layers):
         b = f"blk.{i}"
         shapes += [(f"{b}.attn_norm.weight", (d,)), (f"{b}.attn_q.weight", (d, q))]
@@ -153,9 +186,27 @@ def _tensor_shapes(spec: TinySpec) -> list[tuple[str, tuple[int, ...]]]:
         shapes += [(f"{b}.ffn_up.weight", (d, ff)), (f"{b}.ffn_down.weight", (ff, d))]
         if spec.arch == "gemma3":
             shapes += [(f"{b}.post_ffw_norm.weight", (d,))]
-    shapes.append(("output_norm.weight", (d,)))
+    return shapes + _output(spec)
+
+
+def _output(spec: TinySpec) -> list[tuple[str, tuple[int, ...]]]:
+    shapes: list[tuple[str, tuple[int, ...]]] = [("output_norm.weight", (spec.n_embd,))]
     if not spec.tie_embeddings and spec.arch != "gemma3":  # gemma3 always ties its embeddings
-        shapes.append(("output.weight", (d, spec.n_vocab)))
+        shapes.append(("output.weight", (spec.n_embd, spec.n_vocab)))
+    return shapes
+
+
+def _mamba_layers(spec: TinySpec) -> list[tuple[str, tuple[int, ...]]]:
+    """src/models/mamba.cpp load_arch_tensors: a norm and the selective-scan block per layer."""
+    d, inner, state, rank = spec.n_embd, spec.ssm_inner_size, spec.ssm_state_size, spec.ssm_dt_rank
+    shapes: list[tuple[str, tuple[int, ...]]] = []
+    for i in range(spec.n_layers):
+        b = f"blk.{i}"
+        shapes += [(f"{b}.attn_norm.weight", (d,)), (f"{b}.ssm_in.weight", (d, 2 * inner))]
+        shapes += [(f"{b}.ssm_conv1d.weight", (spec.ssm_conv_kernel, inner)), (f"{b}.ssm_conv1d.bias", (inner,))]
+        shapes += [(f"{b}.ssm_x.weight", (inner, rank + 2 * state))]
+        shapes += [(f"{b}.ssm_dt.weight", (rank, inner)), (f"{b}.ssm_dt.bias", (inner,))]
+        shapes += [(f"{b}.ssm_a", (state, inner)), (f"{b}.ssm_d", (inner,)), (f"{b}.ssm_out.weight", (inner, d))]
     return shapes
 
 
@@ -177,7 +228,8 @@ def write_header_only_model(path: Path, spec: TinySpec) -> Path:
     _write_metadata(writer, spec, gguf.LlamaFileType.MOSTLY_Q4_K_M)
     total = 0
     for name, shape in _tensor_shapes(spec):
-        qtype = gguf.GGMLQuantizationType.F32 if len(shape) == 1 else _big_type(name, spec.n_layers)
+        f32 = len(shape) == 1 or name.endswith(_MAMBA_F32)
+        qtype = gguf.GGMLQuantizationType.F32 if f32 else _big_type(name, spec.n_layers)
         block, type_size = gguf.GGML_QUANT_SIZES[qtype]
         n_bytes = int(np.prod(shape)) // block * type_size
         numpy_shape = shape[::-1]  # gguf takes numpy order, the last axis in bytes for quantized types

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner, Result
 
+from pipeline.llama_build import BuiltTools
 from pipeline.tiny_model import TinySpec, write_tiny_model
 from tests.hub import LocalHub
 
@@ -30,9 +32,32 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         "HF_HUB_OFFLINE",
         "MM_RECIPES",
         "MM_DEBUG",
+        "MM_LLAMA_TOOLS",
     ):
         monkeypatch.delenv(name, raising=False)
     return home
+
+
+@pytest.fixture(scope="session")
+def llama_tools(tmp_path_factory: pytest.TempPathFactory) -> BuiltTools:
+    """llama.cpp's tools, built once per session by `mm llama build`'s code (minutes on 2 cores).
+
+    MM_TEST_LLAMA_HOME reuses an mm home that already holds a build; MM_TEST_LLAMA_SOURCE is an unpacked
+    llama-cpp-python sdist (else mm downloads the matching one from the package index).
+    """
+    from pipeline.llama_build import build_llama_tools
+
+    home = os.environ.get("MM_TEST_LLAMA_HOME") or str(tmp_path_factory.mktemp("llama-build-home"))
+    saved = os.environ.get("MM_HOME")
+    os.environ["MM_HOME"] = home
+    try:
+        source = Path(os.environ["MM_TEST_LLAMA_SOURCE"]) if os.environ.get("MM_TEST_LLAMA_SOURCE") else None
+        return build_llama_tools(source=source, jobs=os.cpu_count() or 2)
+    finally:
+        if saved is None:
+            os.environ.pop("MM_HOME", None)
+        else:
+            os.environ["MM_HOME"] = saved
 
 
 @pytest.fixture(scope="session")

@@ -50,6 +50,21 @@ def test_fit_table_and_quants(mm: Mm, tiny_model_f16: Path) -> None:
     assert doc["recommended"] == "q8_0"
 
 
+def test_fit_recurrent_model(mm: Mm, tmp_path: Path) -> None:
+    from pipeline.tiny_model import TinySpec, write_tiny_model
+
+    model = write_tiny_model(tmp_path / "mamba.gguf", TinySpec(arch="mamba", n_vocab=512))
+    result = mm("inspect", str(model), "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["architecture"] == "mamba"
+    one, four = (
+        json.loads(mm("fit", str(model), "--vram", "0", "--ram", "8G", "--parallel", n, "--json").stdout)
+        for n in ("1", "4")
+    )
+    assert one["verdict"] == "cpu_only" and any("recurrent" in a for a in one["assumptions"])
+    assert four["cpu"]["kv_bytes"] == 4 * one["cpu"]["kv_bytes"] > 0  # one state per sequence
+
+
 def test_fit_from_recipe_uses_its_hardware_and_run_settings(mm: Mm, tiny_model: Path, recipes_folder: Path) -> None:
     write_recipe(
         recipes_folder, "tiny", f'hardware = "rtx3060-12g"\n[source]\npath = "{tiny_model}"\n[run]\nctx = 1024\n'

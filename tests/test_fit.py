@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import itertools
+import math
 import re
 import threading
 import time
@@ -23,9 +24,12 @@ ARCHS = {
     "llama": TinySpec(n_vocab=4096, dtype="f16"),  # GQA 4/2
     "gemma3": TinySpec(arch="gemma3", n_layers=6, n_head=4, n_head_kv=1, head_dim_override=128, n_vocab=2048),
     "qwen3": TinySpec(arch="qwen3", n_head=8, n_head_kv=2, head_dim_override=64, n_ff=1024, dtype="f16"),
+    "mamba": TinySpec(arch="mamba", n_embd=512, n_vocab=4096, ssm_state_size=32, dtype="f16"),  # recurrent
 }
+ATTENTION_ARCHS = ("llama", "gemma3", "qwen3")
 KV_TYPE_IDS = {"f16": 1, "q8_0": 8, "q4_0": 2}  # ggml_type values
-_BUFFER_RE = re.compile(r"(\S+)\s+(model|KV|output|compute) buffer size =\s+([\d.]+) MiB")
+# A recurrent model's state is logged as `RS buffer size` (llama-memory-recurrent.cpp); mm counts it as kv.
+_BUFFER_RE = re.compile(r"(\S+)\s+(model|KV|RS|output|compute) buffer size =\s+([\d.]+) MiB")
 _LOG: list[str] = []
 _LOCK = threading.Lock()
 
@@ -62,6 +66,7 @@ def llama_buffers(path: Path, settings: FitSettings, flash_mode: int) -> dict[st
         params = llama_cpp.llama_context_default_params()
         params.n_ctx, params.n_batch, params.n_ubatch = settings.ctx, settings.batch, settings.ubatch
         params.n_seq_max = settings.parallel
+        params.swa_full, params.kv_unified = settings.swa_full, settings.kv_unified
         params.type_k = params.type_v = KV_TYPE_IDS[settings.kv_type]
         params.flash_attn_type = flash_mode
         context = llama_cpp.llama_init_from_model(model, params)
@@ -73,12 +78,16 @@ def llama_buffers(path: Path, settings: FitSettings, flash_mode: int) -> dict[st
         return None
     found = {"model": 0.0, "KV": 0.0, "output": 0.0, "compute": 0.0}
     for match in _BUFFER_RE.finditer(text):
-        found[match.group(2)] += float(match.group(3))
+        found[match.group(2).replace("RS", "KV")] += float(match.group(3))
     return found
 
 
 CPU = HardwareClass.model_validate({"name": "test-cpu", "ram": "64G", "ram_bandwidth_gbps": 50})
-MATRIX = list(itertools.product(ARCHS, (512, 4096, 32768), ("f16", "q8_0"), (False, True), (512, 128), (1, 4)))
+MATRIX = list(
+    itertools.product(ATTENTION_ARCHS, (512, 4096, 32768), ("f16", "q8_0"), (False, True), (512, 128), (1, 4))
+)
+# Flash attention means nothing to a pure recurrent model; the KV type must not change its (F32) state.
+MATRIX += list(itertools.product(("mamba",), (512, 4096, 32768), ("f16", "q8_0"), (False,), (512, 128), (1, 4)))
 
 
 @pytest.mark.parametrize(("arch", "ctx", "kv_type", "flash_attn", "ubatch", "parallel"), MATRIX)
@@ -99,23 +108,106 @@ def test_cpu_prediction_matches_llama_cpp(
         ubatch=ubatch,
         parallel=parallel,  # type: ignore[arg-type]
     )
+    check_against_llama_cpp(arch_models[arch], settings, strict_compute=arch == "mamba")
+
+
+def check_against_llama_cpp(path: Path, settings: FitSettings, strict_compute: bool = False) -> None:
+    """Load `path` with `settings` in llama.cpp (CPU) and hold mm's prediction to what it reports."""
     # A quantized V cache without flash attention: llama.cpp's auto mode turns flash attention on (mm too).
-    flash_mode = 1 if flash_attn else (-1 if kv_type != "f16" else 0)
-    truth = llama_buffers(arch_models[arch], settings, flash_mode)
+    flash_mode = 1 if settings.flash_attn else (-1 if settings.kv_type != "f16" else 0)
+    truth = llama_buffers(path, settings, flash_mode)
     assert truth is not None, "llama.cpp refused the context"
-    result = fit_model(arch_models[arch], CPU, settings)
+    result = fit_model(path, CPU, settings)
     predicted = {
         "model": result.cpu.weights_bytes / MIB,
         "KV": result.cpu.kv_bytes / MIB,
         "output": result.cpu.output_bytes / MIB,
         "compute": result.cpu.compute_bytes / MIB,
     }
-    # Weights, KV and output are exact rules: within llama.cpp's two printed decimals.
+    # Weights, KV (or recurrent state) and output are exact rules: within llama.cpp's two printed decimals.
     for part in ("model", "KV", "output"):
         assert predicted[part] == pytest.approx(truth[part], abs=0.011), (part, predicted, truth)
     total, want = sum(predicted.values()), sum(truth.values())
     assert abs(total - want) <= max(0.05 * want, 16.0), (predicted, truth)
+    if strict_compute:  # tiny totals make the 16 MiB allowance say little: hold compute to 2%
+        assert predicted["compute"] == pytest.approx(truth["compute"], rel=0.02), (predicted, truth)
     assert result.ram_bytes == result.cpu.total_bytes and result.n_gpu_layers == 0
+
+
+# Parallel sequences with llama.cpp's cache layouts: one KV stream per sequence (default) or one unified
+# stream, and for sliding-window layers a full-size or a window-sized SWA cache.
+STREAMS = [
+    (arch, ctx, flash_attn, parallel, unified, swa_full)
+    for arch, ctx, flash_attn, parallel, unified, swa_full in itertools.product(
+        ("llama", "gemma3"), (512, 4096, 32768), (False, True), (1, 4), (False, True), (True, False)
+    )
+    if arch == "gemma3" or swa_full
+]
+
+
+@pytest.mark.parametrize(("arch", "ctx", "flash_attn", "parallel", "unified", "swa_full"), STREAMS)
+def test_parallel_cache_layouts_match_llama_cpp(
+    llama_log: list[str],
+    arch_models: dict[str, Path],
+    arch: str,
+    ctx: int,
+    flash_attn: bool,
+    parallel: int,
+    unified: bool,
+    swa_full: bool,
+) -> None:
+    settings = FitSettings(ctx=ctx, flash_attn=flash_attn, parallel=parallel, kv_unified=unified, swa_full=swa_full)
+    check_against_llama_cpp(arch_models[arch], settings)
+
+
+def test_unified_cache_is_one_stream_whose_window_holds_every_sequence(arch_models: dict[str, Path]) -> None:
+    """llama-kv-cache-iswa.cpp: per-stream SWA caches of window + ubatch cells each, or one of
+    window * n_seq + ubatch; and a unified cache is not padded per sequence."""
+    path = arch_models["gemma3"]
+
+    def kv(unified: bool) -> int:
+        settings = FitSettings(ctx=32768, parallel=4, swa_full=False, kv_unified=unified)
+        return fit_model(path, CPU, settings).cpu.kv_bytes
+
+    spec = ARCHS["gemma3"]
+    row = 2 * spec.n_head_kv * spec.head_dim * 2  # K and V, f16
+    full_layers = spec.n_layers // 6  # gemma3's default: every 6th layer is full attention
+    swa_layers = spec.n_layers - full_layers
+    assert kv(False) == row * (full_layers * 32768 + swa_layers * 4 * 1024)  # 4 x pad(512 + 512)
+    assert kv(True) == row * (full_layers * 32768 + swa_layers * 2560)  # pad(4 x 512 + 512)
+
+
+def test_recurrent_state_is_per_sequence_not_per_context(arch_models: dict[str, Path]) -> None:
+    """The Mamba state does not grow with n_ctx (unlike a KV cache) and grows linearly with sequences."""
+    path = arch_models["mamba"]
+    small, big = (fit_model(path, CPU, FitSettings(ctx=ctx)) for ctx in (512, 32768))
+    assert small.cpu.kv_bytes == big.cpu.kv_bytes > 0
+    four = fit_model(path, CPU, FitSettings(ctx=512, parallel=4))
+    assert four.cpu.kv_bytes == 4 * small.cpu.kv_bytes
+    # Per layer per sequence: r = (conv_kernel - 1) * d_inner and s = state_size * d_inner floats.
+    spec = ARCHS["mamba"]
+    per_seq = spec.n_layers * ((spec.ssm_conv_kernel - 1) + spec.ssm_state_size) * spec.ssm_inner_size * 4
+    assert small.cpu.kv_bytes == per_seq
+    assert any("recurrent" in a for a in small.assumptions)
+
+
+def test_tiny_mamba_generates(llama_log: list[str], arch_models: dict[str, Path]) -> None:
+    """The factory's recurrent model is one llama.cpp runs, not only loads: finite logits after a prompt."""
+    with _LOCK:
+        model_params = llama_cpp.llama_model_default_params()
+        model_params.n_gpu_layers = 0
+        model = llama_cpp.llama_model_load_from_file(str(arch_models["mamba"]).encode(), model_params)
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = 512
+        context = llama_cpp.llama_init_from_model(model, params)
+        tokens = (llama_cpp.llama_token * 4)(1, 300, 301, 302)
+        status = llama_cpp.llama_decode(context, llama_cpp.llama_batch_get_one(tokens, 4))
+        logits = llama_cpp.llama_get_logits_ith(context, -1)
+        values = [logits[i] for i in range(ARCHS["mamba"].n_vocab)]
+        llama_cpp.llama_free(context)
+        llama_cpp.llama_model_free(model)
+    assert status == 0
+    assert all(math.isfinite(v) for v in values) and max(values) > min(values)
 
 
 def test_llama_cpp_refuses_quantized_v_cache_without_flash_attention(

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import gguf
@@ -13,6 +12,7 @@ from typer.testing import Result
 
 from pipeline.errors import LlamaError, QuantizeError
 from pipeline.llama import QuantizeLog, dry_run_in_process, find_llama_quantize, run_quantize, tensor_bytes
+from pipeline.llama_build import BuiltTools
 from pipeline.llama_worker import QuantizeJob, load_imatrix
 from pipeline.provenance import QuantParams
 from pipeline.quantize import QuantizeRequest, plan, quantize
@@ -100,23 +100,8 @@ def test_llama_info_shows_the_api_engine(mm: Callable[..., Result]) -> None:
 
 
 @pytest.fixture(scope="session")
-def llama_quantize_binary(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Build llama-quantize once per session (minutes). MM_TEST_LLAMA_HOME reuses a home with a build."""
-    from pipeline.llama_build import build_llama_quantize
-
-    home = os.environ.get("MM_TEST_LLAMA_HOME") or str(tmp_path_factory.mktemp("llama-build-home"))
-    saved = os.environ.get("MM_HOME")
-    os.environ["MM_HOME"] = home
-    try:
-        # MM_TEST_LLAMA_SOURCE: an unpacked llama-cpp-python sdist; else mm downloads the matching one.
-        source = Path(os.environ["MM_TEST_LLAMA_SOURCE"]) if os.environ.get("MM_TEST_LLAMA_SOURCE") else None
-        tool = build_llama_quantize(source=source, jobs=2)
-    finally:
-        if saved is None:
-            os.environ.pop("MM_HOME", None)
-        else:
-            os.environ["MM_HOME"] = saved
-    yield tool.binary
+def llama_quantize_binary(llama_tools: BuiltTools) -> Path:
+    return llama_tools.path("llama-quantize")
 
 
 @pytest.mark.slow
@@ -161,7 +146,7 @@ def test_binary_engine_with_imatrix_matches_api(tiny_model: Path, llama_quantize
 def test_llama_build_is_cached(
     llama_quantize_binary: Path, mm: Callable[..., Result], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("MM_HOME", str(llama_quantize_binary.parent.parent.parent))
+    monkeypatch.setenv("MM_HOME", str(llama_quantize_binary.parent.parent.parent.parent))
     result = mm("llama", "build", "--json")  # the same version and options: found in the cache, not rebuilt
     assert result.exit_code == 0, result.stderr
     assert '"cached": true' in result.stdout

@@ -1,4 +1,4 @@
-"""`mm llama`: build llama.cpp's quantize tool and show which quantize engines are available."""
+"""`mm llama`: build llama.cpp's tools and show which quantize engines are available."""
 
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ import typer
 from pipeline.commands.options import JsonOpt, QuietOpt
 from pipeline.commands.render import emit_json, note, table
 
-llama_app = typer.Typer(help="llama.cpp: build llama-quantize, show the quantize engines.", no_args_is_help=True)
+llama_app = typer.Typer(
+    help="llama.cpp: build its tools (quantize, imatrix, perplexity, bench, server...), show the engines.",
+    no_args_is_help=True,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -29,17 +32,20 @@ def build_command(
     json_: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Compile llama-quantize from the llama.cpp matching llama-cpp-python (cached per version + options)."""
-    from pipeline.llama_build import build_llama_quantize
+    """Compile llama.cpp's tools from the source matching llama-cpp-python (cached per version + options).
+
+    Example: mm llama build -j 8
+    """
+    from pipeline.llama_build import TOOLS, build_llama_tools
 
     if not quiet and not json_:
-        note("building llama-quantize (only that target); this takes a few minutes...")
-    tool = build_llama_quantize(cmake_arg, source, jobs=jobs)
+        note(f"building {', '.join(TOOLS)}; this takes several minutes...")
+    built = build_llama_tools(cmake_arg, source, jobs=jobs)
     if json_:
-        emit_json(tool)
+        emit_json(built)
         return
-    how = "already built" if tool.cached else f"built in {tool.seconds:.0f}s"
-    typer.echo(f"{tool.binary} ({how}; llama-cpp-python {tool.version})")
+    how = "already built" if built.cached else f"built in {built.seconds:.0f}s"
+    typer.echo(f"{built.bin_dir} ({how}; llama-cpp-python {built.version}): {', '.join(built.tools)}")
 
 
 @llama_app.command("info")
