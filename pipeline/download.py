@@ -61,6 +61,7 @@ def pull(
     offline: bool = False,
     expected_sha256: str | None = None,
     progress: ProgressFactory | None = None,
+    repo_type: hub_cache.RepoType = "model",
 ) -> list[PulledFile]:
     """Every shard of `filename` at `revision`, downloaded if needed and verified; the first shard first.
 
@@ -68,13 +69,13 @@ def pull(
     `revision` and everything already verified in the cache this makes no request at all.
     """
     names = shard_names(filename)
-    commit = hub.resolve_commit(repo, revision, token=token, offline=offline)
-    cached = [_verified_from_cache(repo, revision, commit, name) for name in names]
+    commit = hub.resolve_commit(repo, revision, token=token, offline=offline, repo_type=repo_type)
+    cached = [_verified_from_cache(repo, revision, commit, name, repo_type) for name in names]
     if all(f is not None for f in cached):
         files = [f for f in cached if f is not None]
         _check_pin(files[0], expected_sha256)
         if not hub.offline_mode(offline):
-            hub_cache.write_ref(repo, revision, commit)
+            hub_cache.write_ref(repo, revision, commit, repo_type)
         return files
     if hub.offline_mode(offline):
         missing = [name for name, f in zip(names, cached, strict=True) if f is None]
@@ -83,7 +84,7 @@ def pull(
             hint="pull it once without --offline (and with HF_HUB_OFFLINE unset)",
         )
     remote = {
-        name: hub.file_metadata(repo, name, commit, token=token)
+        name: hub.file_metadata(repo, name, commit, token=token, repo_type=repo_type)
         for name, found in zip(names, cached, strict=True)
         if found is None
     }
@@ -95,20 +96,22 @@ def pull(
         )
     _check_disk(list(remote.values()))
     files = [
-        found if found is not None else _download(repo, revision, name, remote[name], token, progress)
+        found if found is not None else _download(repo, revision, name, remote[name], token, progress, repo_type)
         for name, found in zip(names, cached, strict=True)
     ]
     _check_pin(files[0], expected_sha256)
-    hub_cache.write_ref(repo, revision, commit)
+    hub_cache.write_ref(repo, revision, commit, repo_type)
     return files
 
 
-def _verified_from_cache(repo: str, revision: str, commit: str, filename: str) -> PulledFile | None:
+def _verified_from_cache(
+    repo: str, revision: str, commit: str, filename: str, repo_type: hub_cache.RepoType = "model"
+) -> PulledFile | None:
     """The cached snapshot entry if its blob's bytes match its name (hashed once, then remembered)."""
-    etag = hub_cache.cached_blob_name(repo, commit, filename)
+    etag = hub_cache.cached_blob_name(repo, commit, filename, repo_type)
     if etag is None or not hub.SHA256_RE.match(etag):
         return None
-    blob = hub_cache.blob_path(repo, etag)
+    blob = hub_cache.blob_path(repo, etag, repo_type)
     home = mm_home()
     digest = cached_sha256(home, blob)
     if digest is None:
@@ -116,9 +119,9 @@ def _verified_from_cache(repo: str, revision: str, commit: str, filename: str) -
         digest = file_sha256(home, blob)
     if digest != etag:
         log.warning("cached blob %s does not match its name (sha256 %s); it will be downloaded again", blob, digest)
-        hub_cache.remove_blob(repo, etag)
+        hub_cache.remove_blob(repo, etag, repo_type)
         return None
-    return _pulled(repo, revision, commit, filename, etag, blob)
+    return _pulled(repo, revision, commit, filename, etag, blob, repo_type)
 
 
 def _download(
@@ -128,11 +131,12 @@ def _download(
     remote: hub.RemoteFile,
     token: str | None,
     progress: ProgressFactory | None,
+    repo_type: hub_cache.RepoType = "model",
 ) -> PulledFile:
     """Download one file under its blob's lock, so concurrent pulls of it make one download."""
     home = mm_home()
     with locked(home, f"blob-{remote.etag}"):
-        blob = hub_cache.blob_path(repo, remote.etag)
+        blob = hub_cache.blob_path(repo, remote.etag, repo_type)
         if blob.is_file() and _blob_is_good(blob, remote):
             log.info("%s: already downloaded (by another process or repo)", filename)
         else:
@@ -146,10 +150,10 @@ def _download(
                     label=filename,
                     progress=progress,
                 )
-            blob = hub_cache.place_blob(fetched.path, repo, remote.etag)
+            blob = hub_cache.place_blob(fetched.path, repo, remote.etag, repo_type)
             record_sha256(home, blob, fetched.sha256)
-        hub_cache.link_snapshot(repo, remote.commit, filename, remote.etag)
-    return _pulled(repo, revision, remote.commit, filename, remote.etag, blob)
+        hub_cache.link_snapshot(repo, remote.commit, filename, remote.etag, repo_type)
+    return _pulled(repo, revision, remote.commit, filename, remote.etag, blob, repo_type)
 
 
 def _blob_is_good(blob: Path, remote: hub.RemoteFile) -> bool:
@@ -163,10 +167,13 @@ def _blob_is_good(blob: Path, remote: hub.RemoteFile) -> bool:
     return False
 
 
-def _pulled(repo: str, revision: str, commit: str, filename: str, etag: str, blob: Path) -> PulledFile:
+def _pulled(
+    repo: str, revision: str, commit: str, filename: str, etag: str, blob: Path,
+    repo_type: hub_cache.RepoType = "model",
+) -> PulledFile:  # fmt: skip
     sha256 = etag if hub.SHA256_RE.match(etag) else file_sha256(mm_home(), blob)
     return PulledFile(
-        path=hub_cache.snapshot_path(repo, commit, filename),
+        path=hub_cache.snapshot_path(repo, commit, filename, repo_type),
         repo=repo,
         revision=revision,
         commit=commit,

@@ -24,7 +24,7 @@ from pipeline.errors import (
     RepoNotFoundError,
     RevisionNotFoundError,
 )
-from pipeline.hub_cache import cached_commit
+from pipeline.hub_cache import RepoType, cached_commit
 from pipeline.units import format_size
 
 log = logging.getLogger(__name__)
@@ -76,12 +76,15 @@ class RemoteFile:
         return self.etag if SHA256_RE.match(self.etag) else None
 
 
-def resolve_commit(repo: str, revision: str = "main", *, token: str | None = None, offline: bool = False) -> str:
+def resolve_commit(
+    repo: str, revision: str = "main", *, token: str | None = None, offline: bool = False,
+    repo_type: RepoType = "model",
+) -> str:  # fmt: skip
     """The 40-hex commit a branch or tag points at now; a commit is returned as is, with no request."""
     if is_commit(revision):
         return revision
     if offline_mode(offline):
-        commit = cached_commit(repo, revision)
+        commit = cached_commit(repo, revision, repo_type)
         if commit is None:
             raise OfflineError(
                 f"{repo}@{revision} is not in the local cache and offline mode is on",
@@ -89,7 +92,7 @@ def resolve_commit(repo: str, revision: str = "main", *, token: str | None = Non
             )
         return commit
     with translate_errors(repo, revision):
-        info = HfApi(endpoint=endpoint()).model_info(repo, revision=revision, token=token)
+        info = HfApi(endpoint=endpoint()).repo_info(repo, revision=revision, token=token, repo_type=repo_type)
     if not info.sha:
         raise HubError(f"{endpoint()} did not report a commit for {repo}@{revision}; is HF_ENDPOINT a Hub?")
     return info.sha
@@ -114,9 +117,11 @@ def describe_gguf_files(files: list[tuple[str, int]]) -> str:
     return "GGUF files there: " + ", ".join(f"{name} ({format_size(size)})" for name, size in files)
 
 
-def file_metadata(repo: str, filename: str, commit: str, *, token: str | None = None) -> RemoteFile:
+def file_metadata(
+    repo: str, filename: str, commit: str, *, token: str | None = None, repo_type: RepoType = "model"
+) -> RemoteFile:
     """HEAD the file's resolve URL: its LFS sha256 (X-Linked-Etag), size and download location."""
-    url = hf_hub_url(repo, filename, revision=commit, endpoint=endpoint())
+    url = hf_hub_url(repo, filename, revision=commit, endpoint=endpoint(), repo_type=repo_type)
     with translate_errors(repo, commit, filename, token=token):
         meta = get_hf_file_metadata(url, token=token)
     if meta.etag is None or meta.size is None:

@@ -12,25 +12,29 @@ import os
 import shutil
 import uuid
 from pathlib import Path
+from typing import Literal
 
 from pipeline.home import atomic_path, atomic_write_text, mm_home
 
-
-def repo_folder(repo: str) -> Path:
-    return mm_home().hub / ("models--" + repo.replace("/", "--"))
+RepoType = Literal["model", "dataset"]
 
 
-def blob_path(repo: str, etag: str) -> Path:
-    return repo_folder(repo) / "blobs" / etag
+def repo_folder(repo: str, repo_type: RepoType = "model") -> Path:
+    """`models--owner--name` (or `datasets--…`), as huggingface_hub names a repo's cache folder."""
+    return mm_home().hub / (f"{repo_type}s--" + repo.replace("/", "--"))
 
 
-def snapshot_path(repo: str, commit: str, filename: str) -> Path:
-    return repo_folder(repo) / "snapshots" / commit / filename
+def blob_path(repo: str, etag: str, repo_type: RepoType = "model") -> Path:
+    return repo_folder(repo, repo_type) / "blobs" / etag
 
 
-def cached_commit(repo: str, revision: str) -> str | None:
+def snapshot_path(repo: str, commit: str, filename: str, repo_type: RepoType = "model") -> Path:
+    return repo_folder(repo, repo_type) / "snapshots" / commit / filename
+
+
+def cached_commit(repo: str, revision: str, repo_type: RepoType = "model") -> str | None:
     """The commit a branch or tag pointed at when last pulled (refs/<revision>), or None."""
-    ref = repo_folder(repo) / "refs" / revision
+    ref = repo_folder(repo, repo_type) / "refs" / revision
     try:
         commit = ref.read_text().strip()
     except OSError:
@@ -38,29 +42,29 @@ def cached_commit(repo: str, revision: str) -> str | None:
     return commit or None
 
 
-def cached_blob_name(repo: str, commit: str, filename: str) -> str | None:
+def cached_blob_name(repo: str, commit: str, filename: str, repo_type: RepoType = "model") -> str | None:
     """The blob (etag) a snapshot entry points at, if the entry and its blob are both there."""
-    link = snapshot_path(repo, commit, filename)
+    link = snapshot_path(repo, commit, filename, repo_type)
     if not link.is_file():
         return None
     return link.resolve().name if link.is_symlink() else None
 
 
-def write_ref(repo: str, revision: str, commit: str) -> None:
+def write_ref(repo: str, revision: str, commit: str, repo_type: RepoType = "model") -> None:
     """Point refs/<revision> at `commit` (atomically, as huggingface_hub does); commits need no ref."""
     if revision == commit:
         return
-    ref = repo_folder(repo) / "refs" / revision
+    ref = repo_folder(repo, repo_type) / "refs" / revision
     with contextlib.suppress(OSError):
         if ref.read_text() == commit:
             return
     atomic_write_text(ref, commit)
 
 
-def link_snapshot(repo: str, commit: str, filename: str, etag: str) -> Path:
+def link_snapshot(repo: str, commit: str, filename: str, etag: str, repo_type: RepoType = "model") -> Path:
     """Create snapshots/<commit>/<filename> → ../../blobs/<etag> (relative, replaced atomically)."""
-    link = snapshot_path(repo, commit, filename)
-    blob = blob_path(repo, etag)
+    link = snapshot_path(repo, commit, filename, repo_type)
+    blob = blob_path(repo, etag, repo_type)
     link.parent.mkdir(parents=True, exist_ok=True)
     target = os.path.relpath(blob, link.parent)
     if link.is_symlink() and os.readlink(link) == target:
@@ -75,9 +79,9 @@ def link_snapshot(repo: str, commit: str, filename: str, etag: str) -> Path:
     return link
 
 
-def place_blob(source: Path, repo: str, etag: str) -> Path:
+def place_blob(source: Path, repo: str, etag: str, repo_type: RepoType = "model") -> Path:
     """Move a verified file into blobs/<etag>: a rename on one filesystem, else a copy that appears atomically."""
-    blob = blob_path(repo, etag)
+    blob = blob_path(repo, etag, repo_type)
     blob.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.replace(source, blob)
@@ -88,6 +92,6 @@ def place_blob(source: Path, repo: str, etag: str) -> Path:
     return blob
 
 
-def remove_blob(repo: str, etag: str) -> None:
+def remove_blob(repo: str, etag: str, repo_type: RepoType = "model") -> None:
     with contextlib.suppress(FileNotFoundError):
-        blob_path(repo, etag).unlink()
+        blob_path(repo, etag, repo_type).unlink()

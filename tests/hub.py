@@ -230,6 +230,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _route(self) -> None:
         parts = [unquote(p) for p in urlsplit(self.path).path.strip("/").split("/")]
+        # Dataset repos live in the same table under "datasets/owner/name" (add_repo("datasets/o/n", ...)).
+        if parts[:2] == ["api", "datasets"] and len(parts) >= 4:
+            parts = ["api", "models", f"datasets/{parts[2]}", *parts[3:]]
+        elif parts[:1] == ["datasets"] and len(parts) >= 6 and parts[3] == "resolve":
+            parts = [f"datasets/{parts[1]}", *parts[2:]]
         if parts[:2] == ["api", "models"] and len(parts) >= 4:
             repo, rest = f"{parts[2]}/{parts[3]}", parts[4:]
             if not rest:
