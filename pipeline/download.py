@@ -8,7 +8,6 @@ download (resuming mm's partial file) while hashing → verify → place blob, s
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 from pydantic import BaseModel, computed_field
@@ -16,8 +15,8 @@ from pydantic import BaseModel, computed_field
 from pipeline import hub, hub_cache
 from pipeline.digest import cached_sha256, file_sha256, record_sha256
 from pipeline.errors import DiskSpaceError, IntegrityError, OfflineError, UsageError
-from pipeline.home import locked, mm_home
-from pipeline.model_ref import parse_hub_ref, shard_names
+from pipeline.home import free_bytes, locked, mm_home
+from pipeline.model_ref import check_user_ref, parse_hub_ref, shard_names
 from pipeline.provenance import SourceRef
 from pipeline.recipe import REPO_ID_RE, find_recipe, load_recipe, looks_like_recipe
 from pipeline.transfer import ProgressFactory, fetch, partial_size
@@ -44,14 +43,6 @@ class PulledFile(BaseModel):
         return self.size_bytes
 
 
-def disk_free_bytes(folder: Path) -> int:
-    """Free bytes on the filesystem that holds `folder` (or its nearest existing parent)."""
-    for candidate in [folder, *folder.parents]:
-        if candidate.exists():
-            return shutil.disk_usage(candidate).free
-    return shutil.disk_usage("/").free
-
-
 def pull(
     repo: str,
     filename: str,
@@ -68,6 +59,7 @@ def pull(
     `expected_sha256` pins the first (or only) shard, as a recipe's `sha256` does. With a 40-hex
     `revision` and everything already verified in the cache this makes no request at all.
     """
+    check_user_ref(repo, filename, revision)
     names = shard_names(filename)
     commit = hub.resolve_commit(repo, revision, token=token, offline=offline, repo_type=repo_type)
     cached = [_verified_from_cache(repo, revision, commit, name, repo_type) for name in names]
@@ -197,7 +189,7 @@ def _check_disk(remote: list[hub.RemoteFile]) -> None:
         return
     needed = sum(max(0, f.size_bytes - partial_size(f.etag)) for f in remote)
     folder = mm_home().partial
-    free = disk_free_bytes(folder)
+    free = free_bytes(folder)
     if needed > free:
         raise DiskSpaceError(
             f"not enough free disk: {format_size(needed)} to download, {format_size(free)} free at {folder}",

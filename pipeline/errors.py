@@ -69,6 +69,10 @@ class OfflineError(HubError):
     """Offline mode was asked for and the cache does not have what is needed."""
 
 
+class UnsafePathError(MMError):
+    """A path mm was about to write resolves outside the folder it belongs in (a hostile value got through)."""
+
+
 class DiskSpaceError(MMError):
     exit_code = 4
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,7 +16,8 @@ from typing import Any
 
 import filelock
 
-from pipeline.errors import LockTimeoutError
+from pipeline.errors import DiskSpaceError, LockTimeoutError, UnsafePathError
+from pipeline.units import format_size
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +93,24 @@ class Home:
         return folder
 
 
+def inside(root: Path, path: Path) -> Path:
+    """`path`, after checking it resolves inside `root`, before anything writes to it.
+
+    The last guard against a value from outside (a commit, an ETag, a file name) that slipped past its
+    check: huggingface_hub makes the same check for its snapshot pointers (`_get_pointer_path`).
+    """
+    real_root = os.path.realpath(root)
+    lexical = os.path.normpath(os.path.abspath(path))  # '..' resolved first, as written
+    # The folder is resolved (symlinks followed); the last name is not: writers replace it, never follow it.
+    real = os.path.join(os.path.realpath(os.path.dirname(lexical)), os.path.basename(lexical))
+    if os.path.commonpath([real_root, real]) != real_root or real == real_root:
+        raise UnsafePathError(
+            f"refusing to write {path}: it is not inside {root}",
+            hint="a value from a server, recipe or file named a path outside mm's folders; nothing was written",
+        )
+    return path
+
+
 def mm_home() -> Home:
     """The home named by MM_HOME (read on each call so tests and `make nightly` can point elsewhere)."""
     return Home(Path(os.environ.get("MM_HOME") or DEFAULT_HOME).expanduser().resolve())
@@ -112,9 +133,31 @@ def atomic_path(target: Path) -> Iterator[Path]:
         _fsync_file(tmp)
         os.replace(tmp, target)
         _fsync_dir(target.parent)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise disk_full(target.parent) from None
+        raise
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def disk_full(folder: Path, needed_bytes: int | None = None) -> DiskSpaceError:
+    """The error for ENOSPC met while writing into `folder`: which disk, how much is free, what was needed."""
+    free = free_bytes(folder)
+    need = f"; {format_size(needed_bytes)} needed" if needed_bytes is not None else ""
+    return DiskSpaceError(
+        f"the disk is full: writing into {folder} failed ({format_size(free)} free{need})",
+        hint="free some space, or point MM_HOME (or HF_HUB_CACHE) at a bigger disk",
+    )
+
+
+def free_bytes(folder: Path) -> int:
+    """Free bytes on the filesystem that holds `folder` (or its nearest existing parent)."""
+    for candidate in [folder, *folder.parents]:
+        if candidate.exists():
+            return shutil.disk_usage(candidate).free
+    return shutil.disk_usage("/").free
 
 
 def atomic_write_bytes(target: Path, data: bytes) -> None:

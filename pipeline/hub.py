@@ -6,7 +6,7 @@ import contextlib
 import logging
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -25,6 +25,7 @@ from pipeline.errors import (
     RevisionNotFoundError,
 )
 from pipeline.hub_cache import RepoType, cached_commit
+from pipeline.safe_names import UnsafeValue, check_commit, check_etag, check_repo_filename
 from pipeline.units import format_size
 
 log = logging.getLogger(__name__)
@@ -95,14 +96,28 @@ def resolve_commit(
         info = HfApi(endpoint=endpoint()).repo_info(repo, revision=revision, token=token, repo_type=repo_type)
     if not info.sha:
         raise HubError(f"{endpoint()} did not report a commit for {repo}@{revision}; is HF_ENDPOINT a Hub?")
-    return info.sha
+    return untrusted(check_commit, info.sha, f"{repo}@{revision}")
+
+
+def untrusted(check: Callable[[str], str], value: str, where: str) -> str:
+    """A value the server sent, checked before it becomes a path; a bad one is the server's fault (HubError)."""
+    try:
+        return check(value)
+    except UnsafeValue as exc:
+        raise HubError(
+            f"{endpoint()} sent an invalid value for {where}: {exc}; refusing it (nothing was written)",
+            hint="a real Hugging Face Hub never does this: check HF_ENDPOINT, the mirror or the proxy",
+        ) from None
 
 
 def list_repo_files(repo: str, revision: str = "main", *, token: str | None = None) -> list[RepoFile]:
     """Every file of the repo at `revision`, with sizes and LFS sha256s (the tree API)."""
     with translate_errors(repo, revision):
         entries = HfApi(endpoint=endpoint()).list_repo_tree(repo, revision=revision, recursive=True, token=token)
-        return [entry for entry in entries if isinstance(entry, RepoFile)]
+        files = [entry for entry in entries if isinstance(entry, RepoFile)]
+    for entry in files:
+        untrusted(check_repo_filename, entry.path, f"a file name in the listing of {repo}@{revision}")
+    return files
 
 
 def list_gguf_files(repo: str, revision: str = "main", *, token: str | None = None) -> list[tuple[str, int]]:
@@ -126,7 +141,17 @@ def file_metadata(
         meta = get_hf_file_metadata(url, token=token)
     if meta.etag is None or meta.size is None:
         raise HubError(f"{url}: the server sent no ETag or size; is HF_ENDPOINT a Hugging Face Hub?")
-    return RemoteFile(url=meta.location, commit=meta.commit_hash or commit, etag=meta.etag, size_bytes=meta.size)
+    where = f"{repo}@{commit}:{filename}"
+    reported = untrusted(check_commit, meta.commit_hash, f"the commit of {where}") if meta.commit_hash else commit
+    if reported != commit and is_commit(commit):
+        raise HubError(
+            f"{endpoint()} answered for commit {reported} when asked for {where}; refusing it",
+            hint="a real Hugging Face Hub never does this: check HF_ENDPOINT, the mirror or the proxy",
+        )
+    etag = untrusted(check_etag, meta.etag, f"the ETag of {where}")
+    if meta.size < 0:
+        raise HubError(f"{endpoint()} announced a negative size for {where}")
+    return RemoteFile(url=meta.location, commit=reported, etag=etag, size_bytes=meta.size)
 
 
 @contextlib.contextmanager

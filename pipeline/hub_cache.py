@@ -14,32 +14,40 @@ import uuid
 from pathlib import Path
 from typing import Literal
 
-from pipeline.home import atomic_path, atomic_write_text, mm_home
+from huggingface_hub.file_download import REGEX_COMMIT_HASH
+
+from pipeline.home import atomic_path, atomic_write_text, inside, mm_home
 
 RepoType = Literal["model", "dataset"]
 
 
 def repo_folder(repo: str, repo_type: RepoType = "model") -> Path:
     """`models--owner--name` (or `datasets--…`), as huggingface_hub names a repo's cache folder."""
-    return mm_home().hub / (f"{repo_type}s--" + repo.replace("/", "--"))
+    return inside(mm_home().hub, mm_home().hub / (f"{repo_type}s--" + repo.replace("/", "--")))
 
 
 def blob_path(repo: str, etag: str, repo_type: RepoType = "model") -> Path:
-    return repo_folder(repo, repo_type) / "blobs" / etag
+    folder = repo_folder(repo, repo_type) / "blobs"
+    return inside(folder, folder / etag)
+
+
+def ref_path(repo: str, revision: str, repo_type: RepoType = "model") -> Path:
+    folder = repo_folder(repo, repo_type) / "refs"
+    return inside(folder, folder / revision)
 
 
 def snapshot_path(repo: str, commit: str, filename: str, repo_type: RepoType = "model") -> Path:
-    return repo_folder(repo, repo_type) / "snapshots" / commit / filename
+    folder = repo_folder(repo, repo_type) / "snapshots"
+    return inside(folder, folder / commit / filename)
 
 
 def cached_commit(repo: str, revision: str, repo_type: RepoType = "model") -> str | None:
     """The commit a branch or tag pointed at when last pulled (refs/<revision>), or None."""
-    ref = repo_folder(repo, repo_type) / "refs" / revision
     try:
-        commit = ref.read_text().strip()
+        commit = ref_path(repo, revision, repo_type).read_text().strip()
     except OSError:
         return None
-    return commit or None
+    return commit if REGEX_COMMIT_HASH.fullmatch(commit) else None
 
 
 def cached_blob_name(repo: str, commit: str, filename: str, repo_type: RepoType = "model") -> str | None:
@@ -54,7 +62,7 @@ def write_ref(repo: str, revision: str, commit: str, repo_type: RepoType = "mode
     """Point refs/<revision> at `commit` (atomically, as huggingface_hub does); commits need no ref."""
     if revision == commit:
         return
-    ref = repo_folder(repo, repo_type) / "refs" / revision
+    ref = ref_path(repo, revision, repo_type)
     with contextlib.suppress(OSError):
         if ref.read_text() == commit:
             return

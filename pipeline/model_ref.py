@@ -11,6 +11,7 @@ from huggingface_hub import try_to_load_from_cache
 from pipeline.errors import UsageError
 from pipeline.home import mm_home
 from pipeline.recipe import Recipe, find_recipe, load_recipe, looks_like_recipe
+from pipeline.safe_names import UnsafeValue, check_repo_filename, check_revision
 
 HUB_REF_RE = re.compile(r"^(?P<repo>[^/:@\s]+/[^/:@\s]+):(?P<file>[^@\s]+\.gguf)(?:@(?P<revision>[^\s]+))?$")
 SHARD_RE = re.compile(r"^(?P<stem>.*)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$")
@@ -55,6 +56,16 @@ def shard_paths(path: Path) -> list[Path]:
     """Every shard's path beside `path` (any one shard of a split GGUF), or just [path] for one file."""
     names = shard_names(path.name)
     return [path.with_name(name) for name in names] if len(names) > 1 else [path]
+
+
+def check_user_ref(repo: str, filename: str | None, revision: str) -> None:
+    """A file name and revision typed by the user or a recipe: the rules a Hub's own obey (UsageError)."""
+    try:
+        check_revision(revision)
+        if filename is not None:
+            check_repo_filename(filename)
+    except UnsafeValue as exc:
+        raise UsageError(f"{repo}: {exc}") from None
 
 
 def parse_model_arg(text: str, recipes_folder: Path | None = None) -> ModelArg:
@@ -110,6 +121,7 @@ def local_model_file(
 def _hub_file(
     ref: HubRef, *, token: str | None, offline: bool, allow_header_stub: bool, pin: str | None = None
 ) -> tuple[Path, bool]:
+    check_user_ref(ref.repo, ref.file, ref.revision)
     pulled = cached_hub_file(ref)
     if pulled is not None:
         return pulled, False

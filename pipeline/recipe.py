@@ -8,14 +8,25 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from pipeline.errors import HardwareError, RecipeError, UsageError
 from pipeline.hardware import hardware_catalog
 from pipeline.quant_types import parse_quant_type
+from pipeline.safe_names import UnsafeValue, check_repo_filename, check_revision
 from pipeline.validation import describe_validation_error, read_toml
 
-RECIPE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+RECIPE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # a safe file and lock name, 64 at most
 REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 HARDWARE_FILE = "hardware.toml"
 KvType = Literal["f16", "q8_0", "q4_0"]
@@ -32,11 +43,19 @@ class Source(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    repo: str | None = None
-    revision: str = "main"
-    file: str | None = None
-    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    repo: StrictStr | None = None
+    revision: StrictStr = "main"
+    file: StrictStr | None = None
+    sha256: StrictStr | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     path: Path | None = None
+
+    @field_validator("revision")
+    @classmethod
+    def _revision(cls, value: str) -> str:
+        try:
+            return check_revision(value)
+        except UnsafeValue as exc:
+            raise ValueError(str(exc)) from None
 
     @field_validator("repo")
     @classmethod
@@ -52,7 +71,10 @@ class Source(BaseModel):
     def _gguf_file(cls, value: str | None) -> str | None:
         if value is not None and not value.endswith(".gguf"):
             raise ValueError(f"{value!r} is not a .gguf file; mm pulls GGUF models")
-        return value
+        try:
+            return None if value is None else check_repo_filename(value)
+        except UnsafeValue as exc:
+            raise ValueError(f"{exc}; give the file's path inside the repository") from None
 
     @model_validator(mode="after")
     def _one_kind(self) -> Source:
@@ -70,15 +92,34 @@ class Source(BaseModel):
 class QuantizeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    types: list[str] = Field(default_factory=list)
-    allow_requantize: bool = False
+    types: list[StrictStr] = Field(default_factory=list, max_length=64)
+    allow_requantize: StrictBool = False
     imatrix: Path | None = None
     engine: Engine = "api"
-    output_tensor_type: str | None = None
-    token_embedding_type: str | None = None
-    tensor_types: dict[str, str] = Field(default_factory=dict)  # pattern -> type, as --tensor-type
-    pure: bool = False
-    leave_output_tensor: bool = False
+    output_tensor_type: StrictStr | None = None
+    token_embedding_type: StrictStr | None = None
+    # pattern -> type, as llama-quantize's --tensor-type
+    tensor_types: dict[StrictStr, StrictStr] = Field(default_factory=dict, max_length=256)
+    pure: StrictBool = False
+    leave_output_tensor: StrictBool = False
+
+    @field_validator("output_tensor_type", "token_embedding_type")
+    @classmethod
+    def _tensor_type(cls, value: str | None) -> str | None:
+        return None if value is None else _ggml_type(value)
+
+    @field_validator("tensor_types")
+    @classmethod
+    def _tensor_patterns(cls, values: dict[str, str]) -> dict[str, str]:
+        for pattern, type_name in values.items():
+            if not pattern or len(pattern) > 256:
+                raise ValueError(f"pattern {pattern[:40]!r}: 1 to 256 characters")
+            try:
+                re.compile(pattern)  # llama.cpp compiles it as a std::regex; the syntax errors are the same
+            except re.error as exc:
+                raise ValueError(f"pattern {pattern!r} is not a valid regular expression: {exc}") from None
+            _ggml_type(type_name, f"pattern {pattern!r}: ")
+        return values
 
     @field_validator("types")
     @classmethod
@@ -97,21 +138,21 @@ class QuantizeSettings(BaseModel):
 class RunSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    ctx: int = Field(default=4096, ge=16, le=1 << 22)
+    ctx: StrictInt = Field(default=4096, ge=16, le=1 << 22)
     kv_type: KvType = "f16"
-    flash_attn: bool = False
-    batch: int = Field(default=2048, ge=1)
-    ubatch: int = Field(default=512, ge=1)
-    parallel: int = Field(default=1, ge=1)
-    threads: int | None = Field(default=None, ge=1)
-    n_gpu_layers: int | None = Field(default=None, ge=0)  # None: as many as fit
+    flash_attn: StrictBool = False
+    batch: StrictInt = Field(default=2048, ge=1, le=1 << 22)  # more than the longest context is never used
+    ubatch: StrictInt = Field(default=512, ge=1, le=1 << 22)
+    parallel: StrictInt = Field(default=1, ge=1, le=256)  # LLAMA_MAX_SEQ (llama-cparams.h)
+    threads: StrictInt | None = Field(default=None, ge=1, le=512)  # GGML_MAX_N_THREADS (ggml.h)
+    n_gpu_layers: StrictInt | None = Field(default=None, ge=0, le=1 << 16)  # None: as many as fit
 
 
 class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(pattern=RECIPE_NAME_RE.pattern)
-    hardware: str
+    name: StrictStr = Field(pattern=RECIPE_NAME_RE.pattern)
+    hardware: StrictStr = Field(max_length=64)
     source: Source
     quantize: QuantizeSettings = Field(default_factory=QuantizeSettings)
     run: RunSettings = Field(default_factory=RunSettings)
@@ -123,6 +164,17 @@ class Recipe(BaseModel):
         """A path written in the recipe, relative to the recipe's folder."""
         base = self.path.parent if self.path else Path.cwd()
         return relative if relative.is_absolute() else (base / relative)
+
+
+def _ggml_type(value: str, where: str = "") -> str:
+    """A ggml tensor type name llama.cpp's quantize accepts (`q8_0`, `f16`), as a ValueError if not."""
+    from pipeline.llama import ggml_type_id  # late: keeps reading a recipe free of llama.cpp's bindings
+
+    try:
+        ggml_type_id(value)
+    except UsageError as exc:
+        raise ValueError(where + exc.message) from None
+    return value
 
 
 def load_recipe(path: Path) -> Recipe:

@@ -25,8 +25,8 @@ from huggingface_hub import constants, get_session, hf_raise_for_status
 from pipeline import hub, hub_cache
 from pipeline.errors import HubError, IntegrityError, ModelFormatError, OfflineError
 from pipeline.gguf_header import read_header
-from pipeline.home import atomic_path, atomic_write_text, locked, mm_home
-from pipeline.model_ref import shard_names
+from pipeline.home import atomic_path, atomic_write_text, inside, locked, mm_home
+from pipeline.model_ref import check_user_ref, shard_names
 from pipeline.units import format_size
 
 log = logging.getLogger(__name__)
@@ -151,6 +151,7 @@ def header_stub(
     branch or tag only the revision is resolved. Offline with no stub raises OfflineError.
     `expected_sha256` pins the first shard, as a recipe's `sha256` does.
     """
+    check_user_ref(repo, filename, revision)
     names = shard_names(filename)
     offline = hub.offline_mode(offline)
     commit = _resolve(repo, revision, token=token, offline=offline)
@@ -171,12 +172,12 @@ def header_stub(
             f"{expected_sha256}",
             hint="the file changed upstream: check it, then update the pin (or pin the revision to a commit)",
         )
-    folder = mm_home().headers / _folder_key(shards)
+    folder = inside(mm_home().headers, mm_home().headers / _folder_key(shards))
     with locked(mm_home(), f"header-{folder.name}"):
         budget = HEADER_CAP
         paths = []
         for shard in shards:
-            path = folder / Path(shard.name).name
+            path = inside(folder, folder / Path(shard.name).name)
             if _stub_is_good(path, shard.remote.size_bytes):
                 log.info("%s: header already fetched", shard.name)
             else:
@@ -189,7 +190,7 @@ def header_stub(
 
 def _write_ref(repo: str, revision: str, commit: str) -> None:
     """Remember what a branch or tag pointed at, so offline runs find the stub by that name too."""
-    ref = _refs_folder(repo) / revision
+    ref = _ref_path(repo, revision)
     try:
         if revision == commit or ref.read_text() == commit:
             return
@@ -205,7 +206,7 @@ def _resolve(repo: str, revision: str, *, token: str | None, offline: bool) -> s
     commit = hub_cache.cached_commit(repo, revision)
     if commit is None:
         try:
-            commit = (_refs_folder(repo) / revision).read_text().strip() or None
+            commit = _ref_path(repo, revision).read_text().strip() or None
         except OSError:
             commit = None
     if commit is None:
@@ -217,15 +218,21 @@ def _resolve(repo: str, revision: str, *, token: str | None, offline: bool) -> s
 
 
 def _repo_index(repo: str) -> Path:
-    return mm_home().headers / "repos" / ("models--" + repo.replace("/", "--"))
+    root = mm_home().headers / "repos"
+    return inside(root, root / ("models--" + repo.replace("/", "--")))
 
 
 def _refs_folder(repo: str) -> Path:
     return _repo_index(repo) / "refs"
 
 
+def _ref_path(repo: str, revision: str) -> Path:
+    return inside(_refs_folder(repo), _refs_folder(repo) / revision)
+
+
 def _index_path(repo: str, commit: str, filename: str) -> Path:
-    return _repo_index(repo) / commit / f"{filename}.json"
+    folder = _repo_index(repo)
+    return inside(folder, folder / commit / f"{filename}.json")
 
 
 def _folder_key(shards: list[_Shard]) -> str:

@@ -8,6 +8,7 @@ prefix already on disk is hashed once first, so a finished file is never read a 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -21,11 +22,17 @@ import httpx2
 from huggingface_hub import constants, get_session, hf_raise_for_status
 
 from pipeline.errors import HubError, IntegrityError
-from pipeline.home import mm_home
+from pipeline.home import disk_full, inside, mm_home
+from pipeline.safe_names import check_etag
 
 log = logging.getLogger(__name__)
 
-MAX_STALLED_ATTEMPTS = 3  # attempts in a row that brought no new byte before giving up (the next run resumes)
+MAX_STALLED_ATTEMPTS = 5  # requests in a row that brought no new byte before giving up (the next run resumes)
+MAX_REQUESTS = 100  # requests for one file in one run, however much each brought
+BACKOFF_SECONDS = 0.25  # first wait after a request that brought nothing; doubles each time
+BACKOFF_CAP_SECONDS = 8.0
+RETRY_AFTER_CAP_SECONDS = 60.0  # a longer Retry-After is an error at once ("run again later")
+RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 
 
 class Progress(Protocol):
@@ -67,7 +74,8 @@ class _Hashes:
 
 
 def partial_path(etag: str) -> Path:
-    return mm_home().ensure(mm_home().partial) / f"{etag}.part"
+    folder = mm_home().ensure(mm_home().partial)
+    return inside(folder, folder / f"{check_etag(etag)}.part")
 
 
 def partial_size(etag: str) -> int:
@@ -87,28 +95,24 @@ def fetch(
 ) -> Fetched:
     """Download `url` into the partial file for `etag`, continuing what is there; verify it against `etag`.
 
-    A mismatch deletes the partial file (those bytes are wrong, resuming them would stay wrong) and raises
-    IntegrityError. A dropped connection retries with a Range request while bytes keep coming; then the
-    error says to run again, which resumes.
+    A mismatch — of the bytes or of the size the server announced — deletes the partial file (resuming
+    wrong bytes stays wrong) and raises IntegrityError at once, never a retry. Dropped connections, 429
+    and 5xx are retried with a Range request and a backoff (429's Retry-After honoured up to a cap); a
+    request that brings no new byte counts against a budget, and when it runs out the error says to run
+    again, which resumes.
     """
     state = _State(partial_path(etag), size_bytes, with_git_sha1=len(etag) == 40)
     state.hash_prefix()
     bar = progress(label, size_bytes, state.offset) if progress is not None else None
     try:
-        stalled = 0
-        while state.offset < size_bytes:
-            before = state.offset
-            try:
-                _get_range(url, state, headers, bar)
-            except (httpx2.TransportError, httpx2.StreamError) as exc:
-                stalled = 0 if state.offset > before else stalled + 1
-                log.warning("%s: connection lost at %d of %d bytes (%s)", label, state.offset, size_bytes, exc)
-                if stalled >= MAX_STALLED_ATTEMPTS:
-                    raise HubError(
-                        f"download of {label} stopped at {state.offset} of {size_bytes} bytes ({type(exc).__name__})",
-                        hint="run the same command again: it resumes where it stopped",
-                    ) from None
-                time.sleep(min(2.0, 0.2 * stalled))
+        _fetch_with_budget(url, state, headers, label, bar)
+    except IntegrityError:
+        state.path.unlink(missing_ok=True)
+        raise
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise disk_full(state.path.parent, size_bytes - state.offset) from None
+        raise
     finally:
         if bar is not None:
             bar.close()
@@ -122,6 +126,60 @@ def fetch(
             hint="run again to download it afresh; if it repeats, the mirror or a proxy is serving wrong data",
         )
     return Fetched(path=path, sha256=hashes.sha256.hexdigest())
+
+
+class _Retry(Exception):
+    """A 429 or 5xx answer: worth another request after `delay` seconds (None: the usual backoff)."""
+
+    def __init__(self, reason: str, delay: float | None) -> None:
+        super().__init__(reason)
+        self.reason, self.delay = reason, delay
+
+
+def _fetch_with_budget(url: str, state: _State, headers: dict[str, str], label: str, bar: Progress | None) -> None:
+    requests = stalled = 0
+    while state.offset < state.size_bytes:
+        requests += 1
+        before = state.offset
+        delay: float | None = None
+        try:
+            _get_range(url, state, headers, bar)
+            reason = "the response ended early"
+        except _Retry as retry:
+            reason, delay = retry.reason, retry.delay
+        except (httpx2.TransportError, httpx2.StreamError) as exc:
+            reason = f"connection lost ({type(exc).__name__})"
+        if state.offset >= state.size_bytes:
+            return
+        stalled = 0 if state.offset > before else stalled + 1
+        log.warning("%s: %s at %d of %d bytes", label, reason, state.offset, state.size_bytes)
+        if stalled >= MAX_STALLED_ATTEMPTS or requests >= MAX_REQUESTS:
+            raise HubError(
+                f"download of {label} stopped at {state.offset} of {state.size_bytes} bytes after {requests} "
+                f"requests ({reason})",
+                hint="run the same command again later: it resumes where it stopped",
+            )
+        if delay is None:
+            delay = 0.0 if stalled == 0 else min(BACKOFF_CAP_SECONDS, BACKOFF_SECONDS * 2 ** (stalled - 1))
+        time.sleep(delay)
+
+
+def _retry_after(response: httpx2.Response, label: str) -> float | None:
+    """The seconds a 429/503 asks to wait (Retry-After, in seconds); more than the cap is an error now."""
+    raw = response.headers.get("Retry-After", "").strip()
+    if not raw:
+        return None
+    try:
+        seconds = max(0.0, float(raw))
+    except ValueError:
+        return None  # an HTTP date: rare from a Hub; the usual backoff instead
+    if seconds > RETRY_AFTER_CAP_SECONDS:
+        raise HubError(
+            f"{label}: the server is rate-limiting and asks to wait {seconds:.0f} s "
+            f"(more than the {RETRY_AFTER_CAP_SECONDS:.0f} s mm waits)",
+            hint="run the same command again later: it resumes where it stopped",
+        )
+    return seconds
 
 
 class _State:
@@ -165,27 +223,25 @@ def _get_range(url: str, state: _State, headers: dict[str, str], bar: Progress |
     with get_session().stream(
         "GET", url, headers=request_headers, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT, follow_redirects=True
     ) as response:
-        if response.status_code == 416:  # the server's file is shorter than our partial: not the same content
-            state.path.unlink(missing_ok=True)
-            state.restart()
-            return
+        status = response.status_code
+        if status in RETRYABLE_STATUS:
+            raise _Retry(f"the server answered {status}", _retry_after(response, url))
+        if status == 416:  # the server's file is shorter than what we already hold
+            raise _size_mismatch(url, state.size_bytes, f"it has fewer than the {state.offset} bytes already fetched")
         hf_raise_for_status(response)
-        if state.offset and response.status_code == 200:
+        _check_length(url, response, state)
+        if state.offset and status == 200:
             log.warning("%s: the server ignored the Range request; downloading from the start", url)
             if bar is not None:
                 bar.update(-state.offset)
             state.restart()
-        elif state.offset and not response.headers.get("Content-Range", "").startswith(f"bytes {state.offset}-"):
-            raise HubError(f"{url}: the server answered a Range request with the wrong range")
         with open(state.path, "r+b" if state.offset else "wb") as handle:
             handle.seek(state.offset)
             handle.truncate()
             try:
                 for chunk in response.iter_bytes():
                     if state.offset + len(chunk) > state.size_bytes:
-                        raise IntegrityError(
-                            f"{url}: the server sent more than the {state.size_bytes} bytes it announced"
-                        )
+                        raise _size_mismatch(url, state.size_bytes, "it sent more")
                     handle.write(chunk)
                     state.hashes.update(chunk)
                     state.offset += len(chunk)
@@ -194,3 +250,25 @@ def _get_range(url: str, state: _State, headers: dict[str, str], bar: Progress |
             finally:
                 handle.flush()
                 os.fsync(handle.fileno())
+
+
+def _check_length(url: str, response: httpx2.Response, state: _State) -> None:
+    """The body's announced length and range must agree with the size the Hub announced for the file."""
+    length = response.headers.get("Content-Length")
+    if response.status_code == 200:
+        if length is not None and length.isdigit() and int(length) != state.size_bytes:
+            raise _size_mismatch(url, state.size_bytes, f"its body is {length} bytes")
+        return
+    content_range = response.headers.get("Content-Range", "")
+    if not content_range.startswith(f"bytes {state.offset}-"):
+        raise HubError(f"{url}: asked for bytes {state.offset}-, the server sent the range {content_range!r}")
+    total = content_range.rpartition("/")[2]
+    if total != "*" and total != str(state.size_bytes):
+        raise _size_mismatch(url, state.size_bytes, f"its range says the file has {total} bytes")
+
+
+def _size_mismatch(url: str, size_bytes: int, what: str) -> IntegrityError:
+    return IntegrityError(
+        f"{url}: the server announced {size_bytes} bytes for this file but {what}; the partial download was deleted",
+        hint="the mirror or a proxy serves something else than it describes: check HF_ENDPOINT",
+    )

@@ -24,12 +24,23 @@ def describe_validation_error(source: str, error: ValidationError) -> str:
     return "\n".join(lines)
 
 
+MAX_TOML_BYTES = 1 << 20  # a recipe or hardware file is a few hundred bytes; a megabyte is not one
+
+
 def read_toml(path: Path) -> dict[str, Any]:
-    """Parse a TOML file; raise ValueError with the file and line on a syntax error."""
+    """Parse a TOML file; raise ValueError naming the file (and the line, for a syntax error)."""
     try:
         with open(path, "rb") as handle:
-            return tomllib.load(handle)
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"{path}: not valid TOML: {exc}") from exc
+            data = handle.read(MAX_TOML_BYTES + 1)
     except OSError as exc:
-        raise ValueError(f"{path}: cannot read: {exc.strerror}") from exc
+        raise ValueError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if len(data) > MAX_TOML_BYTES:
+        raise ValueError(f"{path}: larger than {MAX_TOML_BYTES} bytes; not a recipe or hardware file")
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not a text file (invalid UTF-8 at byte {exc.start})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise ValueError(f"{path}: not valid TOML: nested too deeply") from None

@@ -8,6 +8,7 @@ Serves what the client calls — `GET /api/models/{repo}[/revision/{rev}]`, `GET
     hub = LocalHub().start()
     commit = hub.add_repo("org/name", {"model.gguf": path_or_bytes}, gated=False)
     hub.inject("org/name", "model.gguf", Fault(cut_after=1000, times=1))
+    hub.hostile.commit = "../../elsewhere"     # a lying server (see Hostile)
 """
 
 from __future__ import annotations
@@ -36,6 +37,17 @@ class Fault:
     times: int = 1_000_000
 
 
+@dataclass
+class Hostile:
+    """A server that lies (issue 10): each field set makes every handler that reports it say that instead."""
+
+    commit: str | None = None  # reported as the model's `sha` and in X-Repo-Commit
+    etag: str | None = None  # reported as ETag / X-Linked-Etag
+    empty_206: bool = False  # answer a Range GET with 206 and an empty body (instead of the bytes or 416)
+    statuses: list[int] = field(default_factory=list)  # answer the next GETs of file bytes with these, in order
+    retry_after: str | None = None  # sent with those answers
+
+
 @dataclass(frozen=True)
 class Request:
     method: str
@@ -44,6 +56,7 @@ class Request:
     authorized: bool
     status: int
     body_bytes: int = 0  # bytes the server set out to send in the body (a Range GET: the range's length)
+    at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -61,6 +74,7 @@ class LocalHub:
     def __init__(self) -> None:
         self.repos: dict[str, _Repo] = {}
         self.faults: dict[tuple[str, str], Fault] = {}
+        self.hostile = Hostile()
         self.requests: list[Request] = []
         self.lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -259,7 +273,7 @@ class _Handler(BaseHTTPRequestHandler):
             {
                 "id": repo,
                 "modelId": repo,
-                "sha": commit,
+                "sha": self.state.hostile.commit or commit,
                 "private": state.private,
                 "gated": "manual" if state.gated else False,
                 "siblings": [{"rfilename": name} for name in sorted(files)],
@@ -310,10 +324,12 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(404, "EntryNotFound", f"{filename} does not exist", {"X-Repo-Commit": commit})
         digest = sha256_hex(data)
         size = state.advertised_size.get(filename, len(data))
+        hostile = self.state.hostile
+        etag = hostile.etag or digest
         headers = {
-            "X-Repo-Commit": commit,
-            "ETag": f'"{digest}"',
-            "X-Linked-Etag": f'"{digest}"',
+            "X-Repo-Commit": hostile.commit or commit,
+            "ETag": f'"{etag}"',
+            "X-Linked-Etag": f'"{etag}"',
             "X-Linked-Size": str(size),
             "Accept-Ranges": "bytes",
             "Content-Type": "application/octet-stream",
@@ -329,6 +345,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve_bytes(repo, filename, data, headers)
 
     def _serve_bytes(self, repo: str, filename: str, data: bytes, headers: dict[str, str]) -> None:
+        if self._hostile_answer(headers):
+            return
         fault = self._take_fault(repo, filename)
         if fault is not None and fault.status is not None:
             return self._error(fault.status, "Fault", "injected failure")
@@ -360,6 +378,22 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             self.close_connection = True
             self.connection.shutdown(2)
+
+    def _hostile_answer(self, headers: dict[str, str]) -> bool:
+        """A lying answer to a GET of file bytes, if the hub is set to give one (see Hostile)."""
+        hostile = self.state.hostile
+        with self.state.lock:
+            status = hostile.statuses.pop(0) if hostile.statuses else None
+        if status is not None:
+            extra = {"Retry-After": hostile.retry_after} if hostile.retry_after else {}
+            self._error(status, "Hostile", "injected status", extra)
+            return True
+        wanted = self.headers.get("Range")
+        if hostile.empty_206 and wanted:
+            start = wanted.removeprefix("bytes=").partition("-")[0]
+            self._send(206, b"", {**headers, "Content-Range": f"bytes {start}-{start}/{headers['X-Linked-Size']}"})
+            return True
+        return False
 
     def _write_body(self, body: bytes, fault: Fault | None) -> None:
         if fault is None or fault.bytes_per_second is None:
