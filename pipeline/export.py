@@ -17,16 +17,32 @@ def modelfile(profile: Profile) -> str:
     """An Ollama Modelfile; Ollama reads the chat template from the GGUF itself, so none is written.
 
     Ollama sets flash attention and the KV cache type per server (environment), not per model: they
-    are written as comments to copy into the server's environment.
+    are written as comments to copy into the server's environment. Ollama cannot keep a layer's experts
+    in RAM apart from the rest of it (no --n-cpu-moe / -ot): such a profile is exported with whole-layer
+    offload, which fits the same card but decodes slower, and says so.
     """
     run = profile.run
     blob = blob_path(mm_home(), profile.blob.sha256)
+    num_gpu = run.n_gpu_layers
     lines = [
         f"# mm profile {profile.name}: {profile.model} {profile.quant} for {profile.hardware}",
         f"# sha256 {profile.blob.sha256}",
         f"# server settings: OLLAMA_FLASH_ATTENTION={int(run.flash_attn)} OLLAMA_KV_CACHE_TYPE={run.kv_type}",
+    ]
+    if run.n_cpu_moe or run.tensor_overrides:
+        prediction = profile.prediction
+        num_gpu = prediction.layers_only_n_gpu_layers if prediction.layers_only_n_gpu_layers is not None else 0
+        speed = prediction.layers_only_tokens_per_second
+        lines += [
+            f"# Ollama cannot express this profile's placement ({prediction.placement}; llama.cpp "
+            f"--n-cpu-moe {run.n_cpu_moe}, ~{prediction.tokens_per_second:g} tokens/s).",
+            "# num_gpu below offloads whole layers instead"
+            + (f" (~{speed:g} tokens/s predicted)." if speed is not None else ".")
+            + " For the expert placement use: mm export --format llama-server",
+        ]
+    lines += [
         f"FROM {blob}",
-        f"PARAMETER num_gpu {run.n_gpu_layers}",
+        f"PARAMETER num_gpu {num_gpu}",
         f"PARAMETER num_ctx {run.n_ctx}",
         f"PARAMETER num_batch {run.n_batch}",
     ]

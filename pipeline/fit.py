@@ -1,7 +1,8 @@
 """Fitting a model to hardware: the layer solver, the decode-speed model, the verdict and what would fit.
 
-The per-device buffers come from pipeline/memory.py (which mirrors llama.cpp); this module decides how
-many layers go to the GPU, whether the rest fits in RAM, how fast decode will be, and what to change.
+The per-device buffers come from pipeline/memory.py (which mirrors llama.cpp) and where each tensor goes
+from pipeline/placement.py; this module picks the placement for the settings, decides whether the rest
+fits in RAM, how fast decode will be, and what to change.
 """
 
 from __future__ import annotations
@@ -16,7 +17,17 @@ from pydantic import BaseModel, ConfigDict, Field
 from pipeline.errors import FitError, MMError
 from pipeline.gguf_header import GGUFHeader, read_model
 from pipeline.hardware import HardwareClass
-from pipeline.memory import ModelShape, Split, context, model_shape, split_layers
+from pipeline.memory import Context, ModelShape, Split, context, model_shape
+from pipeline.placement import (
+    Placement,
+    ReadBytes,
+    fastest,
+    fewest_cpu_experts,
+    llama_fit_order,
+    most_layers,
+    place,
+    tensor_overrides,
+)
 from pipeline.provenance import QuantParams
 from pipeline.quant_types import QUANT_TYPES, QuantType, by_ftype, parse_quant_type
 from pipeline.quantize import plan
@@ -25,7 +36,7 @@ from pipeline.units import format_size
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: mixture-of-experts placement (n_cpu_moe, tensor_overrides, bytes read per token)
 # Reserve this share of VRAM and RAM: the prediction is held to 5% of llama.cpp's own figures (the test
 # matrix), and allocators fragment; 5% of a 12 GB card is 600 MiB, about one 7B layer at Q8_0.
 DEFAULT_SAFETY_MARGIN = 0.05
@@ -45,6 +56,10 @@ class FitSettings(BaseModel):
     parallel: int = Field(default=1, ge=1)
     mmap: bool = True
     n_gpu_layers: int | None = Field(default=None, ge=0)  # None = as many as fit
+    # Routed experts of layers 0..n_cpu_moe-1 in RAM (llama.cpp --n-cpu-moe); None = chosen for speed.
+    # cpu_moe (--cpu-moe) keeps every layer's experts in RAM. Both mean nothing for a dense model.
+    n_cpu_moe: int | None = Field(default=None, ge=0)
+    cpu_moe: bool = False
     swa_full: bool = True  # llama.cpp's default: the SWA cache as large as the full one
     kv_unified: bool = False  # llama.cpp's default: one KV stream per sequence (llama-server turns it on)
     safety_margin: float = Field(default=DEFAULT_SAFETY_MARGIN, ge=0, lt=1)
@@ -65,6 +80,16 @@ class DeviceBreakdown(BaseModel):
     total_bytes: int
 
 
+class PlacementOption(BaseModel):
+    """One way to place the model, for the side-by-side comparison."""
+
+    label: str
+    n_gpu_layers: int
+    n_cpu_moe: int
+    vram_bytes: int
+    tokens_per_second: float
+
+
 class FitResult(BaseModel):
     schema_version: int
     model_path: str
@@ -72,6 +97,16 @@ class FitResult(BaseModel):
     settings: FitSettings
     n_layers: int  # repeating layers; llama.cpp offloads up to n_layers + 1 (the output layer counts)
     n_gpu_layers: int
+    n_cpu_moe: int = 0  # routed experts of layers 0..n_cpu_moe-1 stay in RAM (llama.cpp --n-cpu-moe)
+    tensor_overrides: list[str] = Field(default_factory=list)  # the same as llama.cpp -ot strings
+    n_expert: int = 0
+    n_expert_used: int = 0
+    n_params: int = 0
+    active_params: int = 0  # parameters read per token (only the chosen experts)
+    gpu_read_bytes: int = 0  # bytes one decoded token reads on the GPU ...
+    cpu_read_bytes: int = 0  # ... and in RAM
+    placement: str = ""  # where the experts are, in words
+    alternatives: list[PlacementOption] = Field(default_factory=list)  # MoE: expert vs plain layer offload
     vram_bytes: int  # predicted GPU total (0 without a GPU)
     ram_bytes: int  # predicted CPU total
     gpu: DeviceBreakdown
@@ -96,39 +131,88 @@ def _breakdown(split: Split, overhead: int) -> DeviceBreakdown:
     )
 
 
-def decode_tokens_per_second(shape: ModelShape, gpu: Split, cpu: Split, hardware: HardwareClass) -> float:
-    """Decode is memory-bound: each token reads every weight once (except the embedding table, of which
-    one row) and the whole KV cache; time = bytes on each device / that device's bandwidth."""
-    cpu_bytes = cpu.weights - min(cpu.weights, shape.input_bytes) + cpu.kv
-    gpu_bytes = gpu.weights + gpu.kv
-    seconds = cpu_bytes / (hardware.ram_bandwidth_gbps * 1e9)
-    if gpu_bytes and hardware.gpu_bandwidth_gbps > 0:
-        seconds += gpu_bytes / (hardware.gpu_bandwidth_gbps * 1e9)
+def decode_tokens_per_second(read: ReadBytes, hardware: HardwareClass) -> float:
+    """Decode is memory-bound: the bytes a token reads on each device (placement.bytes_read_per_token:
+    only the active experts) over that device's bandwidth."""
+    seconds = read.cpu / (hardware.ram_bandwidth_gbps * 1e9)
+    if read.gpu and hardware.gpu_bandwidth_gbps > 0:
+        seconds += read.gpu / (hardware.gpu_bandwidth_gbps * 1e9)
     return round(1.0 / seconds, 2) if seconds > 0 else 0.0
 
 
-def _place(shape: ModelShape, hardware: HardwareClass, settings: FitSettings) -> tuple[int, Split, Split]:
-    """The largest n_gpu_layers whose GPU buffers fit (or the one asked for), with both devices' splits."""
-    ctx = context(
+def _context(shape: ModelShape, settings: FitSettings) -> Context:
+    return context(
         settings.ctx, settings.batch, settings.ubatch, settings.parallel, settings.kv_type,
         settings.flash_attn, settings.swa_full, shape, settings.kv_unified,
     )  # fmt: skip
-    if settings.n_gpu_layers is not None or not hardware.has_gpu:
-        ngl = min(settings.n_gpu_layers or 0, shape.n_layers + 1) if hardware.has_gpu else 0
-        return (ngl, *split_layers(shape, ctx, ngl))
-    budget = hardware.vram_bytes * (1 - settings.safety_margin) - hardware.gpu_overhead_bytes
-    for ngl in range(shape.n_layers + 1, 0, -1):
-        gpu, cpu = split_layers(shape, ctx, ngl)
-        if gpu.weights + gpu.kv + gpu.output + gpu.compute <= budget:
-            return ngl, gpu, cpu
-    return (0, *split_layers(shape, ctx, 0))
+
+
+def _budget(hardware: HardwareClass, settings: FitSettings) -> float:
+    return hardware.vram_bytes * (1 - settings.safety_margin) - hardware.gpu_overhead_bytes
+
+
+def _place(shape: ModelShape, hardware: HardwareClass, settings: FitSettings) -> Placement:
+    """The settings' placement: what was asked for, else the fastest that fits (most layers for a dense model)."""
+    ctx = _context(shape, settings)
+    asked_k = shape.n_layers if settings.cpu_moe else settings.n_cpu_moe
+    if not hardware.has_gpu:
+        return place(shape, ctx, 0)
+    budget = _budget(hardware, settings)
+    if settings.n_gpu_layers is not None:
+        ngl = min(settings.n_gpu_layers, shape.n_layers + 1)
+        if asked_k is None and shape.is_moe:
+            return fewest_cpu_experts(shape, ctx, budget, ngl) or place(shape, ctx, ngl, shape.n_layers)
+        return place(shape, ctx, ngl, asked_k or 0)
+    if asked_k is not None or not shape.is_moe:
+        return most_layers(shape, ctx, budget, asked_k or 0)
+    return fastest(shape, ctx, budget, lambda read: decode_tokens_per_second(read, hardware))
+
+
+def _alternatives(shape: ModelShape, hardware: HardwareClass, settings: FitSettings) -> list[PlacementOption]:
+    """For a MoE model on a GPU: llama.cpp's own fit order and plain layer offload, for comparison."""
+    if not (shape.is_moe and hardware.has_gpu):
+        return []
+    ctx, budget = _context(shape, settings), _budget(hardware, settings)
+    options = [
+        ("experts in RAM, llama.cpp's fit order (common/fit.cpp)", llama_fit_order(shape, ctx, budget)),
+        ("whole layers only (-ngl, no --n-cpu-moe)", most_layers(shape, ctx, budget)),
+    ]
+    return [
+        PlacementOption(
+            label=label,
+            n_gpu_layers=p.n_gpu_layers,
+            n_cpu_moe=p.n_cpu_moe,
+            vram_bytes=p.gpu_total + (hardware.gpu_overhead_bytes if p.n_gpu_layers else 0),
+            tokens_per_second=decode_tokens_per_second(p.read, hardware),
+        )
+        for label, p in options
+    ]
+
+
+def describe_placement(shape: ModelShape, n_gpu_layers: int, n_cpu_moe: int) -> str:
+    """Where the layers and the experts are, in words ("experts of layers 0-35 in RAM, ...")."""
+    n = shape.n_layers
+    start = n + 1 - max(0, min(n_gpu_layers, n + 1))
+    if start > n:
+        return "everything in RAM"
+    if start == n:
+        where = f"only the output layer on the GPU, layers 0-{n - 1} in RAM"
+    elif start == 0:
+        where = "every layer on the GPU"
+    else:
+        where = f"layers {start}-{n - 1} on the GPU, layers 0-{start - 1} in RAM"
+    if not shape.is_moe or n_cpu_moe <= start:
+        return where
+    held = f"experts of layers {start}-{min(n_cpu_moe, n) - 1} in RAM"
+    return f"{held}, everything else on the GPU" if start == 0 else f"{where}; {held}"
 
 
 def fit_shape(
     shape: ModelShape, model: Path, hardware: HardwareClass, settings: FitSettings, *, suggest: bool = True
 ) -> FitResult:
     """fit_model for an already-read shape (the quant recommendation re-fits one shape per candidate)."""
-    ngl, gpu_split, cpu_split = _place(shape, hardware, settings)
+    chosen = _place(shape, hardware, settings)
+    ngl, gpu_split, cpu_split = chosen.n_gpu_layers, chosen.gpu, chosen.cpu
     overhead = hardware.gpu_overhead_bytes if ngl > 0 else 0
     gpu, cpu = _breakdown(gpu_split, overhead), _breakdown(cpu_split, 0)
     fits_vram = gpu.total_bytes <= hardware.vram_bytes * (1 - settings.safety_margin) or ngl == 0
@@ -139,7 +223,8 @@ def fit_shape(
     elif ngl == 0:
         verdict = "cpu_only"
     else:
-        verdict = "full_offload" if ngl == shape.n_layers + 1 else "partial_offload"
+        whole = ngl == shape.n_layers + 1 and chosen.n_cpu_moe == 0  # experts in RAM: only partly offloaded
+        verdict = "full_offload" if whole else "partial_offload"
     result = FitResult(
         schema_version=SCHEMA_VERSION,
         model_path=str(model),
@@ -147,13 +232,23 @@ def fit_shape(
         settings=settings,
         n_layers=shape.n_layers,
         n_gpu_layers=ngl,
+        n_cpu_moe=chosen.n_cpu_moe,
+        tensor_overrides=tensor_overrides(chosen.n_cpu_moe, shape.n_layers),
+        n_expert=shape.n_expert,
+        n_expert_used=shape.n_expert_used,
+        n_params=shape.n_params,
+        active_params=shape.active_params,
+        gpu_read_bytes=chosen.read.gpu,
+        cpu_read_bytes=chosen.read.cpu,
+        placement=describe_placement(shape, ngl, chosen.n_cpu_moe),
+        alternatives=_alternatives(shape, hardware, settings) if suggest else [],
         vram_bytes=gpu.total_bytes,
         ram_bytes=cpu.total_bytes,
         gpu=gpu,
         cpu=cpu,
         fits_vram=fits_vram,
         fits_ram=fits_ram,
-        tokens_per_second=decode_tokens_per_second(shape, gpu_split, cpu_split, hardware),
+        tokens_per_second=decode_tokens_per_second(chosen.read, hardware),
         verdict=verdict,
         assumptions=_assumptions(shape, hardware, settings),
         suggestions=[],
@@ -187,6 +282,17 @@ def _assumptions(shape: ModelShape, hardware: HardwareClass, settings: FitSettin
     ]
     if hardware.has_gpu:
         notes.append(f"{format_size(hardware.gpu_overhead_bytes)} of VRAM for the CUDA context and runtime")
+    if shape.is_moe:
+        notes.append(
+            f"a token reads only {shape.n_expert_used} of {shape.n_expert} routed experts per layer (and all "
+            "dense and shared weights); the GPU-CPU hand-over of activations per layer whose experts are in "
+            "RAM, and uneven expert use, are not modelled"
+        )
+        if hardware.has_gpu:
+            notes.append(
+                "with experts in RAM, prompt batches copy an expert tensor at a time to the GPU: its compute "
+                "buffer is counted one largest expert tensor larger (an estimate, not checked on a GPU)"
+            )
     if settings.kv_type != "f16" and not settings.flash_attn:
         notes.append("a quantized V cache needs flash attention: llama.cpp's auto mode turns it on, and so does mm")
     if shape.n_swa and settings.swa_full:

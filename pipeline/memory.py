@@ -8,6 +8,7 @@ matrix in tests/test_fit.py keeps them honest.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -20,9 +21,12 @@ F32 = 4
 CTX_PAD = 256  # llama-context.cpp: cparams.n_ctx = GGML_PAD(n_ctx, 256); the SWA cache is padded the same
 # llama.cpp's default SWA period per architecture (load_swa_pattern(ml, N) in src/models/<arch>.cpp),
 # used when the GGUF has no {arch}.attention.sliding_window_pattern.
-SWA_PERIOD = {"gemma2": 2, "gemma3": 6, "cohere2": 4, "gemma3n": 5}
+SWA_PERIOD = {"gemma2": 2, "gemma3": 6, "cohere2": 4, "gemma3n": 5, "gpt-oss": 2}
 # llama-arch.cpp llm_arch_is_recurrent: one recurrent state per sequence instead of a KV cache.
 RECURRENT_ARCHS = frozenset({"mamba", "mamba2", "rwkv6", "rwkv6qwen2", "rwkv7", "arwkv7"})
+# common/common.h LLM_FFN_EXPS_REGEX: the routed-expert tensors (and their biases) that --cpu-moe and
+# --n-cpu-moe keep on the CPU (std::regex_search, so a suffix such as .weight or .bias still matches).
+EXPERTS_RE = re.compile(r"\.ffn_(up|down|gate|gate_up)_(ch|)exps")
 KV_TYPES = {"f16": gguf.GGMLQuantizationType.F16, "q8_0": gguf.GGMLQuantizationType.Q8_0,
             "q4_0": gguf.GGMLQuantizationType.Q4_0}  # fmt: skip
 
@@ -52,10 +56,39 @@ class ModelShape:
     output_bytes: int  # output norm + output head (offloaded first: it is llama.cpp's layer n_layer)
     tied_bytes: int  # no output.weight: the GPU gets a copy of token_embd as the head (TENSOR_DUPLICATED)
     n_params: int
+    # Mixture of experts (all zero for a dense model). expert_bytes is the part of layer_bytes that the
+    # routed experts take (EXPERTS_RE); a layer without them (a leading dense layer) has 0.
+    expert_bytes: tuple[int, ...] = ()
+    expert_params: int = 0  # elements of the routed-expert tensors
+    n_expert: int = 0
+    n_expert_used: int = 0
+    n_expert_shared: int = 0
+    n_ff_exp: int = 0  # one routed expert's FFN width
+    n_ff_shexp: int = 0  # the shared experts' FFN width, all together
+    max_expert_tensor_bytes: int = 0
 
     @property
     def weights_bytes(self) -> int:
         return self.input_bytes + self.output_bytes + sum(self.layer_bytes)
+
+    @property
+    def is_moe(self) -> bool:
+        return self.n_expert > 0 and any(self.expert_bytes)
+
+    @property
+    def active_fraction(self) -> float:
+        """The share of each routed-expert tensor a token reads: n_expert_used of n_expert experts."""
+        return self.n_expert_used / self.n_expert if self.is_moe else 1.0
+
+    @property
+    def active_params(self) -> int:
+        """Parameters read per token: everything but the routed experts not chosen (one embedding row aside)."""
+        return self.n_params - round(self.expert_params * (1 - self.active_fraction))
+
+    @property
+    def n_dense_layers(self) -> int:
+        """Layers with a dense FFN instead of experts (glm4moe's and deepseek2's leading dense layers)."""
+        return sum(1 for b in self.expert_bytes if b == 0) if self.is_moe else self.n_layers
 
 
 def _int(header: GGUFHeader, key: str, default: int | None = None) -> int:
@@ -112,7 +145,8 @@ def model_shape(headers: Sequence[GGUFHeader], tensor_bytes: Mapping[str, int] |
     n_head = _int(head, "attention.head_count", 0 if recurrent else None)
     head_dim_k = _int(head, "attention.key_length", n_embd // max(n_head, 1))
     layer_bytes = [0] * n_layers
-    input_bytes = output_bytes = n_params = 0
+    expert_bytes = [0] * n_layers
+    input_bytes = output_bytes = n_params = expert_params = n_ff_exp = n_ff_shexp = max_expert = 0
     n_vocab = embd_bytes = 0
     has_output = False
     for header in headers:
@@ -122,6 +156,14 @@ def model_shape(headers: Sequence[GGUFHeader], tensor_bytes: Mapping[str, int] |
             layer = layer_of(tensor.name)
             if layer is not None and layer < n_layers:
                 layer_bytes[layer] += size
+                if EXPERTS_RE.search(tensor.name):
+                    expert_bytes[layer] += size
+                    expert_params += tensor.n_elements
+                    max_expert = max(max_expert, size)
+                    if ".ffn_up_exps." in tensor.name and len(tensor.shape) == 3:  # {n_embd, n_ff_exp, n_expert}
+                        n_ff_exp = tensor.shape[1]
+                elif ".ffn_up_shexp." in tensor.name and len(tensor.shape) >= 2:  # {n_embd, n_ff_shexp}
+                    n_ff_shexp = tensor.shape[1]
             elif tensor.name.startswith(("output", "cls")):
                 output_bytes += size
             else:
@@ -155,6 +197,14 @@ def model_shape(headers: Sequence[GGUFHeader], tensor_bytes: Mapping[str, int] |
         output_bytes=output_bytes,
         tied_bytes=0 if has_output else embd_bytes,
         n_params=n_params,
+        expert_bytes=tuple(expert_bytes),
+        expert_params=expert_params,
+        n_expert=int(head.get("expert_count", 0) or 0),
+        n_expert_used=int(head.get("expert_used_count", 0) or 0),
+        n_expert_shared=int(head.get("expert_shared_count", 0) or 0),
+        n_ff_exp=n_ff_exp,
+        n_ff_shexp=n_ff_shexp,
+        max_expert_tensor_bytes=max_expert,
     )
 
 
@@ -256,7 +306,7 @@ def compute_buffer_bytes(shape: ModelShape, ctx: Context) -> int:
     else:
         scores = max(kinds) * u * shape.n_head * F32
         attention = scores + mask_bytes + (3 * shape.n_embd + 2 * q_width + 2 * kv_width) * row
-    ffn = mask_bytes + (3 * shape.n_ff + 4 * shape.n_embd) * row
+    ffn = mask_bytes + (3 * _ffn_width(shape) + 4 * shape.n_embd) * row
     if ctx.flash_attn and ctx.type_k == "f16" and shape.n_vocab * row > max(kinds) * u * 2:
         # The masks are graph inputs, allocated first at the bottom of the buffer and alive through every
         # layer. With flash attention they are small (f16), and when the logits do not fit in the hole a
@@ -264,6 +314,13 @@ def compute_buffer_bytes(shape: ModelShape, ctx: Context) -> int:
         # (Measured with an f16 cache; with a quantized one the logits find a hole and this does not occur.)
         output = max(output, mask_bytes + (shape.n_vocab + shape.n_embd) * row)
     return max(attention, ffn, output)
+
+
+def _ffn_width(shape: ModelShape) -> int:
+    """The widest FFN activation per token: a dense layer's n_ff, or a MoE layer's experts side by side
+    (llama-graph.cpp build_moe_ffn: up, gate and their product are [n_ff_exp, n_expert_used, n_tokens])."""
+    dense = shape.n_ff if shape.n_dense_layers else 0
+    return max(dense, shape.n_ff_exp * shape.n_expert_used) if shape.is_moe else shape.n_ff
 
 
 def _recurrent_compute_bytes(shape: ModelShape, ctx: Context) -> int:
@@ -286,17 +343,22 @@ class Split:
     compute: int = 0
 
 
-def split_layers(shape: ModelShape, ctx: Context, n_gpu_layers: int) -> tuple[Split, Split]:
-    """(gpu, cpu) buffers for `n_gpu_layers`, as llama-model.cpp load_tensors assigns layers.
+def split_layers(shape: ModelShape, ctx: Context, n_gpu_layers: int, n_cpu_moe: int = 0) -> tuple[Split, Split]:
+    """(gpu, cpu) buffers for `n_gpu_layers` (and `n_cpu_moe`), as llama-model.cpp load_tensors assigns them.
 
     i_gpu_start = n_layer + 1 - n_gpu_layers: the output layer (index n_layer) is the first to go to the
     GPU, then repeating layers from the last one down; token embeddings always stay on the CPU. The KV
-    cache of a layer lives with the layer (offload_kqv, the default).
+    cache of a layer lives with the layer (offload_kqv, the default). `--n-cpu-moe K` overrides the
+    buffer type of the routed experts of layers 0..K-1 to the CPU (common/arg.cpp); the rest of those
+    layers stays where -ngl put it (`--cpu-moe` is K = n_layer).
     """
     ngl = max(0, min(n_gpu_layers, shape.n_layers + 1))
     start = shape.n_layers + 1 - ngl
     gpu_layers = range(start, shape.n_layers)
+    experts = shape.expert_bytes or (0,) * shape.n_layers
+    held = sum(experts[i] for i in range(start, min(n_cpu_moe, shape.n_layers)))  # GPU layers' CPU experts
     gpu_w = sum(shape.layer_bytes[i] for i in gpu_layers) + (shape.output_bytes + shape.tied_bytes if ngl > 0 else 0)
+    gpu_w -= held
     gpu_kv = sum(kv_layer_bytes(shape, ctx, i) for i in gpu_layers)
     all_kv = sum(kv_layer_bytes(shape, ctx, i) for i in range(shape.n_layers))
     compute = compute_buffer_bytes(shape, ctx)
@@ -306,6 +368,11 @@ def split_layers(shape: ModelShape, ctx: Context, n_gpu_layers: int) -> tuple[Sp
     # With any layer offloaded, the scheduler runs the big matmuls on the GPU (op_offload) and keeps a
     # small host buffer for the inputs: the embeddings of the ubatch and the logits copied back.
     host_compute = (2 * shape.n_embd + shape.n_vocab) * ctx.n_ubatch * F32
+    if held:
+        # op_offload also runs a prompt batch's expert matmuls on the GPU, copying the CPU-resident expert
+        # weights in (ggml-backend.cpp split inputs; ggml-cuda offload_op takes MUL_MAT_ID at >= 32 tokens):
+        # the GPU's compute buffer holds the largest such tensor. An estimate: not checked against a GPU.
+        compute += shape.max_expert_tensor_bytes
     gpu = Split(gpu_w, gpu_kv, 0, compute)
     cpu = Split(shape.weights_bytes - gpu_w, all_kv - gpu_kv, output, host_compute)
     return gpu, cpu

@@ -30,7 +30,7 @@ LOCAL_RAM_BANDWIDTH_GBPS = 50.0
 
 
 class ModelSummary(BaseModel):
-    schema_version: int = 1
+    schema_version: int = 2  # 2: mixture-of-experts facts
     path: str
     shards: int
     architecture: str
@@ -51,6 +51,13 @@ class ModelSummary(BaseModel):
     size_bytes: int
     weights_bytes: int
     bits_per_weight: float
+    # Mixture of experts (0 for a dense model)
+    n_expert: int = 0
+    n_expert_used: int = 0
+    n_expert_shared: int = 0
+    n_ff_exp: int = 0
+    n_dense_layers: int = 0  # layers with a dense FFN (leading dense layers of glm4moe, deepseek2)
+    active_params: int = 0  # parameters read per token
 
 
 def summarize_model(path: Path) -> ModelSummary:
@@ -81,6 +88,12 @@ def summarize_model(path: Path) -> ModelSummary:
         size_bytes=sum(h.file_size for h in headers),
         weights_bytes=shape.weights_bytes,
         bits_per_weight=round(8 * shape.weights_bytes / max(shape.n_params, 1), 3),
+        n_expert=shape.n_expert,
+        n_expert_used=shape.n_expert_used,
+        n_expert_shared=shape.n_expert_shared,
+        n_ff_exp=shape.n_ff_exp,
+        n_dense_layers=shape.n_dense_layers if shape.is_moe else 0,
+        active_params=shape.active_params,
     )
 
 

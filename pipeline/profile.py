@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     from pipeline.fit import FitResult
     from pipeline.recipe import Recipe
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: MoE placement (run.n_cpu_moe, run.tensor_overrides); version 1 still reads
+READABLE_VERSIONS = (1, 2)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,199}$")
 NAME_HELP = "letters, digits and . _ @ + - (at most 200, starting with a letter or digit)"
 
@@ -87,6 +88,10 @@ class RunSettings(BaseModel):
     threads: int | None = Field(default=None, ge=1)
     parallel: int = Field(default=1, ge=1)
     use_mmap: bool = True
+    # Mixture of experts: routed experts of layers 0..n_cpu_moe-1 stay in RAM (llama.cpp --n-cpu-moe);
+    # tensor_overrides are the same placement as -ot strings, which `mm run` hands to llama.cpp.
+    n_cpu_moe: int = Field(default=0, ge=0)
+    tensor_overrides: list[str] = Field(default_factory=list)
 
 
 class Prediction(BaseModel):
@@ -99,6 +104,11 @@ class Prediction(BaseModel):
     tokens_per_second: float
     verdict: Verdict
     n_layers: int
+    placement: str = ""  # where the layers and experts are, in words
+    # For a MoE profile: how many whole layers fit with no expert in RAM (what tools that cannot place
+    # experts, such as Ollama, can use instead), and its predicted speed.
+    layers_only_n_gpu_layers: int | None = None
+    layers_only_tokens_per_second: float | None = None
 
 
 class Profile(BaseModel):
@@ -127,8 +137,8 @@ class Profile(BaseModel):
     @field_validator("schema_version")
     @classmethod
     def _schema(cls, value: int) -> int:
-        if value != SCHEMA_VERSION:
-            raise ValueError(f"schema version {value} is not supported (this mm reads {SCHEMA_VERSION})")
+        if value not in READABLE_VERSIONS:
+            raise ValueError(f"schema version {value} is not supported (this mm reads {READABLE_VERSIONS})")
         return value
 
 
@@ -166,6 +176,10 @@ def _common_flags(model_path: str, run: RunSettings) -> list[str]:
         flags += ["--threads", str(run.threads)]
     if not run.use_mmap:
         flags.append("--no-mmap")
+    if run.n_cpu_moe:
+        flags += ["--n-cpu-moe", str(run.n_cpu_moe)]
+    elif run.tensor_overrides:
+        flags += ["--override-tensor", ",".join(run.tensor_overrides)]
     return flags
 
 
@@ -253,6 +267,7 @@ def build_profile(
         n_gpu_layers=fit.n_gpu_layers, n_ctx=settings.ctx, n_batch=settings.batch, n_ubatch=settings.ubatch,
         kv_type=settings.kv_type, type_k=KV_TYPE_IDS[settings.kv_type], type_v=KV_TYPE_IDS[settings.kv_type],
         flash_attn=settings.flash_attn, threads=threads, parallel=settings.parallel, use_mmap=settings.mmap,
+        n_cpu_moe=fit.n_cpu_moe, tensor_overrides=fit.tensor_overrides,
     )  # fmt: skip
     provenance = Provenance(
         source=record.source if record else local_source(home, model, blob.sha256),
@@ -262,9 +277,12 @@ def build_profile(
         recipe=recipe.name if recipe else None,
         recipe_sha256=recipe.content_sha256 if recipe else None,
     )
+    layers_only = next((a for a in fit.alternatives if a.n_cpu_moe == 0), None) if fit.n_cpu_moe else None
     prediction = Prediction(
         vram_bytes=fit.vram_bytes, ram_bytes=fit.ram_bytes, tokens_per_second=fit.tokens_per_second,
-        verdict=fit.verdict, n_layers=fit.n_layers,
+        verdict=fit.verdict, n_layers=fit.n_layers, placement=fit.placement,
+        layers_only_n_gpu_layers=layers_only.n_gpu_layers if layers_only else None,
+        layers_only_tokens_per_second=layers_only.tokens_per_second if layers_only else None,
     )  # fmt: skip
     return Profile(
         name=chosen, model=short, architecture=header.architecture, quant=quant, hardware=hardware.name,

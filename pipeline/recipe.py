@@ -146,6 +146,10 @@ class RunSettings(BaseModel):
     parallel: StrictInt = Field(default=1, ge=1, le=256)  # LLAMA_MAX_SEQ (llama-cparams.h)
     threads: StrictInt | None = Field(default=None, ge=1, le=512)  # GGML_MAX_N_THREADS (ggml.h)
     n_gpu_layers: StrictInt | None = Field(default=None, ge=0, le=1 << 16)  # None: as many as fit
+    # Mixture of experts: keep the routed experts of the first n_cpu_moe layers in RAM (llama.cpp
+    # --n-cpu-moe; None: fit chooses for speed), or every layer's (cpu_moe = true, --cpu-moe).
+    n_cpu_moe: StrictInt | None = Field(default=None, ge=0, le=1 << 16)
+    cpu_moe: StrictBool = False
 
 
 class Recipe(BaseModel):

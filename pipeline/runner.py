@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from pipeline.errors import LlamaError, UsageError
+from pipeline.llama_overrides import tensor_overrides
 from pipeline.profile import Profile
 from pipeline.registry import check_blob
 
@@ -43,13 +44,15 @@ def run_kwargs(profile: Profile, *, verify: bool = False) -> dict[str, Any]:
 
 
 def load(profile: Profile, *, verify: bool = False) -> Llama:
-    """The model loaded with exactly the profile's settings (the blob is checked first)."""
+    """The model loaded with exactly the profile's settings (the blob is checked first), experts placed by
+    the profile's tensor overrides (pipeline/llama_overrides.py)."""
     kwargs = run_kwargs(profile, verify=verify)
     from llama_cpp import Llama
 
     log.info("loading %s with %s", profile.name, kwargs)
     try:
-        return Llama(**kwargs, verbose=False)
+        with tensor_overrides(profile.run.tensor_overrides):
+            return Llama(**kwargs, verbose=False)
     except (ValueError, RuntimeError) as exc:
         raise LlamaError(
             f"llama.cpp could not load profile {profile.name!r} ({kwargs['model_path']}): {exc}",
@@ -136,9 +139,10 @@ def serve(profile: Profile, *, port: int = 8000, verify: bool = False) -> None:
     from llama_cpp.server.settings import ModelSettings, ServerSettings
 
     model_settings = {("model" if key == "model_path" else key): value for key, value in kwargs.items()}
-    app = create_app(
-        server_settings=ServerSettings(host=LOOPBACK, port=port),
-        model_settings=[ModelSettings(model_alias=profile.name, verbose=False, **model_settings)],
-    )
+    with tensor_overrides(profile.run.tensor_overrides):  # the server loads its model here
+        app = create_app(
+            server_settings=ServerSettings(host=LOOPBACK, port=port),
+            model_settings=[ModelSettings(model_alias=profile.name, verbose=False, **model_settings)],
+        )
     log.info("serving %s on http://%s:%d/v1", profile.name, LOOPBACK, port)
     uvicorn.run(app, host=LOOPBACK, port=port, log_level="warning")

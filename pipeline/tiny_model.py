@@ -1,9 +1,10 @@
 """Tiny-model factory (tests, benchmarks, `make demo`): small valid GGUF models that llama.cpp loads and runs.
 
 Weights are seeded random numbers, so generation is gibberish, but every tensor, hyperparameter and
-tokenizer field is what llama.cpp's loader expects for the architecture (llama; gemma3 with sliding-window
-attention; qwen3 with q/k norms; mamba, a pure recurrent state-space model), checked against
-src/models/<arch>.cpp of the vendored llama.cpp.
+tokenizer field is what llama.cpp's loader expects for the architecture (llama, and llama with experts as
+Mixtral; gemma3 with sliding-window attention; qwen3 with q/k norms; qwen3moe, routed experts; gpt-oss,
+experts with biases, attention sinks and alternating sliding windows; mamba, a pure recurrent state-space
+model), checked against src/models/<arch>.cpp of the vendored llama.cpp.
 `write_header_only_model` writes the real header of a big model and leaves the data region sparse.
 """
 
@@ -26,7 +27,7 @@ _WORDS = ("the", "a", "model", "runs", "on", "small", "card", "hello", "world", 
 class TinySpec:
     """Shape of a tiny model. Widths are multiples of 256 by default so k-quants apply without fallback."""
 
-    arch: str = "llama"  # llama | gemma3 | qwen3 | mamba
+    arch: str = "llama"  # llama | gemma3 | qwen3 | qwen3moe | gpt-oss | mamba
     n_layers: int = 2
     n_embd: int = 256
     n_head: int = 4
@@ -41,6 +42,11 @@ class TinySpec:
     sliding_window: int = 512  # gemma3 only: tokens an SWA layer attends to
     swa_pattern: int | None = None  # gemma3 only: every Nth layer is full attention (llama.cpp's default: 6)
     extra_kv: dict[str, object] = field(default_factory=dict)
+    # Mixture of experts (llama with n_expert > 0 is Mixtral-shaped; qwen3moe and gpt-oss need experts):
+    # n_expert routed experts per layer of width n_ff_exp (default n_ff), n_expert_used of them per token.
+    n_expert: int = 0
+    n_expert_used: int = 0
+    n_ff_exp: int | None = None
     split_max_tensors: int = 0  # > 0: a gguf-split model, `path-0000k-of-0000n.gguf` (the first is returned)
     # mamba only (no attention, no FFN: n_head, n_head_kv and n_ff are ignored); d_inner is 2 * n_embd,
     # the only expansion llama.cpp supports
@@ -51,6 +57,10 @@ class TinySpec:
     @property
     def head_dim(self) -> int:
         return self.head_dim_override or self.n_embd // self.n_head
+
+    @property
+    def expert_width(self) -> int:
+        return self.n_ff_exp or self.n_ff
 
     @property
     def ssm_inner_size(self) -> int:
@@ -89,7 +99,8 @@ def _matrix(rng: np.random.Generator, rows: int, cols: int, dtype: str) -> np.nd
     return values.astype(np.float16) if dtype == "f16" else values
 
 
-SUPPORTED_ARCHS = ("llama", "gemma3", "qwen3", "mamba")
+SUPPORTED_ARCHS = ("llama", "gemma3", "qwen3", "qwen3moe", "gpt-oss", "mamba")
+MOE_ARCHS = ("qwen3moe", "gpt-oss")  # architectures whose loader requires experts
 # Mamba tensors llama.cpp's CPU kernels (ssm_conv, ssm_scan) read as F32 whatever the file type; A must be
 # negative (it is -exp(A_log)) or the state grows without bound.
 _MAMBA_F32 = (".ssm_conv1d.weight", ".ssm_a")
@@ -100,6 +111,9 @@ def _values(rng: np.random.Generator, name: str, shape: tuple[int, ...], dtype: 
         return np.ones(shape[0], dtype=np.float32)
     if name.endswith(".ssm_a"):
         return -np.ones(shape[::-1], dtype=np.float32)
+    if len(shape) == 3 or name.endswith((".bias", "_b")):  # experts [n_expert, rows, cols]; biases stay f32
+        values = rng.normal(0.0, 0.02, size=shape[::-1]).astype(np.float32)
+        return values.astype(np.float16) if dtype == "f16" and len(shape) == 3 else values
     return _matrix(rng, shape[1], shape[0], "f32" if name.endswith(_MAMBA_F32) else dtype)
 
 
@@ -108,6 +122,8 @@ def write_tiny_model(path: Path, spec: TinySpec | None = None) -> Path:
     spec = spec or TinySpec()
     if spec.arch not in SUPPORTED_ARCHS:
         raise ValueError(f"unsupported arch {spec.arch!r} for the tiny-model factory; use one of {SUPPORTED_ARCHS}")
+    if spec.arch in MOE_ARCHS and not (0 < spec.n_expert_used <= spec.n_expert):
+        raise ValueError(f"{spec.arch} needs experts: 0 < n_expert_used <= n_expert")
     rng = np.random.default_rng(spec.seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = gguf.GGUFWriter(str(path), spec.arch, split_max_tensors=spec.split_max_tensors)
@@ -144,7 +160,12 @@ def _write_metadata(writer: gguf.GGUFWriter, spec: TinySpec, file_type: int | No
         writer.add_rope_dimension_count(spec.head_dim)
         writer.add_rope_freq_base(10000.0)
     writer.add_layer_norm_rms_eps(1e-6 if spec.arch != "llama" else 1e-5)
-    if spec.arch == "gemma3":
+    if spec.n_expert:
+        writer.add_expert_count(spec.n_expert)
+        writer.add_expert_used_count(spec.n_expert_used)
+        if spec.arch != "llama":  # Mixtral's experts are n_ff wide; the others name the width
+            writer.add_expert_feed_forward_length(spec.expert_width)
+    if spec.arch in ("gemma3", "gpt-oss"):
         writer.add_sliding_window(spec.sliding_window)
         if spec.swa_pattern is not None:
             writer.add_uint32(gguf.Keys.Attention.SLIDING_WINDOW_PATTERN.format(arch=spec.arch), spec.swa_pattern)
@@ -178,20 +199,40 @@ def _tensor_shapes(spec: TinySpec) -> list[tuple[str, tuple[int, ...]]]:
         shapes += [(f"{b}.attn_norm.weight", (d,)), (f"{b}.attn_q.weight", (d, q))]
         shapes += [(f"{b}.attn_k.weight", (d, kv)), (f"{b}.attn_v.weight", (d, kv))]
         shapes += [(f"{b}.attn_output.weight", (q, d))]
-        if spec.arch in ("gemma3", "qwen3"):
+        if spec.arch in ("gemma3", "qwen3", "qwen3moe"):
             shapes += [(f"{b}.attn_q_norm.weight", (spec.head_dim,)), (f"{b}.attn_k_norm.weight", (spec.head_dim,))]
         if spec.arch == "gemma3":
             shapes += [(f"{b}.post_attention_norm.weight", (d,))]
-        shapes += [(f"{b}.ffn_norm.weight", (d,)), (f"{b}.ffn_gate.weight", (d, ff))]
-        shapes += [(f"{b}.ffn_up.weight", (d, ff)), (f"{b}.ffn_down.weight", (ff, d))]
+        if spec.arch == "gpt-oss":  # models/openai-moe.cpp: post-attention norm, sinks, biases
+            shapes += [(f"{b}.post_attention_norm.weight", (d,)), (f"{b}.attn_sinks.weight", (spec.n_head,))]
+            shapes += [(f"{b}.attn_output.bias", (d,))]
+        else:
+            shapes += [(f"{b}.ffn_norm.weight", (d,))]
+        shapes += _experts(spec, b) if spec.n_expert else _dense_ffn(b, d, ff)
         if spec.arch == "gemma3":
             shapes += [(f"{b}.post_ffw_norm.weight", (d,))]
     return shapes + _output(spec)
 
 
+def _dense_ffn(b: str, d: int, ff: int) -> list[tuple[str, tuple[int, ...]]]:
+    return [(f"{b}.ffn_gate.weight", (d, ff)), (f"{b}.ffn_up.weight", (d, ff)), (f"{b}.ffn_down.weight", (ff, d))]
+
+
+def _experts(spec: TinySpec, b: str) -> list[tuple[str, tuple[int, ...]]]:
+    """The router and the routed experts, 3-D [n_embd, n_ff_exp, n_expert] (models/qwen3moe.cpp, llama.cpp)."""
+    d, ff, n = spec.n_embd, spec.expert_width, spec.n_expert
+    shapes: list[tuple[str, tuple[int, ...]]] = [(f"{b}.ffn_gate_inp.weight", (d, n))]
+    shapes += [(f"{b}.ffn_gate_exps.weight", (d, ff, n)), (f"{b}.ffn_down_exps.weight", (ff, d, n))]
+    shapes += [(f"{b}.ffn_up_exps.weight", (d, ff, n))]
+    if spec.arch == "gpt-oss":
+        shapes += [(f"{b}.ffn_gate_inp.bias", (n,)), (f"{b}.ffn_gate_exps.bias", (ff, n))]
+        shapes += [(f"{b}.ffn_down_exps.bias", (d, n)), (f"{b}.ffn_up_exps.bias", (ff, n))]
+    return shapes
+
+
 def _output(spec: TinySpec) -> list[tuple[str, tuple[int, ...]]]:
     shapes: list[tuple[str, tuple[int, ...]]] = [("output_norm.weight", (spec.n_embd,))]
-    if not spec.tie_embeddings and spec.arch != "gemma3":  # gemma3 always ties its embeddings
+    if (not spec.tie_embeddings and spec.arch != "gemma3") or spec.arch == "gpt-oss":  # gemma3 always ties
         shapes.append(("output.weight", (spec.n_embd, spec.n_vocab)))
     return shapes
 
@@ -210,26 +251,32 @@ def _mamba_layers(spec: TinySpec) -> list[tuple[str, tuple[int, ...]]]:
     return shapes
 
 
-def _big_type(name: str, n_layers: int) -> gguf.GGMLQuantizationType:
-    """Roughly llama.cpp's Q4_K_M mix: Q6_K for output, and attn_v/ffn_down in about half the layers."""
-    q4, q6 = gguf.GGMLQuantizationType.Q4_K, gguf.GGMLQuantizationType.Q6_K
+def _big_type(name: str, spec: TinySpec) -> gguf.GGMLQuantizationType:
+    """Roughly llama.cpp's Q4_K_M mix: Q6_K for output, and attn_v/ffn_down in about half the layers.
+
+    gpt-oss is published as MXFP4 experts with everything else Q8_0 (its widths are not multiples of 256).
+    """
+    q4, q6, n_layers = gguf.GGMLQuantizationType.Q4_K, gguf.GGMLQuantizationType.Q6_K, spec.n_layers
+    if spec.arch == "gpt-oss":
+        return gguf.GGMLQuantizationType.MXFP4 if "_exps." in name else gguf.GGMLQuantizationType.Q8_0
     if name == "output.weight":
         return q6
-    if ".attn_v." in name or ".ffn_down." in name:
+    if ".attn_v." in name or ".ffn_down." in name or ".ffn_down_exps." in name:
         layer = int(name.split(".")[1])
         return q6 if layer < n_layers // 8 or layer >= 7 * n_layers // 8 or (layer - n_layers // 8) % 3 == 2 else q4
     return q4
 
 
 def write_header_only_model(path: Path, spec: TinySpec) -> Path:
-    """A Q4_K_M-shaped GGUF whose header is real and whose data region is a sparse hole (for big shapes)."""
+    """A Q4_K_M-shaped (gpt-oss: MXFP4) GGUF whose header is real and whose data region is a sparse hole."""
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = gguf.GGUFWriter(str(path), spec.arch)
-    _write_metadata(writer, spec, gguf.LlamaFileType.MOSTLY_Q4_K_M)
+    ftype = gguf.LlamaFileType.MOSTLY_MXFP4_MOE if spec.arch == "gpt-oss" else gguf.LlamaFileType.MOSTLY_Q4_K_M
+    _write_metadata(writer, spec, ftype)
     total = 0
     for name, shape in _tensor_shapes(spec):
-        f32 = len(shape) == 1 or name.endswith(_MAMBA_F32)
-        qtype = gguf.GGMLQuantizationType.F32 if f32 else _big_type(name, spec.n_layers)
+        f32 = len(shape) == 1 or name.endswith(_MAMBA_F32) or name.endswith(".bias")
+        qtype = gguf.GGMLQuantizationType.F32 if f32 else _big_type(name, spec)
         block, type_size = gguf.GGML_QUANT_SIZES[qtype]
         n_bytes = int(np.prod(shape)) // block * type_size
         numpy_shape = shape[::-1]  # gguf takes numpy order, the last axis in bytes for quantized types

@@ -25,8 +25,35 @@ ARCHS = {
     "gemma3": TinySpec(arch="gemma3", n_layers=6, n_head=4, n_head_kv=1, head_dim_override=128, n_vocab=2048),
     "qwen3": TinySpec(arch="qwen3", n_head=8, n_head_kv=2, head_dim_override=64, n_ff=1024, dtype="f16"),
     "mamba": TinySpec(arch="mamba", n_embd=512, n_vocab=4096, ssm_state_size=32, dtype="f16"),  # recurrent
+    # Mixtures of experts: routed experts narrower than the dense n_ff (qwen3moe), Mixtral-shaped llama
+    # (experts n_ff wide), gpt-oss (expert biases, attention sinks, every other layer a sliding window).
+    "qwen3moe": TinySpec(
+        arch="qwen3moe",
+        n_head=8,
+        n_head_kv=2,
+        head_dim_override=64,
+        n_ff=1024,
+        n_expert=8,
+        n_expert_used=2,
+        n_ff_exp=256,
+        dtype="f16",
+    ),
+    "mixtral": TinySpec(n_vocab=1024, n_expert=4, n_expert_used=2, dtype="f16"),
+    "gpt-oss": TinySpec(
+        arch="gpt-oss",
+        n_layers=4,
+        n_head=8,
+        n_head_kv=2,
+        head_dim_override=64,
+        n_expert=8,
+        n_expert_used=4,
+        n_ff_exp=256,
+        sliding_window=128,
+        dtype="f16",
+    ),
 }
-ATTENTION_ARCHS = ("llama", "gemma3", "qwen3")
+ATTENTION_ARCHS = ("llama", "gemma3", "qwen3", "qwen3moe", "mixtral", "gpt-oss")
+MOE_ARCHS = ("qwen3moe", "mixtral", "gpt-oss")
 KV_TYPE_IDS = {"f16": 1, "q8_0": 8, "q4_0": 2}  # ggml_type values
 # A recurrent model's state is logged as `RS buffer size` (llama-memory-recurrent.cpp); mm counts it as kv.
 _BUFFER_RE = re.compile(r"(\S+)\s+(model|KV|RS|output|compute) buffer size =\s+([\d.]+) MiB")

@@ -6,7 +6,15 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from pipeline.commands.options import HardwareOpt, JsonOpt, OfflineOpt, RecipesDirOpt, TokenOpt
+from pipeline.commands.options import (
+    CpuMoeOpt,
+    HardwareOpt,
+    JsonOpt,
+    NCpuMoeOpt,
+    OfflineOpt,
+    RecipesDirOpt,
+    TokenOpt,
+)
 from pipeline.commands.render import emit_json, note, table
 from pipeline.units import format_size, parse_size
 
@@ -65,6 +73,13 @@ def register(app: typer.Typer) -> None:
             ("size", f"{format_size(s.size_bytes)} in {s.shards} file(s)"),
             ("bits per weight", f"{s.bits_per_weight:.2f}"),
         ]  # fmt: skip
+        if s.n_expert:
+            rows[5:5] = [
+                ("experts", f"{s.n_expert}, {s.n_expert_used} used per token"
+                            + (f", {s.n_expert_shared} shared" if s.n_expert_shared else "")),
+                ("expert ffn", s.n_ff_exp), ("leading dense layers", s.n_dense_layers),
+                ("active parameters", f"{s.active_params / 1e9:.3g} B per token of {s.n_params / 1e9:.3g} B"),
+            ]  # fmt: skip
         table(("field", "value"), rows)
 
     @app.command("fit")
@@ -82,6 +97,8 @@ def register(app: typer.Typer) -> None:
         ubatch: Annotated[int | None, typer.Option(help="Physical batch (n_ubatch).", min=1)] = None,
         parallel: Annotated[int | None, typer.Option(help="Parallel sequences (n_seq_max).", min=1)] = None,
         n_gpu_layers: Annotated[int | None, typer.Option(help="Force this many layers on the GPU.", min=0)] = None,
+        n_cpu_moe: NCpuMoeOpt = None,
+        cpu_moe: CpuMoeOpt = False,
         quants: Annotated[str | None, typer.Option(help="Compare quants: 'all' or e.g. q3_k_m,q4_k_m.")] = None,
         min_tps: Annotated[float, typer.Option(help="Speed floor (tokens/s) for --quants.", min=0)] = 0.0,
         json: JsonOpt = False,
@@ -103,7 +120,7 @@ def register(app: typer.Typer) -> None:
         target = target_hardware(hardware, _size(vram, "--vram"), _size(ram, "--ram"), recipe, recipes)
         settings = FitSettings.for_recipe(
             recipe, ctx=ctx, kv_type=kv_type, flash_attn=flash_attn, batch=batch, ubatch=ubatch,
-            parallel=parallel, n_gpu_layers=n_gpu_layers,
+            parallel=parallel, n_gpu_layers=n_gpu_layers, n_cpu_moe=n_cpu_moe, cpu_moe=cpu_moe or None,
         )  # fmt: skip
         if quants is not None:
             report = recommend_quant(path, target, parse_candidates(quants), settings, min_tps)
@@ -135,11 +152,22 @@ def register(app: typer.Typer) -> None:
 def _show_fit(r: FitResult) -> None:
     verdicts = {"full_offload": "full offload", "partial_offload": "partial offload", "cpu_only": "CPU only",
                 "does_not_fit": "does not fit"}  # fmt: skip
-    typer.echo(f"{verdicts[r.verdict]}: {r.n_gpu_layers}/{r.n_layers + 1} layers on GPU ({r.hardware}), "
+    held = f", experts of {r.n_cpu_moe} in RAM" if r.n_cpu_moe else ""
+    typer.echo(f"{verdicts[r.verdict]}: {r.n_gpu_layers}/{r.n_layers + 1} layers on GPU{held} ({r.hardware}), "
                f"~{r.tokens_per_second:g} tokens/s decode")  # fmt: skip
     rows = [(name, *(format_size(getattr(d, f"{name}_bytes")) for d in (r.gpu, r.cpu)))
             for name in ("weights", "kv", "output", "compute", "overhead", "total")]  # fmt: skip
     table(("", "gpu", "cpu"), rows)
+    if r.n_expert or r.n_gpu_layers:
+        typer.echo(f"placement: {r.placement}" + (f" (--n-cpu-moe {r.n_cpu_moe})" if r.n_cpu_moe else ""))
+    if r.n_expert:
+        typer.echo(f"experts: {r.n_expert_used} of {r.n_expert} per token, {r.active_params / 1e9:.3g} B of "
+                   f"{r.n_params / 1e9:.3g} B parameters active; a token reads {format_size(r.gpu_read_bytes)} "
+                   f"on the GPU, {format_size(r.cpu_read_bytes)} in RAM")  # fmt: skip
+    if r.alternatives:
+        rows = [(a.label, str(a.n_gpu_layers), str(a.n_cpu_moe), format_size(a.vram_bytes), f"{a.tokens_per_second:g}")
+                for a in r.alternatives]  # fmt: skip
+        table(("placement", "gpu layers", "n-cpu-moe", "vram", "tokens/s"), rows)
     typer.echo(f"fits VRAM: {'yes' if r.fits_vram else 'no'}   fits RAM: {'yes' if r.fits_ram else 'no'}")
     for suggestion in r.suggestions:
         typer.echo(f"try {suggestion}")

@@ -32,3 +32,8 @@ HardwareOpt = Annotated[
     str | None,
     typer.Option("--hardware", "-H", help="Hardware class to plan for, e.g. rtx3060-12g (`mm hw` lists them)."),
 ]
+NCpuMoeOpt = Annotated[
+    int | None,
+    typer.Option(help="MoE: keep the routed experts of the first N layers in RAM (llama.cpp --n-cpu-moe).", min=0),
+]
+CpuMoeOpt = Annotated[bool, typer.Option("--cpu-moe", help="MoE: keep every layer's routed experts in RAM.")]

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from pipeline.commands.options import HardwareOpt, JsonOpt, RecipesDirOpt
+from pipeline.commands.options import CpuMoeOpt, HardwareOpt, JsonOpt, NCpuMoeOpt, RecipesDirOpt
 from pipeline.commands.render import emit_json, note, table
 from pipeline.errors import IntegrityError
 from pipeline.units import format_size
@@ -45,6 +45,8 @@ def register(app: typer.Typer) -> None:
         ] = None,
         n_gpu_layers: Annotated[int | None, typer.Option(help="Force this many layers on the GPU.", min=0)] = None,
         threads: Annotated[int | None, typer.Option(help="CPU threads for generation.", min=1)] = None,
+        n_cpu_moe: NCpuMoeOpt = None,
+        cpu_moe: CpuMoeOpt = False,
         json: JsonOpt = False,
         recipes: RecipesDirOpt = None,
     ) -> None:
@@ -56,8 +58,9 @@ def register(app: typer.Typer) -> None:
         path, recipe, _ = resolve_model(model, recipes)
         target = target_hardware(hardware, None, None, recipe, recipes)
         settings = FitSettings.for_recipe(
-            recipe, ctx=ctx, kv_type=kv_type, flash_attn=flash_attn, n_gpu_layers=n_gpu_layers
-        )
+            recipe, ctx=ctx, kv_type=kv_type, flash_attn=flash_attn, n_gpu_layers=n_gpu_layers,
+            n_cpu_moe=n_cpu_moe, cpu_moe=cpu_moe or None,
+        )  # fmt: skip
         profile = publish(path, target, name=name, settings=settings, recipe=recipe, threads=threads)
         if json:
             emit_json(profile)
@@ -66,6 +69,7 @@ def register(app: typer.Typer) -> None:
         typer.echo(
             f"published {profile.name}: {profile.quant}, {format_size(profile.blob.size_bytes)}, "
             f"{profile.run.n_gpu_layers}/{p.n_layers + 1} layers on GPU, ~{p.tokens_per_second:.1f} tok/s ({p.verdict})"
+            + (f"; {p.placement}" if profile.run.n_cpu_moe else "")
         )
 
     @app.command("ls")
@@ -108,7 +112,9 @@ def register(app: typer.Typer) -> None:
             ("source", f"{origin} (sha256 {src.sha256[:12]}…)"), ("recipe", profile.provenance.recipe or "-"),
             ("llama.cpp", profile.provenance.llama_cpp_version or "-"),
             ("settings", f"ngl {run.n_gpu_layers}, ctx {run.n_ctx}, batch {run.n_batch}/{run.n_ubatch}, "
-                         f"kv {run.kv_type}, flash-attn {'on' if run.flash_attn else 'off'}"),
+                         f"kv {run.kv_type}, flash-attn {'on' if run.flash_attn else 'off'}"
+                         + (f", n-cpu-moe {run.n_cpu_moe}" if run.n_cpu_moe else "")),
+            ("placement", p.placement or "-"),
             ("prediction", f"{p.verdict}, VRAM {format_size(p.vram_bytes)}, RAM {format_size(p.ram_bytes)}, "
                            f"~{p.tokens_per_second:.1f} tok/s"),
             ("llama-server", profile.llama_server), ("llama-cli", profile.llama_cli), ("created", profile.created_at),

@@ -1,0 +1,135 @@
+"""Placement by tensor: which layers go to the GPU (-ngl), whose routed experts stay in RAM (--n-cpu-moe,
+--cpu-moe, -ot), the bytes one decoded token reads on each device, and the solver that picks the pair.
+
+A mixture-of-experts layer is run the way people run it on small cards: attention, norms, router and
+shared experts on the GPU, the routed experts of the first K layers in RAM (llama.cpp's `--n-cpu-moe K`,
+common/arg.cpp). Only `n_expert_used` of `n_expert` experts are read per token, so a token reads a small
+share of each expert tensor: that is why such a placement decodes several times faster than moving whole
+layers. The buffers themselves come from pipeline/memory.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pipeline.memory import Context, ModelShape, Split, kv_layer_bytes, split_layers
+
+# common/common.h llm_ffn_block_regex(i, LLM_FFN_EXPS_REGEX), as `-ot PATTERN=CPU` strings (arg.cpp's
+# parse_tensor_buffer_overrides takes a buffer type by its name: "CPU").
+EXPERT_PATTERN = r"\.ffn_(up|down|gate|gate_up)_(ch|)exps"
+
+
+def tensor_overrides(n_cpu_moe: int, n_layers: int) -> list[str]:
+    """The `-ot` strings equal to `--n-cpu-moe n_cpu_moe`: one per layer, or one for every layer (--cpu-moe)."""
+    if n_cpu_moe <= 0:
+        return []
+    if n_cpu_moe >= n_layers:
+        return [f"{EXPERT_PATTERN}=CPU"]  # common.h llm_ffn_exps_cpu_override: what --cpu-moe adds
+    return [rf"blk\.{i}{EXPERT_PATTERN}=CPU" for i in range(n_cpu_moe)]
+
+
+@dataclass(frozen=True)
+class ReadBytes:
+    """Bytes one decoded token reads on each device: weights (only the active share of routed experts),
+    the output head, and the KV cache."""
+
+    gpu: int
+    cpu: int
+
+
+def bytes_read_per_token(shape: ModelShape, ctx: Context, n_gpu_layers: int, n_cpu_moe: int = 0) -> ReadBytes:
+    """Per device, what a token reads: each layer's dense part and n_expert_used/n_expert of its routed
+    experts where they live, its KV cache, and the output head; of the embedding table, one row (nothing)."""
+    n = shape.n_layers
+    start = n + 1 - max(0, min(n_gpu_layers, n + 1))
+    experts = shape.expert_bytes or (0,) * n
+    gpu = cpu = 0
+    for il in range(n):
+        expert = experts[il]
+        dense = shape.layer_bytes[il] - expert
+        active = round(expert * shape.active_fraction)
+        kv = kv_layer_bytes(shape, ctx, il)
+        if il >= start:
+            gpu += dense + kv
+            if il < n_cpu_moe:
+                cpu += active
+            else:
+                gpu += active
+        else:
+            cpu += dense + kv + active
+    if start <= n:
+        gpu += shape.output_bytes + shape.tied_bytes
+    else:
+        cpu += shape.output_bytes + shape.tied_bytes  # a tied head is the embedding table, read whole
+    return ReadBytes(gpu, cpu)
+
+
+@dataclass(frozen=True)
+class Placement:
+    n_gpu_layers: int
+    n_cpu_moe: int
+    gpu: Split
+    cpu: Split
+    read: ReadBytes
+
+    @property
+    def gpu_total(self) -> int:
+        return self.gpu.weights + self.gpu.kv + self.gpu.output + self.gpu.compute
+
+
+def place(shape: ModelShape, ctx: Context, n_gpu_layers: int, n_cpu_moe: int = 0) -> Placement:
+    n_cpu_moe = min(max(n_cpu_moe, 0), shape.n_layers) if shape.is_moe else 0
+    gpu, cpu = split_layers(shape, ctx, n_gpu_layers, n_cpu_moe)
+    return Placement(n_gpu_layers, n_cpu_moe, gpu, cpu, bytes_read_per_token(shape, ctx, n_gpu_layers, n_cpu_moe))
+
+
+Speed = Callable[[ReadBytes], float]
+
+
+def most_layers(shape: ModelShape, ctx: Context, budget: float, n_cpu_moe: int = 0) -> Placement:
+    """Plain layer offload (llama.cpp's -ngl alone): the most layers whose GPU buffers fit `budget`."""
+    for ngl in range(shape.n_layers + 1, 0, -1):
+        placement = place(shape, ctx, ngl, n_cpu_moe)
+        if placement.gpu_total <= budget:
+            return placement
+    return place(shape, ctx, 0)
+
+
+def fewest_cpu_experts(shape: ModelShape, ctx: Context, budget: float, n_gpu_layers: int) -> Placement | None:
+    """With `n_gpu_layers` on the GPU, the smallest --n-cpu-moe that fits `budget` (None if none does).
+
+    GPU memory only falls as K grows, so a binary search over K finds it.
+    """
+    low, high = 0, shape.n_layers
+    if place(shape, ctx, n_gpu_layers, high).gpu_total > budget:
+        return None
+    while low < high:
+        mid = (low + high) // 2
+        if place(shape, ctx, n_gpu_layers, mid).gpu_total <= budget:
+            high = mid
+        else:
+            low = mid + 1
+    return place(shape, ctx, n_gpu_layers, low)
+
+
+def llama_fit_order(shape: ModelShape, ctx: Context, budget: float) -> Placement:
+    """common/fit.cpp for one GPU: if the dense parts of every layer fit with all experts in RAM, offload
+    every layer and bring experts back from the last layer down (the fewest --n-cpu-moe that fits);
+    otherwise fill dense-only layers from the back (-ngl with --cpu-moe)."""
+    best = fewest_cpu_experts(shape, ctx, budget, shape.n_layers + 1)
+    return best or most_layers(shape, ctx, budget, n_cpu_moe=shape.n_layers)
+
+
+def fastest(shape: ModelShape, ctx: Context, budget: float, speed: Speed) -> Placement:
+    """The (n_gpu_layers, n_cpu_moe) pair inside `budget` with the best predicted decode speed.
+
+    For each -ngl the fewest CPU experts that fit is the fastest (an expert on the GPU is read faster),
+    so the search is over -ngl alone; ties keep more layers on the GPU.
+    """
+    best = most_layers(shape, ctx, budget)
+    for ngl in range(shape.n_layers + 1, 0, -1):
+        candidate = fewest_cpu_experts(shape, ctx, budget, ngl)
+        if candidate is not None and speed(candidate.read) > speed(best.read):
+            best = candidate
+    return best
