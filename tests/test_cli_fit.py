@@ -96,3 +96,40 @@ def test_hw_lists_classes(mm: Mm) -> None:
     assert result.exit_code == 0
     doc = json.loads(result.stdout)
     assert doc["ram_bytes"] > 0 and any(c["name"] == "rtx3060-12g" for c in doc["classes"])
+
+
+def test_moe_fit_json_carries_the_expert_placement(mm: Mm, tmp_path: Path) -> None:
+    from pipeline.tiny_model import write_tiny_model
+    from tests.test_fit import ARCHS
+
+    model = write_tiny_model(tmp_path / "moe.gguf", ARCHS["qwen3moe"])
+    result = mm("fit", str(model), "--hardware", "rtx3060-12g", "--n-cpu-moe", "1", "--json")
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["schema_version"] == 2 and doc["n_cpu_moe"] == 1 and doc["n_gpu_layers"] == 3
+    assert doc["tensor_overrides"] == [r"blk\.0\.ffn_(up|down|gate|gate_up)_(ch|)exps=CPU"]
+    assert (doc["n_expert"], doc["n_expert_used"]) == (8, 2) and doc["active_params"] < doc["n_params"]
+    assert doc["cpu_read_bytes"] > 0 and doc["gpu_read_bytes"] > 0 and doc["verdict"] == "partial_offload"
+    text = mm("fit", str(model), "--hardware", "rtx3060-12g", "--cpu-moe").stdout
+    assert "experts of layers 0-1 in RAM, everything else on the GPU" in text
+    assert "whole layers only" in text  # the side-by-side comparison
+    inspect = json.loads(mm("inspect", str(model), "--json").stdout)
+    assert (inspect["n_expert"], inspect["n_expert_used"], inspect["n_ff_exp"]) == (8, 2, 256)
+    assert "2 used per token" in mm("inspect", str(model)).stdout
+
+
+def test_recipe_run_section_places_experts(mm: Mm, recipes_folder: Path, tmp_path: Path) -> None:
+    from pipeline.tiny_model import write_tiny_model
+    from tests.test_fit import ARCHS
+
+    write_tiny_model(recipes_folder / "moe.gguf", ARCHS["qwen3moe"])
+    write_recipe(
+        recipes_folder, "moe", 'hardware = "rtx3060-12g"\n[source]\npath = "moe.gguf"\n[run]\ncpu_moe = true\n'
+    )
+    doc = json.loads(mm("fit", "moe", "--recipes", str(recipes_folder), "--json").stdout)
+    assert doc["n_cpu_moe"] == 2 and doc["settings"]["cpu_moe"] is True
+    write_recipe(
+        recipes_folder, "bad", 'hardware = "rtx3060-12g"\n[source]\npath = "moe.gguf"\n[run]\nn_cpu_moe = -1\n'
+    )
+    bad = mm("recipe", "validate", str(recipes_folder / "bad.toml"))
+    assert bad.exit_code == 2 and "n_cpu_moe" in bad.output
