@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Annotated, Any
 
@@ -11,8 +10,10 @@ from typer import _click  # typer vendors click; its Context is the one TyperGro
 from typer.core import TyperGroup
 
 from pipeline import __version__
-from pipeline.commands import registered_groups
+from pipeline.commands import registered_groups, set_verbosity
 from pipeline.errors import MMError
+
+INTERRUPTED_EXIT = 130  # 128 + SIGINT, as shells report it
 
 
 class _MMGroup(TyperGroup):
@@ -26,6 +27,9 @@ class _MMGroup(TyperGroup):
                 raise
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            typer.echo("\ninterrupted", err=True)
+            raise typer.Exit(INTERRUPTED_EXIT) from None
 
 
 app = typer.Typer(
@@ -55,12 +59,18 @@ def _root(
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print mm's version.")
     ] = False,
     verbose: Annotated[
-        int, typer.Option("--verbose", "-v", count=True, help="More log output (-v info, -vv debug).")
+        int,
+        typer.Option(
+            "--verbose",
+            "-v",
+            count=True,
+            show_default=False,
+            help="More log output (-v info, -vv debug; also after the command).",
+        ),
     ] = 0,
 ) -> None:
     """Set up logging for the whole run (diagnostics go to stderr; results to stdout)."""
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    set_verbosity(verbose)
 
 
 for register in registered_groups():

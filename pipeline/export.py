@@ -2,15 +2,45 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import uuid
+from pathlib import Path
 from typing import Literal
 
 from pipeline.errors import UsageError
-from pipeline.home import mm_home
+from pipeline.home import Home, mm_home
 from pipeline.profile import Profile, llama_server_command
 from pipeline.registry import blob_path
 
 ExportFormat = Literal["ollama", "llama-server", "json"]
 FORMATS: tuple[ExportFormat, ...] = ("ollama", "llama-server", "json")
+
+
+# Ollama 0.5.5 (server/create.go, the JSON /api/create of ollama#7935) picks its importer by the FROM
+# file's extension, .gguf or .bin; 0.5.6 (ollama#8428) also reads the GGUF magic. Earlier releases
+# read the magic. A FROM path ending in .gguf works with all of them.
+OLLAMA_VERSIONS = "Ollama 0.5.5 and later (earlier releases too: they detect GGUF by content)"
+
+
+def gguf_link(home: Home, sha256: str) -> Path:
+    """`$MM_HOME/exports/<sha256>.gguf`: a symlink to the blob with the extension other tools look for.
+
+    Created atomically (a temporary link renamed over the name), so a reader sees the old or new one.
+    """
+    link = home.root / "exports" / f"{sha256}.gguf"
+    target = os.path.relpath(blob_path(home, sha256), link.parent)
+    if link.is_symlink() and os.readlink(link) == target:
+        return link
+    link.parent.mkdir(parents=True, exist_ok=True)
+    tmp = link.with_name(f".{link.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        os.symlink(target, tmp)
+        os.replace(tmp, link)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return link
 
 
 def modelfile(profile: Profile) -> str:
@@ -22,10 +52,11 @@ def modelfile(profile: Profile) -> str:
     offload, which fits the same card but decodes slower, and says so.
     """
     run = profile.run
-    blob = blob_path(mm_home(), profile.blob.sha256)
+    blob = gguf_link(mm_home(), profile.blob.sha256)
     num_gpu = run.n_gpu_layers
     lines = [
         f"# mm profile {profile.name}: {profile.model} {profile.quant} for {profile.hardware}",
+        f"# for {OLLAMA_VERSIONS}: ollama create NAME -f Modelfile",
         f"# sha256 {profile.blob.sha256}",
         f"# server settings: OLLAMA_FLASH_ATTENTION={int(run.flash_attn)} OLLAMA_KV_CACHE_TYPE={run.kv_type}",
     ]

@@ -117,6 +117,7 @@ class FitResult(BaseModel):
     verdict: Verdict
     assumptions: list[str]
     suggestions: list[str]
+    warnings: list[str] = []  # settings the model was not made for (a context beyond its training)
 
 
 def _breakdown(split: Split, overhead: int) -> DeviceBreakdown:
@@ -252,6 +253,7 @@ def fit_shape(
         verdict=verdict,
         assumptions=_assumptions(shape, hardware, settings),
         suggestions=[],
+        warnings=_warnings(shape, settings),
     )
     if suggest and verdict in ("does_not_fit", "partial_offload"):
         result.suggestions = _suggestions(shape, model, hardware, settings, result)
@@ -270,6 +272,15 @@ def fit_model(
     """
     shape = model_shape(read_model(model), tensor_bytes)
     return fit_shape(shape, model, hardware, settings or FitSettings())
+
+
+def _warnings(shape: ModelShape, settings: FitSettings) -> list[str]:
+    if shape.n_ctx_train and settings.ctx > shape.n_ctx_train:
+        return [
+            f"a context of {settings.ctx} tokens is beyond the {shape.n_ctx_train} the model was trained for "
+            f"({shape.arch}.context_length): answers past that degrade unless RoPE scaling is configured"
+        ]
+    return []
 
 
 def _assumptions(shape: ModelShape, hardware: HardwareClass, settings: FitSettings) -> list[str]:

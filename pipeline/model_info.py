@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 from pydantic import BaseModel
 
+from pipeline.chat_format import describe_chat_template
 from pipeline.gguf_header import read_model
 from pipeline.hardware import DEFAULT_GPU_OVERHEAD_BYTES, HardwareClass, get_hardware, hardware_catalog
 from pipeline.memory import model_shape
@@ -48,6 +49,7 @@ class ModelSummary(BaseModel):
     swa_layers: int
     file_type: str | None
     tensor_types: dict[str, int]
+    chat_template: str  # "yes (N characters)" or what `mm run` uses without one
     size_bytes: int
     weights_bytes: int
     bits_per_weight: float
@@ -85,6 +87,7 @@ def summarize_model(path: Path) -> ModelSummary:
         swa_layers=sum(shape.is_swa),
         file_type=ftype.name if ftype else None,
         tensor_types=dict(counts.most_common()),
+        chat_template=describe_chat_template(headers[0].metadata),
         size_bytes=sum(h.file_size for h in headers),
         weights_bytes=shape.weights_bytes,
         bits_per_weight=round(8 * shape.weights_bytes / max(shape.n_params, 1), 3),

@@ -75,6 +75,14 @@ class QuantPlan(BaseModel):
     source_bytes: int
     bits_per_weight: float
 
+    @property
+    def tensor_types(self) -> dict[str, int]:
+        """ggml type -> how many tensors get it, most common first."""
+        counts: dict[str, int] = {}
+        for tensor in self.tensors:
+            counts[tensor.type] = counts.get(tensor.type, 0) + 1
+        return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
 
 class QuantizeResult(BaseModel):
     record: QuantRecord | None

@@ -20,7 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-from pipeline.errors import HardwareError, RecipeError, UsageError
+from pipeline.errors import HardwareError, MMError, RecipeError, UsageError
 from pipeline.hardware import hardware_catalog
 from pipeline.quant_types import parse_quant_type
 from pipeline.safe_names import UnsafeValue, check_repo_filename, check_revision
@@ -236,3 +236,31 @@ def find_recipe(name_or_path: str, folder: Path | None = None) -> Path:
 def looks_like_recipe(text: str) -> bool:
     """True for a .toml path or a bare recipe name (no '/' or ':', which would make it a repo or a file)."""
     return text.endswith(".toml") or (RECIPE_NAME_RE.match(text) is not None and not text.endswith(".gguf"))
+
+
+class RecipeCheck(BaseModel):
+    """One recipe file's validation result (`mm recipe validate`, `mm recipe ls`)."""
+
+    path: str
+    ok: bool
+    error: str | None = None
+    name: str | None = None
+    hardware: str | None = None
+    source: str | None = None  # `owner/name:FILE@revision` or the local path
+    types: list[str] = []
+
+
+def check_recipes(paths: list[Path]) -> list[RecipeCheck]:
+    """Load each recipe; a broken one is reported, not raised, so one bad file doesn't hide the others."""
+    checks = []
+    for path in paths:
+        try:
+            r = load_recipe(path)
+        except MMError as exc:
+            checks.append(RecipeCheck(path=str(path), ok=False, error=str(exc), name=path.stem))
+            continue
+        src = r.source
+        source = str(src.path) if src.is_local else f"{src.repo}:{src.file}@{src.revision}"
+        checks.append(RecipeCheck(path=str(path), ok=True, name=r.name, hardware=r.hardware, source=source,
+                                  types=r.quantize.types))  # fmt: skip
+    return checks

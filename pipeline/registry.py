@@ -253,7 +253,7 @@ def remove_profile(name: str) -> None:
 
 class GcItem(BaseModel):
     path: str
-    kind: str  # blob | quant | record | temp
+    kind: str  # blob | quant | record | temp | link
     size_bytes: int
 
 
@@ -283,6 +283,9 @@ def _gc_candidates(home: Home, keep: set[str], held: contextlib.ExitStack) -> li
         found += [(p, "temp") for p in folder.glob(".*.tmp")] if folder.is_dir() else []
     if home.blobs.is_dir():
         found += [(p, "blob") for p in home.blobs.iterdir() if HEX64.fullmatch(p.name) and p.name not in keep]
+    exports = home.root / "exports"  # `mm export`'s <sha256>.gguf links to blobs
+    if exports.is_dir():
+        found += [(p, "link") for p in exports.glob("*.gguf") if p.name.removesuffix(".gguf") not in keep]
     for record_file in sorted(home.quant.rglob("*.mm.json")) if home.quant.is_dir() else []:
         output = record_file.with_name(record_file.name.removesuffix(".mm.json"))
         try:
@@ -309,7 +312,7 @@ def gc(dry_run: bool = False) -> GcReport:
         items: list[GcItem] = []
         inodes: dict[tuple[int, int], tuple[int, int, int]] = {}  # (dev, ino) -> (size, nlink, removed)
         for path, kind in candidates:
-            st = path.stat()
+            st = path.lstat() if kind == "link" else path.stat()
             items.append(GcItem(path=str(path), kind=kind, size_bytes=st.st_size))
             size, nlink, removed = inodes.get((st.st_dev, st.st_ino), (st.st_size, st.st_nlink, 0))
             inodes[(st.st_dev, st.st_ino)] = (size, nlink, removed + 1)

@@ -17,8 +17,11 @@ SIZE_HELP = (
 )
 
 
-def parse_size(text: str | int, *, what: str = "size") -> int:
-    """Bytes from '12G', '12GiB', '12000M', '12GB' (decimal) or a plain integer."""
+def parse_size(text: str | int, *, what: str = "size", bare_unit: str = "") -> int:
+    """Bytes from '12G', '12GiB', '12000M', '12GB' (decimal) or a plain integer.
+
+    `bare_unit` is the unit of a number written without one: the command line's --vram 64 means 64 GiB.
+    """
     if isinstance(text, int):
         if text < 0:
             raise UsageError(f"{what}: {text} is negative; expected {SIZE_HELP}")
@@ -26,7 +29,7 @@ def parse_size(text: str | int, *, what: str = "size") -> int:
     match = _SIZE_RE.match(text)
     if not match:
         raise UsageError(f"{what}: {text!r} is not a size; expected {SIZE_HELP}")
-    number, unit = float(match.group(1)), match.group(2).upper()
+    number, unit = float(match.group(1)), (match.group(2) or bare_unit).upper()
     if unit in _DECIMAL:
         factor = _DECIMAL[unit]
     else:

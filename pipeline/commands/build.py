@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from pipeline.build_report import SUMMARY_HEADERS, ConsoleReporter, summary_rows, write_report
+from pipeline.commands import add_command
 from pipeline.commands.options import JsonOpt, OfflineOpt, QuietOpt, RecipesDirOpt, TokenOpt
 from pipeline.commands.render import emit_json, note, table
 from pipeline.errors import BuildError
@@ -16,15 +17,21 @@ from pipeline.recipe import recipes_dir
 
 
 def build_command(
-    recipes: Annotated[list[str] | None, typer.Argument(help="Recipe names or .toml paths.")] = None,
+    recipes: Annotated[
+        list[str] | None, typer.Argument(metavar="[RECIPE]...", help="Recipe names or .toml paths.")
+    ] = None,
     all_recipes: Annotated[bool, typer.Option("--all", help="Every recipe in the recipes folder.")] = False,
     folder: RecipesDirOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show which stages would run and why.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Run every stage even when up to date.")] = False,
     keep_going: Annotated[bool, typer.Option("--keep-going", help="A failing recipe doesn't stop the others.")] = False,
-    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Recipes built in parallel.")] = 1,
-    shard: Annotated[str | None, typer.Option("--shard", help="Build only part K of N, e.g. 2/4.")] = None,
-    report_file: Annotated[Path | None, typer.Option("--report", help="Write the JSON report here.")] = None,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", metavar="N", min=1, help="Recipes built in parallel.")] = 1,
+    shard: Annotated[
+        str | None, typer.Option("--shard", metavar="K/N", help="Build only part K of N, e.g. 2/4.")
+    ] = None,
+    report_file: Annotated[
+        Path | None, typer.Option("--report", metavar="FILE", help="Write the JSON report here.")
+    ] = None,
     no_wait: Annotated[
         bool, typer.Option("--no-wait", help="Skip recipes another mm build holds, instead of waiting.")
     ] = False,
@@ -66,6 +73,8 @@ def demo_command(quiet: QuietOpt = False, as_json: JsonOpt = False) -> None:
     """Make a small model, build a bundled recipe from it (quantize → fit → publish), generate a few tokens.
 
     Offline; about a minute on 2 cores. `make demo` runs it with MM_HOME=./cache.
+
+    Example: MM_HOME=./cache mm demo
     """
     from pipeline.demo import run_demo
 
@@ -80,5 +89,5 @@ def demo_command(quiet: QuietOpt = False, as_json: JsonOpt = False) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("build")(build_command)
-    app.command("demo")(demo_command)
+    add_command(app, "build", build_command)
+    add_command(app, "demo", demo_command)

@@ -6,30 +6,34 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from pipeline.commands import add_command
 from pipeline.commands.options import (
+    BatchOpt,
     CpuMoeOpt,
+    CtxOpt,
+    FlashAttnOpt,
+    GpuLayersOpt,
     HardwareOpt,
     JsonOpt,
+    KvTypeOpt,
+    ModelArg,
     NCpuMoeOpt,
     OfflineOpt,
+    ParallelOpt,
     RecipesDirOpt,
     TokenOpt,
+    UbatchOpt,
+    parse_gpu_layers,
+    parse_kv_type,
+    parse_memory,
 )
 from pipeline.commands.render import emit_json, note, table
-from pipeline.units import format_size, parse_size
+from pipeline.errors import FitError, UsageError
+from pipeline.units import format_size
 
 if TYPE_CHECKING:  # imported when a command runs, so `mm` starts fast
-    from pipeline.fit import (
-        FitResult,
-        QuantCandidate,
-        QuantReport,
-    )
-
-ModelArg = Annotated[str, typer.Argument(help="A .gguf path, a pulled owner/name:FILE.gguf[@revision], or a recipe.")]
-
-
-def _size(text: str | None, what: str) -> int | None:
-    return None if text is None else parse_size(text, what=what)
+    from pipeline.fit import FitResult, QuantCandidate, QuantReport
+    from pipeline.model_info import ModelSummary
 
 
 def _note_stub(model: str, is_stub: bool) -> None:
@@ -37,124 +41,150 @@ def _note_stub(model: str, is_stub: bool) -> None:
         note(f"{model}: not pulled; answered from its GGUF header (fetched with Range requests)")
 
 
-def register(app: typer.Typer) -> None:
-    """Add this group's commands to the root app."""
+def inspect_command(
+    model: ModelArg,
+    as_json: JsonOpt = False,
+    recipes: RecipesDirOpt = None,
+    token: TokenOpt = None,
+    offline: OfflineOpt = False,
+) -> None:
+    """Architecture, size, shape and chat template of a GGUF, read from its header alone (fast on any size).
 
-    @app.command("inspect")
-    def inspect_cmd(
-        model: ModelArg,
-        json: JsonOpt = False,
-        recipes: RecipesDirOpt = None,
-        token: TokenOpt = None,
-        offline: OfflineOpt = False,
-    ) -> None:
-        """Architecture, size and shape of a GGUF, read from its header alone (fast on any size).
+    A Hub file that is not pulled is inspected from its header, fetched with HTTP Range requests.
 
-        A Hub file that is not pulled is inspected from its header, fetched with HTTP Range requests.
+    Example: mm inspect TheBloke/Llama-2-70B-chat-GGUF:llama-2-70b-chat.Q4_K_M.gguf
+    """
+    from pipeline.model_info import resolve_model, summarize_model
 
-        Example: mm inspect TheBloke/Llama-2-70B-chat-GGUF:llama-2-70b-chat.Q4_K_M.gguf
-        """
-        from pipeline.model_info import resolve_model, summarize_model
+    resolved = resolve_model(model, recipes, token=token, offline=offline, allow_header_stub=True)
+    _note_stub(model, resolved.is_stub)
+    summary = summarize_model(resolved.path)
+    emit_json(summary) if as_json else _show_summary(summary)
 
-        resolved = resolve_model(model, recipes, token=token, offline=offline, allow_header_stub=True)
-        _note_stub(model, resolved.is_stub)
-        summary = summarize_model(resolved.path)
-        if json:
-            emit_json(summary)
-            return
-        s = summary
-        swa = f"{s.sliding_window} tokens on {s.swa_layers}/{s.n_layers} layers" if s.sliding_window else "none"
-        rows = [
-            ("architecture", s.architecture), ("name", s.name), ("parameters", f"{s.n_params / 1e9:.3g} B"),
-            ("layers", s.n_layers), ("context length", s.context_length), ("embedding", s.n_embd),
-            ("heads / kv heads", f"{s.n_head} / {s.n_head_kv} (head dim {s.head_dim})"), ("ffn", s.n_ff),
-            ("vocabulary", s.n_vocab), ("sliding window", swa), ("file type", s.file_type),
-            ("tensor types", ", ".join(f"{k} x{v}" for k, v in s.tensor_types.items())),
-            ("size", f"{format_size(s.size_bytes)} in {s.shards} file(s)"),
-            ("bits per weight", f"{s.bits_per_weight:.2f}"),
+
+def _show_summary(s: ModelSummary) -> None:
+    swa = f"{s.sliding_window} tokens on {s.swa_layers}/{s.n_layers} layers" if s.sliding_window else "none"
+    rows = [
+        ("architecture", s.architecture), ("name", s.name), ("parameters", f"{s.n_params / 1e9:.3g} B"),
+        ("layers", s.n_layers), ("context length", s.context_length), ("embedding", s.n_embd),
+        ("heads / kv heads", f"{s.n_head} / {s.n_head_kv} (head dim {s.head_dim})"), ("ffn", s.n_ff),
+        ("vocabulary", s.n_vocab), ("sliding window", swa), ("file type", s.file_type),
+        ("tensor types", ", ".join(f"{k} x{v}" for k, v in s.tensor_types.items())),
+        ("chat template", s.chat_template),
+        ("size", f"{format_size(s.size_bytes)} in {s.shards} file(s)"),
+        ("bits per weight", f"{s.bits_per_weight:.2f}"),
+    ]  # fmt: skip
+    if s.n_expert:
+        rows[5:5] = [
+            ("experts", f"{s.n_expert}, {s.n_expert_used} used per token"
+                        + (f", {s.n_expert_shared} shared" if s.n_expert_shared else "")),
+            ("expert ffn", s.n_ff_exp), ("leading dense layers", s.n_dense_layers),
+            ("active parameters", f"{s.active_params / 1e9:.3g} B per token of {s.n_params / 1e9:.3g} B"),
         ]  # fmt: skip
-        if s.n_expert:
-            rows[5:5] = [
-                ("experts", f"{s.n_expert}, {s.n_expert_used} used per token"
-                            + (f", {s.n_expert_shared} shared" if s.n_expert_shared else "")),
-                ("expert ffn", s.n_ff_exp), ("leading dense layers", s.n_dense_layers),
-                ("active parameters", f"{s.active_params / 1e9:.3g} B per token of {s.n_params / 1e9:.3g} B"),
-            ]  # fmt: skip
-        table(("field", "value"), rows)
+    table(("field", "value"), rows)
 
-    @app.command("fit")
-    def fit_cmd(
-        model: ModelArg,
-        hardware: HardwareOpt = None,
-        vram: Annotated[str | None, typer.Option(help="GPU memory, e.g. 12G; 0 = CPU only.")] = None,
-        ram: Annotated[str | None, typer.Option(help="System RAM, e.g. 64G.")] = None,
-        ctx: Annotated[int | None, typer.Option(help="Context length (tokens).", min=16)] = None,
-        kv_type: Annotated[str | None, typer.Option(help="KV cache type: f16, q8_0 or q4_0.")] = None,
-        flash_attn: Annotated[
-            bool | None, typer.Option("--flash-attn/--no-flash-attn", help="Flash attention.")
-        ] = None,
-        batch: Annotated[int | None, typer.Option(help="Logical batch (n_batch).", min=1)] = None,
-        ubatch: Annotated[int | None, typer.Option(help="Physical batch (n_ubatch).", min=1)] = None,
-        parallel: Annotated[int | None, typer.Option(help="Parallel sequences (n_seq_max).", min=1)] = None,
-        n_gpu_layers: Annotated[int | None, typer.Option(help="Force this many layers on the GPU.", min=0)] = None,
-        n_cpu_moe: NCpuMoeOpt = None,
-        cpu_moe: CpuMoeOpt = False,
-        quants: Annotated[str | None, typer.Option(help="Compare quants: 'all' or e.g. q3_k_m,q4_k_m.")] = None,
-        min_tps: Annotated[float, typer.Option(help="Speed floor (tokens/s) for --quants.", min=0)] = 0.0,
-        json: JsonOpt = False,
-        recipes: RecipesDirOpt = None,
-        token: TokenOpt = None,
-        offline: OfflineOpt = False,
-    ) -> None:
-        """How much of MODEL fits the GPU, what stays in RAM, how fast it decodes, and what would fit.
 
-        Works before `mm pull`: a Hub file is fitted from its header alone (fetched with Range requests).
+def fit_command(
+    model: ModelArg,
+    hardware: HardwareOpt = None,
+    vram: Annotated[
+        str | None, typer.Option(metavar="SIZE", help="GPU memory, e.g. 12G (a bare number is GiB); 0 = CPU only.")
+    ] = None,
+    ram: Annotated[
+        str | None, typer.Option(metavar="SIZE", help="System RAM, e.g. 64G (a bare number is GiB).")
+    ] = None,
+    ctx: CtxOpt = None,
+    kv_type: KvTypeOpt = [],  # noqa: B006  # typer reads the default; never mutated
+    flash_attn: FlashAttnOpt = None,
+    batch: BatchOpt = None,
+    ubatch: UbatchOpt = None,
+    parallel: ParallelOpt = None,
+    n_gpu_layers: GpuLayersOpt = None,
+    n_cpu_moe: NCpuMoeOpt = None,
+    cpu_moe: CpuMoeOpt = False,
+    quants: Annotated[
+        str | None, typer.Option(metavar="TYPES", help="Compare quants: 'all' or e.g. q3_k_m,q4_k_m.")
+    ] = None,
+    min_tps: Annotated[float, typer.Option(metavar="X", help="Speed floor (tokens/s) for --quants.", min=0)] = 0.0,
+    as_json: JsonOpt = False,
+    recipes: RecipesDirOpt = None,
+    token: TokenOpt = None,
+    offline: OfflineOpt = False,
+) -> None:
+    """How much of MODEL fits the GPU, what stays in RAM, how fast it decodes, and what would fit.
 
-        Example: mm fit TheBloke/Llama-2-70B-chat-GGUF:llama-2-70b-chat.Q4_K_M.gguf --hardware rtx3060-12g
-        """
-        from pipeline.fit import FitSettings, fit_model, parse_candidates, recommend_quant
-        from pipeline.model_info import resolve_model, target_hardware
+    Works before `mm pull`: a Hub file is fitted from its header alone (fetched with Range requests).
+    Exits 8 when the model does not fit.
 
-        path, recipe, is_stub = resolve_model(model, recipes, token=token, offline=offline, allow_header_stub=True)
-        _note_stub(model, is_stub)
-        target = target_hardware(hardware, _size(vram, "--vram"), _size(ram, "--ram"), recipe, recipes)
-        settings = FitSettings.for_recipe(
-            recipe, ctx=ctx, kv_type=kv_type, flash_attn=flash_attn, batch=batch, ubatch=ubatch,
-            parallel=parallel, n_gpu_layers=n_gpu_layers, n_cpu_moe=n_cpu_moe, cpu_moe=cpu_moe or None,
-        )  # fmt: skip
-        if quants is not None:
-            report = recommend_quant(path, target, parse_candidates(quants), settings, min_tps)
-            emit_json(report) if json else _show_report(report)
-            return
-        result = fit_model(path, target, settings)
-        emit_json(result) if json else _show_fit(result)
+    Example: mm fit TheBloke/Llama-2-70B-chat-GGUF:llama-2-70b-chat.Q4_K_M.gguf --hardware rtx3060-12g -c 8192
+    """
+    from pipeline.fit import FitSettings, fit_model, parse_candidates, recommend_quant
+    from pipeline.model_info import resolve_model, target_hardware
 
-    @app.command("hw")
-    def hw_cmd(json: JsonOpt = False, recipes: RecipesDirOpt = None) -> None:
-        """This machine's GPUs, RAM and CPU, and the hardware classes mm can plan for."""
-        from pipeline.model_info import local_machine
+    layers = parse_gpu_layers(n_gpu_layers)
+    kv = parse_kv_type(kv_type)
+    candidates = parse_candidates(quants) if quants is not None else None
+    path, recipe, is_stub = resolve_model(model, recipes, token=token, offline=offline, allow_header_stub=True)
+    _note_stub(model, is_stub)
+    target = target_hardware(hardware, parse_memory(vram, "--vram"), parse_memory(ram, "--ram"), recipe, recipes)
+    if layers and not target.has_gpu:
+        raise UsageError(f"--n-gpu-layers {n_gpu_layers}: {target.name} has no GPU", hint="drop it, or give --vram")
+    settings = FitSettings.for_recipe(
+        recipe, ctx=ctx, kv_type=kv, flash_attn=flash_attn, batch=batch, ubatch=ubatch, parallel=parallel,
+        n_gpu_layers=layers, n_cpu_moe=n_cpu_moe, cpu_moe=cpu_moe or None,
+    )  # fmt: skip
+    if candidates is not None:
+        report = recommend_quant(path, target, candidates, settings, min_tps)
+        emit_json(report) if as_json else _show_report(report)
+        return
+    result = fit_model(path, target, settings)
+    emit_json(result) if as_json else _show_fit(result)
+    if result.verdict == "does_not_fit":
+        raise FitError(
+            f"{model} does not fit {result.hardware}: needs {format_size(result.vram_bytes)} VRAM and "
+            f"{format_size(result.ram_bytes)} RAM",
+            hint="try the suggestions above, or a lower quant (--quants all)",
+        )
 
-        machine = local_machine(recipes)
-        if json:
-            emit_json(machine)
-            return
-        gpus = ", ".join(f"{g.name} ({format_size(g.free_bytes)} free of {format_size(g.total_bytes)})"
-                         for g in machine.gpus) or (
-            "none found" if machine.gpu_source == "none" else f"none found (asked {machine.gpu_source})"
-        )  # fmt: skip
-        typer.echo(f"GPUs: {gpus}\nRAM:  {format_size(machine.ram_bytes)}\nCPU:  {machine.cpu} x{machine.cpu_count}\n")
-        rows = [(c.name, format_size(c.vram_bytes) if c.vram_bytes else "-", format_size(c.ram_bytes),
-                 f"{c.gpu_bandwidth_gbps:g}" if c.vram_bytes else "-", f"{c.ram_bandwidth_gbps:g}",
-                 "built-in" if c.builtin else "hardware.toml", c.description) for c in machine.classes]  # fmt: skip
-        table(("class", "vram", "ram", "gpu GB/s", "ram GB/s", "from", "description"), rows)
+
+def hw_command(as_json: JsonOpt = False, recipes: RecipesDirOpt = None) -> None:
+    """This machine's GPUs, RAM and CPU, and the hardware classes mm can plan for.
+
+    Example: mm hw --json
+    """
+    from pipeline.model_info import local_machine
+
+    machine = local_machine(recipes)
+    if as_json:
+        emit_json(machine)
+        return
+    gpus = ", ".join(f"{g.name} ({format_size(g.free_bytes)} free of {format_size(g.total_bytes)})"
+                     for g in machine.gpus) or (
+        "none found" if machine.gpu_source == "none" else f"none found (asked {machine.gpu_source})"
+    )  # fmt: skip
+    typer.echo(f"GPUs: {gpus}\nRAM:  {format_size(machine.ram_bytes)}\nCPU:  {machine.cpu} x{machine.cpu_count}\n")
+    rows = [(c.name, format_size(c.vram_bytes) if c.vram_bytes else "-", format_size(c.ram_bytes),
+             f"{c.gpu_bandwidth_gbps:g}" if c.vram_bytes else "-", f"{c.ram_bandwidth_gbps:g}",
+             "built-in" if c.builtin else "hardware.toml", c.description) for c in machine.classes]  # fmt: skip
+    table(("class", "vram", "ram", "gpu GB/s", "ram GB/s", "from", "description"), rows)
+
+
+def _settings_line(r: FitResult) -> str:
+    s = r.settings
+    forced = "" if s.n_gpu_layers is None else f", {r.n_gpu_layers} GPU layers forced"
+    return (
+        f"assuming ctx {s.ctx}, batch {s.batch}/{s.ubatch}, kv {s.kv_type}, "
+        f"flash-attn {'on' if s.flash_attn else 'off'}, parallel {s.parallel}{forced}"
+    )
 
 
 def _show_fit(r: FitResult) -> None:
     verdicts = {"full_offload": "full offload", "partial_offload": "partial offload", "cpu_only": "CPU only",
                 "does_not_fit": "does not fit"}  # fmt: skip
+    speed = "" if r.verdict == "does_not_fit" else f", ~{r.tokens_per_second:g} tokens/s decode"
     held = f", experts of {r.n_cpu_moe} in RAM" if r.n_cpu_moe else ""
-    typer.echo(f"{verdicts[r.verdict]}: {r.n_gpu_layers}/{r.n_layers + 1} layers on GPU{held} ({r.hardware}), "
-               f"~{r.tokens_per_second:g} tokens/s decode")  # fmt: skip
+    typer.echo(f"{verdicts[r.verdict]}: {r.n_gpu_layers}/{r.n_layers + 1} layers on GPU{held} ({r.hardware}){speed}")
+    typer.echo(_settings_line(r))
     rows = [(name, *(format_size(getattr(d, f"{name}_bytes")) for d in (r.gpu, r.cpu)))
             for name in ("weights", "kv", "output", "compute", "overhead", "total")]  # fmt: skip
     table(("", "gpu", "cpu"), rows)
@@ -168,9 +198,13 @@ def _show_fit(r: FitResult) -> None:
         rows = [(a.label, str(a.n_gpu_layers), str(a.n_cpu_moe), format_size(a.vram_bytes), f"{a.tokens_per_second:g}")
                 for a in r.alternatives]  # fmt: skip
         table(("placement", "gpu layers", "n-cpu-moe", "vram", "tokens/s"), rows)
-    typer.echo(f"fits VRAM: {'yes' if r.fits_vram else 'no'}   fits RAM: {'yes' if r.fits_ram else 'no'}")
+    no_gpu = r.gpu.total_bytes == 0 and r.n_gpu_layers == 0
+    fits_vram = "n/a (no GPU)" if no_gpu else ("yes" if r.fits_vram else "no")
+    typer.echo(f"fits VRAM: {fits_vram}   fits RAM: {'yes' if r.fits_ram else 'no'}")
     for suggestion in r.suggestions:
         typer.echo(f"try {suggestion}")
+    for warning in r.warnings:
+        note(f"warning: {warning}")
     for assumption in r.assumptions:
         note(f"assumes {assumption}")
 
@@ -182,9 +216,15 @@ def _candidate_note(c: QuantCandidate) -> str:
 
 def _show_report(r: QuantReport) -> None:
     rows = [(c.type, format_size(c.file_bytes) + ("" if c.exact_sizes else " ~"), c.n_gpu_layers,
-             f"{c.tokens_per_second:g}", "-" if c.ppl_delta is None else f"+{c.ppl_delta:g}",
+             "-" if not c.fits else f"{c.tokens_per_second:g}", "-" if c.ppl_delta is None else f"+{c.ppl_delta:g}",
              "yes" if c.fits else "no", _candidate_note(c)) for c in r.candidates]  # fmt: skip
     table(("type", "file", "gpu layers", "tokens/s", "ppl (ref)", "fits", "note"), rows)
     typer.echo(f"recommended: {r.recommended or 'none'} ({r.reason})")
     if any(not c.exact_sizes for c in r.candidates):
         note("~ sizes estimated from bits per weight (llama.cpp's quantize dry-run was not available)")
+
+
+def register(app: typer.Typer) -> None:
+    add_command(app, "inspect", inspect_command)
+    add_command(app, "fit", fit_command)
+    add_command(app, "hw", hw_command)

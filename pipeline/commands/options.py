@@ -1,22 +1,32 @@
-"""Option types shared by every command, so each flag is spelled and explained the same way everywhere."""
+"""Option types shared by every command, so each flag is spelled and explained the same way everywhere.
+
+Where llama.cpp, Ollama or `hf` has a well-known spelling, it is an alias here (`-c`, `-ngl`, `-ctk/-ctv`,
+`-t`, `-b`, `-ub`, `-np`), and the values they take are parsed at this edge (`-ngl auto|all|-1`).
+"""
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast, get_args
 
 import typer
+
+from pipeline.errors import UsageError
+from pipeline.recipe import KvType
+from pipeline.units import parse_size
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON result on stdout.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 RevisionOpt = Annotated[
     str | None,
-    typer.Option("--revision", "-r", help="Branch, tag or 40-hex commit on the Hub (default: main)."),
+    typer.Option("--revision", "-r", metavar="REV", help="Branch, tag or 40-hex commit on the Hub (default: main)."),
 ]
 TokenOpt = Annotated[
     str | None,
     typer.Option(
         "--token",
+        metavar="TOKEN",
         help=(
             "Hugging Face token for gated or private repos (default: HF_TOKEN or the saved login). "
             "Never printed or stored."
@@ -26,14 +36,125 @@ TokenOpt = Annotated[
 ]
 OfflineOpt = Annotated[bool, typer.Option("--offline", help="Use only the local cache (as HF_HUB_OFFLINE=1).")]
 RecipesDirOpt = Annotated[
-    Path | None, typer.Option("--recipes", help="Recipes folder (default: MM_RECIPES or ./recipes).")
+    Path | None,
+    typer.Option("--recipes", metavar="DIR", help="Recipes folder (default: MM_RECIPES or ./recipes)."),
 ]
 HardwareOpt = Annotated[
     str | None,
-    typer.Option("--hardware", "-H", help="Hardware class to plan for, e.g. rtx3060-12g (`mm hw` lists them)."),
+    typer.Option(
+        "--hardware", "-H", metavar="CLASS", help="Hardware class to plan for, e.g. rtx3060-12g (`mm hw` lists them)."
+    ),
 ]
+
+
+def _model_from_url(value: str | None) -> str | None:
+    """A Hub URL pasted from the browser becomes owner/name:FILE[@revision]."""
+    from pipeline.hub_url import model_text_from_url
+
+    return None if value is None else model_text_from_url(value)
+
+
+ModelArg = Annotated[
+    str,
+    typer.Argument(
+        metavar="MODEL",
+        callback=_model_from_url,
+        help="A .gguf path, a Hub file owner/name:FILE.gguf[@revision] (or its URL), or a recipe name.",
+        show_default=False,
+    ),
+]
+NameArg = Annotated[str, typer.Argument(metavar="NAME", help="Profile name (`mm ls` lists them).")]
+
+# Run settings, spelled as mm and as llama.cpp's common/arg.cpp spell them.
+CtxOpt = Annotated[
+    int | None, typer.Option("--ctx", "-c", "--ctx-size", metavar="N", min=16, help="Context length (tokens).")
+]
+KvTypeOpt = Annotated[
+    list[str],
+    typer.Option(
+        "--kv-type",
+        "-ctk",
+        "-ctv",
+        "--cache-type-k",
+        "--cache-type-v",
+        metavar="TYPE",
+        help="KV cache type: f16, q8_0 or q4_0 (one type for K and V).",
+        show_default=False,
+    ),
+]
+FlashAttnOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--flash-attn/--no-flash-attn", help="Flash attention (also llama.cpp's -fa on|off|auto).", show_default=False
+    ),
+]
+GpuLayersOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--n-gpu-layers",
+        "-ngl",
+        "--gpu-layers",
+        metavar="N|auto|all",
+        help="Layers on the GPU: a number, all, or auto/-1 = as many as fit (the default).",
+    ),
+]
+ThreadsOpt = Annotated[
+    int | None, typer.Option("--threads", "-t", metavar="N", min=1, help="CPU threads (default: all cores).")
+]
+BatchOpt = Annotated[
+    int | None, typer.Option("--batch", "-b", "--batch-size", metavar="N", min=1, help="Logical batch (n_batch).")
+]
+UbatchOpt = Annotated[
+    int | None,
+    typer.Option("--ubatch", "-ub", "--ubatch-size", metavar="N", min=1, help="Physical batch (n_ubatch)."),
+]
+ParallelOpt = Annotated[
+    int | None,
+    typer.Option("--parallel", "-np", metavar="N", min=1, help="Parallel sequences (n_seq_max)."),
+]
+
 NCpuMoeOpt = Annotated[
     int | None,
-    typer.Option(help="MoE: keep the routed experts of the first N layers in RAM (llama.cpp --n-cpu-moe).", min=0),
+    typer.Option(
+        metavar="N", help="MoE: keep the routed experts of the first N layers in RAM (llama.cpp --n-cpu-moe).", min=0
+    ),
 ]
 CpuMoeOpt = Annotated[bool, typer.Option("--cpu-moe", help="MoE: keep every layer's routed experts in RAM.")]
+
+ALL_LAYERS = 999  # llama.cpp's habit for "all of them" (-ngl 999); fit caps it at n_layers + 1
+
+
+def parse_gpu_layers(text: str | None) -> int | None:
+    """`-ngl` as llama.cpp reads it: a count, `all`, or `auto`/-1 (None: as many as fit)."""
+    if text is None or text.strip().lower() in ("auto", "-1"):
+        return None
+    if text.strip().lower() == "all":
+        return ALL_LAYERS
+    try:
+        value = int(text)
+    except ValueError:
+        value = -2
+    if value < 0:
+        raise UsageError(f"--n-gpu-layers: {text!r} is not a layer count; expected a number >= 0, all, or auto/-1")
+    return value
+
+
+def parse_kv_type(values: list[str]) -> KvType | None:
+    """One KV cache type from --kv-type / -ctk / -ctv (mm, like Ollama, uses one type for K and V)."""
+    allowed: tuple[str, ...] = get_args(KvType)
+    chosen = {v.strip().lower() for v in values}
+    for value in chosen:
+        if value not in allowed:
+            close = difflib.get_close_matches(value, allowed, n=1, cutoff=0.5)
+            raise UsageError(
+                f"--kv-type: {value!r} is not a KV cache type; expected one of {', '.join(allowed)}",
+                hint=f"did you mean {close[0]}?" if close else None,
+            )
+    if len(chosen) > 1:
+        raise UsageError(f"-ctk/-ctv: {' and '.join(sorted(chosen))} differ; mm uses one type for K and V")
+    return cast(KvType, chosen.pop()) if chosen else None  # checked against KvType above
+
+
+def parse_memory(text: str | None, flag: str) -> int | None:
+    """--vram/--ram: sizes as in hardware.toml; a bare number means GiB (64 is 64 GiB, not 64 bytes)."""
+    return None if text is None else parse_size(text, what=flag, bare_unit="G")

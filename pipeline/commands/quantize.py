@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Annotated, Literal
 import typer
 from tqdm import tqdm
 
-from pipeline.commands.options import JsonOpt, QuietOpt, RecipesDirOpt
+from pipeline.commands import add_command
+from pipeline.commands.options import JsonOpt, ModelArg, QuietOpt, RecipesDirOpt, ThreadsOpt
 from pipeline.commands.render import emit_json, note, show_progress, table
 from pipeline.units import format_size
 
@@ -16,42 +17,53 @@ if TYPE_CHECKING:  # llama.cpp's bindings load when a command runs, so `mm` star
     from pipeline.quantize import QuantizeRequest, QuantizeResult
 
 
-def register(app: typer.Typer) -> None:
-    app.command("quantize")(quantize_command)
-
-
 def quantize_command(
-    model: Annotated[str, typer.Argument(help="A .gguf path, a pulled owner/name:FILE.gguf, or a recipe name.")],
+    model: ModelArg,
     to: Annotated[
-        list[str], typer.Option("--to", help="Target type, e.g. q4_k_m (repeatable); an unknown one lists them all.")
+        list[str],
+        typer.Option(
+            "--to", metavar="TYPE", help="Target type, e.g. q4_k_m (repeatable); an unknown one lists them all."
+        ),
     ] = [],  # noqa: B006
-    imatrix: Annotated[Path | None, typer.Option(help="Importance matrix from llama-imatrix.")] = None,
+    imatrix: Annotated[Path | None, typer.Option(metavar="FILE", help="Importance matrix from llama-imatrix.")] = None,
     allow_requantize: Annotated[
         bool, typer.Option("--allow-requantize", help="Allow re-quantizing an already quantized model.")
     ] = False,
-    output_tensor_type: Annotated[str | None, typer.Option(help="ggml type for output.weight.")] = None,
-    token_embedding_type: Annotated[str | None, typer.Option(help="ggml type for token_embd.weight.")] = None,
-    tensor_type: Annotated[list[str], typer.Option(help="PATTERN=TYPE override (repeatable).")] = [],  # noqa: B006
+    output_tensor_type: Annotated[str | None, typer.Option(metavar="TYPE", help="ggml type for output.weight.")] = None,
+    token_embedding_type: Annotated[
+        str | None, typer.Option(metavar="TYPE", help="ggml type for token_embd.weight.")
+    ] = None,
+    tensor_type: Annotated[
+        list[str], typer.Option(metavar="PATTERN=TYPE", help="Per-tensor type override (repeatable).")
+    ] = [],  # noqa: B006
     pure: Annotated[
         bool, typer.Option("--pure", help="No k-quant mixture: every tensor gets the target type.")
     ] = False,
     leave_output_tensor: Annotated[
         bool, typer.Option("--leave-output-tensor", help="Leave output.weight un(re)quantized.")
     ] = False,
-    threads: Annotated[int | None, typer.Option(min=1, help="Threads (default: all cores).")] = None,
-    output: Annotated[Path | None, typer.Option(help="Output file (default: $MM_HOME/quant/...).")] = None,
-    engine: Annotated[
-        Literal["api", "binary"] | None, typer.Option(help="api: libllama in a child process; binary: llama-quantize.")
+    threads: ThreadsOpt = None,
+    output: Annotated[
+        Path | None, typer.Option(metavar="PATH", help="Output file (default: $MM_HOME/quant/...).")
     ] = None,
-    llama_quantize: Annotated[Path | None, typer.Option(help="The llama-quantize binary (engine binary).")] = None,
+    engine: Annotated[
+        Literal["api", "binary"] | None,
+        typer.Option(metavar="api|binary", help="api: libllama in a child process; binary: llama-quantize."),
+    ] = None,
+    llama_quantize: Annotated[
+        Path | None, typer.Option(metavar="PATH", help="The llama-quantize binary (engine binary).")
+    ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Report sizes and per-tensor types; write nothing.")
     ] = False,
     recipes: RecipesDirOpt = None,
-    json_: JsonOpt = False,
+    as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Quantize MODEL to each --to TYPE with llama.cpp (a recipe's [quantize] section gives defaults)."""
+    """Quantize MODEL to each --to TYPE with llama.cpp (a recipe's [quantize] section gives defaults).
+
+    Example: mm quantize model-f16.gguf --to q4_k_m --to q2_k
+    """
     from pipeline.quantize import plan
     from pipeline.quantize_inputs import QuantizeOptions, build_requests
 
@@ -72,14 +84,11 @@ def quantize_command(
     requests = build_requests(model, options, recipes)
     if dry_run:
         plans = [plan(r.source, r.params, engine=r.engine, llama_quantize=r.llama_quantize) for r in requests]
-        if json_:
+        if as_json:
             emit_json(plans)
             return
         for p in plans:
-            kinds: dict[str, int] = {}
-            for tensor in p.tensors:
-                kinds[tensor.type] = kinds.get(tensor.type, 0) + 1
-            mix = ", ".join(f"{n} {k.lower()}" for k, n in sorted(kinds.items(), key=lambda kv: -kv[1]))
+            mix = ", ".join(f"{n} {k.lower()}" for k, n in p.tensor_types.items())
             typer.echo(
                 f"{p.type}: {format_size(p.source_bytes)} -> {format_size(p.file_bytes)} "
                 f"({p.bits_per_weight:.2f} bpw); tensors: {mix}"
@@ -90,7 +99,7 @@ def quantize_command(
                 note(f"  {p.fallback_note}")
         return
     results = [_run_one(r, quiet) for r in requests]
-    if json_:
+    if as_json:
         emit_json(results)
         return
     table(
@@ -120,3 +129,7 @@ def _run_one(request: QuantizeRequest, quiet: bool) -> QuantizeResult:
     if result.fallback_note:
         note(f"{request.params.type}: {result.fallback_note}")
     return result
+
+
+def register(app: typer.Typer) -> None:
+    add_command(app, "quantize", quantize_command)

@@ -1,0 +1,110 @@
+"""`mm run`: talk to a profile — one prompt, an interactive chat, or an OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from pipeline.commands import add_command
+from pipeline.commands.options import JsonOpt, NameArg
+from pipeline.commands.render import emit_json, note
+
+if TYPE_CHECKING:
+    from pipeline.runner import Generation
+
+
+def _read_line() -> str | None:
+    """One user turn; None at end of input (Ctrl-D) or `/bye`. Ctrl-C at the prompt only reminds how to leave."""
+    try:
+        line = input("\n> ")
+    except EOFError:
+        _write("\n")  # the shell's prompt starts on a clean line, not after "> "
+        return None
+    except KeyboardInterrupt:
+        _write("\n")
+        note("(Ctrl-D or /bye ends the chat)")
+        return ""
+    return None if line.strip() in ("/bye", "/exit") else line
+
+
+def _write(piece: str) -> None:
+    sys.stdout.write(piece)
+    sys.stdout.flush()
+
+
+def _after_reply(reply: Generation) -> None:
+    if reply.stopped:
+        _write("\n")
+        note("(reply stopped)")
+
+
+def run_command(
+    name: NameArg,
+    prompt_arg: Annotated[
+        str | None, typer.Argument(metavar="[PROMPT]", help="Answer this one message and exit (as `ollama run`).")
+    ] = None,
+    prompt: Annotated[
+        str | None, typer.Option("--prompt", "-p", metavar="TEXT", help="Same as PROMPT: one chat turn, then exit.")
+    ] = None,
+    raw: Annotated[
+        bool, typer.Option("--raw", help="Continue the prompt as plain text, without the chat format.")
+    ] = False,
+    chat_format: Annotated[
+        str | None,
+        typer.Option(
+            metavar="FORMAT", help="A llama-cpp-python chat format (chatml, llama-3, gemma, ...) instead of the GGUF's."
+        ),
+    ] = None,
+    max_tokens: Annotated[
+        int, typer.Option("--max-tokens", "-n", metavar="N", help="Tokens to generate (per chat turn).", min=1)
+    ] = 256,
+    verify: Annotated[bool, typer.Option("--verify", help="Re-hash the blob before loading.")] = False,
+    server: Annotated[bool, typer.Option("--server", help="Serve an OpenAI-compatible API on 127.0.0.1.")] = False,
+    port: Annotated[int, typer.Option(metavar="PORT", help="Port for --server.", min=1, max=65535)] = 8000,
+    seed: Annotated[int | None, typer.Option(metavar="N", help="Sampling seed, for repeatable output.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Talk to a profile with its exact settings: one PROMPT (a chat turn), an interactive chat, or --server.
+
+    PROMPT and -p are one chat turn in the model's chat template, as `ollama run NAME "..."`; --raw
+    continues the text instead (llama.cpp's completion). Without a prompt: a chat; Ctrl-C stops a reply,
+    Ctrl-D or /bye ends. A GGUF without a chat template gets its architecture's known format (said once).
+
+    Example: mm run llama2-70b-chat-q2_k@rtx3060-12g "Why is the sky blue?"
+    """
+    from pipeline.registry import get_profile
+    from pipeline.runner import chat, chat_format_for, generate, serve
+
+    text = prompt if prompt is not None else prompt_arg
+    if prompt is not None and prompt_arg is not None:
+        from pipeline.errors import UsageError
+
+        raise UsageError("give the prompt once: as PROMPT or with -p, not both")
+    profile = get_profile(name)
+    fmt = chat_format_for(profile, chat_format) if not (raw and text is not None) else None
+    if fmt is not None and fmt.notice:
+        note(fmt.notice)
+    chosen = fmt.name if fmt is not None else None
+    if server:
+        serve(profile, port=port, verify=verify, chat_format=chosen,
+              on_ready=lambda url: note(f"serving {profile.name} on {url} (Ctrl-C stops)"))  # fmt: skip
+    elif text is not None:
+        result = generate(profile, text, max_tokens=max_tokens, on_token=None if as_json else _write, verify=verify,
+                          seed=seed, raw=raw, chat_format=chosen)  # fmt: skip
+        if as_json:
+            emit_json({"profile": profile.name, "text": result.text, "n_tokens": result.n_tokens,
+                       "seconds": round(result.seconds, 3), "tokens_per_second": round(result.tokens_per_second, 2),
+                       "stopped": result.stopped})  # fmt: skip
+            return
+        typer.echo("")
+        note(f"{result.n_tokens} tokens in {result.seconds:.2f}s ({result.tokens_per_second:.1f} tok/s)")
+    else:
+        note(f"chatting with {profile.name}; Ctrl-C stops a reply, Ctrl-D or /bye ends")
+        chat(profile, _read_line, _write, max_tokens=max_tokens, verify=verify, chat_format=chosen,
+             on_reply=_after_reply)  # fmt: skip
+
+
+def register(app: typer.Typer) -> None:
+    add_command(app, "run", run_command)
