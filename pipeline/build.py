@@ -128,7 +128,10 @@ def build(
 ) -> BuildReport:
     """Build each recipe (in parallel with jobs > 1); without keep_going, the first failure stops the rest."""
     reporter = reporter or Reporter()
-    env = StageEnv(home=mm_home(), token=options.token, offline=options.offline)
+    env = StageEnv(
+        home=mm_home(), token=options.token, offline=options.offline,
+        download_progress=reporter.download_progress, quantize_progress=reporter.quantize_progress,
+    )  # fmt: skip
     started = time.perf_counter()
     stop = threading.Event()
 
@@ -325,7 +328,7 @@ def _failed(name: str, reason: str, exc: BaseException, started: float) -> Stage
 
 
 def _not_run(stages: Sequence[Stage], failed: str) -> list[StageReport]:
-    return [StageReport(name=s.name, status="skipped", reason=f"not run: {failed} failed") for s in stages]
+    return [StageReport(name=s.name, status="not_run", reason=f"not run: {failed} failed") for s in stages]
 
 
 def _paths(outcome: StageOutcome) -> list[str]:

@@ -11,11 +11,13 @@ from pydantic import BaseModel, Field
 
 from pipeline.home import atomic_write_text
 from pipeline.provenance import utc_now
+from pipeline.transfer import ProgressFactory
 
 SCHEMA_VERSION = 1
 
 # would_run / would_build appear only in a --dry-run report.
-StageStatus = Literal["ran", "skipped", "failed", "would_run"]
+# not_run: an earlier stage failed, so this one was never attempted.
+StageStatus = Literal["ran", "skipped", "failed", "would_run", "not_run"]
 RecipeStatus = Literal["built", "skipped", "failed", "would_build"]
 
 
@@ -64,22 +66,39 @@ def write_report(report: BuildReport, path: Path) -> None:
     atomic_write_text(path, report.model_dump_json(indent=2) + "\n")
 
 
+WHY_WIDTH = 80  # the summary's why column; the JSON report keeps the whole text
+
+
+def _short(text: str, width: int = WHY_WIDTH) -> str:
+    line = text.splitlines()[0] if text else ""
+    return line if len(line) <= width and "\n" not in text else line[: width - 1] + "…"
+
+
 def summary_rows(report: BuildReport) -> list[list[str]]:
-    """One row per recipe for the human summary table: recipe, status, stages ran/skipped, time, why."""
+    """One row per recipe for the human summary table: recipe, status, stages ran/skipped/not run, time, why."""
     rows = []
     for recipe in report.recipes:
         ran = len(recipe.ran)
         skipped = sum(1 for s in recipe.stages if s.status == "skipped")
+        not_run = sum(1 for s in recipe.stages if s.status == "not_run")
         why = recipe.reason or next((s.reason for s in recipe.stages if s.status != "skipped"), "up to date")
-        rows.append([recipe.name, recipe.status, str(ran), str(skipped), f"{recipe.seconds:.1f}", why])
+        rows.append([recipe.name, recipe.status, str(ran), str(skipped), str(not_run), f"{recipe.seconds:.1f}",
+                     _short(why)])  # fmt: skip
     return rows
 
 
-SUMMARY_HEADERS = ["recipe", "status", "ran", "skipped", "seconds", "why"]
+SUMMARY_HEADERS = ["recipe", "status", "ran", "skipped", "not run", "seconds", "why"]
 
 
 class Reporter:
-    """Event hooks the runner calls (doit's reporter); this base ignores them all."""
+    """Event hooks the runner calls (doit's reporter); this base ignores them all.
+
+    `download_progress` / `quantize_progress`, when set, draw a bar per file downloaded (bytes) and per
+    quantize (tensors): the console sets them when a person watches a terminal.
+    """
+
+    download_progress: ProgressFactory | None = None
+    quantize_progress: ProgressFactory | None = None
 
     def recipe_started(self, recipe: str) -> None:
         """A recipe's lock is held and its stages are about to be checked."""
@@ -103,7 +122,17 @@ class Reporter:
 class ConsoleReporter(Reporter):
     """One line per event for a person watching (the CLI passes a stderr writer); safe across threads."""
 
-    def __init__(self, write: Callable[[str], None], *, verbose: bool = False, quiet: bool = False) -> None:
+    def __init__(
+        self,
+        write: Callable[[str], None],
+        *,
+        verbose: bool = False,
+        quiet: bool = False,
+        download_progress: ProgressFactory | None = None,
+        quantize_progress: ProgressFactory | None = None,
+    ) -> None:
+        self.download_progress = download_progress
+        self.quantize_progress = quantize_progress
         self._write = write
         self._verbose = verbose
         self._quiet = quiet  # failures only
@@ -131,6 +160,7 @@ class ConsoleReporter(Reporter):
         self._line(f"{recipe}: {stage.name}: FAILED: {stage.error}", failure=True)
 
     def recipe_done(self, report: RecipeReport) -> None:
-        detail = f" ({report.reason})" if report.reason else ""
+        stage_failed = any(s.status == "failed" for s in report.stages)  # its error was shown just before
+        detail = f" ({report.reason})" if report.reason and not stage_failed else ""
         if report.status != "skipped" or report.reason or self._verbose:
             self._line(f"{report.name}: {report.status}{detail}", failure=report.status == "failed")

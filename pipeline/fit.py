@@ -389,16 +389,15 @@ class _Planned(NamedTuple):
     kinds: dict[str, int]  # ggml type -> tensor count
     exact: bool  # True: llama.cpp's quantize dry-run; False: a bits-per-weight estimate
     needs_imatrix: bool
+    file_bytes: int  # the whole file: header (a 262k-token vocabulary is megabytes of it) + aligned tensor data
 
 
 def _planned_sizes(headers: list[GGUFHeader], qtype: QuantType) -> _Planned:
     """Per-tensor sizes for a candidate: llama.cpp's quantize dry-run, else (if it fails) an estimate."""
     try:
         result = plan(headers[0].path, QuantParams(type=qtype.canonical, allow_requantize=True))
-        kinds: dict[str, int] = {}
-        for planned in result.tensors:
-            kinds[planned.type] = kinds.get(planned.type, 0) + 1
-        return _Planned({t.name: t.n_bytes for t in result.tensors}, kinds, True, result.needs_imatrix)
+        sizes = {t.name: t.n_bytes for t in result.tensors}
+        return _Planned(sizes, result.tensor_types, True, result.needs_imatrix, result.file_bytes)
     except MMError as exc:
         log.warning("quantize dry-run failed for %s (%s); estimating sizes from bits per weight", qtype.name, exc)
     sizes, kinds = {}, {}
@@ -409,7 +408,7 @@ def _planned_sizes(headers: list[GGUFHeader], qtype: QuantType) -> _Planned:
             else:
                 sizes[tensor.name], kind = int(tensor.n_elements * qtype.bits_per_weight / 8), qtype.canonical
             kinds[kind] = kinds.get(kind, 0) + 1
-    return _Planned(sizes, kinds, False, qtype.needs_imatrix)
+    return _Planned(sizes, kinds, False, qtype.needs_imatrix, headers[0].data_offset + sum(sizes.values()))
 
 
 def _requant_note(source: QuantType | None, qtype: QuantType) -> str | None:
@@ -438,7 +437,7 @@ def recommend_quant(
         note = _requant_note(source, qtype)
         rows.append(
             QuantCandidate(
-                type=qtype.canonical, file_bytes=sum(planned.sizes.values()), exact_sizes=planned.exact,
+                type=qtype.canonical, file_bytes=planned.file_bytes, exact_sizes=planned.exact,
                 tensor_types=planned.kinds, n_gpu_layers=fit.n_gpu_layers, tokens_per_second=fit.tokens_per_second,
                 ppl_delta=qtype.ppl_delta, fits=fit.verdict != "does_not_fit", verdict=fit.verdict,
                 needs_imatrix=planned.needs_imatrix, worth_it=note is None, note=note,

@@ -42,9 +42,13 @@ class Home:
 
     @property
     def hub(self) -> Path:
-        """Hub cache: an explicitly set HF_HUB_CACHE wins, so an existing cache is reused, not copied."""
+        """Hub cache: HF_HUB_CACHE, else HF_HOME/hub (huggingface_hub's own order), so an existing cache is
+        reused, not copied; else the mm home's hub/."""
         explicit = os.environ.get("HF_HUB_CACHE")
-        return Path(explicit).expanduser() if explicit else self.root / "hub"
+        if explicit:
+            return Path(explicit).expanduser()
+        hf_home = os.environ.get("HF_HOME")
+        return Path(hf_home).expanduser() / "hub" if hf_home else self.root / "hub"
 
     @property
     def quant(self) -> Path:

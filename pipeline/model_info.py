@@ -23,6 +23,7 @@ from pipeline.memory import model_shape
 from pipeline.model_ref import local_model_file, parse_model_arg
 from pipeline.quant_types import by_ftype
 from pipeline.recipe import HARDWARE_FILE, Recipe, recipes_dir
+from pipeline.units import format_size
 
 # Used for the local machine, whose bandwidths mm cannot measure cheaply: a mid-range GPU and
 # dual-channel DDR4 (see the built-in classes in hardware.py).
@@ -234,4 +235,10 @@ def target_hardware(
             changes["gpu_bandwidth_gbps"] = LOCAL_GPU_BANDWIDTH_GBPS
     if ram_bytes is not None:
         changes["ram_bytes"] = ram_bytes
-    return base.model_copy(update=changes) if changes else base
+    if not changes:
+        return base
+    given = ", ".join(
+        f"{format_size(n)} {what}" for n, what in ((vram_bytes, "VRAM"), (ram_bytes, "RAM")) if n is not None
+    )
+    changes["name"] = f"{given}" if base.name == "local" else f"{base.name} with {given}"
+    return base.model_copy(update=changes)

@@ -7,11 +7,12 @@ an action that produces outputs. Actions call the same library functions as `mm 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from pipeline.hardware import HardwareClass, get_hardware
 from pipeline.home import Home
 from pipeline.provenance import QuantParams, SourceRef
 from pipeline.recipe import HARDWARE_FILE, Recipe
+from pipeline.transfer import Progress, ProgressFactory
 
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 # Bumped when a stage's action changes what it produces, so stamps of the old action are stale.
@@ -72,6 +74,8 @@ class StageEnv:
     token: str | None = None
     offline: bool = False
     llama_cpp_version: str = field(default_factory=lambda: llama_cpp_version())
+    download_progress: ProgressFactory | None = None  # a bar per file (bytes), when someone is watching
+    quantize_progress: ProgressFactory | None = None  # a bar per quantize (tensors)
 
 
 def llama_cpp_version() -> str:
@@ -188,8 +192,12 @@ def _download_stage(recipe: Recipe, env: StageEnv) -> Stage:
         assert source.repo is not None and source.file is not None
         commit = up["resolve"].values["commit"]
         files = pull(
-            source.repo, source.file, commit, token=env.token, offline=env.offline, expected_sha256=source.sha256
-        )
+            source.repo, source.file, commit, token=env.token, offline=env.offline, expected_sha256=source.sha256,
+            progress=env.download_progress,
+        )  # fmt: skip
+        from pipeline.hub_cache import write_ref
+
+        write_ref(source.repo, source.revision, commit)  # as `mm pull` does: --offline and huggingface_hub find it
         ref = source_ref_for(files).model_copy(update={"revision": source.revision})
         return StageOutcome(
             outputs=[output_record(env.home, Path(f.path), f.sha256) for f in files],
@@ -286,12 +294,35 @@ def _quantize_stage(recipe: Recipe, env: StageEnv, qtype: str) -> Stage:
             engine=recipe.quantize.engine,
             threads=recipe.run.threads,
         )
-        result = quantize(request)
+        with _tensor_progress(env.quantize_progress, f"quantize {qtype}") as progress:
+            result = quantize(request, progress)
         sha = result.record.sha256 if result.record is not None else None
         out = output_record(env.home, Path(result.output), sha)
         return StageOutcome(outputs=[out], values={"path": out.path, "sha256": out.sha256})
 
     return Stage(f"quantize:{qtype}", ("verify",), inputs, action)
+
+
+@contextlib.contextmanager
+def _tensor_progress(factory: ProgressFactory | None, label: str) -> Iterator[Callable[[int, int], None] | None]:
+    """quantize's (done, total) callback drawn on a bar from `factory`, made once the total is known."""
+    if factory is None:
+        yield None
+        return
+    bar: list[Progress] = []
+    last = [0]
+
+    def progress(done: int, total: int) -> None:
+        if not bar:
+            bar.append(factory(label, total, 0))
+        bar[0].update(done - last[0])
+        last[0] = done
+
+    try:
+        yield progress
+    finally:
+        if bar:
+            bar[0].close()
 
 
 def _fit_stage(recipe: Recipe, env: StageEnv, qtype: str) -> Stage:

@@ -23,12 +23,16 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "mm-home"
     monkeypatch.setenv("MM_HOME", str(home))
     monkeypatch.setenv("HF_ENDPOINT", UNREACHABLE_ENDPOINT)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    # HF_HOME would move the Hub cache (mm honours it as huggingface_hub does): keep it unset, and point
+    # the token files huggingface_hub reads at an empty place instead.
+    monkeypatch.setenv("HF_TOKEN_PATH", str(tmp_path / "hf-home" / "token"))
+    monkeypatch.setenv("HF_STORED_TOKENS_PATH", str(tmp_path / "hf-home" / "stored_tokens"))
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     for name in (
         "HF_TOKEN",
         "HUGGING_FACE_HUB_TOKEN",
         "HF_HUB_CACHE",
+        "HF_HOME",
         "HF_HUB_OFFLINE",
         "MM_RECIPES",
         "MM_DEBUG",

@@ -11,7 +11,7 @@ import typer
 from pipeline.build_report import SUMMARY_HEADERS, ConsoleReporter, summary_rows, write_report
 from pipeline.commands import add_command
 from pipeline.commands.options import JsonOpt, OfflineOpt, QuietOpt, RecipesDirOpt, TokenOpt
-from pipeline.commands.render import emit_json, note, table
+from pipeline.commands.render import byte_bar, emit_json, note, show_progress, table, tensor_bar
 from pipeline.errors import BuildError
 from pipeline.recipe import recipes_dir
 
@@ -42,7 +42,7 @@ def build_command(
 ) -> None:
     """Build recipes: resolve → download → verify → quantize → fit → publish, skipping what is up to date.
 
-    Exit status is non-zero when any recipe failed.
+    In a terminal, downloads and quantizes show progress bars. Exits 10 when any recipe failed.
 
     Example: mm build --all --keep-going --report cache/nightly-report.json
     """
@@ -57,7 +57,10 @@ def build_command(
     options = BuildOptions(
         force=force, dry_run=dry_run, keep_going=keep_going, jobs=jobs, no_wait=no_wait, token=token, offline=offline
     )
-    report = build(paths, options, ConsoleReporter(note, verbose=dry_run, quiet=quiet))
+    bars = show_progress(quiet) and not as_json and jobs == 1
+    reporter = ConsoleReporter(note, verbose=dry_run, quiet=quiet, download_progress=byte_bar if bars else None,
+                               quantize_progress=tensor_bar if bars else None)  # fmt: skip
+    report = build(paths, options, reporter)
     if report_file is not None:
         write_report(report, report_file)
     if as_json:

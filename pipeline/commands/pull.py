@@ -6,26 +6,17 @@ import sys
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from tqdm import tqdm
 
 from pipeline.commands import add_command
 from pipeline.commands.options import JsonOpt, OfflineOpt, QuietOpt, RecipesDirOpt, RevisionOpt, TokenOpt
-from pipeline.commands.render import emit_json, note, show_progress, table
+from pipeline.commands.render import byte_bar, emit_json, note, show_progress, table
 from pipeline.errors import UsageError
 from pipeline.units import format_size
 
 if TYPE_CHECKING:  # the Hub client is imported when a pull runs, not on every `mm` start
     from pipeline.download import PullTarget
-    from pipeline.transfer import Progress
 
 INTERRUPTED_EXIT = 130  # 128 + SIGINT, as shells report it
-
-
-def _bar(label: str, total: int, initial: int) -> Progress:
-    bar: Progress = tqdm(
-        total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024, desc=label, file=sys.stderr
-    )
-    return bar
 
 
 def _ask(files: list[tuple[str, int]]) -> str:
@@ -101,7 +92,7 @@ def pull_command(
         filename = target.filename or _choose_file(target, token)
         files = download.pull(
             target.repo, filename, target.revision, token=token, offline=offline, expected_sha256=target.sha256,
-            progress=_bar if show_progress(quiet) else None,
+            progress=byte_bar if show_progress(quiet) else None,
         )  # fmt: skip
     except KeyboardInterrupt:
         note("\ninterrupted: what was downloaded is kept; rerun the same command to resume")

@@ -9,6 +9,9 @@ from typing import Any
 
 import typer
 from pydantic import BaseModel
+from tqdm import tqdm
+
+from pipeline.transfer import Progress
 
 
 def emit_json(document: Any) -> None:
@@ -48,3 +51,17 @@ def note(message: str) -> None:
 def show_progress(quiet: bool) -> bool:
     """Progress bars only for a person watching a terminal."""
     return not quiet and sys.stderr.isatty()
+
+
+def byte_bar(label: str, total: int, initial: int) -> Progress:
+    """A download's bar on stderr (bytes, binary units)."""
+    bar: Progress = tqdm(
+        total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024, desc=label, file=sys.stderr
+    )
+    return bar
+
+
+def tensor_bar(label: str, total: int, initial: int) -> Progress:
+    """A quantize's bar on stderr (tensors done of total); gone when it finishes."""
+    bar: Progress = tqdm(total=total, initial=initial, unit="tensor", desc=label, file=sys.stderr, leave=False)
+    return bar
