@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipeline.errors import UsageError
+from pipeline.validation import did_you_mean
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,11 @@ def parse_quant_type(text: str) -> QuantType:
     """Case-insensitive, as llama.cpp's quantize; raises UsageError listing what is valid."""
     found = _BY_NAME.get(text.strip().lower())
     if found is None:
-        raise UsageError(f"unknown quantization type {text!r}; valid types: {valid_types_help()}")
+        close = did_you_mean(text.strip(), _BY_NAME)
+        raise UsageError(
+            f"unknown quantization type {text!r}; valid types: {valid_types_help()}",
+            hint=f"did you mean {close}?" if close else None,
+        )
     return found
 
 

@@ -193,7 +193,7 @@ def load_recipe(path: Path) -> Recipe:
     try:
         recipe = Recipe.model_validate(document)
     except ValidationError as exc:
-        raise RecipeError(describe_validation_error(str(path), exc)) from None
+        raise RecipeError(describe_validation_error(str(path), exc, Recipe)) from None
     try:
         catalog = hardware_catalog(path.parent / HARDWARE_FILE)
     except HardwareError as exc:

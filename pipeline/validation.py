@@ -2,21 +2,55 @@
 
 from __future__ import annotations
 
+import difflib
 import tomllib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 
-def describe_validation_error(source: str, error: ValidationError) -> str:
-    """One line per problem: `recipes/x.toml: quantize.types.0: unknown quantization type 'q9' …`."""
+def did_you_mean(value: str, choices: Iterable[str]) -> str | None:
+    """The closest choice to a mistyped value, ignoring case, `_` and `-` (q4km → q4_k_m), or None."""
+
+    def squash(text: str) -> str:
+        return text.lower().replace("_", "").replace("-", "")
+
+    by_squashed = {squash(c): c for c in choices}
+    if squash(value) in by_squashed:
+        return by_squashed[squash(value)]
+    close = difflib.get_close_matches(squash(value), list(by_squashed), n=1, cutoff=0.75)
+    return by_squashed[close[0]] if close else None
+
+
+def _sibling_keys(model: type[BaseModel] | None, loc: tuple[int | str, ...]) -> list[str]:
+    """The keys allowed beside the last part of `loc` in `model` (for a suggestion on an unknown key)."""
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part)) if model is not None else None
+        annotation = field.annotation if field is not None else None
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return list(model.model_fields) if model is not None else []
+
+
+def describe_validation_error(source: str, error: ValidationError, model: type[BaseModel] | None = None) -> str:
+    """One line per problem: `recipes/x.toml: quantize.types.0: unknown quantization type 'q9' …`.
+
+    Given the `model` that was validated, an unknown key gets a suggestion (allow_requantise → allow_requantize).
+    """
     lines = []
     for item in error.errors():
         field = ".".join(str(part) for part in item["loc"]) or "(top level)"
         message = item["msg"]
         if item["type"] == "extra_forbidden":
-            message = "unknown key (not part of the schema; check its spelling)"
+            close = (
+                did_you_mean(str(item["loc"][-1]), _sibling_keys(model, tuple(item["loc"]))) if item["loc"] else None
+            )
+            message = (
+                f"unknown key; did you mean {close!r}?"
+                if close
+                else ("unknown key (not part of the schema; check its spelling)")
+            )
         elif item["type"] == "missing":
             message = "required field is missing"
         message = message.removeprefix("Value error, ")
