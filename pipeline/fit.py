@@ -400,7 +400,7 @@ def _planned_sizes(headers: list[GGUFHeader], qtype: QuantType) -> _Planned:
         return _Planned(sizes, result.tensor_types, True, result.needs_imatrix, result.file_bytes)
     except MMError as exc:
         log.warning("quantize dry-run failed for %s (%s); estimating sizes from bits per weight", qtype.name, exc)
-    sizes: dict[str, int] = {}
+    sizes = {}
     kinds: dict[str, int] = {}
     for header in headers:
         for tensor in header.tensors:
