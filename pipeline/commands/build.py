@@ -10,7 +10,7 @@ import typer
 
 from pipeline.build_report import SUMMARY_HEADERS, ConsoleReporter, summary_rows, write_report
 from pipeline.commands import add_command
-from pipeline.commands.options import JsonOpt, OfflineOpt, QuietOpt, RecipesDirOpt, TokenOpt
+from pipeline.commands.options import JsonOpt, OfflineOpt, QuietOpt, RecipesDirOpt, TokenOpt, writable_target
 from pipeline.commands.render import byte_bar, emit_json, note, show_progress, table, tensor_bar
 from pipeline.errors import BuildError
 from pipeline.recipe import recipes_dir
@@ -47,6 +47,8 @@ def build_command(
     Example: mm build --all --keep-going --report cache/nightly-report.json
     """
     from pipeline.build import BuildOptions, build, parse_shard, select_recipes
+
+    writable_target(report_file, "--report")
 
     paths = select_recipes(
         recipes or [],

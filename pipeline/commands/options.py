@@ -37,7 +37,13 @@ TokenOpt = Annotated[
 OfflineOpt = Annotated[bool, typer.Option("--offline", help="Use only the local cache (as HF_HUB_OFFLINE=1).")]
 RecipesDirOpt = Annotated[
     Path | None,
-    typer.Option("--recipes", metavar="DIR", help="Recipes folder (default: MM_RECIPES or ./recipes)."),
+    typer.Option(
+        "--recipes",
+        metavar="DIR",
+        exists=True,
+        file_okay=False,
+        help="Recipes folder (default: MM_RECIPES or ./recipes).",
+    ),
 ]
 HardwareOpt = Annotated[
     str | None,
@@ -158,3 +164,9 @@ def parse_kv_type(values: list[str]) -> KvType | None:
 def parse_memory(text: str | None, flag: str) -> int | None:
     """--vram/--ram: sizes as in hardware.toml; a bare number means GiB (64 is 64 GiB, not 64 bytes)."""
     return None if text is None else parse_size(text, what=flag, bare_unit="G")
+
+
+def writable_target(path: Path | None, flag: str) -> None:
+    """A file mm will write at the end of long work: its folder must exist now, not after the work."""
+    if path is not None and not path.expanduser().absolute().parent.is_dir():
+        raise UsageError(f"{flag} {path}: folder {path.expanduser().absolute().parent} does not exist")

@@ -9,8 +9,9 @@ import typer
 from tqdm import tqdm
 
 from pipeline.commands import add_command
-from pipeline.commands.options import JsonOpt, ModelArg, QuietOpt, RecipesDirOpt, ThreadsOpt
+from pipeline.commands.options import JsonOpt, ModelArg, QuietOpt, RecipesDirOpt, ThreadsOpt, writable_target
 from pipeline.commands.render import emit_json, note, show_progress, table
+from pipeline.errors import UsageError
 from pipeline.units import format_size
 
 if TYPE_CHECKING:  # llama.cpp's bindings load when a command runs, so `mm` starts fast
@@ -51,7 +52,10 @@ def quantize_command(
         typer.Option(metavar="api|binary", help="api: libllama in a child process; binary: llama-quantize."),
     ] = None,
     llama_quantize: Annotated[
-        Path | None, typer.Option(metavar="PATH", help="The llama-quantize binary (engine binary).")
+        Path | None,
+        typer.Option(
+            metavar="PATH", exists=True, dir_okay=False, help="The llama-quantize binary (implies --engine binary)."
+        ),
     ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Report sizes and per-tensor types; write nothing.")
@@ -66,6 +70,11 @@ def quantize_command(
     """
     from pipeline.quantize import plan
     from pipeline.quantize_inputs import QuantizeOptions, build_requests
+
+    writable_target(output, "--output")
+    if llama_quantize is not None and engine == "api":
+        raise UsageError("--llama-quantize runs the binary engine; drop it or --engine api")
+    engine = "binary" if llama_quantize is not None else engine
 
     options = QuantizeOptions(
         types=to,

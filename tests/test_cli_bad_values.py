@@ -1,0 +1,161 @@
+"""Every option of every command, given a bad value: one error message, an exit code from the README's
+table, no traceback. Generated from the typer app, so a new option is covered without writing a test.
+
+The `mm` fixture runs with catch_exceptions=False: anything but a clean exit (a pydantic ValidationError,
+an OSError) fails the test with its traceback. An option that takes a value with no wrong spelling
+(a token, a prompt) is listed in ANY_VALUE, with why; a new option must be given a bad value here or
+there, or the catalogue test fails.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import typer
+from typer import _click
+from typer.testing import Result
+
+from pipeline.cli import app
+from pipeline.hardware import get_hardware
+from pipeline.registry import publish
+
+README_EXIT_CODES = {2, 3, 4, 5, 6, 7, 8, 9, 10, 11}  # README "Exit codes" (usage … lock busy)
+
+# A bad value for options whose type alone does not make one (strings, paths, choices).
+BAD_BY_NAME = {
+    "--hardware": "no-such-card",
+    "--vram": "12 parsecs",
+    "--ram": "lots",
+    "--kv-type": "q8",
+    "--n-gpu-layers": "most",
+    "--quants": "q9_z",
+    "--to": "q4km",
+    "--format": "docker",
+    "--engine": "gpu",
+    "--shard": "5/4",
+    "--report": "/nonexistent-folder/report.json",
+    "--recipes": "/nonexistent-recipes-folder",
+    "--chat-format": "klingon",
+    "--imatrix": "/nonexistent/imatrix.dat",
+    "--output-tensor-type": "q9_z",
+    "--token-embedding-type": "q9_z",
+    "--tensor-type": "attn_v",
+    "--output": "/nonexistent-folder/out.gguf",
+    "--llama-quantize": "/nonexistent/llama-quantize",
+    "--source": "/nonexistent/llama-cpp-python.tar.gz",
+    "--name": "no/slashes allowed",
+    "--file": "other.gguf",  # MODEL already names a file
+    "--revision": "no-such-branch",  # the (unreachable) Hub: a Hub error
+}
+# Options where every value is allowed: why no value is wrong.
+ANY_VALUE = {
+    "--token": "any string may be a token; only the Hub can refuse it",
+    "--prompt": "any text is a prompt",
+    "--cmake-arg": "cmake's own options; only a (minutes-long) build could reject one",
+}
+# The valid arguments each command is run with, by metavar.
+PROFILE = "tiny@cpu"
+
+
+def _commands() -> Iterator[tuple[list[str], _click.Command]]:
+    def walk(path: list[str], command: _click.Command) -> Iterator[tuple[list[str], _click.Command]]:
+        sub = getattr(command, "commands", None)
+        if sub:
+            for name, child in sub.items():
+                yield from walk([*path, name], child)
+        else:
+            yield path, command
+
+    yield from walk([], typer.main.get_command(app))
+
+
+def _value_options(command: _click.Command) -> list[_click.Parameter]:
+    return [
+        p
+        for p in command.params
+        if p.param_type_name == "option" and not getattr(p, "is_flag", False) and not getattr(p, "count", False)
+        and p.name != "help"
+    ]  # fmt: skip
+
+
+def _annotation(param: _click.Parameter) -> object:
+    return getattr(getattr(param, "type_descriptor", None), "annotation", None)
+
+
+def _long_name(param: _click.Parameter) -> str:
+    return next(o for o in param.opts if o.startswith("--"))
+
+
+CASES = [
+    pytest.param(path, _long_name(p), id=f"{' '.join(path)} {_long_name(p)}")
+    for path, command in _commands()
+    for p in _value_options(command)
+    if _long_name(p) not in ANY_VALUE
+]
+
+
+def _bad_value(param: _click.Parameter) -> str:
+    name = _long_name(param)
+    if name in BAD_BY_NAME:
+        return BAD_BY_NAME[name]
+    low = getattr(param, "min", None)
+    if low is not None:
+        return str(int(low) - 1)  # below the range
+    return "not-a-number"
+
+
+def _command(path: list[str]) -> _click.Command:
+    return next(c for p, c in _commands() if p == path)
+
+
+@pytest.fixture
+def args_for(tiny_model: Path, tmp_path: Path) -> Callable[[_click.Command], list[str]]:
+    publish(tiny_model, get_hardware("cpu-64g"), name=PROFILE)
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(f'hardware = "cpu-64g"\n[source]\npath = "{tiny_model}"\n[quantize]\ntypes = ["q8_0"]\n')
+    values = {"MODEL": str(tiny_model), "NAME": PROFILE, "[RECIPE]...": str(recipe)}
+    # What else a command needs to get as far as the option (quantize needs a type).
+    needs = {"quantize": ["--to", "q8_0"]}
+
+    def args(command: _click.Command) -> list[str]:
+        out = list(needs.get(str(command.name), []))
+        for param in command.params:
+            if param.param_type_name == "argument" and (param.required or param.metavar in values):
+                if param.metavar not in values:
+                    pytest.fail(f"{command.name}: no valid value known for argument {param.metavar}")
+                out.append(values[str(param.metavar)])
+        return out
+
+    return args
+
+
+def test_every_value_option_is_covered() -> None:
+    for path, command in _commands():
+        for param in _value_options(command):
+            name = _long_name(param)
+            typed = getattr(param, "min", None) is not None or _annotation(param) in (int, float)
+            assert name in BAD_BY_NAME or name in ANY_VALUE or typed, (
+                f"mm {' '.join(path)} {name}: add a bad value to BAD_BY_NAME (or a reason to ANY_VALUE)"
+            )
+
+
+@pytest.mark.parametrize(("path", "option"), CASES)
+def test_a_bad_value_is_one_clear_error(
+    mm: Callable[..., Result], args_for: Callable[[_click.Command], list[str]], path: list[str], option: str
+) -> None:
+    command = _command(path)
+    param = next(p for p in _value_options(command) if _long_name(p) == option)
+    argv = [*path, *args_for(command), option, _bad_value(param)]
+    if option == "--to":
+        argv = [*path, *args_for(command)[2:], option, _bad_value(param)]
+    if path == ["pull"]:
+        argv = ["pull", "acme/tiny-GGUF:tiny.gguf", option, _bad_value(param)]
+    result = mm(*argv)
+    errors = [line for line in result.stderr.splitlines() if re.match(r"(?i)^error\b", line)]
+    assert result.exit_code in README_EXIT_CODES, f"mm {' '.join(argv)}: exit {result.exit_code}\n{result.output}"
+    assert len(errors) == 1, f"mm {' '.join(argv)}: expected one error line\n{result.stderr}"
+    assert "Traceback" not in result.output and "validation error" not in result.output.lower()
+    assert option in result.stderr or _bad_value(param) in result.stderr or result.exit_code == 3, result.stderr
