@@ -54,20 +54,30 @@ _LOG_CALLBACK: list[Any] = []  # keeps the ctypes callback alive as long as llam
 
 
 def _route_llama_log() -> None:
-    """llama.cpp's log to the `llama.cpp` logger at debug level: llama-cpp-python 0.3 maps ggml's log levels
-    off by one (its _logger.py predates GGML_LOG_LEVEL_DEBUG = 1), so warnings such as
-    "llama_kv_cache_iswa: using full-size SWA cache" reach the terminal even with verbose=False."""
-    if _LOG_CALLBACK:
-        return
+    """llama.cpp's log to the `llama.cpp` logger at debug level (-vv shows it).
+
+    llama-cpp-python 0.3's own callback maps ggml's log levels off by one (its _logger.py predates
+    GGML_LOG_LEVEL_DEBUG = 1), so warnings such as "llama_kv_cache_iswa: using full-size SWA cache" reach
+    the terminal even with verbose=False. Only that callback (or none) is replaced: a caller that
+    installed its own keeps it.
+    """
     import llama_cpp
+    from llama_cpp import _logger
 
-    @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
-    def to_logging(level: int, text: bytes | None, user_data: ctypes.c_void_p) -> None:
-        if text:
-            llama_log.debug("%s", text.decode(errors="replace").rstrip())
+    current, data = llama_cpp.llama_log_callback(), ctypes.c_void_p()
+    llama_cpp.llama_log_get(ctypes.byref(current), ctypes.byref(data))
+    address = ctypes.cast(current, ctypes.c_void_p).value
+    if address not in (None, ctypes.cast(_logger.llama_log_callback, ctypes.c_void_p).value):
+        return
+    if not _LOG_CALLBACK:
 
-    _LOG_CALLBACK.append(to_logging)
-    llama_cpp.llama_log_set(to_logging, ctypes.c_void_p(0))
+        @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
+        def to_logging(level: int, text: bytes | None, user_data: ctypes.c_void_p) -> None:
+            if text:
+                llama_log.debug("%s", text.decode(errors="replace").rstrip())
+
+        _LOG_CALLBACK.append(to_logging)
+    llama_cpp.llama_log_set(_LOG_CALLBACK[0], ctypes.c_void_p(0))
 
 
 def run_kwargs(profile: Profile, *, verify: bool = False) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import Result
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-GROUPS = {"recipe", "llama"}
+GROUPS = {"recipe", "llama", "cache"}
 
 
 def _readme_command_lines() -> list[str]:
