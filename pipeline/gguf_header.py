@@ -5,8 +5,11 @@ string of the tokenizer arrays in Python (~10 s for a 262k-token vocabulary). mm
 of those arrays, so this reader walks string lengths with one buffered read of the header region and
 keeps small placeholders for big arrays. Its cost depends on the header size, not the file size.
 
-Every count and length is bounded by the bytes left in the file before anything is allocated, so a
-malformed file fails at once with ModelFormatError instead of hanging or allocating gigabytes.
+Every count and length is bounded by the bytes left in the file before anything is allocated, and
+capped at values no real model reaches (a header stub is a sparse file as large as the model, so the
+bytes left prove little); the hyperparameters mm computes with are type- and range-checked. So a
+malformed or hostile file fails at once with ModelFormatError instead of hanging, allocating
+gigabytes or handing a negative head count to the fit. Names from the file are escaped in messages.
 """
 
 from __future__ import annotations
@@ -22,11 +25,45 @@ import numpy as np
 
 from pipeline.errors import ModelFormatError
 from pipeline.model_ref import shard_paths
+from pipeline.safe_names import printable
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
 SMALL_ARRAY = 64  # arrays longer than this are summarised (their length and element type), not kept
 _CHUNK = 1 << 20
+# Caps no real model reaches (the largest today: ~2k tensors, ~60 KV pairs, 262k-token vocabularies,
+# chat templates of a few hundred KB); each is far above those and far below what hurts to allocate.
+MAX_TENSORS = 1 << 18
+MAX_KV = 1 << 16
+MAX_KEY_BYTES = 1 << 16  # the GGUF spec: keys are at most 65535 bytes
+MAX_STRING_BYTES = 16 << 20
+MAX_ARRAY_LENGTH = 1 << 24
+MAX_TENSOR_NAME_BYTES = 63  # GGML_MAX_NAME (64) less the terminating NUL; gguf.cpp refuses longer names
+MAX_ALIGNMENT = 1 << 20
+MAX_ELEMENTS = (1 << 63) - 1  # gguf.cpp: the element count must stay below INT64_MAX
+ARCH_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")  # llama-arch.cpp's names: "llama", "qwen3moe", "gemma3n"
+# Hyperparameters (`{arch}.<key>`) mm computes with: an integer 0..cap, or a short per-layer array of them.
+HPARAM_CAPS = {
+    "block_count": 1 << 12,
+    "context_length": 1 << 30,
+    "embedding_length": 1 << 20,
+    "feed_forward_length": 1 << 22,
+    "attention.head_count": 1 << 16,
+    "attention.head_count_kv": 1 << 16,
+    "attention.key_length": 1 << 16,
+    "attention.value_length": 1 << 16,
+    "attention.sliding_window": 1 << 30,
+    "attention.sliding_window_pattern": 1 << 12,
+    "vocab_size": 1 << 24,
+    "expert_count": 1 << 16,
+    "expert_used_count": 1 << 16,
+    "ssm.conv_kernel": 1 << 16,
+    "ssm.inner_size": 1 << 22,
+    "ssm.state_size": 1 << 16,
+    "ssm.group_count": 1 << 16,
+    "wkv.head_size": 1 << 16,
+    "token_shift_count": 1 << 8,
+}
 
 _SCALARS: dict[gguf.GGUFValueType, str] = {
     gguf.GGUFValueType.UINT8: "<B",
@@ -122,9 +159,13 @@ class _Buffer:
     def unpack(self, fmt: str, what: str) -> Any:
         return struct.unpack(fmt, self.take(struct.calcsize(fmt), what))[0]
 
-    def count(self, what: str, min_item_bytes: int) -> int:
-        """A u64 count that must fit in the rest of the file at `min_item_bytes` each."""
+    def count(self, what: str, min_item_bytes: int, cap: int) -> int:
+        """A u64 count that must fit in the rest of the file at `min_item_bytes` each, and be at most `cap`."""
         n = int(self.unpack("<Q", what))
+        if n > cap:
+            raise ModelFormatError(
+                f"{self.path}: corrupt GGUF header: {what} = {n} is more than any model has (at most {cap})"
+            )
         if n * max(min_item_bytes, 1) > self.remaining():
             raise ModelFormatError(
                 f"{self.path}: corrupt GGUF header: {what} = {n} cannot fit in the {self.remaining()} bytes left"
@@ -152,8 +193,8 @@ class _Buffer:
                     f"{self.path}: truncated or corrupt GGUF header: {what}[{done - 1}] runs past the end of the file"
                 )
 
-    def string(self, what: str) -> str:
-        length = self.count(f"length of {what}", 1)
+    def string(self, what: str, cap: int = MAX_STRING_BYTES) -> str:
+        length = self.count(f"length of {what}", 1, cap)
         return self.take(length, what).decode("utf-8", errors="replace")
 
 
@@ -173,14 +214,14 @@ def _read_value(buf: _Buffer, vtype: gguf.GGUFValueType, key: str) -> Any:
         if etype == gguf.GGUFValueType.ARRAY:
             raise ModelFormatError(f"{buf.path}: {key}: nested arrays are not valid GGUF metadata")
         if etype == gguf.GGUFValueType.STRING:
-            n = buf.count(f"length of {key}", 8)
+            n = buf.count(f"length of {key}", 8, MAX_ARRAY_LENGTH)
             if n <= SMALL_ARRAY:
                 return [buf.string(f"{key}[{i}]") for i in range(n)]
             buf.skip_strings(n, key)
             return ArraySummary(n, etype.name.lower())
         fmt = _SCALARS[etype]
         width = struct.calcsize(fmt)
-        n = buf.count(f"length of {key}", width)
+        n = buf.count(f"length of {key}", width, MAX_ARRAY_LENGTH)
         raw = buf.take(n * width, f"value of {key}")
         if n <= SMALL_ARRAY:
             return np.frombuffer(raw, dtype=np.dtype(fmt)).tolist()
@@ -189,7 +230,7 @@ def _read_value(buf: _Buffer, vtype: gguf.GGUFValueType, key: str) -> Any:
 
 
 def _read_tensor_info(buf: _Buffer) -> tuple[str, tuple[int, ...], gguf.GGMLQuantizationType, int]:
-    name = buf.string("tensor name")
+    name = printable(buf.string("tensor name", MAX_TENSOR_NAME_BYTES))
     n_dims = buf.unpack("<I", f"dimension count of {name}")
     if not 1 <= n_dims <= 4:
         raise ModelFormatError(f"{buf.path}: tensor {name!r} has {n_dims} dimensions (GGUF allows 1 to 4)")
@@ -218,16 +259,20 @@ def read_header(path: Path) -> GGUFHeader:
         version = buf.unpack("<I", "version")
         if version not in SUPPORTED_VERSIONS:
             raise ModelFormatError(f"{path}: GGUF version {version} is not supported (expected 2 or 3)")
-        n_tensors = buf.count("tensor count", 24)
-        n_kv = buf.count("metadata count", 12)
+        n_tensors = buf.count("tensor count", 24, MAX_TENSORS)
+        n_kv = buf.count("metadata count", 12, MAX_KV)
         metadata: dict[str, Any] = {}
         for _ in range(n_kv):
-            key = buf.string("metadata key")
-            metadata[key] = _read_value(buf, _value_type(buf, f"type of {key}"), key)
+            key = buf.string("metadata key", MAX_KEY_BYTES)
+            label = printable(key)  # the key as messages show it
+            metadata[key] = _read_value(buf, _value_type(buf, f"type of {label}"), label)
         raw = [_read_tensor_info(buf) for _ in range(n_tensors)]
         alignment = metadata.get("general.alignment", gguf.GGUF_DEFAULT_ALIGNMENT)
-        if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
-            raise ModelFormatError(f"{path}: general.alignment = {alignment!r} is not a power of two")
+        if not _is_int(alignment) or not 0 < alignment <= MAX_ALIGNMENT or alignment & (alignment - 1):
+            raise ModelFormatError(
+                f"{path}: general.alignment = {printable(repr(alignment))} is not a power of two up to {MAX_ALIGNMENT}"
+            )
+        _check_hparams(path, metadata)
         data_offset = buf.pos + (-buf.pos % alignment)
     tensors = [_tensor(path, data_offset, size, *item) for item in raw]
     return GGUFHeader(path, version, metadata, tensors, data_offset, size)
@@ -243,7 +288,11 @@ def _tensor(
     rel: int,
 ) -> TensorInfo:
     block, type_size = gguf.GGML_QUANT_SIZES[qtype]
-    n_elements = int(np.prod(shape, dtype=np.float64))  # float: no silent int64 overflow on absurd shapes
+    n_elements = 1
+    for dim in shape:  # Python ints: exact, and checked before anything is sized from them
+        n_elements *= dim
+    if n_elements > MAX_ELEMENTS:
+        raise ModelFormatError(f"{path}: tensor {name!r} has shape {shape}: more elements than ggml can index")
     if shape[0] % block:
         raise ModelFormatError(f"{path}: tensor {name!r}: row width {shape[0]} is not a multiple of {block}")
     n_bytes = n_elements // block * type_size
@@ -253,6 +302,36 @@ def _tensor(
             f"the file ({size} bytes): truncated download?"
         )
     return TensorInfo(name, qtype.name, shape, n_elements, n_bytes, data_offset + rel)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_hparams(path: Path, metadata: dict[str, Any]) -> None:
+    """The architecture name and the hyperparameters mm computes with: right type, in range, or an error."""
+    arch = metadata.get("general.architecture")
+    if arch is None:
+        return
+    if not isinstance(arch, str) or not ARCH_RE.match(arch):
+        raise ModelFormatError(f"{path}: general.architecture = {printable(repr(arch))} is not an architecture name")
+    for suffix, cap in HPARAM_CAPS.items():
+        key = f"{arch}.{suffix}"
+        value = metadata.get(key)
+        if value is None:
+            continue
+        items = value if isinstance(value, list) else [value]
+        if isinstance(value, ArraySummary):
+            ok = value.element_type.startswith(("uint", "int"))
+        else:
+            flags = suffix == "attention.sliding_window_pattern"  # per-layer booleans there
+            ok = all((_is_int(v) or (flags and isinstance(v, bool))) and 0 <= v <= cap for v in items)
+        if not ok:
+            raise ModelFormatError(
+                f"{path}: {key} = {printable(repr(value), 80)}: expected a whole number from 0 to {cap}"
+                + (" (or one per layer)" if suffix != "block_count" else ""),
+                hint="the file is damaged or was not written by a GGUF converter",
+            )
 
 
 _SPLIT_COUNT = "split.count"

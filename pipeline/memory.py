@@ -175,7 +175,7 @@ def model_shape(headers: Sequence[GGUFHeader], tensor_bytes: Mapping[str, int] |
     n_vocab = n_vocab or (len(tokens) if tokens is not None else _int(head, "vocab_size"))
     n_swa = int(head.get("attention.sliding_window", 0) or 0)
     n_embd_r, n_embd_s, d_inner = _recurrent_widths(head, n_embd) if recurrent else (0, 0, 0)
-    return ModelShape(
+    shape = ModelShape(
         arch=head.architecture,
         n_layers=n_layers,
         n_embd=n_embd,
@@ -206,6 +206,30 @@ def model_shape(headers: Sequence[GGUFHeader], tensor_bytes: Mapping[str, int] |
         n_ff_shexp=n_ff_shexp,
         max_expert_tensor_bytes=max_expert,
     )
+    check_shape(head, shape)
+    return shape
+
+
+def check_shape(head: GGUFHeader, shape: ModelShape) -> None:
+    """Refuse shapes no model has (a damaged or hostile header), rather than fit them to nonsense numbers."""
+    problems = []
+    if shape.n_params == 0:
+        problems.append("it has no tensors")
+    if shape.n_embd <= 0:
+        problems.append(f"embedding_length is {shape.n_embd}")
+    if not all(shape.is_recurrent) and (shape.n_head <= 0 or max(shape.n_head_kv) <= 0):
+        problems.append(f"{shape.n_head} attention heads and {max(shape.n_head_kv)} KV heads")
+    empty = [i for i, size in enumerate(shape.layer_bytes) if size == 0]
+    if empty and shape.n_params:
+        problems.append(
+            f"{len(empty)} of its {shape.n_layers} layers have no tensors (block_count says {shape.n_layers}; "
+            f"first empty: blk.{empty[0]})"
+        )
+    if problems:
+        raise FitError(
+            f"{head.path}: not a model that can run: {'; '.join(problems)}",
+            hint="the file is damaged or its header was written wrongly; `mm inspect` shows what it declares",
+        )
 
 
 @dataclass(frozen=True)

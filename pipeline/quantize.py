@@ -137,6 +137,8 @@ def _job(source: Path, output: Path, qtype: QuantType, params: QuantParams, thre
 def _read_source(path: Path) -> GGUFHeader:
     """The source's header; a split model's shards merged into one (llama.cpp reads them all)."""
     headers = read_model(path)
+    if not any(h.tensors for h in headers):
+        raise ModelFormatError(f"{path}: the GGUF has no tensors: there is nothing to quantize")
     if len(headers) == 1:
         return headers[0]
     first = headers[0]

@@ -24,9 +24,18 @@ from huggingface_hub import constants, get_session, hf_raise_for_status
 
 from pipeline import hub, hub_cache
 from pipeline.errors import HubError, IntegrityError, ModelFormatError, OfflineError
-from pipeline.gguf_header import read_header
+from pipeline.gguf_header import (
+    MAX_ARRAY_LENGTH,
+    MAX_KEY_BYTES,
+    MAX_KV,
+    MAX_STRING_BYTES,
+    MAX_TENSOR_NAME_BYTES,
+    MAX_TENSORS,
+    read_header,
+)
 from pipeline.home import atomic_path, atomic_write_text, inside, locked, mm_home
 from pipeline.model_ref import check_user_ref, shard_names
+from pipeline.safe_names import printable
 from pipeline.units import format_size
 
 log = logging.getLogger(__name__)
@@ -77,9 +86,14 @@ def header_length(data: bytes, label: str) -> int:
         pos += 8
         return value
 
-    def string() -> bytes:
+    def capped(value: int, cap: int, what: str) -> int:
+        if value > cap:
+            raise ModelFormatError(f"{label}: corrupt GGUF header: {what} = {value} is more than any model has")
+        return value
+
+    def string(cap: int = MAX_STRING_BYTES) -> bytes:
         nonlocal pos
-        length = u64()
+        length = capped(u64(), cap, "a string length")
         need(length)
         pos += length
         return bytes(view[pos - length : pos])
@@ -91,35 +105,41 @@ def header_length(data: bytes, label: str) -> int:
     version = u32()
     if version not in (2, 3):
         raise ModelFormatError(f"{label}: GGUF version {version} is not supported (expected 2 or 3)")
-    n_tensors, n_kv = u64(), u64()
+    n_tensors, n_kv = capped(u64(), MAX_TENSORS, "tensor count"), capped(u64(), MAX_KV, "metadata count")
     alignment = _DEFAULT_ALIGNMENT
     for _ in range(n_kv):
-        key = string()
+        key = string(MAX_KEY_BYTES)
         vtype = u32()
         if vtype == _STRING:
             string()
         elif vtype == _ARRAY:
-            etype, count = u32(), u64()
+            etype, count = u32(), capped(u64(), MAX_ARRAY_LENGTH, "an array length")
             if etype == _STRING:
                 for _ in range(count):
-                    length = u64()
+                    length = capped(u64(), MAX_STRING_BYTES, "a string length")
                     need(length)  # checked per item: a garbage length must not jump past what is fetched
                     pos += length
             elif etype in _WIDTHS:
                 need(count * _WIDTHS[etype])
                 pos += count * _WIDTHS[etype]
             else:
-                raise ModelFormatError(f"{label}: metadata {key.decode(errors='replace')} has bad array type {etype}")
+                raise ModelFormatError(
+                    f"{label}: metadata {printable(key.decode(errors='replace'))} has bad array type {etype}"
+                )
         elif vtype in _WIDTHS:
             need(_WIDTHS[vtype])
             if key == b"general.alignment" and vtype == 4:
                 alignment = struct.unpack_from("<I", view, pos)[0] or _DEFAULT_ALIGNMENT
             pos += _WIDTHS[vtype]
         else:
-            raise ModelFormatError(f"{label}: metadata {key.decode(errors='replace')} has unknown type {vtype}")
+            raise ModelFormatError(
+                f"{label}: metadata {printable(key.decode(errors='replace'))} has unknown type {vtype}"
+            )
     for _ in range(n_tensors):
-        string()
+        string(MAX_TENSOR_NAME_BYTES)
         n_dims = u32()
+        if not 1 <= n_dims <= 4:
+            raise ModelFormatError(f"{label}: corrupt GGUF header: a tensor has {n_dims} dimensions (1 to 4)")
         need(n_dims * 8 + 12)
         pos += n_dims * 8 + 12  # dims, ggml type (u32), data offset (u64)
     return pos + (-pos % alignment)

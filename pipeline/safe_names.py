@@ -1,4 +1,4 @@
-"""Values from outside mm (a Hub's answers, a recipe, a command line) checked before they become paths.
+"""Values from outside mm (a Hub's answers, a recipe, a file's header) checked before they become paths or output.
 
 A server mm does not control chooses the commit, the ETag and the file names it reports; each becomes a
 path component in the Hub cache, the header stubs or the partial area. Each is checked here, at the edge,
@@ -76,6 +76,18 @@ def check_revision(value: object) -> str:
             "(no '..', no leading '/', '.' or '-', no spaces or ~^:?*[\\)"
         )
     return value
+
+
+def printable(text: str, limit: int = 200) -> str:
+    """Text from a file, safe to print: control characters (newlines, ANSI escapes) shown escaped, and shortened.
+
+    A model's name or a tensor's name is chosen by whoever made the file; printed raw, a newline or an
+    escape sequence could forge an `error:` line or repaint the terminal.
+    """
+    if text.isprintable() and len(text) <= limit:
+        return text
+    escaped = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return escaped if len(escaped) <= limit else escaped[: limit - 3] + "..."
 
 
 def _show(value: object) -> str:

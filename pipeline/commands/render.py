@@ -11,6 +11,7 @@ import typer
 from pydantic import BaseModel
 from tqdm import tqdm
 
+from pipeline.safe_names import printable
 from pipeline.transfer import Progress
 
 
@@ -34,8 +35,8 @@ def _plain(value: Any) -> Any:
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """A plain aligned text table (no colour codes, so it pipes cleanly)."""
-    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in row] for row in rows]
+    """A plain aligned text table (no colour codes, so it pipes cleanly; control characters from files escaped)."""
+    cells = [[str(h) for h in headers]] + [["" if c is None else printable(str(c), 4096) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     for index, row in enumerate(cells):
         typer.echo("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
