@@ -60,7 +60,9 @@ def info_command(as_json: JsonOpt = False) -> None:
 
 def register(app: typer.Typer) -> None:
     group = add_group(
-        app, "llama", "llama.cpp: build its tools (quantize, imatrix, perplexity, bench, server...), show the engines."
+        app,
+        "llama",
+        "llama.cpp: build its tools (quantize, imatrix, perplexity, bench, server and more), show the engines.",
     )
     add_command(group, "build", build_command)
     add_command(group, "info", info_command)
