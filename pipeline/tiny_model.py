@@ -42,6 +42,7 @@ class TinySpec:
     sliding_window: int = 512  # gemma3 only: tokens an SWA layer attends to
     swa_pattern: int | None = None  # gemma3 only: every Nth layer is full attention (llama.cpp's default: 6)
     extra_kv: dict[str, object] = field(default_factory=dict)
+    chat_template: str | None = CHAT_TEMPLATE  # None: a GGUF without tokenizer.chat_template, as many are
     # Mixture of experts (llama with n_expert > 0 is Mixtral-shaped; qwen3moe and gpt-oss need experts):
     # n_expert routed experts per layer of width n_ff_exp (default n_ff), n_expert_used of them per token.
     n_expert: int = 0
@@ -183,7 +184,8 @@ def _write_metadata(writer: gguf.GGUFWriter, spec: TinySpec, file_type: int | No
     writer.add_eos_token_id(2)
     writer.add_unk_token_id(0)
     writer.add_add_bos_token(True)
-    writer.add_chat_template(CHAT_TEMPLATE)
+    if spec.chat_template is not None:
+        writer.add_chat_template(spec.chat_template)
     for key, value in spec.extra_kv.items():
         _add_extra(writer, key, value)
 
