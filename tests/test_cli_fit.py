@@ -133,3 +133,22 @@ def test_recipe_run_section_places_experts(mm: Mm, recipes_folder: Path, tmp_pat
     )
     bad = mm("recipe", "validate", str(recipes_folder / "bad.toml"))
     assert bad.exit_code == 2 and "n_cpu_moe" in bad.output
+
+
+def test_sizes_called_exact_equal_the_quantized_files(mm: Mm, tmp_path: Path) -> None:
+    """A Q4_K_M source with a big vocabulary (its header alone is ~0.6 MB here, several MB at 262k tokens):
+    every candidate size labelled exact is the size of the file llama.cpp then writes, header included."""
+    from pipeline.tiny_model import TinySpec, write_tiny_model
+
+    source = write_tiny_model(tmp_path / "vocab-f16.gguf", TinySpec(n_vocab=32768, dtype="f16"))
+    q4 = tmp_path / "vocab.q4_k_m.gguf"
+    assert mm("quantize", str(source), "--to", "q4_k_m", "--output", str(q4), "-q").exit_code == 0
+    fitted = mm("fit", str(q4), "--hardware", "cpu-32g", "--quants", "q2_k,q3_k_m", "--json")
+    assert fitted.exit_code == 0, fitted.output
+    predicted = {c["type"]: c["file_bytes"] for c in json.loads(fitted.stdout)["candidates"] if c["exact_sizes"]}
+    assert set(predicted) == {"q2_k", "q3_k_m"}
+    for qtype, size in predicted.items():
+        out = tmp_path / f"vocab.{qtype}.gguf"
+        made = mm("quantize", str(q4), "--to", qtype, "--allow-requantize", "--output", str(out), "-q")
+        assert made.exit_code == 0, made.output
+        assert size == out.stat().st_size, qtype
