@@ -21,6 +21,7 @@ from pipeline.memory import Context, ModelShape, Split, context, model_shape
 from pipeline.placement import (
     Placement,
     ReadBytes,
+    describe_placement,
     fastest,
     fewest_cpu_experts,
     llama_fit_order,
@@ -190,24 +191,6 @@ def _alternatives(shape: ModelShape, hardware: HardwareClass, settings: FitSetti
     ]
 
 
-def describe_placement(shape: ModelShape, n_gpu_layers: int, n_cpu_moe: int) -> str:
-    """Where the layers and the experts are, in words ("experts of layers 0-35 in RAM, ...")."""
-    n = shape.n_layers
-    start = n + 1 - max(0, min(n_gpu_layers, n + 1))
-    if start > n:
-        return "everything in RAM"
-    if start == n:
-        where = f"only the output layer on the GPU, layers 0-{n - 1} in RAM"
-    elif start == 0:
-        where = "every layer on the GPU"
-    else:
-        where = f"layers {start}-{n - 1} on the GPU, layers 0-{start - 1} in RAM"
-    if not shape.is_moe or n_cpu_moe <= start:
-        return where
-    held = f"experts of layers {start}-{min(n_cpu_moe, n) - 1} in RAM"
-    return f"{held}, everything else on the GPU" if start == 0 else f"{where}; {held}"
-
-
 def fit_shape(
     shape: ModelShape, model: Path, hardware: HardwareClass, settings: FitSettings, *, suggest: bool = True
 ) -> FitResult:
@@ -353,6 +336,7 @@ class QuantCandidate(BaseModel):
     exact_sizes: bool  # True: llama.cpp's quantize dry-run; False: bits-per-weight estimate
     tensor_types: dict[str, int]  # ggml type -> tensor count
     n_gpu_layers: int
+    n_cpu_moe: int = 0  # a mixture of experts: layers whose experts stay in RAM (the MoE speed model)
     tokens_per_second: float
     ppl_delta: float | None  # llama.cpp's reference perplexity increase (quantize.cpp; lower is better)
     fits: bool
@@ -439,7 +423,8 @@ def recommend_quant(
         rows.append(
             QuantCandidate(
                 type=qtype.canonical, file_bytes=planned.file_bytes, exact_sizes=planned.exact,
-                tensor_types=planned.kinds, n_gpu_layers=fit.n_gpu_layers, tokens_per_second=fit.tokens_per_second,
+                tensor_types=planned.kinds, n_gpu_layers=fit.n_gpu_layers, n_cpu_moe=fit.n_cpu_moe,
+                tokens_per_second=fit.tokens_per_second,
                 ppl_delta=qtype.ppl_delta, fits=fit.verdict != "does_not_fit", verdict=fit.verdict,
                 needs_imatrix=planned.needs_imatrix, worth_it=note is None, note=note,
             )

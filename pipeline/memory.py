@@ -66,6 +66,9 @@ class ModelShape:
     n_ff_exp: int = 0  # one routed expert's FFN width
     n_ff_shexp: int = 0  # the shared experts' FFN width, all together
     max_expert_tensor_bytes: int = 0
+    # Multi-head latent attention (deepseek2 with {arch}.attention.key_length_mla): the cache holds one
+    # compressed latent per token as K (kv_lora_rank + n_rot wide, the header's key_length) and no V.
+    is_mla: bool = False
 
     @property
     def weights_bytes(self) -> int:
@@ -205,6 +208,7 @@ def model_shape(headers: Sequence[GGUFHeader], tensor_bytes: Mapping[str, int] |
         n_ff_exp=n_ff_exp,
         n_ff_shexp=n_ff_shexp,
         max_expert_tensor_bytes=max_expert,
+        is_mla=bool(head.get("attention.key_length_mla")) and bool(head.get("attention.value_length_mla")),
     )
     check_shape(head, shape)
     return shape
@@ -286,7 +290,8 @@ def _row_bytes(type_name: str, n: int) -> int:
 
 
 def kv_layer_bytes(shape: ModelShape, ctx: Context, il: int) -> int:
-    """llama-kv-cache.cpp: per layer a K tensor [n_embd_k_gqa, kv_size] and a V tensor [n_embd_v_gqa, kv_size].
+    """llama-kv-cache.cpp: per layer a K tensor [n_embd_k_gqa, kv_size] and a V tensor [n_embd_v_gqa, kv_size]
+    (none with MLA).
 
     A recurrent layer instead holds llama-memory-recurrent.cpp's r and s states (F32), one row each per
     sequence (mem_size = max(1, n_seq_max); no rollback snapshots, n_rs_seq = 0 by default): its size does
@@ -296,7 +301,8 @@ def kv_layer_bytes(shape: ModelShape, ctx: Context, il: int) -> int:
         return (shape.n_embd_r + shape.n_embd_s) * F32 * max(1, ctx.n_seq)
     cells = ctx.kv_swa if shape.is_swa[il] else ctx.n_ctx
     k = _row_bytes(ctx.type_k, shape.n_head_kv[il] * shape.head_dim_k)
-    v = _row_bytes(ctx.type_v, shape.n_head_kv[il] * shape.head_dim_v)
+    # llama-kv-cache.cpp: has_v = !is_mla (the MLA value is read back out of the latent K)
+    v = 0 if shape.is_mla else _row_bytes(ctx.type_v, shape.n_head_kv[il] * shape.head_dim_v)
     return (k + v) * cells
 
 
@@ -330,6 +336,8 @@ def compute_buffer_bytes(shape: ModelShape, ctx: Context) -> int:
     else:
         scores = max(kinds) * u * shape.n_head * F32
         attention = scores + mask_bytes + (3 * shape.n_embd + 2 * q_width + 2 * kv_width) * row
+        if shape.is_mla:  # llama-graph.cpp build_attn_mha: no V cache, so V = cont(transpose(latent)), f16
+            attention += max(kinds) * ctx.n_stream * shape.head_dim_v * 2
     ffn = mask_bytes + (3 * _ffn_width(shape) + 4 * shape.n_embd) * row
     if ctx.flash_attn and ctx.type_k == "f16" and shape.n_vocab * row > max(kinds) * u * 2:
         # The masks are graph inputs, allocated first at the bottom of the buffer and alive through every

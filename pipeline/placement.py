@@ -133,3 +133,21 @@ def fastest(shape: ModelShape, ctx: Context, budget: float, speed: Speed) -> Pla
         if candidate is not None and speed(candidate.read) > speed(best.read):
             best = candidate
     return best
+
+
+def describe_placement(shape: ModelShape, n_gpu_layers: int, n_cpu_moe: int) -> str:
+    """Where the layers and the experts are, in words ("experts of layers 0-35 in RAM, ...")."""
+    n = shape.n_layers
+    start = n + 1 - max(0, min(n_gpu_layers, n + 1))
+    if start > n:
+        return "everything in RAM"
+    if start == n:
+        where = f"only the output layer on the GPU, layers 0-{n - 1} in RAM"
+    elif start == 0:
+        where = "every layer on the GPU"
+    else:
+        where = f"layers {start}-{n - 1} on the GPU, layers 0-{start - 1} in RAM"
+    if not shape.is_moe or n_cpu_moe <= start:
+        return where
+    held = f"experts of layers {start}-{min(n_cpu_moe, n) - 1} in RAM"
+    return f"{held}, everything else on the GPU" if start == 0 else f"{where}; {held}"

@@ -3,8 +3,9 @@
 Weights are seeded random numbers, so generation is gibberish, but every tensor, hyperparameter and
 tokenizer field is what llama.cpp's loader expects for the architecture (llama, and llama with experts as
 Mixtral; gemma3 with sliding-window attention; qwen3 with q/k norms; qwen3moe, routed experts; gpt-oss,
-experts with biases, attention sinks and alternating sliding windows; mamba, a pure recurrent state-space
-model), checked against src/models/<arch>.cpp of the vendored llama.cpp.
+experts with biases, attention sinks and alternating sliding windows; deepseek2, multi-head latent
+attention with shared experts and a leading dense layer; mamba, a pure recurrent state-space model),
+checked against src/models/<arch>.cpp of the vendored llama.cpp.
 `write_header_only_model` writes the real header of a big model and leaves the data region sparse.
 """
 
@@ -27,7 +28,7 @@ _WORDS = ("the", "a", "model", "runs", "on", "small", "card", "hello", "world", 
 class TinySpec:
     """Shape of a tiny model. Widths are multiples of 256 by default so k-quants apply without fallback."""
 
-    arch: str = "llama"  # llama | gemma3 | qwen3 | qwen3moe | gpt-oss | mamba
+    arch: str = "llama"  # llama | gemma3 | qwen3 | qwen3moe | gpt-oss | deepseek2 | mamba
     n_layers: int = 2
     n_embd: int = 256
     n_head: int = 4
@@ -48,6 +49,14 @@ class TinySpec:
     n_expert: int = 0
     n_expert_used: int = 0
     n_ff_exp: int | None = None
+    n_expert_shared: int = 0  # deepseek2: shared experts, n_ff_exp wide each
+    n_dense_lead: int = 0  # deepseek2: the first layers have a dense FFN (n_ff) instead of experts
+    # deepseek2's multi-head latent attention: the KV cache holds the kv_lora_rank latent plus the rope part
+    q_lora_rank: int = 128
+    kv_lora_rank: int = 128
+    qk_rope_dim: int = 32
+    qk_nope_dim: int = 32
+    v_head_dim: int = 64
     split_max_tensors: int = 0  # > 0: a gguf-split model, `path-0000k-of-0000n.gguf` (the first is returned)
     # mamba only (no attention, no FFN: n_head, n_head_kv and n_ff are ignored); d_inner is 2 * n_embd,
     # the only expansion llama.cpp supports
@@ -100,8 +109,8 @@ def _matrix(rng: np.random.Generator, rows: int, cols: int, dtype: str) -> np.nd
     return values.astype(np.float16) if dtype == "f16" else values
 
 
-SUPPORTED_ARCHS = ("llama", "gemma3", "qwen3", "qwen3moe", "gpt-oss", "mamba")
-MOE_ARCHS = ("qwen3moe", "gpt-oss")  # architectures whose loader requires experts
+SUPPORTED_ARCHS = ("llama", "gemma3", "qwen3", "qwen3moe", "gpt-oss", "deepseek2", "mamba")
+MOE_ARCHS = ("qwen3moe", "gpt-oss", "deepseek2")  # architectures whose loader requires experts
 # Mamba tensors llama.cpp's CPU kernels (ssm_conv, ssm_scan) read as F32 whatever the file type; A must be
 # negative (it is -exp(A_log)) or the state grows without bound.
 _MAMBA_F32 = (".ssm_conv1d.weight", ".ssm_a")
@@ -151,6 +160,21 @@ def _write_metadata(writer: gguf.GGUFWriter, spec: TinySpec, file_type: int | No
         writer.add_ssm_state_size(spec.ssm_state_size)
         writer.add_ssm_time_step_rank(spec.ssm_dt_rank)
         writer.add_ssm_dt_b_c_rms(False)
+    elif spec.arch == "deepseek2":  # as convert_hf_to_gguf writes an MLA model: one latent "KV head"
+        writer.add_feed_forward_length(spec.n_ff)
+        writer.add_head_count(spec.n_head)
+        writer.add_head_count_kv(1)
+        writer.add_key_length(spec.kv_lora_rank + spec.qk_rope_dim)
+        writer.add_value_length(spec.kv_lora_rank)
+        writer.add_key_length_mla(spec.qk_nope_dim + spec.qk_rope_dim)
+        writer.add_value_length_mla(spec.v_head_dim)
+        writer.add_q_lora_rank(spec.q_lora_rank)
+        writer.add_kv_lora_rank(spec.kv_lora_rank)
+        writer.add_rope_dimension_count(spec.qk_rope_dim)
+        writer.add_rope_freq_base(10000.0)
+        writer.add_leading_dense_block_count(spec.n_dense_lead)
+        writer.add_expert_shared_count(spec.n_expert_shared)
+        writer.add_expert_weights_scale(1.0)
     else:
         writer.add_feed_forward_length(spec.n_ff)
         writer.add_head_count(spec.n_head)
@@ -196,6 +220,8 @@ def _tensor_shapes(spec: TinySpec) -> list[tuple[str, tuple[int, ...]]]:
     shapes: list[tuple[str, tuple[int, ...]]] = [("token_embd.weight", (d, spec.n_vocab))]
     if spec.arch == "mamba":
         return shapes + _mamba_layers(spec) + _output(spec)
+    if spec.arch == "deepseek2":
+        return shapes + _deepseek2_layers(spec) + _output(spec)
     for i in range(spec.n_layers):
         b = f"blk.{i}"
         shapes += [(f"{b}.attn_norm.weight", (d,)), (f"{b}.attn_q.weight", (d, q))]
@@ -218,6 +244,28 @@ def _tensor_shapes(spec: TinySpec) -> list[tuple[str, tuple[int, ...]]]:
 
 def _dense_ffn(b: str, d: int, ff: int) -> list[tuple[str, tuple[int, ...]]]:
     return [(f"{b}.ffn_gate.weight", (d, ff)), (f"{b}.ffn_up.weight", (d, ff)), (f"{b}.ffn_down.weight", (ff, d))]
+
+
+def _deepseek2_layers(spec: TinySpec) -> list[tuple[str, tuple[int, ...]]]:
+    """models/deepseek2.cpp load_arch_tensors (MLA with split k_b/v_b, q through a low-rank projection)."""
+    d, q, kv, rope, h = spec.n_embd, spec.q_lora_rank, spec.kv_lora_rank, spec.qk_rope_dim, spec.n_head
+    k_mla, v_mla = spec.qk_nope_dim + rope, spec.v_head_dim
+    shapes: list[tuple[str, tuple[int, ...]]] = []
+    for i in range(spec.n_layers):
+        b = f"blk.{i}"
+        shapes += [(f"{b}.attn_norm.weight", (d,)), (f"{b}.attn_q_a_norm.weight", (q,))]
+        shapes += [(f"{b}.attn_kv_a_norm.weight", (kv,)), (f"{b}.attn_q_a.weight", (d, q))]
+        shapes += [(f"{b}.attn_q_b.weight", (q, h * k_mla)), (f"{b}.attn_kv_a_mqa.weight", (d, kv + rope))]
+        shapes += [(f"{b}.attn_k_b.weight", (spec.qk_nope_dim, kv, h)), (f"{b}.attn_v_b.weight", (kv, v_mla, h))]
+        shapes += [(f"{b}.attn_output.weight", (h * v_mla, d)), (f"{b}.ffn_norm.weight", (d,))]
+        if i < spec.n_dense_lead:
+            shapes += _dense_ffn(b, d, spec.n_ff)
+            continue
+        shapes += _experts(spec, b)
+        shared = spec.expert_width * spec.n_expert_shared
+        shapes += [(f"{b}.ffn_gate_shexp.weight", (d, shared)), (f"{b}.ffn_down_shexp.weight", (shared, d))]
+        shapes += [(f"{b}.ffn_up_shexp.weight", (d, shared))]
+    return shapes
 
 
 def _experts(spec: TinySpec, b: str) -> list[tuple[str, tuple[int, ...]]]:

@@ -39,6 +39,18 @@ ARCHS = {
         dtype="f16",
     ),
     "mixtral": TinySpec(n_vocab=1024, n_expert=4, n_expert_used=2, dtype="f16"),
+    # Multi-head latent attention (a K-only cache of the compressed latent), a shared expert, a dense layer 0
+    "deepseek2": TinySpec(
+        arch="deepseek2",
+        n_layers=3,
+        n_ff=512,
+        n_expert=8,
+        n_expert_used=2,
+        n_ff_exp=128,
+        n_expert_shared=1,
+        n_dense_lead=1,
+        dtype="f16",
+    ),
     "gpt-oss": TinySpec(
         arch="gpt-oss",
         n_layers=4,
@@ -52,8 +64,8 @@ ARCHS = {
         dtype="f16",
     ),
 }
-ATTENTION_ARCHS = ("llama", "gemma3", "qwen3", "qwen3moe", "mixtral", "gpt-oss")
-MOE_ARCHS = ("qwen3moe", "mixtral", "gpt-oss")
+ATTENTION_ARCHS = ("llama", "gemma3", "qwen3", "qwen3moe", "mixtral", "gpt-oss", "deepseek2")
+MOE_ARCHS = ("qwen3moe", "mixtral", "gpt-oss", "deepseek2")
 KV_TYPE_IDS = {"f16": 1, "q8_0": 8, "q4_0": 2}  # ggml_type values
 # A recurrent model's state is logged as `RS buffer size` (llama-memory-recurrent.cpp); mm counts it as kv.
 _BUFFER_RE = re.compile(r"(\S+)\s+(model|KV|RS|output|compute) buffer size =\s+([\d.]+) MiB")
@@ -204,6 +216,14 @@ def test_unified_cache_is_one_stream_whose_window_holds_every_sequence(arch_mode
     assert kv(True) == row * (full_layers * 32768 + swa_layers * 2560)  # pad(4 x 512 + 512)
 
 
+def test_mla_cache_is_the_latent_alone(arch_models: dict[str, Path]) -> None:
+    """deepseek2's MLA caches kv_lora_rank + n_rot floats per token per layer as K, and no V at all
+    (llama-kv-cache.cpp has_v = !is_mla); the buffer llama.cpp reports is checked in the matrix above."""
+    spec = ARCHS["deepseek2"]
+    result = fit_model(arch_models["deepseek2"], CPU, FitSettings(ctx=4096))
+    assert result.cpu.kv_bytes == spec.n_layers * 4096 * (spec.kv_lora_rank + spec.qk_rope_dim) * 2
+
+
 def test_recurrent_state_is_per_sequence_not_per_context(arch_models: dict[str, Path]) -> None:
     """The Mamba state does not grow with n_ctx (unlike a KV cache) and grows linearly with sequences."""
     path = arch_models["mamba"]
@@ -218,19 +238,21 @@ def test_recurrent_state_is_per_sequence_not_per_context(arch_models: dict[str, 
     assert any("recurrent" in a for a in small.assumptions)
 
 
-def test_tiny_mamba_generates(llama_log: list[str], arch_models: dict[str, Path]) -> None:
-    """The factory's recurrent model is one llama.cpp runs, not only loads: finite logits after a prompt."""
+@pytest.mark.parametrize("arch", ("mamba", *MOE_ARCHS))
+def test_tiny_recurrent_and_moe_models_generate(llama_log: list[str], arch_models: dict[str, Path], arch: str) -> None:
+    """The factory's recurrent and expert models are ones llama.cpp runs, not only loads: finite, varied
+    logits after a prompt."""
     with _LOCK:
         model_params = llama_cpp.llama_model_default_params()
         model_params.n_gpu_layers = 0
-        model = llama_cpp.llama_model_load_from_file(str(arch_models["mamba"]).encode(), model_params)
+        model = llama_cpp.llama_model_load_from_file(str(arch_models[arch]).encode(), model_params)
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = 512
         context = llama_cpp.llama_init_from_model(model, params)
         tokens = (llama_cpp.llama_token * 4)(1, 300, 301, 302)
         status = llama_cpp.llama_decode(context, llama_cpp.llama_batch_get_one(tokens, 4))
         logits = llama_cpp.llama_get_logits_ith(context, -1)
-        values = [logits[i] for i in range(ARCHS["mamba"].n_vocab)]
+        values = [logits[i] for i in range(ARCHS[arch].n_vocab)]
         llama_cpp.llama_free(context)
         llama_cpp.llama_model_free(model)
     assert status == 0

@@ -187,3 +187,27 @@ def test_ollama_export_says_it_cannot_place_experts(tmp_path: Path) -> None:
     assert "Ollama cannot express" in text and "--n-cpu-moe 1" in text
     layers_only = next(a for a in fit.alternatives if a.n_cpu_moe == 0)
     assert f"PARAMETER num_gpu {layers_only.n_gpu_layers}\n" in text
+
+
+@pytest.mark.slow
+def test_quant_candidates_of_a_moe_are_ranked_with_the_moe_speed_model(big: dict[str, Path]) -> None:
+    from pipeline.fit import parse_candidates, recommend_quant
+
+    report = recommend_quant(big["qwen3-30b-a3b"], get_hardware("rtx3060-12g"), parse_candidates("q2_k,q4_k_m"))
+    q2, q4 = report.candidates
+    assert q2.n_gpu_layers == q4.n_gpu_layers == 49  # every dense part on the GPU for both
+    assert 0 < q2.n_cpu_moe < q4.n_cpu_moe  # the smaller file keeps more experts on the GPU ...
+    assert q4.tokens_per_second >= 25 and q2.tokens_per_second > q4.tokens_per_second  # ... and is faster
+
+
+def test_inspect_names_shared_experts_and_leading_dense_layers(tmp_path: Path) -> None:
+    from pipeline.model_info import summarize_model
+
+    spec = ARCHS["deepseek2"]
+    summary = summarize_model(write_tiny_model(tmp_path / "ds.gguf", spec))
+    assert (summary.n_expert, summary.n_expert_used, summary.n_expert_shared) == (8, 2, 1)
+    assert summary.n_dense_layers == spec.n_dense_lead == 1 and summary.n_ff_exp == spec.n_ff_exp
+    # Active: everything but 6 of 8 routed experts in each of the 2 expert layers.
+    sizes = {t.name: int(t.n_elements) for t in gguf.GGUFReader(tmp_path / "ds.gguf").tensors}
+    routed = sum(v for n, v in sizes.items() if EXPERTS.search(n))
+    assert summary.active_params == sum(sizes.values()) - routed * 6 // 8

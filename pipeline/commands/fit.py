@@ -215,7 +215,9 @@ def _candidate_note(c: QuantCandidate) -> str:
 
 
 def _show_report(r: QuantReport) -> None:
-    rows = [(c.type, format_size(c.file_bytes) + ("" if c.exact_sizes else " ~"), c.n_gpu_layers,
+    moe = any(c.n_cpu_moe for c in r.candidates)  # experts in RAM: say for how many layers
+    rows = [(c.type, format_size(c.file_bytes) + ("" if c.exact_sizes else " ~"),
+             f"{c.n_gpu_layers}" + (f" (experts of {c.n_cpu_moe} layers in RAM)" if moe else ""),
              "-" if not c.fits else f"{c.tokens_per_second:g}", "-" if c.ppl_delta is None else f"+{c.ppl_delta:g}",
              "yes" if c.fits else "no", _candidate_note(c)) for c in r.candidates]  # fmt: skip
     table(("type", "file", "gpu layers", "tokens/s", "ppl (ref)", "fits", "note"), rows)
