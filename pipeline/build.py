@@ -18,6 +18,7 @@ from pipeline.build_report import BuildReport, RecipeReport, Reporter, StageRepo
 from pipeline.errors import LockTimeoutError, MMError, UsageError
 from pipeline.home import Home, atomic_write_text, locked, mm_home
 from pipeline.provenance import utc_now
+from pipeline.quantize_inputs import requantize_problem
 from pipeline.recipe import find_recipe, list_recipe_paths, load_recipe
 from pipeline.stages import Stage, StageEnv, StageOutcome, check_output, fingerprint, recipe_stages
 
@@ -170,6 +171,11 @@ def build_recipe(
         reporter.recipe_done(report)
         return report
     report = RecipeReport(name=recipe.name, path=str(path), status="skipped")
+    problem = requantize_problem(recipe) if options.dry_run else None  # a real build fails at quantize
+    if problem is not None:
+        report.status, report.reason = "failed", problem
+        reporter.recipe_done(report)
+        return report
     try:
         if options.dry_run:  # read-only: no lock, no stamps
             report.stages = _run_stages(recipe.name, stages_for(recipe, env), env, options, reporter)

@@ -152,6 +152,11 @@ def _read_source(path: Path) -> GGUFHeader:
     )
 
 
+def source_quant_type(path: Path) -> str | None:
+    """The quantization of the model at `path` (e.g. "q4_k_m"), or None for an F32/F16/BF16 one (header only)."""
+    return _quantized_type(_read_source(path))
+
+
 def _quantized_type(header: GGUFHeader) -> str | None:
     """The name of a quantized source's type (e.g. "q4_k_m"), or None for an F32/F16/BF16 model."""
     if all(t.type_name in FLOAT_TYPES for t in header.tensors):

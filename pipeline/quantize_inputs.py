@@ -13,8 +13,8 @@ from pipeline.home import mm_home
 from pipeline.model_ref import HubRef, cached_hub_file, parse_model_arg, shard_paths
 from pipeline.provenance import QuantParams, SourceRef
 from pipeline.quant_types import parse_quant_type
-from pipeline.quantize import QuantizeRequest
-from pipeline.recipe import QuantizeSettings, Recipe
+from pipeline.quantize import QuantizeRequest, source_quant_type
+from pipeline.recipe import QuantizeSettings, Recipe, RecipeCheck, check_recipes, load_recipe
 
 
 class QuantizeOptions(BaseModel):
@@ -131,3 +131,37 @@ def build_requests(model: str, options: QuantizeOptions, recipes_folder: Path | 
 
 def _pick(flag: bool | None, default: bool) -> bool:
     return default if flag is None else flag
+
+
+def requantize_problem(recipe: Recipe) -> str | None:
+    """What the quantize stage would refuse, known before any work when mm has the source's header locally
+    (a path, or a pulled Hub file): an already-quantized source without quantize.allow_requantize."""
+    settings, source = recipe.quantize, recipe.source
+    if settings.allow_requantize or not settings.types:
+        return None
+    if source.path is not None:
+        path: Path | None = recipe.resolve(source.path)
+    elif source.repo and source.file:
+        path = cached_hub_file(HubRef(source.repo, source.file, source.revision))
+    else:
+        path = None
+    if path is None or not path.is_file():
+        return None  # not here yet: the quantize stage checks it after the download
+    current = source_quant_type(path)
+    if current is None:
+        return None
+    return (
+        f"{recipe.path}: quantize.types: the source is already quantized ({current}); re-quantizing it to "
+        f"{', '.join(settings.types)} needs quantize.allow_requantize = true (quality only drops), or an F16 source"
+    )
+
+
+def check_recipe_files(paths: list[Path]) -> list[RecipeCheck]:
+    """`mm recipe validate`: each file's schema (recipe.check_recipes), then what its source's header says."""
+    checks = check_recipes(paths)
+    for check in checks:
+        if check.ok:
+            problem = requantize_problem(load_recipe(Path(check.path)))
+            if problem is not None:
+                check.ok, check.error = False, problem
+    return checks

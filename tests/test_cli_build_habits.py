@@ -97,3 +97,19 @@ def test_typos_get_suggestions(mm: Mm, tiny_model: Path, recipes_folder: Path) -
     checked = mm("recipe", "validate", str(path))
     assert checked.exit_code == 2
     assert "quantize.allow_requantise: unknown key; did you mean 'allow_requantize'?" in checked.stdout
+
+
+def test_a_quantized_source_without_allow_requantize_is_caught_before_building(
+    mm: Mm, tiny_model: Path, recipes_folder: Path, tmp_path: Path
+) -> None:
+    q8 = tmp_path / "tiny.q8_0.gguf"
+    assert mm("quantize", str(tiny_model), "--to", "q8_0", "--output", str(q8), "-q").exit_code == 0
+    recipe = f'hardware = "cpu-32g"\n[source]\npath = "{q8}"\n[quantize]\ntypes = ["q4_0"]\n'
+    path = write_recipe(recipes_folder, "requant", recipe)
+    checked = mm("recipe", "validate", str(path))
+    assert checked.exit_code == 2 and "already quantized (q8_0)" in checked.stdout
+    assert "quantize.allow_requantize = true" in checked.stdout
+    planned = mm("build", "requant", "--recipes", str(recipes_folder), "--dry-run")
+    assert planned.exit_code == 10 and planned.stderr.count("already quantized (q8_0)") == 1, planned.output
+    write_recipe(recipes_folder, "requant", recipe + "allow_requantize = true\n")
+    assert mm("recipe", "validate", str(path)).exit_code == 0

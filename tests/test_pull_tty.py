@@ -52,3 +52,26 @@ def test_pull_without_a_file_asks_on_a_terminal(local_hub: LocalHub, isolated_en
         os.close(controller)
     snapshots = list((isolated_env / "hub").glob("models--acme--Two-GGUF/snapshots/*/*.gguf"))
     assert [p.name for p in snapshots] == [second.group(1)]
+
+
+def test_the_file_pick_asks_again_and_takes_a_name(local_hub: LocalHub, isolated_env: Path) -> None:
+    local_hub.add_repo("acme/Two-GGUF", {"small.Q2_K.gguf": b"a" * 1000, "small.Q8_0.gguf": b"b" * 3000})
+    controller, terminal = os.openpty()
+    child = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "pull", "acme/Two-GGUF"],
+        stdin=terminal, stdout=terminal, stderr=terminal, cwd=REPO_ROOT, env=dict(os.environ),
+    )  # fmt: skip
+    os.close(terminal)
+    try:
+        _read_until(controller, b"pull which file", 30)
+        os.write(controller, b"9\n")  # out of range: asked again, not an exit
+        again = _read_until(controller, b"pull which file", 30).decode()
+        assert "type a number from 1 to 2, or a file name" in again and child.poll() is None, again
+        os.write(controller, b"small.Q8_0.gguf\n")  # a typed name works too
+        rest = _read_until(controller, b"sha256 verified", 30).decode()
+        assert child.wait(timeout=30) == 0, rest
+    finally:
+        child.kill()
+        os.close(controller)
+    snapshots = list((isolated_env / "hub").glob("models--acme--Two-GGUF/snapshots/*/*.gguf"))
+    assert [p.name for p in snapshots] == ["small.Q8_0.gguf"]

@@ -23,11 +23,15 @@ def validate_command(
 ) -> None:
     """Validate recipes: every problem names the file, the field and what is allowed.
 
+    Beyond the schema, a source whose header mm has (a path, a pulled file) is checked too: an
+    already-quantized source needs quantize.allow_requantize.
+
     Example: mm recipe validate recipes/llama2-70b-chat-12g.toml
     """
-    from pipeline.recipe import check_recipes, list_recipe_paths, recipes_dir
+    from pipeline.quantize_inputs import check_recipe_files
+    from pipeline.recipe import list_recipe_paths, recipes_dir
 
-    results = check_recipes(paths or list_recipe_paths(recipes or recipes_dir()))
+    results = check_recipe_files(paths or list_recipe_paths(recipes or recipes_dir()))
     if as_json:
         emit_json(results)
     else:
