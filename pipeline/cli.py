@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -27,6 +29,14 @@ class _MMGroup(TyperGroup):
                 raise
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(exc.exit_code) from None
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC or os.environ.get("MM_DEBUG") == "1":
+                raise
+            from pipeline.home import disk_full, mm_home  # late: mm starts fast
+
+            error = disk_full(Path(exc.filename).parent if exc.filename else mm_home().root)
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(error.exit_code) from None
         except KeyboardInterrupt:
             typer.echo("\ninterrupted", err=True)
             raise typer.Exit(INTERRUPTED_EXIT) from None

@@ -19,9 +19,9 @@ from typing import Literal, NamedTuple
 from pydantic import BaseModel
 
 from pipeline.digest import file_sha256, record_sha256, sha256_handle
-from pipeline.errors import ModelFormatError, QuantizeError, UsageError
+from pipeline.errors import DiskSpaceError, ModelFormatError, QuantizeError, UsageError
 from pipeline.gguf_header import GGUFHeader, read_header, read_model
-from pipeline.home import atomic_path, locked, mm_home
+from pipeline.home import atomic_path, disk_full, free_bytes, locked, mm_home
 from pipeline.llama import (
     ApiWorker,
     QuantizeLog,
@@ -37,6 +37,7 @@ from pipeline.llama_worker import QuantizeJob
 from pipeline.model_ref import SHARD_RE, shard_paths
 from pipeline.provenance import QuantParams, QuantRecord, SourceRef, quantize_lock_name, read_record, write_record
 from pipeline.quant_types import QuantType, by_ftype, parse_quant_type
+from pipeline.units import format_size
 
 log = logging.getLogger(__name__)
 
@@ -312,6 +313,7 @@ def _quantize(
     worker: ApiWorker | None,
     progress: TensorProgress | None,
 ) -> QuantizeResult:
+    predicted: QuantPlan | None = None
     if _needs_dry_run(qtype, request.params):
         predicted = plan(request.source, request.params, engine=request.engine, llama_quantize=binary)
         if predicted.needs_imatrix and not request.params.imatrix_path:
@@ -320,6 +322,7 @@ def _quantize(
             )
     source_ref = request.source_ref or _local_ref(request.source)
     output = request.output or default_output_path(request.source, source_ref.sha256, qtype.canonical)
+    needed = _check_space(request, qtype, header, output, predicted, binary)
     home = mm_home()
     with locked(home, quantize_lock_name(output)):
         done = _up_to_date(output, source_ref, request.params)
@@ -330,15 +333,21 @@ def _quantize(
         started = time.monotonic()
         with contextlib.ExitStack() as stack, ThreadPoolExecutor(max_workers=1) as hasher, atomic_path(output) as tmp:
             job = _job(request.source, tmp, qtype, request.params, request.threads)
-            parsed = run_quantize(
-                job,
-                engine=request.engine,
-                type_name=qtype.name,
-                log_path=log_path,
-                binary=binary,
-                progress=progress,
-                worker=worker,
-            )
+            try:
+                parsed = run_quantize(
+                    job,
+                    engine=request.engine,
+                    type_name=qtype.name,
+                    log_path=log_path,
+                    binary=binary,
+                    progress=progress,
+                    worker=worker,
+                )
+            except QuantizeError:  # llama.cpp says "iostream error" for a full disk; say "disk"
+                written = tmp.stat().st_size if tmp.exists() else 0
+                if free_bytes(output.parent) < max(needed - written, 0) + DISK_SLACK_BYTES:
+                    raise disk_full(output.parent, needed) from None
+                raise
             checked = _verify_output(tmp, header, qtype)
             finished = stack.enter_context(open(tmp, "rb", buffering=0))  # opened before the rename
             digest = hasher.submit(sha256_handle, finished)  # hashes while atomic_path fsyncs and renames
@@ -359,6 +368,38 @@ def _quantize(
         write_record(record)
         result = _result(record, output, qtype, header, None, warnings, log_path)
         return result.model_copy(update={"fallbacks": len(parsed.fallbacks), "fallback_note": parsed.fallback_note()})
+
+
+DISK_SLACK_BYTES = 16 << 20  # what a filesystem needs beyond the file itself (metadata, the record, logs)
+
+
+def _check_space(
+    request: QuantizeRequest,
+    qtype: QuantType,
+    header: GGUFHeader,
+    output: Path,
+    predicted: QuantPlan | None,
+    binary: Path | None,
+) -> int:
+    """The output's size (the dry run's, when space is tight); DiskSpaceError if the disk cannot hold it.
+
+    A first estimate from the type's bits per weight costs nothing; only when free space is within twice
+    that is llama.cpp's dry run asked for the exact size, so a roomy disk pays nothing for the check.
+    """
+    n_elements = sum(t.n_elements for t in header.tensors)
+    estimate = header.file_size if qtype.name == "copy" else int(n_elements * qtype.bits_per_weight / 8)
+    needed = predicted.file_bytes if predicted is not None else estimate + header.data_offset
+    free = free_bytes(output.parent)
+    if predicted is None and free < 2 * needed + DISK_SLACK_BYTES:
+        predicted = plan(request.source, request.params, engine=request.engine, llama_quantize=binary)
+        needed = predicted.file_bytes
+    if free < needed + DISK_SLACK_BYTES:
+        raise DiskSpaceError(
+            f"not enough free disk to quantize to {qtype.canonical}: the output needs {format_size(needed)} "
+            f"(llama.cpp's dry run), {format_size(free)} free at {output.parent}",
+            hint="free some space, or write elsewhere with --output (or point MM_HOME at a bigger disk)",
+        )
+    return needed
 
 
 def _result(

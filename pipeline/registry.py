@@ -9,6 +9,7 @@ complete blob, and at worst an unreferenced blob that the next `gc` frees.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -28,7 +29,7 @@ from pipeline.errors import (
     UsageError,
 )
 from pipeline.hardware import HardwareClass
-from pipeline.home import Home, atomic_path, atomic_write_json, locked, mm_home
+from pipeline.home import Home, atomic_path, atomic_write_json, disk_full, free_bytes, locked, mm_home
 from pipeline.profile import BlobRef, Profile, build_profile, check_name
 from pipeline.provenance import quantize_lock_name, read_record
 
@@ -173,7 +174,14 @@ def _store_blob(home: Home, source: Path, sha256: str, size_bytes: int) -> Path:
             linked = True
         except OSError:  # another filesystem (EXDEV) or links not allowed: one copy, hashed on the way
             linked = False
-            copied = copy_hashing(source, tmp)
+            if free_bytes(target.parent) < size_bytes:
+                raise disk_full(target.parent, size_bytes) from None
+            try:
+                copied = copy_hashing(source, tmp)
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC:
+                    raise disk_full(target.parent, size_bytes) from None
+                raise
             if copied != sha256:
                 raise IntegrityError(f"{source}: changed while being copied into the registry; publish again") from None
         if linked and cached_sha256(home, source) != sha256:
