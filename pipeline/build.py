@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from pipeline.build_report import BuildReport, RecipeReport, Reporter, StageReport
 from pipeline.errors import LockTimeoutError, MMError, UsageError
-from pipeline.home import Home, atomic_write_text, locked, mm_home
+from pipeline.home import BUILDS_LEASE, Home, atomic_write_text, lease, locked, mm_home
 from pipeline.provenance import utc_now
 from pipeline.quantize_inputs import requantize_problem
 from pipeline.recipe import find_recipe, list_recipe_paths, load_recipe
@@ -180,7 +180,10 @@ def build_recipe(
         if options.dry_run:  # read-only: no lock, no stamps
             report.stages = _run_stages(recipe.name, stages_for(recipe, env), env, options, reporter)
         else:
-            with locked(env.home, f"build-{recipe.name}", wait=not options.no_wait):
+            with (
+                lease(env.home, BUILDS_LEASE),  # gc leaves quantize outputs alone while any build runs
+                locked(env.home, f"build-{recipe.name}", wait=not options.no_wait),
+            ):
                 reporter.recipe_started(recipe.name)
                 report.stages = _run_stages(recipe.name, stages_for(recipe, env), env, options, reporter)
     except LockTimeoutError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ from pipeline.units import format_size
 log = logging.getLogger(__name__)
 
 DEFAULT_HOME = Path("~/.cache/mm")
+BUILDS_LEASE = "builds"  # held shared by every running `mm build`, exclusively by `mm gc`
 
 
 def _default_file_mode() -> int:
@@ -215,6 +217,27 @@ def locked(home: Home, name: str, *, wait: bool = True, timeout: float | None = 
         yield
     finally:
         lock.release()
+
+
+@contextlib.contextmanager
+def lease(home: Home, name: str, *, exclusive: bool = False) -> Iterator[bool]:
+    """A lease many processes share (exclusive=False: waits only while an exclusive holder works), or an
+    exclusive one taken without waiting: yields whether it is held (False: shared holders are alive).
+
+    `mm build` holds the "builds" lease shared while it runs; `mm gc` takes it exclusively, and when it
+    cannot, leaves alone what a running build may still read. The kernel drops a lease with its process
+    (flock), so a killed build never blocks gc.
+    """
+    fd = os.open(lock_path(home, name), os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB if exclusive else fcntl.LOCK_SH)
+            held = True
+        except BlockingIOError:
+            held = False
+        yield held
+    finally:
+        os.close(fd)
 
 
 def _acquire_with_heartbeat(lock: filelock.FileLock, name: str, timeout: float | None) -> None:

@@ -29,7 +29,18 @@ from pipeline.errors import (
     UsageError,
 )
 from pipeline.hardware import HardwareClass
-from pipeline.home import Home, atomic_path, atomic_write_json, disk_full, free_bytes, locked, mm_home
+from pipeline.home import (
+    BUILDS_LEASE,
+    Home,
+    atomic_path,
+    atomic_write_json,
+    disk_full,
+    free_bytes,
+    lease,
+    locked,
+    mm_home,
+)
+from pipeline.leftovers import find_leftovers
 from pipeline.profile import BlobRef, Profile, build_profile, check_name
 from pipeline.provenance import quantize_lock_name, read_record
 
@@ -270,6 +281,8 @@ class GcReport(BaseModel):
     removed: list[GcItem]
     freed_bytes: int  # bytes actually returned to the filesystem (hard links counted once)
     kept_blobs: int
+    builds_running: bool = False  # then quantize outputs were left alone: a build may still read them
+    kept_partials: list[GcItem] = []  # resumable downloads (younger than a day, or being downloaded)
 
 
 def _referenced(home: Home) -> set[str]:
@@ -284,7 +297,9 @@ def _referenced(home: Home) -> set[str]:
     return keep
 
 
-def _gc_candidates(home: Home, keep: set[str], held: contextlib.ExitStack) -> list[tuple[Path, str]]:
+def _gc_candidates(
+    home: Home, keep: set[str], held: contextlib.ExitStack, *, quant_outputs: bool
+) -> list[tuple[Path, str]]:
     found: list[tuple[Path, str]] = []
     for folder in (home.blobs, home.profiles):
         # Every write here happens under the registry lock, which gc holds: any temp file is a crash's.
@@ -294,7 +309,7 @@ def _gc_candidates(home: Home, keep: set[str], held: contextlib.ExitStack) -> li
     exports = home.root / "exports"  # `mm export`'s <sha256>.gguf links to blobs
     if exports.is_dir():
         found += [(p, "link") for p in exports.glob("*.gguf") if p.name.removesuffix(".gguf") not in keep]
-    for record_file in sorted(home.quant.rglob("*.mm.json")) if home.quant.is_dir() else []:
+    for record_file in sorted(home.quant.rglob("*.mm.json")) if home.quant.is_dir() and quant_outputs else []:
         output = record_file.with_name(record_file.name.removesuffix(".mm.json"))
         try:
             record = read_record(output)
@@ -314,9 +329,15 @@ def _gc_candidates(home: Home, keep: set[str], held: contextlib.ExitStack) -> li
 def gc(dry_run: bool = False) -> GcReport:
     """Remove blobs, quantize outputs and their records that no profile references; report what it frees."""
     home = mm_home()
-    with locked(home, LOCK), contextlib.ExitStack() as held:
+    with (
+        locked(home, LOCK),
+        lease(home, BUILDS_LEASE, exclusive=True) as no_build,  # a running build's outputs are not garbage
+        contextlib.ExitStack() as held,
+    ):
         keep = _referenced(home)
-        candidates = _gc_candidates(home, keep, held)
+        candidates = _gc_candidates(home, keep, held, quant_outputs=no_build)
+        leftovers = find_leftovers(home, held)
+        candidates += leftovers.stale
         items: list[GcItem] = []
         inodes: dict[tuple[int, int], tuple[int, int, int]] = {}  # (dev, ino) -> (size, nlink, removed)
         for path, kind in candidates:
@@ -330,7 +351,15 @@ def gc(dry_run: bool = False) -> GcReport:
                     forget_sha256(home, path)
         freed = sum(size for size, nlink, removed in inodes.values() if removed >= nlink)
         kept = len(keep & {p.name for p in home.blobs.iterdir()}) if home.blobs.is_dir() else 0
-    return GcReport(dry_run=dry_run, removed=items, freed_bytes=freed, kept_blobs=kept)
+        partials = [GcItem(path=str(p), kind="partial", size_bytes=p.stat().st_size) for p in leftovers.kept_partials]
+    return GcReport(
+        dry_run=dry_run,
+        removed=items,
+        freed_bytes=freed,
+        kept_blobs=kept,
+        builds_running=not no_build,
+        kept_partials=partials,
+    )
 
 
 class ProfileCheck(BaseModel):

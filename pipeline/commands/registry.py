@@ -162,6 +162,11 @@ def gc_command(dry_run: DryRunOpt = False, as_json: JsonOpt = False) -> None:
         typer.echo(f"{verb} {item.kind:6} {format_size(item.size_bytes):>10}  {item.path}")
     typer.echo(f"{verb} {len(report.removed)} file(s), {'would free' if dry_run else 'freed'} "
                f"{format_size(report.freed_bytes)}; {report.kept_blobs} blob(s) in use")  # fmt: skip
+    if report.builds_running:
+        note("an `mm build` is running: quantize outputs were left alone (run gc again when it is done)")
+    if report.kept_partials:
+        size = format_size(sum(p.size_bytes for p in report.kept_partials))
+        note(f"kept {len(report.kept_partials)} resumable partial download(s) ({size}); gc removes them after a day")
     if hub.files:
         note(f"the Hub cache holds {format_size(hub.size_bytes)} in {len(hub.files)} file(s), kept: "
              "`mm cache ls` lists them, `mm cache rm REPO[:FILE]` removes them")  # fmt: skip
