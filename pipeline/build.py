@@ -34,7 +34,7 @@ KEY_REASONS = {
     "mm": "mm upgraded",
 }
 # Keys that only carry an upstream stage's result: the reason is that stage's reason.
-DERIVED_KEYS = {"source_sha256", "model_sha256", "fit_sha256", "source"}
+DERIVED_KEYS = {"source_sha256", "model_sha256", "fit_sha256", "source", "profile_sha256"}
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,7 @@ class BuildOptions:
     no_wait: bool = False
     token: str | None = None
     offline: bool = False
+    push: bool = False
 
 
 class Stamp(BaseModel):
@@ -131,7 +132,7 @@ def build(
     reporter = reporter or Reporter()
     env = StageEnv(
         home=mm_home(), token=options.token, offline=options.offline,
-        download_progress=reporter.download_progress, quantize_progress=reporter.quantize_progress,
+        download_progress=reporter.download_progress, quantize_progress=reporter.quantize_progress, push=options.push,
     )  # fmt: skip
     started = time.perf_counter()
     stop = threading.Event()

@@ -152,6 +152,23 @@ class RunSettings(BaseModel):
     cpu_moe: StrictBool = False
 
 
+class PublishSettings(BaseModel):
+    """Where `mm build --push` publishes the recipe's profiles (GGUFs, profile documents, model card)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    repo: str | None = None  # OWNER/NAME on the Hub
+    revision: str = "main"  # the branch to commit to
+    private: bool = False  # create the repo private when it does not exist
+
+    @field_validator("repo")
+    @classmethod
+    def _repo_id(cls, value: str | None) -> str | None:
+        if value is not None and not REPO_ID_RE.match(value):
+            raise ValueError(f"{value!r} is not a Hub repository id; expected OWNER/NAME, e.g. my-org/Llama-3-8B-GGUF")
+        return value
+
+
 class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -160,6 +177,7 @@ class Recipe(BaseModel):
     source: Source
     quantize: QuantizeSettings = Field(default_factory=QuantizeSettings)
     run: RunSettings = Field(default_factory=RunSettings)
+    publish: PublishSettings = Field(default_factory=PublishSettings)
     # Where it was read from, and a hash of its bytes (provenance; the build's fingerprints).
     path: Path | None = Field(default=None, exclude=True)
     content_sha256: str | None = Field(default=None, exclude=True)

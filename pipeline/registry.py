@@ -41,7 +41,15 @@ from pipeline.home import (
     mm_home,
 )
 from pipeline.leftovers import find_leftovers
-from pipeline.profile import BlobRef, Profile, build_profile, check_name
+from pipeline.profile import (
+    BlobRef,
+    Profile,
+    build_profile,
+    check_name,
+    llama_cli_command,
+    llama_kwargs,
+    llama_server_command,
+)
 from pipeline.provenance import quantize_lock_name, read_record
 
 if TYPE_CHECKING:
@@ -167,6 +175,44 @@ def publish(
         )
         atomic_write_json(profile_path(home, profile.name), profile.model_dump(mode="json"))
     log.info("published %s (blob %s)", profile.name, sha256[:12])
+    return profile
+
+
+def install(published: Profile, model: Path, *, name: str | None = None) -> Profile:
+    """Store `model` as a blob under a profile made on another machine (`mm pull REPO --profile`).
+
+    Provenance, run settings and prediction are kept as published; only the blob reference and the
+    ready-to-paste commands change to this machine's paths. `model` must hash to the profile's sha256.
+    """
+    home = mm_home()
+    model = model.resolve()
+    sha256 = file_sha256(home, model)
+    if sha256 != published.blob.sha256:
+        raise IntegrityError(
+            f"{model}: sha256 {sha256} is not the {published.blob.sha256} profile {published.name!r} names",
+            hint="pull it again; the repo's file and profile disagree",
+        )
+    try:
+        chosen = check_name(name or published.name)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    with locked(home, LOCK):
+        blob = _store_blob(home, model, sha256, model.stat().st_size)
+        stat = blob.stat()
+        ref = BlobRef(
+            sha256=sha256, size_bytes=stat.st_size, path=str(blob), mtime_ns=stat.st_mtime_ns, inode=stat.st_ino
+        )
+        profile = published.model_copy(
+            update={
+                "name": chosen,
+                "blob": ref,
+                "llama_server": llama_server_command(str(blob), published.run),
+                "llama_cli": llama_cli_command(str(blob), published.run),
+                "llama_kwargs": llama_kwargs(str(blob), published.run),
+            }
+        )
+        atomic_write_json(profile_path(home, profile.name), profile.model_dump(mode="json"))
+    log.info("installed %s (blob %s)", profile.name, sha256[:12])
     return profile
 
 

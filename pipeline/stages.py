@@ -73,6 +73,7 @@ class StageEnv:
     home: Home
     token: str | None = None
     offline: bool = False
+    push: bool = False  # `mm build --push`: recipes with [publish] repo push their profiles after publishing
     llama_cpp_version: str = field(default_factory=lambda: llama_cpp_version())
     download_progress: ProgressFactory | None = None  # a bar per file (bytes), when someone is watching
     quantize_progress: ProgressFactory | None = None  # a bar per quantize (tensors)
@@ -136,6 +137,8 @@ def recipe_stages(recipe: Recipe, env: StageEnv) -> list[Stage]:
     stages += [_quantize_stage(recipe, env, qtype) for qtype in types]
     stages += [_fit_stage(recipe, env, qtype) for qtype in types]
     stages += [_publish_stage(recipe, env, qtype) for qtype in types]
+    if env.push and recipe.publish.repo is not None:
+        stages.append(_push_stage(recipe, env))
     return stages
 
 
@@ -364,8 +367,8 @@ def _publish_stage(recipe: Recipe, env: StageEnv, qtype: str) -> Stage:
             "source": up["verify"].values["source_ref"],
             "profile": name,
             # source and quantize reach the profile through model_sha256 and source; listing them here
-            # would republish every type when one is added to the recipe.
-            "recipe": recipe.model_dump(mode="json", exclude={"source", "quantize"}),
+            # would republish every type when one is added to the recipe. Where it is pushed doesn't matter.
+            "recipe": recipe.model_dump(mode="json", exclude={"source", "quantize", "publish"}),
             "stage_version": STAGE_VERSION,
         }
 
@@ -388,3 +391,34 @@ def _publish_stage(recipe: Recipe, env: StageEnv, qtype: str) -> Stage:
         return StageOutcome(outputs=[output_record(env.home, document)], values={"profile": profile.name})
 
     return Stage(f"publish:{qtype}", (quant, fit, "verify"), inputs, action)
+
+
+# --- push: every published profile of the recipe to its Hub repo, in one commit ------------------------------
+
+
+def _push_stage(recipe: Recipe, env: StageEnv) -> Stage:
+    """Runs when a profile document changed or the target changed; push itself sends only what the repo lacks.
+
+    A failed push writes no stamp, so the next build tries again.
+    """
+    publishes = tuple(f"publish:{qtype}" for qtype in recipe.quantize.types)
+    target = recipe.publish
+
+    def inputs(up: Upstream) -> dict[str, Any]:
+        return {
+            "repo": target.repo,
+            "revision": target.revision,
+            "private": target.private,
+            "profile_sha256": {up[p].values["profile"]: up[p].outputs[0].sha256 for p in publishes},
+            "stage_version": STAGE_VERSION,
+        }
+
+    def action(up: Upstream) -> StageOutcome:
+        from pipeline.push import push
+
+        assert target.repo is not None
+        names = [up[p].values["profile"] for p in publishes]
+        report = push(names, target.repo, revision=target.revision, private=target.private, token=env.token)
+        return StageOutcome(values={"repo": report.repo, "commit": report.commit, "uploaded": report.uploaded})
+
+    return Stage("push", publishes, inputs, action)

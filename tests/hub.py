@@ -23,6 +23,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from tests import hub_upload
+
 VALID_TOKEN = "hf_local_hub_valid_token"
 
 
@@ -76,6 +78,7 @@ class LocalHub:
         self.faults: dict[tuple[str, str], Fault] = {}
         self.hostile = Hostile()
         self.requests: list[Request] = []
+        self.uploads = hub_upload.UploadLog()  # the write endpoints' state (tests/hub_upload.py)
         self.lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
 
@@ -242,8 +245,13 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self._route()
 
+    def do_PUT(self) -> None:
+        self._route()
+
     def _route(self) -> None:
         parts = [unquote(p) for p in urlsplit(self.path).path.strip("/").split("/")]
+        if hub_upload.route(self, parts):
+            return None
         # Dataset repos live in the same table under "datasets/owner/name" (add_repo("datasets/o/n", ...)).
         if parts[:2] == ["api", "datasets"] and len(parts) >= 4:
             parts = ["api", "models", f"datasets/{parts[2]}", *parts[3:]]

@@ -106,7 +106,7 @@ def add_group(app: typer.Typer, name: str, help: str) -> typer.Typer:
 
 
 def registered_groups() -> list[Callable[[typer.Typer], None]]:
-    from pipeline.commands import build, fit, llama, pull, quantize, recipes, registry, run
+    from pipeline.commands import build, fit, llama, pull, push, quantize, recipes, registry, run
 
     return [
         recipes.register,
@@ -117,4 +117,5 @@ def registered_groups() -> list[Callable[[typer.Typer], None]]:
         registry.register,
         run.register,
         build.register,
+        push.register,
     ]

@@ -37,10 +37,13 @@ def build_command(
     ] = False,
     token: TokenOpt = None,
     offline: OfflineOpt = False,
+    push: Annotated[
+        bool, typer.Option("--push", help="Push each recipe's profiles to its [publish] repo (needs a write token).")
+    ] = False,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Build recipes: resolve → download → verify → quantize → fit → publish, skipping what is up to date.
+    """Build recipes: resolve → download → verify → quantize → fit → publish [→ push], skipping what is up to date.
 
     In a terminal, downloads and quantizes show progress bars. Exits 10 when any recipe failed.
 
@@ -49,6 +52,10 @@ def build_command(
     from pipeline.build import BuildOptions, build, parse_shard, select_recipes
 
     writable_target(report_file, "--report")
+    if push and (as_json or not show_progress(quiet)):
+        from huggingface_hub.utils import disable_progress_bars  # type: ignore[attr-defined]  # lazily exported
+
+        disable_progress_bars()  # the uploads' bars
 
     paths = select_recipes(
         recipes or [],
@@ -57,8 +64,9 @@ def build_command(
         shard=parse_shard(shard) if shard else None,
     )
     options = BuildOptions(
-        force=force, dry_run=dry_run, keep_going=keep_going, jobs=jobs, no_wait=no_wait, token=token, offline=offline
-    )
+        force=force, dry_run=dry_run, keep_going=keep_going, jobs=jobs, no_wait=no_wait, token=token, offline=offline,
+        push=push,
+    )  # fmt: skip
     bars = show_progress(quiet) and not as_json and jobs == 1
     reporter = ConsoleReporter(note, verbose=dry_run, quiet=quiet, download_progress=byte_bar if bars else None,
                                quantize_progress=tensor_bar if bars else None)  # fmt: skip

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from pipeline.commands import add_command
-from pipeline.commands.options import JsonOpt, OfflineOpt, QuietOpt, RecipesDirOpt, RevisionOpt, TokenOpt
+from pipeline.commands.options import (
+    HardwareOpt,
+    JsonOpt,
+    OfflineOpt,
+    QuietOpt,
+    RecipesDirOpt,
+    RevisionOpt,
+    TokenOpt,
+)
 from pipeline.commands.render import byte_bar, emit_json, note, show_progress, table
 from pipeline.errors import UsageError
 from pipeline.units import format_size
@@ -17,6 +26,16 @@ if TYPE_CHECKING:  # the Hub client is imported when a pull runs, not on every `
     from pipeline.download import PullTarget
 
 INTERRUPTED_EXIT = 130  # 128 + SIGINT, as shells report it
+ProfileOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--profile", metavar="NAME", help="Install this profile a repo published with `mm push` (GGUF + settings)."
+    ),
+]
+ListProfilesOpt = Annotated[bool, typer.Option("--list-profiles", help="List the profiles the repo offers.")]
+LocalNameOpt = Annotated[
+    str | None, typer.Option("--name", metavar="NAME", help="Local name for the installed profile (with --profile).")
+]
 
 
 def _ask(files: list[tuple[str, int]]) -> str:
@@ -71,16 +90,29 @@ def pull_command(
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
     recipes: RecipesDirOpt = None,
+    profile: ProfileOpt = None,
+    list_profiles: ListProfilesOpt = False,
+    hardware: HardwareOpt = None,
+    name: LocalNameOpt = None,
 ) -> None:
     """Download a GGUF model from the Hub into the mm home, resumably, and verify its sha256.
 
-    Ctrl-C keeps what was downloaded: the same command resumes it.
+    Ctrl-C keeps what was downloaded: the same command resumes it. With --profile, install a profile that
+    `mm push` published: its GGUF (verified), settings and provenance, fit-checked for this machine or
+    --hardware; --list-profiles shows what a repo offers.
 
     Example: mm pull TheBloke/Llama-2-7B-GGUF llama-2-7b.Q4_K_M.gguf
     """
     from pipeline import download
     from pipeline.hub_url import model_text_from_url
 
+    if profile is not None or list_profiles:
+        if file is not None or file_arg is not None:
+            raise UsageError("--profile and --list-profiles take a repo (OWNER/NAME), not a file")
+        repo = model_text_from_url(model)
+        return _pull_profile(repo, profile, revision, token, hardware, name, recipes, as_json, quiet)
+    if hardware is not None or name is not None:
+        raise UsageError("--hardware and --name go with --profile (installing a published profile)")
     if file is not None and file_arg is not None:
         raise UsageError(f"the file is named twice ({file_arg} and --file {file}); give it once")
     model = model_text_from_url(model)
@@ -104,6 +136,48 @@ def pull_command(
     table(
         ["file", "size", "sha256", "path"],
         [(f.filename, format_size(f.size_bytes), f.sha256[:16], f.path) for f in files],
+    )
+
+
+def _pull_profile(
+    repo: str, profile: str | None, revision: str | None, token: str | None, hardware: str | None,
+    name: str | None, recipes: Path | None, as_json: bool, quiet: bool,
+) -> None:  # fmt: skip
+    """`mm pull OWNER/REPO --list-profiles` and `--profile NAME` (pipeline/install.py does the work)."""
+    from pipeline.install import install_profile, list_repo_profiles
+    from pipeline.model_info import target_hardware
+    from pipeline.push import check_repo_id
+
+    check_repo_id(repo)
+    if profile is None:
+        offered = list_repo_profiles(repo, revision or "main", token=token)
+        if as_json:
+            emit_json([d.profile for d in offered])
+            return
+        table(
+            ["profile", "quant", "size", "hardware", "gpu layers", "tok/s", "file"],
+            [
+                (p.name, p.quant, format_size(p.blob.size_bytes), p.hardware,
+                 f"{p.run.n_gpu_layers}/{p.prediction.n_layers + 1}", f"{p.prediction.tokens_per_second:.1f}", d.file)
+                for d in offered
+                for p in [d.profile]
+            ],
+        )  # fmt: skip
+        return
+    target = target_hardware(hardware, None, None, None, recipes)
+    report = install_profile(
+        repo, profile, target, revision=revision or "main", token=token, rename=name,
+        progress=byte_bar if show_progress(quiet) else None,
+    )  # fmt: skip
+    if report.warning:
+        note(f"warning: {report.warning}")
+    if as_json:
+        emit_json(report)
+        return
+    p, check = report.profile, report.check
+    typer.echo(
+        f"installed {p.name} from {repo}@{report.commit[:12]} ({p.quant}, {format_size(p.blob.size_bytes)}, sha256 "
+        f"verified); on {check.hardware}: {check.verdict}, ~{check.tokens_per_second:.1f} tok/s — `mm run {p.name}`"
     )
 
 
