@@ -49,6 +49,8 @@ BAD_BY_NAME = {
     "--name": "no/slashes allowed",
     "--file": "other.gguf",  # MODEL already names a file
     "--revision": "no-such-branch",  # the (unreachable) Hub: a Hub error
+    "--repo": "no-owner-slash-name",
+    "--profile": "tiny",  # MODEL names a file, not a repo
 }
 # Options where every value is allowed: why no value is wrong.
 ANY_VALUE = {
@@ -116,9 +118,9 @@ def args_for(tiny_model: Path, tmp_path: Path) -> Callable[[_click.Command], lis
     publish(tiny_model, get_hardware("cpu-64g"), name=PROFILE)
     recipe = tmp_path / "tiny.toml"
     recipe.write_text(f'hardware = "cpu-64g"\n[source]\npath = "{tiny_model}"\n[quantize]\ntypes = ["q8_0"]\n')
-    values = {"MODEL": str(tiny_model), "NAME": PROFILE, "[RECIPE]...": str(recipe)}
+    values = {"MODEL": str(tiny_model), "NAME": PROFILE, "NAME...": PROFILE, "[RECIPE]...": str(recipe)}
     # What else a command needs to get as far as the option (quantize needs a type).
-    needs = {"quantize": ["--to", "q8_0"]}
+    needs = {"quantize": ["--to", "q8_0"], "push": ["--repo", "acme/tiny-GGUF"]}
 
     def args(command: _click.Command) -> list[str]:
         out = list(needs.get(str(command.name), []))

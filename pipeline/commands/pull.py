@@ -20,6 +20,7 @@ from pipeline.commands.options import (
 )
 from pipeline.commands.render import byte_bar, emit_json, note, show_progress, table
 from pipeline.errors import UsageError
+from pipeline.recipe import REPO_ID_RE
 from pipeline.units import format_size
 
 if TYPE_CHECKING:  # the Hub client is imported when a pull runs, not on every `mm` start
@@ -107,9 +108,9 @@ def pull_command(
     from pipeline.hub_url import model_text_from_url
 
     if profile is not None or list_profiles:
-        if file is not None or file_arg is not None:
-            raise UsageError("--profile and --list-profiles take a repo (OWNER/NAME), not a file")
         repo = model_text_from_url(model)
+        if file is not None or file_arg is not None or not REPO_ID_RE.match(repo):
+            raise UsageError(f"--profile and --list-profiles take a repo (OWNER/NAME), not {repo!r}")
         return _pull_profile(repo, profile, revision, token, hardware, name, recipes, as_json, quiet)
     if hardware is not None or name is not None:
         raise UsageError("--hardware and --name go with --profile (installing a published profile)")
@@ -146,9 +147,7 @@ def _pull_profile(
     """`mm pull OWNER/REPO --list-profiles` and `--profile NAME` (pipeline/install.py does the work)."""
     from pipeline.install import install_profile, list_repo_profiles
     from pipeline.model_info import target_hardware
-    from pipeline.push import check_repo_id
 
-    check_repo_id(repo)
     if profile is None:
         offered = list_repo_profiles(repo, revision or "main", token=token)
         if as_json:
