@@ -36,6 +36,7 @@ bench: install
 	$(BIN)/python bench/quantize.py
 	$(BIN)/python bench/registry.py
 	$(BIN)/python bench/build.py
+	$(BIN)/python bench/moe.py
 
 demo: install
 	MM_HOME=./cache $(BIN)/mm demo

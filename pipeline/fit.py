@@ -108,6 +108,7 @@ class FitResult(BaseModel):
     cpu_read_bytes: int = 0  # ... and in RAM
     placement: str = ""  # where the experts are, in words
     alternatives: list[PlacementOption] = Field(default_factory=list)  # MoE: expert vs plain layer offload
+    placement_reason: str = ""  # why this placement (MoE on a GPU)
     vram_bytes: int  # predicted GPU total (0 without a GPU)
     ram_bytes: int  # predicted CPU total
     gpu: DeviceBreakdown
@@ -191,6 +192,26 @@ def _alternatives(shape: ModelShape, hardware: HardwareClass, settings: FitSetti
     ]
 
 
+def _placement_reason(result: FitResult, settings: FitSettings) -> str:
+    """Why the chosen placement beats the alternatives shown beside it (a MoE on a GPU), or "" otherwise."""
+    if not result.alternatives:
+        return ""
+    asked = settings.n_cpu_moe is not None or settings.cpu_moe or settings.n_gpu_layers is not None
+    fit_order, layers_only = result.alternatives
+    if asked:
+        why = "the placement asked for"
+    elif (fit_order.n_gpu_layers, fit_order.n_cpu_moe) == (result.n_gpu_layers, result.n_cpu_moe):
+        why = "the fastest predicted placement that fits, the same as llama.cpp's fit order"
+    else:
+        why = f"the fastest predicted placement that fits (llama.cpp's fit order: {fit_order.tokens_per_second:g})"
+    return (
+        f"{why}: a token reads {format_size(result.cpu_read_bytes)} from RAM; offloading whole layers instead "
+        f"fits {layers_only.n_gpu_layers} layers at ~{layers_only.tokens_per_second:g} tokens/s: every token reads all "
+        f"of a layer's attention, KV cache and shared weights but only {result.n_expert_used} of its "
+        f"{result.n_expert} experts, so VRAM holding dense parts saves more RAM traffic than VRAM holding experts"
+    )
+
+
 def fit_shape(
     shape: ModelShape, model: Path, hardware: HardwareClass, settings: FitSettings, *, suggest: bool = True
 ) -> FitResult:
@@ -238,6 +259,7 @@ def fit_shape(
         suggestions=[],
         warnings=_warnings(shape, settings),
     )
+    result.placement_reason = _placement_reason(result, settings)
     if suggest and verdict in ("does_not_fit", "partial_offload"):
         result.suggestions = _suggestions(shape, model, hardware, settings, result)
     return result

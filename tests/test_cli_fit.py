@@ -152,3 +152,14 @@ def test_sizes_called_exact_equal_the_quantized_files(mm: Mm, tmp_path: Path) ->
         made = mm("quantize", str(q4), "--to", qtype, "--allow-requantize", "--output", str(out), "-q")
         assert made.exit_code == 0, made.output
         assert size == out.stat().st_size, qtype
+
+
+def test_moe_fit_says_why_its_placement(mm: Mm, tmp_path: Path) -> None:
+    from pipeline.tiny_model import write_tiny_model
+    from tests.test_fit import ARCHS
+
+    model = write_tiny_model(tmp_path / "moe.gguf", ARCHS["qwen3moe"])
+    doc = json.loads(mm("fit", str(model), "--hardware", "rtx3060-12g", "--json").stdout)
+    assert "same as llama.cpp's fit order" in doc["placement_reason"]  # everything fits: nothing to choose
+    asked = json.loads(mm("fit", str(model), "--hardware", "rtx3060-12g", "--n-cpu-moe", "1", "--json").stdout)
+    assert asked["placement_reason"].startswith("the placement asked for")

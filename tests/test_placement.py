@@ -11,20 +11,22 @@ import ctypes
 import functools
 import re
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import gguf
 import llama_cpp
 import pytest
+from typer.testing import Result
 
 from pipeline.export import export
 from pipeline.fit import FitResult, FitSettings, fit_model
 from pipeline.hardware import get_hardware
 from pipeline.llama_build import BuiltTools
-from pipeline.registry import publish
+from pipeline.registry import get_profile, publish
 from pipeline.runner import generate
 from pipeline.tiny_model import TinySpec, write_header_only_model, write_tiny_model
+from tests.conftest import write_recipe
 from tests.test_fit import _LOG, ARCHS, _capture
 
 # Shaped like the published files (layer counts, widths, experts, vocabularies): Qwen3-30B-A3B Q4_K_M
@@ -211,3 +213,27 @@ def test_inspect_names_shared_experts_and_leading_dense_layers(tmp_path: Path) -
     sizes = {t.name: int(t.n_elements) for t in gguf.GGUFReader(tmp_path / "ds.gguf").tensors}
     routed = sum(v for n, v in sizes.items() if EXPERTS.search(n))
     assert summary.active_params == sum(sizes.values()) - routed * 6 // 8
+
+
+def test_build_of_a_moe_recipe_publishes_its_placement(mm: Callable[..., Result], recipes_folder: Path) -> None:
+    """mm build fits with the recipe's [run] placement and the profile records it for run and export."""
+    write_tiny_model(recipes_folder / "moe.gguf", ARCHS["qwen3moe"])
+    write_recipe(recipes_folder, "moe", MOE_RECIPE)
+    result = mm("build", "moe", "--recipes", str(recipes_folder), "--json")
+    assert result.exit_code == 0, result.output
+    profile = get_profile("moe-q8_0")
+    assert profile.run.n_cpu_moe == 2 and profile.run.n_gpu_layers == 3  # cpu_moe: both layers' experts
+    assert profile.run.tensor_overrides == [r"\.ffn_(up|down|gate|gate_up)_(ch|)exps=CPU"]
+    assert "--n-cpu-moe 2" in profile.llama_server and "experts of layers 0-1 in RAM" in profile.prediction.placement
+
+
+MOE_RECIPE = """
+hardware = "rtx3060-12g"
+[source]
+path = "moe.gguf"
+[quantize]
+types = ["q8_0"]
+[run]
+ctx = 512
+cpu_moe = true
+"""

@@ -198,6 +198,7 @@ def _show_fit(r: FitResult) -> None:
         rows = [(a.label, str(a.n_gpu_layers), str(a.n_cpu_moe), format_size(a.vram_bytes), f"{a.tokens_per_second:g}")
                 for a in r.alternatives]  # fmt: skip
         table(("placement", "gpu layers", "n-cpu-moe", "vram", "tokens/s"), rows)
+        typer.echo(f"why: {r.placement_reason}")
     no_gpu = r.gpu.total_bytes == 0 and r.n_gpu_layers == 0
     fits_vram = "n/a (no GPU)" if no_gpu else ("yes" if r.fits_vram else "no")
     typer.echo(f"fits VRAM: {fits_vram}   fits RAM: {'yes' if r.fits_ram else 'no'}")
