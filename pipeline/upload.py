@@ -9,6 +9,7 @@ retries after re-reading; a refused token is a HubError that says a write token 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -55,8 +56,6 @@ class RepoState:
 
     def has_bytes(self, path: str, data: bytes) -> bool:
         """Is `data` the content of `path` (LFS sha256 or git blob sha1, as the Hub reports it)?"""
-        import hashlib
-
         entry = self.files.get(path)
         if entry is None or entry.size != len(data):
             return False

@@ -168,3 +168,24 @@ def test_a_recipe_publish_repo_must_be_a_repo_id(mm: Mm, recipes_folder: Path, t
     result = mm("recipe", "validate", str(recipe))
     assert result.exit_code == 2
     assert "publish.repo" in result.stderr + result.stdout and "OWNER/NAME" in result.stderr + result.stdout
+
+
+def test_pull_warns_when_the_published_placement_does_not_fit_here(
+    mm: Mm, tiny_model: Path, local_hub: LocalHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    own = tmp_path / "m.gguf"
+    shutil.copyfile(tiny_model, own)
+    assert mm("publish", str(own), "--hardware", "rtx3060-12g", "--ctx", "2048", "--name", "gpu").exit_code == 0
+    assert mm("push", "gpu", "--repo", REPO, "--token", VALID_TOKEN).exit_code == 0
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    (recipes / "hardware.toml").write_text(
+        '[small-gpu]\nvram = "1M"\nram = "64G"\ngpu_bandwidth_gbps = 100\nram_bandwidth_gbps = 50\ngpu_overhead = "0"\n'
+    )
+    monkeypatch.setenv("MM_HOME", str(tmp_path / "user"))
+    pulled = mm("pull", REPO, "--profile", "gpu", "--hardware", "small-gpu", "--recipes", str(recipes), "--json")
+    assert pulled.exit_code == 0, pulled.stderr  # installed all the same: it may be meant for another machine
+    report = json.loads(pulled.stdout)
+    assert not report["check"]["fits"] and report["check"]["verdict"] == "does_not_fit"
+    assert "does not fit small-gpu" in report["warning"] and "warning:" in pulled.stderr
+    assert report["profile"]["run"]["n_gpu_layers"] > 0  # the published placement is kept, not silently changed
