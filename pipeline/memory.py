@@ -8,6 +8,7 @@ matrix in tests/test_fit.py keeps them honest.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -306,11 +307,18 @@ def kv_layer_bytes(shape: ModelShape, ctx: Context, il: int) -> int:
     return (k + v) * cells
 
 
+@functools.lru_cache(maxsize=32)
+def kv_per_layer(shape: ModelShape, ctx: Context) -> tuple[int, ...]:
+    """kv_layer_bytes of every layer (cached: the placement search sums it for many splits)."""
+    return tuple(kv_layer_bytes(shape, ctx, il) for il in range(shape.n_layers))
+
+
 def output_buffer_bytes(shape: ModelShape, ctx: Context) -> int:
     """llama-context.cpp output_reserve(n_seq_max) at init: n_vocab logits per sequence (float32)."""
     return shape.n_vocab * ctx.n_seq * F32
 
 
+@functools.lru_cache(maxsize=32)
 def compute_buffer_bytes(shape: ModelShape, ctx: Context) -> int:
     """The graph allocator's peak for a worst-case ubatch: the largest live set across a layer's phases.
 
@@ -386,13 +394,12 @@ def split_layers(shape: ModelShape, ctx: Context, n_gpu_layers: int, n_cpu_moe: 
     """
     ngl = max(0, min(n_gpu_layers, shape.n_layers + 1))
     start = shape.n_layers + 1 - ngl
-    gpu_layers = range(start, shape.n_layers)
     experts = shape.expert_bytes or (0,) * shape.n_layers
-    held = sum(experts[i] for i in range(start, min(n_cpu_moe, shape.n_layers)))  # GPU layers' CPU experts
-    gpu_w = sum(shape.layer_bytes[i] for i in gpu_layers) + (shape.output_bytes + shape.tied_bytes if ngl > 0 else 0)
+    held = sum(experts[start : max(start, min(n_cpu_moe, shape.n_layers))])  # GPU layers' experts in RAM
+    gpu_w = sum(shape.layer_bytes[start:]) + (shape.output_bytes + shape.tied_bytes if ngl > 0 else 0)
     gpu_w -= held
-    gpu_kv = sum(kv_layer_bytes(shape, ctx, i) for i in gpu_layers)
-    all_kv = sum(kv_layer_bytes(shape, ctx, i) for i in range(shape.n_layers))
+    kv = kv_per_layer(shape, ctx)
+    gpu_kv, all_kv = sum(kv[start:]), sum(kv)
     compute = compute_buffer_bytes(shape, ctx)
     output = output_buffer_bytes(shape, ctx)
     if ngl == 0:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pipeline.memory import Context, ModelShape, Split, kv_layer_bytes, split_layers
+from pipeline.memory import Context, ModelShape, Split, kv_per_layer, split_layers
 
 # common/common.h llm_ffn_block_regex(i, LLM_FFN_EXPS_REGEX), as `-ot PATTERN=CPU` strings (arg.cpp's
 # parse_tensor_buffer_overrides takes a buffer type by its name: "CPU").
@@ -42,27 +42,14 @@ def bytes_read_per_token(shape: ModelShape, ctx: Context, n_gpu_layers: int, n_c
     """Per device, what a token reads: each layer's dense part and n_expert_used/n_expert of its routed
     experts where they live, its KV cache, and the output head; of the embedding table, one row (nothing)."""
     n = shape.n_layers
-    start = n + 1 - max(0, min(n_gpu_layers, n + 1))
+    start = n + 1 - max(0, min(n_gpu_layers, n + 1))  # layers start.. are on the GPU
+    held = max(start, min(n_cpu_moe, n))  # their experts up to `held` stay in RAM
     experts = shape.expert_bytes or (0,) * n
-    gpu = cpu = 0
-    for il in range(n):
-        expert = experts[il]
-        dense = shape.layer_bytes[il] - expert
-        active = round(expert * shape.active_fraction)
-        kv = kv_layer_bytes(shape, ctx, il)
-        if il >= start:
-            gpu += dense + kv
-            if il < n_cpu_moe:
-                cpu += active
-            else:
-                gpu += active
-        else:
-            cpu += dense + kv + active
-    if start <= n:
-        gpu += shape.output_bytes + shape.tied_bytes
-    else:
-        cpu += shape.output_bytes + shape.tied_bytes  # a tied head is the embedding table, read whole
-    return ReadBytes(gpu, cpu)
+    kv, layers, share = kv_per_layer(shape, ctx), shape.layer_bytes, shape.active_fraction
+    gpu = sum(layers[start:]) - sum(experts[start:]) + sum(kv[start:]) + round(sum(experts[held:]) * share)
+    cpu = sum(layers[:start]) - sum(experts[:start]) + sum(kv[:start]) + round(sum(experts[:held]) * share)
+    head = shape.output_bytes + shape.tied_bytes  # a tied head is the embedding table, read whole
+    return ReadBytes(gpu + head, cpu) if start <= n else ReadBytes(gpu, cpu + head)
 
 
 @dataclass(frozen=True)
@@ -90,10 +77,14 @@ Speed = Callable[[ReadBytes], float]
 def most_layers(shape: ModelShape, ctx: Context, budget: float, n_cpu_moe: int = 0) -> Placement:
     """Plain layer offload (llama.cpp's -ngl alone): the most layers whose GPU buffers fit `budget`."""
     for ngl in range(shape.n_layers + 1, 0, -1):
-        placement = place(shape, ctx, ngl, n_cpu_moe)
-        if placement.gpu_total <= budget:
-            return placement
+        if _gpu_total(shape, ctx, ngl, n_cpu_moe) <= budget:
+            return place(shape, ctx, ngl, n_cpu_moe)
     return place(shape, ctx, 0)
+
+
+def _gpu_total(shape: ModelShape, ctx: Context, n_gpu_layers: int, n_cpu_moe: int) -> int:
+    gpu = split_layers(shape, ctx, n_gpu_layers, n_cpu_moe)[0]
+    return gpu.weights + gpu.kv + gpu.output + gpu.compute
 
 
 def fewest_cpu_experts(shape: ModelShape, ctx: Context, budget: float, n_gpu_layers: int) -> Placement | None:
@@ -102,11 +93,11 @@ def fewest_cpu_experts(shape: ModelShape, ctx: Context, budget: float, n_gpu_lay
     GPU memory only falls as K grows, so a binary search over K finds it.
     """
     low, high = 0, shape.n_layers
-    if place(shape, ctx, n_gpu_layers, high).gpu_total > budget:
+    if _gpu_total(shape, ctx, n_gpu_layers, high) > budget:
         return None
     while low < high:
         mid = (low + high) // 2
-        if place(shape, ctx, n_gpu_layers, mid).gpu_total <= budget:
+        if _gpu_total(shape, ctx, n_gpu_layers, mid) <= budget:
             high = mid
         else:
             low = mid + 1
