@@ -187,3 +187,18 @@ def test_a_context_beyond_training_is_warned(mm: Mm, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "warning: a context of 8192 tokens is beyond the 2048 the model was trained for" in result.stderr
     assert "warning" not in mm("fit", str(model), "-H", "cpu-64g", "--ctx", "2048").stderr
+
+
+def test_one_registration_style_and_one_json_name() -> None:
+    """Every command comes through add_command (so -v after it and -fa work everywhere) and spells --json's
+    parameter as_json (pipeline/commands/__init__.py says how to add one)."""
+    from pipeline.commands import MMCommand
+
+    root = typer.main.get_command(app)
+    for path in _all_commands():
+        command = root
+        for name in path:
+            command = command.commands[name]  # type: ignore[attr-defined]
+        assert isinstance(command, MMCommand), f"mm {' '.join(path)} is not registered with add_command"
+        json_params = [p.name for p in command.params if "--json" in getattr(p, "opts", [])]
+        assert json_params in ([], ["as_json"]), f"mm {' '.join(path)}: --json is {json_params}"
