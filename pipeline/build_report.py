@@ -5,13 +5,15 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field
 
 from pipeline.home import atomic_write_text
 from pipeline.provenance import utc_now
-from pipeline.transfer import ProgressFactory
+
+if TYPE_CHECKING:  # huggingface_hub loads with pipeline.transfer: only when a transfer runs
+    from pipeline.transfer import ProgressFactory
 
 SCHEMA_VERSION = 1
 

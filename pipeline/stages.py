@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
@@ -26,7 +26,9 @@ from pipeline.hardware import HardwareClass, get_hardware
 from pipeline.home import Home
 from pipeline.provenance import QuantParams, SourceRef
 from pipeline.recipe import HARDWARE_FILE, Recipe
-from pipeline.transfer import Progress, ProgressFactory
+
+if TYPE_CHECKING:  # huggingface_hub loads with pipeline.transfer: only when a transfer runs
+    from pipeline.transfer import Progress, ProgressFactory
 
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 # Bumped when a stage's action changes what it produces, so stamps of the old action are stale.

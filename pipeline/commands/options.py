@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Annotated, cast, get_args
+from typing import TYPE_CHECKING, Annotated, cast, get_args
 
 import typer
 
 from pipeline.errors import UsageError
-from pipeline.recipe import KvType
+
+if TYPE_CHECKING:
+    from pipeline.recipe import KvType
 from pipeline.units import parse_size
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON result on stdout.")]
@@ -147,6 +149,8 @@ def parse_gpu_layers(text: str | None) -> int | None:
 
 def parse_kv_type(values: list[str]) -> KvType | None:
     """One KV cache type from --kv-type / -ctk / -ctv (mm, like Ollama, uses one type for K and V)."""
+    from pipeline.recipe import KvType  # recipes load the Hub client's name checks: only when needed
+
     allowed: tuple[str, ...] = get_args(KvType)
     chosen = {v.strip().lower() for v in values}
     for value in chosen:

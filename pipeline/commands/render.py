@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from pydantic import BaseModel
 from tqdm import tqdm
 
 from pipeline.safe_names import printable
-from pipeline.transfer import Progress
+
+if TYPE_CHECKING:  # huggingface_hub loads with pipeline.transfer: only when a transfer runs
+    from pipeline.transfer import Progress
 
 
 def emit_json(document: Any) -> None:
