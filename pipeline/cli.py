@@ -32,7 +32,8 @@ class _MMGroup(TyperGroup):
         except OSError as exc:
             if exc.errno != errno.ENOSPC or os.environ.get("MM_DEBUG") == "1":
                 raise
-            from pipeline.home import disk_full, mm_home  # late: mm starts fast
+            from pipeline.disk_space import disk_full  # late: mm starts fast
+            from pipeline.home import mm_home
 
             error = disk_full(Path(exc.filename).parent if exc.filename else mm_home().root)
             typer.echo(f"error: {error}", err=True)

@@ -14,13 +14,13 @@ from pydantic import BaseModel, computed_field
 
 from pipeline import hub, hub_cache
 from pipeline.digest import cached_sha256, file_sha256, record_sha256
-from pipeline.errors import DiskSpaceError, IntegrityError, OfflineError, UsageError
-from pipeline.home import free_bytes, locked, mm_home
+from pipeline.disk_space import require_space
+from pipeline.errors import IntegrityError, OfflineError, UsageError
+from pipeline.home import locked, mm_home
 from pipeline.model_ref import check_user_ref, parse_hub_ref, shard_names
 from pipeline.provenance import SourceRef
 from pipeline.recipe import REPO_ID_RE, find_recipe, load_recipe, looks_like_recipe
 from pipeline.transfer import ProgressFactory, fetch, partial_size
-from pipeline.units import format_size
 
 log = logging.getLogger(__name__)
 
@@ -185,16 +185,9 @@ def _check_pin(first: PulledFile, expected_sha256: str | None) -> None:
 
 def _check_disk(remote: list[hub.RemoteFile]) -> None:
     """Fail before downloading when the partial area cannot hold what is still to come."""
-    if not remote:
-        return
-    needed = sum(max(0, f.size_bytes - partial_size(f.etag)) for f in remote)
-    folder = mm_home().partial
-    free = free_bytes(folder)
-    if needed > free:
-        raise DiskSpaceError(
-            f"not enough free disk: {format_size(needed)} to download, {format_size(free)} free at {folder}",
-            hint="free some space, or point MM_HOME (or HF_HUB_CACHE) at a bigger disk",
-        )
+    if remote:
+        needed = sum(max(0, f.size_bytes - partial_size(f.etag)) for f in remote)
+        require_space(mm_home().partial, needed, "the download", slack_bytes=0)  # the bytes only: it resumes
 
 
 def source_ref_for(files: list[PulledFile]) -> SourceRef:

@@ -8,7 +8,6 @@ import fcntl
 import json
 import logging
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,8 +16,8 @@ from typing import Any
 
 import filelock
 
-from pipeline.errors import DiskSpaceError, LockTimeoutError, UnsafePathError
-from pipeline.units import format_size
+from pipeline.disk_space import disk_full
+from pipeline.errors import LockTimeoutError, UnsafePathError
 
 log = logging.getLogger(__name__)
 
@@ -146,24 +145,6 @@ def atomic_path(target: Path) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-
-
-def disk_full(folder: Path, needed_bytes: int | None = None) -> DiskSpaceError:
-    """The error for ENOSPC met while writing into `folder`: which disk, how much is free, what was needed."""
-    free = free_bytes(folder)
-    need = f"; {format_size(needed_bytes)} needed" if needed_bytes is not None else ""
-    return DiskSpaceError(
-        f"the disk is full: writing into {folder} failed ({format_size(free)} free{need})",
-        hint="free some space, or point MM_HOME (or HF_HUB_CACHE) at a bigger disk",
-    )
-
-
-def free_bytes(folder: Path) -> int:
-    """Free bytes on the filesystem that holds `folder` (or its nearest existing parent)."""
-    for candidate in [folder, *folder.parents]:
-        if candidate.exists():
-            return shutil.disk_usage(candidate).free
-    return shutil.disk_usage("/").free
 
 
 def atomic_write_bytes(target: Path, data: bytes) -> None:

@@ -19,9 +19,10 @@ from typing import Literal, NamedTuple
 from pydantic import BaseModel
 
 from pipeline.digest import file_sha256, record_sha256, sha256_handle
-from pipeline.errors import DiskSpaceError, ModelFormatError, QuantizeError, UsageError
+from pipeline.disk_space import SLACK_BYTES, disk_full, free_bytes, require_space
+from pipeline.errors import ModelFormatError, QuantizeError, UsageError
 from pipeline.gguf_header import GGUFHeader, read_header, read_model
-from pipeline.home import atomic_path, disk_full, free_bytes, locked, mm_home
+from pipeline.home import atomic_path, locked, mm_home
 from pipeline.llama import (
     ApiWorker,
     QuantizeLog,
@@ -37,7 +38,6 @@ from pipeline.llama_worker import QuantizeJob
 from pipeline.model_ref import SHARD_RE, shard_paths
 from pipeline.provenance import QuantParams, QuantRecord, SourceRef, quantize_lock_name, read_record, write_record
 from pipeline.quant_types import QuantType, by_ftype, parse_quant_type
-from pipeline.units import format_size
 
 log = logging.getLogger(__name__)
 
@@ -345,7 +345,7 @@ def _quantize(
                 )
             except QuantizeError:  # llama.cpp says "iostream error" for a full disk; say "disk"
                 written = tmp.stat().st_size if tmp.exists() else 0
-                if free_bytes(output.parent) < max(needed - written, 0) + DISK_SLACK_BYTES:
+                if free_bytes(output.parent) < max(needed - written, 0) + SLACK_BYTES:
                     raise disk_full(output.parent, needed) from None
                 raise
             checked = _verify_output(tmp, header, qtype)
@@ -370,9 +370,6 @@ def _quantize(
         return result.model_copy(update={"fallbacks": len(parsed.fallbacks), "fallback_note": parsed.fallback_note()})
 
 
-DISK_SLACK_BYTES = 16 << 20  # what a filesystem needs beyond the file itself (metadata, the record, logs)
-
-
 def _check_space(
     request: QuantizeRequest,
     qtype: QuantType,
@@ -381,25 +378,26 @@ def _check_space(
     predicted: QuantPlan | None,
     binary: Path | None,
 ) -> int:
-    """The output's size (the dry run's, when space is tight); DiskSpaceError if the disk cannot hold it.
+    """The output's size — from the type's bits per weight, or llama.cpp's dry run when space is tight."""
+    if predicted is not None:
+        estimate = predicted.file_bytes
+    elif qtype.name == "copy":
+        estimate = header.file_size
+    else:
+        estimate = int(sum(t.n_elements for t in header.tensors) * qtype.bits_per_weight / 8) + header.data_offset
 
-    A first estimate from the type's bits per weight costs nothing; only when free space is within twice
-    that is llama.cpp's dry run asked for the exact size, so a roomy disk pays nothing for the check.
-    """
-    n_elements = sum(t.n_elements for t in header.tensors)
-    estimate = header.file_size if qtype.name == "copy" else int(n_elements * qtype.bits_per_weight / 8)
-    needed = predicted.file_bytes if predicted is not None else estimate + header.data_offset
-    free = free_bytes(output.parent)
-    if predicted is None and free < 2 * needed + DISK_SLACK_BYTES:
-        predicted = plan(request.source, request.params, engine=request.engine, llama_quantize=binary)
-        needed = predicted.file_bytes
-    if free < needed + DISK_SLACK_BYTES:
-        raise DiskSpaceError(
-            f"not enough free disk to quantize to {qtype.canonical}: the output needs {format_size(needed)} "
-            f"(llama.cpp's dry run), {format_size(free)} free at {output.parent}",
-            hint="free some space, or write elsewhere with --output (or point MM_HOME at a bigger disk)",
-        )
-    return needed
+    def exact() -> int:
+        if predicted is not None:
+            return predicted.file_bytes
+        return plan(request.source, request.params, engine=request.engine, llama_quantize=binary).file_bytes
+
+    return require_space(
+        output.parent,
+        estimate,
+        f"the {qtype.canonical} output (llama.cpp's dry run)",
+        exact=exact,
+        hint="free some space, or write elsewhere with --output (or point MM_HOME at a bigger disk)",
+    )
 
 
 def _result(

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, ValidationError
 
 from pipeline.digest import cached_sha256, file_sha256, forget_sha256, record_sha256, sha256_file
+from pipeline.disk_space import disk_full, require_space
 from pipeline.errors import (
     FitError,
     IntegrityError,
@@ -34,8 +35,6 @@ from pipeline.home import (
     Home,
     atomic_path,
     atomic_write_json,
-    disk_full,
-    free_bytes,
     lease,
     locked,
     mm_home,
@@ -231,8 +230,7 @@ def _store_blob(home: Home, source: Path, sha256: str, size_bytes: int) -> Path:
             linked = True
         except OSError:  # another filesystem (EXDEV) or links not allowed: one copy, hashed on the way
             linked = False
-            if free_bytes(target.parent) < size_bytes:
-                raise disk_full(target.parent, size_bytes) from None
+            require_space(target.parent, size_bytes, f"a copy of {source.name} (another filesystem)")
             try:
                 copied = copy_hashing(source, tmp)
             except OSError as exc:

@@ -21,8 +21,9 @@ from typing import Protocol
 import httpx2
 from huggingface_hub import constants, get_session, hf_raise_for_status
 
+from pipeline.disk_space import disk_full
 from pipeline.errors import HubError, IntegrityError
-from pipeline.home import disk_full, inside, mm_home
+from pipeline.home import inside, mm_home
 from pipeline.safe_names import check_etag
 
 log = logging.getLogger(__name__)

@@ -90,5 +90,5 @@ def test_quantize_without_room_says_disk_before_llama_cpp_runs(
     with small_filesystem(tmp_path / "small", "1m") as small:
         result = mm("quantize", str(tiny_model), "--to", "q8_0", "--output", str(small / "out.q8_0.gguf"))
         message = disk_error(result, small)
-        assert "the output needs" in message and "dry run" in message
+        assert "the q8_0 output (llama.cpp's dry run) needs" in message
         assert list(small.iterdir()) == []
