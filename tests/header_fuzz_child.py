@@ -25,11 +25,14 @@ def _alarm(signum: int, frame: object) -> None:
 def main() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT_BYTES, MEMORY_LIMIT_BYTES))
     signal.signal(signal.SIGALRM, _alarm)
+    import typer.testing
     from typer.testing import CliRunner
 
     from pipeline.cli import app
 
     runner = CliRunner()
+    command = typer.main.get_command(app)
+    typer.testing._get_command = lambda _: command  # built once: the runner rebuilds it on every call
     for line in sys.stdin:
         path = line.strip()
         for args in (["inspect", path], ["fit", path, "--vram", "0", "--ram", "8G"]):
