@@ -25,13 +25,12 @@ from pipeline.errors import (
     RevisionNotFoundError,
 )
 from pipeline.hub_cache import RepoType, cached_commit
-from pipeline.safe_names import UnsafeValue, check_commit, check_etag, check_repo_filename
+from pipeline.safe_names import COMMIT_RE, UnsafeValue, check_commit, check_etag, check_repo_filename
 from pipeline.units import format_size
 
 log = logging.getLogger(__name__)
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
-COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 TOKEN_HINT = "accept the license on the model's page on the Hub, then set HF_TOKEN or pass --token"
 

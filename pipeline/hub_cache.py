@@ -14,9 +14,8 @@ import uuid
 from pathlib import Path
 from typing import Literal
 
-from huggingface_hub.file_download import REGEX_COMMIT_HASH
-
 from pipeline.home import atomic_path, atomic_write_text, inside, mm_home
+from pipeline.safe_names import COMMIT_RE
 
 RepoType = Literal["model", "dataset"]
 
@@ -47,7 +46,7 @@ def cached_commit(repo: str, revision: str, repo_type: RepoType = "model") -> st
         commit = ref_path(repo, revision, repo_type).read_text().strip()
     except OSError:
         return None
-    return commit if REGEX_COMMIT_HASH.fullmatch(commit) else None
+    return commit if COMMIT_RE.match(commit) else None
 
 
 def cached_blob_name(repo: str, commit: str, filename: str, repo_type: RepoType = "model") -> str | None:

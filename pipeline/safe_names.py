@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import re
 
-from huggingface_hub._local_folder import _validate_relative_filename
-from huggingface_hub.file_download import REGEX_COMMIT_HASH
-
 MAX_FILENAME_CHARS = 1024  # a repo path; the Hub's own limit per path is far below any filesystem's
 MAX_COMPONENT_CHARS = 255  # NAME_MAX of every common filesystem
 MAX_REVISION_CHARS = 255
 
+COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")  # huggingface_hub's REGEX_COMMIT_HASH, anchored
 _DIGEST_RE = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")  # git blob sha1 (regular files) or LFS sha256
 # git check-ref-format: no control characters, space, ~ ^ : ? * [ \, no "..", no "@{", no "//"
 _REF_FORBIDDEN = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//")
@@ -28,7 +26,7 @@ class UnsafeValue(ValueError):
 
 def check_commit(value: object, *, what: str = "commit") -> str:
     """A full 40-hex git commit (what the Hub reports in X-Repo-Commit and a model's `sha`)."""
-    if not isinstance(value, str) or not REGEX_COMMIT_HASH.fullmatch(value):
+    if not isinstance(value, str) or not COMMIT_RE.match(value):
         raise UnsafeValue(f"{what} {_show(value)} is not a 40-hex git commit")
     return value
 
@@ -44,6 +42,8 @@ def check_repo_filename(value: object) -> str:
     """A file's path in a repo: relative, normalised (no '.', '..' or empty segments), of sane length."""
     if not isinstance(value, str) or not value:
         raise UnsafeValue(f"file name {_show(value)} is empty or not text")
+    from huggingface_hub._local_folder import _validate_relative_filename  # late: mm starts without the Hub client
+
     try:
         _validate_relative_filename(value)  # huggingface_hub's own check: no '..', nothing anchored
     except ValueError:

@@ -11,7 +11,6 @@ import contextlib
 import hashlib
 import importlib.metadata
 import json
-import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,11 +25,11 @@ from pipeline.hardware import HardwareClass, get_hardware
 from pipeline.home import Home
 from pipeline.provenance import QuantParams, SourceRef
 from pipeline.recipe import HARDWARE_FILE, Recipe
+from pipeline.safe_names import COMMIT_RE
 
 if TYPE_CHECKING:  # huggingface_hub loads with pipeline.transfer: only when a transfer runs
     from pipeline.transfer import Progress, ProgressFactory
 
-COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 # Bumped when a stage's action changes what it produces, so stamps of the old action are stale.
 STAGE_VERSION = 1
 
