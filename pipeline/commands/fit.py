@@ -78,7 +78,7 @@ def _show_summary(s: ModelSummary) -> None:
         rows[5:5] = [
             ("experts", f"{s.n_expert}, {s.n_expert_used} used per token"
                         + (f", {s.n_expert_shared} shared" if s.n_expert_shared else "")),
-            ("expert ffn", s.n_ff_exp), ("leading dense layers", s.n_dense_layers),
+            ("expert ffn", s.n_ff_exp), ("dense ffn layers", s.n_dense_layers),
             ("active parameters", f"{s.active_params / 1e9:.3g} B per token of {s.n_params / 1e9:.3g} B"),
         ]  # fmt: skip
     table(("field", "value"), rows)
