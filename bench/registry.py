@@ -30,6 +30,7 @@ def main() -> None:
         root = Path(tmp)
         os.environ["MM_HOME"] = str(root / "home")
         from pipeline import registry
+        from pipeline.fit import fit_model
         from pipeline.hardware import get_hardware
         from pipeline.tiny_model import TinySpec, write_tiny_model
 
@@ -37,8 +38,9 @@ def main() -> None:
         linked_model = write_tiny_model(root / "linked.gguf", TinySpec(**SPEC))  # type: ignore[arg-type]
         copied_model = write_tiny_model(root / "copied.gguf", TinySpec(seed=1, **SPEC))  # type: ignore[arg-type]
         size_mib = linked_model.stat().st_size / (1 << 20)
+        fit = fit_model(linked_model, hardware)  # both models have one shape
 
-        link_s = timed(lambda: registry.publish(linked_model, hardware, name="linked"))
+        link_s = timed(lambda: registry.publish(linked_model, hardware, fit, name="linked"))
         real_link = os.link
 
         def refuse(src: object, dst: object) -> None:
@@ -46,10 +48,10 @@ def main() -> None:
 
         os.link = refuse  # type: ignore[assignment]
         try:
-            copy_s = timed(lambda: registry.publish(copied_model, hardware, name="copied"))
+            copy_s = timed(lambda: registry.publish(copied_model, hardware, fit, name="copied"))
         finally:
             os.link = real_link
-        again_s = timed(lambda: registry.publish(linked_model, hardware, name="linked"), repeat=3)
+        again_s = timed(lambda: registry.publish(linked_model, hardware, fit, name="linked"), repeat=3)
 
         profile = registry.get_profile("linked")
         cheap_s = timed(lambda: registry.check_blob(profile), repeat=5)

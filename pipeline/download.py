@@ -15,11 +15,11 @@ from pydantic import BaseModel, computed_field
 from pipeline import hub, hub_cache
 from pipeline.digest import cached_sha256, file_sha256, record_sha256
 from pipeline.disk_space import require_space
-from pipeline.errors import IntegrityError, OfflineError, UsageError
+from pipeline.errors import IntegrityError, OfflineError
 from pipeline.home import locked, mm_home
-from pipeline.model_ref import check_user_ref, parse_hub_ref, shard_names
 from pipeline.provenance import SourceRef
-from pipeline.recipe import REPO_ID_RE, find_recipe, load_recipe, looks_like_recipe
+from pipeline.safe_names import check_user_ref
+from pipeline.shards import shard_names
 from pipeline.transfer import ProgressFactory, fetch, partial_size
 
 log = logging.getLogger(__name__)
@@ -203,42 +203,4 @@ def source_ref_for(files: list[PulledFile]) -> SourceRef:
         commit=first.commit,
         file=first.filename,
         shards=[str(f.path) for f in files] if len(files) > 1 else [],
-    )
-
-
-class PullTarget(BaseModel):
-    """What `mm pull MODEL` names: a repo, maybe a file (else the user chooses), a revision, maybe a pin."""
-
-    repo: str
-    filename: str | None = None
-    revision: str = "main"
-    sha256: str | None = None
-
-
-def pull_target(
-    model: str, *, filename: str | None = None, revision: str | None = None, recipes_folder: Path | None = None
-) -> PullTarget:
-    """Classify MODEL: `owner/name:FILE[@rev]`, `owner/name` (+ --file), or a recipe name or path."""
-    ref = parse_hub_ref(model)
-    if ref is not None:
-        if filename is not None:
-            raise UsageError(f"{model} already names a file; drop --file or write just {ref.repo}")
-        if revision is not None and "@" in model:
-            raise UsageError(f"{model} already names a revision; drop --revision or the @{ref.revision}")
-        return PullTarget(repo=ref.repo, filename=ref.file, revision=revision or ref.revision)
-    if REPO_ID_RE.match(model) and not model.endswith((".toml", ".gguf")):
-        return PullTarget(repo=model, filename=filename, revision=revision or "main")
-    if looks_like_recipe(model):
-        recipe = load_recipe(find_recipe(model, recipes_folder))
-        source = recipe.source
-        if source.repo is None or source.file is None:
-            raise UsageError(f"recipe {recipe.name} has a local source ({source.path}); there is nothing to pull")
-        if filename is not None:
-            raise UsageError(f"recipe {recipe.name} already names its file; drop --file")
-        return PullTarget(
-            repo=source.repo, filename=source.file, revision=revision or source.revision, sha256=source.sha256
-        )
-    raise UsageError(
-        f"{model!r} is not something to pull: expected owner/name:FILE.gguf, owner/name --file FILE.gguf, "
-        "or a recipe name or path"
     )

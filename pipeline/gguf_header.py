@@ -24,8 +24,8 @@ import gguf
 import numpy as np
 
 from pipeline.errors import ModelFormatError
-from pipeline.model_ref import shard_paths
 from pipeline.safe_names import printable
+from pipeline.shards import shard_paths
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)

@@ -1,18 +1,27 @@
-"""Hardware classes: the machine a build targets (not necessarily this one), built in or from hardware.toml."""
+"""Hardware classes — the machine a build targets, built in or from hardware.toml — and this machine's own.
+
+A class names a target, not necessarily the local machine; `local_machine` detects what this one has
+(GPUs through NVML or nvidia-smi, RAM, CPU) and `local_class` describes it as a class.
+"""
 
 from __future__ import annotations
 
+import os
+import platform
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Annotated
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from pipeline.errors import HardwareError, UsageError
-from pipeline.units import parse_size
+from pipeline.units import format_size, parse_size
 from pipeline.validation import describe_validation_error, read_toml
 
 GIB = 1 << 30
 MIB = 1 << 20
+HARDWARE_FILE = "hardware.toml"  # the catalog of user classes, kept beside the recipes
 
 
 def _size(value: object) -> int:
@@ -25,6 +34,11 @@ def _size(value: object) -> int:
 
 
 Size = Annotated[int, BeforeValidator(_size)]
+
+# Used for the local machine, whose bandwidths mm cannot measure cheaply: a mid-range GPU and
+# dual-channel DDR4 (see the built-in classes below).
+LOCAL_GPU_BANDWIDTH_GBPS = 360.0
+LOCAL_RAM_BANDWIDTH_GBPS = 50.0
 
 # A CUDA context plus cuBLAS workspaces and llama.cpp's own pools take memory that no buffer
 # report shows; 512 MiB is a middle estimate for one consumer GPU (overridable per class).
@@ -48,6 +62,24 @@ class HardwareClass(BaseModel):
     @property
     def has_gpu(self) -> bool:
         return self.vram_bytes > 0
+
+    def with_sizes(self, vram_bytes: int | None, ram_bytes: int | None) -> HardwareClass:
+        """This class with its VRAM and/or RAM replaced (None = keep), named for what was given; a GPU added
+        to a CPU class gets the local GPU bandwidth assumption."""
+        changes: dict[str, object] = {}
+        if vram_bytes is not None:
+            changes["vram_bytes"] = vram_bytes
+            if vram_bytes > 0 and self.gpu_bandwidth_gbps == 0:
+                changes["gpu_bandwidth_gbps"] = LOCAL_GPU_BANDWIDTH_GBPS
+        if ram_bytes is not None:
+            changes["ram_bytes"] = ram_bytes
+        if not changes:
+            return self
+        given = ", ".join(
+            f"{format_size(n)} {what}" for n, what in ((vram_bytes, "VRAM"), (ram_bytes, "RAM")) if n is not None
+        )
+        changes["name"] = given if self.name == "local" else f"{self.name} with {given}"
+        return self.model_copy(update=changes)
 
 
 def _builtin(name: str, description: str, vram: str, ram: str, gpu_bw: float, ram_bw: float) -> HardwareClass:
@@ -109,3 +141,110 @@ def get_hardware(name: str, hardware_file: Path | None = None) -> HardwareClass:
             hint="add your own to recipes/hardware.toml",
         )
     return catalog[name]
+
+
+# --- this machine -----------------------------------------------------------------------------------
+
+
+class LocalGPU(BaseModel):
+    index: int
+    name: str
+    total_bytes: int
+    free_bytes: int
+
+
+class LocalMachine(BaseModel):
+    schema_version: int = 1
+    gpus: list[LocalGPU]
+    gpu_source: str  # "nvml", "nvidia-smi" or "none"
+    ram_bytes: int
+    cpu: str
+    cpu_count: int
+    classes: list[HardwareClass]
+
+
+def _gpus_nvml() -> list[LocalGPU] | None:
+    try:
+        import pynvml  # type: ignore[import-not-found]  # nvidia-ml-py, optional
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+    except Exception:  # no driver: the library raises its own NVMLError types
+        return None
+    try:
+        gpus = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+            memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            name = pynvml.nvmlDeviceGetName(handle)
+            name = name.decode() if isinstance(name, bytes) else str(name)
+            gpus.append(LocalGPU(index=i, name=name, total_bytes=int(memory.total), free_bytes=int(memory.free)))
+        return gpus
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def _gpus_smi() -> list[LocalGPU] | None:
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return None
+    query = "--query-gpu=index,name,memory.total,memory.free"
+    try:
+        out = subprocess.run([exe, query, "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    gpus = []
+    for line in out.stdout.splitlines() if out.returncode == 0 else []:
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) == 4 and parts[0].isdigit():
+            gpus.append(LocalGPU(index=int(parts[0]), name=parts[1], total_bytes=int(float(parts[2]) * MIB),
+                                 free_bytes=int(float(parts[3]) * MIB)))  # fmt: skip
+    return gpus
+
+
+def _ram_bytes() -> int:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def local_gpus() -> tuple[list[LocalGPU], str]:
+    """This machine's GPUs and how they were found: NVML, else nvidia-smi, else ([], "none")."""
+    gpus = _gpus_nvml()
+    if gpus is not None:
+        return gpus, "nvml"
+    gpus = _gpus_smi()
+    if gpus is not None:
+        return gpus, "nvidia-smi"
+    return [], "none"
+
+
+def local_machine(hardware_file: Path | None = None) -> LocalMachine:
+    """This machine's GPUs, RAM and CPU, with the hardware classes mm knows (built-ins and the file's)."""
+    gpus, source = local_gpus()
+    classes = list(hardware_catalog(hardware_file).values())
+    return LocalMachine(gpus=gpus, gpu_source=source, ram_bytes=_ram_bytes(), cpu=_cpu_name(),
+                        cpu_count=os.cpu_count() or 1, classes=classes)  # fmt: skip
+
+
+def local_class() -> HardwareClass:
+    """This machine as a hardware class: its largest GPU and its RAM, with the assumed bandwidths."""
+    gpus, _ = local_gpus()
+    gpu = max(gpus, key=lambda g: g.total_bytes, default=None)
+    return HardwareClass.model_validate({
+        "name": "local", "description": "this machine", "vram": gpu.total_bytes if gpu else 0,
+        "ram": _ram_bytes() or 1, "gpu_bandwidth_gbps": LOCAL_GPU_BANDWIDTH_GBPS if gpu else 0.0,
+        "ram_bandwidth_gbps": LOCAL_RAM_BANDWIDTH_GBPS, "gpu_overhead": DEFAULT_GPU_OVERHEAD_BYTES,
+    })  # fmt: skip

@@ -1,5 +1,6 @@
-"""llama.cpp's quantize behind one interface: two engines (the libllama API in a child process, or a
-`llama-quantize` binary), their log captured to a file and parsed for progress, fallbacks and dry runs.
+"""llama.cpp's engines behind one interface: the libllama API in a child process, or a built binary
+(`llama-quantize`); their log captured to a file and parsed for progress, fallbacks and dry runs; and what
+`mm llama info` says about each. Finding and building the binaries is pipeline/llama_build.py.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import gguf
+from pydantic import BaseModel
 
-from pipeline.errors import QuantizeError, UsageError
-from pipeline.llama_build import find_llama_tool, require_llama_tool
+from pipeline.errors import LlamaError, QuantizeError
+from pipeline.ggml_types import gguf_type_name
+from pipeline.llama_build import built_tool_sets, find_llama_tool, llama_cpp_version, require_llama_tool
 from pipeline.llama_worker import QuantizeJob
 
 Engine = Literal["api", "binary"]
@@ -37,7 +39,6 @@ FALLBACK_LINE = re.compile(
     r"\s+\(required for type\s+(?P<want>\S+)\).*falling back to\s+(?P<got>\S+)"
 )
 NEEDS_IMATRIX = ("will require an imatrix", "requires an imatrix", "requires an importance matrix")
-Q2_0_SIZE = (64, 18)  # ggml's Q2_0 (group 64, fp16 scale): not in gguf-py's table yet
 
 
 @dataclass
@@ -96,31 +97,6 @@ class QuantizeLog:
         )
 
 
-# --- ggml types -------------------------------------------------------------------------------------
-
-
-def ggml_type_id(name: str) -> int:
-    """A ggml tensor type by name (`q8_0`, `Q4_K`, `f16`), case-insensitive as llama-quantize's parse."""
-    key = name.strip().upper()
-    if key == "Q2_0":
-        return 42
-    try:
-        return int(gguf.GGMLQuantizationType[key])
-    except KeyError:
-        valid = ", ".join(t.name.lower() for t in gguf.GGMLQuantizationType)
-        raise UsageError(f"unknown tensor type {name!r}; valid tensor types: {valid}") from None
-
-
-def tensor_bytes(type_name: str, shape: tuple[int, ...]) -> int:
-    """Bytes of a tensor of this ggml type and shape: rows x row size, as ggml_row_size."""
-    key = type_name.upper()
-    block, size = Q2_0_SIZE if key == "Q2_0" else gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[key]]
-    rows = 1
-    for dim in shape[1:]:
-        rows *= dim
-    return rows * (shape[0] // block) * size
-
-
 # --- versions and binaries --------------------------------------------------------------------------
 
 
@@ -162,10 +138,6 @@ def binary_args(binary: Path, job: QuantizeJob, type_name: str) -> list[str]:
     if job.nthread > 0:
         args.append(str(job.nthread))
     return args
-
-
-def gguf_type_name(type_id: int) -> str:
-    return "q2_0" if type_id == 42 else gguf.GGMLQuantizationType(type_id).name.lower()
 
 
 # --- running ----------------------------------------------------------------------------------------
@@ -317,3 +289,35 @@ def dry_run_in_process(job: QuantizeJob) -> QuantizeLog:
         detail = "; ".join(dict.fromkeys(parsed.errors[-3:])) or "no error message"
         raise QuantizeError(f"llama.cpp's quantize dry run failed for {job.source}: {detail}")
     return parsed
+
+
+class EngineInfo(BaseModel):
+    name: str  # "api" | "binary"
+    available: bool
+    version: str | None = None
+    path: str | None = None
+    detail: str | None = None  # build options / CPU features, or why it is unavailable
+
+
+def engines_info() -> list[EngineInfo]:
+    """What `mm llama info` shows: both engines, their llama.cpp versions and build options."""
+    engines: list[EngineInfo] = []
+    try:
+        engines.append(EngineInfo(name="api", available=True, version=llama_cpp_version(), detail=api_system_info()))
+    except (ImportError, OSError) as exc:
+        engines.append(EngineInfo(name="api", available=False, detail=f"llama-cpp-python not loadable: {exc}"))
+    try:
+        binary = find_llama_tool("llama-quantize")
+    except LlamaError as exc:
+        engines.append(EngineInfo(name="binary", available=False, detail=exc.message))
+        return engines
+    if binary is None:
+        engines.append(EngineInfo(name="binary", available=False, detail="not found; `mm llama build` makes one"))
+        return engines
+    built = next((b for b in built_tool_sets() if b.path("llama-quantize") == binary), None)
+    if built is not None:
+        version, detail = f"llama-cpp-python {built.version}", " ".join(built.cmake_args) or "default options"
+    else:
+        version, detail = None, "found outside mm (LLAMA_QUANTIZE, MM_LLAMA_TOOLS or PATH)"
+    engines.append(EngineInfo(name="binary", available=True, version=version, path=str(binary), detail=detail))
+    return engines

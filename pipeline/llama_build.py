@@ -274,37 +274,3 @@ def _unpack(archive: Path, work: Path) -> Path:
         if (tree / "CMakeLists.txt").is_file() and (tree / "tools" / "quantize").is_dir():
             return tree
     raise LlamaError(f"{archive}: no llama.cpp source inside (expected vendor/llama.cpp)")
-
-
-class EngineInfo(BaseModel):
-    name: str  # "api" | "binary"
-    available: bool
-    version: str | None = None
-    path: str | None = None
-    detail: str | None = None  # build options / CPU features, or why it is unavailable
-
-
-def engines_info() -> list[EngineInfo]:
-    """What `mm llama info` shows: both engines, their llama.cpp versions and build options."""
-    from pipeline.llama import api_system_info
-
-    engines: list[EngineInfo] = []
-    try:
-        engines.append(EngineInfo(name="api", available=True, version=llama_cpp_version(), detail=api_system_info()))
-    except (ImportError, OSError) as exc:
-        engines.append(EngineInfo(name="api", available=False, detail=f"llama-cpp-python not loadable: {exc}"))
-    try:
-        binary = find_llama_tool("llama-quantize")
-    except LlamaError as exc:
-        engines.append(EngineInfo(name="binary", available=False, detail=exc.message))
-        return engines
-    if binary is None:
-        engines.append(EngineInfo(name="binary", available=False, detail="not found; `mm llama build` makes one"))
-        return engines
-    built = next((b for b in built_tool_sets() if b.path("llama-quantize") == binary), None)
-    if built is not None:
-        version, detail = f"llama-cpp-python {built.version}", " ".join(built.cmake_args) or "default options"
-    else:
-        version, detail = None, "found outside mm (LLAMA_QUANTIZE, MM_LLAMA_TOOLS or PATH)"
-    engines.append(EngineInfo(name="binary", available=True, version=version, path=str(binary), detail=detail))
-    return engines

@@ -1,20 +1,30 @@
-"""Turn a MODEL argument (a path, `owner/name:file[@revision]`, or a recipe) into local GGUF file(s)."""
+"""The MODEL resolver: what a command-line MODEL names (a path, `owner/name:file[@revision]`, a recipe), and
+the local file it stands for — the file itself, the pulled Hub file, or a sparse header stub.
+
+Every command and stage that takes a MODEL goes through here, so each kind of argument is read one way
+and each failure has one message. Never downloads weights (`pull` does; stubs hold headers only).
+"""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from huggingface_hub import try_to_load_from_cache
+from pydantic import BaseModel
 
 from pipeline.errors import UsageError
+from pipeline.hardware import HARDWARE_FILE, HardwareClass, get_hardware, local_class
 from pipeline.home import mm_home
-from pipeline.recipe import Recipe, find_recipe, load_recipe, looks_like_recipe
-from pipeline.safe_names import UnsafeValue, check_repo_filename, check_revision
+from pipeline.recipe import REPO_ID_RE, Recipe, find_recipe, load_recipe, looks_like_recipe, recipes_dir
+from pipeline.remote_header import header_stub
+from pipeline.safe_names import check_user_ref
+from pipeline.shards import shard_names
 
 HUB_REF_RE = re.compile(r"^(?P<repo>[^/:@\s]+/[^/:@\s]+):(?P<file>[^@\s]+\.gguf)(?:@(?P<revision>[^\s]+))?$")
-SHARD_RE = re.compile(r"^(?P<stem>.*)-(?P<index>\d{5})-of-(?P<count>\d{5})\.gguf$")
+EXPECTED = "expected a .gguf path, owner/name:FILE.gguf[@revision], or a recipe name"
 
 
 @dataclass(frozen=True)
@@ -43,31 +53,6 @@ def parse_hub_ref(text: str) -> HubRef | None:
     return HubRef(match["repo"], match["file"], match["revision"] or "main")
 
 
-def shard_names(filename: str) -> list[str]:
-    """All shard names of a split GGUF given any one of them (`x-00001-of-00003.gguf`), else [filename]."""
-    match = SHARD_RE.match(filename)
-    if not match:
-        return [filename]
-    count = int(match["count"])
-    return [f"{match['stem']}-{i:05d}-of-{count:05d}.gguf" for i in range(1, count + 1)]
-
-
-def shard_paths(path: Path) -> list[Path]:
-    """Every shard's path beside `path` (any one shard of a split GGUF), or just [path] for one file."""
-    names = shard_names(path.name)
-    return [path.with_name(name) for name in names] if len(names) > 1 else [path]
-
-
-def check_user_ref(repo: str, filename: str | None, revision: str) -> None:
-    """A file name and revision typed by the user or a recipe: the rules a Hub's own obey (UsageError)."""
-    try:
-        check_revision(revision)
-        if filename is not None:
-            check_repo_filename(filename)
-    except UnsafeValue as exc:
-        raise UsageError(f"{repo}: {exc}") from None
-
-
 def parse_model_arg(text: str, recipes_folder: Path | None = None) -> ModelArg:
     """Classify MODEL: an existing file wins, then `owner/name:file`, then a recipe name or path."""
     candidate = Path(text).expanduser()
@@ -80,9 +65,25 @@ def parse_model_arg(text: str, recipes_folder: Path | None = None) -> ModelArg:
         return ModelArg(recipe=load_recipe(find_recipe(text, recipes_folder)))
     if text.endswith(".gguf"):
         raise UsageError(f"{text}: no such file")
-    raise UsageError(
-        f"{text!r} is not a model: expected a .gguf path, owner/name:FILE.gguf[@revision], or a recipe name"
-    )
+    raise UsageError(f"{text!r} is not a model: {EXPECTED}")
+
+
+def recipe_hub_ref(recipe: Recipe) -> HubRef | None:
+    """The Hub file a recipe's source names, or None for a local source."""
+    source = recipe.source
+    if source.repo is None or source.file is None:
+        return None
+    return HubRef(source.repo, source.file, source.revision)
+
+
+def recipe_source_path(recipe: Recipe, *, must_exist: bool = True) -> Path:
+    """A local recipe source's file, resolved against the recipe's folder."""
+    if recipe.source.path is None:
+        raise UsageError(f"{recipe.path}: source: needs repo + file, or path")
+    path = recipe.resolve(recipe.source.path.expanduser()).resolve()
+    if must_exist and not path.is_file():
+        raise UsageError(f"{recipe.path}: source.path: no such file: {path}")
+    return path
 
 
 def cached_hub_file(ref: HubRef) -> Path | None:
@@ -96,6 +97,14 @@ def cached_hub_file(ref: HubRef) -> Path | None:
     return paths[0]
 
 
+def pulled_hub_file(ref: HubRef) -> Path:
+    """The first shard of a pulled Hub file; not pulled is a usage error that says how to pull it."""
+    path = cached_hub_file(ref)
+    if path is None:
+        raise UsageError(f"{ref} is not pulled yet", hint=f"run `mm pull {ref}` first")
+    return path
+
+
 def local_model_file(
     arg: ModelArg, *, token: str | None = None, offline: bool = False, allow_header_stub: bool = False
 ) -> tuple[Path, bool]:
@@ -106,16 +115,12 @@ def local_model_file(
     if arg.hub is not None:
         return _hub_file(arg.hub, token=token, offline=offline, allow_header_stub=allow_header_stub)
     if arg.recipe is not None:
-        source = arg.recipe.source
-        if source.path is not None:
-            path = arg.recipe.resolve(source.path)
-            if not path.is_file():
-                raise UsageError(f"recipe {arg.recipe.name}: source.path {path} does not exist")
-            return path, False
-        if source.repo is not None and source.file is not None:
-            ref = HubRef(source.repo, source.file, source.revision)
-            return _hub_file(ref, token=token, offline=offline, allow_header_stub=allow_header_stub, pin=source.sha256)
-    raise UsageError("no model given: expected a .gguf path, owner/name:FILE.gguf[@revision], or a recipe")
+        ref = recipe_hub_ref(arg.recipe)
+        if ref is None:
+            return recipe_source_path(arg.recipe), False
+        pin = arg.recipe.source.sha256
+        return _hub_file(ref, token=token, offline=offline, allow_header_stub=allow_header_stub, pin=pin)
+    raise UsageError(f"no model given: {EXPECTED}")
 
 
 def _hub_file(
@@ -126,8 +131,91 @@ def _hub_file(
     if pulled is not None:
         return pulled, False
     if not allow_header_stub:
-        raise UsageError(f"{ref} is not pulled yet: run `mm pull {ref}`")
-    from pipeline.remote_header import header_stub  # late: remote_header → gguf_header imports this module
-
+        return pulled_hub_file(ref), False  # raises: not pulled
     stubs = header_stub(ref.repo, ref.file, ref.revision, token=token, offline=offline, expected_sha256=pin)
     return stubs[0], True
+
+
+class ResolvedModel(NamedTuple):
+    path: Path  # the first shard; a sparse header stub when is_stub
+    recipe: Recipe | None
+    is_stub: bool
+
+
+def resolve_model(
+    text: str,
+    recipes: Path | None = None,
+    *,
+    token: str | None = None,
+    offline: bool = False,
+    allow_header_stub: bool = False,
+) -> ResolvedModel:
+    """MODEL → a local GGUF path (and the recipe, when one was named). Never downloads weights.
+
+    With allow_header_stub (commands that read only the header: inspect, fit), a Hub file that was not
+    pulled is answered from its GGUF header, fetched with Range requests into a sparse stub.
+    """
+    arg = parse_model_arg(text, recipes)
+    path, is_stub = local_model_file(arg, token=token, offline=offline, allow_header_stub=allow_header_stub)
+    return ResolvedModel(path, arg.recipe, is_stub)
+
+
+class PullTarget(BaseModel):
+    """What `mm pull MODEL` names: a repo, maybe a file (else the user chooses), a revision, maybe a pin."""
+
+    repo: str
+    filename: str | None = None
+    revision: str = "main"
+    sha256: str | None = None
+
+
+def pull_target(
+    model: str, *, filename: str | None = None, revision: str | None = None, recipes_folder: Path | None = None
+) -> PullTarget:
+    """Classify MODEL for a pull: `owner/name:FILE[@rev]`, `owner/name` (+ a file name), or a recipe."""
+    ref = parse_hub_ref(model)
+    if ref is not None:
+        if filename is not None:
+            raise UsageError(f"{model} already names a file; drop --file or write just {ref.repo}")
+        if revision is not None and "@" in model:
+            raise UsageError(f"{model} already names a revision; drop --revision or the @{ref.revision}")
+        return PullTarget(repo=ref.repo, filename=ref.file, revision=revision or ref.revision)
+    if REPO_ID_RE.match(model) and not model.endswith((".toml", ".gguf")):
+        return PullTarget(repo=model, filename=filename, revision=revision or "main")
+    if looks_like_recipe(model):
+        recipe = load_recipe(find_recipe(model, recipes_folder))
+        source = recipe.source
+        if source.repo is None or source.file is None:
+            raise UsageError(f"recipe {recipe.name} has a local source ({source.path}); there is nothing to pull")
+        if filename is not None:
+            raise UsageError(f"recipe {recipe.name} already names its file; drop --file")
+        return PullTarget(
+            repo=source.repo, filename=source.file, revision=revision or source.revision, sha256=source.sha256
+        )
+    raise UsageError(
+        f"{model!r} is not something to pull: expected owner/name:FILE.gguf, owner/name --file FILE.gguf, "
+        "or a recipe name or path"
+    )
+
+
+def hardware_file(recipe: Recipe | None, recipes: Path | None = None) -> Path:
+    """The hardware catalog that goes with a recipe (beside it), else the recipes folder's."""
+    folder = recipe.path.parent if recipe and recipe.path else (recipes or recipes_dir())
+    return folder / HARDWARE_FILE
+
+
+def recipe_hardware(recipe: Recipe) -> HardwareClass:
+    """The hardware class a recipe targets, from the catalog beside it."""
+    return get_hardware(recipe.hardware, hardware_file(recipe))
+
+
+def target_hardware(
+    name: str | None, vram_bytes: int | None, ram_bytes: int | None, recipe: Recipe | None = None,
+    recipes: Path | None = None,
+) -> HardwareClass:  # fmt: skip
+    """The class to plan for: the one named, else the recipe's, else this machine; vram/ram sizes override."""
+    if name or recipe:
+        base = get_hardware(name or (recipe.hardware if recipe else ""), hardware_file(recipe, recipes))
+    else:
+        base = local_class()
+    return base.with_sizes(vram_bytes, ram_bytes)

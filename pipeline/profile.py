@@ -19,9 +19,9 @@ from pipeline.errors import UsageError
 from pipeline.gguf_header import read_header
 from pipeline.hardware import HardwareClass
 from pipeline.home import Home
-from pipeline.model_ref import shard_names
 from pipeline.provenance import QuantParams, QuantRecord, SourceRef, utc_now
 from pipeline.quant_types import QUANT_TYPES, by_ftype
+from pipeline.shards import shard_names
 
 if TYPE_CHECKING:
     from pipeline.fit import FitResult

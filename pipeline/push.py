@@ -20,10 +20,10 @@ from pathlib import Path
 from pydantic import BaseModel, ValidationError
 
 from pipeline.errors import HubError, UsageError
-from pipeline.hardware import HardwareClass, hardware_catalog
+from pipeline.hardware import HARDWARE_FILE, HardwareClass, hardware_catalog
 from pipeline.hub import endpoint
 from pipeline.model_card import render_card
-from pipeline.recipe import HARDWARE_FILE, REPO_ID_RE, recipes_dir
+from pipeline.recipe import REPO_ID_RE, recipes_dir
 from pipeline.registry import check_blob, get_profile
 from pipeline.repo_profile import PROFILES_FOLDER, RepoProfile, for_repo, profile_file
 from pipeline.upload import CommitConflict, RepoState, Upload, commit, ensure_repo, read_file, read_state, write_token

@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from pipeline.digest import file_sha256, record_sha256, sha256_handle
 from pipeline.disk_space import SLACK_BYTES, disk_full, free_bytes, require_space
 from pipeline.errors import ModelFormatError, QuantizeError, UsageError
+from pipeline.ggml_types import ggml_type_id, tensor_bytes
 from pipeline.gguf_header import GGUFHeader, read_header, read_model
 from pipeline.home import atomic_path, locked, mm_home
 from pipeline.llama import (
@@ -28,16 +29,14 @@ from pipeline.llama import (
     QuantizeLog,
     TensorProgress,
     dry_run_in_process,
-    ggml_type_id,
     require_llama_quantize,
     run_quantize,
-    tensor_bytes,
 )
 from pipeline.llama_build import llama_cpp_version
 from pipeline.llama_worker import QuantizeJob
-from pipeline.model_ref import SHARD_RE, shard_paths
 from pipeline.provenance import QuantParams, QuantRecord, SourceRef, quantize_lock_name, read_record, write_record
 from pipeline.quant_types import QuantType, by_ftype, parse_quant_type
+from pipeline.shards import shard_paths, unsplit_stem
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +104,7 @@ def default_output_path(source: Path, source_sha256: str, qtype: str) -> Path:
 
     The output is one file, so a split source's `-00001-of-0000N` is left out of its name.
     """
-    match = SHARD_RE.match(source.name)
-    stem = match["stem"] if match else source.name.removesuffix(".gguf")
-    return mm_home().quant / f"{source_sha256[:12]}-{stem}.{qtype.lower()}.gguf"
+    return mm_home().quant / f"{source_sha256[:12]}-{unsplit_stem(source.name)}.{qtype.lower()}.gguf"
 
 
 def _job(source: Path, output: Path, qtype: QuantType, params: QuantParams, threads: int | None) -> QuantizeJob:

@@ -10,11 +10,19 @@ from pydantic import BaseModel, Field
 from pipeline.digest import file_sha256
 from pipeline.errors import UsageError
 from pipeline.home import mm_home
-from pipeline.model_ref import HubRef, cached_hub_file, parse_model_arg, shard_paths
+from pipeline.model_ref import (
+    HubRef,
+    cached_hub_file,
+    parse_model_arg,
+    pulled_hub_file,
+    recipe_hub_ref,
+    recipe_source_path,
+)
 from pipeline.provenance import QuantParams, SourceRef
 from pipeline.quant_types import parse_quant_type
 from pipeline.quantize import QuantizeRequest, source_quant_type
 from pipeline.recipe import QuantizeSettings, Recipe, RecipeCheck, check_recipes, load_recipe
+from pipeline.shards import shard_paths
 
 
 class QuantizeOptions(BaseModel):
@@ -46,9 +54,7 @@ def parse_tensor_types(items: list[str]) -> dict[str, str]:
 
 
 def _hub_source(ref: HubRef) -> tuple[Path, SourceRef]:
-    path = cached_hub_file(ref)
-    if path is None:
-        raise UsageError(f"{ref} is not in the local Hub cache", hint=f"run `mm pull {ref}` first")
+    path = pulled_hub_file(ref)
     shards = shard_paths(path)
     parts = path.parts
     commit = parts[parts.index("snapshots") + 1] if "snapshots" in parts else None
@@ -67,15 +73,8 @@ def _hub_source(ref: HubRef) -> tuple[Path, SourceRef]:
 
 
 def _recipe_source(recipe: Recipe) -> tuple[Path, SourceRef | None]:
-    source = recipe.source
-    if source.path is not None:
-        path = recipe.resolve(source.path)
-        if not path.is_file():
-            raise UsageError(f"{recipe.path}: source.path: {path}: no such file")
-        return path, None
-    if source.repo and source.file:
-        return _hub_source(HubRef(source.repo, source.file, source.revision))
-    raise UsageError(f"{recipe.path}: source: needs repo + file, or path")
+    ref = recipe_hub_ref(recipe)
+    return _hub_source(ref) if ref is not None else (recipe_source_path(recipe), None)
 
 
 def build_requests(model: str, options: QuantizeOptions, recipes_folder: Path | None = None) -> list[QuantizeRequest]:
@@ -136,15 +135,11 @@ def _pick(flag: bool | None, default: bool) -> bool:
 def requantize_problem(recipe: Recipe) -> str | None:
     """What the quantize stage would refuse, known before any work when mm has the source's header locally
     (a path, or a pulled Hub file): an already-quantized source without quantize.allow_requantize."""
-    settings, source = recipe.quantize, recipe.source
+    settings = recipe.quantize
     if settings.allow_requantize or not settings.types:
         return None
-    if source.path is not None:
-        path: Path | None = recipe.resolve(source.path)
-    elif source.repo and source.file:
-        path = cached_hub_file(HubRef(source.repo, source.file, source.revision))
-    else:
-        path = None
+    ref = recipe_hub_ref(recipe)
+    path = cached_hub_file(ref) if ref is not None else recipe_source_path(recipe, must_exist=False)
     if path is None or not path.is_file():
         return None  # not here yet: the quantize stage checks it after the download
     current = source_quant_type(path)

@@ -21,14 +21,13 @@ from pydantic import (
 )
 
 from pipeline.errors import HardwareError, MMError, RecipeError, UsageError
-from pipeline.hardware import hardware_catalog
+from pipeline.hardware import HARDWARE_FILE, hardware_catalog
 from pipeline.quant_types import parse_quant_type
 from pipeline.safe_names import UnsafeValue, check_repo_filename, check_revision
 from pipeline.validation import describe_validation_error, read_toml
 
 RECIPE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # a safe file and lock name, 64 at most
 REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
-HARDWARE_FILE = "hardware.toml"
 KvType = Literal["f16", "q8_0", "q4_0"]
 Engine = Literal["api", "binary"]
 
@@ -190,7 +189,7 @@ class Recipe(BaseModel):
 
 def _ggml_type(value: str, where: str = "") -> str:
     """A ggml tensor type name llama.cpp's quantize accepts (`q8_0`, `f16`), as a ValueError if not."""
-    from pipeline.llama import ggml_type_id  # late: keeps reading a recipe free of llama.cpp's bindings
+    from pipeline.ggml_types import ggml_type_id  # late: reading a recipe loads gguf only when it names types
 
     try:
         ggml_type_id(value)

@@ -52,7 +52,7 @@ from pipeline.profile import (
 from pipeline.provenance import quantize_lock_name, read_record
 
 if TYPE_CHECKING:
-    from pipeline.fit import FitResult, FitSettings
+    from pipeline.fit import FitResult
     from pipeline.recipe import Recipe
 
 log = logging.getLogger(__name__)
@@ -129,26 +129,21 @@ def get_profile(name: str) -> Profile:
 def publish(
     model: Path,
     hardware: HardwareClass,
+    fit: FitResult,
     *,
     name: str | None = None,
-    settings: FitSettings | None = None,
     recipe: Recipe | None = None,
-    fit: FitResult | None = None,
     threads: int | None = None,
 ) -> Profile:
-    """Store `model` as a blob and write a profile running it on `hardware` (fit runs unless given).
+    """Store `model` as a blob and write a profile running it on `hardware` with the settings `fit` chose.
 
     Re-publishing a name replaces its profile atomically; the old blob stays until `gc`.
     """
-    from pipeline.fit import fit_model
-
     home = mm_home()
     named = model.absolute()  # as the user or the Hub cache names it (snapshots are symlinks to blobs)
     model = model.resolve()
     if not model.is_file():
         raise UsageError(f"{model}: no such model file")
-    if fit is None:
-        fit = fit_model(model, hardware, settings)
     if fit.verdict == "does_not_fit":
         raise FitError(
             f"{model.name} does not fit {hardware.name} with these settings "

@@ -34,8 +34,8 @@ from pipeline.gguf_header import (
     read_header,
 )
 from pipeline.home import atomic_path, atomic_write_text, inside, locked, mm_home
-from pipeline.model_ref import check_user_ref, shard_names
-from pipeline.safe_names import printable
+from pipeline.safe_names import check_user_ref, printable
+from pipeline.shards import shard_names
 from pipeline.units import format_size
 
 log = logging.getLogger(__name__)

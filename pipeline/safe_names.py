@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 
+from pipeline.errors import UsageError
+
 MAX_FILENAME_CHARS = 1024  # a repo path; the Hub's own limit per path is far below any filesystem's
 MAX_COMPONENT_CHARS = 255  # NAME_MAX of every common filesystem
 MAX_REVISION_CHARS = 255
@@ -94,3 +96,13 @@ def _show(value: object) -> str:
     """A value quoted and shortened for a message (it came from outside: escaped, never raw)."""
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def check_user_ref(repo: str, filename: str | None, revision: str) -> None:
+    """A file name and revision typed by the user or a recipe: the rules a Hub's own obey (UsageError)."""
+    try:
+        check_revision(revision)
+        if filename is not None:
+            check_repo_filename(filename)
+    except UnsafeValue as exc:
+        raise UsageError(f"{repo}: {exc}") from None

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.metadata
 import json
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -20,11 +19,12 @@ from pydantic import BaseModel, Field
 
 from pipeline import __version__
 from pipeline.digest import cached_sha256, file_sha256, record_sha256
-from pipeline.errors import BuildError, IntegrityError
-from pipeline.hardware import HardwareClass, get_hardware
+from pipeline.errors import IntegrityError
 from pipeline.home import Home
+from pipeline.llama_build import llama_cpp_version
+from pipeline.model_ref import recipe_hardware, recipe_source_path
 from pipeline.provenance import QuantParams, SourceRef
-from pipeline.recipe import HARDWARE_FILE, Recipe
+from pipeline.recipe import Recipe
 from pipeline.safe_names import COMMIT_RE
 
 if TYPE_CHECKING:  # huggingface_hub loads with pipeline.transfer: only when a transfer runs
@@ -75,17 +75,9 @@ class StageEnv:
     token: str | None = None
     offline: bool = False
     push: bool = False  # `mm build --push`: recipes with [publish] repo push their profiles after publishing
-    llama_cpp_version: str = field(default_factory=lambda: llama_cpp_version())
+    llama_cpp_version: str = field(default_factory=llama_cpp_version)
     download_progress: ProgressFactory | None = None  # a bar per file (bytes), when someone is watching
     quantize_progress: ProgressFactory | None = None  # a bar per quantize (tensors)
-
-
-def llama_cpp_version() -> str:
-    """The installed llama-cpp-python version, read from package metadata (importing it loads llama.cpp)."""
-    try:
-        return importlib.metadata.version("llama_cpp_python")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def fingerprint(inputs: Mapping[str, Any]) -> str:
@@ -123,11 +115,6 @@ def profile_name(recipe_name: str, qtype: str) -> str:
     return f"{recipe_name}-{qtype}"
 
 
-def recipe_hardware(recipe: Recipe) -> HardwareClass:
-    folder = recipe.path.parent if recipe.path else Path.cwd()
-    return get_hardware(recipe.hardware, folder / HARDWARE_FILE)
-
-
 def recipe_stages(recipe: Recipe, env: StageEnv) -> list[Stage]:
     """The ordered stages of a recipe; publish stages come last so a failure never touches a profile."""
     stages = [_resolve_stage(recipe, env)]
@@ -151,14 +138,12 @@ def _resolve_stage(recipe: Recipe, env: StageEnv) -> Stage:
 
     def inputs(_: Upstream) -> dict[str, Any]:
         if source.is_local:
-            return {"path": str(_local_path(recipe))}
+            return {"path": str(recipe_source_path(recipe, must_exist=False))}
         return {"repo": source.repo, "revision": source.revision}
 
     def action(_: Upstream) -> StageOutcome:
         if source.is_local:
-            path = _local_path(recipe)
-            if not path.is_file():
-                raise BuildError(f"{recipe.path}: source.path: no such file: {path}")
+            path = recipe_source_path(recipe)
             return StageOutcome(values={"sha256": file_sha256(env.home, path), "size_bytes": path.stat().st_size})
         assert source.repo is not None
         if COMMIT_RE.match(source.revision):
@@ -169,11 +154,6 @@ def _resolve_stage(recipe: Recipe, env: StageEnv) -> Stage:
         return StageOutcome(values={"commit": commit})
 
     return Stage("resolve", (), inputs, action, volatile=True)
-
-
-def _local_path(recipe: Recipe) -> Path:
-    assert recipe.source.path is not None
-    return recipe.resolve(recipe.source.path.expanduser()).resolve()
 
 
 # --- download + verify ------------------------------------------------------------------------------
@@ -219,12 +199,16 @@ def _verify_stage(recipe: Recipe, env: StageEnv) -> Stage:
 
     def inputs(up: Upstream) -> dict[str, Any]:
         if local:
-            return {"path": str(_local_path(recipe)), "source_sha256": up["resolve"].values["sha256"], "pin": pin}
+            return {
+                "path": str(recipe_source_path(recipe, must_exist=False)),
+                "source_sha256": up["resolve"].values["sha256"],
+                "pin": pin,
+            }
         return {"source_sha256": [o.sha256 for o in up["download"].outputs], "pin": pin}
 
     def action(up: Upstream) -> StageOutcome:
         if local:
-            path = _local_path(recipe)
+            path = recipe_source_path(recipe, must_exist=False)
             expected = [OutputRecord(path=str(path), size_bytes=path.stat().st_size, sha256=pin or "")]
         else:
             expected = up["download"].outputs
@@ -380,13 +364,7 @@ def _publish_stage(recipe: Recipe, env: StageEnv, qtype: str) -> Stage:
         fit_result = FitResult.model_validate(up[fit].values["fit"])
         model = Path(up[quant].values["path"])
         profile = publish(
-            model,
-            recipe_hardware(recipe),
-            name=name,
-            settings=fit_settings(recipe),
-            recipe=recipe,
-            fit=fit_result,
-            threads=recipe.run.threads,
+            model, recipe_hardware(recipe), fit_result, name=name, recipe=recipe, threads=recipe.run.threads
         )
         document = profile_path(env.home, profile.name)
         return StageOutcome(outputs=[output_record(env.home, document)], values={"profile": profile.name})

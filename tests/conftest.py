@@ -5,16 +5,28 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner, Result
 
+from pipeline.fit import FitSettings, fit_model
+from pipeline.hardware import HardwareClass
 from pipeline.llama_build import BuiltTools
+from pipeline.profile import Profile
+from pipeline.registry import publish
 from pipeline.tiny_model import TinySpec, write_tiny_model
 from tests.hub import LocalHub
 
 # Nothing in a test may reach the internet: an endpoint on a closed loopback port fails fast.
 UNREACHABLE_ENDPOINT = "http://127.0.0.1:9"
+
+
+def publish_fitted(
+    model: Path, hardware: HardwareClass, *, settings: FitSettings | None = None, **kwargs: Any
+) -> Profile:
+    """Fit `model` to `hardware`, then publish it with that fit, as `mm publish` does."""
+    return publish(model, hardware, fit_model(model.resolve(), hardware, settings), **kwargs)
 
 
 @pytest.fixture(autouse=True)

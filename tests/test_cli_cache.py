@@ -12,7 +12,7 @@ from typer.testing import Result
 
 from pipeline.hardware import get_hardware
 from pipeline.home import mm_home
-from pipeline.registry import publish
+from tests.conftest import publish_fitted
 from tests.hub import LocalHub
 
 Mm = Callable[..., Result]
@@ -51,7 +51,7 @@ def test_cache_rm_of_something_absent_is_one_error(mm: Mm) -> None:
 
 
 def test_ollama_modelfile_from_ends_in_gguf_and_names_its_versions(mm: Mm, tiny_model: Path) -> None:
-    profile = publish(tiny_model, get_hardware("cpu-32g"), name="olla")
+    profile = publish_fitted(tiny_model, get_hardware("cpu-32g"), name="olla")
     text = mm("export", "olla").stdout
     line = next(x for x in text.splitlines() if x.startswith("FROM "))
     source = Path(line.removeprefix("FROM "))

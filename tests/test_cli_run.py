@@ -19,8 +19,8 @@ from typer.testing import Result
 
 from pipeline.fit import FitSettings
 from pipeline.hardware import get_hardware
-from pipeline.registry import publish
 from pipeline.tiny_model import TinySpec, write_tiny_model
+from tests.conftest import publish_fitted
 from tests.hub import Fault, LocalHub
 from tests.test_pull_tty import REPO_ROOT, _read_until
 
@@ -41,7 +41,7 @@ def _mm(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_no_template_uses_the_architectures_format_and_says_so_once(mm: Mm, tmp_path: Path) -> None:
     model = write_tiny_model(tmp_path / "plain.gguf", TinySpec(chat_template=None))
-    publish(model, CPU, name="plain")
+    publish_fitted(model, CPU, name="plain")
     assert "none (mm run uses llama-2)" in mm("inspect", str(model)).stdout
     chat = mm("run", "plain", "hello", "--max-tokens", "3", "--seed", "1")
     assert chat.exit_code == 0, chat.output
@@ -53,7 +53,7 @@ def test_no_template_uses_the_architectures_format_and_says_so_once(mm: Mm, tmp_
 
 def test_a_prompt_is_a_chat_turn_and_raw_is_plain_completion(mm: Mm, tiny_model: Path) -> None:
     """Same seed, same text: the chat turn sees the prompt inside the chat format, so it answers otherwise."""
-    publish(tiny_model, CPU, name="turn")
+    publish_fitted(tiny_model, CPU, name="turn")
     chat = json.loads(mm("run", "turn", "-p", "hello", "--max-tokens", "8", "--seed", "7", "--json").stdout)
     again = json.loads(mm("run", "turn", "hello", "--max-tokens", "8", "--seed", "7", "--json").stdout)
     raw = json.loads(mm("run", "turn", "-p", "hello", "--raw", "--max-tokens", "8", "--seed", "7", "--json").stdout)
@@ -63,7 +63,7 @@ def test_a_prompt_is_a_chat_turn_and_raw_is_plain_completion(mm: Mm, tiny_model:
 
 def test_the_ggufs_own_template_needs_no_notice(mm: Mm, tmp_path: Path) -> None:
     model = write_tiny_model(tmp_path / "templated.gguf", TinySpec(chat_template=TEMPLATE))
-    publish(model, CPU, name="templated")
+    publish_fitted(model, CPU, name="templated")
     assert f"yes ({len(TEMPLATE)} characters)" in mm("inspect", str(model)).stdout
     result = mm("run", "templated", "hi", "--max-tokens", "2")
     assert result.exit_code == 0, result.output
@@ -72,7 +72,7 @@ def test_the_ggufs_own_template_needs_no_notice(mm: Mm, tmp_path: Path) -> None:
 
 def test_an_unknown_architecture_without_template_asks_for_a_format(mm: Mm, tmp_path: Path) -> None:
     model = write_tiny_model(tmp_path / "mamba.gguf", TinySpec(arch="mamba", chat_template=None))
-    publish(model, CPU, name="snake")
+    publish_fitted(model, CPU, name="snake")
     result = mm("run", "snake", "hi")
     assert result.exit_code == 2 and "--chat-format" in result.stderr and "--raw" in result.stderr
 
@@ -82,7 +82,7 @@ def test_an_unknown_architecture_without_template_asks_for_a_format(mm: Mm, tmp_
 
 def test_llama_cpp_log_lines_stay_out_of_a_run(tmp_path: Path) -> None:
     model = write_tiny_model(tmp_path / "g3.gguf", TinySpec(arch="gemma3", swa_pattern=2))
-    publish(model, CPU, name="swa", settings=FitSettings(ctx=512))
+    publish_fitted(model, CPU, name="swa", settings=FitSettings(ctx=512))
     result = _mm("run", "swa", "hi", "--max-tokens", "2", "--json")
     assert result.returncode == 0, result.stderr
     assert "llama_kv_cache_iswa" not in result.stderr and "llama_" not in result.stderr
@@ -92,7 +92,7 @@ def test_llama_cpp_log_lines_stay_out_of_a_run(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("raw", [False, True])
 def test_the_token_count_is_what_was_sampled(mm: Mm, tiny_model: Path, raw: bool) -> None:
-    publish(tiny_model, CPU, name="count")
+    publish_fitted(tiny_model, CPU, name="count")
     flags = ["--raw"] if raw else []
     document = json.loads(mm("run", "count", "-p", "hi", "--max-tokens", "2", "--seed", "3", *flags, "--json").stdout)
     assert 1 <= document["n_tokens"] <= 2
@@ -102,7 +102,7 @@ def test_the_token_count_is_what_was_sampled(mm: Mm, tiny_model: Path, raw: bool
 
 
 def test_a_taken_port_is_an_error_before_loading(mm: Mm, tiny_model: Path) -> None:
-    publish(tiny_model, CPU, name="served")
+    publish_fitted(tiny_model, CPU, name="served")
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -121,7 +121,7 @@ def test_a_taken_port_is_an_error_before_loading(mm: Mm, tiny_model: Path) -> No
 def test_ctrl_c_stops_the_reply_not_the_chat_and_ctrl_d_ends_cleanly(tmp_path: Path) -> None:
     spec = TinySpec(n_layers=4, n_embd=512, n_ff=1024, context_length=16384)
     model = write_tiny_model(tmp_path / "talker.gguf", spec)  # its own template: no notice in the way
-    publish(model, CPU, name="talker", settings=FitSettings(ctx=16384))
+    publish_fitted(model, CPU, name="talker", settings=FitSettings(ctx=16384))
     controller, terminal = os.openpty()
     child = subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli", "run", "talker", "--max-tokens", "16000"],

@@ -15,7 +15,7 @@ from pathlib import Path
 import llama_cpp
 import pytest
 
-from pipeline.fit import FitSettings, fit_model, parse_candidates, recommend_quant
+from pipeline.fit import FitSettings, fit_model
 from pipeline.hardware import HardwareClass, get_hardware
 from pipeline.tiny_model import TinySpec, write_header_only_model, write_tiny_model
 
@@ -315,32 +315,3 @@ def test_70b_header_is_inspected_and_fitted_in_well_under_a_second(tmp_path: Pat
     assert result.verdict == "partial_offload" and 10 < result.n_gpu_layers < 30
     # KV at f16: 80 layers x 8192 cells x (1024 + 1024) x 2 bytes = 2.5 GiB across both devices.
     assert result.gpu.kv_bytes + result.cpu.kv_bytes == 80 * 8192 * 2048 * 2
-
-
-def test_quant_recommendation_prefers_quality_that_fits(arch_models: dict[str, Path]) -> None:
-    hw = get_hardware("cpu-32g")
-    report = recommend_quant(arch_models["llama"], hw, parse_candidates("q2_k,q4_k_m,q8_0"), FitSettings())
-    sizes = {c.type: c.file_bytes for c in report.candidates}
-    assert sizes["q2_k"] < sizes["q4_k_m"] < sizes["q8_0"]
-    assert report.recommended == "q8_0"
-    fast = max(c.tokens_per_second for c in report.candidates)
-    floor = recommend_quant(arch_models["llama"], hw, parse_candidates("q2_k,q4_k_m,q8_0"), FitSettings(), fast)
-    assert floor.recommended == "q2_k"
-
-
-def test_recommendation_from_a_quantized_source_never_re_quantizes_upwards(tmp_path: Path) -> None:
-    from pipeline.hardware import get_hardware
-    from pipeline.quant_types import parse_quant_type
-
-    model = write_header_only_model(tmp_path / "70b.Q4_K_M.gguf", SEVENTY_B)
-    roomy = get_hardware("rtx4090-24g").model_copy(update={"ram_bytes": 256 << 30})
-    names = ["q2_k", "q4_k_m", "q6_k", "q8_0", "iq2_xs"]
-    report = recommend_quant(model, roomy, [parse_quant_type(n) for n in names])
-    by_type = {c.type: c for c in report.candidates}
-    assert all(c.fits and c.exact_sizes for c in report.candidates)  # everything fits 256 GiB of RAM
-    # q6_k and q8_0 would be "better" by llama.cpp's reference figures, but not from a q4_k_m source.
-    assert not by_type["q6_k"].worth_it and not by_type["q8_0"].worth_it
-    assert by_type["q2_k"].worth_it and by_type["q4_k_m"].worth_it
-    assert report.recommended == "q4_k_m"
-    assert by_type["iq2_xs"].needs_imatrix and not by_type["q2_k"].needs_imatrix
-    assert by_type["q2_k"].file_bytes < by_type["q4_k_m"].file_bytes < by_type["q8_0"].file_bytes

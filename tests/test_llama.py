@@ -11,7 +11,8 @@ import pytest
 from typer.testing import Result
 
 from pipeline.errors import LlamaError, QuantizeError
-from pipeline.llama import QuantizeLog, dry_run_in_process, find_llama_quantize, run_quantize, tensor_bytes
+from pipeline.ggml_types import tensor_bytes
+from pipeline.llama import QuantizeLog, dry_run_in_process, find_llama_quantize, run_quantize
 from pipeline.llama_build import BuiltTools
 from pipeline.llama_worker import QuantizeJob, load_imatrix
 from pipeline.provenance import QuantParams

@@ -26,7 +26,7 @@ from pipeline.llama_build import BuiltTools
 from pipeline.registry import get_profile, publish
 from pipeline.runner import generate
 from pipeline.tiny_model import TinySpec, write_header_only_model, write_tiny_model
-from tests.conftest import write_recipe
+from tests.conftest import publish_fitted, write_recipe
 from tests.test_fit import _LOG, ARCHS, _capture
 
 # Shaped like the published files (layer counts, widths, experts, vocabularies): Qwen3-30B-A3B Q4_K_M
@@ -141,7 +141,7 @@ def test_mm_run_places_the_profiles_experts_in_ram_for_real(tmp_path: Path, llam
     """llama.cpp logs each tensor an override placed ("buffer type overridden to CPU"): exactly the experts
     of the first n_cpu_moe layers, whose sizes are what fit moved off the GPU."""
     model, fit = _moe_profile(tmp_path, 1)
-    profile = publish(model, get_hardware("rtx3060-12g"), name="moe", fit=fit)
+    profile = publish(model, get_hardware("rtx3060-12g"), fit, name="moe")
     assert profile.run.n_cpu_moe == 1 and profile.run.tensor_overrides == fit.tensor_overrides
     out = generate(profile, "hello", max_tokens=4, seed=1)
     assert out.n_tokens > 0
@@ -153,7 +153,7 @@ def test_mm_run_places_the_profiles_experts_in_ram_for_real(tmp_path: Path, llam
 
 
 def test_a_dense_profile_loads_without_overrides(tmp_path: Path, llama_log: list[str], tiny_model: Path) -> None:
-    profile = publish(tiny_model, get_hardware("rtx3060-12g"), name="dense")
+    profile = publish_fitted(tiny_model, get_hardware("rtx3060-12g"), name="dense")
     assert profile.run.tensor_overrides == [] and "--n-cpu-moe" not in profile.llama_server
     generate(profile, "hello", max_tokens=2, seed=1)
     assert "overridden" not in "".join(llama_log)
@@ -169,7 +169,7 @@ def test_exported_llama_server_flags_parse_with_the_vendored_llama_server(
     tmp_path: Path, llama_tools: BuiltTools
 ) -> None:
     model, fit = _moe_profile(tmp_path, 1)
-    profile = publish(model, get_hardware("rtx3060-12g"), name="moe", fit=fit)
+    profile = publish(model, get_hardware("rtx3060-12g"), fit, name="moe")
     line = export(profile, "llama-server").split()
     assert line[0] == "llama-server" and line[line.index("--n-cpu-moe") + 1] == "1"
     server = str(llama_tools.path("llama-server"))
@@ -184,7 +184,7 @@ def test_exported_llama_server_flags_parse_with_the_vendored_llama_server(
 
 def test_ollama_export_says_it_cannot_place_experts(tmp_path: Path) -> None:
     model, fit = _moe_profile(tmp_path, 1)
-    profile = publish(model, get_hardware("rtx3060-12g"), name="moe", fit=fit)
+    profile = publish(model, get_hardware("rtx3060-12g"), fit, name="moe")
     text = export(profile, "ollama")
     assert "Ollama cannot express" in text and "--n-cpu-moe 1" in text
     layers_only = next(a for a in fit.alternatives if a.n_cpu_moe == 0)
@@ -193,7 +193,7 @@ def test_ollama_export_says_it_cannot_place_experts(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_quant_candidates_of_a_moe_are_ranked_with_the_moe_speed_model(big: dict[str, Path]) -> None:
-    from pipeline.fit import parse_candidates, recommend_quant
+    from pipeline.recommend import parse_candidates, recommend_quant
 
     report = recommend_quant(big["qwen3-30b-a3b"], get_hardware("rtx3060-12g"), parse_candidates("q2_k,q4_k_m"))
     q2, q4 = report.candidates

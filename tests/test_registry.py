@@ -17,7 +17,8 @@ from pipeline.fit import FitSettings
 from pipeline.hardware import HardwareClass, get_hardware
 from pipeline.home import locked, mm_home
 from pipeline.provenance import QuantParams, QuantRecord, SourceRef, quantize_lock_name, write_record
-from pipeline.registry import check_blob, gc, get_profile, list_profiles, publish, remove_profile, verify
+from pipeline.registry import check_blob, gc, get_profile, list_profiles, remove_profile, verify
+from tests.conftest import publish_fitted
 
 CPU = get_hardware("cpu-64g")
 
@@ -45,7 +46,7 @@ def flip_byte(path: Path, offset: int = -100, keep_mtime: bool = False) -> None:
 
 def test_publish_hard_links_the_model_into_a_content_addressed_blob(tiny_model: Path, tmp_path: Path) -> None:
     model = own_copy(tiny_model, tmp_path)
-    profile = publish(model, CPU, name="tiny")
+    profile = publish_fitted(model, CPU, name="tiny")
     blob = mm_home().blobs / profile.blob.sha256
     assert profile.blob.sha256 == sha256_of(model)
     assert blob.stat().st_ino == model.stat().st_ino  # same filesystem: linked, not copied
@@ -57,7 +58,7 @@ def test_publish_hard_links_the_model_into_a_content_addressed_blob(tiny_model: 
 
 def test_default_name_is_model_quant_at_hardware(tiny_model_f16: Path, tmp_path: Path) -> None:
     model = own_copy(tiny_model_f16, tmp_path, "tiny-llama-F16.gguf")
-    assert publish(model, CPU).name == "tiny-llama-f16@cpu-64g"
+    assert publish_fitted(model, CPU).name == "tiny-llama-f16@cpu-64g"
 
 
 def test_across_filesystems_the_model_is_copied_once_and_checked(
@@ -68,7 +69,7 @@ def test_across_filesystems_the_model_is_copied_once_and_checked(
 
     monkeypatch.setattr(os, "link", no_link)
     model = own_copy(tiny_model, tmp_path)
-    profile = publish(model, CPU, name="copied")
+    profile = publish_fitted(model, CPU, name="copied")
     blob = Path(profile.blob.path)
     assert blob.stat().st_ino != model.stat().st_ino
     assert sha256_of(blob) == sha256_of(model)
@@ -77,8 +78,8 @@ def test_across_filesystems_the_model_is_copied_once_and_checked(
 def test_republishing_a_name_replaces_the_profile_and_gc_frees_the_old_blob(
     tiny_model: Path, tiny_model_f16: Path, tmp_path: Path
 ) -> None:
-    first = publish(own_copy(tiny_model, tmp_path / "a"), CPU, name="same")
-    second = publish(own_copy(tiny_model_f16, tmp_path / "b"), CPU, name="same")
+    first = publish_fitted(own_copy(tiny_model, tmp_path / "a"), CPU, name="same")
+    second = publish_fitted(own_copy(tiny_model_f16, tmp_path / "b"), CPU, name="same")
     assert get_profile("same").blob.sha256 == second.blob.sha256 != first.blob.sha256
     assert (mm_home().blobs / first.blob.sha256).exists()  # until gc
     report = gc()
@@ -89,7 +90,7 @@ def test_republishing_a_name_replaces_the_profile_and_gc_frees_the_old_blob(
 
 def test_run_settings_follow_the_fit_settings(tiny_model: Path, tmp_path: Path) -> None:
     settings = FitSettings(ctx=512, batch=256, ubatch=128, kv_type="q8_0", flash_attn=True)
-    profile = publish(own_copy(tiny_model, tmp_path), CPU, name="tuned", settings=settings, threads=2)
+    profile = publish_fitted(own_copy(tiny_model, tmp_path), CPU, name="tuned", settings=settings, threads=2)
     kwargs = profile.llama_kwargs
     assert (kwargs["n_ctx"], kwargs["n_batch"], kwargs["n_ubatch"]) == (512, 256, 128)
     assert kwargs["type_k"] == kwargs["type_v"] == 8  # GGML_TYPE_Q8_0 in ggml.h
@@ -99,19 +100,19 @@ def test_run_settings_follow_the_fit_settings(tiny_model: Path, tmp_path: Path) 
 
 def test_quantized_kv_without_flash_attention_is_refused(tiny_model: Path, tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="flash"):
-        publish(own_copy(tiny_model, tmp_path), CPU, settings=FitSettings(kv_type="q4_0"))
+        publish_fitted(own_copy(tiny_model, tmp_path), CPU, settings=FitSettings(kv_type="q4_0"))
     assert list_profiles() == ([], [])
 
 
 def test_a_model_that_does_not_fit_is_not_published(tiny_model: Path, tmp_path: Path) -> None:
     small = HardwareClass.model_validate({"name": "tiny-box", "ram": "1M", "ram_bandwidth_gbps": 10})
     with pytest.raises(FitError, match="does not fit tiny-box"):
-        publish(own_copy(tiny_model, tmp_path), small)
+        publish_fitted(own_copy(tiny_model, tmp_path), small)
 
 
 def test_bad_names_are_refused(tiny_model: Path, tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="not a valid profile name"):
-        publish(own_copy(tiny_model, tmp_path), CPU, name="../escape")
+        publish_fitted(own_copy(tiny_model, tmp_path), CPU, name="../escape")
     with pytest.raises(UsageError):
         get_profile("a/b")
 
@@ -142,7 +143,7 @@ def _quantize_output(model: Path, folder: Path) -> Path:
 
 def test_provenance_comes_from_the_quantize_record_and_gc_removes_unused_outputs(tiny_model: Path) -> None:
     output = _quantize_output(tiny_model, mm_home().quant / "abc")
-    profile = publish(output, CPU, name="quantized")
+    profile = publish_fitted(output, CPU, name="quantized")
     assert profile.provenance.source.repo == "o/src" and profile.provenance.engine == "api"
     assert profile.provenance.quantize is not None and profile.provenance.quantize.type == "q8_0"
     assert profile.model == "src"
@@ -162,7 +163,7 @@ def test_a_record_that_disagrees_with_the_file_is_refused(tiny_model: Path) -> N
     output = _quantize_output(tiny_model, mm_home().quant / "abc")
     flip_byte(output)
     with pytest.raises(IntegrityError, match="quantize record"):
-        publish(output, CPU)
+        publish_fitted(output, CPU)
 
 
 def test_a_crash_between_blob_and_profile_leaves_only_an_unreferenced_blob(
@@ -173,21 +174,21 @@ def test_a_crash_between_blob_and_profile_leaves_only_an_unreferenced_blob(
 
     with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
         patch.setattr(registry, "atomic_write_json", crash)
-        publish(own_copy(tiny_model, tmp_path), CPU, name="crashed")
+        publish_fitted(own_copy(tiny_model, tmp_path), CPU, name="crashed")
     assert list_profiles() == ([], [])
     assert verify().ok
     assert len(gc().removed) == 1 and not any(mm_home().blobs.iterdir())
 
 
 def test_gc_removes_stale_temp_files(tiny_model: Path, tmp_path: Path) -> None:
-    publish(own_copy(tiny_model, tmp_path), CPU, name="kept")
+    publish_fitted(own_copy(tiny_model, tmp_path), CPU, name="kept")
     stale = mm_home().profiles / ".kept.json.abc.tmp"
     stale.write_text("{")
     assert [i.kind for i in gc().removed] == ["temp"] and not stale.exists()
 
 
 def test_a_broken_profile_is_reported_and_the_others_still_list(tiny_model: Path, tmp_path: Path) -> None:
-    good = publish(own_copy(tiny_model, tmp_path), CPU, name="good")
+    good = publish_fitted(own_copy(tiny_model, tmp_path), CPU, name="good")
     broken = mm_home().profiles / "broken.json"
     broken.write_text('{"name": "broken", "blob": {"sha256": "' + good.blob.sha256 + '"')
     (mm_home().profiles / "edited.json").write_text(
@@ -204,7 +205,7 @@ def test_a_broken_profile_is_reported_and_the_others_still_list(tiny_model: Path
 
 
 def test_check_blob_is_cheap_but_catches_size_and_stat_changes(tiny_model: Path, tmp_path: Path) -> None:
-    profile = publish(own_copy(tiny_model, tmp_path), CPU, name="checked")
+    profile = publish_fitted(own_copy(tiny_model, tmp_path), CPU, name="checked")
     blob = Path(profile.blob.path)
     assert check_blob(profile) == blob
     flip_byte(blob, keep_mtime=True)  # same size, same stat: only a full hash can see it
@@ -223,9 +224,9 @@ def test_check_blob_is_cheap_but_catches_size_and_stat_changes(tiny_model: Path,
 
 
 def test_verify_names_only_the_corrupted_profiles(tiny_model: Path, tiny_model_f16: Path, tmp_path: Path) -> None:
-    bad = publish(own_copy(tiny_model, tmp_path / "a"), CPU, name="bad")
-    publish(own_copy(tiny_model, tmp_path / "a2"), CPU, name="bad-too")  # same content, same blob
-    publish(own_copy(tiny_model_f16, tmp_path / "b"), CPU, name="fine")
+    bad = publish_fitted(own_copy(tiny_model, tmp_path / "a"), CPU, name="bad")
+    publish_fitted(own_copy(tiny_model, tmp_path / "a2"), CPU, name="bad-too")  # same content, same blob
+    publish_fitted(own_copy(tiny_model_f16, tmp_path / "b"), CPU, name="fine")
     assert verify().ok
     flip_byte(Path(bad.blob.path), keep_mtime=True)
     report = verify()

@@ -18,14 +18,14 @@ from typer.testing import Result
 from pipeline.errors import IntegrityError
 from pipeline.fit import FitSettings
 from pipeline.hardware import get_hardware
-from pipeline.registry import publish
 from pipeline.runner import generate, load
+from tests.conftest import publish_fitted
 
 CPU = get_hardware("cpu-64g")
 
 
 def test_generate_streams_tokens_to_the_callback(tiny_model: Path) -> None:
-    profile = publish(tiny_model, CPU, name="gen")
+    profile = publish_fitted(tiny_model, CPU, name="gen")
     pieces: list[str] = []
     result = generate(profile, "the model runs", max_tokens=6, on_token=pieces.append, seed=3)
     assert pieces and "".join(pieces) == result.text
@@ -34,7 +34,7 @@ def test_generate_streams_tokens_to_the_callback(tiny_model: Path) -> None:
 
 def test_the_model_is_loaded_with_exactly_the_profile_settings(tiny_model: Path) -> None:
     settings = FitSettings(ctx=256, batch=64, ubatch=32, kv_type="q8_0", flash_attn=True)
-    profile = publish(tiny_model, CPU, name="exact", settings=settings, threads=1)
+    profile = publish_fitted(tiny_model, CPU, name="exact", settings=settings, threads=1)
     llm = load(profile)
     assert (llm.n_ctx(), llm.n_batch, llm.context_params.n_ubatch) == (256, 64, 32)
     assert llm.context_params.type_k == llm.context_params.type_v == 8  # GGML_TYPE_Q8_0
@@ -45,14 +45,14 @@ def test_the_model_is_loaded_with_exactly_the_profile_settings(tiny_model: Path)
 def test_a_missing_blob_refuses_to_load(tiny_model: Path, tmp_path: Path) -> None:
     model = Path(tmp_path / "copy.gguf")
     model.write_bytes(tiny_model.read_bytes())
-    profile = publish(model, CPU, name="gone")
+    profile = publish_fitted(model, CPU, name="gone")
     Path(profile.blob.path).unlink()
     with pytest.raises(IntegrityError, match="missing"):
         load(profile)
 
 
 def test_chat_without_prompt_uses_stdin_turns(mm: Callable[..., Result], tiny_model: Path) -> None:
-    publish(tiny_model, CPU, name="chatty")
+    publish_fitted(tiny_model, CPU, name="chatty")
     chatted = mm("run", "chatty", "--max-tokens", "4", input="hello\nhow are you\n")
     assert chatted.exit_code == 0, chatted.stderr
     assert chatted.stdout.count("> ") == 3  # two turns answered, then end of input
@@ -74,7 +74,7 @@ def _post(url: str, body: dict[str, object]) -> dict[str, object]:
 
 @pytest.mark.slow
 def test_server_answers_openai_completions_on_loopback(tiny_model: Path) -> None:
-    publish(tiny_model, CPU, name="served", settings=FitSettings(ctx=512))
+    publish_fitted(tiny_model, CPU, name="served", settings=FitSettings(ctx=512))
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli", "run", "served", "--server", "--port", str(port)],

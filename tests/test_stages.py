@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import BuildError, IntegrityError, RepoNotFoundError
+from pipeline.errors import IntegrityError, RepoNotFoundError, UsageError
 from pipeline.home import mm_home
 from pipeline.recipe import load_recipe
 from pipeline.stages import (
@@ -107,7 +107,7 @@ def test_verify_rejects_a_local_source_that_does_not_match_its_pin(recipes_folde
 
 def test_resolve_of_a_missing_local_file_names_the_field(recipes_folder: Path) -> None:
     stages = _stages(recipes_folder, 'hardware = "cpu-32g"\n[source]\npath = "absent.gguf"\n')
-    with pytest.raises(BuildError, match=r"source\.path: no such file"):
+    with pytest.raises(UsageError, match=r"source\.path: no such file"):
         stages["resolve"].action({})
 
 

@@ -32,8 +32,9 @@ from pipeline.errors import FitError, UsageError
 from pipeline.units import format_size
 
 if TYPE_CHECKING:  # imported when a command runs, so `mm` starts fast
-    from pipeline.fit import FitResult, QuantCandidate, QuantReport
+    from pipeline.fit import FitResult
     from pipeline.model_info import ModelSummary
+    from pipeline.recommend import QuantCandidate, QuantReport
 
 
 def _note_stub(model: str, is_stub: bool) -> None:
@@ -54,7 +55,8 @@ def inspect_command(
 
     Example: mm inspect TheBloke/Llama-2-70B-chat-GGUF:llama-2-70b-chat.Q4_K_M.gguf
     """
-    from pipeline.model_info import resolve_model, summarize_model
+    from pipeline.model_info import summarize_model
+    from pipeline.model_ref import resolve_model
 
     resolved = resolve_model(model, recipes, token=token, offline=offline, allow_header_stub=True)
     _note_stub(model, resolved.is_stub)
@@ -118,8 +120,9 @@ def fit_command(
 
     Example: mm fit TheBloke/Llama-2-70B-chat-GGUF:llama-2-70b-chat.Q4_K_M.gguf --hardware rtx3060-12g -c 8192
     """
-    from pipeline.fit import FitSettings, fit_model, parse_candidates, recommend_quant
-    from pipeline.model_info import resolve_model, target_hardware
+    from pipeline.fit import FitSettings, fit_model
+    from pipeline.model_ref import resolve_model, target_hardware
+    from pipeline.recommend import parse_candidates, recommend_quant
 
     layers = parse_gpu_layers(n_gpu_layers)
     kv = parse_kv_type(kv_type)
@@ -152,9 +155,10 @@ def hw_command(as_json: JsonOpt = False, recipes: RecipesDirOpt = None) -> None:
 
     Example: mm hw --json
     """
-    from pipeline.model_info import local_machine
+    from pipeline.hardware import local_machine
+    from pipeline.model_ref import hardware_file
 
-    machine = local_machine(recipes)
+    machine = local_machine(hardware_file(None, recipes))
     if as_json:
         emit_json(machine)
         return

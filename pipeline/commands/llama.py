@@ -46,7 +46,7 @@ def info_command(as_json: JsonOpt = False) -> None:
 
     Example: mm llama info --json
     """
-    from pipeline.llama_build import engines_info
+    from pipeline.llama import engines_info
 
     engines = engines_info()
     if as_json:

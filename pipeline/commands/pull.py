@@ -24,7 +24,7 @@ from pipeline.recipe import REPO_ID_RE
 from pipeline.units import format_size
 
 if TYPE_CHECKING:  # the Hub client is imported when a pull runs, not on every `mm` start
-    from pipeline.download import PullTarget
+    from pipeline.model_ref import PullTarget
 
 INTERRUPTED_EXIT = 130  # 128 + SIGINT, as shells report it
 ProfileOpt = Annotated[
@@ -106,6 +106,7 @@ def pull_command(
     """
     from pipeline import download
     from pipeline.hub_url import model_text_from_url
+    from pipeline.model_ref import pull_target
 
     if profile is not None or list_profiles:
         repo = model_text_from_url(model)
@@ -120,7 +121,7 @@ def pull_command(
     if "@" in model and ":" not in model:  # a repo URL at a revision
         model, url_revision = model.split("@", 1)
         revision = revision or url_revision
-    target = download.pull_target(model, filename=file or file_arg, revision=revision, recipes_folder=recipes)
+    target = pull_target(model, filename=file or file_arg, revision=revision, recipes_folder=recipes)
     try:
         filename = target.filename or _choose_file(target, token)
         files = download.pull(
@@ -146,7 +147,7 @@ def _pull_profile(
 ) -> None:  # fmt: skip
     """`mm pull OWNER/REPO --list-profiles` and `--profile NAME` (pipeline/install.py does the work)."""
     from pipeline.install import install_profile, list_repo_profiles
-    from pipeline.model_info import target_hardware
+    from pipeline.model_ref import target_hardware
 
     if profile is None:
         offered = list_repo_profiles(repo, revision or "main", token=token)

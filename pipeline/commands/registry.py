@@ -50,8 +50,8 @@ def publish_command(
 
     Example: mm publish ~/.cache/mm/quant/abc-llama.q4_k_m.gguf --hardware rtx3060-12g -c 8192 -fa on
     """
-    from pipeline.fit import FitSettings
-    from pipeline.model_info import resolve_model, target_hardware
+    from pipeline.fit import FitSettings, fit_model
+    from pipeline.model_ref import resolve_model, target_hardware
     from pipeline.registry import publish
 
     layers, kv = parse_gpu_layers(n_gpu_layers), parse_kv_type(kv_type)
@@ -61,7 +61,8 @@ def publish_command(
         recipe, ctx=ctx, kv_type=kv, flash_attn=flash_attn, n_gpu_layers=layers, n_cpu_moe=n_cpu_moe,
         cpu_moe=cpu_moe or None,
     )  # fmt: skip
-    profile = publish(path, target, name=name, settings=settings, recipe=recipe, threads=threads)
+    fit = fit_model(path.resolve(), target, settings)
+    profile = publish(path, target, fit, name=name, recipe=recipe, threads=threads)
     if as_json:
         emit_json(profile)
         return

@@ -1,0 +1,219 @@
+"""The shape of `pipeline/`, read from its imports (ast): no import cycle, and each module imports only from
+its own layer or the ones below it (the layers the README's Development section draws)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "pipeline"
+
+# Lowest first. A module may import modules of its own layer and of the layers below it.
+LAYERS: dict[str, set[str]] = {
+    "base": {"errors", "units", "validation", "home", "digest", "provenance", "shards", "safe_names", "hub_url"},
+    "facts": {
+        "gguf_header",
+        "quant_types",
+        "ggml_types",
+        "memory",
+        "tiny_model",
+        "hardware",
+        "recipe",
+        "model_info",
+        "chat_format",
+    },
+    "hub": {"hub_cache", "hub", "hub_inventory", "transfer", "download", "remote_header"},
+    "resolve": {"model_ref"},
+    "features": {"llama_build", "llama_worker", "llama", "quantize", "quantize_inputs", "fit", "recommend"}
+    | {"profile", "registry", "export", "runner"},
+    "runner": {"build_report", "stages", "build", "demo"},
+    "face": {"cli", "commands"},
+}
+# Third-party packages that mean network or llama.cpp, and the layers below which they may not appear.
+NETWORK = {"httpx2", "httpx", "requests", "urllib3"}
+# huggingface_hub below the hub layer only where its pure validators check names (no requests there).
+HF_VALIDATORS = {"pipeline.safe_names"}
+LLAMA = {"llama_cpp"}
+
+
+class Imports:
+    """Every `pipeline.*` module each module imports: at run time (top level or inside a function), and
+    only for type checking (`if TYPE_CHECKING:`), which cannot make a cycle."""
+
+    def __init__(self) -> None:
+        self.runtime: dict[str, set[str]] = {}
+        self.typing: dict[str, set[str]] = {}
+        self.external: dict[str, set[str]] = {}
+        for path in sorted(PACKAGE.rglob("*.py")):
+            name = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__")
+            self.runtime[name], self.typing[name], self.external[name] = set(), set(), set()
+            self._read(name, ast.parse(path.read_text(), str(path)), typing=False)
+
+    def _read(self, module: str, node: ast.AST, typing: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                for inner in child.body:
+                    self._read(module, inner, typing=True)
+                    self._add(module, inner, typing=True)
+                continue
+            self._add(module, child, typing)
+            self._read(module, child, typing)
+
+    def _add(self, module: str, node: ast.AST, typing: bool) -> None:
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            # `from pipeline import hub` imports the module pipeline.hub
+            names = [f"{node.module}.{alias.name}" for alias in node.names] + [node.module]
+        for name in names:
+            if name.split(".")[0] != "pipeline":
+                self.external[module].add(name.split(".")[0])
+            elif (target := self._module(name)) is not None and not f"{module}.".startswith(f"{target}."):
+                # A submodule naming its own package is no cycle: Python loads the package first anyway.
+                (self.typing if typing else self.runtime)[module].add(target)
+
+    def _module(self, name: str) -> str | None:
+        parts = name.split(".")
+        while parts:
+            candidate = ".".join(parts)
+            if (PACKAGE.parent / Path(*parts)).with_suffix(".py").is_file():
+                return candidate
+            if (PACKAGE.parent / Path(*parts) / "__init__.py").is_file() and len(parts) > 1:
+                return candidate
+            parts.pop()
+        return None
+
+    def closure(self, module: str) -> set[str]:
+        """Every pipeline module `module` loads at run time, directly or through others."""
+        seen: set[str] = set()
+        stack = [module]
+        while stack:
+            for target in self.runtime[stack.pop()]:
+                if target not in seen:
+                    seen.add(target)
+                    stack.append(target)
+        return seen
+
+
+IMPORTS = Imports()
+
+
+def layer_of(module: str) -> int:
+    short = module.removeprefix("pipeline.").split(".")[0]
+    for index, members in enumerate(LAYERS.values()):
+        if short in members:
+            return index
+    raise AssertionError(f"{module} is in no layer: add it to LAYERS here and to the README's Development section")
+
+
+def test_every_module_is_in_exactly_one_layer() -> None:
+    listed = [name for members in LAYERS.values() for name in members]
+    assert len(listed) == len(set(listed))
+    for module in IMPORTS.runtime:
+        if module != "pipeline":
+            layer_of(module)
+
+
+def find_cycles(imports: Imports) -> list[list[str]]:
+    """Depth-first search over run-time imports; each back edge is a cycle, given as the modules on it."""
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    path: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(module: str) -> None:
+        state[module] = 1
+        path.append(module)
+        for target in sorted(imports.runtime[module]):
+            if state.get(target) == 1:
+                cycles.append([*path[path.index(target) :], target])
+            elif target not in state:
+                visit(target)
+        path.pop()
+        state[module] = 2
+
+    for module in sorted(imports.runtime):
+        if module not in state:
+            visit(module)
+    return cycles
+
+
+def layer_breaks(imports: Imports) -> list[str]:
+    """Every import (run time or for type checking) of a module in a higher layer."""
+    names = list(LAYERS)
+    wrong = []
+    for module in imports.runtime:
+        if module == "pipeline":
+            continue
+        for target in sorted(imports.runtime[module] | imports.typing[module]):
+            if target != "pipeline" and layer_of(target) > layer_of(module):
+                wrong.append(f"{module} ({names[layer_of(module)]}) imports {target} ({names[layer_of(target)]})")
+    return wrong
+
+
+def test_no_import_cycle() -> None:
+    cycles = find_cycles(IMPORTS)
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_modules_import_only_their_layer_and_below() -> None:
+    wrong = layer_breaks(IMPORTS)
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_header_reader_stands_on_base_alone() -> None:
+    """gguf_header reads a file it is given: nothing about recipes, the Hub or llama.cpp comes with it."""
+    allowed = {f"pipeline.{name}" for name in LAYERS["base"]} | {"pipeline.quant_types", "pipeline.ggml_types"}
+    assert IMPORTS.closure("pipeline.gguf_header") <= allowed
+
+
+@pytest.mark.parametrize("module", ["pipeline.fit", "pipeline.memory", "pipeline.gguf_header"])
+def test_fitting_runs_no_llama_cpp(module: str) -> None:
+    """Fitting reads headers; only recommending a quant (recommend.py) asks llama.cpp's dry run."""
+    loaded = IMPORTS.closure(module) | {module}
+    engines = {"pipeline.llama", "pipeline.llama_worker", "pipeline.quantize", "pipeline.llama_build"}
+    assert not loaded & engines
+    assert not {e for m in loaded for e in IMPORTS.external[m]} & LLAMA
+
+
+def test_below_the_hub_layer_nothing_reaches_the_network() -> None:
+    hub = list(LAYERS).index("hub")
+    offenders = {}
+    for module in IMPORTS.runtime:
+        if module != "pipeline" and layer_of(module) < hub:
+            clients = IMPORTS.external[module] & (NETWORK if module in HF_VALIDATORS else NETWORK | {"huggingface_hub"})
+            if clients:
+                offenders[module] = clients
+    assert not offenders
+
+
+def test_the_registry_stores_the_fit_it_is_given() -> None:
+    assert "pipeline.fit" not in IMPORTS.runtime["pipeline.registry"]
+
+
+def test_the_library_never_prints_or_imports_the_cli() -> None:
+    face = list(LAYERS).index("face")
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        if module.startswith(("pipeline.cli", "pipeline.commands")):
+            continue
+        tree = ast.parse(path.read_text())
+        calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)]
+        assert not [c for c in calls if c.func.id == "print"], f"{module} prints"  # type: ignore[attr-defined]
+        assert "typer" not in IMPORTS.external.get(module, set()), f"{module} imports typer"
+        assert all(layer_of(t) < face for t in IMPORTS.runtime.get(module, set()) if t != "pipeline")
+
+
+def test_the_checks_catch_a_cycle_and_a_layer_break(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checks above can fail: errors importing the CLI, which imports errors back inside a function."""
+    fake = tmp_path / "pipeline"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("")
+    (fake / "errors.py").write_text("from pipeline.cli import app\n")
+    (fake / "cli.py").write_text("def app() -> None:\n    from pipeline import errors\n")
+    monkeypatch.setattr(f"{__name__}.PACKAGE", fake)
+    imports = Imports()
+    assert find_cycles(imports) == [["pipeline.cli", "pipeline.errors", "pipeline.cli"]]
+    assert layer_breaks(imports) == ["pipeline.errors (base) imports pipeline.cli (face)"]
