@@ -25,7 +25,7 @@ LAYERS: dict[str, set[str]] = {
         "chat_format",
     },
     "hub": {"hub_cache", "hub", "hub_inventory", "transfer", "download", "remote_header"},
-    "resolve": {"model_ref"},
+    "resolve": {"model_ref", "texts"},
     "features": {"llama_build", "llama_worker", "llama", "quantize", "quantize_inputs", "fit", "recommend"}
     | {"profile", "registry", "export", "runner"},
     "runner": {"build_report", "stages", "build", "demo"},
