@@ -26,8 +26,8 @@ LAYERS: dict[str, set[str]] = {
     },
     "hub": {"hub_cache", "hub", "hub_inventory", "transfer", "download", "remote_header"},
     "resolve": {"model_ref", "texts"},
-    "features": {"llama_build", "llama_worker", "llama", "quantize", "quantize_inputs", "fit", "recommend"}
-    | {"profile", "registry", "export", "runner"},
+    "features": {"llama_build", "llama_worker", "llama", "llama_overrides", "quantize", "quantize_inputs"}
+    | {"placement", "fit", "recommend", "profile", "registry", "export", "runner"},
     "runner": {"build_report", "stages", "build", "demo"},
     "face": {"cli", "commands"},
 }
