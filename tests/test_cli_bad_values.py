@@ -20,7 +20,7 @@ from typer.testing import Result
 
 from pipeline.cli import app
 from pipeline.hardware import get_hardware
-from pipeline.registry import publish
+from tests.conftest import publish_fitted
 
 README_EXIT_CODES = {2, 3, 4, 5, 6, 7, 8, 9, 10, 11}  # README "Exit codes" (usage … lock busy)
 
@@ -115,7 +115,7 @@ def _command(path: list[str]) -> _click.Command:
 
 @pytest.fixture
 def args_for(tiny_model: Path, tmp_path: Path) -> Callable[[_click.Command], list[str]]:
-    publish(tiny_model, get_hardware("cpu-64g"), name=PROFILE)
+    publish_fitted(tiny_model, get_hardware("cpu-64g"), name=PROFILE)
     recipe = tmp_path / "tiny.toml"
     recipe.write_text(f'hardware = "cpu-64g"\n[source]\npath = "{tiny_model}"\n[quantize]\ntypes = ["q8_0"]\n')
     values = {"MODEL": str(tiny_model), "NAME": PROFILE, "NAME...": PROFILE, "[RECIPE]...": str(recipe)}
