@@ -12,7 +12,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "pipeline"
 
 # Lowest first. A module may import modules of its own layer and of the layers below it.
 LAYERS: dict[str, set[str]] = {
-    "base": {"errors", "units", "validation", "home", "digest", "provenance", "shards", "safe_names", "hub_url"},
+    "base": {"errors", "units", "validation", "home", "disk_space", "digest", "provenance", "shards"}
+    | {"safe_names", "hub_url"},
     "facts": {"gguf_header", "quant_types", "ggml_types", "memory", "tiny_model", "hardware", "recipe"}
     | {"model_info", "chat_format"},
     "hub": {"hub_cache", "hub", "hub_inventory", "transfer", "download", "remote_header", "upload"},
