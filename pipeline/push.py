@@ -32,8 +32,8 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 8
 README = "README.md"
-# The Hub refuses single files over 50 GB (huggingface.co/docs/hub/storage-limits); larger GGUFs
-# must be split with llama-gguf-split first.
+# The Hub refuses single files over 50 GB (huggingface.co/docs/hub/storage-limits); a larger GGUF
+# would have to be split (llama-gguf-split), and the registry does not publish split models yet.
 MAX_FILE_BYTES = 50 * 1000**3
 
 
@@ -100,7 +100,7 @@ def _prepare(name: str, classes: list[HardwareClass]) -> _Local:
     if profile.blob.size_bytes > MAX_FILE_BYTES:
         raise UsageError(
             f"profile {name!r}: its GGUF is {profile.blob.size_bytes} bytes, over the Hub's 50 GB per-file limit",
-            hint="split it with llama-gguf-split --split-max-size 48G and publish the split model",
+            hint="push a smaller quant; mm cannot publish split models yet (llama-gguf-split makes the shards)",
         )
     document = for_repo(profile, blob, classes)
     return _Local(blob=blob, document=document, json=(document.model_dump_json(indent=2) + "\n").encode())
