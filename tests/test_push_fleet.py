@@ -195,6 +195,7 @@ def test_private_and_gated_repos_need_a_token_to_pull(
         assert ok.exit_code == 0, ok.stderr
 
 
+@pytest.mark.slow
 def test_the_token_appears_nowhere_on_disk_or_in_output(
     mm: Mm, tiny_model: Path, local_hub: LocalHub, tmp_path: Path
 ) -> None:
