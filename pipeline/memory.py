@@ -70,6 +70,7 @@ class ModelShape:
     # Multi-head latent attention (deepseek2 with {arch}.attention.key_length_mla): the cache holds one
     # compressed latent per token as K (kv_lora_rank + n_rot wide, the header's key_length) and no V.
     is_mla: bool = False
+    skipped_params: int = 0  # multi-token-prediction layers llama.cpp does not load (counted in n_params)
 
     @property
     def weights_bytes(self) -> int:
@@ -87,7 +88,7 @@ class ModelShape:
     @property
     def active_params(self) -> int:
         """Parameters read per token: everything but the routed experts not chosen (one embedding row aside)."""
-        return self.n_params - round(self.expert_params * (1 - self.active_fraction))
+        return self.n_params - self.skipped_params - round(self.expert_params * (1 - self.active_fraction))
 
     @property
     def n_dense_layers(self) -> int:
@@ -144,13 +145,18 @@ def model_shape(headers: Sequence[GGUFHeader], tensor_bytes: Mapping[str, int] |
     n_layers = head.n_layers
     if n_layers <= 0:
         raise FitError(f"{head.path}: no {head.architecture}.block_count: not a model mm can fit")
+    # llama-model.cpp: the last {arch}.nextn_predict_layers blocks are multi-token-prediction layers (GLM-4.5,
+    # DeepSeek-V3 style); n_layer() leaves them out, and without an MTP context (load_mtp, off by default)
+    # their tensors are TENSOR_SKIP: never allocated, no KV cache, not counted by -ngl.
+    n_nextn = int(head.get("nextn_predict_layers", 0) or 0)
+    n_layers -= n_nextn if 0 < n_nextn < n_layers else 0
     n_embd = _int(head, "embedding_length")
     recurrent = head.architecture in RECURRENT_ARCHS
     n_head = _int(head, "attention.head_count", 0 if recurrent else None)
     head_dim_k = _int(head, "attention.key_length", n_embd // max(n_head, 1))
     layer_bytes = [0] * n_layers
     expert_bytes = [0] * n_layers
-    input_bytes = output_bytes = n_params = expert_params = n_ff_exp = n_ff_shexp = max_expert = 0
+    input_bytes = output_bytes = n_params = expert_params = n_ff_exp = n_ff_shexp = max_expert = skipped_params = 0
     n_vocab = embd_bytes = 0
     has_output = False
     for header in headers:
@@ -158,7 +164,9 @@ def model_shape(headers: Sequence[GGUFHeader], tensor_bytes: Mapping[str, int] |
             size = tensor_bytes.get(tensor.name, tensor.n_bytes) if tensor_bytes else tensor.n_bytes
             n_params += tensor.n_elements
             layer = layer_of(tensor.name)
-            if layer is not None and layer < n_layers:
+            if layer is not None and layer >= n_layers:  # an MTP layer llama.cpp skips
+                skipped_params += tensor.n_elements
+            elif layer is not None:
                 layer_bytes[layer] += size
                 if EXPERTS_RE.search(tensor.name):
                     expert_bytes[layer] += size
@@ -210,6 +218,7 @@ def model_shape(headers: Sequence[GGUFHeader], tensor_bytes: Mapping[str, int] |
         n_ff_shexp=n_ff_shexp,
         max_expert_tensor_bytes=max_expert,
         is_mla=bool(head.get("attention.key_length_mla")) and bool(head.get("attention.value_length_mla")),
+        skipped_params=skipped_params,
     )
     check_shape(head, shape)
     return shape

@@ -51,6 +51,7 @@ class TinySpec:
     n_ff_exp: int | None = None
     n_expert_shared: int = 0  # deepseek2: shared experts, n_ff_exp wide each
     n_dense_lead: int = 0  # deepseek2: the first layers have a dense FFN (n_ff) instead of experts
+    n_nextn: int = 0  # deepseek2: extra multi-token-prediction blocks after the n_layers (block_count counts them)
     # deepseek2's multi-head latent attention: the KV cache holds the kv_lora_rank latent plus the rope part
     q_lora_rank: int = 128
     kv_lora_rank: int = 128
@@ -149,7 +150,9 @@ def write_tiny_model(path: Path, spec: TinySpec | None = None) -> Path:
 
 def _write_metadata(writer: gguf.GGUFWriter, spec: TinySpec, file_type: int | None = None) -> None:
     writer.add_name(f"tiny-{spec.arch}-{spec.n_layers}l-{spec.n_embd}d")
-    writer.add_block_count(spec.n_layers)
+    writer.add_block_count(spec.n_layers + spec.n_nextn)
+    if spec.n_nextn:
+        writer.add_nextn_predict_layers(spec.n_nextn)
     writer.add_context_length(spec.context_length)
     writer.add_embedding_length(spec.n_embd)
     if spec.arch == "mamba":  # as convert_hf_to_gguf writes it: no attention, no FFN
@@ -251,8 +254,11 @@ def _deepseek2_layers(spec: TinySpec) -> list[tuple[str, tuple[int, ...]]]:
     d, q, kv, rope, h = spec.n_embd, spec.q_lora_rank, spec.kv_lora_rank, spec.qk_rope_dim, spec.n_head
     k_mla, v_mla = spec.qk_nope_dim + rope, spec.v_head_dim
     shapes: list[tuple[str, tuple[int, ...]]] = []
-    for i in range(spec.n_layers):
+    for i in range(spec.n_layers + spec.n_nextn):
         b = f"blk.{i}"
+        if i >= spec.n_layers:  # an MTP block: a full layer plus its projection of [embedding, hidden state]
+            shapes += [(f"{b}.nextn.eh_proj.weight", (2 * d, d)), (f"{b}.nextn.enorm.weight", (d,))]
+            shapes += [(f"{b}.nextn.hnorm.weight", (d,))]
         shapes += [(f"{b}.attn_norm.weight", (d,)), (f"{b}.attn_q_a_norm.weight", (q,))]
         shapes += [(f"{b}.attn_kv_a_norm.weight", (kv,)), (f"{b}.attn_q_a.weight", (d, q))]
         shapes += [(f"{b}.attn_q_b.weight", (q, h * k_mla)), (f"{b}.attn_kv_a_mqa.weight", (d, kv + rope))]

@@ -39,7 +39,8 @@ ARCHS = {
         dtype="f16",
     ),
     "mixtral": TinySpec(n_vocab=1024, n_expert=4, n_expert_used=2, dtype="f16"),
-    # Multi-head latent attention (a K-only cache of the compressed latent), a shared expert, a dense layer 0
+    # Multi-head latent attention (a K-only cache of the compressed latent), a shared expert, a dense layer 0,
+    # and a multi-token-prediction block (GLM-4.5 style) that llama.cpp leaves unloaded
     "deepseek2": TinySpec(
         arch="deepseek2",
         n_layers=3,
@@ -49,6 +50,7 @@ ARCHS = {
         n_ff_exp=128,
         n_expert_shared=1,
         n_dense_lead=1,
+        n_nextn=1,
         dtype="f16",
     ),
     "gpt-oss": TinySpec(
@@ -99,7 +101,8 @@ def llama_buffers(path: Path, settings: FitSettings, flash_mode: int) -> dict[st
         _LOG.clear()
         model_params = llama_cpp.llama_model_default_params()
         model_params.n_gpu_layers = 0
-        model_params.use_mmap = settings.mmap
+        # llama-cpp-python 0.3.36's params have load_mode, not use_mmap
+        model_params.load_mode = llama_cpp.LLAMA_LOAD_MODE_MMAP if settings.mmap else llama_cpp.LLAMA_LOAD_MODE_NONE
         model = llama_cpp.llama_model_load_from_file(str(path).encode(), model_params)
         assert model, "".join(_LOG)
         params = llama_cpp.llama_context_default_params()
@@ -146,6 +149,8 @@ def test_cpu_prediction_matches_llama_cpp(
         flash_attn=flash_attn,
         ubatch=ubatch,
         parallel=parallel,  # type: ignore[arg-type]
+        # A skipped MTP block inside the mapped span is reported but never read (test_mtp_block_is_not_loaded)
+        mmap=not ARCHS[arch].n_nextn,
     )
     check_against_llama_cpp(arch_models[arch], settings, strict_compute=arch == "mamba")
 
@@ -222,6 +227,24 @@ def test_mla_cache_is_the_latent_alone(arch_models: dict[str, Path]) -> None:
     spec = ARCHS["deepseek2"]
     result = fit_model(arch_models["deepseek2"], CPU, FitSettings(ctx=4096))
     assert result.cpu.kv_bytes == spec.n_layers * 4096 * (spec.kv_lora_rank + spec.qk_rope_dim) * 2
+
+
+def test_mtp_block_is_not_loaded(llama_log: list[str], arch_models: dict[str, Path]) -> None:
+    """The last nextn_predict_layers blocks are multi-token prediction: llama.cpp skips their tensors and
+    gives them no KV cache, and -ngl does not count them. Loaded without mmap, llama.cpp allocates exactly
+    mm's prediction; with mmap it reports the mapped file span, which also covers the skipped block when it
+    lies before output.weight (pages that are never read)."""
+    import gguf
+
+    path, spec = arch_models["deepseek2"], ARCHS["deepseek2"]
+    result = fit_model(path, CPU, FitSettings(ctx=4096, mmap=False))
+    assert result.n_layers == spec.n_layers  # block_count is n_layers + 1
+    unmapped = llama_buffers(path, FitSettings(ctx=4096, mmap=False), 0)
+    mapped = llama_buffers(path, FitSettings(ctx=4096), 0)
+    assert unmapped is not None and mapped is not None
+    assert result.cpu.weights_bytes / MIB == pytest.approx(unmapped["model"], abs=0.011)
+    mtp = sum(int(t.n_bytes) for t in gguf.GGUFReader(path).tensors if t.name.startswith(f"blk.{spec.n_layers}."))
+    assert mapped["model"] - unmapped["model"] == pytest.approx(mtp / MIB, abs=0.02)
 
 
 def test_recurrent_state_is_per_sequence_not_per_context(arch_models: dict[str, Path]) -> None:

@@ -209,10 +209,12 @@ def test_inspect_names_shared_experts_and_leading_dense_layers(tmp_path: Path) -
     summary = summarize_model(write_tiny_model(tmp_path / "ds.gguf", spec))
     assert (summary.n_expert, summary.n_expert_used, summary.n_expert_shared) == (8, 2, 1)
     assert summary.n_dense_layers == spec.n_dense_lead == 1 and summary.n_ff_exp == spec.n_ff_exp
-    # Active: everything but 6 of 8 routed experts in each of the 2 expert layers.
+    # Active: everything llama.cpp loads (not the MTP block) but 6 of 8 routed experts in each expert layer.
     sizes = {t.name: int(t.n_elements) for t in gguf.GGUFReader(tmp_path / "ds.gguf").tensors}
-    routed = sum(v for n, v in sizes.items() if EXPERTS.search(n))
-    assert summary.active_params == sum(sizes.values()) - routed * 6 // 8
+    assert summary.n_params == sum(sizes.values())  # the file's parameters, the MTP block included
+    loaded = {n: v for n, v in sizes.items() if not n.startswith(f"blk.{spec.n_layers}.")}
+    routed = sum(v for n, v in loaded.items() if EXPERTS.search(n))
+    assert summary.active_params == sum(loaded.values()) - routed * 6 // 8 and summary.n_layers == spec.n_layers
 
 
 def test_build_of_a_moe_recipe_publishes_its_placement(mm: Callable[..., Result], recipes_folder: Path) -> None:
