@@ -161,3 +161,60 @@ def test_a_bad_value_is_one_clear_error(
     assert len(errors) == 1, f"mm {' '.join(argv)}: expected one error line\n{result.stderr}"
     assert "Traceback" not in result.output and "validation error" not in result.output.lower()
     assert option in result.stderr or _bad_value(param) in result.stderr or result.exit_code == 3, result.stderr
+
+
+# Arguments too: each command's arguments, one at a time, with a value that names nothing.
+BAD_ARGUMENT = {
+    "MODEL": "/nonexistent/model.gguf",
+    "NAME": "no-such-profile",
+    "NAME...": "no-such-profile",
+    "[NAME]": "no-such-profile",
+    "[RECIPE]...": "no-such-recipe",
+    "[PATH]...": "/nonexistent/recipe.toml",
+    "REPO[:FILE[@COMMIT]]...": "org/absent:x.gguf",
+    "[FILE]": "absent.gguf",  # pull: a file the (unreachable) Hub cannot have
+}
+ANY_ARGUMENT = {"[PROMPT]": "any text is a prompt"}
+
+ARGUMENT_CASES = [
+    pytest.param(path, str(p.metavar), id=f"{' '.join(path)} {p.metavar}")
+    for path, command in _commands()
+    for p in command.params
+    if p.param_type_name == "argument" and p.metavar not in ANY_ARGUMENT
+]
+
+
+def test_every_argument_is_covered() -> None:
+    for path, metavar in (case.values for case in ARGUMENT_CASES):
+        assert metavar in BAD_ARGUMENT, f"mm {' '.join(path)} {metavar}: add a bad value to BAD_ARGUMENT"
+
+
+@pytest.mark.parametrize(("path", "metavar"), ARGUMENT_CASES)
+def test_a_bad_argument_is_one_clear_error(
+    mm: Callable[..., Result],
+    args_for: Callable[[_click.Command], list[str]],
+    tiny_model: Path,
+    path: list[str],
+    metavar: str,
+) -> None:
+    command = _command(path)
+    arguments = [p for p in command.params if p.param_type_name == "argument"]
+    if path == ["pull"]:
+        good = {"MODEL": "acme/tiny-GGUF"}
+    elif [a.metavar for a in arguments] == [metavar]:  # its only argument: nothing else to give
+        good = {}
+    else:
+        good = dict(zip([a.metavar for a in arguments], args_for(command), strict=False))
+    argv = [*path, *[BAD_ARGUMENT[metavar] if m == metavar else v for m, v in good.items()]]
+    if metavar not in good:
+        argv.append(BAD_ARGUMENT[metavar])
+    if path == ["quantize"]:
+        argv += ["--to", "q8_0"]
+    if path == ["push"]:
+        argv += ["--repo", "acme/tiny-GGUF"]
+    result = mm(*argv)
+    errors = [line for line in result.stderr.splitlines() if re.match(r"(?i)^error\b", line)]
+    assert result.exit_code in README_EXIT_CODES, f"mm {' '.join(argv)}: exit {result.exit_code}\n{result.output}"
+    assert len(errors) == 1, f"mm {' '.join(argv)}: expected one error line\n{result.stderr}"
+    # the message names what was given (recipe validate lists each file's problem on stdout)
+    assert BAD_ARGUMENT[metavar].split(":")[0] in result.output or result.exit_code == 3, result.output
