@@ -99,6 +99,10 @@ class LlamaError(MMError):
     exit_code = 7
 
 
+class ConvertError(LlamaError):
+    """llama.cpp's converter (or its environment) failed, or a model it cannot convert."""
+
+
 class FitError(MMError):
     exit_code = 8
 

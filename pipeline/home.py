@@ -56,6 +56,16 @@ class Home:
         return self.root / "quant"
 
     @property
+    def converted(self) -> Path:
+        """GGUFs converted from safetensors, keyed by snapshot + converter + outtype."""
+        return self.root / "converted"
+
+    @property
+    def imatrix(self) -> Path:
+        """Importance matrices, keyed by model sha256 + text sha256 + parameters."""
+        return self.root / "imatrix"
+
+    @property
     def blobs(self) -> Path:
         return self.root / "blobs" / "sha256"
 
@@ -145,6 +155,15 @@ def atomic_path(target: Path) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def remove_stale_temps(target: Path) -> None:
+    """atomic_path's temporary files for `target` left by a killed run; call it holding target's lock."""
+    if target.parent.is_dir():
+        for stale in target.parent.glob(f".{target.name}.*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
+                log.info("removed %s, left by an interrupted run", stale)
 
 
 def atomic_write_bytes(target: Path, data: bytes) -> None:

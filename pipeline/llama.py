@@ -10,7 +10,6 @@ import ctypes
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from pipeline.child import die_with_parent
 from pipeline.errors import LlamaError, QuantizeError
 from pipeline.ggml_types import gguf_type_name
 from pipeline.llama_build import built_tool_sets, find_llama_tool, llama_cpp_version, require_llama_tool
@@ -143,16 +143,6 @@ def binary_args(binary: Path, job: QuantizeJob, type_name: str) -> list[str]:
 # --- running ----------------------------------------------------------------------------------------
 
 
-_LIBC = ctypes.CDLL(None, use_errno=True)  # loaded up front: the pre-exec hook below only calls into it
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
-
-def _die_with_parent() -> None:
-    """In a forked child before exec: get SIGKILL when mm dies, so a killed mm never leaves a writer."""
-    with contextlib.suppress(AttributeError):
-        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
 class ApiWorker:
     """A started api-engine child, importing libllama while mm does its checks; it then runs one job.
 
@@ -215,7 +205,7 @@ def run_quantize(
                 stdout=sink,
                 stderr=sink,
                 env=dict(os.environ, LC_ALL="C"),
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         try:
             pending = b""

@@ -173,13 +173,13 @@ def build_llama_tools(
         home.ensure(home.tools)
         work = Path(tempfile.mkdtemp(prefix=f".build-{key}-", dir=home.tools))
         try:
-            tree = _llama_cpp_tree(source, version, work)
+            tree = llama_cpp_tree(source, version, work)
             build_dir = work / "build"
             args = list(BASE_CMAKE_ARGS) + extra
             log_path = home.ensure(home.logs) / f"llama-build-{key}.log"
-            _run(["cmake", "-S", str(tree), "-B", str(build_dir), *args], log_path, on_line)
+            run_logged(["cmake", "-S", str(tree), "-B", str(build_dir), *args], log_path, on_line)
             parallel = str(jobs or os.cpu_count() or 2)
-            _run(["cmake", "--build", str(build_dir), "--target", *TOOLS, "-j", parallel], log_path, on_line)
+            run_logged(["cmake", "--build", str(build_dir), "--target", *TOOLS, "-j", parallel], log_path, on_line)
             staging = work / "out"
             (staging / "bin").mkdir(parents=True)
             for tool in TOOLS:
@@ -213,14 +213,17 @@ def _check_runs(binary: Path) -> None:
         raise LlamaError(f"the built {binary} does not run: {(proc.stderr or proc.stdout).strip()[:300]}")
 
 
-def _run(argv: list[str], log_path: Path, on_line: Callable[[str], None] | None) -> None:
+def run_logged(argv: list[str], log_path: Path, on_line: Callable[[str], None] | None) -> None:
+    """Run a setup step, its output appended to `log_path` (and each line to `on_line`); failure is an error."""
     with open(log_path, "a") as sink:
         sink.write(f"\n=== {' '.join(argv)}\n")
         sink.flush()
         try:
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         except FileNotFoundError:
-            raise LlamaError(f"{argv[0]} is not installed; mm llama build needs cmake and a C++ compiler") from None
+            raise LlamaError(
+                f"{argv[0]} is not installed", hint="mm llama build needs cmake and a C++ compiler"
+            ) from None
         assert proc.stdout is not None
         try:
             for line in proc.stdout:
@@ -233,10 +236,10 @@ def _run(argv: list[str], log_path: Path, on_line: Callable[[str], None] | None)
             proc.wait()
             raise
     if proc.returncode != 0:
-        raise LlamaError(f"{' '.join(argv[:3])} failed (status {proc.returncode})", hint=f"build log: {log_path}")
+        raise LlamaError(f"{' '.join(argv[:4])} failed (status {proc.returncode})", hint=f"log: {log_path}")
 
 
-def _llama_cpp_tree(source: Path | None, version: str, work: Path) -> Path:
+def llama_cpp_tree(source: Path | None, version: str, work: Path) -> Path:
     """A llama.cpp source tree: from --source (tree, sdist folder or archive) or pip's sdist download."""
     if source is not None:
         source = source.expanduser()

@@ -23,7 +23,7 @@ from pipeline.disk_space import SLACK_BYTES, disk_full, free_bytes, require_spac
 from pipeline.errors import ModelFormatError, QuantizeError, UsageError
 from pipeline.ggml_types import ggml_type_id, tensor_bytes
 from pipeline.gguf_header import GGUFHeader, read_header, read_model
-from pipeline.home import atomic_path, locked, mm_home
+from pipeline.home import atomic_path, locked, mm_home, remove_stale_temps
 from pipeline.llama import (
     ApiWorker,
     QuantizeLog,
@@ -325,7 +325,7 @@ def _quantize(
         done = _up_to_date(output, source_ref, request.params)
         if done is not None:
             return _result(done, output, qtype, header, f"{output.name} is up to date", warnings, None)
-        _remove_stale_temps(output)
+        remove_stale_temps(output)
         log_path = home.ensure(home.logs) / f"quantize-{output.name}.log"
         started = time.monotonic()
         with contextlib.ExitStack() as stack, ThreadPoolExecutor(max_workers=1) as hasher, atomic_path(output) as tmp:
@@ -432,15 +432,6 @@ def _up_to_date(output: Path, source: SourceRef, params: QuantParams) -> QuantRe
     if record is None or record.source.sha256 != source.sha256 or record.params != params:
         return None
     return record if output.stat().st_size == record.size_bytes else None
-
-
-def _remove_stale_temps(output: Path) -> None:
-    """Temp files of a killed earlier run (we hold the output's lock, so no live writer owns them)."""
-    if output.parent.is_dir():
-        for stale in output.parent.glob(f".{output.name}.*.tmp"):
-            with contextlib.suppress(FileNotFoundError):
-                stale.unlink()
-                log.info("removed %s, left by an interrupted quantize", stale)
 
 
 def _verify_output(path: Path, source: GGUFHeader, qtype: QuantType) -> GGUFHeader:

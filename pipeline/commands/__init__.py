@@ -106,11 +106,12 @@ def add_group(app: typer.Typer, name: str, help: str) -> typer.Typer:
 
 
 def registered_groups() -> list[Callable[[typer.Typer], None]]:
-    from pipeline.commands import build, fit, llama, pull, push, quantize, recipes, registry, run
+    from pipeline.commands import build, convert, fit, llama, pull, push, quantize, recipes, registry, run
 
     return [
         recipes.register,
         pull.register,
+        convert.register,
         quantize.register,
         llama.register,
         fit.register,

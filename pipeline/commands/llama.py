@@ -10,6 +10,7 @@ import typer
 from pipeline.commands import add_command, add_group
 from pipeline.commands.options import JsonOpt, QuietOpt
 from pipeline.commands.render import emit_json, note, table
+from pipeline.units import format_size
 
 
 def build_command(
@@ -58,6 +59,43 @@ def info_command(as_json: JsonOpt = False) -> None:
     )
 
 
+def converter_command(
+    source: Annotated[
+        Path | None,
+        typer.Option(metavar="PATH", help="llama-cpp-python sdist (.tar.gz or unpacked) or a llama.cpp tree."),
+    ] = None,
+    architectures: Annotated[
+        bool, typer.Option("--architectures", help="List the model architectures the converter supports.")
+    ] = False,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Set up llama.cpp's safetensors → GGUF converter (torch CPU, transformers, sentencepiece) under $MM_HOME/tools.
+
+    The converter is convert_hf_to_gguf.py from the llama.cpp source matching llama-cpp-python; its packages
+    go into their own environment (about 1.2 GB), once per version. MM_CONVERT_TORCH picks torch's
+    requirement (default torch==2.13.0); MM_CONVERT_PIP_ARGS adds pip options. `mm convert` does this itself
+    on first use.
+
+    Example: mm llama converter --architectures
+    """
+    from pipeline.convert_env import ensure_converter, find_converter, supported_architectures
+
+    if find_converter() is None and not quiet and not as_json:
+        note("installing the converter's packages (about 1.2 GB); this takes a minute or more...")
+    env = ensure_converter(source)
+    names = supported_architectures(env) if architectures else None
+    if as_json:
+        emit_json({"env": env, "architectures": names} if names is not None else env)
+        return
+    if names is not None:
+        for name in names:
+            typer.echo(name)
+        return
+    how = "ready" if env.cached else f"set up in {env.seconds:.0f}s"
+    typer.echo(f"{env.root} ({how}; llama-cpp-python {env.version}; {format_size(env.size_bytes)})")
+
+
 def register(app: typer.Typer) -> None:
     group = add_group(
         app,
@@ -66,3 +104,4 @@ def register(app: typer.Typer) -> None:
     )
     add_command(group, "build", build_command)
     add_command(group, "info", info_command)
+    add_command(group, "converter", converter_command)
