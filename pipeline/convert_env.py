@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 DEFAULT_TORCH = "torch==2.13.0"
 TORCH_ENV = "MM_CONVERT_TORCH"
 PIP_ARGS_ENV = "MM_CONVERT_PIP_ARGS"
+CONVERTER_ENV = "MM_CONVERTER"  # a ready environment made elsewhere (another mm home; tests share one)
 REQUIREMENTS = "requirements/requirements-convert_hf_to_gguf.txt"
 # What the converter imports from its tree (conversion/ imports only these and PyPI packages).
 COPIED = ("convert_hf_to_gguf.py", "conversion", "gguf-py", "requirements", "LICENSE")
@@ -106,6 +107,9 @@ def env_key(version: str, torch: str, pip_args: list[str]) -> str:
 
 def find_converter() -> ConverterEnv | None:
     """The newest complete converter environment for the installed llama-cpp-python, if any."""
+    explicit = _explicit()
+    if explicit is not None:
+        return explicit
     version = llama_cpp_python_version()
     infos = mm_home().tools.glob(f"convert-{version}-*/env.json")
     found = [(info.stat().st_mtime, _ready(info.parent)) for info in infos]
@@ -116,6 +120,9 @@ def find_converter() -> ConverterEnv | None:
 def ensure_converter(source: Path | None = None, on_line: Callable[[str], None] | None = None) -> ConverterEnv:
     """The converter environment for the installed llama-cpp-python and the current torch/pip settings,
     made now if it is not there (serialized by a lock per key). `source` as `mm llama build --source`."""
+    explicit = _explicit()
+    if explicit is not None:
+        return explicit
     version = llama_cpp_python_version()
     torch, pip_args = _settings()
     key = env_key(version, torch, pip_args)
@@ -132,6 +139,16 @@ def ensure_converter(source: Path | None = None, on_line: Callable[[str], None] 
             return _make(tree, work, final, version, key, requirements, pip_args, on_line)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _explicit() -> ConverterEnv | None:
+    named = os.environ.get(CONVERTER_ENV)
+    if not named:
+        return None
+    env = _ready(Path(named).expanduser())
+    if env is None:
+        raise ConvertError(f"{CONVERTER_ENV}={named}: not a converter environment made by `mm llama converter`")
+    return env.model_copy(update={"cached": True})
 
 
 def _ready(root: Path) -> ConverterEnv | None:

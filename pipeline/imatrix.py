@@ -157,7 +157,8 @@ def _run(
     progress: ImatrixProgress | None,
 ) -> tuple[int, float | None]:
     """Run llama-imatrix; returns (chunks done, final perplexity estimate)."""
-    argv = [str(tool), "-m", str(model), "-f", str(text.path), "-o", str(tmp), "-c", str(params.ctx)]
+    argv = [str(tool), "-m", str(model), "-f", str(text.path), "-o", str(tmp), "--output-format", "gguf"]
+    argv += ["-c", str(params.ctx)]
     argv += ["--chunks", str(params.chunks)] if params.chunks else []
     argv += ["-t", str(threads)] if threads else []
     argv += ["-ngl", str(n_gpu_layers)] if n_gpu_layers is not None else []

@@ -42,8 +42,8 @@ log = logging.getLogger(__name__)
 
 FLOAT_TYPES = {"F32", "F16", "BF16"}
 IMATRIX_HINT = (
-    "compute one with llama.cpp's imatrix tool on some calibration text, then pass it with --imatrix: "
-    "llama-imatrix -m model.gguf -f calibration.txt -o imatrix.dat"
+    "make one with `mm imatrix MODEL` (llama.cpp's llama-imatrix over calibration text), then pass it with "
+    '--imatrix; in a recipe, [quantize] imatrix = "auto" does both'
 )
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -10,6 +12,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner, Result
 
+from pipeline.convert_env import ConverterEnv
 from pipeline.fit import FitSettings, fit_model
 from pipeline.hardware import HardwareClass
 from pipeline.llama_build import BuiltTools
@@ -49,9 +52,32 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         "MM_RECIPES",
         "MM_DEBUG",
         "MM_LLAMA_TOOLS",
+        "MM_CONVERTER",
+        "MM_CALIBRATION_TEXT",
     ):
         monkeypatch.delenv(name, raising=False)
     return home
+
+
+@contextlib.contextmanager
+def _shared_home(tmp_path_factory: pytest.TempPathFactory, name: str, variable: str) -> Iterator[None]:
+    """MM_HOME for a session-wide build: `variable`, else MM_TEST_LLAMA_HOME (reused across runs), else a
+    fresh folder."""
+    home = os.environ.get(variable) or os.environ.get("MM_TEST_LLAMA_HOME") or str(tmp_path_factory.mktemp(name))
+    saved = os.environ.get("MM_HOME")
+    os.environ["MM_HOME"] = home
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("MM_HOME", None)
+        else:
+            os.environ["MM_HOME"] = saved
+
+
+def _test_source() -> Path | None:
+    """MM_TEST_LLAMA_SOURCE: an unpacked llama-cpp-python sdist (else mm downloads the matching one)."""
+    return Path(os.environ["MM_TEST_LLAMA_SOURCE"]) if os.environ.get("MM_TEST_LLAMA_SOURCE") else None
 
 
 @pytest.fixture(scope="session")
@@ -63,17 +89,35 @@ def llama_tools(tmp_path_factory: pytest.TempPathFactory) -> BuiltTools:
     """
     from pipeline.llama_build import build_llama_tools
 
-    home = os.environ.get("MM_TEST_LLAMA_HOME") or str(tmp_path_factory.mktemp("llama-build-home"))
-    saved = os.environ.get("MM_HOME")
-    os.environ["MM_HOME"] = home
-    try:
-        source = Path(os.environ["MM_TEST_LLAMA_SOURCE"]) if os.environ.get("MM_TEST_LLAMA_SOURCE") else None
-        return build_llama_tools(source=source, jobs=os.cpu_count() or 2)
-    finally:
-        if saved is None:
-            os.environ.pop("MM_HOME", None)
-        else:
-            os.environ["MM_HOME"] = saved
+    with _shared_home(tmp_path_factory, "llama-build-home", "MM_TEST_LLAMA_HOME"):
+        return build_llama_tools(source=_test_source(), jobs=os.cpu_count() or 2)
+
+
+@pytest.fixture(scope="session")
+def converter_env(tmp_path_factory: pytest.TempPathFactory) -> ConverterEnv:
+    """llama.cpp's converter environment, set up once per session by `mm llama converter`'s code (~1 min,
+    1.2 GB; torch's CPU wheel) in MM_TEST_CONVERTER_HOME, else the tools' shared home."""
+    from pipeline.convert_env import ensure_converter
+
+    with _shared_home(tmp_path_factory, "converter-home", "MM_TEST_CONVERTER_HOME"):
+        return ensure_converter(_test_source())
+
+
+@pytest.fixture
+def converter(converter_env: ConverterEnv, monkeypatch: pytest.MonkeyPatch) -> ConverterEnv:
+    """The shared converter environment, found by this test's mm through MM_CONVERTER."""
+    monkeypatch.setenv("MM_CONVERTER", str(converter_env.root))
+    return converter_env
+
+
+@pytest.fixture(scope="session")
+def hf_tiny_model(converter_env: ConverterEnv, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Hugging Face llama checkpoint (safetensors, bf16, a trained SentencePiece tokenizer), written by
+    transformers' own save_pretrained in the converter's environment; read-only, shared by the session."""
+    folder = tmp_path_factory.mktemp("hf") / "tiny-llama"
+    script = Path(__file__).with_name("hf_tiny_model.py")
+    subprocess.run([str(converter_env.python), str(script), str(folder)], check=True, capture_output=True)
+    return folder
 
 
 @pytest.fixture(scope="session")

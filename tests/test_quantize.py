@@ -157,7 +157,7 @@ def write_legacy_imatrix(path: Path, source: Path) -> Path:
 def test_imatrix_types_need_one_and_work_with_one(tiny_model: Path, mm: Callable[..., Result], tmp_path: Path) -> None:
     refused = mm("quantize", str(tiny_model), "--to", "iq2_xs")
     assert refused.exit_code == 7
-    assert "importance matrix" in refused.stderr and "llama-imatrix -m" in refused.stderr
+    assert "importance matrix" in refused.stderr and "mm imatrix MODEL" in refused.stderr
     assert "Traceback" not in refused.stderr and quant_files() == []
     imatrix = write_legacy_imatrix(tmp_path / "imatrix.dat", tiny_model)
     done = mm("quantize", str(tiny_model), "--to", "iq2_xs", "--imatrix", str(imatrix), "--json")
