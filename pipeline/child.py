@@ -59,6 +59,7 @@ def run_child(
             pending = b""
             while chunk := os.read(proc.stdout.fileno(), 65536):
                 sink.write(chunk)
+                sink.flush()  # the log is live: a person (or a test) can tail it
                 pending += chunk.translate(to_newline)
                 *lines, pending = pending.split(b"\n")
                 for raw in lines:

@@ -27,11 +27,17 @@ from pipeline.gguf_header import read_header
 from pipeline.home import atomic_path, atomic_write_text, locked, mm_home, remove_stale_temps
 from pipeline.llama_build import llama_cpp_version, require_llama_tool
 from pipeline.provenance import SCHEMA_VERSION, record_path_for, utc_now
-from pipeline.texts import LocalText
+from pipeline.texts import ResolvedText, TextRef, parse_text
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CTX = 512  # llama-imatrix's own default context (tools/imatrix/README.md: "a small context such as 512")
+DEFAULT_CHUNKS = 100  # ~51k tokens at 512; llama-imatrix itself reads the whole text (wiki.train.raw: ~4,700)
+# WikiText-2's raw *train* split, from the same zip as mm eval's default (its test split), so the text a
+# quant is calibrated on is never the text it is evaluated on. MM_CALIBRATION_TEXT (a path or
+# owner/name:FILE[#member][@revision] in a Hub dataset) replaces it; so do --text and a recipe's [imatrix] text.
+DEFAULT_CALIBRATION = "ggml-org/ci:wikitext-2-raw-v1.zip#wikitext-2-raw/wiki.train.raw@main"
+CALIBRATION_ENV = "MM_CALIBRATION_TEXT"
 _CHUNKS_RE = re.compile(r"computing over (\d+) chunks")
 _CHUNK_DONE_RE = re.compile(r"^\[(\d+)\]([0-9.]+|nan|inf)")
 _FINAL_PPL_RE = re.compile(r"Final estimate: PPL = ([0-9.]+)")
@@ -44,7 +50,7 @@ class ImatrixParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    chunks: int | None = Field(default=None, ge=1)  # None: every chunk of the text
+    chunks: int | None = Field(default=DEFAULT_CHUNKS, ge=1)  # None: every chunk of the text
     ctx: int = Field(default=DEFAULT_CTX, ge=16)
 
 
@@ -62,7 +68,7 @@ class ImatrixRecord(BaseModel):
     perplexity: float | None  # llama-imatrix's running estimate on the text, as it reports it
     model_path: str
     model_sha256: str
-    text_origin: str
+    text_source: str  # the path, or repo:file@commit
     text_sha256: str
     params: ImatrixParams
     key: str
@@ -78,6 +84,11 @@ class ImatrixResult(BaseModel):
     log_path: Path | None = None
 
 
+def calibration_text(text: str | None, base: Path | None = None) -> TextRef:
+    """`--text` / a recipe's [imatrix] text, else MM_CALIBRATION_TEXT, else the pinned default."""
+    return parse_text(text or os.environ.get(CALIBRATION_ENV) or DEFAULT_CALIBRATION, base)
+
+
 def imatrix_key(model_sha256: str, text_sha256: str, params: ImatrixParams) -> str:
     canonical = json.dumps({"model": model_sha256, "text": text_sha256, "params": params.model_dump()}, sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
@@ -85,7 +96,7 @@ def imatrix_key(model_sha256: str, text_sha256: str, params: ImatrixParams) -> s
 
 def make_imatrix(
     model: Path,
-    text: LocalText,
+    text: ResolvedText,
     params: ImatrixParams | None = None,
     *,
     threads: int | None = None,
@@ -123,7 +134,7 @@ def make_imatrix(
             perplexity=ppl,
             model_path=str(model),
             model_sha256=model_sha256,
-            text_origin=text.origin,
+            text_source=text.source,
             text_sha256=text.sha256,
             params=params,
             key=key,
@@ -148,7 +159,7 @@ def _up_to_date(output: Path, key: str) -> ImatrixRecord | None:
 def _run(
     tool: Path,
     model: Path,
-    text: LocalText,
+    text: ResolvedText,
     params: ImatrixParams,
     tmp: Path,
     threads: int | None,

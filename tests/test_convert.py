@@ -168,7 +168,7 @@ def test_imatrix_from_a_pinned_hub_text_makes_iq2_xxs_possible(
 ) -> None:
     monkeypatch.setenv("MM_LLAMA_TOOLS", str(llama_tools.bin_dir))
     serve(local_hub, hf_tiny_model)
-    text_commit = local_hub.add_repo("org/texts", {"calibration.txt": corpus(7, 600).encode()})
+    text_commit = local_hub.add_repo("datasets/org/texts", {"calibration.txt": corpus(7, 600).encode()})
     monkeypatch.setenv("MM_CALIBRATION_TEXT", f"org/texts:calibration.txt@{text_commit}")
     converted = json.loads(mm("convert", REPO, "--outtype", "f16", "--json").stdout)["output"]
 
@@ -179,7 +179,7 @@ def test_imatrix_from_a_pinned_hub_text_makes_iq2_xxs_possible(
     assert made.exit_code == 0, made.stderr
     document = json.loads(made.stdout)
     imatrix = Path(document["output"])
-    assert document["record"]["text_origin"] == f"org/texts:calibration.txt@{text_commit}"
+    assert document["record"]["text_source"] == f"org/texts:calibration.txt@{text_commit}"
     assert document["record"]["chunks_done"] == 6
     # Read back independently: a sum of squared activations per input column of each matrix of both layers.
     reader = GGUFReader(imatrix)
@@ -229,6 +229,15 @@ def _kill_when(proc: subprocess.Popen[bytes], ready: Callable[[], bool], timeout
     proc.wait()
 
 
+def _assert_children_die(temps: list[Path]) -> None:
+    """The tool mm ran (named by its temporary output) goes with mm: nothing writes there any more."""
+    assert temps
+    deadline = time.monotonic() + 10
+    while any(_children_running(t.name) for t in temps) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_children_running(t.name) for t in temps), "the child outlived mm"
+
+
 def _temps(folder: Path) -> list[Path]:
     return sorted(folder.glob(".*.tmp")) if folder.is_dir() else []
 
@@ -241,12 +250,8 @@ def test_kill_9_during_conversion_leaves_nothing_and_the_rerun_completes(
     proc = _mm_process("convert", str(hf_tiny_model), "--outtype", "bf16")
     # Killed while llama.cpp's converter is running and writing into its temporary file.
     _kill_when(proc, lambda: any(_children_running(t.name) for t in _temps(folder)))
-    temps = _temps(folder)
     assert [p for p in converted_files(isolated_env) if not p.name.startswith(".")] == []
-    deadline = time.monotonic() + 10
-    while any(_children_running(t.name) for t in temps) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not any(_children_running(t.name) for t in temps), "the converter outlived mm"
+    _assert_children_die(_temps(folder))
 
     rerun = _mm_process("convert", str(hf_tiny_model), "--outtype", "bf16", "--json")
     out, err = rerun.communicate(timeout=300)
@@ -280,6 +285,7 @@ def test_kill_9_during_imatrix_leaves_nothing_and_the_rerun_completes(
 
     _kill_when(proc, computing)
     assert [p for p in folder.iterdir() if not p.name.startswith(".")] == []
+    _assert_children_die(_temps(folder))
     rerun = mm(*args, "--json")
     assert rerun.exit_code == 0, rerun.stderr
     document = json.loads(rerun.stdout)

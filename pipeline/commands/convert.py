@@ -9,14 +9,15 @@ from typing import Annotated, Any
 import typer
 from tqdm import tqdm
 
-from pipeline.commands.options import JsonOpt, OfflineOpt, QuietOpt, RecipesDirOpt, RevisionOpt, TokenOpt
+from pipeline.commands import add_command
+from pipeline.commands.options import JsonOpt, ModelArg, OfflineOpt, QuietOpt, RecipesDirOpt, RevisionOpt, TokenOpt
 from pipeline.commands.render import emit_json, note, show_progress
 from pipeline.units import format_size
 
 
 def register(app: typer.Typer) -> None:
-    app.command("convert")(convert_command)
-    app.command("imatrix")(imatrix_command)
+    add_command(app, "convert", convert_command)
+    add_command(app, "imatrix", imatrix_command)
 
 
 def _bar(label: str, unit: str, quiet: bool) -> tuple[tqdm[Any], Callable[[int, int], None]]:
@@ -30,14 +31,17 @@ def _bar(label: str, unit: str, quiet: bool) -> tuple[tqdm[Any], Callable[[int, 
 
 
 def convert_command(
-    model: Annotated[str, typer.Argument(help="A Hub transformers repo (owner/name) or a local model folder.")],
+    model: Annotated[
+        str, typer.Argument(metavar="REPO|DIR", help="A Hub transformers repo (owner/name) or a local model folder.")
+    ],
     outtype: Annotated[
-        str, typer.Option(help="f32 | f16 | bf16 | q8_0 | auto (auto: the checkpoint's own 16-bit type).")
+        str,
+        typer.Option(metavar="TYPE", help="f32, f16, bf16, q8_0 or auto (auto: the checkpoint's own 16-bit type)."),
     ] = "auto",
     revision: RevisionOpt = None,
     token: TokenOpt = None,
     offline: OfflineOpt = False,
-    json_: JsonOpt = False,
+    as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Convert a Hugging Face safetensors model to GGUF with llama.cpp's own convert_hf_to_gguf.py.
@@ -58,15 +62,15 @@ def convert_command(
         snapshot = local_snapshot(folder)
     else:
         snapshot = pull_snapshot(model, revision or "main", token=token, offline=offline)
-    if find_converter() is None and not (quiet or json_):
+    if find_converter() is None and not (quiet or as_json):
         note("setting up llama.cpp's converter environment (once; about 1.2 GB, see `mm llama converter`)...")
     env = ensure_converter()
-    bar, progress = _bar(f"convert {snapshot.name}", "%", quiet or json_)
+    bar, progress = _bar(f"convert {snapshot.name}", "%", quiet or as_json)
     try:
         result = convert(snapshot, outtype, converter=env, progress=progress)
     finally:
         bar.close()
-    if json_:
+    if as_json:
         emit_json(result)
         return
     record = result.record
@@ -75,19 +79,29 @@ def convert_command(
 
 
 def imatrix_command(
-    model: Annotated[str, typer.Argument(help="A .gguf path, a pulled owner/name:FILE.gguf, or a recipe name.")],
+    model: ModelArg,
     text: Annotated[
         str | None,
-        typer.Option(help="Calibration text: a file, or owner/name:FILE[@revision] on the Hub (default: pinned)."),
+        typer.Option(
+            metavar="FILE|REPO:FILE",
+            help="Calibration text: a file, or owner/name:FILE[#member][@revision] in a Hub dataset "
+            "(default: MM_CALIBRATION_TEXT, else WikiText-2's train split).",
+        ),
     ] = None,
-    chunks: Annotated[int | None, typer.Option(min=1, help="Chunks of text to process (default: all).")] = None,
-    ctx: Annotated[int, typer.Option(min=16, help="Context length per chunk (llama-imatrix's default).")] = 512,
-    threads: Annotated[int | None, typer.Option(min=1, help="Threads (default: llama.cpp's).")] = None,
-    n_gpu_layers: Annotated[int | None, typer.Option(min=0, help="Layers to offload to a GPU build.")] = None,
+    chunks: Annotated[
+        int, typer.Option(metavar="N", min=1, help="Chunks of text to read (llama-imatrix reads all by default).")
+    ] = 100,
+    ctx: Annotated[
+        int, typer.Option("--ctx", "-c", metavar="N", min=16, help="Tokens per chunk (llama-imatrix's default).")
+    ] = 512,
+    threads: Annotated[int | None, typer.Option("--threads", "-t", metavar="N", min=1, help="Threads.")] = None,
+    n_gpu_layers: Annotated[
+        int | None, typer.Option("--n-gpu-layers", "-ngl", metavar="N", min=0, help="Layers to offload (GPU builds).")
+    ] = None,
     token: TokenOpt = None,
     offline: OfflineOpt = False,
     recipes: RecipesDirOpt = None,
-    json_: JsonOpt = False,
+    as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Compute an importance matrix for MODEL with llama.cpp's llama-imatrix (cached by model, text, options).
@@ -96,13 +110,13 @@ def imatrix_command(
 
     Example: mm imatrix model-f16.gguf --text calibration.txt --chunks 100
     """
-    from pipeline.imatrix import ImatrixParams, make_imatrix
+    from pipeline.imatrix import ImatrixParams, calibration_text, make_imatrix
     from pipeline.model_ref import local_model_file, parse_model_arg
-    from pipeline.texts import default_calibration, local_text
+    from pipeline.texts import resolve_text
 
     path, _ = local_model_file(parse_model_arg(model, recipes), token=token, offline=offline)
-    calibration = local_text(text, default=default_calibration(), token=token, offline=offline)
-    bar, progress = _bar("imatrix", "chunk", quiet or json_)
+    calibration = resolve_text(calibration_text(text), token=token, offline=offline)
+    bar, progress = _bar("imatrix", "chunk", quiet or as_json)
     try:
         result = make_imatrix(
             path,
@@ -114,7 +128,7 @@ def imatrix_command(
         )
     finally:
         bar.close()
-    if json_:
+    if as_json:
         emit_json(result)
         return
     record = result.record
