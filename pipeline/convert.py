@@ -19,7 +19,7 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -31,12 +31,12 @@ from pipeline.errors import ConvertError, ModelFormatError, UsageError
 from pipeline.gguf_header import GGUFHeader, read_header
 from pipeline.home import atomic_path, atomic_write_text, locked, mm_home, remove_stale_temps
 from pipeline.provenance import SCHEMA_VERSION, SourceRef, record_path_for, utc_now
+from pipeline.recipe import Outtype
 from pipeline.transfer import ProgressFactory
 
 log = logging.getLogger(__name__)
 
-Outtype = Literal["f32", "f16", "bf16", "q8_0", "auto"]
-OUTTYPES: tuple[str, ...] = ("f32", "f16", "bf16", "q8_0", "auto")
+OUTTYPES: tuple[str, ...] = get_args(Outtype)
 # general.file_type the converter writes for each --outtype (gguf-py's LlamaFileType); auto picks a float.
 FILE_TYPES: dict[str, tuple[int, ...]] = {"f32": (0,), "f16": (1,), "bf16": (32,), "q8_0": (7,), "auto": (0, 1, 32)}
 # What convert_hf_to_gguf.py reads from a model folder (ModelBase: hparams, tensors, vocab, chat template).

@@ -30,6 +30,7 @@ RECIPE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # a safe file
 REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 KvType = Literal["f16", "q8_0", "q4_0"]
 Engine = Literal["api", "binary"]
+Outtype = Literal["f32", "f16", "bf16", "q8_0", "auto"]  # convert_hf_to_gguf.py --outtype (less tq1_0/tq2_0)
 
 
 def recipes_dir() -> Path:

@@ -51,6 +51,8 @@ BAD_BY_NAME = {
     "--revision": "no-such-branch",  # the (unreachable) Hub: a Hub error
     "--repo": "no-owner-slash-name",
     "--profile": "tiny",  # MODEL names a file, not a repo
+    "--outtype": "f8",
+    "--text": "/nonexistent/calibration.txt",
 }
 # Options where every value is allowed: why no value is wrong.
 ANY_VALUE = {
@@ -118,7 +120,13 @@ def args_for(tiny_model: Path, tmp_path: Path) -> Callable[[_click.Command], lis
     publish_fitted(tiny_model, get_hardware("cpu-64g"), name=PROFILE)
     recipe = tmp_path / "tiny.toml"
     recipe.write_text(f'hardware = "cpu-64g"\n[source]\npath = "{tiny_model}"\n[quantize]\ntypes = ["q8_0"]\n')
-    values = {"MODEL": str(tiny_model), "NAME": PROFILE, "NAME...": PROFILE, "[RECIPE]...": str(recipe)}
+    values = {
+        "MODEL": str(tiny_model),
+        "NAME": PROFILE,
+        "NAME...": PROFILE,
+        "[RECIPE]...": str(recipe),
+        "REPO|DIR": str(tmp_path),
+    }
     # What else a command needs to get as far as the option (quantize needs a type).
     needs = {"quantize": ["--to", "q8_0"], "push": ["--repo", "acme/tiny-GGUF"]}
 

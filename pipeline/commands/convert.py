@@ -12,6 +12,7 @@ from tqdm import tqdm
 from pipeline.commands import add_command
 from pipeline.commands.options import JsonOpt, ModelArg, OfflineOpt, QuietOpt, RecipesDirOpt, RevisionOpt, TokenOpt
 from pipeline.commands.render import emit_json, note, show_progress
+from pipeline.recipe import Outtype
 from pipeline.units import format_size
 
 
@@ -35,8 +36,7 @@ def convert_command(
         str, typer.Argument(metavar="REPO|DIR", help="A Hub transformers repo (owner/name) or a local model folder.")
     ],
     outtype: Annotated[
-        str,
-        typer.Option(metavar="TYPE", help="f32, f16, bf16, q8_0 or auto (auto: the checkpoint's own 16-bit type)."),
+        Outtype, typer.Option(help="GGUF type of the weights (auto: the checkpoint's own 16-bit type).")
     ] = "auto",
     revision: RevisionOpt = None,
     token: TokenOpt = None,
