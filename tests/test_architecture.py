@@ -13,14 +13,15 @@ PACKAGE = Path(__file__).resolve().parent.parent / "pipeline"
 # Lowest first. A module may import modules of its own layer and of the layers below it.
 LAYERS: dict[str, set[str]] = {
     "base": {"errors", "units", "validation", "home", "disk_space", "digest", "provenance", "shards"}
-    | {"safe_names", "hub_url"},
+    | {"safe_names", "hub_url", "child"},
     "facts": {"gguf_header", "quant_types", "ggml_types", "memory", "tiny_model", "hardware", "recipe"}
     | {"model_info", "chat_format"},
     "hub": {"hub_cache", "hub", "hub_inventory", "transfer", "download", "remote_header", "upload"},
     "resolve": {"model_ref", "texts"},
     "features": {"llama_build", "llama_worker", "llama", "llama_overrides", "quantize", "quantize_inputs"}
     | {"placement", "fit", "recommend", "profile", "registry", "export", "runner"}
-    | {"repo_profile", "model_card", "push", "install", "leftovers"},
+    | {"repo_profile", "model_card", "push", "install", "leftovers"}
+    | {"convert_env", "convert", "imatrix"},
     "runner": {"build_report", "stages", "build", "demo"},
     "face": {"cli", "commands"},
 }
