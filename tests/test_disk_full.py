@@ -92,3 +92,41 @@ def test_quantize_without_room_says_disk_before_llama_cpp_runs(
         message = disk_error(result, small)
         assert "the q8_0 output (llama.cpp's dry run) needs" in message
         assert list(small.iterdir()) == []
+
+
+def fill(folder: Path) -> None:
+    """Write zeros into `folder` until the filesystem is full."""
+    with contextlib.suppress(OSError), open(folder / "filler", "wb") as handle:
+        while True:
+            handle.write(b"\0" * (64 << 10))
+            handle.flush()
+
+
+def test_quantize_when_the_disk_fills_during_the_write_says_disk(mm: Mm, tiny_model: Path, tmp_path: Path) -> None:
+    with small_filesystem(tmp_path / "small", "24m") as small:  # room at the check, none once it writes
+
+        def fill_once_writing() -> None:
+            for _ in range(1000):
+                if any(small.glob(".out.f16.gguf.*.tmp")):
+                    break
+                time.sleep(0.002)
+            fill(small)
+
+        filler = threading.Thread(target=fill_once_writing)
+        filler.start()
+        result = mm("quantize", str(tiny_model), "--to", "f16", "--output", str(small / "out.f16.gguf"))
+        filler.join()
+        disk_error(result, small)
+        assert sorted(p.name for p in small.iterdir()) == ["filler"]
+
+
+def test_a_full_disk_on_a_small_write_is_the_disk_error(mm: Mm, tiny_model: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    with small_filesystem(tmp_path / "small", "8m") as small:
+        model = small / "m.gguf"
+        shutil.copyfile(tiny_model, model)  # same filesystem: publish hard-links, it copies nothing
+        monkeypatch.setenv("MM_HOME", str(small / "home"))
+        fill(small)
+        result = mm("publish", str(model), "--hardware", "cpu-32g")
+        assert result.exit_code == 4, result.output
+        assert "disk is full" in result.stderr and str(small / "home") in result.stderr
