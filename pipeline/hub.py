@@ -23,6 +23,7 @@ from pipeline.errors import (
     OfflineError,
     RepoNotFoundError,
     RevisionNotFoundError,
+    UsageError,
 )
 from pipeline.hub_cache import RepoType, cached_commit
 from pipeline.safe_names import COMMIT_RE, UnsafeValue, check_commit, check_etag, check_repo_filename
@@ -160,6 +161,8 @@ def translate_errors(
     """Turn huggingface_hub's and httpx's exceptions into mm's, each with what to do about it."""
     try:
         yield
+    except hf_errors.HFValidationError as exc:  # a repo id or revision the Hub's rules refuse
+        raise UsageError(f"{repo}: {exc}", hint="a repository id is owner/name; see `mm pull --help`") from None
     except hf_errors.GatedRepoError as exc:
         raise GatedRepoError(f"{repo} is gated: access was refused ({_status(exc)})", hint=TOKEN_HINT) from None
     except hf_errors.RepositoryNotFoundError:

@@ -23,7 +23,7 @@ from pydantic import (
 from pipeline.errors import HardwareError, MMError, RecipeError, UsageError
 from pipeline.hardware import HARDWARE_FILE, hardware_catalog
 from pipeline.quant_types import parse_quant_type
-from pipeline.safe_names import UnsafeValue, check_repo_filename, check_revision
+from pipeline.safe_names import UnsafeValue, check_repo_filename, check_repo_id, check_revision
 from pipeline.validation import describe_validation_error, read_toml
 
 RECIPE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # a safe file and lock name, 64 at most
@@ -64,7 +64,10 @@ class Source(BaseModel):
             raise ValueError(
                 f"{value!r} is not a Hub repository id; expected owner/name, e.g. TheBloke/Llama-2-7B-GGUF"
             )
-        return value
+        try:
+            return None if value is None else check_repo_id(value)
+        except UnsafeValue as exc:
+            raise ValueError(str(exc)) from None
 
     @field_validator("file")
     @classmethod

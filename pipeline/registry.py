@@ -35,6 +35,7 @@ from pipeline.home import (
     Home,
     atomic_path,
     atomic_write_json,
+    inside,
     lease,
     locked,
     mm_home,
@@ -62,11 +63,11 @@ HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 def profile_path(home: Home, name: str) -> Path:
-    return home.profiles / f"{name}.json"
+    return inside(home.profiles, home.profiles / f"{name}.json")
 
 
 def blob_path(home: Home, sha256: str) -> Path:
-    return home.blobs / sha256
+    return inside(home.blobs, home.blobs / sha256)
 
 
 # --- reading ---------------------------------------------------------------------------------------

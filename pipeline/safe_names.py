@@ -26,6 +26,20 @@ class UnsafeValue(ValueError):
     """A value that cannot safely become a path; the message names what is allowed."""
 
 
+def check_repo_id(value: object) -> str:
+    """`owner/name` by the Hub's own rules (huggingface_hub's validate_repo_id): no '..' or '--', 96 at most."""
+    from huggingface_hub.errors import HFValidationError  # late: mm starts without the Hub client
+    from huggingface_hub.utils._validators import validate_repo_id
+
+    if not isinstance(value, str) or value.count("/") != 1:
+        raise UnsafeValue(f"repository id {_show(value)} is not owner/name")
+    try:
+        validate_repo_id(value)
+    except HFValidationError as exc:
+        raise UnsafeValue(f"repository id {_show(value)} is not valid: {exc}") from None
+    return value
+
+
 def check_commit(value: object, *, what: str = "commit") -> str:
     """A full 40-hex git commit (what the Hub reports in X-Repo-Commit and a model's `sha`)."""
     if not isinstance(value, str) or not COMMIT_RE.match(value):
@@ -99,8 +113,9 @@ def _show(value: object) -> str:
 
 
 def check_user_ref(repo: str, filename: str | None, revision: str) -> None:
-    """A file name and revision typed by the user or a recipe: the rules a Hub's own obey (UsageError)."""
+    """A repo id, file name and revision typed by the user or a recipe: the Hub's own rules (UsageError)."""
     try:
+        check_repo_id(repo)
         check_revision(revision)
         if filename is not None:
             check_repo_filename(filename)

@@ -115,7 +115,16 @@ def test_unsafe_name_in_the_listing_is_refused(
 
 
 @pytest.mark.parametrize(
-    "ref", [f"{REPO}:../../x.gguf", f"{REPO}:{FILE}@../../x", f"{REPO}:{FILE}@a..b", f"{REPO}:{FILE}@-x"]
+    "ref",
+    [
+        f"{REPO}:../../x.gguf",
+        f"{REPO}:{FILE}@../../x",
+        f"{REPO}:{FILE}@a..b",
+        f"{REPO}:{FILE}@-x",
+        f"org/a..b:{FILE}",
+        f"org/a--b:{FILE}",
+        f".org/x:{FILE}",
+    ],
 )
 @pytest.mark.parametrize("command", ["pull", "fit"])
 def test_unsafe_name_or_revision_on_the_command_line_is_a_usage_error(

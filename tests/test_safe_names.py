@@ -14,6 +14,7 @@ from pipeline.safe_names import (
     check_commit,
     check_etag,
     check_repo_filename,
+    check_repo_id,
     check_revision,
     printable,
 )
@@ -88,3 +89,14 @@ def test_printable_escapes_control_characters_and_shortens() -> None:
     assert printable("plain name") == "plain name"
     assert printable("a\nerror: x\x1b[31m") == "a\\nerror: x\\x1b[31m"
     assert len(printable("y" * 1000, 50)) == 50
+
+
+@pytest.mark.parametrize("value", ["org/name", "TheBloke/Llama-2-7B-GGUF", "a/b.c_d-e"])
+def test_repo_id_accepts_owner_name(value: str) -> None:
+    assert check_repo_id(value) == value
+
+
+@pytest.mark.parametrize("value", ["a..b/c", "a/b--c", ".a/b", "a/b.", "name", "a/b/c", "a/" + "x" * 97, "a b/c"])
+def test_repo_id_refuses_what_the_hub_refuses(value: str) -> None:
+    with pytest.raises(UnsafeValue, match="repository id"):
+        check_repo_id(value)
