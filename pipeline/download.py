@@ -15,9 +15,9 @@ from pydantic import BaseModel, computed_field
 from pipeline import hub, hub_cache
 from pipeline.digest import cached_sha256, file_sha256, record_sha256
 from pipeline.disk_space import require_space
-from pipeline.errors import IntegrityError, OfflineError
+from pipeline.errors import OfflineError
 from pipeline.home import locked, mm_home
-from pipeline.provenance import SourceRef
+from pipeline.provenance import PIN, PIN_HINT, check_sha256
 from pipeline.safe_names import check_user_ref
 from pipeline.shards import shard_names
 from pipeline.transfer import ProgressFactory, fetch, partial_size
@@ -81,11 +81,8 @@ def pull(
         if found is None
     }
     first = remote.get(names[0])
-    if expected_sha256 and first is not None and first.sha256 and first.sha256 != expected_sha256:
-        raise IntegrityError(
-            f"{repo}@{commit[:12]}:{names[0]}: the Hub's sha256 is {first.sha256}, the recipe pins {expected_sha256}",
-            hint="the file changed upstream: check it, then update the pin (or pin the revision to a commit)",
-        )
+    if first is not None and first.sha256:  # fail before downloading what the pin refuses
+        check_sha256(f"{repo}@{commit[:12]}:{names[0]}", first.sha256, expected_sha256, against=PIN, hint=PIN_HINT)
     _check_disk(list(remote.values()))
     files = [
         found if found is not None else _download(repo, revision, name, remote[name], token, progress, repo_type)
@@ -176,11 +173,7 @@ def _pulled(
 
 
 def _check_pin(first: PulledFile, expected_sha256: str | None) -> None:
-    if expected_sha256 and first.sha256 != expected_sha256:
-        raise IntegrityError(
-            f"{first.repo}:{first.filename} has sha256 {first.sha256}, the recipe pins {expected_sha256}",
-            hint="the file changed upstream: check it, then update the pin (or pin the revision to a commit)",
-        )
+    check_sha256(f"{first.repo}:{first.filename}", first.sha256, expected_sha256, against=PIN, hint=PIN_HINT)
 
 
 def _check_disk(remote: list[hub.RemoteFile]) -> None:
@@ -188,19 +181,3 @@ def _check_disk(remote: list[hub.RemoteFile]) -> None:
     if remote:
         needed = sum(max(0, f.size_bytes - partial_size(f.etag)) for f in remote)
         require_space(mm_home().partial, needed, "the download", slack_bytes=0)  # the bytes only: it resumes
-
-
-def source_ref_for(files: list[PulledFile]) -> SourceRef:
-    """The provenance record of a pulled model (all shards together)."""
-    first = files[0]
-    return SourceRef(
-        kind="hub",
-        path=str(first.path),
-        sha256=first.sha256,
-        size_bytes=sum(f.size_bytes for f in files),
-        repo=first.repo,
-        revision=first.revision,
-        commit=first.commit,
-        file=first.filename,
-        shards=[str(f.path) for f in files] if len(files) > 1 else [],
-    )

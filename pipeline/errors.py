@@ -78,9 +78,24 @@ class DiskSpaceError(MMError):
 
 
 class IntegrityError(MMError):
-    """Bytes on disk do not match the digest they must have."""
+    """Bytes do not match the digest (or size) they must have: `path` (a file, or a Hub file's name) is
+    `actual` where `expected` was required; `actual` is None when the file is missing."""
 
     exit_code = 5
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        expected: str | None = None,
+        actual: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.path = path
+        self.expected = expected
+        self.actual = actual
 
 
 class ModelFormatError(MMError):

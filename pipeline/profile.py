@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import shlex
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -18,8 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pipeline.errors import UsageError
 from pipeline.gguf_header import read_header
 from pipeline.hardware import HardwareClass
-from pipeline.home import Home
-from pipeline.provenance import QuantParams, QuantRecord, SourceRef, utc_now
+from pipeline.llama_build import llama_cpp_version
+from pipeline.provenance import QuantParams, QuantRecord, SourceRef, source_ref, utc_now
 from pipeline.quant_types import QUANT_TYPES, by_ftype
 from pipeline.shards import shard_names
 
@@ -198,9 +197,6 @@ _QUANT_SUFFIX = re.compile(
     r"[-._](?:" + "|".join(sorted((re.escape(q.name) for q in QUANT_TYPES), key=len, reverse=True)) + r")$",
     re.IGNORECASE,
 )
-_HUB_SNAPSHOT = re.compile(
-    r"models--(?P<owner>[^/]+?)--(?P<name>[^/]+)/snapshots/(?P<commit>[0-9a-f]{40})/(?P<file>.+)$"
-)
 
 
 def model_name(model: Path, recipe: Recipe | None, record: QuantRecord | None) -> str:
@@ -212,27 +208,7 @@ def model_name(model: Path, recipe: Recipe | None, record: QuantRecord | None) -
     return re.sub(r"[^A-Za-z0-9._+-]", "-", stem).strip("-.") or "model"
 
 
-def local_source(home: Home, model: Path, sha256: str) -> SourceRef:
-    """Provenance of a file that is not a quantize output: a Hub cache snapshot, or a local path."""
-    size = model.stat().st_size
-    match = _HUB_SNAPSHOT.search(model.as_posix()) if model.is_relative_to(home.hub) else None
-    if match:
-        return SourceRef(
-            kind="hub", path=str(model), sha256=sha256, size_bytes=size,
-            repo=f"{match['owner']}/{match['name']}", commit=match["commit"], file=match["file"],
-        )  # fmt: skip
-    return SourceRef(kind="local", path=str(model), sha256=sha256, size_bytes=size)
-
-
-def _llama_cpp_version() -> str | None:
-    try:
-        return f"llama-cpp-python {metadata.version('llama_cpp_python')}"
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def build_profile(
-    home: Home,
     model: Path,
     blob: BlobRef,
     hardware: HardwareClass,
@@ -270,8 +246,8 @@ def build_profile(
         n_cpu_moe=fit.n_cpu_moe, tensor_overrides=fit.tensor_overrides,
     )  # fmt: skip
     provenance = Provenance(
-        source=record.source if record else local_source(home, model, blob.sha256),
-        llama_cpp_version=record.llama_cpp_version if record else _llama_cpp_version(),
+        source=record.source if record else source_ref(model),
+        llama_cpp_version=record.llama_cpp_version if record else llama_cpp_version(),
         engine=record.engine if record else None,
         quantize=record.params if record else None,
         recipe=recipe.name if recipe else None,

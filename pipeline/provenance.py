@@ -1,16 +1,24 @@
-"""Where a model file came from and how it was made: the records later stages (registry, build) read."""
+"""Where a model file came from and how it was made: the records later stages (registry, build) read.
+
+One way to describe a source (`source_ref`: every shard's sha256, the Hub repo and commit when the file is
+in the Hub cache) and one digest check (`check_sha256`), whose IntegrityError carries path, expected and
+actual for the callers that report them.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pipeline.errors import ModelFormatError
-from pipeline.home import atomic_write_text
+from pipeline.digest import file_sha256
+from pipeline.errors import IntegrityError, ModelFormatError
+from pipeline.home import atomic_write_text, mm_home
+from pipeline.shards import shard_paths
 
 SCHEMA_VERSION = 1
 
@@ -33,6 +41,66 @@ class SourceRef(BaseModel):
     commit: str | None = None  # resolved 40-hex commit
     file: str | None = None  # path in the repo (first shard)
     shards: list[str] = Field(default_factory=list)  # every shard's local path, split models only
+    shard_sha256: list[str] = Field(default_factory=list)  # every shard's sha256, in order, split models only
+
+    def same_bytes(self, other: SourceRef) -> bool:
+        """Whether both describe the same content: every shard's digest, not just the first's."""
+        return self.sha256 == other.sha256 and self.shard_sha256 == other.shard_sha256
+
+
+# A file in the Hub cache: <cache>/models--<owner>--<name>/snapshots/<commit>/<file in the repo>
+_HUB_SNAPSHOT = re.compile(
+    r"models--(?P<owner>[^/]+?)--(?P<name>[^/]+)/snapshots/(?P<commit>[0-9a-f]{40})/(?P<file>.+)$"
+)
+
+
+def source_ref(path: Path, *, revision: str | None = None) -> SourceRef:
+    """The provenance of a model file (any shard of a split one names them all), hashed through the digest
+    cache. A Hub cache snapshot path records its repo, commit and file; `revision` is the one asked for."""
+    shards = shard_paths(path)
+    home = mm_home()
+    digests = [file_sha256(home, shard) for shard in shards]
+    split = len(shards) > 1
+    local = SourceRef(
+        kind="local",
+        path=str(shards[0]),
+        sha256=digests[0],
+        size_bytes=sum(shard.stat().st_size for shard in shards),
+        shards=[str(s) for s in shards] if split else [],
+        shard_sha256=digests if split else [],
+    )
+    in_cache = shards[0].absolute().is_relative_to(home.hub)
+    match = _HUB_SNAPSHOT.search(shards[0].as_posix()) if in_cache else None
+    if match is None:
+        return local
+    return local.model_copy(
+        update={
+            "kind": "hub",
+            "repo": f"{match['owner']}/{match['name']}",
+            "revision": revision,
+            "commit": match["commit"],
+            "file": match["file"],
+        }
+    )
+
+
+def check_sha256(path: str, actual: str | None, expected: str | None, *, against: str, hint: str) -> None:
+    """The one digest check: `actual` must be `expected` (None expected: nothing to check).
+
+    `against` names where the expectation comes from (the recipe's pin, the Hub's LFS sha256, a record).
+    """
+    if expected and actual != expected:
+        raise IntegrityError(
+            f"{path}: sha256 {actual} does not match {against} {expected}",
+            path=path,
+            expected=expected,
+            actual=actual,
+            hint=hint,
+        )
+
+
+PIN = "the recipe's pin (source.sha256)"
+PIN_HINT = "the file changed upstream: check it, then update the pin (or pin the revision to a commit)"
 
 
 class QuantParams(BaseModel):

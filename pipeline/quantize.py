@@ -18,7 +18,7 @@ from typing import Literal, NamedTuple
 
 from pydantic import BaseModel
 
-from pipeline.digest import file_sha256, record_sha256, sha256_handle
+from pipeline.digest import record_sha256, sha256_handle
 from pipeline.disk_space import SLACK_BYTES, disk_full, free_bytes, require_space
 from pipeline.errors import ModelFormatError, QuantizeError, UsageError
 from pipeline.ggml_types import ggml_type_id, tensor_bytes
@@ -34,9 +34,17 @@ from pipeline.llama import (
 )
 from pipeline.llama_build import llama_cpp_version
 from pipeline.llama_worker import QuantizeJob
-from pipeline.provenance import QuantParams, QuantRecord, SourceRef, quantize_lock_name, read_record, write_record
+from pipeline.provenance import (
+    QuantParams,
+    QuantRecord,
+    SourceRef,
+    quantize_lock_name,
+    read_record,
+    source_ref,
+    write_record,
+)
 from pipeline.quant_types import QuantType, by_ftype, parse_quant_type
-from pipeline.shards import shard_paths, unsplit_stem
+from pipeline.shards import unsplit_stem
 
 log = logging.getLogger(__name__)
 
@@ -225,17 +233,6 @@ def _plan_from_log(header: GGUFHeader, qtype: QuantType, parsed: QuantizeLog) ->
     )
 
 
-def _local_ref(source: Path) -> SourceRef:
-    shards = shard_paths(source)
-    return SourceRef(
-        kind="local",
-        path=str(source.resolve()),
-        sha256=file_sha256(mm_home(), source),
-        size_bytes=sum(shard.stat().st_size for shard in shards),
-        shards=[str(shard.resolve()) for shard in shards] if len(shards) > 1 else [],
-    )
-
-
 def _check(request: QuantizeRequest, header: GGUFHeader, qtype: QuantType) -> tuple[str | None, list[str]]:
     """(why to skip, warnings) — or raise before any work for what must not run."""
     params = request.params
@@ -317,13 +314,16 @@ def _quantize(
             raise QuantizeError(
                 f"{qtype.canonical} needs an importance matrix (imatrix) for this model", hint=IMATRIX_HINT
             )
-    source_ref = request.source_ref or _local_ref(request.source)
-    output = request.output or default_output_path(request.source, source_ref.sha256, qtype.canonical)
+    source = request.source_ref or source_ref(request.source.resolve())
+    output = request.output or default_output_path(request.source, source.sha256, qtype.canonical)
     needed = _check_space(request, qtype, header, output, predicted, binary)
     home = mm_home()
     with locked(home, quantize_lock_name(output)):
-        done = _up_to_date(output, source_ref, request.params)
+        done = _up_to_date(output, source, request.params)
         if done is not None:
+            if done.source != source:  # same bytes from another commit or place: the record says where now
+                done = done.model_copy(update={"source": source})
+                write_record(done)
             return _result(done, output, qtype, header, f"{output.name} is up to date", warnings, None)
         remove_stale_temps(output)
         log_path = home.ensure(home.logs) / f"quantize-{output.name}.log"
@@ -355,7 +355,7 @@ def _quantize(
             size_bytes=output.stat().st_size,
             file_type=checked.file_type if checked.file_type is not None else qtype.ftype,
             n_tensors=len(checked.tensors),
-            source=source_ref,
+            source=source,
             params=request.params,
             engine=request.engine,
             llama_cpp_version=llama_cpp_version(),
@@ -429,7 +429,7 @@ def _up_to_date(output: Path, source: SourceRef, params: QuantParams) -> QuantRe
         record = read_record(output)
     except ModelFormatError:
         return None
-    if record is None or record.source.sha256 != source.sha256 or record.params != params:
+    if record is None or not record.source.same_bytes(source) or record.params != params:
         return None
     return record if output.stat().st_size == record.size_bytes else None
 

@@ -18,7 +18,7 @@ from pipeline.model_ref import (
     recipe_hub_ref,
     recipe_source_path,
 )
-from pipeline.provenance import QuantParams, SourceRef
+from pipeline.provenance import QuantParams, SourceRef, source_ref
 from pipeline.quant_types import parse_quant_type
 from pipeline.quantize import QuantizeRequest, source_quant_type
 from pipeline.recipe import QuantizeSettings, Recipe, RecipeCheck, check_recipes, load_recipe
@@ -55,21 +55,7 @@ def parse_tensor_types(items: list[str]) -> dict[str, str]:
 
 def _hub_source(ref: HubRef) -> tuple[Path, SourceRef]:
     path = pulled_hub_file(ref)
-    shards = shard_paths(path)
-    parts = path.parts
-    commit = parts[parts.index("snapshots") + 1] if "snapshots" in parts else None
-    ref_model = SourceRef(
-        kind="hub",
-        path=str(path),
-        sha256=file_sha256(mm_home(), path.resolve()),
-        size_bytes=sum(shard.stat().st_size for shard in shards),
-        repo=ref.repo,
-        revision=ref.revision,
-        commit=commit,
-        file=ref.file,
-        shards=[str(shard) for shard in shards] if len(shards) > 1 else [],
-    )
-    return path, ref_model
+    return path, source_ref(path, revision=ref.revision)
 
 
 def _recipe_source(recipe: Recipe) -> tuple[Path, SourceRef | None]:

@@ -50,7 +50,7 @@ from pipeline.profile import (
     llama_kwargs,
     llama_server_command,
 )
-from pipeline.provenance import quantize_lock_name, read_record
+from pipeline.provenance import check_sha256, quantize_lock_name, read_record
 
 if TYPE_CHECKING:
     from pipeline.fit import FitResult
@@ -154,20 +154,18 @@ def publish(
     sha256 = file_sha256(home, model)
     size_bytes = model.stat().st_size
     record = read_record(named)
-    if record is not None and record.sha256 != sha256:
-        raise IntegrityError(
-            f"{model}: its quantize record says sha256 {record.sha256} but the file hashes to {sha256}",
+    if record is not None:
+        check_sha256(
+            str(model), sha256, record.sha256, against="its quantize record",
             hint="the file changed after quantizing; quantize it again",
-        )
+        )  # fmt: skip
     with locked(home, LOCK):
         blob = _store_blob(home, model, sha256, size_bytes)
         stat = blob.stat()
         ref = BlobRef(
             sha256=sha256, size_bytes=size_bytes, path=str(blob), mtime_ns=stat.st_mtime_ns, inode=stat.st_ino
         )
-        profile = build_profile(
-            home, named, ref, hardware, fit, name=name, recipe=recipe, record=record, threads=threads
-        )
+        profile = build_profile(named, ref, hardware, fit, name=name, recipe=recipe, record=record, threads=threads)
         atomic_write_json(profile_path(home, profile.name), profile.model_dump(mode="json"))
     log.info("published %s (blob %s)", profile.name, sha256[:12])
     return profile
@@ -182,11 +180,10 @@ def install(published: Profile, model: Path, *, name: str | None = None) -> Prof
     home = mm_home()
     model = model.resolve()
     sha256 = file_sha256(home, model)
-    if sha256 != published.blob.sha256:
-        raise IntegrityError(
-            f"{model}: sha256 {sha256} is not the {published.blob.sha256} profile {published.name!r} names",
-            hint="pull it again; the repo's file and profile disagree",
-        )
+    check_sha256(
+        str(model), sha256, published.blob.sha256, against=f"the digest profile {published.name!r} names",
+        hint="pull it again; the repo's file and profile disagree",
+    )  # fmt: skip
     try:
         chosen = check_name(name or published.name)
     except ValueError as exc:
@@ -269,26 +266,30 @@ def check_blob(profile: Profile, *, full: bool = False) -> Path:
     home = mm_home()
     blob = blob_path(home, profile.blob.sha256)
     hint = f"re-publish it (`mm publish … --name {profile.name}`) or run `mm verify`"
+    expected = profile.blob.sha256
     try:
         stat = blob.stat()
     except FileNotFoundError:
-        raise IntegrityError(f"profile {profile.name!r}: its model blob {blob} is missing", hint=hint) from None
+        raise IntegrityError(
+            f"profile {profile.name!r}: its model blob {blob} is missing",
+            path=str(blob), expected=expected, actual=None, hint=hint,
+        ) from None  # fmt: skip
     if stat.st_size != profile.blob.size_bytes:
         raise IntegrityError(
             f"profile {profile.name!r}: blob {blob} is {stat.st_size} bytes, expected {profile.blob.size_bytes}",
-            hint=hint,
-        )
+            path=str(blob), expected=f"{profile.blob.size_bytes} bytes", actual=f"{stat.st_size} bytes", hint=hint,
+        )  # fmt: skip
     if not full:
         if (stat.st_mtime_ns, stat.st_ino) == (profile.blob.mtime_ns, profile.blob.inode):
             return blob
         if cached_sha256(home, blob) == profile.blob.sha256:
             return blob
     actual = sha256_file(blob)
-    if actual != profile.blob.sha256:
+    if actual != expected:
         raise IntegrityError(
-            f"profile {profile.name!r}: blob {blob} is corrupted (sha256 {actual}, expected {profile.blob.sha256})",
-            hint=hint,
-        )
+            f"profile {profile.name!r}: blob {blob} is corrupted (sha256 {actual}, expected {expected})",
+            path=str(blob), expected=f"sha256 {expected}", actual=f"sha256 {actual}", hint=hint,
+        )  # fmt: skip
     record_sha256(home, blob, actual)
     return blob
 
@@ -407,6 +408,16 @@ class ProfileCheck(BaseModel):
     sha256: str
     ok: bool
     problem: str | None = None
+    path: str | None = None  # the blob, when it is not what the profile needs
+    expected: str | None = None
+    actual: str | None = None  # None with a problem: the blob is missing
+
+    @classmethod
+    def failed(cls, name: str, sha256: str, error: IntegrityError) -> ProfileCheck:
+        """A check that failed, from the error's fields (never its wording)."""
+        problem = "missing" if error.actual is None else f"{error.actual}, expected {error.expected}"
+        fields = {"path": error.path, "expected": error.expected, "actual": error.actual}
+        return cls(name=name, sha256=sha256, ok=False, problem=f"{error.path}: {problem}", **fields)
 
 
 class VerifyReport(BaseModel):
@@ -428,7 +439,7 @@ def verify(name: str | None = None) -> VerifyReport:
         profiles, errors = [get_profile(name)], list[RegistryError]()
     else:
         profiles, errors = list_profiles()
-    verdicts: dict[str, str | None] = {}
+    verdicts: dict[str, IntegrityError | None] = {}
     checks = []
     for profile in profiles:
         sha = profile.blob.sha256
@@ -437,8 +448,10 @@ def verify(name: str | None = None) -> VerifyReport:
                 check_blob(profile, full=True)
                 verdicts[sha] = None
             except IntegrityError as exc:
-                verdicts[sha] = exc.message.split(": ", 1)[1]
-        checks.append(ProfileCheck(name=profile.name, sha256=sha, ok=verdicts[sha] is None, problem=verdicts[sha]))
+                verdicts[sha] = exc
+        error = verdicts[sha]
+        ok = ProfileCheck(name=profile.name, sha256=sha, ok=True)
+        checks.append(ok if error is None else ProfileCheck.failed(profile.name, sha, error))
     return VerifyReport(checked=checks, broken_files=[str(e) for e in errors])
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from huggingface_hub import constants, get_session, hf_raise_for_status
 
 from pipeline import hub, hub_cache
-from pipeline.errors import HubError, IntegrityError, ModelFormatError, OfflineError
+from pipeline.errors import HubError, ModelFormatError, OfflineError
 from pipeline.gguf_header import (
     MAX_ARRAY_LENGTH,
     MAX_KEY_BYTES,
@@ -34,6 +34,7 @@ from pipeline.gguf_header import (
     read_header,
 )
 from pipeline.home import atomic_path, atomic_write_text, inside, locked, mm_home
+from pipeline.provenance import PIN, PIN_HINT, check_sha256
 from pipeline.safe_names import check_user_ref, printable
 from pipeline.shards import shard_names
 from pipeline.units import format_size
@@ -186,12 +187,8 @@ def header_stub(
             hint="run once without --offline (and with HF_HUB_OFFLINE unset) to fetch its header",
         )
     shards = [_Shard(name, hub.file_metadata(repo, name, commit, token=token)) for name in names]
-    if expected_sha256 and shards[0].remote.sha256 != expected_sha256:
-        raise IntegrityError(
-            f"{repo}@{commit[:12]}:{names[0]}: the Hub's sha256 is {shards[0].remote.sha256}, the recipe pins "
-            f"{expected_sha256}",
-            hint="the file changed upstream: check it, then update the pin (or pin the revision to a commit)",
-        )
+    label = f"{repo}@{commit[:12]}:{names[0]}"
+    check_sha256(label, shards[0].remote.sha256, expected_sha256, against=PIN, hint=PIN_HINT)
     folder = inside(mm_home().headers, mm_home().headers / _folder_key(shards))
     with locked(mm_home(), f"header-{folder.name}"):
         budget = HEADER_CAP
@@ -270,11 +267,7 @@ def _indexed_stubs(repo: str, commit: str, filename: str, expected_sha256: str |
         first_sha256 = index["shards"][0]["sha256"]
     except (OSError, ValueError, KeyError, TypeError, IndexError):
         return None
-    if expected_sha256 and first_sha256 != expected_sha256:
-        raise IntegrityError(
-            f"{repo}@{commit[:12]}:{filename} has sha256 {first_sha256}, the recipe pins {expected_sha256}",
-            hint="the file changed upstream: check it, then update the pin (or pin the revision to a commit)",
-        )
+    check_sha256(f"{repo}@{commit[:12]}:{filename}", first_sha256, expected_sha256, against=PIN, hint=PIN_HINT)
     if not entries or not all(_stub_is_good(path, size) for path, size in entries):
         return None
     return [path for path, _ in entries]

@@ -19,11 +19,10 @@ from pydantic import BaseModel, Field
 
 from pipeline import __version__
 from pipeline.digest import cached_sha256, file_sha256, record_sha256
-from pipeline.errors import IntegrityError
 from pipeline.home import Home
 from pipeline.llama_build import llama_cpp_version
 from pipeline.model_ref import recipe_hardware, recipe_source_path
-from pipeline.provenance import QuantParams, SourceRef
+from pipeline.provenance import PIN, QuantParams, SourceRef, check_sha256, source_ref
 from pipeline.recipe import Recipe
 from pipeline.safe_names import COMMIT_RE
 
@@ -171,7 +170,7 @@ def _download_stage(recipe: Recipe, env: StageEnv) -> Stage:
         }
 
     def action(up: Upstream) -> StageOutcome:
-        from pipeline.download import pull, source_ref_for
+        from pipeline.download import pull
 
         assert source.repo is not None and source.file is not None
         commit = up["resolve"].values["commit"]
@@ -182,7 +181,7 @@ def _download_stage(recipe: Recipe, env: StageEnv) -> Stage:
         from pipeline.hub_cache import write_ref
 
         write_ref(source.repo, source.revision, commit)  # as `mm pull` does: --offline and huggingface_hub find it
-        ref = source_ref_for(files).model_copy(update={"revision": source.revision})
+        ref = source_ref(Path(files[0].path), revision=source.revision)
         return StageOutcome(
             outputs=[output_record(env.home, Path(f.path), f.sha256) for f in files],
             values={"source_ref": ref.model_dump(mode="json")},
@@ -216,15 +215,16 @@ def _verify_stage(recipe: Recipe, env: StageEnv) -> Stage:
         for index, item in enumerate(expected):
             path = Path(item.path)
             actual = file_sha256(env.home, path)
-            must_be = pin if (pin and index == 0) else item.sha256
-            if must_be and actual != must_be:
-                field_name = "source.sha256" if must_be == pin else "the Hub's LFS sha256"
-                raise IntegrityError(
-                    f"{path}: sha256 {actual} does not match {field_name} {must_be}",
-                    hint="delete the file and rebuild, or fix the pin in the recipe",
-                )
+            pinned = bool(pin) and index == 0
+            check_sha256(
+                str(path),
+                actual,
+                pin if pinned else item.sha256,
+                against=PIN if pinned else "the Hub's LFS sha256",
+                hint="delete the file and rebuild, or fix the pin in the recipe",
+            )
             outputs.append(OutputRecord(path=str(path), size_bytes=path.stat().st_size, sha256=actual))
-        ref = _source_ref(local, up, outputs)
+        ref = _verified_source(local, up, outputs)
         return StageOutcome(
             outputs=outputs,
             values={"path": outputs[0].path, "sha256": outputs[0].sha256, "source_ref": ref.model_dump(mode="json")},
@@ -233,11 +233,10 @@ def _verify_stage(recipe: Recipe, env: StageEnv) -> Stage:
     return Stage("verify", (dep,), inputs, action)
 
 
-def _source_ref(local: bool, up: Upstream, outputs: list[OutputRecord]) -> SourceRef:
+def _verified_source(local: bool, up: Upstream, outputs: list[OutputRecord]) -> SourceRef:
     if not local:
         return SourceRef.model_validate(up["download"].values["source_ref"])
-    first = outputs[0]
-    return SourceRef(kind="local", path=first.path, sha256=first.sha256, size_bytes=first.size_bytes)
+    return source_ref(Path(outputs[0].path))
 
 
 # --- quantize, fit, publish: one of each per target type -------------------------------------------

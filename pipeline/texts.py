@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pipeline.digest import file_sha256
 from pipeline.errors import IntegrityError, UsageError
 from pipeline.home import atomic_path, mm_home
+from pipeline.provenance import check_sha256
 from pipeline.transfer import ProgressFactory
 
 # The default text: WikiText-2's raw test split, from the zip llama.cpp's scripts/get-wikitext-2.sh fetches
@@ -114,5 +115,4 @@ def _extract(archive: Path, archive_sha256: str, member: str) -> Path:
 
 
 def _check(sha256: str, ref: TextRef) -> None:
-    if ref.sha256 and sha256 != ref.sha256:
-        raise IntegrityError(f"text {ref}: sha256 is {sha256}, expected {ref.sha256}", hint="update the pin")
+    check_sha256(f"text {ref}", sha256, ref.sha256, against="its pin", hint="update the pin")

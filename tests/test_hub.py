@@ -102,16 +102,3 @@ def test_pull_replaces_a_cached_blob_whose_bytes_went_bad(local_hub: LocalHub) -
 
     assert again.path.read_bytes() == data
     assert len(local_hub.file_gets("m.gguf")) == 2
-
-
-def test_source_ref_for_split_files_lists_every_shard(local_hub: LocalHub) -> None:
-    shards = {f"s-{i:05d}-of-00002.gguf": os.urandom(1000 * i) for i in (1, 2)}
-    local_hub.add_repo(REPO, shards)
-    files = download.pull(REPO, "s-00001-of-00002.gguf")
-
-    ref = download.source_ref_for(files)
-
-    assert ref.kind == "hub" and ref.repo == REPO and ref.file == "s-00001-of-00002.gguf"
-    assert ref.size_bytes == 3000
-    assert ref.sha256 == hashlib.sha256(shards["s-00001-of-00002.gguf"]).hexdigest()
-    assert [Path(p).name for p in ref.shards] == sorted(shards)

@@ -296,7 +296,7 @@ def test_pull_recipe_checks_its_pin(mm: Mm, local_hub: LocalHub, tiny_bytes: byt
     stale = mm("pull", "stale", "--recipes", str(recipes_folder))
 
     assert good[0]["sha256"] == sha256(tiny_bytes)
-    assert stale.exit_code == 5 and "pins" in stale.stderr
+    assert stale.exit_code == 5 and "the recipe's pin (source.sha256)" in stale.stderr
 
 
 @pytest.mark.parametrize("model", ["not a repo", "owner/name/extra", "acme:model"])

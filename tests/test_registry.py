@@ -231,6 +231,9 @@ def test_verify_names_only_the_corrupted_profiles(tiny_model: Path, tiny_model_f
     flip_byte(Path(bad.blob.path), keep_mtime=True)
     report = verify()
     assert not report.ok and sorted(report.corrupted) == ["bad", "bad-too"]
+    broken = next(c for c in report.checked if c.name == "bad")
+    assert broken.path == bad.blob.path and broken.expected == f"sha256 {bad.blob.sha256}"
+    assert broken.actual == f"sha256 {sha256_of(Path(bad.blob.path))}" and broken.actual != broken.expected
     assert verify("fine").ok
     with pytest.raises(ProfileNotFoundError):
         verify("nope")

@@ -167,8 +167,10 @@ def test_local_model_file_for_a_recipe(local_hub: LocalHub, tiny_model: Path, re
 
     path, is_stub = local_model_file(parse_model_arg("hubby", recipes_folder), allow_header_stub=True)
     assert is_stub and path.parent.name == digest
-    with pytest.raises(IntegrityError, match="pins"):
+    with pytest.raises(IntegrityError, match=r"pin \(source\.sha256\)") as refused:
         local_model_file(parse_model_arg("wrongpin", recipes_folder), allow_header_stub=True)
+    assert (refused.value.expected, refused.value.actual) == ("0" * 64, digest)
+    assert refused.value.path is not None and refused.value.path.endswith(":model.gguf")
     assert local_model_file(parse_model_arg("local", recipes_folder)) == (tiny_model, False)
 
 

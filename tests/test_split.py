@@ -162,11 +162,6 @@ def test_pull_of_a_split_model_rejects_a_corrupted_shard(
     assert len(json.loads(healed.stdout)) == 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: a quantize output's record keys its source by the first shard's sha256 only, so a "
-    "changed later shard leaves a stale output 'up to date' (needs per-shard digests in SourceRef)",
-)
 def test_a_changed_later_shard_makes_the_quantize_output_stale(
     mm: Mm, models: tuple[Path, Path], tmp_path: Path
 ) -> None:
