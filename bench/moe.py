@@ -34,11 +34,11 @@ BIG_NAMES = {"qwen3moe": "Qwen3-30B-A3B Q4_K_M", "gpt-oss": "gpt-oss-120b MXFP4"
              "deepseek2": "DeepSeek-V2-Lite Q4_K_M*", "llama": "Llama-2-70B Q4_K_M (dense)"}  # fmt: skip
 
 
-def memory_errors(path: Path) -> tuple[float, float]:
+def memory_errors(path: Path, mmap: bool) -> tuple[float, float]:
     """(worst total error %, worst compute error MiB) over the grid, against llama.cpp's own buffers."""
     worst_total = worst_compute = 0.0
     for ctx, kv, flash, ubatch, parallel in GRID:
-        settings = FitSettings(ctx=ctx, kv_type=kv, flash_attn=flash, ubatch=ubatch, parallel=parallel)  # type: ignore[arg-type]
+        settings = FitSettings(ctx=ctx, kv_type=kv, flash_attn=flash, ubatch=ubatch, parallel=parallel, mmap=mmap)  # type: ignore[arg-type]
         truth = llama_buffers(path, settings, 1 if flash else (-1 if kv != "f16" else 0))
         assert truth is not None
         cpu = fit_model(path, CPU, settings).cpu
@@ -69,7 +69,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mm-bench-moe-") as tmp:
         for arch in ("qwen3moe", "mixtral", "gpt-oss", "deepseek2", "llama"):
             tiny = write_tiny_model(Path(tmp) / f"{arch}.gguf", ARCHS[arch])
-            total, compute = memory_errors(tiny)
+            total, compute = memory_errors(tiny, mmap=not ARCHS[arch].n_nextn)  # as tests/test_fit.py
             header = write_header_only_model(Path(tmp) / f"{arch}-big.gguf", BIG[arch])
             size = f"{header.stat().st_size / 1e9:.1f} GB"
             print(f"| {arch} | {total:+.2f}% | {compute:.2f} MiB | {BIG_NAMES[arch]} ({size}) "
