@@ -28,10 +28,27 @@ DEEPSEEK_V2_LITE = TinySpec(
     n_ff_exp=1408, n_expert_shared=2, n_dense_lead=1, q_lora_rank=1536, kv_lora_rank=512, qk_rope_dim=64,
     qk_nope_dim=128, v_head_dim=128, context_length=163840,
 )  # fmt: skip
-BIG = {"qwen3moe": QWEN3_30B_A3B, "gpt-oss": GPT_OSS_120B, "mixtral": MIXTRAL_8X7B, "deepseek2": DEEPSEEK_V2_LITE,
-       "llama": DENSE_70B}  # fmt: skip
-BIG_NAMES = {"qwen3moe": "Qwen3-30B-A3B Q4_K_M", "gpt-oss": "gpt-oss-120b MXFP4", "mixtral": "Mixtral-8x7B Q4_K_M",
-             "deepseek2": "DeepSeek-V2-Lite Q4_K_M*", "llama": "Llama-2-70B Q4_K_M (dense)"}  # fmt: skip
+GLM_45_AIR = TinySpec(
+    arch="glm4moe", n_layers=46, n_embd=4096, n_head=96, n_head_kv=8, head_dim_override=128, n_ff=10944,
+    n_vocab=151552, n_expert=128, n_expert_used=8, n_ff_exp=1408, n_expert_shared=1, n_dense_lead=1, n_nextn=1,
+    context_length=131072,
+)  # fmt: skip
+BIG = {
+    "glm4moe": GLM_45_AIR,
+    "qwen3moe": QWEN3_30B_A3B,
+    "gpt-oss": GPT_OSS_120B,
+    "mixtral": MIXTRAL_8X7B,
+    "deepseek2": DEEPSEEK_V2_LITE,
+    "llama": DENSE_70B,
+}
+BIG_NAMES = {
+    "glm4moe": "GLM-4.5-Air Q4_K_M",
+    "qwen3moe": "Qwen3-30B-A3B Q4_K_M",
+    "gpt-oss": "gpt-oss-120b MXFP4",
+    "mixtral": "Mixtral-8x7B Q4_K_M",
+    "deepseek2": "DeepSeek-V2-Lite Q4_K_M*",
+    "llama": "Llama-2-70B Q4_K_M (dense)",
+}
 
 
 def memory_errors(path: Path, mmap: bool) -> tuple[float, float]:
@@ -67,7 +84,7 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory(prefix="mm-bench-moe-") as tmp:
-        for arch in ("qwen3moe", "mixtral", "gpt-oss", "deepseek2", "llama"):
+        for arch in ("qwen3moe", "mixtral", "gpt-oss", "deepseek2", "glm4moe", "llama"):
             tiny = write_tiny_model(Path(tmp) / f"{arch}.gguf", ARCHS[arch])
             total, compute = memory_errors(tiny, mmap=not ARCHS[arch].n_nextn)  # as tests/test_fit.py
             header = write_header_only_model(Path(tmp) / f"{arch}-big.gguf", BIG[arch])

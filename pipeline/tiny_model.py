@@ -4,7 +4,8 @@ Weights are seeded random numbers, so generation is gibberish, but every tensor,
 tokenizer field is what llama.cpp's loader expects for the architecture (llama, and llama with experts as
 Mixtral; gemma3 with sliding-window attention; qwen3 with q/k norms; qwen3moe, routed experts; gpt-oss,
 experts with biases, attention sinks and alternating sliding windows; deepseek2, multi-head latent
-attention with shared experts and a leading dense layer; mamba, a pure recurrent state-space model),
+attention with shared experts and a leading dense layer; glm4moe, biased attention, shared experts, a
+leading dense layer and a multi-token-prediction block; mamba, a pure recurrent state-space model),
 checked against src/models/<arch>.cpp of the vendored llama.cpp.
 `write_header_only_model` writes the real header of a big model and leaves the data region sparse.
 """
@@ -28,7 +29,7 @@ _WORDS = ("the", "a", "model", "runs", "on", "small", "card", "hello", "world", 
 class TinySpec:
     """Shape of a tiny model. Widths are multiples of 256 by default so k-quants apply without fallback."""
 
-    arch: str = "llama"  # llama | gemma3 | qwen3 | qwen3moe | gpt-oss | deepseek2 | mamba
+    arch: str = "llama"  # llama | gemma3 | qwen3 | qwen3moe | gpt-oss | deepseek2 | glm4moe | mamba
     n_layers: int = 2
     n_embd: int = 256
     n_head: int = 4
@@ -49,9 +50,9 @@ class TinySpec:
     n_expert: int = 0
     n_expert_used: int = 0
     n_ff_exp: int | None = None
-    n_expert_shared: int = 0  # deepseek2: shared experts, n_ff_exp wide each
-    n_dense_lead: int = 0  # deepseek2: the first layers have a dense FFN (n_ff) instead of experts
-    n_nextn: int = 0  # deepseek2: extra multi-token-prediction blocks after the n_layers (block_count counts them)
+    n_expert_shared: int = 0  # deepseek2, glm4moe: shared experts, n_ff_exp wide each
+    n_dense_lead: int = 0  # deepseek2, glm4moe: the first layers have a dense FFN (n_ff) instead of experts
+    n_nextn: int = 0  # deepseek2, glm4moe: multi-token-prediction blocks after the n_layers (in block_count)
     # deepseek2's multi-head latent attention: the KV cache holds the kv_lora_rank latent plus the rope part
     q_lora_rank: int = 128
     kv_lora_rank: int = 128
@@ -110,8 +111,8 @@ def _matrix(rng: np.random.Generator, rows: int, cols: int, dtype: str) -> np.nd
     return values.astype(np.float16) if dtype == "f16" else values
 
 
-SUPPORTED_ARCHS = ("llama", "gemma3", "qwen3", "qwen3moe", "gpt-oss", "deepseek2", "mamba")
-MOE_ARCHS = ("qwen3moe", "gpt-oss", "deepseek2")  # architectures whose loader requires experts
+SUPPORTED_ARCHS = ("llama", "gemma3", "qwen3", "qwen3moe", "gpt-oss", "deepseek2", "glm4moe", "mamba")
+MOE_ARCHS = ("qwen3moe", "gpt-oss", "deepseek2", "glm4moe")  # architectures whose loader requires experts
 # Mamba tensors llama.cpp's CPU kernels (ssm_conv, ssm_scan) read as F32 whatever the file type; A must be
 # negative (it is -exp(A_log)) or the state grows without bound.
 _MAMBA_F32 = (".ssm_conv1d.weight", ".ssm_a")
@@ -185,6 +186,9 @@ def _write_metadata(writer: gguf.GGUFWriter, spec: TinySpec, file_type: int | No
         if spec.head_dim_override is not None:
             writer.add_key_length(spec.head_dim)
             writer.add_value_length(spec.head_dim)
+        if spec.arch == "glm4moe":
+            writer.add_leading_dense_block_count(spec.n_dense_lead)
+            writer.add_expert_shared_count(spec.n_expert_shared)
         writer.add_rope_dimension_count(spec.head_dim)
         writer.add_rope_freq_base(10000.0)
     writer.add_layer_norm_rms_eps(1e-6 if spec.arch != "llama" else 1e-5)
@@ -225,6 +229,8 @@ def _tensor_shapes(spec: TinySpec) -> list[tuple[str, tuple[int, ...]]]:
         return shapes + _mamba_layers(spec) + _output(spec)
     if spec.arch == "deepseek2":
         return shapes + _deepseek2_layers(spec) + _output(spec)
+    if spec.arch == "glm4moe":
+        return shapes + _glm4moe_layers(spec) + _output(spec)
     for i in range(spec.n_layers):
         b = f"blk.{i}"
         shapes += [(f"{b}.attn_norm.weight", (d,)), (f"{b}.attn_q.weight", (d, q))]
@@ -249,6 +255,41 @@ def _dense_ffn(b: str, d: int, ff: int) -> list[tuple[str, tuple[int, ...]]]:
     return [(f"{b}.ffn_gate.weight", (d, ff)), (f"{b}.ffn_up.weight", (d, ff)), (f"{b}.ffn_down.weight", (ff, d))]
 
 
+def _nextn(spec: TinySpec, b: str) -> list[tuple[str, tuple[int, ...]]]:
+    """An MTP block's own tensors beside a full layer: the projection of [embedding, hidden state], two norms."""
+    d = spec.n_embd
+    return [
+        (f"{b}.nextn.eh_proj.weight", (2 * d, d)),
+        (f"{b}.nextn.enorm.weight", (d,)),
+        (f"{b}.nextn.hnorm.weight", (d,)),
+    ]
+
+
+def _shared_experts(spec: TinySpec, b: str) -> list[tuple[str, tuple[int, ...]]]:
+    d, shared = spec.n_embd, spec.expert_width * spec.n_expert_shared
+    return [(f"{b}.ffn_gate_shexp.weight", (d, shared)), (f"{b}.ffn_down_shexp.weight", (shared, d)),
+            (f"{b}.ffn_up_shexp.weight", (d, shared))]  # fmt: skip
+
+
+def _glm4moe_layers(spec: TinySpec) -> list[tuple[str, tuple[int, ...]]]:
+    """models/glm4-moe.cpp load_arch_tensors: biased q/k/v, a post-attention norm, the router's selection
+    bias, shared experts; dense FFNs in the leading layers."""
+    d, q, kv = spec.n_embd, spec.n_head * spec.head_dim, spec.n_head_kv * spec.head_dim
+    shapes: list[tuple[str, tuple[int, ...]]] = []
+    for i in range(spec.n_layers + spec.n_nextn):
+        b = f"blk.{i}"
+        shapes += _nextn(spec, b) if i >= spec.n_layers else []
+        shapes += [(f"{b}.attn_norm.weight", (d,)), (f"{b}.attn_q.weight", (d, q)), (f"{b}.attn_k.weight", (d, kv))]
+        shapes += [(f"{b}.attn_v.weight", (d, kv)), (f"{b}.attn_q.bias", (q,)), (f"{b}.attn_k.bias", (kv,))]
+        shapes += [(f"{b}.attn_v.bias", (kv,)), (f"{b}.attn_output.weight", (q, d))]
+        shapes += [(f"{b}.post_attention_norm.weight", (d,))]
+        if i < spec.n_dense_lead:
+            shapes += _dense_ffn(b, d, spec.n_ff)
+            continue
+        shapes += [*_experts(spec, b), (f"{b}.exp_probs_b.bias", (spec.n_expert,)), *_shared_experts(spec, b)]
+    return shapes
+
+
 def _deepseek2_layers(spec: TinySpec) -> list[tuple[str, tuple[int, ...]]]:
     """models/deepseek2.cpp load_arch_tensors (MLA with split k_b/v_b, q through a low-rank projection)."""
     d, q, kv, rope, h = spec.n_embd, spec.q_lora_rank, spec.kv_lora_rank, spec.qk_rope_dim, spec.n_head
@@ -256,9 +297,7 @@ def _deepseek2_layers(spec: TinySpec) -> list[tuple[str, tuple[int, ...]]]:
     shapes: list[tuple[str, tuple[int, ...]]] = []
     for i in range(spec.n_layers + spec.n_nextn):
         b = f"blk.{i}"
-        if i >= spec.n_layers:  # an MTP block: a full layer plus its projection of [embedding, hidden state]
-            shapes += [(f"{b}.nextn.eh_proj.weight", (2 * d, d)), (f"{b}.nextn.enorm.weight", (d,))]
-            shapes += [(f"{b}.nextn.hnorm.weight", (d,))]
+        shapes += _nextn(spec, b) if i >= spec.n_layers else []  # an MTP block: a full layer and its own
         shapes += [(f"{b}.attn_norm.weight", (d,)), (f"{b}.attn_q_a_norm.weight", (q,))]
         shapes += [(f"{b}.attn_kv_a_norm.weight", (kv,)), (f"{b}.attn_q_a.weight", (d, q))]
         shapes += [(f"{b}.attn_q_b.weight", (q, h * k_mla)), (f"{b}.attn_kv_a_mqa.weight", (d, kv + rope))]
@@ -267,10 +306,7 @@ def _deepseek2_layers(spec: TinySpec) -> list[tuple[str, tuple[int, ...]]]:
         if i < spec.n_dense_lead:
             shapes += _dense_ffn(b, d, spec.n_ff)
             continue
-        shapes += _experts(spec, b)
-        shared = spec.expert_width * spec.n_expert_shared
-        shapes += [(f"{b}.ffn_gate_shexp.weight", (d, shared)), (f"{b}.ffn_down_shexp.weight", (shared, d))]
-        shapes += [(f"{b}.ffn_up_shexp.weight", (d, shared))]
+        shapes += [*_experts(spec, b), *_shared_experts(spec, b)]
     return shapes
 
 

@@ -53,6 +53,22 @@ ARCHS = {
         n_nextn=1,
         dtype="f16",
     ),
+    # GLM-4.5-style: biased attention, router selection bias, a shared expert, a dense layer 0, an MTP block
+    "glm4moe": TinySpec(
+        arch="glm4moe",
+        n_layers=3,
+        n_head=8,
+        n_head_kv=2,
+        head_dim_override=64,
+        n_ff=512,
+        n_expert=8,
+        n_expert_used=2,
+        n_ff_exp=128,
+        n_expert_shared=1,
+        n_dense_lead=1,
+        n_nextn=1,
+        dtype="f16",
+    ),
     "gpt-oss": TinySpec(
         arch="gpt-oss",
         n_layers=4,
@@ -66,8 +82,8 @@ ARCHS = {
         dtype="f16",
     ),
 }
-ATTENTION_ARCHS = ("llama", "gemma3", "qwen3", "qwen3moe", "mixtral", "gpt-oss", "deepseek2")
-MOE_ARCHS = ("qwen3moe", "mixtral", "gpt-oss", "deepseek2")
+ATTENTION_ARCHS = ("llama", "gemma3", "qwen3", "qwen3moe", "mixtral", "gpt-oss", "deepseek2", "glm4moe")
+MOE_ARCHS = ("qwen3moe", "mixtral", "gpt-oss", "deepseek2", "glm4moe")
 KV_TYPE_IDS = {"f16": 1, "q8_0": 8, "q4_0": 2}  # ggml_type values
 # A recurrent model's state is logged as `RS buffer size` (llama-memory-recurrent.cpp); mm counts it as kv.
 _BUFFER_RE = re.compile(r"(\S+)\s+(model|KV|RS|output|compute) buffer size =\s+([\d.]+) MiB")
