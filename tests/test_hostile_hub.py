@@ -191,6 +191,7 @@ def test_announced_size_larger_than_served_after_a_resume_is_an_integrity_error(
     assert len(repo.file_gets(FILE)) <= 3
 
 
+@pytest.mark.slow  # waits out the backoff (0.25 + 0.5 + 1 + 2 s)
 def test_empty_206_counts_against_the_budget(mm: Mm, repo: LocalHub, tiny_model: Path) -> None:
     repo.inject(REPO, FILE, Fault(cut_after=tiny_model.stat().st_size // 2, times=1))
     repo.hostile.empty_206 = True
@@ -228,6 +229,7 @@ def test_5xx_is_retried_then_the_download_completes(mm: Mm, repo: LocalHub) -> N
     assert [g.status for g in repo.file_gets(FILE)] == [503, 502, 200]
 
 
+@pytest.mark.slow  # waits out the backoff (0.25 + 0.5 + 1 + 2 s)
 def test_5xx_forever_gives_up_after_a_bounded_number_of_requests(mm: Mm, repo: LocalHub) -> None:
     repo.hostile.statuses = [500] * 1000
     refused(mm("pull", f"{REPO}:{FILE}"), 3, "answered 500", "stopped at 0")
