@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+MAX_LISTED_ENTRIES = 200_000  # the biggest model repos hold a few thousand files
+MAX_FILE_BYTES = 1 << 50  # 1 PiB: more than any one file on the Hub (LFS files are capped far below)
 TOKEN_HINT = "accept the license on the model's page on the Hub, then set HF_TOKEN or pass --token"
 
 
@@ -114,9 +116,16 @@ def list_repo_files(repo: str, revision: str = "main", *, token: str | None = No
     """Every file of the repo at `revision`, with sizes and LFS sha256s (the tree API)."""
     with translate_errors(repo, revision):
         entries = HfApi(endpoint=endpoint()).list_repo_tree(repo, revision=revision, recursive=True, token=token)
-        files = [entry for entry in entries if isinstance(entry, RepoFile)]
-    for entry in files:
-        untrusted(check_repo_filename, entry.path, f"a file name in the listing of {repo}@{revision}")
+        files = []
+        for count, entry in enumerate(entries):  # pages follow the server's Link headers: bound them
+            if count >= MAX_LISTED_ENTRIES:
+                raise HubError(
+                    f"{endpoint()} listed more than {MAX_LISTED_ENTRIES} entries for {repo}@{revision}; refusing",
+                    hint="name the file: owner/name:FILE.gguf",
+                )
+            if isinstance(entry, RepoFile):
+                untrusted(check_repo_filename, entry.path, f"a file name in the listing of {repo}@{revision}")
+                files.append(entry)
     return files
 
 
@@ -149,8 +158,8 @@ def file_metadata(
             hint="a real Hugging Face Hub never does this: check HF_ENDPOINT, the mirror or the proxy",
         )
     etag = untrusted(check_etag, meta.etag, f"the ETag of {where}")
-    if meta.size < 0:
-        raise HubError(f"{endpoint()} announced a negative size for {where}")
+    if not 0 <= meta.size <= MAX_FILE_BYTES:
+        raise HubError(f"{endpoint()} announced an impossible size ({meta.size} bytes) for {where}; refusing it")
     return RemoteFile(url=meta.location, commit=reported, etag=etag, size_bytes=meta.size)
 
 

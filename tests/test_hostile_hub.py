@@ -234,3 +234,14 @@ def test_5xx_forever_gives_up_after_a_bounded_number_of_requests(mm: Mm, repo: L
     repo.hostile.statuses = [500] * 1000
     refused(mm("pull", f"{REPO}:{FILE}"), 3, "answered 500", "stopped at 0")
     assert len(repo.file_gets(FILE)) == transfer.MAX_STALLED_ATTEMPTS
+
+
+@pytest.mark.parametrize("command", ["pull", "inspect"])
+def test_impossible_announced_size_is_refused_before_any_get(
+    mm: Mm, repo: LocalHub, around: Callable[[], dict[str, tuple[int, int, str]]], command: str
+) -> None:
+    before = around()
+    repo.advertise_size(REPO, FILE, 1 << 62)
+    refused(mm(command, f"{REPO}:{FILE}"), 3, "impossible size")
+    assert not repo.file_gets(FILE)
+    assert around() == before

@@ -272,7 +272,7 @@ def test_pull_wrong_revision(mm: Mm, local_hub: LocalHub, tiny_bytes: bytes) -> 
 
 def test_pull_not_enough_disk_fails_before_downloading(mm: Mm, local_hub: LocalHub, tiny_bytes: bytes) -> None:
     local_hub.add_repo(REPO, {FILE: tiny_bytes})
-    local_hub.advertise_size(REPO, FILE, 1 << 62)  # more than any disk has free
+    local_hub.advertise_size(REPO, FILE, 1 << 48)  # 256 TiB: more than any disk has free
     result = mm("pull", f"{REPO}:{FILE}")
     assert result.exit_code == 4
     assert "not enough free disk" in result.stderr
