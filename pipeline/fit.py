@@ -30,6 +30,7 @@ from pipeline.placement import (
     tensor_overrides,
 )
 from pipeline.recipe import Recipe
+from pipeline.speed import DeviceRates, DeviceWork, Overhead, tokens_per_second
 from pipeline.units import format_size
 
 log = logging.getLogger(__name__)
@@ -61,11 +62,12 @@ class FitSettings(BaseModel):
     swa_full: bool = True  # llama.cpp's default: the SWA cache as large as the full one
     kv_unified: bool = False  # llama.cpp's default: one KV stream per sequence (llama-server turns it on)
     safety_margin: float = Field(default=DEFAULT_SAFETY_MARGIN, ge=0, lt=1)
+    threads: int | None = Field(default=None, ge=1)  # CPU threads (the speed model's rates depend on them)
 
     @classmethod
     def for_recipe(cls, recipe: Recipe | None, **overrides: Any) -> FitSettings:
         """A recipe's [run] section (or the defaults), with the flags the user gave (None = not given) on top."""
-        base = recipe.run.model_dump(exclude={"threads"}) if recipe else {}
+        base = recipe.run.model_dump() if recipe else {}
         return cls.model_validate({**base, **{k: v for k, v in overrides.items() if v is not None}})
 
 
@@ -131,13 +133,22 @@ def _breakdown(split: Split, overhead: int) -> DeviceBreakdown:
     )
 
 
-def decode_tokens_per_second(read: ReadBytes, hardware: HardwareClass) -> float:
-    """Decode is memory-bound: the bytes a token reads on each device (placement.bytes_read_per_token:
-    only the active experts) over that device's bandwidth."""
-    seconds = read.cpu / (hardware.ram_bandwidth_gbps * 1e9)
+def decode_tokens_per_second(
+    read: ReadBytes, hardware: HardwareClass, threads: int | None = None, n_layers: int = 0
+) -> float:
+    """pipeline/speed.py's roofline over what a token reads and multiplies on each device
+    (placement.bytes_read_per_token: only the active experts), as llama-bench's tg128 measures it."""
+    rates = hardware.rates_for(threads)
+    devices = [
+        (
+            DeviceWork(read.cpu, read.cpu_elements),
+            DeviceRates(hardware.ram_bandwidth_gbps, rates.gflops if rates else {}),
+        )
+    ]
     if read.gpu and hardware.gpu_bandwidth_gbps > 0:
-        seconds += read.gpu / (hardware.gpu_bandwidth_gbps * 1e9)
-    return round(1.0 / seconds, 2) if seconds > 0 else 0.0
+        devices.append((DeviceWork(read.gpu, read.gpu_elements), DeviceRates(hardware.gpu_bandwidth_gbps)))
+    overhead = Overhead(rates.token_overhead_ms, rates.layer_overhead_ms) if rates else Overhead()
+    return tokens_per_second(devices, overhead.seconds(n_layers))
 
 
 def _context(shape: ModelShape, settings: FitSettings) -> Context:
@@ -165,7 +176,9 @@ def _place(shape: ModelShape, hardware: HardwareClass, settings: FitSettings) ->
         return place(shape, ctx, ngl, asked_k or 0)
     if asked_k is not None or not shape.is_moe:
         return most_layers(shape, ctx, budget, asked_k or 0)
-    return fastest(shape, ctx, budget, lambda read: decode_tokens_per_second(read, hardware))
+    return fastest(
+        shape, ctx, budget, lambda read: decode_tokens_per_second(read, hardware, settings.threads, shape.n_layers)
+    )
 
 
 def _alternatives(shape: ModelShape, hardware: HardwareClass, settings: FitSettings) -> list[PlacementOption]:
@@ -183,7 +196,7 @@ def _alternatives(shape: ModelShape, hardware: HardwareClass, settings: FitSetti
             n_gpu_layers=p.n_gpu_layers,
             n_cpu_moe=p.n_cpu_moe,
             vram_bytes=p.gpu_total + (hardware.gpu_overhead_bytes if p.n_gpu_layers else 0),
-            tokens_per_second=decode_tokens_per_second(p.read, hardware),
+            tokens_per_second=decode_tokens_per_second(p.read, hardware, settings.threads, shape.n_layers),
         )
         for label, p in options
     ]
@@ -250,7 +263,7 @@ def fit_shape(
         cpu=cpu,
         fits_vram=fits_vram,
         fits_ram=fits_ram,
-        tokens_per_second=decode_tokens_per_second(chosen.read, hardware),
+        tokens_per_second=decode_tokens_per_second(chosen.read, hardware, settings.threads, shape.n_layers),
         verdict=verdict,
         assumptions=_assumptions(shape, hardware, settings),
         suggestions=[],
@@ -286,10 +299,18 @@ def _warnings(shape: ModelShape, settings: FitSettings) -> list[str]:
 
 
 def _assumptions(shape: ModelShape, hardware: HardwareClass, settings: FitSettings) -> list[str]:
+    rates = hardware.rates_for(settings.threads)
     notes = [
-        "decode speed is memory-bound: every weight (but the embedding table) and the whole KV cache are read "
-        f"once per token at the class's bandwidths (GPU {hardware.gpu_bandwidth_gbps:g} GB/s, "
-        f"RAM {hardware.ram_bandwidth_gbps:g} GB/s); real speed is lower by compute and transfer overheads",
+        "decode speed (as llama-bench's tg128) is a roofline per device: the larger of the bytes read per token "
+        "(every weight but the embedding table, and the KV cells attended to) over the bandwidth "
+        f"(GPU {hardware.gpu_bandwidth_gbps:g} GB/s, RAM {hardware.ram_bandwidth_gbps:g} GB/s) and the matrix work "
+        + (
+            f"over the CPU compute rates measured for {hardware.name} ({hardware.measured}), plus the measured "
+            "per-token overhead"
+            if rates
+            else "(no compute rates for this class: the prediction is an upper bound; `mm hw --measure` calibrates "
+            "the local machine)"
+        ),
         f"a safety margin of {settings.safety_margin:.0%} of VRAM and RAM is kept free",
         "the output layer counts as one layer: full offload is n_layers + 1, as llama.cpp counts it",
     ]

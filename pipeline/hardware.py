@@ -6,6 +6,8 @@ A class names a target, not necessarily the local machine; `local_machine` detec
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import platform
 import shutil
@@ -18,6 +20,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from pipeline.errors import HardwareError, UsageError
 from pipeline.units import format_size, parse_size
 from pipeline.validation import describe_validation_error, read_toml
+
+log = logging.getLogger(__name__)
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -45,8 +49,20 @@ LOCAL_RAM_BANDWIDTH_GBPS = 50.0
 DEFAULT_GPU_OVERHEAD_BYTES = 512 * MIB
 
 
+class CpuRates(BaseModel):
+    """What `mm hw --measure` found for one thread count: llama.cpp's matrix-vector rate per weight type
+    and the per-token overhead (see pipeline/speed.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    gflops: dict[str, float] = Field(default_factory=dict)  # ggml type (Q8_0, Q4_K, F16...) -> GFLOP/s
+    token_overhead_ms: float = Field(default=0.0, ge=0)
+    layer_overhead_ms: float = Field(default=0.0, ge=0)
+
+
 class HardwareClass(BaseModel):
-    """A target machine: one GPU's memory and bandwidth (vram 0 = CPU only) and system RAM."""
+    """A target machine: one GPU's memory and bandwidth (vram 0 = CPU only) and system RAM; optionally
+    measured CPU compute rates per thread count (`mm hw --measure`), and how the figures were obtained."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -57,6 +73,9 @@ class HardwareClass(BaseModel):
     gpu_bandwidth_gbps: float = Field(default=0.0, ge=0)
     ram_bandwidth_gbps: float = Field(gt=0)
     gpu_overhead_bytes: Size = Field(default=DEFAULT_GPU_OVERHEAD_BYTES, validation_alias="gpu_overhead", ge=0)
+    cpu_rates: dict[int, CpuRates] = Field(default_factory=dict)  # thread count -> measured rates
+    threads: int | None = Field(default=None, ge=1)  # threads a run uses when it does not say
+    measured: str = "datasheet"  # how the figures were obtained
     builtin: bool = Field(default=False, exclude=True)
 
     @property
@@ -80,6 +99,14 @@ class HardwareClass(BaseModel):
         )
         changes["name"] = given if self.name == "local" else f"{self.name} with {given}"
         return self.model_copy(update=changes)
+
+    def rates_for(self, threads: int | None) -> CpuRates | None:
+        """The measured CPU rates for this thread count (else the nearest measured below it, else above)."""
+        if not self.cpu_rates:
+            return None
+        want = threads or self.threads or max(self.cpu_rates)
+        below = [t for t in self.cpu_rates if t <= want]
+        return self.cpu_rates[max(below) if below else min(self.cpu_rates)]
 
 
 def _builtin(name: str, description: str, vram: str, ram: str, gpu_bw: float, ram_bw: float) -> HardwareClass:
@@ -239,10 +266,37 @@ def local_machine(hardware_file: Path | None = None) -> LocalMachine:
                         cpu_count=os.cpu_count() or 1, classes=classes)  # fmt: skip
 
 
+def measurement_path() -> Path:
+    """Where `mm hw --measure` keeps this machine's measured class."""
+    from pipeline.home import mm_home
+
+    return mm_home().root / "hw" / "local.json"
+
+
+def cached_measurement() -> HardwareClass | None:
+    """The last `mm hw --measure` of this machine, if any (an unreadable cache is ignored with a warning)."""
+    path = measurement_path()
+    if not path.is_file():
+        return None
+    try:
+        document = dict(json.loads(path.read_text()))
+        for field, alias in (("vram_bytes", "vram"), ("ram_bytes", "ram"), ("gpu_overhead_bytes", "gpu_overhead")):
+            if field in document:
+                document[alias] = document.pop(field)
+        return HardwareClass.model_validate(document)
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring %s: %s", path, exc)
+        return None
+
+
 def local_class() -> HardwareClass:
-    """This machine as a hardware class: its largest GPU and its RAM, with the assumed bandwidths."""
+    """This machine as a hardware class: measured by `mm hw --measure` when it was (CPU only, for now),
+    else its largest GPU and its RAM with the assumed bandwidths."""
     gpus, _ = local_gpus()
     gpu = max(gpus, key=lambda g: g.total_bytes, default=None)
+    measured = cached_measurement() if gpu is None else None
+    if measured is not None:
+        return measured
     return HardwareClass.model_validate({
         "name": "local", "description": "this machine", "vram": gpu.total_bytes if gpu else 0,
         "ram": _ram_bytes() or 1, "gpu_bandwidth_gbps": LOCAL_GPU_BANDWIDTH_GBPS if gpu else 0.0,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import gguf
 
@@ -71,6 +71,13 @@ class ModelShape:
     # compressed latent per token as K (kv_lora_rank + n_rot wide, the header's key_length) and no V.
     is_mla: bool = False
     skipped_params: int = 0  # multi-token-prediction layers llama.cpp does not load (counted in n_params)
+    # Matrix work per token for the speed model (pipeline/speed.py): ggml type -> weight elements of the
+    # 2-D tensors each repeating layer multiplies (its routed experts apart, in expert_elements: a token
+    # multiplies n_expert_used/n_expert of them), and the output head's (token_embd when tied).
+    # (Compared but not hashed: dicts cannot be; equal shapes still hash equal.)
+    layer_elements: tuple[Mapping[str, int], ...] = field(default=(), hash=False)
+    output_elements: Mapping[str, int] = field(default_factory=dict, hash=False)
+    expert_elements: tuple[Mapping[str, int], ...] = field(default=(), hash=False)
 
     @property
     def weights_bytes(self) -> int:
@@ -138,9 +145,12 @@ def _recurrent_widths(header: GGUFHeader, n_embd: int) -> tuple[int, int, int]:
     return max(d_conv - 1, 0) * (d_inner + 2 * n_group * d_state), d_state * d_inner, d_inner
 
 
-def model_shape(headers: Sequence[GGUFHeader], tensor_bytes: Mapping[str, int] | None = None) -> ModelShape:
-    """Hyperparameters from the first shard, tensor sizes from all; `tensor_bytes` overrides sizes by name
-    (a quantize plan's per-tensor sizes, to fit a quant before it exists)."""
+def model_shape(
+    headers: Sequence[GGUFHeader], tensor_bytes: Mapping[str, int] | None = None,
+    tensor_types: Mapping[str, str] | None = None,
+) -> ModelShape:  # fmt: skip
+    """Hyperparameters from the first shard, tensor sizes from all; `tensor_bytes` (and `tensor_types`)
+    override sizes (and ggml types) by name: a quantize plan's, to fit a quant before it exists."""
     head = headers[0]
     n_layers = head.n_layers
     if n_layers <= 0:
@@ -159,9 +169,15 @@ def model_shape(headers: Sequence[GGUFHeader], tensor_bytes: Mapping[str, int] |
     input_bytes = output_bytes = n_params = expert_params = n_ff_exp = n_ff_shexp = max_expert = skipped_params = 0
     n_vocab = embd_bytes = 0
     has_output = False
+    layer_elements: list[dict[str, int]] = [{} for _ in range(n_layers)]
+    expert_elements: list[dict[str, int]] = [{} for _ in range(n_layers)]
+    output_elements: dict[str, int] = {}
+    embd_elements: dict[str, int] = {}
     for header in headers:
         for tensor in header.tensors:
             size = tensor_bytes.get(tensor.name, tensor.n_bytes) if tensor_bytes else tensor.n_bytes
+            kind = (tensor_types or {}).get(tensor.name, tensor.type_name).upper()
+            matrix = tensor.n_elements if len(tensor.shape) >= 2 else 0
             n_params += tensor.n_elements
             layer = layer_of(tensor.name)
             if layer is not None and layer >= n_layers:  # an MTP layer llama.cpp skips
@@ -169,17 +185,23 @@ def model_shape(headers: Sequence[GGUFHeader], tensor_bytes: Mapping[str, int] |
             elif layer is not None:
                 layer_bytes[layer] += size
                 if EXPERTS_RE.search(tensor.name):
+                    _add(expert_elements[layer], kind, matrix)
                     expert_bytes[layer] += size
                     expert_params += tensor.n_elements
                     max_expert = max(max_expert, size)
                     if ".ffn_up_exps." in tensor.name and len(tensor.shape) == 3:  # {n_embd, n_ff_exp, n_expert}
                         n_ff_exp = tensor.shape[1]
-                elif ".ffn_up_shexp." in tensor.name and len(tensor.shape) >= 2:  # {n_embd, n_ff_shexp}
+                else:
+                    _add(layer_elements[layer], kind, matrix)
+                if ".ffn_up_shexp." in tensor.name and len(tensor.shape) >= 2:  # {n_embd, n_ff_shexp}
                     n_ff_shexp = tensor.shape[1]
             elif tensor.name.startswith(("output", "cls")):
                 output_bytes += size
+                _add(output_elements, kind, matrix)
             else:
                 input_bytes += size
+                if tensor.name == "token_embd.weight":
+                    _add(embd_elements, kind, matrix)
             has_output = has_output or tensor.name == "output.weight"
             if tensor.name == "token_embd.weight" and len(tensor.shape) > 1:
                 n_vocab, embd_bytes = tensor.shape[1], size
@@ -219,6 +241,9 @@ def model_shape(headers: Sequence[GGUFHeader], tensor_bytes: Mapping[str, int] |
         max_expert_tensor_bytes=max_expert,
         is_mla=bool(head.get("attention.key_length_mla")) and bool(head.get("attention.value_length_mla")),
         skipped_params=skipped_params,
+        layer_elements=tuple(layer_elements),
+        output_elements={**output_elements, **({} if has_output else embd_elements)},
+        expert_elements=tuple(expert_elements),
     )
     check_shape(head, shape)
     return shape
@@ -244,6 +269,11 @@ def check_shape(head: GGUFHeader, shape: ModelShape) -> None:
             f"{head.path}: not a model that can run: {'; '.join(problems)}",
             hint="the file is damaged or its header was written wrongly; `mm inspect` shows what it declares",
         )
+
+
+def _add(counts: dict[str, int], kind: str, elements: int) -> None:
+    if elements:
+        counts[kind] = counts.get(kind, 0) + elements
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,12 @@ layers. The buffers themselves come from pipeline/memory.py.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import functools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 from pipeline.memory import Context, ModelShape, Split, kv_per_layer, split_layers
+from pipeline.speed import attention_cells, merge, scaled
 
 # common/common.h llm_ffn_block_regex(i, LLM_FFN_EXPS_REGEX), as `-ot PATTERN=CPU` strings (arg.cpp's
 # parse_tensor_buffer_overrides takes a buffer type by its name: "CPU").
@@ -36,20 +38,59 @@ class ReadBytes:
 
     gpu: int
     cpu: int
+    # Matrix work of the same token for the speed model's compute term: ggml type -> elements multiplied.
+    gpu_elements: Mapping[str, int] = field(default_factory=dict)
+    cpu_elements: Mapping[str, int] = field(default_factory=dict)
 
 
 def bytes_read_per_token(shape: ModelShape, ctx: Context, n_gpu_layers: int, n_cpu_moe: int = 0) -> ReadBytes:
     """Per device, what a token reads: each layer's dense part and n_expert_used/n_expert of its routed
-    experts where they live, its KV cache, and the output head; of the embedding table, one row (nothing)."""
+    experts where they live, the KV cells it attends to, and the output head; of the embedding table,
+    one row (nothing). The matrix work is split the same way (pipeline/speed.py)."""
     n = shape.n_layers
     start = n + 1 - max(0, min(n_gpu_layers, n + 1))  # layers start.. are on the GPU
     held = max(start, min(n_cpu_moe, n))  # their experts up to `held` stay in RAM
     experts = shape.expert_bytes or (0,) * n
-    kv, layers, share = kv_per_layer(shape, ctx), shape.layer_bytes, shape.active_fraction
+    work = _layer_work(shape, ctx)
+    kv, layers, share = work.kv_read, shape.layer_bytes, shape.active_fraction
     gpu = sum(layers[start:]) - sum(experts[start:]) + sum(kv[start:]) + round(sum(experts[held:]) * share)
     cpu = sum(layers[:start]) - sum(experts[:start]) + sum(kv[:start]) + round(sum(experts[:held]) * share)
+    gpu_work = [*work.dense[start:], *work.experts[held:]]
+    cpu_work = [*work.dense[:start], *work.experts[:held]]
     head = shape.output_bytes + shape.tied_bytes  # a tied head is the embedding table, read whole
-    return ReadBytes(gpu + head, cpu) if start <= n else ReadBytes(gpu, cpu + head)
+    (gpu_work if start <= n else cpu_work).append(shape.output_elements)
+    gpu, cpu = (gpu + head, cpu) if start <= n else (gpu, cpu + head)
+    return ReadBytes(gpu, cpu, merge(gpu_work), merge(cpu_work))
+
+
+@dataclass(frozen=True)
+class _LayerWork:
+    kv_read: tuple[int, ...]  # KV bytes a decoded token reads per layer (the cells in use, not the cache)
+    dense: tuple[Mapping[str, int], ...]  # per layer: weight elements by type, and attention over the cells
+    experts: tuple[Mapping[str, int], ...]  # per layer: the active share of the routed experts' elements
+
+
+@functools.lru_cache(maxsize=32)
+def _layer_work(shape: ModelShape, ctx: Context) -> _LayerWork:
+    """Per layer, what a token reads and multiplies (cached: the placement search sums it for many splits).
+
+    llama.cpp attends to the used cells padded to 256 (n_kv), not the whole cache: decode is predicted as
+    llama-bench's tg128 measures it, from an empty cache (speed.attention_cells)."""
+    full, swa = ctx.stream_cells
+    kv = kv_per_layer(shape, ctx)
+    kv_read, dense, experts = [], [], []
+    for il in range(shape.n_layers):
+        attention: dict[str, int] = {}
+        read = kv[il]
+        if not shape.is_recurrent[il]:
+            cells = swa if shape.is_swa[il] else full
+            used = attention_cells(cells)
+            read = read * used // max(cells, 1)
+            attention[ctx.type_k.upper()] = shape.n_head * (shape.head_dim_k + shape.head_dim_v) * used
+        kv_read.append(read)
+        dense.append(merge([shape.layer_elements[il] if shape.layer_elements else {}, attention]))
+        experts.append(scaled(shape.expert_elements[il] if shape.expert_elements else {}, shape.active_fraction))
+    return _LayerWork(tuple(kv_read), tuple(dense), tuple(experts))
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from pipeline.bench import BenchResult
 from pipeline.errors import UsageError
+from pipeline.evaluate import EvalResult
 from pipeline.gguf_header import read_header
 from pipeline.hardware import HardwareClass
 from pipeline.llama_build import llama_cpp_version
@@ -110,6 +112,15 @@ class Prediction(BaseModel):
     layers_only_tokens_per_second: float | None = None
 
 
+class Measured(BaseModel):
+    """What was measured on a machine (`mm bench`, `mm eval`), kept beside the prediction."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    bench: BenchResult | None = None
+    evals: list[EvalResult] = Field(default_factory=list)  # one per (reference, text, n_ctx), newest kept
+
+
 class Profile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -127,6 +138,7 @@ class Profile(BaseModel):
     llama_cli: str
     llama_kwargs: dict[str, Any]  # llama_cpp.Llama(**llama_kwargs)
     created_at: str = Field(default_factory=utc_now)
+    measured: Measured = Field(default_factory=Measured)
 
     @field_validator("name")
     @classmethod

@@ -68,6 +68,7 @@ class _Planned(NamedTuple):
     exact: bool  # True: llama.cpp's quantize dry-run; False: a bits-per-weight estimate
     needs_imatrix: bool
     file_bytes: int  # the whole file: header (a 262k-token vocabulary is megabytes of it) + aligned tensor data
+    types: dict[str, str]  # tensor name -> ggml type (the speed model's compute rates are per type)
 
 
 def _planned_sizes(headers: list[GGUFHeader], qtype: QuantType) -> _Planned:
@@ -75,11 +76,13 @@ def _planned_sizes(headers: list[GGUFHeader], qtype: QuantType) -> _Planned:
     try:
         result = plan(headers[0].path, QuantParams(type=qtype.canonical, allow_requantize=True))
         sizes = {t.name: t.n_bytes for t in result.tensors}
-        return _Planned(sizes, result.tensor_types, True, result.needs_imatrix, result.file_bytes)
+        planned = {t.name: t.type for t in result.tensors}
+        return _Planned(sizes, result.tensor_types, True, result.needs_imatrix, result.file_bytes, planned)
     except MMError as exc:
         log.warning("quantize dry-run failed for %s (%s); estimating sizes from bits per weight", qtype.name, exc)
     sizes = {}
     kinds: dict[str, int] = {}
+    types: dict[str, str] = {}
     for header in headers:
         for tensor in header.tensors:
             if len(tensor.shape) < 2 or tensor.shape[0] % 32:  # llama.cpp leaves 1-D tensors in F32
@@ -87,7 +90,8 @@ def _planned_sizes(headers: list[GGUFHeader], qtype: QuantType) -> _Planned:
             else:
                 sizes[tensor.name], kind = int(tensor.n_elements * qtype.bits_per_weight / 8), qtype.canonical
             kinds[kind] = kinds.get(kind, 0) + 1
-    return _Planned(sizes, kinds, False, qtype.needs_imatrix, headers[0].data_offset + sum(sizes.values()))
+            types[tensor.name] = kind
+    return _Planned(sizes, kinds, False, qtype.needs_imatrix, headers[0].data_offset + sum(sizes.values()), types)
 
 
 def _requant_note(source: QuantType | None, qtype: QuantType) -> str | None:
@@ -112,7 +116,8 @@ def recommend_quant(
     rows = []
     for qtype in candidates:
         planned = _planned_sizes(headers, qtype)
-        fit = fit_shape(model_shape(headers, planned.sizes), model, hardware, settings, suggest=False)
+        shape = model_shape(headers, planned.sizes, planned.types)
+        fit = fit_shape(shape, model, hardware, settings, suggest=False)
         note = _requant_note(source, qtype)
         rows.append(
             QuantCandidate(

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ValidationError
 
+from pipeline.bench import BenchResult
 from pipeline.digest import cached_sha256, file_sha256, forget_sha256, record_sha256, sha256_file
 from pipeline.disk_space import disk_full, require_space
 from pipeline.errors import (
@@ -29,6 +30,7 @@ from pipeline.errors import (
     RegistryError,
     UsageError,
 )
+from pipeline.evaluate import EvalResult
 from pipeline.hardware import HardwareClass
 from pipeline.home import (
     BUILDS_LEASE,
@@ -455,8 +457,27 @@ def verify(name: str | None = None) -> VerifyReport:
     return VerifyReport(checked=checks, broken_files=[str(e) for e in errors])
 
 
+def record_measurement(name: str, *, bench: BenchResult | None = None, evaluation: EvalResult | None = None) -> Profile:
+    """Store a measurement in a profile (atomically, under the registry lock); an eval replaces the one
+    with the same reference, text and context."""
+    home = mm_home()
+    with locked(home, LOCK):
+        profile = get_profile(name)
+        measured = profile.measured.model_copy(deep=True)
+        if bench is not None:
+            measured.bench = bench
+        if evaluation is not None:
+            key = (evaluation.ref_sha256 or evaluation.ref_path, evaluation.text_sha256, evaluation.n_ctx)
+            measured.evals = [e for e in measured.evals if (e.ref_sha256 or e.ref_path, e.text_sha256, e.n_ctx) != key]
+            measured.evals.append(evaluation)
+        updated = profile.model_copy(update={"measured": measured})
+        atomic_write_json(profile_path(home, name), updated.model_dump(mode="json"))
+    return updated
+
+
 def profile_summary(profile: Profile) -> dict[str, object]:
     """The row `mm ls` shows (also its JSON)."""
+    bench = profile.measured.bench
     return {
         "name": profile.name,
         "quant": profile.quant,
@@ -465,6 +486,7 @@ def profile_summary(profile: Profile) -> dict[str, object]:
         "n_gpu_layers": profile.run.n_gpu_layers,
         "n_layers": profile.prediction.n_layers,
         "tokens_per_second": profile.prediction.tokens_per_second,
+        "measured_tokens_per_second": bench.tg.median_ts if bench and bench.tg else None,
         "verdict": profile.prediction.verdict,
         "created_at": profile.created_at,
     }

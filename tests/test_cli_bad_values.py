@@ -53,6 +53,10 @@ BAD_BY_NAME = {
     "--profile": "tiny",  # MODEL names a file, not a repo
     "--outtype": "f8",
     "--text": "/nonexistent/calibration.txt",
+    "--save": "Not A Class!",
+    "--hardware-file": "/nonexistent-folder/hardware.toml",
+    "--threads": "none",
+    "--ref": "/nonexistent/ref.gguf",
 }
 # Options where every value is allowed: why no value is wrong.
 ANY_VALUE = {
@@ -128,7 +132,7 @@ def args_for(tiny_model: Path, tmp_path: Path) -> Callable[[_click.Command], lis
         "REPO|DIR": str(tmp_path),
     }
     # What else a command needs to get as far as the option (quantize needs a type).
-    needs = {"quantize": ["--to", "q8_0"], "push": ["--repo", "acme/tiny-GGUF"]}
+    needs = {"quantize": ["--to", "q8_0"], "push": ["--repo", "acme/tiny-GGUF"], "eval": ["--ref", str(tiny_model)]}
 
     def args(command: _click.Command) -> list[str]:
         out = list(needs.get(str(command.name), []))

@@ -106,7 +106,7 @@ def add_group(app: typer.Typer, name: str, help: str) -> typer.Typer:
 
 
 def registered_groups() -> list[Callable[[typer.Typer], None]]:
-    from pipeline.commands import build, convert, fit, llama, pull, push, quantize, recipes, registry, run
+    from pipeline.commands import build, convert, fit, llama, measure, pull, push, quantize, recipes, registry, run
 
     return [
         recipes.register,
@@ -117,6 +117,7 @@ def registered_groups() -> list[Callable[[typer.Typer], None]]:
         fit.register,
         registry.register,
         run.register,
+        measure.register,
         build.register,
         push.register,
     ]

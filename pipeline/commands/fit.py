@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -150,15 +151,37 @@ def fit_command(
         )
 
 
-def hw_command(as_json: JsonOpt = False, recipes: RecipesDirOpt = None) -> None:
+def hw_command(
+    as_json: JsonOpt = False,
+    recipes: RecipesDirOpt = None,
+    measure: Annotated[bool, typer.Option("--measure", help="Measure RAM bandwidth and CPU decode rates now.")] = False,
+    save: Annotated[
+        str | None, typer.Option("--save", metavar="NAME", help="Write the measurement as hardware class NAME.")
+    ] = None,
+    hardware_file: Annotated[
+        Path | None, typer.Option(metavar="FILE", help="Where --save writes (default: recipes/hardware.toml).")
+    ] = None,
+    threads: Annotated[
+        str | None, typer.Option(metavar="N,N", help="Thread counts to measure, e.g. 1,2 (default: 1..cores).")
+    ] = None,
+) -> None:
     """This machine's GPUs, RAM and CPU, and the hardware classes mm can plan for.
 
-    Example: mm hw --json
+    --measure times RAM reads and llama.cpp's decode of calibration models per thread count (about 15 s
+    each); `mm fit` then predicts this machine from the measurement. --save NAME keeps it as a class.
+
+    Example: mm hw --measure --save my-laptop
     """
     from pipeline.hardware import local_machine
-    from pipeline.model_ref import hardware_file
+    from pipeline.model_ref import hardware_file as hardware_toml
 
-    machine = local_machine(hardware_file(None, recipes))
+    if measure or save or hardware_file or threads:
+        from pipeline.commands.measure import measure_hardware
+
+        measure_hardware(measure, save, hardware_file, threads, recipes, as_json)
+        return
+
+    machine = local_machine(hardware_toml(None, recipes))
     if as_json:
         emit_json(machine)
         return

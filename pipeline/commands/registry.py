@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -26,6 +26,9 @@ from pipeline.commands.options import (
 from pipeline.commands.render import emit_json, note, table
 from pipeline.errors import IntegrityError
 from pipeline.units import format_size
+
+if TYPE_CHECKING:
+    from pipeline.profile import Profile
 
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Only list what would be removed.")]
 
@@ -75,7 +78,7 @@ def publish_command(
 
 
 def ls_command(as_json: JsonOpt = False) -> None:
-    """List profiles: name, quant, size, hardware, layers on GPU, predicted tok/s, created.
+    """List profiles: name, quant, size, hardware, layers on GPU, predicted and measured tok/s, created.
 
     Example: mm ls --json
     """
@@ -88,11 +91,12 @@ def ls_command(as_json: JsonOpt = False) -> None:
     rows = [
         (p.name, p.quant, format_size(p.blob.size_bytes), p.hardware,
          f"{p.run.n_gpu_layers}/{p.prediction.n_layers + 1}", f"{p.prediction.tokens_per_second:.1f}",
+         f"{p.measured.bench.tg.median_ts:.1f}" if p.measured.bench and p.measured.bench.tg else "-",
          p.created_at.replace("T", " ")[:16])
         for p in profiles
     ]  # fmt: skip
     if rows:
-        table(("name", "quant", "size", "hardware", "gpu layers", "tok/s", "created"), rows)
+        table(("name", "quant", "size", "hardware", "gpu layers", "tok/s", "measured", "created"), rows)
     elif not errors:
         note("no profiles yet; `mm publish MODEL --hardware CLASS` makes one")
     for error in errors:
@@ -126,7 +130,21 @@ def show_command(name: NameArg, as_json: JsonOpt = False) -> None:
                        f"~{p.tokens_per_second:.1f} tok/s"),
         ("llama-server", profile.llama_server), ("llama-cli", profile.llama_cli), ("created", profile.created_at),
     ]  # fmt: skip
+    rows += _measured_rows(profile)
     table(("field", "value"), rows)
+
+
+def _measured_rows(profile: Profile) -> list[tuple[str, str]]:
+    """What `mm bench` and `mm eval` measured, marked as measurements (the prediction is above)."""
+    rows = []
+    bench = profile.measured.bench
+    if bench is not None:
+        figures = ", ".join(f"{f.test} {f.median_ts:.1f} tok/s (±{f.stdev_ts:.1f})" for f in (bench.pp, bench.tg) if f)
+        rows.append(("measured speed", f"{figures}; {bench.threads} thread(s), {bench.measured_at[:16]} (mm bench)"))
+    for e in profile.measured.evals:
+        rows.append(("measured quality", f"KLD {e.kld_mean:.6f}, PPL {e.ppl:.4f} vs {e.ppl_ref:.4f}, same top "
+                     f"{100 * e.same_top_rate:.1f}% against {e.ref_path} on {e.text} (mm eval)"))  # fmt: skip
+    return rows
 
 
 def rm_command(name: NameArg, as_json: JsonOpt = False) -> None:

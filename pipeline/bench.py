@@ -1,0 +1,164 @@
+"""`mm bench`: prompt-processing and decode speed measured as llama.cpp's llama-bench measures them.
+
+In-process with llama-cpp-python, the library `mm run` generates with, so the figure is the speed a
+profile's user gets. The tests mirror tools/llama-bench/llama-bench.cpp: `pp` decodes n_prompt random
+tokens in n_batch batches (BOS first when the vocabulary adds one), `tg` decodes n_gen random tokens one
+at a time from an empty cache; one warm-up run each, then `repetitions` timed runs from an empty cache.
+llama-bench reports mean ± stdev of tokens/s; mm reports the median and the spread (min, max, stdev).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import statistics
+import time
+from collections.abc import Callable
+from importlib import metadata
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from pipeline.errors import LlamaError, UsageError
+from pipeline.provenance import utc_now
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+BenchProgress = Callable[[str, int, int], None]  # (test, run done, runs in all)
+
+
+def default_threads() -> int:
+    """llama-cpp-python's default when a profile gives none (llama.py: max(cpu_count // 2, 1))."""
+    return max((os.cpu_count() or 2) // 2, 1)
+
+
+class TestFigure(BaseModel):
+    """One llama-bench test (pp512 or tg128): tokens/s of each timed run, their median and spread."""
+
+    test: str
+    n_tokens: int
+    samples_ts: list[float]
+    median_ts: float
+    mean_ts: float
+    stdev_ts: float
+    min_ts: float
+    max_ts: float
+
+    @classmethod
+    def of(cls, test: str, n_tokens: int, seconds: list[float]) -> TestFigure:
+        ts = [n_tokens / s for s in seconds]
+        return cls(
+            test=test, n_tokens=n_tokens, samples_ts=[round(t, 3) for t in ts],
+            median_ts=round(statistics.median(ts), 3), mean_ts=round(statistics.fmean(ts), 3),
+            stdev_ts=round(statistics.stdev(ts), 3) if len(ts) > 1 else 0.0, min_ts=round(min(ts), 3),
+            max_ts=round(max(ts), 3),
+        )  # fmt: skip
+
+
+class BenchResult(BaseModel):
+    """What `mm bench` measured, with the settings it measured under; stored in the profile."""
+
+    schema_version: int = SCHEMA_VERSION
+    model_path: str
+    threads: int
+    n_prompt: int
+    n_gen: int
+    repetitions: int
+    settings: dict[str, Any]  # the Llama(...) keyword arguments used (model_path aside)
+    pp: TestFigure | None
+    tg: TestFigure | None
+    predicted_tg_ts: float | None = None  # fit's prediction for this machine and these settings
+    hardware: str | None = None  # the class the prediction used
+    llama_cpp: str = Field(default_factory=lambda: f"llama-cpp-python {_version()}")
+    measured_at: str = Field(default_factory=utc_now)
+    seconds: float = 0.0
+
+    @property
+    def prediction_error(self) -> float | None:
+        """(predicted - measured) / measured for decode, when both are known."""
+        if self.predicted_tg_ts is None or self.tg is None or self.tg.median_ts <= 0:
+            return None
+        return (self.predicted_tg_ts - self.tg.median_ts) / self.tg.median_ts
+
+
+def _version() -> str:
+    try:
+        return metadata.version("llama_cpp_python")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def run_bench(
+    kwargs: dict[str, Any],
+    *,
+    n_prompt: int = 512,
+    n_gen: int = 128,
+    repetitions: int = 5,
+    warmup: bool = True,
+    progress: BenchProgress | None = None,
+    seed: int = 0,
+) -> BenchResult:
+    """Load the model with `kwargs` (llama_cpp.Llama's) and time pp`n_prompt` and tg`n_gen`."""
+    if n_prompt < 0 or n_gen < 0 or n_prompt + n_gen == 0:
+        raise UsageError("--n-prompt and --n-gen: at least one must be positive")
+    if repetitions < 1:
+        raise UsageError("--repetitions must be at least 1")
+    threads = int(kwargs.get("n_threads") or default_threads())
+    settings = {**kwargs, "n_threads": threads, "n_ctx": max(int(kwargs.get("n_ctx", 0)), n_prompt + n_gen)}
+    started = time.perf_counter()
+    llm = _load(settings)
+    rng = random.Random(seed)
+    n_vocab = llm.n_vocab()
+    bos = llm.token_bos() if llm._model.add_bos_token() else None  # llama_vocab_get_add_bos
+
+    def tokens(count: int) -> list[int]:
+        return [rng.randrange(n_vocab) for _ in range(count)]
+
+    def prompt() -> float:
+        batch = tokens(n_prompt)
+        if bos is not None and bos >= 0:
+            batch[0] = bos
+        llm.reset()
+        begin = time.perf_counter()
+        llm.eval(batch)
+        return time.perf_counter() - begin
+
+    def generate(count: int) -> float:
+        llm.reset()
+        first = bos if bos is not None and bos >= 0 else rng.randrange(n_vocab)
+        begin = time.perf_counter()
+        llm.eval([first])
+        for token in tokens(count - 1):
+            llm.eval([token])
+        return time.perf_counter() - begin
+
+    pp = tg = None
+    for test, count, run in (("pp", n_prompt, prompt), ("tg", n_gen, lambda: generate(n_gen))):
+        if count == 0:
+            continue
+        if warmup:
+            run() if test == "pp" else generate(1)
+        seconds = []
+        for index in range(repetitions):
+            seconds.append(run())
+            if progress is not None:
+                progress(f"{test}{count}", index + 1, repetitions)
+        figure = TestFigure.of(f"{test}{count}", count, seconds)
+        pp, tg = (figure, tg) if test == "pp" else (pp, figure)
+    llm.close()
+    return BenchResult(
+        model_path=str(settings["model_path"]), threads=threads, n_prompt=n_prompt, n_gen=n_gen,
+        repetitions=repetitions, settings={k: v for k, v in settings.items() if k != "model_path"},
+        pp=pp, tg=tg, seconds=round(time.perf_counter() - started, 3),
+    )  # fmt: skip
+
+
+def _load(settings: dict[str, Any]) -> Any:
+    from llama_cpp import Llama
+
+    try:
+        return Llama(**settings, verbose=False)
+    except (ValueError, RuntimeError) as exc:
+        raise LlamaError(f"llama.cpp could not load {settings['model_path']}: {exc}") from None

@@ -1,0 +1,202 @@
+"""`mm bench`, `mm eval` and `mm hw --measure`: speed and quality measured on this machine."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from tqdm import tqdm
+
+from pipeline.commands import add_command
+from pipeline.commands.options import (
+    CtxOpt,
+    FlashAttnOpt,
+    JsonOpt,
+    OfflineOpt,
+    QuietOpt,
+    RecipesDirOpt,
+    ThreadsOpt,
+    TokenOpt,
+)
+from pipeline.commands.render import emit_json, note, show_progress, table
+
+TargetArg = Annotated[
+    str,
+    typer.Argument(metavar="MODEL", help="A profile name (its exact settings), or a .gguf, Hub file or recipe."),
+]
+NoStoreOpt = Annotated[bool, typer.Option("--no-store", help="Do not record the result in the profile.")]
+
+
+def _bar(quiet: bool, unit: str) -> tqdm:  # type: ignore[type-arg]
+    return tqdm(desc=unit, unit=unit, disable=not show_progress(quiet), leave=False)
+
+
+def bench_command(
+    target: TargetArg,
+    n_prompt: Annotated[
+        int, typer.Option("--n-prompt", "-p", metavar="N", min=0, help="Prompt tokens (pp test; 0 skips it).")
+    ] = 512,
+    n_gen: Annotated[
+        int, typer.Option("--n-gen", "-n", metavar="N", min=0, help="Generated tokens (tg test; 0 skips it).")
+    ] = 128,
+    repetitions: Annotated[
+        int, typer.Option("--repetitions", "-r", metavar="N", min=1, help="Timed runs per test.")
+    ] = 5,
+    threads: ThreadsOpt = None,
+    ctx: CtxOpt = None,
+    flash_attn: FlashAttnOpt = None,
+    no_store: NoStoreOpt = False,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    recipes: RecipesDirOpt = None,
+) -> None:
+    """Prompt and decode tokens/s on this machine, as llama-bench measures them (pp512, tg128).
+
+    Prints the median and spread of the timed runs, and fit's prediction for this machine beside the
+    measurement; a profile's result is stored in it (`mm show`, `mm ls` print it, marked as measured).
+
+    Example: mm bench demo-q4_k_m -r 5
+    """
+    from pipeline.measure import bench
+
+    bar = _bar(quiet, "run")
+
+    def progress(test: str, done: int, total: int) -> None:
+        bar.set_description(test)
+        bar.total, bar.n = total, done
+        bar.refresh()
+
+    try:
+        result = bench(target, recipes, threads=threads, n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions,
+                       store=not no_store, progress=progress, ctx=ctx, flash_attn=flash_attn)  # fmt: skip
+    finally:
+        bar.close()
+    if as_json:
+        emit_json(result.model_dump(mode="json") | {"prediction_error": result.prediction_error})
+        return
+    rows = [(f.test, f"{f.median_ts:.2f}", f"{f.min_ts:.2f} - {f.max_ts:.2f}", f"{f.stdev_ts:.2f}",
+             f"{result.predicted_tg_ts:g}" if f.test.startswith("tg") and result.predicted_tg_ts else "-")
+            for f in (result.pp, result.tg) if f is not None]  # fmt: skip
+    table(("test", "tokens/s (median)", "min - max", "stdev", "predicted"), rows)
+    error = result.prediction_error
+    if error is not None and result.tg is not None:
+        typer.echo(f"decode: predicted {result.predicted_tg_ts:g}, measured {result.tg.median_ts:.2f} tokens/s "
+                   f"({error:+.0%}) by {result.hardware}")  # fmt: skip
+    note(f"{result.threads} thread(s), {result.repetitions} runs per test, {result.seconds:.1f}s")
+
+
+def eval_command(
+    target: TargetArg,
+    ref: Annotated[
+        str, typer.Option("--ref", metavar="SOURCE", help="The reference model: .gguf, Hub file or recipe.")
+    ],
+    text: Annotated[
+        str | None,
+        typer.Option(
+            metavar="FILE",
+            help="A text file, or owner/name:FILE[#member][@revision] in a Hub dataset "
+            "(default: WikiText-2 test, or MM_TEXT).",
+        ),
+    ] = None,
+    chunks: Annotated[
+        int | None, typer.Option(metavar="N", min=1, help="Score at most N chunks (bounds the cost).")
+    ] = None,
+    ctx: Annotated[
+        int, typer.Option("--ctx", "-c", metavar="N", min=16, help="Tokens per chunk (llama-perplexity's -c).")
+    ] = 512,
+    threads: ThreadsOpt = None,
+    no_store: NoStoreOpt = False,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
+    recipes: RecipesDirOpt = None,
+    token: TokenOpt = None,
+    offline: OfflineOpt = False,
+) -> None:
+    """Quality of a quant against its source: perplexity of both, mean KL-divergence, same top token.
+
+    The figures `llama-perplexity --kl-divergence` reports, computed as it computes them (chunks of --ctx
+    tokens, the second half of each scored). A profile's result is stored in it.
+
+    Example: mm eval demo-q2_k --ref models/demo-f16.gguf --chunks 20
+    """
+    from pipeline.measure import eval_quant
+
+    bar = _bar(quiet, "chunk")
+
+    def progress(phase: str, done: int, total: int) -> None:
+        bar.set_description("reference" if phase == "ref" else "quant")
+        bar.total, bar.n = total, done
+        bar.refresh()
+
+    try:
+        result = eval_quant(target, ref, recipes, text=text, n_ctx=ctx, chunks=chunks, threads=threads,
+                            store=not no_store, token=token, offline=offline, progress=progress)  # fmt: skip
+    finally:
+        bar.close()
+    if as_json:
+        emit_json(result)
+        return
+    rows = [("PPL(Q)", f"{result.ppl:.4f}"), ("PPL(ref)", f"{result.ppl_ref:.4f}"),
+            ("ln(PPL(Q)/PPL(ref))", f"{result.ln_ppl_ratio:+.6f}"),
+            ("mean KLD", f"{result.kld_mean:.6f} ± {result.kld_stdev:.6f}"),
+            ("same top token", f"{100 * result.same_top_rate:.3f} %"),
+            ("text", f"{result.text} (sha256 {result.text_sha256[:12]}…)"),
+            ("scored", f"{result.tokens_scored} tokens in {result.chunks} chunk(s) of {result.n_ctx}")]  # fmt: skip
+    table(("figure", "value"), rows)
+    note(f"{result.seconds:.1f}s")
+
+
+def measure_hardware(
+    measure: bool,
+    save: str | None,
+    hardware_file: Path | None,
+    threads: str | None,
+    recipes: Path | None,
+    as_json: bool,
+) -> None:
+    """`mm hw --measure [--save NAME]`: measure (or take the cached measurement), cache, save, show."""
+    from pipeline.errors import HardwareError, UsageError
+    from pipeline.hardware import cached_measurement
+    from pipeline.hw_measure import cache_measurement, measure_machine, save_class
+    from pipeline.model_ref import hardware_file as hardware_toml
+
+    if save is not None and not re.match(r"^[a-z0-9][a-z0-9._-]*$", save):
+        raise UsageError(f"--save {save!r}: a class name is lower-case letters, digits and . _ - (e.g. my-laptop)")
+    if hardware_file is not None and not save:
+        raise UsageError(f"--hardware-file {hardware_file}: only with --save NAME")
+    if threads is not None and not measure:
+        raise UsageError(f"--threads {threads}: only with --measure")
+    if measure:
+        try:
+            counts = [int(t) for t in threads.split(",")] if threads else None
+        except ValueError:
+            raise UsageError(f"--threads {threads!r}: expected thread counts such as 1,2") from None
+        if counts is not None and min(counts) < 1:
+            raise UsageError(f"--threads {threads!r}: thread counts start at 1")
+        measured = measure_machine(threads=counts, progress=lambda line: note(f"measuring {line}"))
+        note(f"saved to {cache_measurement(measured)}; `mm fit` now predicts this machine from it")
+    else:
+        cached = cached_measurement()
+        if cached is None:
+            raise HardwareError("no measurement of this machine yet", hint="run `mm hw --measure --save NAME`")
+        measured = cached
+    if save:
+        target = hardware_file or hardware_toml(None, recipes)
+        note(f"wrote class {save} to {save_class(measured, save, target)}")
+    if as_json:
+        emit_json(measured)
+        return
+    typer.echo(f"RAM read bandwidth: {measured.ram_bandwidth_gbps:g} GB/s")
+    kinds = sorted({k for r in measured.cpu_rates.values() for k in r.gflops})
+    rows = [(count, f"{r.token_overhead_ms:.3f}", f"{r.layer_overhead_ms:.3f}",
+             *(f"{r.gflops.get(k, 0):g}" for k in kinds))
+            for count, r in sorted(measured.cpu_rates.items())]  # fmt: skip
+    table(("threads", "overhead ms", "ms/layer", *(f"{k} GFLOP/s" for k in kinds)), rows)
+    note(measured.measured)
+
+
+def register(app: typer.Typer) -> None:
+    add_command(app, "bench", bench_command)
+    add_command(app, "eval", eval_command)

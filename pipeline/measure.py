@@ -1,0 +1,100 @@
+"""What `mm bench` and `mm eval` measure, and where it goes: a profile's exact settings (or a model with
+flags), the prediction for this machine beside the measurement, and the profile that stores both."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from pipeline.bench import BenchProgress, BenchResult, default_threads, run_bench
+from pipeline.errors import RegistryError
+from pipeline.evaluate import EvalProgress, EvalResult, evaluate
+from pipeline.fit import FitSettings, fit_model
+from pipeline.profile import KV_TYPE_IDS, NAME_RE, Profile
+from pipeline.texts import parse_text, resolve_text
+from pipeline.transfer import ProgressFactory
+
+
+class Target(NamedTuple):
+    path: Path
+    kwargs: dict[str, Any]  # llama_cpp.Llama(...) keyword arguments
+    settings: FitSettings
+    profile: Profile | None
+
+
+def resolve_target(target: str, recipes: Path | None = None, *, threads: int | None = None, **flags: Any) -> Target:
+    """A profile name (its exact settings), else a MODEL with the recipe's [run] and these flags."""
+    from pipeline.registry import get_profile
+    from pipeline.runner import run_kwargs
+
+    profile: Profile | None = None
+    if NAME_RE.match(target) and not target.endswith(".gguf"):
+        try:
+            profile = get_profile(target)
+        except RegistryError:
+            profile = None
+    if profile is not None:
+        kwargs = run_kwargs(profile)
+        if threads is not None:
+            kwargs["n_threads"] = threads
+        run = profile.run
+        settings = FitSettings(
+            ctx=run.n_ctx, batch=run.n_batch, ubatch=run.n_ubatch, kv_type=run.kv_type, flash_attn=run.flash_attn,
+            parallel=run.parallel, mmap=run.use_mmap, n_gpu_layers=run.n_gpu_layers,
+            threads=kwargs.get("n_threads") or default_threads(),
+        )  # fmt: skip
+        return Target(Path(kwargs["model_path"]), kwargs, settings, profile)
+    from pipeline.model_ref import resolve_model
+
+    path, recipe, _ = resolve_model(target, recipes)
+    settings = FitSettings.for_recipe(recipe, threads=threads, n_gpu_layers=0, **flags)
+    kwargs = {
+        "model_path": str(path), "n_ctx": settings.ctx, "n_batch": settings.batch, "n_ubatch": settings.ubatch,
+        "type_k": KV_TYPE_IDS[settings.kv_type], "type_v": KV_TYPE_IDS[settings.kv_type],
+        "flash_attn": settings.flash_attn, "n_gpu_layers": 0, "use_mmap": settings.mmap,
+        "n_threads": settings.threads or default_threads(),
+    }  # fmt: skip
+    return Target(path, kwargs, settings.model_copy(update={"threads": kwargs["n_threads"]}), None)
+
+
+def bench(
+    target: str, recipes: Path | None = None, *, threads: int | None = None, n_prompt: int = 512, n_gen: int = 128,
+    repetitions: int = 5, store: bool = True, progress: BenchProgress | None = None, **flags: Any,
+) -> BenchResult:  # fmt: skip
+    """Measure pp/tg on this machine, predict tg for this machine, store both in the profile (if one)."""
+    from pipeline.model_ref import target_hardware
+    from pipeline.registry import record_measurement
+
+    resolved = resolve_target(target, recipes, threads=threads, **flags)
+    local = target_hardware(None, None, None, None, recipes)
+    predicted = fit_model(resolved.path, local, resolved.settings).tokens_per_second
+    result = run_bench(resolved.kwargs, n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions, progress=progress)
+    measured = "datasheet figures" if local.measured == "datasheet" else "mm hw --measure"
+    result = result.model_copy(update={"predicted_tg_ts": predicted, "hardware": f"{local.name} ({measured})"})
+    if store and resolved.profile is not None:
+        record_measurement(resolved.profile.name, bench=result)
+    return result
+
+
+def eval_quant(
+    target: str, ref: str, recipes: Path | None = None, *, text: str | None = None, n_ctx: int = 512,
+    chunks: int | None = None, threads: int | None = None, store: bool = True, token: str | None = None,
+    offline: bool = False, progress: EvalProgress | None = None, download: ProgressFactory | None = None,
+) -> EvalResult:  # fmt: skip
+    """KLD and perplexity of a profile or MODEL against `ref` on a text; stored in the profile (if one)."""
+    from pipeline.digest import file_sha256
+    from pipeline.home import mm_home
+    from pipeline.model_ref import resolve_model
+    from pipeline.registry import record_measurement
+
+    resolved = resolve_target(target, recipes, threads=threads)
+    ref_path, _, _ = resolve_model(ref, recipes, token=token, offline=offline)
+    chosen = resolve_text(parse_text(text), token=token, offline=offline, progress=download)
+    result = evaluate(
+        resolved.path, ref_path, chosen.path, text=chosen.source, text_sha256=chosen.sha256, n_ctx=n_ctx,
+        chunks=chunks, threads=resolved.kwargs.get("n_threads"), ref_sha256=file_sha256(mm_home(), ref_path),
+        progress=progress,
+    )  # fmt: skip
+    if store and resolved.profile is not None:
+        record_measurement(resolved.profile.name, evaluation=result)
+    return result
