@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from pipeline.bench import BenchProgress, BenchResult, default_threads, run_bench
-from pipeline.errors import RegistryError
+from pipeline.errors import RegistryError, UsageError
 from pipeline.evaluate import EvalProgress, EvalResult, evaluate
 from pipeline.fit import FitSettings, fit_model
 from pipeline.profile import KV_TYPE_IDS, NAME_RE, Profile
@@ -77,7 +77,7 @@ def bench(
 
 
 def eval_quant(
-    target: str, ref: str, recipes: Path | None = None, *, text: str | None = None, n_ctx: int = 512,
+    target: str, ref: str | None, recipes: Path | None = None, *, text: str | None = None, n_ctx: int = 512,
     chunks: int | None = None, threads: int | None = None, store: bool = True, token: str | None = None,
     offline: bool = False, progress: EvalProgress | None = None, download: ProgressFactory | None = None,
 ) -> EvalResult:  # fmt: skip
@@ -88,6 +88,8 @@ def eval_quant(
     from pipeline.registry import record_measurement
 
     resolved = resolve_target(target, recipes, threads=threads)
+    if not ref:
+        raise UsageError("mm eval needs --ref SOURCE: the model the quant is compared with (its f16/bf16 source)")
     ref_path, _, _ = resolve_model(ref, recipes, token=token, offline=offline)
     chosen = resolve_text(parse_text(text), token=token, offline=offline, progress=download)
     result = evaluate(

@@ -15,13 +15,14 @@ LAYERS: dict[str, set[str]] = {
     "base": {"errors", "units", "validation", "home", "disk_space", "digest", "provenance", "shards"}
     | {"safe_names", "hub_url", "child"},
     "facts": {"gguf_header", "quant_types", "ggml_types", "memory", "tiny_model", "hardware", "recipe"}
-    | {"model_info", "chat_format"},
+    | {"model_info", "chat_format", "speed"},
     "hub": {"hub_cache", "hub", "hub_inventory", "transfer", "download", "remote_header", "upload"},
     "resolve": {"model_ref", "texts"},
     "features": {"llama_build", "llama_worker", "llama", "llama_overrides", "quantize", "quantize_inputs"}
     | {"placement", "fit", "recommend", "profile", "registry", "export", "runner"}
     | {"repo_profile", "model_card", "push", "install", "leftovers"}
-    | {"convert_env", "convert", "imatrix"},
+    | {"convert_env", "convert", "imatrix"}
+    | {"bench", "evaluate", "hw_measure", "measure"},
     "runner": {"build_report", "stages", "build", "demo"},
     "face": {"cli", "commands"},
 }

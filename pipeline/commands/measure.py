@@ -90,8 +90,9 @@ def bench_command(
 def eval_command(
     target: TargetArg,
     ref: Annotated[
-        str, typer.Option("--ref", metavar="SOURCE", help="The reference model: .gguf, Hub file or recipe.")
-    ],
+        str | None,
+        typer.Option("--ref", metavar="SOURCE", help="The reference model (required): .gguf, Hub file or recipe."),
+    ] = None,
     text: Annotated[
         str | None,
         typer.Option(
