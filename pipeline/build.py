@@ -34,7 +34,8 @@ KEY_REASONS = {
     "mm": "mm upgraded",
 }
 # Keys that only carry an upstream stage's result: the reason is that stage's reason.
-DERIVED_KEYS = {"source_sha256", "model_sha256", "fit_sha256", "source", "profile_sha256"}
+DERIVED_KEYS = {"source_sha256", "model_sha256", "fit_sha256", "source", "profile_sha256", "snapshot", "text_sha256"}
+DERIVED_KEYS |= {"imatrix_sha256"}
 
 
 @dataclass(frozen=True)
@@ -317,6 +318,8 @@ def _why_volatile(
         return reason
     if stamp.outcome.values == outcome.values:
         return None
+    if "text_sha256" in outcome.values:
+        return "calibration text changed"
     return "new upstream commit" if "commit" in outcome.values else "source file changed"
 
 

@@ -78,12 +78,22 @@ def recipe_hub_ref(recipe: Recipe) -> HubRef | None:
 
 def recipe_source_path(recipe: Recipe, *, must_exist: bool = True) -> Path:
     """A local recipe source's file, resolved against the recipe's folder."""
+    _not_safetensors(recipe)
     if recipe.source.path is None:
         raise UsageError(f"{recipe.path}: source: needs repo + file, or path")
     path = recipe.resolve(recipe.source.path.expanduser()).resolve()
     if must_exist and not path.is_file():
         raise UsageError(f"{recipe.path}: source.path: no such file: {path}")
     return path
+
+
+def _not_safetensors(recipe: Recipe) -> None:
+    """A safetensors source has no GGUF until the build converts it: commands given the recipe say so."""
+    if recipe.source.is_safetensors:
+        raise UsageError(
+            f"recipe {recipe.name} converts its source from safetensors: `mm build {recipe.name}` makes the GGUF",
+            hint="or `mm convert REPO|DIR`, then give the converted .gguf",
+        )
 
 
 def cached_hub_file(ref: HubRef) -> Path | None:
@@ -184,6 +194,7 @@ def pull_target(
         return PullTarget(repo=model, filename=filename, revision=revision or "main")
     if looks_like_recipe(model):
         recipe = load_recipe(find_recipe(model, recipes_folder))
+        _not_safetensors(recipe)
         source = recipe.source
         if source.repo is None or source.file is None:
             raise UsageError(f"recipe {recipe.name} has a local source ({source.path}); there is nothing to pull")

@@ -76,7 +76,9 @@ def build_requests(model: str, options: QuantizeOptions, recipes_folder: Path | 
         assert arg.recipe is not None
         defaults = arg.recipe.quantize
         source, source_ref = _recipe_source(arg.recipe)
-        if defaults.imatrix is not None:
+        if defaults.imatrix == "auto":  # made by `mm build`; here --imatrix gives one
+            defaults = defaults.model_copy(update={"imatrix": None})
+        elif defaults.imatrix is not None:
             defaults = defaults.model_copy(update={"imatrix": arg.recipe.resolve(defaults.imatrix)})
     source = shard_paths(source)[0]  # llama.cpp loads a split model only from its first shard
     types = options.types or defaults.types
@@ -84,7 +86,7 @@ def build_requests(model: str, options: QuantizeOptions, recipes_folder: Path | 
         raise UsageError("no target type: pass --to TYPE (e.g. --to q4_k_m), or name a recipe with quantize.types")
     if options.output is not None and len(types) > 1:
         raise UsageError("--output names one file: give a single --to with it")
-    imatrix = options.imatrix or defaults.imatrix
+    imatrix = options.imatrix or (defaults.imatrix if isinstance(defaults.imatrix, Path) else None)
     tensor_types = parse_tensor_types(options.tensor_types) if options.tensor_types else dict(defaults.tensor_types)
     requests = []
     for name in types:

@@ -39,10 +39,12 @@ def recipes_dir() -> Path:
 
 
 class Source(BaseModel):
-    """A Hub file (repo + file, optionally pinned) or a local `path`; not both."""
+    """A Hub file (repo + file, optionally pinned) or a local `path`; not both. With format = "safetensors",
+    a whole transformers repo (pinned by revision) or a local model folder, converted to GGUF by the build."""
 
     model_config = ConfigDict(extra="forbid")
 
+    format: Literal["gguf", "safetensors"] = "gguf"
     repo: StrictStr | None = None
     revision: StrictStr = "main"
     file: StrictStr | None = None
@@ -81,6 +83,15 @@ class Source(BaseModel):
 
     @model_validator(mode="after")
     def _one_kind(self) -> Source:
+        if self.format == "safetensors":
+            if self.file is not None or self.sha256 is not None:
+                raise ValueError(
+                    "a safetensors source is a whole repo (or folder): drop file and sha256, "
+                    "and pin revision to a commit to fix its content"
+                )
+            if (self.path is None) == (self.repo is None):
+                raise ValueError("give repo (a transformers repo on the Hub) or path (a local model folder)")
+            return self
         if self.path is not None and (self.repo or self.file):
             raise ValueError("give either path (a local file) or repo and file (a Hub file), not both")
         if self.path is None and not (self.repo and self.file):
@@ -91,13 +102,17 @@ class Source(BaseModel):
     def is_local(self) -> bool:
         return self.path is not None
 
+    @property
+    def is_safetensors(self) -> bool:
+        return self.format == "safetensors"
+
 
 class QuantizeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     types: list[StrictStr] = Field(default_factory=list, max_length=64)
     allow_requantize: StrictBool = False
-    imatrix: Path | None = None
+    imatrix: Literal["auto"] | Path | None = None  # "auto": made by the build ([imatrix]), used where it helps
     engine: Engine = "api"
     output_tensor_type: StrictStr | None = None
     token_embedding_type: StrictStr | None = None
@@ -136,6 +151,24 @@ class QuantizeSettings(BaseModel):
         if len(set(canonical)) != len(canonical):
             raise ValueError("a type is listed twice (aliases such as q4_k = q4_k_m count as the same)")
         return canonical
+
+
+class ConvertSettings(BaseModel):
+    """How a safetensors source becomes GGUF (llama.cpp's convert_hf_to_gguf.py --outtype)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    outtype: Outtype = "auto"
+
+
+class ImatrixSettings(BaseModel):
+    """The importance matrix `[quantize] imatrix = "auto"` makes: calibration text and how much of it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: StrictStr | None = Field(default=None, max_length=1024)  # a path (relative to the recipe) or a Hub text
+    chunks: StrictInt = Field(default=100, ge=1, le=1 << 20)
+    ctx: StrictInt = Field(default=512, ge=16, le=1 << 20)
 
 
 class RunSettings(BaseModel):
@@ -178,6 +211,8 @@ class Recipe(BaseModel):
     name: StrictStr = Field(pattern=RECIPE_NAME_RE.pattern)
     hardware: StrictStr = Field(max_length=64)
     source: Source
+    convert: ConvertSettings = Field(default_factory=ConvertSettings)
+    imatrix: ImatrixSettings = Field(default_factory=ImatrixSettings)
     quantize: QuantizeSettings = Field(default_factory=QuantizeSettings)
     run: RunSettings = Field(default_factory=RunSettings)
     publish: PublishSettings = Field(default_factory=PublishSettings)
@@ -281,7 +316,7 @@ def check_recipes(paths: list[Path]) -> list[RecipeCheck]:
             checks.append(RecipeCheck(path=str(path), ok=False, error=str(exc), name=path.stem))
             continue
         src = r.source
-        source = str(src.path) if src.is_local else f"{src.repo}:{src.file}@{src.revision}"
+        source = str(src.path) if src.is_local else f"{src.repo}:{src.file or '(safetensors)'}@{src.revision}"
         checks.append(RecipeCheck(path=str(path), ok=True, name=r.name, hardware=r.hardware, source=source,
                                   types=r.quantize.types))  # fmt: skip
     return checks

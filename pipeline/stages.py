@@ -117,13 +117,20 @@ def profile_name(recipe_name: str, qtype: str) -> str:
 def recipe_stages(recipe: Recipe, env: StageEnv) -> list[Stage]:
     """The ordered stages of a recipe; publish stages come last so a failure never touches a profile."""
     stages = [_resolve_stage(recipe, env)]
-    if not recipe.source.is_local:
-        stages.append(_download_stage(recipe, env))
-    stages.append(_verify_stage(recipe, env))
+    source = recipe.source
+    if source.is_safetensors:  # a transformers checkpoint: convert stands where verify does
+        stages += [] if source.is_local else [_snapshot_stage(recipe, env)]
+        stages.append(_convert_stage(recipe, env))
+    else:
+        stages += [] if source.is_local else [_download_stage(recipe, env)]
+        stages.append(_verify_stage(recipe, env))
+    model = _model_stage(recipe)
+    if recipe.quantize.imatrix == "auto":
+        stages += [_calibration_stage(recipe, env), _imatrix_stage(recipe, env, model)]
     types = recipe.quantize.types
-    stages += [_quantize_stage(recipe, env, qtype) for qtype in types]
+    stages += [_quantize_stage(recipe, env, qtype, model) for qtype in types]
     stages += [_fit_stage(recipe, env, qtype) for qtype in types]
-    stages += [_publish_stage(recipe, env, qtype) for qtype in types]
+    stages += [_publish_stage(recipe, env, qtype, model) for qtype in types]
     if env.push and recipe.publish.repo is not None:
         stages.append(_push_stage(recipe, env))
     return stages
@@ -136,11 +143,17 @@ def _resolve_stage(recipe: Recipe, env: StageEnv) -> Stage:
     source = recipe.source
 
     def inputs(_: Upstream) -> dict[str, Any]:
+        if source.is_local and source.is_safetensors:
+            return {"folder": str(_model_folder(recipe))}
         if source.is_local:
             return {"path": str(recipe_source_path(recipe, must_exist=False))}
         return {"repo": source.repo, "revision": source.revision}
 
     def action(_: Upstream) -> StageOutcome:
+        if source.is_local and source.is_safetensors:
+            from pipeline.convert import local_snapshot
+
+            return StageOutcome(values={"snapshot": local_snapshot(_model_folder(recipe)).model_dump(mode="json")})
         if source.is_local:
             path = recipe_source_path(recipe)
             return StageOutcome(values={"sha256": file_sha256(env.home, path), "size_bytes": path.stat().st_size})
@@ -239,17 +252,146 @@ def _verified_source(local: bool, up: Upstream, outputs: list[OutputRecord]) -> 
     return source_ref(Path(outputs[0].path))
 
 
+# --- convert (safetensors sources) and the importance matrix ---------------------------------------------
+
+
+def _model_stage(recipe: Recipe) -> str:
+    """The stage whose `path`, `sha256` and `source_ref` are the GGUF quantize starts from."""
+    return "convert" if recipe.source.is_safetensors else "verify"
+
+
+def _model_folder(recipe: Recipe) -> Path:
+    assert recipe.source.path is not None
+    return recipe.resolve(recipe.source.path.expanduser()).resolve()
+
+
+def _snapshot_stage(recipe: Recipe, env: StageEnv) -> Stage:
+    """The files conversion reads, at the resolved commit, pulled and verified like `mm pull`."""
+    source = recipe.source
+
+    def inputs(up: Upstream) -> dict[str, Any]:
+        return {"repo": source.repo, "commit": up["resolve"].values["commit"], "stage_version": STAGE_VERSION}
+
+    def action(up: Upstream) -> StageOutcome:
+        from pipeline.convert import pull_snapshot
+        from pipeline.hub_cache import write_ref
+
+        assert source.repo is not None
+        commit = up["resolve"].values["commit"]
+        snapshot = pull_snapshot(
+            source.repo, commit, token=env.token, offline=env.offline, progress=env.download_progress
+        ).model_copy(update={"revision": source.revision})
+        write_ref(source.repo, source.revision, commit)
+        outputs = [output_record(env.home, snapshot.folder / f.name, f.sha256) for f in snapshot.files]
+        return StageOutcome(outputs=outputs, values={"snapshot": snapshot.model_dump(mode="json")})
+
+    return Stage("download", ("resolve",), inputs, action)
+
+
+def _convert_stage(recipe: Recipe, env: StageEnv) -> Stage:
+    """llama.cpp's convert_hf_to_gguf.py; its output is what quantize starts from."""
+    dep = "resolve" if recipe.source.is_local else "download"
+
+    def inputs(up: Upstream) -> dict[str, Any]:
+        snapshot = up[dep].values["snapshot"]
+        return {
+            "commit": snapshot["commit"],
+            "snapshot": [(f["name"], f["sha256"]) for f in snapshot["files"]],
+            "outtype": recipe.convert.outtype,
+            "llama_cpp": env.llama_cpp_version,  # the converter comes from the same llama.cpp source
+            "stage_version": STAGE_VERSION,
+        }
+
+    def action(up: Upstream) -> StageOutcome:
+        from pipeline.convert import Snapshot, convert
+
+        snapshot = Snapshot.model_validate(up[dep].values["snapshot"])
+        with _tensor_progress(env.quantize_progress, f"convert {snapshot.name}") as progress:
+            result = convert(snapshot, recipe.convert.outtype, progress=progress)
+        out = output_record(env.home, result.output, result.record.sha256)
+        ref = result.record.source_ref()
+        return StageOutcome(
+            outputs=[out], values={"path": out.path, "sha256": out.sha256, "source_ref": ref.model_dump(mode="json")}
+        )
+
+    return Stage("convert", (dep,), inputs, action)
+
+
+def _uses_built_imatrix(recipe: Recipe, qtype: str) -> bool:
+    from pipeline.imatrix import uses_imatrix
+
+    return recipe.quantize.imatrix == "auto" and uses_imatrix(qtype)
+
+
+def _calibration_stage(recipe: Recipe, env: StageEnv) -> Stage:
+    """The calibration text, made local and verified (a Hub text on a branch: one metadata request)."""
+    text = recipe.imatrix.text
+
+    def inputs(_: Upstream) -> dict[str, Any]:
+        return {"text": text}
+
+    def action(_: Upstream) -> StageOutcome:
+        from pipeline.imatrix import calibration_text
+        from pipeline.texts import resolve_text
+
+        folder = recipe.path.parent if recipe.path else None
+        resolved = resolve_text(calibration_text(text, folder), token=env.token, offline=env.offline)
+        return StageOutcome(
+            values={"path": str(resolved.path), "text_sha256": resolved.sha256, "source": resolved.source}
+        )
+
+    return Stage("calibration", (), inputs, action, volatile=True)
+
+
+def _imatrix_stage(recipe: Recipe, env: StageEnv, model: str) -> Stage:
+    settings = recipe.imatrix
+
+    def inputs(up: Upstream) -> dict[str, Any]:
+        return {
+            "model_sha256": up[model].values["sha256"],
+            "text_sha256": up["calibration"].values["text_sha256"],
+            "imatrix": settings.model_dump(mode="json", exclude={"text"}),
+            "llama_cpp": env.llama_cpp_version,
+            "stage_version": STAGE_VERSION,
+        }
+
+    def action(up: Upstream) -> StageOutcome:
+        from pipeline.imatrix import ImatrixParams, calibration_model, make_imatrix
+        from pipeline.texts import ResolvedText
+
+        calibration = up["calibration"].values
+        text = ResolvedText(
+            path=Path(calibration["path"]),
+            sha256=calibration["text_sha256"],
+            size_bytes=Path(calibration["path"]).stat().st_size,
+            source=calibration["source"],
+        )
+        source = calibration_model(Path(up[model].values["path"]), recipe.run.threads)
+        params = ImatrixParams(chunks=settings.chunks, ctx=settings.ctx)
+        with _tensor_progress(env.quantize_progress, "imatrix") as progress:
+            result = make_imatrix(source, text, params, threads=recipe.run.threads, progress=progress)
+        out = output_record(env.home, result.output, result.record.sha256)
+        return StageOutcome(outputs=[out], values={"path": out.path, "sha256": out.sha256})
+
+    return Stage("imatrix", (model, "calibration"), inputs, action)
+
+
 # --- quantize, fit, publish: one of each per target type -------------------------------------------
 
 
-def _quant_params(recipe: Recipe, env: StageEnv, qtype: str) -> QuantParams:
+def _quant_params(recipe: Recipe, env: StageEnv, qtype: str, up: Upstream) -> QuantParams:
     settings = recipe.quantize
-    imatrix = recipe.resolve(settings.imatrix) if settings.imatrix else None
+    imatrix, imatrix_sha256 = None, None
+    if _uses_built_imatrix(recipe, qtype):
+        imatrix, imatrix_sha256 = Path(up["imatrix"].values["path"]), up["imatrix"].values["sha256"]
+    elif isinstance(settings.imatrix, Path):
+        imatrix = recipe.resolve(settings.imatrix)
+        imatrix_sha256 = file_sha256(env.home, imatrix) if imatrix.is_file() else None
     return QuantParams(
         type=qtype,
         allow_requantize=settings.allow_requantize,
         imatrix_path=str(imatrix) if imatrix else None,
-        imatrix_sha256=file_sha256(env.home, imatrix) if imatrix and imatrix.is_file() else None,
+        imatrix_sha256=imatrix_sha256,
         output_tensor_type=settings.output_tensor_type,
         token_embedding_type=settings.token_embedding_type,
         tensor_types=settings.tensor_types,
@@ -258,12 +400,13 @@ def _quant_params(recipe: Recipe, env: StageEnv, qtype: str) -> QuantParams:
     )
 
 
-def _quantize_stage(recipe: Recipe, env: StageEnv, qtype: str) -> Stage:
+def _quantize_stage(recipe: Recipe, env: StageEnv, qtype: str, model: str) -> Stage:
     def inputs(up: Upstream) -> dict[str, Any]:
-        params = _quant_params(recipe, env, qtype).model_dump(mode="json")
+        params = _quant_params(recipe, env, qtype, up).model_dump(mode="json")
         params.pop("imatrix_path")  # where the imatrix lives doesn't matter; its bytes do
         return {
-            "source_sha256": up["verify"].values["sha256"],
+            "source_sha256": up[model].values["sha256"],
+            "imatrix_sha256": params.pop("imatrix_sha256"),
             "params": params,
             "engine": recipe.quantize.engine,
             "llama_cpp": env.llama_cpp_version,
@@ -273,10 +416,10 @@ def _quantize_stage(recipe: Recipe, env: StageEnv, qtype: str) -> Stage:
     def action(up: Upstream) -> StageOutcome:
         from pipeline.quantize import QuantizeRequest, quantize
 
-        verified = up["verify"].values
+        verified = up[model].values
         request = QuantizeRequest(
             source=Path(verified["path"]),
-            params=_quant_params(recipe, env, qtype),
+            params=_quant_params(recipe, env, qtype, up),
             source_ref=SourceRef.model_validate(verified["source_ref"]),
             engine=recipe.quantize.engine,
             threads=recipe.run.threads,
@@ -287,7 +430,8 @@ def _quantize_stage(recipe: Recipe, env: StageEnv, qtype: str) -> Stage:
         out = output_record(env.home, Path(result.output), sha)
         return StageOutcome(outputs=[out], values={"path": out.path, "sha256": out.sha256})
 
-    return Stage(f"quantize:{qtype}", ("verify",), inputs, action)
+    deps = (model, "imatrix") if _uses_built_imatrix(recipe, qtype) else (model,)
+    return Stage(f"quantize:{qtype}", deps, inputs, action)
 
 
 @contextlib.contextmanager
@@ -340,7 +484,7 @@ def fit_settings(recipe: Recipe) -> Any:
     return FitSettings.for_recipe(recipe)
 
 
-def _publish_stage(recipe: Recipe, env: StageEnv, qtype: str) -> Stage:
+def _publish_stage(recipe: Recipe, env: StageEnv, qtype: str, model: str) -> Stage:
     quant, fit = f"quantize:{qtype}", f"fit:{qtype}"
     name = profile_name(recipe.name, qtype)
 
@@ -348,11 +492,11 @@ def _publish_stage(recipe: Recipe, env: StageEnv, qtype: str) -> Stage:
         return {
             "model_sha256": up[quant].values["sha256"],
             "fit_sha256": fingerprint(up[fit].values["fit"]),
-            "source": up["verify"].values["source_ref"],
+            "source": up[model].values["source_ref"],
             "profile": name,
             # source and quantize reach the profile through model_sha256 and source; listing them here
             # would republish every type when one is added to the recipe. Where it is pushed doesn't matter.
-            "recipe": recipe.model_dump(mode="json", exclude={"source", "quantize", "publish"}),
+            "recipe": recipe.model_dump(mode="json", exclude={"source", "convert", "imatrix", "quantize", "publish"}),
             "stage_version": STAGE_VERSION,
         }
 
@@ -368,7 +512,7 @@ def _publish_stage(recipe: Recipe, env: StageEnv, qtype: str) -> Stage:
         document = profile_path(env.home, profile.name)
         return StageOutcome(outputs=[output_record(env.home, document)], values={"profile": profile.name})
 
-    return Stage(f"publish:{qtype}", (quant, fit, "verify"), inputs, action)
+    return Stage(f"publish:{qtype}", (quant, fit, model), inputs, action)
 
 
 # --- push: every published profile of the recipe to its Hub repo, in one commit ------------------------------
