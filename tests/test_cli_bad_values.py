@@ -185,6 +185,7 @@ BAD_ARGUMENT = {
     "[PATH]...": "/nonexistent/recipe.toml",
     "REPO[:FILE[@COMMIT]]...": "org/absent:x.gguf",
     "[FILE]": "absent.gguf",  # pull: a file the (unreachable) Hub cannot have
+    "REPO|DIR": "no-such-folder",  # convert: neither a folder nor owner/name
 }
 ANY_ARGUMENT = {"[PROMPT]": "any text is a prompt"}
 

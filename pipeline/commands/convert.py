@@ -12,7 +12,7 @@ from tqdm import tqdm
 from pipeline.commands import add_command
 from pipeline.commands.options import JsonOpt, ModelArg, OfflineOpt, QuietOpt, RecipesDirOpt, RevisionOpt, TokenOpt
 from pipeline.commands.render import emit_json, note, show_progress
-from pipeline.recipe import Outtype
+from pipeline.recipe import REPO_ID_RE, Outtype
 from pipeline.units import format_size
 
 
@@ -60,8 +60,10 @@ def convert_command(
         if revision is not None:
             raise UsageError(f"{model} is a local folder; --revision applies to Hub repos")
         snapshot = local_snapshot(folder)
-    else:
+    elif REPO_ID_RE.match(model):
         snapshot = pull_snapshot(model, revision or "main", token=token, offline=offline)
+    else:
+        raise UsageError(f"{model}: no such folder, and not a Hub repository id (owner/name)")
     if find_converter() is None and not (quiet or as_json):
         note("setting up llama.cpp's converter environment (once; about 1.2 GB, see `mm llama converter`)...")
     env = ensure_converter()
