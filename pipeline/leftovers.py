@@ -34,29 +34,33 @@ def find_leftovers(home: Home, held: contextlib.ExitStack, now: float | None = N
     now = time.time() if now is None else now
     taken: set[str] = set()
 
-    def hold(lock: str) -> bool:
+    def hold(lock: str, path: Path) -> bool:
+        """The lock is ours, and `path` still there (its writer may have finished it before we got the lock)."""
         if lock not in taken and not _hold(home, lock, held):
             return False
         taken.add(lock)
-        return True
+        return path.exists()
 
     stale: list[tuple[Path, str]] = []
     for temp in _temps(home.quant):
         output = temp.parent / _target(temp).removesuffix(".mm.json")
-        if hold(quantize_lock_name(output)):
+        if hold(quantize_lock_name(output), temp):
             stale.append((temp, "temp"))
     for temp in _temps(home.headers):
-        if temp.parent.parent == home.headers and hold(f"header-{temp.parent.name}"):
+        if temp.parent.parent == home.headers and hold(f"header-{temp.parent.name}", temp):
             stale.append((temp, "temp"))
     for temp in _temps(home.hub):
-        if temp.parent.name == "blobs" and hold(f"blob-{_target(temp)}"):
+        if temp.parent.name == "blobs" and hold(f"blob-{_target(temp)}", temp):
             stale.append((temp, "temp"))
     kept: list[Path] = []
     for part in sorted(home.partial.glob("*.part")) if home.partial.is_dir() else []:
-        old = now - part.stat().st_mtime > PARTIAL_MAX_AGE_SECONDS
-        if old and hold(f"blob-{part.name.removesuffix('.part')}"):
+        try:
+            old = now - part.stat().st_mtime > PARTIAL_MAX_AGE_SECONDS
+        except FileNotFoundError:  # its pull finished and moved it into the cache
+            continue
+        if old and hold(f"blob-{part.name.removesuffix('.part')}", part):
             stale.append((part, "partial"))
-        else:
+        elif part.exists():
             kept.append(part)
     return Leftovers(stale, kept)
 

@@ -384,17 +384,20 @@ def gc(dry_run: bool = False) -> GcReport:
         items: list[GcItem] = []
         inodes: dict[tuple[int, int], tuple[int, int, int]] = {}  # (dev, ino) -> (size, nlink, removed)
         for path, kind in candidates:
-            st = path.lstat() if kind == "link" else path.stat()
+            try:
+                st = path.lstat() if kind == "link" else path.stat()
+            except FileNotFoundError:  # finished (renamed into place) by its writer while gc looked
+                continue
             items.append(GcItem(path=str(path), kind=kind, size_bytes=st.st_size))
             size, nlink, removed = inodes.get((st.st_dev, st.st_ino), (st.st_size, st.st_nlink, 0))
             inodes[(st.st_dev, st.st_ino)] = (size, nlink, removed + 1)
             if not dry_run:
-                path.unlink()
+                path.unlink(missing_ok=True)
                 if kind in ("blob", "quant"):
                     forget_sha256(home, path)
         freed = sum(size for size, nlink, removed in inodes.values() if removed >= nlink)
         kept = len(keep & {p.name for p in home.blobs.iterdir()}) if home.blobs.is_dir() else 0
-        partials = [GcItem(path=str(p), kind="partial", size_bytes=p.stat().st_size) for p in leftovers.kept_partials]
+        partials = [GcItem(path=str(p), kind="partial", size_bytes=_size(p)) for p in leftovers.kept_partials]
     return GcReport(
         dry_run=dry_run,
         removed=items,
@@ -403,6 +406,13 @@ def gc(dry_run: bool = False) -> GcReport:
         builds_running=not no_build,
         kept_partials=partials,
     )
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:  # a pull finished it meanwhile
+        return 0
 
 
 class ProfileCheck(BaseModel):
