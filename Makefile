@@ -37,6 +37,7 @@ bench: install
 	$(BIN)/python bench/registry.py
 	$(BIN)/python bench/build.py
 	$(BIN)/python bench/moe.py
+	$(BIN)/python bench/measure.py
 
 demo: install
 	MM_HOME=./cache $(BIN)/mm demo

@@ -106,7 +106,12 @@ def run_bench(
     if repetitions < 1:
         raise UsageError("--repetitions must be at least 1")
     threads = int(kwargs.get("n_threads") or default_threads())
-    settings = {**kwargs, "n_threads": threads, "n_ctx": max(int(kwargs.get("n_ctx", 0)), n_prompt + n_gen)}
+    # llama-bench runs prompt batches on the same threads (llama_set_n_threads(ctx, t, t)); llama-cpp-python
+    # would use every core for them (n_threads_batch = cpu_count()).
+    settings = {
+        **kwargs, "n_threads": threads, "n_threads_batch": int(kwargs.get("n_threads_batch") or threads),
+        "n_ctx": max(int(kwargs.get("n_ctx", 0)), n_prompt + n_gen),
+    }  # fmt: skip
     started = time.perf_counter()
     llm = _load(settings)
     rng = random.Random(seed)
