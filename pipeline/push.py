@@ -23,9 +23,10 @@ from pipeline.errors import HubError, UsageError
 from pipeline.hardware import HARDWARE_FILE, HardwareClass, hardware_catalog
 from pipeline.hub import endpoint
 from pipeline.model_card import render_card
-from pipeline.recipe import REPO_ID_RE, recipes_dir
+from pipeline.recipe import recipes_dir
 from pipeline.registry import check_blob, get_profile
 from pipeline.repo_profile import PROFILES_FOLDER, RepoProfile, for_repo, profile_file
+from pipeline.safe_names import UnsafeValue, check_repo_id
 from pipeline.upload import CommitConflict, RepoState, Upload, commit, ensure_repo, read_file, read_state, write_token
 
 log = logging.getLogger(__name__)
@@ -57,10 +58,12 @@ class _Local:
     json: bytes
 
 
-def check_repo_id(repo: str) -> str:
-    if not REPO_ID_RE.match(repo):
-        raise UsageError(f"--repo {repo!r}: expected OWNER/NAME, e.g. my-org/Llama-3-8B-GGUF")
-    return repo
+def target_repo(repo: str, flag: str = "--repo") -> str:
+    """The repo to push to or install from, by the Hub's own rules (safe_names.check_repo_id)."""
+    try:
+        return check_repo_id(repo)
+    except UnsafeValue as exc:
+        raise UsageError(f"{flag}: {exc}", hint="expected OWNER/NAME, e.g. my-org/Llama-3-8B-GGUF") from None
 
 
 def push(
@@ -73,7 +76,7 @@ def push(
     classes: Sequence[HardwareClass] | None = None,
 ) -> PushReport:
     """Push these profiles (and their GGUFs) to `repo`@`revision`, creating the repo when needed."""
-    check_repo_id(repo)
+    target_repo(repo)
     if not names:
         raise UsageError("name at least one profile to push (`mm ls` lists them)")
     token = write_token(token)

@@ -38,6 +38,24 @@ def recipes_dir() -> Path:
     return Path(os.environ.get("MM_RECIPES") or "recipes")
 
 
+def hub_repo_id(value: str | None, example: str) -> str | None:
+    """A recipe's repo field: owner/name by our pattern and the Hub's own rules (safe_names.check_repo_id)."""
+    if value is not None and not REPO_ID_RE.match(value):
+        raise ValueError(f"{value!r} is not a Hub repository id; expected owner/name, e.g. {example}")
+    try:
+        return None if value is None else check_repo_id(value)
+    except UnsafeValue as exc:
+        raise ValueError(str(exc)) from None
+
+
+def git_revision(value: str) -> str:
+    """A recipe's revision field: a branch, tag or commit by git's ref rules (safe_names.check_revision)."""
+    try:
+        return check_revision(value)
+    except UnsafeValue as exc:
+        raise ValueError(str(exc)) from None
+
+
 class Source(BaseModel):
     """A Hub file (repo + file, optionally pinned) or a local `path`; not both. With format = "safetensors",
     a whole transformers repo (pinned by revision) or a local model folder, converted to GGUF by the build."""
@@ -54,22 +72,12 @@ class Source(BaseModel):
     @field_validator("revision")
     @classmethod
     def _revision(cls, value: str) -> str:
-        try:
-            return check_revision(value)
-        except UnsafeValue as exc:
-            raise ValueError(str(exc)) from None
+        return git_revision(value)
 
     @field_validator("repo")
     @classmethod
     def _repo_id(cls, value: str | None) -> str | None:
-        if value is not None and not REPO_ID_RE.match(value):
-            raise ValueError(
-                f"{value!r} is not a Hub repository id; expected owner/name, e.g. TheBloke/Llama-2-7B-GGUF"
-            )
-        try:
-            return None if value is None else check_repo_id(value)
-        except UnsafeValue as exc:
-            raise ValueError(str(exc)) from None
+        return hub_repo_id(value, "TheBloke/Llama-2-7B-GGUF")
 
     @field_validator("file")
     @classmethod
@@ -200,9 +208,12 @@ class PublishSettings(BaseModel):
     @field_validator("repo")
     @classmethod
     def _repo_id(cls, value: str | None) -> str | None:
-        if value is not None and not REPO_ID_RE.match(value):
-            raise ValueError(f"{value!r} is not a Hub repository id; expected OWNER/NAME, e.g. my-org/Llama-3-8B-GGUF")
-        return value
+        return hub_repo_id(value, "my-org/Llama-3-8B-GGUF")
+
+    @field_validator("revision")
+    @classmethod
+    def _branch(cls, value: str) -> str:
+        return git_revision(value)
 
 
 class Recipe(BaseModel):

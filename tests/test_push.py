@@ -167,7 +167,7 @@ def test_a_recipe_publish_repo_must_be_a_repo_id(mm: Mm, recipes_folder: Path, t
     recipe.write_text(f'hardware = "cpu-32g"\n[source]\npath = "{tiny_model}"\n[publish]\nrepo = "no slash here"\n')
     result = mm("recipe", "validate", str(recipe))
     assert result.exit_code == 2
-    assert "publish.repo" in result.stderr + result.stdout and "OWNER/NAME" in result.stderr + result.stdout
+    assert "publish.repo" in result.stderr + result.stdout and "owner/name" in result.stderr + result.stdout
 
 
 def test_pull_warns_when_the_published_placement_does_not_fit_here(

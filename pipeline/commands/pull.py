@@ -20,7 +20,6 @@ from pipeline.commands.options import (
 )
 from pipeline.commands.render import byte_bar, emit_json, note, show_progress, table
 from pipeline.errors import UsageError
-from pipeline.recipe import REPO_ID_RE
 from pipeline.units import format_size
 
 if TYPE_CHECKING:  # the Hub client is imported when a pull runs, not on every `mm` start
@@ -109,9 +108,11 @@ def pull_command(
     from pipeline.model_ref import pull_target
 
     if profile is not None or list_profiles:
-        repo = model_text_from_url(model)
-        if file is not None or file_arg is not None or not REPO_ID_RE.match(repo):
-            raise UsageError(f"--profile and --list-profiles take a repo (OWNER/NAME), not {repo!r}")
+        from pipeline.push import target_repo
+
+        if file is not None or file_arg is not None:
+            raise UsageError("--profile and --list-profiles take a repo (OWNER/NAME), not a file")
+        repo = target_repo(model_text_from_url(model), "--profile/--list-profiles: MODEL")
         return _pull_profile(repo, profile, revision, token, hardware, name, recipes, as_json, quiet)
     if hardware is not None or name is not None:
         raise UsageError("--hardware and --name go with --profile (installing a published profile)")
