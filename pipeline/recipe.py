@@ -179,6 +179,26 @@ class ImatrixSettings(BaseModel):
     ctx: StrictInt = Field(default=512, ge=16, le=1 << 20)
 
 
+class EvalSettings(BaseModel):
+    """`[eval]`: each new quant's KL-divergence and perplexity against the recipe's source (mm eval)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: StrictStr | None = Field(default=None, max_length=1024)  # a path (relative to the recipe) or a Hub text
+    chunks: StrictInt = Field(default=20, ge=1, le=1 << 20)  # bounds the cost: chunks x ctx tokens, twice
+    ctx: StrictInt = Field(default=512, ge=16, le=1 << 20)
+
+
+class BenchSettings(BaseModel):
+    """`[bench]`: each new quant's prompt and decode speed on the building machine (mm bench)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n_prompt: StrictInt = Field(default=512, ge=0, le=1 << 20)
+    n_gen: StrictInt = Field(default=128, ge=0, le=1 << 20)
+    repetitions: StrictInt = Field(default=5, ge=1, le=1000)
+
+
 class RunSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -227,6 +247,8 @@ class Recipe(BaseModel):
     quantize: QuantizeSettings = Field(default_factory=QuantizeSettings)
     run: RunSettings = Field(default_factory=RunSettings)
     publish: PublishSettings = Field(default_factory=PublishSettings)
+    eval: EvalSettings | None = None  # measured only when the recipe has the section
+    bench: BenchSettings | None = None
     # Where it was read from, and a hash of its bytes (provenance; the build's fingerprints).
     path: Path | None = Field(default=None, exclude=True)
     content_sha256: str | None = Field(default=None, exclude=True)

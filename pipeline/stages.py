@@ -130,6 +130,11 @@ def recipe_stages(recipe: Recipe, env: StageEnv) -> list[Stage]:
     types = recipe.quantize.types
     stages += [_quantize_stage(recipe, env, qtype, model) for qtype in types]
     stages += [_fit_stage(recipe, env, qtype) for qtype in types]
+    if recipe.eval is not None:
+        stages.append(_eval_text_stage(recipe, env))
+        stages += [_eval_stage(recipe, env, qtype, model) for qtype in types]
+    if recipe.bench is not None:
+        stages += [_bench_stage(recipe, env, qtype) for qtype in types]
     stages += [_publish_stage(recipe, env, qtype, model) for qtype in types]
     if env.push and recipe.publish.repo is not None:
         stages.append(_push_stage(recipe, env))
@@ -484,9 +489,107 @@ def fit_settings(recipe: Recipe) -> Any:
     return FitSettings.for_recipe(recipe)
 
 
+# --- eval, bench: measured before publish, so the profile carries them ----------------------------------
+
+
+def _eval_text_stage(recipe: Recipe, env: StageEnv) -> Stage:
+    """The eval text, made local and verified (a Hub text on a branch: one metadata request)."""
+    assert recipe.eval is not None
+    text = recipe.eval.text
+
+    def inputs(_: Upstream) -> dict[str, Any]:
+        return {"text": text}
+
+    def action(_: Upstream) -> StageOutcome:
+        from pipeline.texts import parse_text, resolve_text
+
+        folder = recipe.path.parent if recipe.path else None
+        resolved = resolve_text(parse_text(text, folder), token=env.token, offline=env.offline)
+        return StageOutcome(
+            values={"path": str(resolved.path), "text_sha256": resolved.sha256, "source": resolved.source}
+        )
+
+    return Stage("eval-text", (), inputs, action, volatile=True)
+
+
+def _eval_stage(recipe: Recipe, env: StageEnv, qtype: str, model: str) -> Stage:
+    """KLD and perplexity of the quant against the recipe's source model (mm eval)."""
+    quant, settings = f"quantize:{qtype}", recipe.eval
+    assert settings is not None
+
+    def inputs(up: Upstream) -> dict[str, Any]:
+        return {
+            "model_sha256": up[quant].values["sha256"],
+            "ref_sha256": up[model].values["sha256"],
+            "text_sha256": up["eval-text"].values["text_sha256"],
+            "eval": settings.model_dump(mode="json", exclude={"text"}),
+            "llama_cpp": env.llama_cpp_version,
+            "stage_version": STAGE_VERSION,
+        }
+
+    def action(up: Upstream) -> StageOutcome:
+        from pipeline.evaluate import evaluate
+
+        text = up["eval-text"].values
+        result = evaluate(
+            Path(up[quant].values["path"]), Path(up[model].values["path"]), Path(text["path"]),
+            text=text["source"], text_sha256=text["text_sha256"], n_ctx=settings.ctx, chunks=settings.chunks,
+            threads=recipe.run.threads, ref_sha256=up[model].values["sha256"],
+        )  # fmt: skip
+        return StageOutcome(values={"eval": result.model_dump(mode="json")})
+
+    return Stage(f"eval:{qtype}", (quant, model, "eval-text"), inputs, action)
+
+
+def _bench_stage(recipe: Recipe, env: StageEnv, qtype: str) -> Stage:
+    """pp/tg tokens/s of the quant with the fitted settings on this machine (mm bench)."""
+    quant, fit, settings = f"quantize:{qtype}", f"fit:{qtype}", recipe.bench
+    assert settings is not None
+
+    def inputs(up: Upstream) -> dict[str, Any]:
+        from pipeline.hardware import local_machine
+
+        machine = local_machine()
+        return {
+            "model_sha256": up[quant].values["sha256"],
+            "fit_sha256": fingerprint(up[fit].values["fit"]),
+            "bench": settings.model_dump(mode="json"),
+            "machine": [machine.cpu, machine.cpu_count, [g.name for g in machine.gpus]],
+            "llama_cpp": env.llama_cpp_version,
+            "stage_version": STAGE_VERSION,
+        }
+
+    def action(up: Upstream) -> StageOutcome:
+        from pipeline.bench import run_bench
+        from pipeline.fit import FitResult, fit_model
+        from pipeline.hardware import local_class
+        from pipeline.profile import KV_TYPE_IDS
+
+        path = Path(up[quant].values["path"])
+        fitted = FitResult.model_validate(up[fit].values["fit"])
+        run = fitted.settings
+        kwargs = {
+            "model_path": str(path), "n_ctx": run.ctx, "n_batch": run.batch, "n_ubatch": run.ubatch,
+            "type_k": KV_TYPE_IDS[run.kv_type], "type_v": KV_TYPE_IDS[run.kv_type], "flash_attn": run.flash_attn,
+            "n_gpu_layers": fitted.n_gpu_layers, "use_mmap": run.mmap, "n_threads": recipe.run.threads,
+        }  # fmt: skip
+        result = run_bench(kwargs, n_prompt=settings.n_prompt, n_gen=settings.n_gen, repetitions=settings.repetitions)
+        local = local_class()
+        predicted = fit_model(path, local, run.model_copy(update={"threads": result.threads})).tokens_per_second
+        result = result.model_copy(update={"predicted_tg_ts": predicted, "hardware": local.name})
+        return StageOutcome(values={"bench": result.model_dump(mode="json")})
+
+    return Stage(f"bench:{qtype}", (quant, fit), inputs, action)
+
+
+def _measured(recipe: Recipe, qtype: str) -> tuple[str, ...]:
+    return (f"eval:{qtype}",) * (recipe.eval is not None) + (f"bench:{qtype}",) * (recipe.bench is not None)
+
+
 def _publish_stage(recipe: Recipe, env: StageEnv, qtype: str, model: str) -> Stage:
     quant, fit = f"quantize:{qtype}", f"fit:{qtype}"
     name = profile_name(recipe.name, qtype)
+    measured = _measured(recipe, qtype)
 
     def inputs(up: Upstream) -> dict[str, Any]:
         return {
@@ -496,8 +599,11 @@ def _publish_stage(recipe: Recipe, env: StageEnv, qtype: str, model: str) -> Sta
             "profile": name,
             # source and quantize reach the profile through model_sha256 and source; listing them here
             # would republish every type when one is added to the recipe. Where it is pushed doesn't matter.
-            "recipe": recipe.model_dump(mode="json", exclude={"source", "convert", "imatrix", "quantize", "publish"}),
+            "recipe": recipe.model_dump(
+                mode="json", exclude={"source", "convert", "imatrix", "quantize", "publish", "eval", "bench"}
+            ),
             "stage_version": STAGE_VERSION,
+            **{stage: fingerprint(up[stage].values) for stage in measured},
         }
 
     def action(up: Upstream) -> StageOutcome:
@@ -509,10 +615,21 @@ def _publish_stage(recipe: Recipe, env: StageEnv, qtype: str, model: str) -> Sta
         profile = publish(
             model, recipe_hardware(recipe), fit_result, name=name, recipe=recipe, threads=recipe.run.threads
         )
+        if measured:
+            from pipeline.bench import BenchResult
+            from pipeline.evaluate import EvalResult
+            from pipeline.registry import record_measurement
+
+            values = {k: v for stage in measured for k, v in up[stage].values.items()}
+            record_measurement(
+                profile.name,
+                bench=BenchResult.model_validate(values["bench"]) if "bench" in values else None,
+                evaluation=EvalResult.model_validate(values["eval"]) if "eval" in values else None,
+            )
         document = profile_path(env.home, profile.name)
         return StageOutcome(outputs=[output_record(env.home, document)], values={"profile": profile.name})
 
-    return Stage(f"publish:{qtype}", (quant, fit, model), inputs, action)
+    return Stage(f"publish:{qtype}", (quant, fit, model, *measured), inputs, action)
 
 
 # --- push: every published profile of the recipe to its Hub repo, in one commit ------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import json
 import re
 import shutil
@@ -172,3 +173,30 @@ def test_measured_prediction_lands_within_25_percent_on_a_compute_bound_model(mm
         if abs(result["prediction_error"]) <= 0.25:
             break
     assert abs(result["prediction_error"]) <= 0.25, result
+
+
+def test_build_evals_and_benches_each_quant_once_and_the_profile_carries_both(
+    mm: Mm, tiny_model_f16: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "recipes"
+    folder.mkdir()
+    source = shutil.copy(tiny_model_f16, folder / "tiny-f16.gguf")
+    _text(folder / "eval.txt")
+    (folder / "tiny.toml").write_text(
+        f'hardware = "cpu-32g"\n[source]\npath = "{Path(source).name}"\n[quantize]\ntypes = ["q8_0"]\n'
+        '[run]\nctx = 512\n[eval]\ntext = "eval.txt"\nchunks = 2\nctx = 128\n'
+        "[bench]\nn_prompt = 16\nn_gen = 8\nrepetitions = 2\n"
+    )
+    first = mm("build", "tiny", "--recipes", str(folder), "--json")
+    assert first.exit_code == 0, first.output
+    stages = {s["name"]: s["status"] for s in json.loads(first.stdout)["recipes"][0]["stages"]}
+    assert stages["eval:q8_0"] == stages["bench:q8_0"] == stages["publish:q8_0"] == "ran"
+    measured = json.loads(mm("show", "tiny-q8_0", "--json").stdout)["measured"]
+    assert measured["bench"]["tg"]["n_tokens"] == 8 and measured["bench"]["tg"]["median_ts"] > 0
+    (evaluation,) = measured["evals"]
+    assert evaluation["tokens_scored"] == 2 * 63 and evaluation["kld_mean"] > 0
+    assert evaluation["text_sha256"] == hashlib.sha256((folder / "eval.txt").read_bytes()).hexdigest()
+    again = mm("build", "tiny", "--recipes", str(folder), "--json")
+    assert again.exit_code == 0, again.output
+    assert {s["status"] for s in json.loads(again.stdout)["recipes"][0]["stages"]} == {"skipped"}
+    assert json.loads(mm("show", "tiny-q8_0", "--json").stdout)["measured"] == measured
