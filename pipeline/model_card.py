@@ -116,11 +116,16 @@ def _cell(verdict: str, n_gpu_layers: int, n_layers: int, tokens_per_second: flo
 
 
 def _measured(entry: RepoProfile) -> str:
-    """Measured figures a profile carries (bench speed, eval quality), when a later mm records them."""
-    measured = entry.profile.model_dump().get("measured")
-    if not isinstance(measured, dict) or not measured:
-        return "—"
-    return ", ".join(f"{key} {value}" for key, value in sorted(measured.items()) if value is not None) or "—"
+    """What `mm bench` and `mm eval` measured on the publisher's machine, when they ran."""
+    measured = entry.profile.measured
+    parts = []
+    if measured.bench is not None:
+        speeds = [f"{f.test} {f.median_ts:.1f} tok/s" for f in (measured.bench.tg, measured.bench.pp) if f is not None]
+        if speeds:
+            parts.append(", ".join(speeds) + f" ({measured.bench.threads} threads)")
+    for result in measured.evals[-1:]:  # the newest
+        parts.append(f"KLD {result.kld_mean:.4f}, PPL {result.ppl_delta:+.4f} (ctx {result.n_ctx})")
+    return "; ".join(parts) or "—"
 
 
 def _provenance(entry: RepoProfile) -> str:

@@ -189,3 +189,18 @@ def test_pull_warns_when_the_published_placement_does_not_fit_here(
     assert not report["check"]["fits"] and report["check"]["verdict"] == "does_not_fit"
     assert "does not fit small-gpu" in report["warning"] and "warning:" in pulled.stderr
     assert report["profile"]["run"]["n_gpu_layers"] > 0  # the published placement is kept, not silently changed
+
+
+def test_the_card_shows_what_mm_bench_measured(
+    mm: Mm, tiny_model: Path, local_hub: LocalHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    own = tmp_path / "m.gguf"
+    shutil.copyfile(tiny_model, own)
+    assert mm("publish", str(own), "--hardware", "cpu-32g", "--ctx", "512", "--name", "m").exit_code == 0
+    bench = mm("bench", "m", "-p", "32", "-n", "8", "-r", "1", "--json")
+    assert bench.exit_code == 0, bench.stderr
+    tg = json.loads(bench.stdout)["tg"]["median_ts"]
+    monkeypatch.setenv("HF_TOKEN", VALID_TOKEN)
+    assert mm("push", "m", "--repo", REPO).exit_code == 0
+    row = next(line for line in repo_tree(local_hub)["README.md"].decode().splitlines() if line.startswith("| m |"))
+    assert f"tg8 {tg:.1f} tok/s" in row or f"tg {tg:.1f} tok/s" in row, row
