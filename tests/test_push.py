@@ -76,6 +76,11 @@ def test_push_then_a_second_home_pulls_the_profile_and_runs_it(
     assert hashlib.sha256(blob.read_bytes()).hexdigest() == hashlib.sha256(tiny_model_f16.read_bytes()).hexdigest()
     assert profile["provenance"]["source"]["path"].endswith("tiny-f16.gguf")  # kept as published
     assert profile["run"]["n_ctx"] == 256
+    gets = len(local_hub.file_gets(installed["file"]))
+    assert gets == 1
+    again = mm("pull", REPO, "--profile", "tiny-f16", "--hardware", "cpu-64g")
+    assert again.exit_code == 0, again.stderr
+    assert len(local_hub.file_gets(installed["file"])) == gets  # an unchanged profile downloads nothing
     ran = mm("run", "tiny-f16", "-p", "hello", "--max-tokens", "3", "--seed", "1")
     assert ran.exit_code == 0, ran.stderr
     assert ran.stdout.strip()
