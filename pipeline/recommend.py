@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel
 
 from pipeline.errors import FitError, MMError
+from pipeline.evaluate import EvalResult
 from pipeline.fit import SCHEMA_VERSION, FitSettings, Verdict, fit_shape
 from pipeline.gguf_header import GGUFHeader, read_model
 from pipeline.hardware import HardwareClass
@@ -38,6 +39,10 @@ class QuantCandidate(BaseModel):
     needs_imatrix: bool = False  # llama.cpp's quantize refuses this type without an importance matrix
     worth_it: bool = True  # False: not smaller than an already-quantized source, so no gain from it
     note: str | None = None
+    # `mm eval` of this type against this very model, where one was stored in a profile (else None)
+    measured_kld: float | None = None
+    measured_ppl_delta: float | None = None
+    measured_text: str | None = None
 
 
 class QuantReport(BaseModel):
@@ -114,6 +119,7 @@ def recommend_quant(
     headers = read_model(model)
     source = by_ftype(headers[0].file_type) if headers[0].file_type is not None else None
     rows = []
+    measured = measured_quality(model)
     for qtype in candidates:
         planned = _planned_sizes(headers, qtype)
         shape = model_shape(headers, planned.sizes, planned.types)
@@ -126,6 +132,7 @@ def recommend_quant(
                 tokens_per_second=fit.tokens_per_second,
                 ppl_delta=qtype.ppl_delta, fits=fit.verdict != "does_not_fit", verdict=fit.verdict,
                 needs_imatrix=planned.needs_imatrix, worth_it=note is None, note=note,
+                **_measured_fields(measured.get(qtype.canonical)),
             )
         )  # fmt: skip
     usable = [c for c in rows if c.fits and c.worth_it and c.tokens_per_second >= min_tps]
@@ -139,3 +146,31 @@ def recommend_quant(
         schema_version=SCHEMA_VERSION, model_path=str(model), hardware=hardware.name, settings=settings,
         min_tps=min_tps, candidates=rows, recommended=best.type if best else None, reason=reason,
     )  # fmt: skip
+
+
+def measured_quality(model: Path) -> dict[str, EvalResult]:
+    """The newest `mm eval` against `model` stored in any profile, by the profile's quant type.
+
+    `model` is matched by its recorded sha256 only (a file mm pulled, built or evaluated against):
+    a model never hashed is not hashed here, so `mm fit` stays a header-only command.
+    """
+    from pipeline.digest import cached_sha256
+    from pipeline.home import mm_home
+    from pipeline.registry import list_profiles
+
+    sha256 = cached_sha256(mm_home(), model)
+    if sha256 is None:
+        return {}
+    found: dict[str, EvalResult] = {}
+    for profile in list_profiles()[0]:
+        for result in profile.measured.evals:
+            older = found.get(profile.quant)
+            if result.ref_sha256 == sha256 and (older is None or result.measured_at > older.measured_at):
+                found[profile.quant] = result
+    return found
+
+
+def _measured_fields(result: EvalResult | None) -> dict[str, Any]:
+    if result is None:
+        return {}
+    return {"measured_kld": result.kld_mean, "measured_ppl_delta": result.ppl_delta, "measured_text": result.text}

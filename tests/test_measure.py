@@ -200,3 +200,24 @@ def test_build_evals_and_benches_each_quant_once_and_the_profile_carries_both(
     assert again.exit_code == 0, again.output
     assert {s["status"] for s in json.loads(again.stdout)["recipes"][0]["stages"]} == {"skipped"}
     assert json.loads(mm("show", "tiny-q8_0", "--json").stdout)["measured"] == measured
+
+
+def test_fit_quants_shows_measured_quality_where_evaluated_and_the_reference_elsewhere(
+    mm: Mm, tiny_model_f16: Path, tmp_path: Path
+) -> None:
+    source = Path(shutil.copy(tiny_model_f16, tmp_path / "tiny-f16.gguf"))
+    quant = _quantize(source, tmp_path / "tiny-q8_0.gguf", 7)  # LLAMA_FTYPE_MOSTLY_Q8_0
+    assert mm("publish", str(quant), "-H", "cpu-32g", "--name", "tiny-q8").exit_code == 0
+    text = _text(tmp_path / "t.txt")
+    run = mm("eval", "tiny-q8", "--ref", str(source), "--text", str(text), "--ctx", "128", "--chunks", "2", "--json")
+    assert run.exit_code == 0, run.stderr
+    evaluation = json.loads(run.stdout)
+    report = mm("fit", str(source), "-H", "cpu-32g", "--quants", "q8_0,q4_0", "--json")
+    assert report.exit_code == 0, report.stderr
+    candidates = {c["type"]: c for c in json.loads(report.stdout)["candidates"]}
+    assert candidates["q8_0"]["measured_kld"] == evaluation["kld_mean"]
+    assert candidates["q8_0"]["measured_ppl_delta"] == pytest.approx(evaluation["ppl"] - evaluation["ppl_ref"])
+    assert candidates["q4_0"]["measured_kld"] is None and candidates["q4_0"]["ppl_delta"] is not None
+    shown = mm("fit", str(source), "-H", "cpu-32g", "--quants", "q8_0,q4_0")
+    assert "measured" in shown.stdout and f"KLD {evaluation['kld_mean']:.4f}" in shown.stdout
+    assert "not this model" in shown.stderr

@@ -244,11 +244,19 @@ def _candidate_note(c: QuantCandidate) -> str:
 
 def _show_report(r: QuantReport) -> None:
     moe = any(c.n_cpu_moe for c in r.candidates)  # experts in RAM: say for how many layers
-    rows = [(c.type, format_size(c.file_bytes) + ("" if c.exact_sizes else " ~"),
+    rows = [[c.type, format_size(c.file_bytes) + ("" if c.exact_sizes else " ~"),
              f"{c.n_gpu_layers}" + (f" (experts of {c.n_cpu_moe} layers in RAM)" if moe else ""),
              "-" if not c.fits else f"{c.tokens_per_second:g}", "-" if c.ppl_delta is None else f"+{c.ppl_delta:g}",
-             "yes" if c.fits else "no", _candidate_note(c)) for c in r.candidates]  # fmt: skip
-    table(("type", "file", "gpu layers", "tokens/s", "ppl (ref)", "fits", "note"), rows)
+             "yes" if c.fits else "no", _candidate_note(c)] for c in r.candidates]  # fmt: skip
+    if any(c.measured_kld is not None for c in r.candidates):
+        for row, c in zip(rows, r.candidates, strict=True):
+            row.insert(5, "-" if c.measured_kld is None else f"KLD {c.measured_kld:.4f}, {c.measured_ppl_delta:+.4g}")
+        table(("type", "file", "gpu layers", "tokens/s", "ppl (ref)", "measured", "fits", "note"), rows)
+        texts = sorted({c.measured_text for c in r.candidates if c.measured_text})
+        note(f"measured: `mm eval` of that type against this model (KLD, Δppl) on {', '.join(texts)}; "
+             "ppl (ref): llama.cpp's reference figure for the type (Llama-3-8B), not this model")  # fmt: skip
+    else:
+        table(("type", "file", "gpu layers", "tokens/s", "ppl (ref)", "fits", "note"), rows)
     typer.echo(f"recommended: {r.recommended or 'none'} ({r.reason})")
     if any(not c.exact_sizes for c in r.candidates):
         note("~ sizes estimated from bits per weight (llama.cpp's quantize dry-run was not available)")
