@@ -6,7 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -23,18 +23,22 @@ def sha256_file(path: Path, progress: ProgressCallback | None = None) -> str:
         return sha256_handle(handle, progress)
 
 
+def read_chunks(handle: BinaryIO) -> Iterator[memoryview]:
+    """An open file's bytes from its current position, in large chunks read into one reused buffer (each
+    chunk is valid until the next is read): the one read loop every hash in mm goes through."""
+    buffer = bytearray(CHUNK_BYTES)
+    view = memoryview(buffer)
+    while count := handle.readinto(buffer):  # type: ignore[attr-defined]
+        yield view[:count]
+
+
 def sha256_handle(handle: BinaryIO, progress: ProgressCallback | None = None) -> str:
     """Hex sha256 of an open file from its current position; the handle stays valid across a rename."""
     digest = hashlib.sha256()
-    buffer = bytearray(CHUNK_BYTES)
-    view = memoryview(buffer)
-    while True:
-        count = handle.readinto(buffer)  # type: ignore[attr-defined]
-        if not count:
-            break
-        digest.update(view[:count])
+    for chunk in read_chunks(handle):
+        digest.update(chunk)
         if progress is not None:
-            progress(count)
+            progress(len(chunk))
     return digest.hexdigest()
 
 

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.gguf_header import read_model
 from pipeline.hardware import HardwareClass
-from pipeline.memory import Context, ModelShape, Split, context, model_shape
+from pipeline.memory import Context, DeviceBuffers, ModelShape, context, model_shape
 from pipeline.placement import (
     Placement,
     ReadBytes,
@@ -29,7 +29,7 @@ from pipeline.placement import (
     place,
     tensor_overrides,
 )
-from pipeline.recipe import Recipe
+from pipeline.recipe import KvType, Recipe
 from pipeline.speed import DeviceRates, DeviceWork, Overhead, tokens_per_second
 from pipeline.units import format_size
 
@@ -50,7 +50,7 @@ class FitSettings(BaseModel):
     ctx: int = Field(default=4096, ge=16)
     batch: int = Field(default=2048, ge=1)
     ubatch: int = Field(default=512, ge=1)
-    kv_type: Literal["f16", "q8_0", "q4_0"] = "f16"
+    kv_type: KvType = "f16"
     flash_attn: bool = False
     parallel: int = Field(default=1, ge=1)
     mmap: bool = True
@@ -121,7 +121,7 @@ class FitResult(BaseModel):
     warnings: list[str] = []  # settings the model was not made for (a context beyond its training)
 
 
-def _breakdown(split: Split, overhead: int) -> DeviceBreakdown:
+def _breakdown(split: DeviceBuffers, overhead: int) -> DeviceBreakdown:
     total = split.weights + split.kv + split.output + split.compute + overhead
     return DeviceBreakdown(
         weights_bytes=split.weights,

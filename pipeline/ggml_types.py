@@ -27,10 +27,15 @@ def ggml_type_id(name: str) -> int:
         raise UsageError(f"unknown tensor type {name!r}; valid tensor types: {valid}") from None
 
 
+def block_size(type_name: str) -> tuple[int, int]:
+    """(elements, bytes) of one block of a ggml type (`Q4_K`, `q8_0`, `F32`): ggml's type traits."""
+    key = type_name.upper()
+    return Q2_0_SIZE if key == "Q2_0" else gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[key]]
+
+
 def tensor_bytes(type_name: str, shape: tuple[int, ...]) -> int:
     """Bytes of a tensor of this ggml type and shape: rows x row size, as ggml_row_size."""
-    key = type_name.upper()
-    block, size = Q2_0_SIZE if key == "Q2_0" else gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[key]]
+    block, size = block_size(type_name)
     rows = 1
     for dim in shape[1:]:
         rows *= dim

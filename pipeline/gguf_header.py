@@ -24,6 +24,7 @@ import gguf
 import numpy as np
 
 from pipeline.errors import ModelFormatError
+from pipeline.ggml_types import block_size
 from pipeline.safe_names import printable
 from pipeline.shards import shard_paths
 
@@ -287,7 +288,7 @@ def _tensor(
     qtype: gguf.GGMLQuantizationType,
     rel: int,
 ) -> TensorInfo:
-    block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+    block, type_size = block_size(qtype.name)
     n_elements = 1
     for dim in shape:  # Python ints: exact, and checked before anything is sized from them
         n_elements *= dim

@@ -16,8 +16,9 @@ from pydantic import BaseModel, ValidationError
 from pipeline import hub
 from pipeline.download import pull
 from pipeline.errors import EntryNotFoundError, ProfileNotFoundError, RegistryError
+from pipeline.fit import Verdict
 from pipeline.hardware import HardwareClass
-from pipeline.profile import Profile, Verdict
+from pipeline.profile import Profile
 from pipeline.registry import install
 from pipeline.repo_profile import PROFILES_FOLDER, RepoProfile, fit_settings, profile_file
 from pipeline.transfer import ProgressFactory

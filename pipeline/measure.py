@@ -10,7 +10,8 @@ from pipeline.bench import BenchProgress, BenchResult, default_threads, run_benc
 from pipeline.errors import RegistryError, UsageError
 from pipeline.evaluate import EvalProgress, EvalResult, evaluate
 from pipeline.fit import FitSettings, fit_model
-from pipeline.profile import KV_TYPE_IDS, NAME_RE, Profile
+from pipeline.ggml_types import ggml_type_id
+from pipeline.profile import NAME_RE, Profile
 from pipeline.texts import parse_text, resolve_text
 from pipeline.transfer import ProgressFactory
 
@@ -50,7 +51,7 @@ def resolve_target(target: str, recipes: Path | None = None, *, threads: int | N
     settings = FitSettings.for_recipe(recipe, threads=threads, n_gpu_layers=0, **flags)
     kwargs = {
         "model_path": str(path), "n_ctx": settings.ctx, "n_batch": settings.batch, "n_ubatch": settings.ubatch,
-        "type_k": KV_TYPE_IDS[settings.kv_type], "type_v": KV_TYPE_IDS[settings.kv_type],
+        "type_k": ggml_type_id(settings.kv_type), "type_v": ggml_type_id(settings.kv_type),
         "flash_attn": settings.flash_attn, "n_gpu_layers": 0, "use_mmap": settings.mmap,
         "n_threads": settings.threads or default_threads(),
     }  # fmt: skip

@@ -13,9 +13,8 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-import gguf
-
 from pipeline.errors import FitError
+from pipeline.ggml_types import block_size
 from pipeline.gguf_header import GGUFHeader, layer_of
 
 F32 = 4
@@ -28,8 +27,6 @@ RECURRENT_ARCHS = frozenset({"mamba", "mamba2", "rwkv6", "rwkv6qwen2", "rwkv7", 
 # common/common.h LLM_FFN_EXPS_REGEX: the routed-expert tensors (and their biases) that --cpu-moe and
 # --n-cpu-moe keep on the CPU (std::regex_search, so a suffix such as .weight or .bias still matches).
 EXPERTS_RE = re.compile(r"\.ffn_(up|down|gate|gate_up)_(ch|)exps")
-KV_TYPES = {"f16": gguf.GGMLQuantizationType.F16, "q8_0": gguf.GGMLQuantizationType.Q8_0,
-            "q4_0": gguf.GGMLQuantizationType.Q4_0}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -325,7 +322,7 @@ def context(
 
 
 def _row_bytes(type_name: str, n: int) -> int:
-    block, size = gguf.GGML_QUANT_SIZES[KV_TYPES[type_name]]
+    block, size = block_size(type_name)
     return -(-n // block) * size
 
 
@@ -413,8 +410,8 @@ def _recurrent_compute_bytes(shape: ModelShape, ctx: Context) -> int:
 
 
 @dataclass(frozen=True)
-class Split:
-    """Bytes per component on one device."""
+class DeviceBuffers:
+    """The buffers llama.cpp allocates on one device, in bytes per component (not a split GGUF's shards)."""
 
     weights: int = 0
     kv: int = 0
@@ -422,7 +419,9 @@ class Split:
     compute: int = 0
 
 
-def split_layers(shape: ModelShape, ctx: Context, n_gpu_layers: int, n_cpu_moe: int = 0) -> tuple[Split, Split]:
+def split_layers(
+    shape: ModelShape, ctx: Context, n_gpu_layers: int, n_cpu_moe: int = 0
+) -> tuple[DeviceBuffers, DeviceBuffers]:
     """(gpu, cpu) buffers for `n_gpu_layers` (and `n_cpu_moe`), as llama-model.cpp load_tensors assigns them.
 
     i_gpu_start = n_layer + 1 - n_gpu_layers: the output layer (index n_layer) is the first to go to the
@@ -442,7 +441,7 @@ def split_layers(shape: ModelShape, ctx: Context, n_gpu_layers: int, n_cpu_moe: 
     compute = compute_buffer_bytes(shape, ctx)
     output = output_buffer_bytes(shape, ctx)
     if ngl == 0:
-        return Split(), Split(shape.weights_bytes, all_kv, output, compute)
+        return DeviceBuffers(), DeviceBuffers(shape.weights_bytes, all_kv, output, compute)
     # With any layer offloaded, the scheduler runs the big matmuls on the GPU (op_offload) and keeps a
     # small host buffer for the inputs: the embeddings of the ubatch and the logits copied back.
     host_compute = (2 * shape.n_embd + shape.n_vocab) * ctx.n_ubatch * F32
@@ -451,6 +450,6 @@ def split_layers(shape: ModelShape, ctx: Context, n_gpu_layers: int, n_cpu_moe: 
         # weights in (ggml-backend.cpp split inputs; ggml-cuda offload_op takes MUL_MAT_ID at >= 32 tokens):
         # the GPU's compute buffer holds the largest such tensor. An estimate: not checked against a GPU.
         compute += shape.max_expert_tensor_bytes
-    gpu = Split(gpu_w, gpu_kv, 0, compute)
-    cpu = Split(shape.weights_bytes - gpu_w, all_kv - gpu_kv, output, host_compute)
+    gpu = DeviceBuffers(gpu_w, gpu_kv, 0, compute)
+    cpu = DeviceBuffers(shape.weights_bytes - gpu_w, all_kv - gpu_kv, output, host_compute)
     return gpu, cpu

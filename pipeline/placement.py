@@ -14,7 +14,7 @@ import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from pipeline.memory import Context, ModelShape, Split, kv_per_layer, split_layers
+from pipeline.memory import Context, DeviceBuffers, ModelShape, kv_per_layer, split_layers
 from pipeline.speed import attention_cells, merge, scaled
 
 # common/common.h llm_ffn_block_regex(i, LLM_FFN_EXPS_REGEX), as `-ot PATTERN=CPU` strings (arg.cpp's
@@ -97,8 +97,8 @@ def _layer_work(shape: ModelShape, ctx: Context) -> _LayerWork:
 class Placement:
     n_gpu_layers: int
     n_cpu_moe: int
-    gpu: Split
-    cpu: Split
+    gpu: DeviceBuffers
+    cpu: DeviceBuffers
     read: ReadBytes
 
     @property

@@ -10,23 +10,25 @@ from __future__ import annotations
 import re
 import shlex
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pipeline.bench import BenchResult
 from pipeline.errors import UsageError
 from pipeline.evaluate import EvalResult
+from pipeline.fit import Verdict
+from pipeline.ggml_types import ggml_type_id
 from pipeline.gguf_header import read_header
 from pipeline.hardware import HardwareClass
 from pipeline.llama_build import llama_cpp_version
 from pipeline.provenance import QuantParams, QuantRecord, SourceRef, source_ref, utc_now
 from pipeline.quant_types import QUANT_TYPES, by_ftype
+from pipeline.recipe import KvType, Recipe
 from pipeline.shards import shard_names
 
 if TYPE_CHECKING:
     from pipeline.fit import FitResult
-    from pipeline.recipe import Recipe
 
 SCHEMA_VERSION = 2  # 2: MoE placement (run.n_cpu_moe, run.tensor_overrides); version 1 still reads
 READABLE_VERSIONS = (1, 2)
@@ -35,9 +37,6 @@ NAME_HELP = "letters, digits and . _ @ + - (at most 200, starting with a letter 
 
 # ggml_type ids (ggml/include/ggml.h) for the KV cache types mm plans with; llama.cpp's
 # context params `type_k`/`type_v` take these ids, its CLI flags take the names.
-KV_TYPE_IDS: dict[str, int] = {"f16": 1, "q4_0": 2, "q8_0": 8}
-KvType = Literal["f16", "q8_0", "q4_0"]
-Verdict = Literal["full_offload", "partial_offload", "cpu_only", "does_not_fit"]
 
 
 def check_name(name: str) -> str:
@@ -83,7 +82,7 @@ class RunSettings(BaseModel):
     n_batch: int = Field(ge=1)
     n_ubatch: int = Field(ge=1)
     kv_type: KvType = "f16"
-    type_k: int  # ggml type id of the K cache (KV_TYPE_IDS)
+    type_k: int  # ggml type id of the K cache (ggml_type_id(kv_type))
     type_v: int
     flash_attn: bool = False
     threads: int | None = Field(default=None, ge=1)
@@ -253,7 +252,7 @@ def build_profile(
         raise UsageError(str(exc)) from None
     run = RunSettings(
         n_gpu_layers=fit.n_gpu_layers, n_ctx=settings.ctx, n_batch=settings.batch, n_ubatch=settings.ubatch,
-        kv_type=settings.kv_type, type_k=KV_TYPE_IDS[settings.kv_type], type_v=KV_TYPE_IDS[settings.kv_type],
+        kv_type=settings.kv_type, type_k=ggml_type_id(settings.kv_type), type_v=ggml_type_id(settings.kv_type),
         flash_attn=settings.flash_attn, threads=threads, parallel=settings.parallel, use_mmap=settings.mmap,
         n_cpu_moe=fit.n_cpu_moe, tensor_overrides=fit.tensor_overrides,
     )  # fmt: skip

@@ -199,7 +199,7 @@ class BenchSettings(BaseModel):
     repetitions: StrictInt = Field(default=5, ge=1, le=1000)
 
 
-class RunSettings(BaseModel):
+class RunSection(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     ctx: StrictInt = Field(default=4096, ge=16, le=1 << 22)
@@ -245,7 +245,7 @@ class Recipe(BaseModel):
     convert: ConvertSettings = Field(default_factory=ConvertSettings)
     imatrix: ImatrixSettings = Field(default_factory=ImatrixSettings)
     quantize: QuantizeSettings = Field(default_factory=QuantizeSettings)
-    run: RunSettings = Field(default_factory=RunSettings)
+    run: RunSection = Field(default_factory=RunSection)
     publish: PublishSettings = Field(default_factory=PublishSettings)
     eval: EvalSettings | None = None  # measured only when the recipe has the section
     bench: BenchSettings | None = None

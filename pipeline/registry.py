@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, ValidationError
 
 from pipeline.bench import BenchResult
-from pipeline.digest import cached_sha256, file_sha256, forget_sha256, record_sha256, sha256_file
+from pipeline.digest import cached_sha256, file_sha256, forget_sha256, read_chunks, record_sha256, sha256_file
 from pipeline.disk_space import disk_full, require_space
 from pipeline.errors import (
     FitError,
@@ -240,11 +240,11 @@ def _store_blob(home: Home, source: Path, sha256: str, size_bytes: int) -> Path:
     return target
 
 
-def copy_hashing(source: Path, target: Path, chunk_bytes: int = 8 << 20) -> str:
+def copy_hashing(source: Path, target: Path) -> str:
     """Copy `source` to `target` and return the sha256 of the bytes written (one read of the source)."""
     digest = hashlib.sha256()
-    with open(source, "rb") as reader, open(target, "wb") as writer:
-        while chunk := reader.read(chunk_bytes):
+    with open(source, "rb", buffering=0) as reader, open(target, "wb") as writer:
+        for chunk in read_chunks(reader):
             digest.update(chunk)
             writer.write(chunk)
     return digest.hexdigest()

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.fit import Verdict
 from pipeline.hardware import HardwareClass
 from pipeline.profile import (
     BlobRef,
     Profile,
     RunSettings,
-    Verdict,
     llama_cli_command,
     llama_kwargs,
     llama_server_command,

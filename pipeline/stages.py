@@ -562,15 +562,15 @@ def _bench_stage(recipe: Recipe, env: StageEnv, qtype: str) -> Stage:
     def action(up: Upstream) -> StageOutcome:
         from pipeline.bench import run_bench
         from pipeline.fit import FitResult, fit_model
+        from pipeline.ggml_types import ggml_type_id
         from pipeline.hardware import local_class
-        from pipeline.profile import KV_TYPE_IDS
 
         path = Path(up[quant].values["path"])
         fitted = FitResult.model_validate(up[fit].values["fit"])
         run = fitted.settings
         kwargs = {
             "model_path": str(path), "n_ctx": run.ctx, "n_batch": run.batch, "n_ubatch": run.ubatch,
-            "type_k": KV_TYPE_IDS[run.kv_type], "type_v": KV_TYPE_IDS[run.kv_type], "flash_attn": run.flash_attn,
+            "type_k": ggml_type_id(run.kv_type), "type_v": ggml_type_id(run.kv_type), "flash_attn": run.flash_attn,
             "n_gpu_layers": fitted.n_gpu_layers, "use_mmap": run.mmap, "n_threads": recipe.run.threads,
         }  # fmt: skip
         result = run_bench(kwargs, n_prompt=settings.n_prompt, n_gen=settings.n_gen, repetitions=settings.repetitions)

@@ -18,6 +18,8 @@ from pathlib import Path
 import gguf
 import numpy as np
 
+from pipeline.ggml_types import block_size
+
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}</s>{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
@@ -369,7 +371,7 @@ def write_header_only_model(path: Path, spec: TinySpec) -> Path:
     for name, shape in _tensor_shapes(spec):
         f32 = len(shape) == 1 or name.endswith(_MAMBA_F32) or name.endswith(".bias")
         qtype = gguf.GGMLQuantizationType.F32 if f32 else _big_type(name, spec)
-        block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+        block, type_size = block_size(qtype.name)
         n_bytes = int(np.prod(shape)) // block * type_size
         numpy_shape = shape[::-1]  # gguf takes numpy order, the last axis in bytes for quantized types
         byte_shape = (*numpy_shape[:-1], numpy_shape[-1] // block * type_size)

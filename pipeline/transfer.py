@@ -21,6 +21,7 @@ from typing import Protocol
 import httpx2
 from huggingface_hub import constants, get_session, hf_raise_for_status
 
+from pipeline.digest import read_chunks
 from pipeline.disk_space import disk_full
 from pipeline.errors import HubError, IntegrityError
 from pipeline.home import inside, mm_home
@@ -208,11 +209,9 @@ class _State:
             return
         if have:
             log.info("resuming %s from byte %d (hashing what is there first)", self.path.name, have)
-            buffer = bytearray(8 << 20)
-            view = memoryview(buffer)
             with open(self.path, "rb", buffering=0) as handle:
-                while count := handle.readinto(buffer):
-                    self.hashes.update(view[:count])
+                for chunk in read_chunks(handle):
+                    self.hashes.update(chunk)
         self.offset = have
 
 
