@@ -5,9 +5,10 @@ releases the GIL in reductions), best of a few passes. Compute: llama.cpp itself
 llama-cpp-python `mm bench` uses, on models made by the tiny-model factory:
   - two micro models (2 and 8 layers, width 64) give the per-token overhead: a fixed part and a part per
     layer (their matrix work is negligible);
-  - one mid model (2 layers, width 1024, FFN 2816: small enough to stay in the 32 MB-class caches once
-    quantized) is quantized "pure" to each weight type, and its decode time less the overhead gives that
-    type's matrix-vector rate: 2 x weight elements / seconds.
+  - one mid model (2 layers, width 512, FFN 1024: 5 M weights, 20 MB even in F32, so it stays in a
+    32 MB-class cache and measures arithmetic, not RAM) is quantized "pure" to each weight type, and its
+    decode time less the overhead gives that type's matrix-vector rate: 2 x weight elements / seconds.
+    Larger models are held back by the bandwidth term instead (speed.py's roofline).
 The result is a hardware class (pipeline/hardware.py) cached in $MM_HOME/hw/local.json; the local machine's
 default class uses it, and `mm hw --save NAME` writes it into hardware.toml.
 """
@@ -46,8 +47,8 @@ MEASURED_TYPES = {
     "F32": 0, "F16": 1, "BF16": 32, "Q8_0": 7, "Q6_K": 18, "Q5_K": 17, "Q4_K": 15, "Q3_K": 12, "Q2_K": 10,
     "Q4_0": 2, "Q5_0": 8,
 }  # fmt: skip
-GEN_TOKENS = 48
-REPETITIONS = 3
+GEN_TOKENS = 64
+REPETITIONS = 5
 
 
 def ram_bandwidth_gbps(threads: int, total_bytes: int = BANDWIDTH_BYTES, passes: int = 3) -> float:
@@ -114,7 +115,7 @@ def measure_machine(
         micro = TinySpec(n_embd=64, n_head=2, n_head_kv=1, n_ff=128)
         micro2 = write_tiny_model(root / "micro2.gguf", micro)
         micro8 = write_tiny_model(root / "micro8.gguf", micro.with_(n_layers=8))
-        mid = write_tiny_model(root / "mid.gguf", TinySpec(n_embd=1024, n_head=8, n_head_kv=4, n_ff=2816))
+        mid = write_tiny_model(root / "mid.gguf", TinySpec(n_embd=512, n_head=8, n_head_kv=4, n_ff=1024))
         models: dict[str, Path] = {}
         for kind in kinds:
             say(f"preparing a {kind} calibration model")
