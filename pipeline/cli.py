@@ -18,6 +18,23 @@ from pipeline.errors import MMError
 INTERRUPTED_EXIT = 130  # 128 + SIGINT, as shells report it
 
 
+# The library names the input at fault (MMError.param) and describes the problem; this one table says which
+# flag of the command line sets that input.
+FLAG_FOR_PARAM = {
+    "imatrix_path": "--imatrix",
+    "tensor_types": "--tensor-type",
+    "allow_requantize": "--allow-requantize",
+    "kv_type": "--kv-type / --flash-attn",
+    "max_tokens": "--max-tokens",
+    "port": "--port",
+}
+
+
+def _flag_note(exc: MMError) -> str:
+    flag = FLAG_FOR_PARAM.get(exc.param or "")
+    return f"\n  flag: {flag}" if flag else ""
+
+
 class _MMGroup(TyperGroup):
     """Every command runs inside this: an MMError becomes its message and exit code, not a traceback."""
 
@@ -27,7 +44,7 @@ class _MMGroup(TyperGroup):
         except MMError as exc:
             if os.environ.get("MM_DEBUG") == "1":
                 raise
-            typer.echo(f"error: {exc}", err=True)
+            typer.echo(f"error: {exc}" + _flag_note(exc), err=True)
             raise typer.Exit(exc.exit_code) from None
         except OSError as exc:
             if exc.errno != errno.ENOSPC or os.environ.get("MM_DEBUG") == "1":

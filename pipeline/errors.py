@@ -8,10 +8,13 @@ class MMError(Exception):
 
     exit_code: int = 1
 
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
+    def __init__(self, message: str, *, hint: str | None = None, param: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        # The input at fault by its library name (a QuantParams field, a function parameter): messages describe
+        # the problem, and the CLI edge (pipeline/cli.py) names the flag that sets this input.
+        self.param = param
 
     def __str__(self) -> str:
         return self.message if not self.hint else f"{self.message}\n  hint: {self.hint}"

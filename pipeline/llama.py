@@ -269,7 +269,7 @@ def dry_run_in_process(job: QuantizeJob) -> QuantizeLog:
         try:
             status = run_job(job.replace(dry_run=True))
         except (OSError, ValueError) as exc:  # the imatrix (read here: it changes llama.cpp's type choice)
-            raise QuantizeError(f"--imatrix {job.imatrix}: not a usable importance matrix: {exc}") from None
+            raise QuantizeError(f"importance matrix {job.imatrix}: not usable: {exc}", param="imatrix_path") from None
         finally:
             llama_cpp.llama_log_set(previous, previous_data)
     parsed = QuantizeLog()

@@ -241,7 +241,8 @@ def build_profile(
     if settings.kv_type != "f16" and not settings.flash_attn:
         raise UsageError(
             f"a {settings.kv_type} KV cache needs flash attention (llama.cpp refuses a quantized V cache without it)",
-            hint="add --flash-attn, or use --kv-type f16",
+            hint="turn flash attention on, or use an f16 KV cache",
+            param="kv_type",
         )
     if threads is None and recipe is not None:
         threads = recipe.run.threads

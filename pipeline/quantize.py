@@ -50,8 +50,8 @@ log = logging.getLogger(__name__)
 
 FLOAT_TYPES = {"F32", "F16", "BF16"}
 IMATRIX_HINT = (
-    "make one with `mm imatrix MODEL` (llama.cpp's llama-imatrix over calibration text), then pass it with "
-    '--imatrix; in a recipe, [quantize] imatrix = "auto" does both'
+    "make one with `mm imatrix MODEL` (llama.cpp's llama-imatrix over calibration text), then give it to "
+    'quantize; in a recipe, [quantize] imatrix = "auto" does both'
 )
 
 
@@ -122,7 +122,9 @@ def _job(source: Path, output: Path, qtype: QuantType, params: QuantParams, thre
         try:
             re.compile(pattern)
         except re.error as exc:
-            raise UsageError(f"--tensor-type {pattern}={type_name}: invalid pattern: {exc}") from None
+            raise UsageError(
+                f"tensor type override {pattern}={type_name}: invalid pattern: {exc}", param="tensor_types"
+            ) from None
         tensor_types.append((pattern, ggml_type_id(type_name)))
     return QuantizeJob(
         source=str(source),
@@ -237,7 +239,7 @@ def _check(request: QuantizeRequest, header: GGUFHeader, qtype: QuantType) -> tu
     """(why to skip, warnings) — or raise before any work for what must not run."""
     params = request.params
     if params.imatrix_path is not None and not Path(params.imatrix_path).is_file():
-        raise UsageError(f"--imatrix {params.imatrix_path}: no such file")
+        raise UsageError(f"importance matrix {params.imatrix_path}: no such file", param="imatrix_path")
     current = _quantized_type(header)
     overrides = params.tensor_types or params.output_tensor_type or params.token_embedding_type or params.pure
     source_type = by_ftype(header.file_type) if header.file_type is not None else None
@@ -249,7 +251,8 @@ def _check(request: QuantizeRequest, header: GGUFHeader, qtype: QuantType) -> tu
             raise QuantizeError(
                 f"{request.source} is already quantized ({current}); re-quantizing it to {qtype.canonical} "
                 "loses more quality than quantizing from an F16/BF16/F32 model",
-                hint="pass --allow-requantize (recipe: allow_requantize = true) to do it anyway",
+                hint="allow re-quantizing to do it anyway (recipe: allow_requantize = true)",
+                param="allow_requantize",
             )
         warnings.append(f"re-quantizing from {current}: expect lower quality than {qtype.canonical} made from F16/BF16")
     return None, warnings
@@ -312,7 +315,9 @@ def _quantize(
         predicted = plan(request.source, request.params, engine=request.engine, llama_quantize=binary)
         if predicted.needs_imatrix and not request.params.imatrix_path:
             raise QuantizeError(
-                f"{qtype.canonical} needs an importance matrix (imatrix) for this model", hint=IMATRIX_HINT
+                f"{qtype.canonical} needs an importance matrix (imatrix) for this model",
+                hint=IMATRIX_HINT,
+                param="imatrix_path",
             )
     source = request.source_ref or source_ref(request.source.resolve())
     output = request.output or default_output_path(request.source, source.sha256, qtype.canonical)

@@ -180,7 +180,7 @@ def generate(
     """Answer `prompt` as one chat turn (raw=False, the model's chat format) or complete it as plain text,
     streaming each piece of text to `on_token` as llama.cpp produces it."""
     if max_tokens < 1:
-        raise UsageError("max_tokens must be at least 1")
+        raise UsageError("max_tokens must be at least 1", param="max_tokens")
     llm = load(profile, verify=verify, chat_format=chat_format)
     if seed is not None:
         llm.set_seed(seed)
@@ -222,7 +222,7 @@ def chat(
 def check_port_free(port: int) -> None:
     """Bind and release 127.0.0.1:`port` so a taken port is an error before minutes of model loading."""
     if not 1 <= port <= 65535:
-        raise UsageError(f"port {port}: expected a port number from 1 to 65535")
+        raise UsageError(f"port {port}: expected a port number from 1 to 65535", param="port")
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:
             sock.bind((LOOPBACK, port))

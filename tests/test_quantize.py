@@ -17,7 +17,7 @@ import llama_cpp
 import pytest
 from typer.testing import Result
 
-from pipeline.errors import QuantizeError
+from pipeline.errors import QuantizeError, UsageError
 from pipeline.home import mm_home
 from pipeline.provenance import QuantParams, read_record
 from pipeline.quantize import QuantizeRequest, plan, quantize
@@ -260,3 +260,17 @@ def test_plan_for_a_70b_q4_k_m_to_q2_k_reads_only_the_header(tmp_path: Path) -> 
     assert len(predicted.tensors) == 80 * 9 + 3
     assert predicted.file_bytes < 0.75 * big.stat().st_size  # ~3 bpw from ~4.8
     assert 2.5 < predicted.bits_per_weight < 3.6
+
+
+def test_a_missing_imatrix_is_described_by_the_library_and_flagged_by_the_cli(
+    tiny_model: Path, mm: Callable[..., Result], tmp_path: Path
+) -> None:
+    missing = tmp_path / "absent.imatrix"
+    request = QuantizeRequest(source=tiny_model, params=QuantParams(type="q4_0", imatrix_path=str(missing)))
+    with pytest.raises(UsageError, match=r"importance matrix .*: no such file") as refused:
+        quantize(request)
+    assert refused.value.param == "imatrix_path" and "--" not in refused.value.message
+
+    result = mm("quantize", str(tiny_model), "--to", "q4_0", "--imatrix", str(missing))
+    assert result.exit_code == 2
+    assert f"importance matrix {missing}: no such file" in result.stderr and "flag: --imatrix" in result.stderr
