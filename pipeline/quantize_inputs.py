@@ -124,8 +124,8 @@ def requantize_problem(recipe: Recipe) -> str | None:
     """What the quantize stage would refuse, known before any work when mm has the source's header locally
     (a path, or a pulled Hub file): an already-quantized source without quantize.allow_requantize."""
     settings = recipe.quantize
-    if settings.allow_requantize or not settings.types:
-        return None
+    if settings.allow_requantize or not settings.types or recipe.source.is_safetensors:
+        return None  # a converted source is float (or q8_0 by choice): the quantize stage checks that one
     ref = recipe_hub_ref(recipe)
     path = cached_hub_file(ref) if ref is not None else recipe_source_path(recipe, must_exist=False)
     if path is None or not path.is_file():

@@ -50,10 +50,18 @@ def reasons(report: dict[str, object]) -> dict[str, str]:
     return {s["name"]: s["reason"] for s in recipe["stages"] if s["status"] == "ran"}
 
 
-def test_a_safetensors_recipe_validates_and_refuses_a_file_or_pin(recipes_folder: Path) -> None:
+def test_a_safetensors_recipe_validates_plans_and_refuses_a_file_or_pin(
+    recipes_folder: Path, mm: Callable[..., Result]
+) -> None:
     ok = write_recipe(recipes_folder, "ok", RECIPE.format(text="t.txt"))
     recipe = load_recipe(ok)
     assert recipe.source.is_safetensors and recipe.quantize.imatrix == "auto" and recipe.imatrix.chunks == 6
+    assert mm("recipe", "validate", str(ok)).exit_code == 0
+    plan = mm("build", "ok", "--recipes", str(recipes_folder), "--dry-run", "--offline", "--json")
+    names = [s["name"] for s in json.loads(plan.stdout)["recipes"][0]["stages"]]
+    assert names[:5] == ["resolve", "download", "convert", "calibration", "imatrix"], names
+    refused = mm("quantize", "ok", "--recipes", str(recipes_folder), "--to", "q4_k_m")
+    assert refused.exit_code == 2 and "mm build ok" in refused.stderr
     with_file = RECIPE.format(text="t.txt").replace("[convert]", 'file = "x.gguf"\n[convert]')
     bad = write_recipe(recipes_folder, "bad", with_file)
     with pytest.raises(RecipeError, match="whole repo"):
