@@ -27,6 +27,7 @@ from pipeline import hub
 from pipeline.child import describe_exit, run_child
 from pipeline.convert_env import ConverterEnv, ensure_converter
 from pipeline.digest import file_sha256, record_sha256
+from pipeline.disk_space import disk_full, require_space
 from pipeline.errors import ConvertError, ModelFormatError, UsageError
 from pipeline.gguf_header import GGUFHeader, read_header
 from pipeline.home import atomic_path, atomic_write_text, locked, mm_home, remove_stale_temps
@@ -228,6 +229,7 @@ def convert(
         if done is not None:
             return ConvertResult(record=done, output=output, cached=True)
         remove_stale_temps(output)
+        require_space(output.parent, estimated_bytes(snapshot, outtype), f"converting {snapshot.name} to {outtype}")
         arch = architecture(snapshot)
         log_path = home.ensure(home.logs) / f"convert-{output.name}.log"
         started = time.monotonic()
@@ -251,6 +253,13 @@ def convert(
         )
         atomic_write_text(record_path_for(output), record.model_dump_json(indent=2) + "\n")
         return ConvertResult(record=record, output=output, cached=False, log_path=log_path)
+
+
+def estimated_bytes(snapshot: Snapshot, outtype: str) -> int:
+    """The GGUF's size from the checkpoint's: checkpoints are mostly 16-bit, so f32 doubles them and q8_0
+    (8.5 bits per weight, ggml's block of 32 int8 and one f16 scale) takes 17/32 of them."""
+    weights = sum(f.size_bytes for f in snapshot.files if f.name.endswith(".safetensors"))
+    return {"f32": 2 * weights, "q8_0": weights * 17 // 32}.get(outtype, weights)
 
 
 def _up_to_date(output: Path, key: str) -> ConvertRecord | None:
@@ -280,6 +289,8 @@ def _run_converter(
     if status == 0:
         return
     text = "\n".join(tail)
+    if "No space left on device" in text:
+        raise disk_full(tmp.parent)
     unsupported = _UNSUPPORTED_RE.search(text)
     if unsupported:
         raise ConvertError(

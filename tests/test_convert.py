@@ -290,3 +290,22 @@ def test_kill_9_during_imatrix_leaves_nothing_and_the_rerun_completes(
     assert rerun.exit_code == 0, rerun.stderr
     document = json.loads(rerun.stdout)
     assert document["cached"] is False and document["record"]["chunks_done"] == 160 and _temps(folder) == []
+
+
+@pytest.mark.slow
+def test_not_enough_disk_for_the_gguf_is_refused_before_converting(
+    mm: Callable[..., Result],
+    hf_tiny_model: Path,
+    converter: ConverterEnv,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tests.test_disk_full import disk_error, small_filesystem
+
+    checkpoint = (hf_tiny_model / "model.safetensors").stat().st_size  # bf16: f32 needs twice as much
+    with small_filesystem(tmp_path / "small", f"{(checkpoint >> 20) + 17}m") as small:
+        monkeypatch.setenv("MM_HOME", str(small / "home"))
+        result = mm("convert", str(hf_tiny_model), "--outtype", "f32")
+        assert "converting tiny-llama to f32" in disk_error(result, small / "home" / "converted")
+        assert converted_files(small / "home") == []
+        assert mm("convert", str(hf_tiny_model), "--outtype", "q8_0").exit_code == 0  # 17/32 of it fits
