@@ -10,10 +10,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, Field
 
@@ -25,12 +25,26 @@ from pipeline.model_ref import recipe_hardware, recipe_source_path
 from pipeline.provenance import PIN, QuantParams, SourceRef, check_sha256, source_ref
 from pipeline.recipe import Recipe
 from pipeline.safe_names import COMMIT_RE
+from pipeline.stage_values import (
+    Benched,
+    Downloaded,
+    Evaluated,
+    Fitted,
+    ModelFile,
+    Published,
+    Pushed,
+    Resolved,
+    SnapshotFiles,
+    StageValue,
+    Text,
+)
 
 if TYPE_CHECKING:  # huggingface_hub loads with pipeline.transfer: only when a transfer runs
     from pipeline.transfer import Progress, ProgressFactory
 
 # Bumped when a stage's action changes what it produces, so stamps of the old action are stale.
 STAGE_VERSION = 1
+V = TypeVar("V", bound=StageValue)
 
 
 class OutputRecord(BaseModel):
@@ -42,13 +56,32 @@ class OutputRecord(BaseModel):
 
 
 class StageOutcome(BaseModel):
-    """What a stage hands on: files it produced and small values (commit, digests, a fit result)."""
+    """What a stage hands on: files it produced and its value (a stage_values model, stored as its JSON)."""
 
     outputs: list[OutputRecord] = Field(default_factory=list)
     values: dict[str, Any] = Field(default_factory=dict)
 
+    @classmethod
+    def of(cls, value: StageValue, outputs: Sequence[OutputRecord] = ()) -> StageOutcome:
+        return cls(outputs=list(outputs), values=value.model_dump(mode="json", exclude_none=True))
+
+    def value(self, kind: type[V]) -> V:
+        """The stage's value as the model it was written from (fails loudly if it is another kind)."""
+        return kind.model_validate(self.values)
+
 
 Upstream = Mapping[str, StageOutcome]
+
+
+def _commit(up: Upstream) -> str:
+    commit = up["resolve"].value(Resolved).commit
+    assert commit is not None, "resolve names a commit for a Hub source"
+    return commit
+
+
+def _source_json(model: ModelFile) -> dict[str, Any] | None:
+    """The source as the publish fingerprint has always held it (its JSON)."""
+    return model.source_ref.model_dump(mode="json") if model.source_ref is not None else None
 
 
 @dataclass(frozen=True)
@@ -158,17 +191,17 @@ def _resolve_stage(recipe: Recipe, env: StageEnv) -> Stage:
         if source.is_local and source.is_safetensors:
             from pipeline.convert import local_snapshot
 
-            return StageOutcome(values={"snapshot": local_snapshot(_model_folder(recipe)).model_dump(mode="json")})
+            return StageOutcome.of(Resolved(snapshot=local_snapshot(_model_folder(recipe)).model_dump(mode="json")))
         if source.is_local:
             path = recipe_source_path(recipe)
-            return StageOutcome(values={"sha256": file_sha256(env.home, path), "size_bytes": path.stat().st_size})
+            return StageOutcome.of(Resolved(sha256=file_sha256(env.home, path), size_bytes=path.stat().st_size))
         assert source.repo is not None
         if COMMIT_RE.match(source.revision):
-            return StageOutcome(values={"commit": source.revision})  # pinned: no network at all
+            return StageOutcome.of(Resolved(commit=source.revision))  # pinned: no network at all
         from pipeline.hub import resolve_commit
 
         commit = resolve_commit(source.repo, source.revision, token=env.token, offline=env.offline)
-        return StageOutcome(values={"commit": commit})
+        return StageOutcome.of(Resolved(commit=commit))
 
     return Stage("resolve", (), inputs, action, volatile=True)
 
@@ -183,7 +216,7 @@ def _download_stage(recipe: Recipe, env: StageEnv) -> Stage:
         return {
             "repo": source.repo,
             "file": source.file,
-            "commit": up["resolve"].values["commit"],
+            "commit": up["resolve"].value(Resolved).commit,
             "pin": source.sha256,
         }
 
@@ -191,7 +224,7 @@ def _download_stage(recipe: Recipe, env: StageEnv) -> Stage:
         from pipeline.download import pull
 
         assert source.repo is not None and source.file is not None
-        commit = up["resolve"].values["commit"]
+        commit = _commit(up)
         files = pull(
             source.repo, source.file, commit, token=env.token, offline=env.offline, expected_sha256=source.sha256,
             progress=env.download_progress,
@@ -200,10 +233,8 @@ def _download_stage(recipe: Recipe, env: StageEnv) -> Stage:
 
         write_ref(source.repo, source.revision, commit)  # as `mm pull` does: --offline and huggingface_hub find it
         ref = source_ref(Path(files[0].path), revision=source.revision)
-        return StageOutcome(
-            outputs=[output_record(env.home, Path(f.path), f.sha256) for f in files],
-            values={"source_ref": ref.model_dump(mode="json")},
-        )
+        outputs = [output_record(env.home, Path(f.path), f.sha256) for f in files]
+        return StageOutcome.of(Downloaded(source_ref=ref), outputs)
 
     return Stage("download", ("resolve",), inputs, action)
 
@@ -218,7 +249,7 @@ def _verify_stage(recipe: Recipe, env: StageEnv) -> Stage:
         if local:
             return {
                 "path": str(recipe_source_path(recipe, must_exist=False)),
-                "source_sha256": up["resolve"].values["sha256"],
+                "source_sha256": up["resolve"].value(Resolved).sha256,
                 "pin": pin,
             }
         return {"source_sha256": [o.sha256 for o in up["download"].outputs], "pin": pin}
@@ -243,17 +274,14 @@ def _verify_stage(recipe: Recipe, env: StageEnv) -> Stage:
             )
             outputs.append(OutputRecord(path=str(path), size_bytes=path.stat().st_size, sha256=actual))
         ref = _verified_source(local, up, outputs)
-        return StageOutcome(
-            outputs=outputs,
-            values={"path": outputs[0].path, "sha256": outputs[0].sha256, "source_ref": ref.model_dump(mode="json")},
-        )
+        return StageOutcome.of(ModelFile(path=outputs[0].path, sha256=outputs[0].sha256, source_ref=ref), outputs)
 
     return Stage("verify", (dep,), inputs, action)
 
 
 def _verified_source(local: bool, up: Upstream, outputs: list[OutputRecord]) -> SourceRef:
     if not local:
-        return SourceRef.model_validate(up["download"].values["source_ref"])
+        return up["download"].value(Downloaded).source_ref
     return source_ref(Path(outputs[0].path))
 
 
@@ -275,20 +303,20 @@ def _snapshot_stage(recipe: Recipe, env: StageEnv) -> Stage:
     source = recipe.source
 
     def inputs(up: Upstream) -> dict[str, Any]:
-        return {"repo": source.repo, "commit": up["resolve"].values["commit"], "stage_version": STAGE_VERSION}
+        return {"repo": source.repo, "commit": up["resolve"].value(Resolved).commit, "stage_version": STAGE_VERSION}
 
     def action(up: Upstream) -> StageOutcome:
         from pipeline.convert import pull_snapshot
         from pipeline.hub_cache import write_ref
 
         assert source.repo is not None
-        commit = up["resolve"].values["commit"]
+        commit = _commit(up)
         snapshot = pull_snapshot(
             source.repo, commit, token=env.token, offline=env.offline, progress=env.download_progress
         ).model_copy(update={"revision": source.revision})
         write_ref(source.repo, source.revision, commit)
         outputs = [output_record(env.home, snapshot.folder / f.name, f.sha256) for f in snapshot.files]
-        return StageOutcome(outputs=outputs, values={"snapshot": snapshot.model_dump(mode="json")})
+        return StageOutcome.of(SnapshotFiles(snapshot=snapshot.model_dump(mode="json")), outputs)
 
     return Stage("download", ("resolve",), inputs, action)
 
@@ -298,7 +326,7 @@ def _convert_stage(recipe: Recipe, env: StageEnv) -> Stage:
     dep = "resolve" if recipe.source.is_local else "download"
 
     def inputs(up: Upstream) -> dict[str, Any]:
-        snapshot = up[dep].values["snapshot"]
+        snapshot = up[dep].value(SnapshotFiles).snapshot
         return {
             "commit": snapshot["commit"],
             "snapshot": [(f["name"], f["sha256"]) for f in snapshot["files"]],
@@ -310,14 +338,12 @@ def _convert_stage(recipe: Recipe, env: StageEnv) -> Stage:
     def action(up: Upstream) -> StageOutcome:
         from pipeline.convert import Snapshot, convert
 
-        snapshot = Snapshot.model_validate(up[dep].values["snapshot"])
+        snapshot = Snapshot.model_validate(up[dep].value(SnapshotFiles).snapshot)
         with _tensor_progress(env.quantize_progress, f"convert {snapshot.name}") as progress:
             result = convert(snapshot, recipe.convert.outtype, progress=progress)
         out = output_record(env.home, result.output, result.record.sha256)
         ref = result.record.source_ref()
-        return StageOutcome(
-            outputs=[out], values={"path": out.path, "sha256": out.sha256, "source_ref": ref.model_dump(mode="json")}
-        )
+        return StageOutcome.of(ModelFile(path=out.path, sha256=out.sha256, source_ref=ref), [out])
 
     return Stage("convert", (dep,), inputs, action)
 
@@ -341,9 +367,7 @@ def _calibration_stage(recipe: Recipe, env: StageEnv) -> Stage:
 
         folder = recipe.path.parent if recipe.path else None
         resolved = resolve_text(calibration_text(text, folder), token=env.token, offline=env.offline)
-        return StageOutcome(
-            values={"path": str(resolved.path), "text_sha256": resolved.sha256, "source": resolved.source}
-        )
+        return StageOutcome.of(Text(path=str(resolved.path), text_sha256=resolved.sha256, source=resolved.source))
 
     return Stage("calibration", (), inputs, action, volatile=True)
 
@@ -353,8 +377,8 @@ def _imatrix_stage(recipe: Recipe, env: StageEnv, model: str) -> Stage:
 
     def inputs(up: Upstream) -> dict[str, Any]:
         return {
-            "model_sha256": up[model].values["sha256"],
-            "text_sha256": up["calibration"].values["text_sha256"],
+            "model_sha256": up[model].value(ModelFile).sha256,
+            "text_sha256": up["calibration"].value(Text).text_sha256,
             "imatrix": settings.model_dump(mode="json", exclude={"text"}),
             "llama_cpp": env.llama_cpp_version,
             "stage_version": STAGE_VERSION,
@@ -364,19 +388,19 @@ def _imatrix_stage(recipe: Recipe, env: StageEnv, model: str) -> Stage:
         from pipeline.imatrix import ImatrixParams, calibration_model, make_imatrix
         from pipeline.texts import ResolvedText
 
-        calibration = up["calibration"].values
+        calibration = up["calibration"].value(Text)
         text = ResolvedText(
-            path=Path(calibration["path"]),
-            sha256=calibration["text_sha256"],
-            size_bytes=Path(calibration["path"]).stat().st_size,
-            source=calibration["source"],
+            path=Path(calibration.path),
+            sha256=calibration.text_sha256,
+            size_bytes=Path(calibration.path).stat().st_size,
+            source=calibration.source,
         )
-        source = calibration_model(Path(up[model].values["path"]), recipe.run.threads)
+        source = calibration_model(Path(up[model].value(ModelFile).path), recipe.run.threads)
         params = ImatrixParams(chunks=settings.chunks, ctx=settings.ctx)
         with _tensor_progress(env.quantize_progress, "imatrix") as progress:
             result = make_imatrix(source, text, params, threads=recipe.run.threads, progress=progress)
         out = output_record(env.home, result.output, result.record.sha256)
-        return StageOutcome(outputs=[out], values={"path": out.path, "sha256": out.sha256})
+        return StageOutcome.of(ModelFile(path=out.path, sha256=out.sha256), [out])
 
     return Stage("imatrix", (model, "calibration"), inputs, action)
 
@@ -388,7 +412,8 @@ def _quant_params(recipe: Recipe, env: StageEnv, qtype: str, up: Upstream) -> Qu
     settings = recipe.quantize
     imatrix, imatrix_sha256 = None, None
     if _uses_built_imatrix(recipe, qtype):
-        imatrix, imatrix_sha256 = Path(up["imatrix"].values["path"]), up["imatrix"].values["sha256"]
+        built = up["imatrix"].value(ModelFile)
+        imatrix, imatrix_sha256 = Path(built.path), built.sha256
     elif isinstance(settings.imatrix, Path):
         imatrix = recipe.resolve(settings.imatrix)
         imatrix_sha256 = file_sha256(env.home, imatrix) if imatrix.is_file() else None
@@ -410,7 +435,7 @@ def _quantize_stage(recipe: Recipe, env: StageEnv, qtype: str, model: str) -> St
         params = _quant_params(recipe, env, qtype, up).model_dump(mode="json")
         params.pop("imatrix_path")  # where the imatrix lives doesn't matter; its bytes do
         return {
-            "source_sha256": up[model].values["sha256"],
+            "source_sha256": up[model].value(ModelFile).sha256,
             "imatrix_sha256": params.pop("imatrix_sha256"),
             "params": params,
             "engine": recipe.quantize.engine,
@@ -421,11 +446,11 @@ def _quantize_stage(recipe: Recipe, env: StageEnv, qtype: str, model: str) -> St
     def action(up: Upstream) -> StageOutcome:
         from pipeline.quantize import QuantizeRequest, quantize
 
-        verified = up[model].values
+        verified = up[model].value(ModelFile)
         request = QuantizeRequest(
-            source=Path(verified["path"]),
+            source=Path(verified.path),
             params=_quant_params(recipe, env, qtype, up),
-            source_ref=SourceRef.model_validate(verified["source_ref"]),
+            source_ref=verified.source_ref,
             engine=recipe.quantize.engine,
             threads=recipe.run.threads,
         )
@@ -433,7 +458,7 @@ def _quantize_stage(recipe: Recipe, env: StageEnv, qtype: str, model: str) -> St
             result = quantize(request, progress)
         sha = result.record.sha256 if result.record is not None else None
         out = output_record(env.home, Path(result.output), sha)
-        return StageOutcome(outputs=[out], values={"path": out.path, "sha256": out.sha256})
+        return StageOutcome.of(ModelFile(path=out.path, sha256=out.sha256), [out])
 
     deps = (model, "imatrix") if _uses_built_imatrix(recipe, qtype) else (model,)
     return Stage(f"quantize:{qtype}", deps, inputs, action)
@@ -466,7 +491,7 @@ def _fit_stage(recipe: Recipe, env: StageEnv, qtype: str) -> Stage:
 
     def inputs(up: Upstream) -> dict[str, Any]:
         return {
-            "model_sha256": up[quant].values["sha256"],
+            "model_sha256": up[quant].value(ModelFile).sha256,
             "hardware": recipe_hardware(recipe).model_dump(mode="json"),
             "run": recipe.run.model_dump(mode="json", exclude={"threads"}),
             "llama_cpp": env.llama_cpp_version,
@@ -476,8 +501,8 @@ def _fit_stage(recipe: Recipe, env: StageEnv, qtype: str) -> Stage:
     def action(up: Upstream) -> StageOutcome:
         from pipeline.fit import fit_model
 
-        result = fit_model(Path(up[quant].values["path"]), recipe_hardware(recipe), fit_settings(recipe))
-        return StageOutcome(values={"fit": result.model_dump(mode="json")})
+        result = fit_model(Path(up[quant].value(ModelFile).path), recipe_hardware(recipe), fit_settings(recipe))
+        return StageOutcome.of(Fitted(fit=result.model_dump(mode="json")))
 
     return Stage(f"fit:{qtype}", (quant,), inputs, action)
 
@@ -505,9 +530,7 @@ def _eval_text_stage(recipe: Recipe, env: StageEnv) -> Stage:
 
         folder = recipe.path.parent if recipe.path else None
         resolved = resolve_text(parse_text(text, folder), token=env.token, offline=env.offline)
-        return StageOutcome(
-            values={"path": str(resolved.path), "text_sha256": resolved.sha256, "source": resolved.source}
-        )
+        return StageOutcome.of(Text(path=str(resolved.path), text_sha256=resolved.sha256, source=resolved.source))
 
     return Stage("eval-text", (), inputs, action, volatile=True)
 
@@ -519,9 +542,9 @@ def _eval_stage(recipe: Recipe, env: StageEnv, qtype: str, model: str) -> Stage:
 
     def inputs(up: Upstream) -> dict[str, Any]:
         return {
-            "model_sha256": up[quant].values["sha256"],
-            "ref_sha256": up[model].values["sha256"],
-            "text_sha256": up["eval-text"].values["text_sha256"],
+            "model_sha256": up[quant].value(ModelFile).sha256,
+            "ref_sha256": up[model].value(ModelFile).sha256,
+            "text_sha256": up["eval-text"].value(Text).text_sha256,
             "eval": settings.model_dump(mode="json", exclude={"text"}),
             "llama_cpp": env.llama_cpp_version,
             "stage_version": STAGE_VERSION,
@@ -530,13 +553,13 @@ def _eval_stage(recipe: Recipe, env: StageEnv, qtype: str, model: str) -> Stage:
     def action(up: Upstream) -> StageOutcome:
         from pipeline.evaluate import evaluate
 
-        text = up["eval-text"].values
+        text = up["eval-text"].value(Text)
         result = evaluate(
-            Path(up[quant].values["path"]), Path(up[model].values["path"]), Path(text["path"]),
-            text=text["source"], text_sha256=text["text_sha256"], n_ctx=settings.ctx, chunks=settings.chunks,
-            threads=recipe.run.threads, ref_sha256=up[model].values["sha256"],
+            Path(up[quant].value(ModelFile).path), Path(up[model].value(ModelFile).path), Path(text.path),
+            text=text.source, text_sha256=text.text_sha256, n_ctx=settings.ctx, chunks=settings.chunks,
+            threads=recipe.run.threads, ref_sha256=up[model].value(ModelFile).sha256,
         )  # fmt: skip
-        return StageOutcome(values={"eval": result.model_dump(mode="json")})
+        return StageOutcome.of(Evaluated(eval=result.model_dump(mode="json")))
 
     return Stage(f"eval:{qtype}", (quant, model, "eval-text"), inputs, action)
 
@@ -551,8 +574,8 @@ def _bench_stage(recipe: Recipe, env: StageEnv, qtype: str) -> Stage:
 
         machine = local_machine()
         return {
-            "model_sha256": up[quant].values["sha256"],
-            "fit_sha256": fingerprint(up[fit].values["fit"]),
+            "model_sha256": up[quant].value(ModelFile).sha256,
+            "fit_sha256": fingerprint(up[fit].value(Fitted).fit),
             "bench": settings.model_dump(mode="json"),
             "machine": [machine.cpu, machine.cpu_count, [g.name for g in machine.gpus]],
             "llama_cpp": env.llama_cpp_version,
@@ -565,8 +588,8 @@ def _bench_stage(recipe: Recipe, env: StageEnv, qtype: str) -> Stage:
         from pipeline.ggml_types import ggml_type_id
         from pipeline.hardware import local_class
 
-        path = Path(up[quant].values["path"])
-        fitted = FitResult.model_validate(up[fit].values["fit"])
+        path = Path(up[quant].value(ModelFile).path)
+        fitted = FitResult.model_validate(up[fit].value(Fitted).fit)
         run = fitted.settings
         kwargs = {
             "model_path": str(path), "n_ctx": run.ctx, "n_batch": run.batch, "n_ubatch": run.ubatch,
@@ -577,7 +600,7 @@ def _bench_stage(recipe: Recipe, env: StageEnv, qtype: str) -> Stage:
         local = local_class()
         predicted = fit_model(path, local, run.model_copy(update={"threads": result.threads})).tokens_per_second
         result = result.model_copy(update={"predicted_tg_ts": predicted, "hardware": local.name})
-        return StageOutcome(values={"bench": result.model_dump(mode="json")})
+        return StageOutcome.of(Benched(bench=result.model_dump(mode="json")))
 
     return Stage(f"bench:{qtype}", (quant, fit), inputs, action)
 
@@ -593,9 +616,9 @@ def _publish_stage(recipe: Recipe, env: StageEnv, qtype: str, model: str) -> Sta
 
     def inputs(up: Upstream) -> dict[str, Any]:
         return {
-            "model_sha256": up[quant].values["sha256"],
-            "fit_sha256": fingerprint(up[fit].values["fit"]),
-            "source": up[model].values["source_ref"],
+            "model_sha256": up[quant].value(ModelFile).sha256,
+            "fit_sha256": fingerprint(up[fit].value(Fitted).fit),
+            "source": _source_json(up[model].value(ModelFile)),
             "profile": name,
             # source and quantize reach the profile through model_sha256 and source; listing them here
             # would republish every type when one is added to the recipe. Where it is pushed doesn't matter.
@@ -610,8 +633,8 @@ def _publish_stage(recipe: Recipe, env: StageEnv, qtype: str, model: str) -> Sta
         from pipeline.fit import FitResult
         from pipeline.registry import profile_path, publish
 
-        fit_result = FitResult.model_validate(up[fit].values["fit"])
-        model = Path(up[quant].values["path"])
+        fit_result = FitResult.model_validate(up[fit].value(Fitted).fit)
+        model = Path(up[quant].value(ModelFile).path)
         profile = publish(
             model, recipe_hardware(recipe), fit_result, name=name, recipe=recipe, threads=recipe.run.threads
         )
@@ -620,14 +643,15 @@ def _publish_stage(recipe: Recipe, env: StageEnv, qtype: str, model: str) -> Sta
             from pipeline.evaluate import EvalResult
             from pipeline.registry import record_measurement
 
-            values = {k: v for stage in measured for k, v in up[stage].values.items()}
+            bench = up[f"bench:{qtype}"].value(Benched).bench if f"bench:{qtype}" in measured else None
+            evaluation = up[f"eval:{qtype}"].value(Evaluated).eval if f"eval:{qtype}" in measured else None
             record_measurement(
                 profile.name,
-                bench=BenchResult.model_validate(values["bench"]) if "bench" in values else None,
-                evaluation=EvalResult.model_validate(values["eval"]) if "eval" in values else None,
+                bench=BenchResult.model_validate(bench) if bench is not None else None,
+                evaluation=EvalResult.model_validate(evaluation) if evaluation is not None else None,
             )
         document = profile_path(env.home, profile.name)
-        return StageOutcome(outputs=[output_record(env.home, document)], values={"profile": profile.name})
+        return StageOutcome.of(Published(profile=profile.name), [output_record(env.home, document)])
 
     return Stage(f"publish:{qtype}", (quant, fit, model, *measured), inputs, action)
 
@@ -648,7 +672,7 @@ def _push_stage(recipe: Recipe, env: StageEnv) -> Stage:
             "repo": target.repo,
             "revision": target.revision,
             "private": target.private,
-            "profile_sha256": {up[p].values["profile"]: up[p].outputs[0].sha256 for p in publishes},
+            "profile_sha256": {up[p].value(Published).profile: up[p].outputs[0].sha256 for p in publishes},
             "stage_version": STAGE_VERSION,
         }
 
@@ -656,8 +680,8 @@ def _push_stage(recipe: Recipe, env: StageEnv) -> Stage:
         from pipeline.push import push
 
         assert target.repo is not None
-        names = [up[p].values["profile"] for p in publishes]
+        names = [up[p].value(Published).profile for p in publishes]
         report = push(names, target.repo, revision=target.revision, private=target.private, token=env.token)
-        return StageOutcome(values={"repo": report.repo, "commit": report.commit, "uploaded": report.uploaded})
+        return StageOutcome.of(Pushed(repo=report.repo, commit=report.commit, uploaded=report.uploaded))
 
     return Stage("push", publishes, inputs, action)

@@ -23,7 +23,7 @@ LAYERS: dict[str, set[str]] = {
     | {"repo_profile", "model_card", "push", "install", "leftovers"}
     | {"convert_env", "convert", "imatrix"}
     | {"bench", "evaluate", "hw_measure", "measure"},
-    "runner": {"build_report", "stages", "build", "demo"},
+    "runner": {"build_report", "stage_values", "stages", "build", "demo"},
     "face": {"cli", "commands"},
 }
 # Third-party packages that mean network or llama.cpp, and the layers below which they may not appear.

@@ -6,10 +6,12 @@ import os
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from pipeline.errors import IntegrityError, RepoNotFoundError, UsageError
 from pipeline.home import mm_home
 from pipeline.recipe import load_recipe
+from pipeline.stage_values import ModelFile, Resolved
 from pipeline.stages import (
     Stage,
     StageEnv,
@@ -85,15 +87,13 @@ def test_download_then_verify_hands_on_the_verified_source(local_hub: LocalHub, 
     up: dict[str, StageOutcome] = {"resolve": StageOutcome(values={"commit": commit})}
     up["download"] = stages["download"].action(up)
     assert [o.sha256 for o in up["download"].outputs] == [sha256_hex(data)]
-    verified = stages["verify"].action(up)
-    assert Path(verified.values["path"]).read_bytes() == data
-    ref = verified.values["source_ref"]
-    assert (ref["repo"], ref["commit"], ref["revision"], ref["sha256"]) == (
-        "org/tiny",
-        commit,
-        "main",
-        sha256_hex(data),
-    )
+    verified = stages["verify"].action(up).value(ModelFile)
+    assert Path(verified.path).read_bytes() == data
+    ref = verified.source_ref
+    assert ref is not None
+    assert (ref.repo, ref.commit, ref.revision, ref.sha256) == ("org/tiny", commit, "main", sha256_hex(data))
+    with pytest.raises(ValidationError):  # a stage's value is read as the kind it is, or not at all
+        stages["verify"].action(up).value(Resolved)
 
 
 def test_verify_rejects_a_local_source_that_does_not_match_its_pin(recipes_folder: Path) -> None:
