@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import uuid
 from pathlib import Path
 from typing import Literal
 
 from pipeline.errors import UsageError
-from pipeline.home import Home, mm_home
+from pipeline.home import Home, atomic_symlink, mm_home
 from pipeline.profile import Profile, llama_server_command
 from pipeline.registry import blob_path
 
@@ -28,19 +25,7 @@ def gguf_link(home: Home, sha256: str) -> Path:
 
     Created atomically (a temporary link renamed over the name), so a reader sees the old or new one.
     """
-    link = home.root / "exports" / f"{sha256}.gguf"
-    target = os.path.relpath(blob_path(home, sha256), link.parent)
-    if link.is_symlink() and os.readlink(link) == target:
-        return link
-    link.parent.mkdir(parents=True, exist_ok=True)
-    tmp = link.with_name(f".{link.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        os.symlink(target, tmp)
-        os.replace(tmp, link)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    return link
+    return atomic_symlink(home.root / "exports" / f"{sha256}.gguf", blob_path(home, sha256))
 
 
 def modelfile(profile: Profile) -> str:

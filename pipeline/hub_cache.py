@@ -10,11 +10,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import uuid
 from pathlib import Path
 from typing import Literal
 
-from pipeline.home import atomic_path, atomic_write_text, inside, mm_home
+from pipeline.home import atomic_path, atomic_symlink, atomic_write_text, inside, mm_home
 from pipeline.safe_names import COMMIT_RE
 
 RepoType = Literal["model", "dataset"]
@@ -70,20 +69,7 @@ def write_ref(repo: str, revision: str, commit: str, repo_type: RepoType = "mode
 
 def link_snapshot(repo: str, commit: str, filename: str, etag: str, repo_type: RepoType = "model") -> Path:
     """Create snapshots/<commit>/<filename> → ../../blobs/<etag> (relative, replaced atomically)."""
-    link = snapshot_path(repo, commit, filename, repo_type)
-    blob = blob_path(repo, etag, repo_type)
-    link.parent.mkdir(parents=True, exist_ok=True)
-    target = os.path.relpath(blob, link.parent)
-    if link.is_symlink() and os.readlink(link) == target:
-        return link
-    tmp = link.with_name(f".{link.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        os.symlink(target, tmp)
-        os.replace(tmp, link)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    return link
+    return atomic_symlink(snapshot_path(repo, commit, filename, repo_type), blob_path(repo, etag, repo_type))
 
 
 def place_blob(source: Path, repo: str, etag: str, repo_type: RepoType = "model") -> Path:

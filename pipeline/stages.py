@@ -159,12 +159,12 @@ def recipe_stages(recipe: Recipe, env: StageEnv) -> list[Stage]:
         stages.append(_verify_stage(recipe, env))
     model = _model_stage(recipe)
     if recipe.quantize.imatrix == "auto":
-        stages += [_calibration_stage(recipe, env), _imatrix_stage(recipe, env, model)]
+        stages += [_text_stage(recipe, env, "calibration", recipe.imatrix.text), _imatrix_stage(recipe, env, model)]
     types = recipe.quantize.types
     stages += [_quantize_stage(recipe, env, qtype, model) for qtype in types]
     stages += [_fit_stage(recipe, env, qtype) for qtype in types]
     if recipe.eval is not None:
-        stages.append(_eval_text_stage(recipe, env))
+        stages.append(_text_stage(recipe, env, "eval-text", recipe.eval.text))
         stages += [_eval_stage(recipe, env, qtype, model) for qtype in types]
     if recipe.bench is not None:
         stages += [_bench_stage(recipe, env, qtype) for qtype in types]
@@ -354,22 +354,27 @@ def _uses_built_imatrix(recipe: Recipe, qtype: str) -> bool:
     return recipe.quantize.imatrix == "auto" and uses_imatrix(qtype)
 
 
-def _calibration_stage(recipe: Recipe, env: StageEnv) -> Stage:
-    """The calibration text, made local and verified (a Hub text on a branch: one metadata request)."""
-    text = recipe.imatrix.text
+def _text_stage(recipe: Recipe, env: StageEnv, name: str, text: str | None) -> Stage:
+    """A text (imatrix calibration, or eval), made local and verified (a Hub text on a branch: one metadata
+    request); each has its own default when the recipe names none."""
 
     def inputs(_: Upstream) -> dict[str, Any]:
         return {"text": text}
 
     def action(_: Upstream) -> StageOutcome:
-        from pipeline.imatrix import calibration_text
-        from pipeline.texts import resolve_text
+        from pipeline.texts import parse_text, resolve_text
 
         folder = recipe.path.parent if recipe.path else None
-        resolved = resolve_text(calibration_text(text, folder), token=env.token, offline=env.offline)
+        if name == "calibration":
+            from pipeline.imatrix import calibration_text
+
+            ref = calibration_text(text, folder)
+        else:
+            ref = parse_text(text, folder)
+        resolved = resolve_text(ref, token=env.token, offline=env.offline)
         return StageOutcome.of(Text(path=str(resolved.path), text_sha256=resolved.sha256, source=resolved.source))
 
-    return Stage("calibration", (), inputs, action, volatile=True)
+    return Stage(name, (), inputs, action, volatile=True)
 
 
 def _imatrix_stage(recipe: Recipe, env: StageEnv, model: str) -> Stage:
@@ -515,24 +520,6 @@ def fit_settings(recipe: Recipe) -> Any:
 
 
 # --- eval, bench: measured before publish, so the profile carries them ----------------------------------
-
-
-def _eval_text_stage(recipe: Recipe, env: StageEnv) -> Stage:
-    """The eval text, made local and verified (a Hub text on a branch: one metadata request)."""
-    assert recipe.eval is not None
-    text = recipe.eval.text
-
-    def inputs(_: Upstream) -> dict[str, Any]:
-        return {"text": text}
-
-    def action(_: Upstream) -> StageOutcome:
-        from pipeline.texts import parse_text, resolve_text
-
-        folder = recipe.path.parent if recipe.path else None
-        resolved = resolve_text(parse_text(text, folder), token=env.token, offline=env.offline)
-        return StageOutcome.of(Text(path=str(resolved.path), text_sha256=resolved.sha256, source=resolved.source))
-
-    return Stage("eval-text", (), inputs, action, volatile=True)
 
 
 def _eval_stage(recipe: Recipe, env: StageEnv, qtype: str, model: str) -> Stage:

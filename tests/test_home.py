@@ -9,7 +9,15 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import LockTimeoutError, UnsafePathError
-from pipeline.home import atomic_path, atomic_write_json, inside, locked, mm_home, remove_stale_temps
+from pipeline.home import (
+    atomic_path,
+    atomic_symlink,
+    atomic_write_json,
+    inside,
+    locked,
+    mm_home,
+    remove_stale_temps,
+)
 
 
 def test_mm_home_follows_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -63,3 +71,15 @@ def test_a_held_lock_refuses_a_second_holder_that_will_not_wait() -> None:
             pass
     with locked(home, "artifact", wait=False):  # released
         pass
+
+
+def test_a_symlink_is_written_relative_and_replaced_whole(tmp_path: Path) -> None:
+    first, second = tmp_path / "blobs" / "a", tmp_path / "blobs" / "b"
+    first.parent.mkdir()
+    first.write_text("a")
+    second.write_text("b")
+    link = tmp_path / "snapshots" / "c1" / "m.gguf"
+    assert atomic_symlink(link, first) == link and link.read_text() == "a"
+    assert os.readlink(link) == os.path.join("..", "..", "blobs", "a")  # relative: the cache can move
+    atomic_symlink(link, second)
+    assert link.read_text() == "b" and sorted(p.name for p in link.parent.iterdir()) == ["m.gguf"]
