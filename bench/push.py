@@ -24,6 +24,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mm-bench-push-") as tmp:
         root = Path(tmp)
         os.environ["MM_HOME"] = str(root / "home")
+        from pipeline.fit import fit_model
         from pipeline.hardware import get_hardware
         from pipeline.push import push
         from pipeline.registry import publish
@@ -40,7 +41,7 @@ def main() -> None:
         small = write_tiny_model(root / "small.gguf", TinySpec(n_layers=1, n_embd=256, n_ff=256, seed=7))
         cpu = get_hardware("cpu-64g")
         for path, name in ((big, "big"), (small, "small")):
-            publish(path, cpu, name=name)
+            publish(path, cpu, fit_model(path, cpu), name=name)
         print(f"models: big {big.stat().st_size / 2**20:.1f} MiB, small {small.stat().st_size / 2**20:.2f} MiB")
 
         def measure(label: str, run: object) -> None:
@@ -90,7 +91,7 @@ def main() -> None:
         names = []
         for i in range(3):
             model = write_tiny_model(root / f"s{i}.gguf", TinySpec(n_layers=1, n_embd=256, n_ff=256, seed=100 + i))
-            names.append(publish(model, cpu, name=f"shard-{i}").name)
+            names.append(publish(model, cpu, fit_model(model, cpu), name=f"shard-{i}").name)
         hold_first_commits(hub, 3)
         shared = REPO + "-fleet"
 
