@@ -133,7 +133,11 @@ def tiny_model_f16(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def mm() -> Callable[..., Result]:
-    """Run `mm ARGS…` in-process the way a user would; returns click's Result (stdout, stderr, exit_code)."""
+    """Run `mm ARGS…` in-process the way a user would; returns click's Result (stdout, stderr, exit_code).
+
+    Exceptions are not caught: anything but an MMError escaping the CLI fails the test with its traceback,
+    which is the real "no traceback" check (asserting "Traceback" is absent from the output cannot fail).
+    """
     from pipeline.cli import app
 
     runner = CliRunner()

