@@ -142,7 +142,7 @@ def decode_tokens_per_second(
     devices = [
         (
             DeviceWork(read.cpu, read.cpu_elements),
-            DeviceRates(hardware.ram_bandwidth_gbps, rates.gflops if rates else {}),
+            DeviceRates(hardware.ram_bandwidth_gbps, rates.gflops if rates else {}, rates.cache_bytes if rates else 0),
         )
     ]
     if read.gpu and hardware.gpu_bandwidth_gbps > 0:

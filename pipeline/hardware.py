@@ -58,6 +58,7 @@ class CpuRates(BaseModel):
     gflops: dict[str, float] = Field(default_factory=dict)  # ggml type (Q8_0, Q4_K, F16...) -> GFLOP/s
     token_overhead_ms: float = Field(default=0.0, ge=0)
     layer_overhead_ms: float = Field(default=0.0, ge=0)
+    cache_bytes: int = Field(default=0, ge=0)  # the last-level cache these rates were measured in
 
 
 class HardwareClass(BaseModel):

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.bench import run_bench
-from pipeline.errors import HardwareError
+from pipeline.errors import HardwareError, MMError
 from pipeline.gguf_header import read_model
 from pipeline.hardware import CpuRates, HardwareClass, measurement_path
 from pipeline.home import atomic_write_json, atomic_write_text
@@ -67,12 +67,26 @@ def ram_bandwidth_gbps(threads: int, total_bytes: int = BANDWIDTH_BYTES, passes:
     return round(best, 2)
 
 
+def cache_bytes() -> int:
+    """The CPU's last-level cache (Linux sysfs: the highest cache index of cpu0), 0 when unknown."""
+    from pipeline.units import parse_size
+
+    best = 0
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            best = max(best, parse_size((index / "size").read_text().strip()))
+        except (OSError, ValueError, MMError):
+            continue
+    return best
+
+
 def _tg_seconds(model: Path, threads: int) -> float:
-    """Median seconds per decoded token (llama-bench's tg, from an empty cache)."""
+    """Seconds per decoded token (llama-bench's tg, from an empty cache) of the fastest run: a machine's
+    rate is what it can do; a run slowed by other work on a shared machine measures the other work."""
     result = run_bench({"model_path": str(model), "n_threads": threads, "n_ctx": 512}, n_prompt=0,
                        n_gen=GEN_TOKENS, repetitions=REPETITIONS)  # fmt: skip
     assert result.tg is not None
-    return 1.0 / result.tg.median_ts
+    return 1.0 / result.tg.max_ts
 
 
 def _quantize_pure(source: Path, target: Path, ftype: int) -> None:
@@ -133,7 +147,7 @@ def measure_machine(
                 seconds = _tg_seconds(models[kind], count) - fixed - 2 * per_layer
                 gflops[kind] = round(FLOPS_PER_ELEMENT * elements / max(seconds, 1e-6) / 1e9, 2)
             rates[count] = CpuRates(gflops=gflops, token_overhead_ms=round(fixed * 1e3, 4),
-                                    layer_overhead_ms=round(per_layer * 1e3, 4))  # fmt: skip
+                                    layer_overhead_ms=round(per_layer * 1e3, 4), cache_bytes=cache_bytes())  # fmt: skip
     how = (
         f"mm hw --measure on {utc_now()[:16]} ({machine.cpu} x{machine.cpu_count}): RAM bandwidth from "
         f"{len(counts)} thread count(s) summing {BANDWIDTH_BYTES >> 20} MiB; compute rates and overhead from "

@@ -43,6 +43,7 @@ class DeviceRates:
 
     bandwidth_gbps: float
     gflops: Mapping[str, float] = field(default_factory=dict)  # ggml type -> GFLOP/s of matrix-vector work
+    cache_bytes: int = 0  # last-level cache: what a token reads from it is not limited by RAM bandwidth
 
     def rate(self, kind: str) -> float | None:
         """GFLOP/s for a type; a type that was not measured gets the slowest measured rate (a safe guess)."""
@@ -63,7 +64,11 @@ class Overhead:
 
 
 def memory_seconds(work: DeviceWork, rates: DeviceRates) -> float:
-    return work.bytes_read / (rates.bandwidth_gbps * 1e9) if rates.bandwidth_gbps > 0 and work.bytes_read else 0.0
+    """Bytes over bandwidth; nothing when they all fit the last-level cache (they stay there between tokens,
+    and the measured compute rates already include reading from it)."""
+    if rates.bandwidth_gbps <= 0 or not work.bytes_read or work.bytes_read <= rates.cache_bytes:
+        return 0.0
+    return work.bytes_read / (rates.bandwidth_gbps * 1e9)
 
 
 def compute_seconds(work: DeviceWork, rates: DeviceRates) -> float:
