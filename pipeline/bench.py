@@ -15,12 +15,12 @@ import random
 import statistics
 import time
 from collections.abc import Callable
-from importlib import metadata
 from typing import Any
 
 from pydantic import BaseModel, Field
 
 from pipeline.errors import LlamaError, UsageError
+from pipeline.llama_build import llama_cpp_version
 from pipeline.provenance import utc_now
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ class BenchResult(BaseModel):
     tg: TestFigure | None
     predicted_tg_ts: float | None = None  # fit's prediction for this machine and these settings
     hardware: str | None = None  # the class the prediction used
-    llama_cpp: str = Field(default_factory=lambda: f"llama-cpp-python {_version()}")
+    llama_cpp: str = Field(default_factory=llama_cpp_version)
     measured_at: str = Field(default_factory=utc_now)
     seconds: float = 0.0
 
@@ -81,13 +81,6 @@ class BenchResult(BaseModel):
         if self.predicted_tg_ts is None or self.tg is None or self.tg.median_ts <= 0:
             return None
         return (self.predicted_tg_ts - self.tg.median_ts) / self.tg.median_ts
-
-
-def _version() -> str:
-    try:
-        return metadata.version("llama_cpp_python")
-    except metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def run_bench(

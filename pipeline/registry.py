@@ -109,12 +109,17 @@ def list_profiles() -> tuple[list[Profile], list[RegistryError]]:
     return profiles, errors
 
 
-def get_profile(name: str) -> Profile:
-    home = mm_home()
+def _valid_name(name: str) -> str:
+    """A profile name from the user, as a usage error when it could leave the profiles folder."""
     try:
-        check_name(name)
+        return check_name(name)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+
+
+def get_profile(name: str) -> Profile:
+    home = mm_home()
+    _valid_name(name)
     path = profile_path(home, name)
     if not path.is_file():
         known = sorted(p.stem for p in home.profiles.glob("*.json")) if home.profiles.is_dir() else []
@@ -302,10 +307,7 @@ def check_blob(profile: Profile, *, full: bool = False) -> Path:
 def remove_profile(name: str) -> None:
     """Remove the profile document only (a broken one too); its blob goes at the next `gc`."""
     home = mm_home()
-    try:
-        check_name(name)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    _valid_name(name)
     with locked(home, LOCK):
         path = profile_path(home, name)
         if not path.is_file():
