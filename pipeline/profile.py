@@ -185,7 +185,8 @@ def _common_flags(model_path: str, run: RunSettings) -> list[str]:
     if run.threads is not None:
         flags += ["--threads", str(run.threads)]
     if not run.use_mmap:
-        flags.append("--no-mmap")
+        # common/arg.cpp has no --no-mmap: --load-mode none is llama-cpp-python's use_mmap=False (llama.py)
+        flags += ["--load-mode", "none"]
     if run.n_cpu_moe:
         flags += ["--n-cpu-moe", str(run.n_cpu_moe)]
     elif run.tensor_overrides:
@@ -199,7 +200,8 @@ def llama_server_command(model_path: str, run: RunSettings, port: int = 8080) ->
 
 
 def llama_cli_command(model_path: str, run: RunSettings) -> str:
-    return shlex.join(["llama-cli", *_common_flags(model_path, run), "--conversation"])
+    # llama-cli chats by default; --conversation belongs to llama-completion only (common/arg.cpp)
+    return shlex.join(["llama-cli", *_common_flags(model_path, run)])
 
 
 # --- building a profile at publish time ------------------------------------------------------------

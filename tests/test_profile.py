@@ -6,11 +6,13 @@ import itertools
 import os
 import re
 import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from pipeline.hardware import get_hardware
+from pipeline.llama_build import BuiltTools
 from pipeline.profile import RunSettings, check_name, llama_cli_command, llama_kwargs, llama_server_command, model_name
 from tests.conftest import publish_fitted
 
@@ -38,7 +40,7 @@ def test_command_lines_carry_every_setting() -> None:
     pairs = {flag: value for flag, value in itertools.pairwise(server) if flag.startswith("--")}
     assert pairs["--n-gpu-layers"] == "10" and pairs["--ctx-size"] == "4096" and pairs["--port"] == "9000"
     assert pairs["--cache-type-k"] == pairs["--cache-type-v"] == "q8_0" and pairs["--parallel"] == "2"
-    assert "--no-mmap" in llama_cli_command("/b/m.gguf", RUN)
+    assert "--load-mode none" in llama_cli_command("/b/m.gguf", RUN)
     assert llama_kwargs("/b/m.gguf", RUN)["type_k"] == 8 and llama_kwargs("/b/m.gguf", RUN)["use_mmap"] is False
 
 
@@ -58,13 +60,32 @@ def test_every_flag_is_one_llama_cpps_argument_parser_declares() -> None:
     assert flags and flags <= _declared(), flags - _declared()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: the llama.cpp in llama-cpp-python 0.3.36 has no --no-mmap (common/arg.cpp: "
-    "--load-mode none|mmap|...), so a profile with use_mmap = false writes a flag llama-server refuses",
-)
 def test_a_profile_without_mmap_writes_a_flag_llama_cpp_knows() -> None:
+    assert "--load-mode none" in llama_cli_command("m", RUN)
     assert _flags(RUN) <= _declared(), _flags(RUN) - _declared()
+
+
+@pytest.mark.parametrize(
+    "run",
+    [RUN, RUN.model_copy(update={"use_mmap": True, "threads": None, "n_cpu_moe": 3}),
+     RUN.model_copy(update={"tensor_overrides": ["blk\\.0\\.ffn_.*_exps=CPU"]})],
+    ids=["no-mmap", "n-cpu-moe", "override-tensor"],
+)  # fmt: skip
+def test_the_built_llama_server_and_llama_cli_accept_their_command_lines(
+    run: RunSettings, llama_tools: BuiltTools, tmp_path: Path
+) -> None:
+    """Each binary parses its line (common/arg.cpp keeps per-tool flag sets: llama-cli refuses --conversation,
+    which only llama-completion takes) and gets as far as opening the model, which is absent here."""
+    missing = str(tmp_path / "absent.gguf")
+    for line in (llama_server_command(missing, run, port=0), llama_cli_command(missing, run)):
+        argv = shlex.split(line)
+        done = subprocess.run(
+            [str(llama_tools.path(argv[0])), *argv[1:]], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+            timeout=60, cwd=tmp_path,
+        )  # fmt: skip
+        output = done.stdout + done.stderr
+        assert "invalid argument" not in output, (argv[0], output[-2000:])
+        assert f"failed to load model '{missing}'" in output, (argv[0], output[-2000:])
 
 
 def test_a_published_profile_records_where_the_model_came_from(tiny_model: Path) -> None:
