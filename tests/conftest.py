@@ -80,6 +80,17 @@ def _test_source() -> Path | None:
     return Path(os.environ["MM_TEST_LLAMA_SOURCE"]) if os.environ.get("MM_TEST_LLAMA_SOURCE") else None
 
 
+# Compiling llama.cpp's tools takes 6-10 minutes on 2 cores, more than the default per-test timeout; the
+# build happens in whichever test first asks for the session fixture, so every such test gets this limit.
+LLAMA_BUILD_TIMEOUT_SECONDS = 2400
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "llama_tools" in getattr(item, "fixturenames", ()) and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(LLAMA_BUILD_TIMEOUT_SECONDS))
+
+
 @pytest.fixture(scope="session")
 def llama_tools(tmp_path_factory: pytest.TempPathFactory) -> BuiltTools:
     """llama.cpp's tools, built once per session by `mm llama build`'s code (minutes on 2 cores).
