@@ -10,8 +10,7 @@ from pipeline.bench import BenchProgress, BenchResult, default_threads, run_benc
 from pipeline.errors import RegistryError, UsageError
 from pipeline.evaluate import EvalProgress, EvalResult, evaluate
 from pipeline.fit import FitSettings, fit_model
-from pipeline.ggml_types import ggml_type_id
-from pipeline.profile import NAME_RE, Profile
+from pipeline.profile import NAME_RE, Profile, llama_kwargs, run_settings
 from pipeline.texts import parse_text, resolve_text
 from pipeline.transfer import ProgressFactory
 
@@ -26,6 +25,7 @@ class Target(NamedTuple):
 def resolve_target(target: str, recipes: Path | None = None, *, threads: int | None = None, **flags: Any) -> Target:
     """A profile name (its exact settings), else a MODEL with the recipe's [run] and these flags."""
     from pipeline.registry import get_profile
+    from pipeline.repo_profile import fit_settings
     from pipeline.runner import run_kwargs
 
     profile: Profile | None = None
@@ -38,23 +38,17 @@ def resolve_target(target: str, recipes: Path | None = None, *, threads: int | N
         kwargs = run_kwargs(profile)
         if threads is not None:
             kwargs["n_threads"] = threads
-        run = profile.run
-        settings = FitSettings(
-            ctx=run.n_ctx, batch=run.n_batch, ubatch=run.n_ubatch, kv_type=run.kv_type, flash_attn=run.flash_attn,
-            parallel=run.parallel, mmap=run.use_mmap, n_gpu_layers=run.n_gpu_layers,
-            threads=kwargs.get("n_threads") or default_threads(),
-        )  # fmt: skip
+        settings = fit_settings(profile.run, n_gpu_layers=profile.run.n_gpu_layers).model_copy(
+            update={"threads": kwargs.get("n_threads") or default_threads()}
+        )
         return Target(Path(kwargs["model_path"]), kwargs, settings, profile)
     from pipeline.model_ref import resolve_model
 
     path, recipe, _ = resolve_model(target, recipes)
     settings = FitSettings.for_recipe(recipe, threads=threads, n_gpu_layers=0, **flags)
-    kwargs = {
-        "model_path": str(path), "n_ctx": settings.ctx, "n_batch": settings.batch, "n_ubatch": settings.ubatch,
-        "type_k": ggml_type_id(settings.kv_type), "type_v": ggml_type_id(settings.kv_type),
-        "flash_attn": settings.flash_attn, "n_gpu_layers": 0, "use_mmap": settings.mmap,
-        "n_threads": settings.threads or default_threads(),
-    }  # fmt: skip
+    kwargs = llama_kwargs(
+        str(path), run_settings(settings, n_gpu_layers=0, threads=settings.threads or default_threads())
+    )
     return Target(path, kwargs, settings.model_copy(update={"threads": kwargs["n_threads"]}), None)
 
 

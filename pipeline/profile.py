@@ -28,7 +28,7 @@ from pipeline.recipe import KvType, Recipe
 from pipeline.shards import shard_names
 
 if TYPE_CHECKING:
-    from pipeline.fit import FitResult
+    from pipeline.fit import FitResult, FitSettings
 
 SCHEMA_VERSION = 2  # 2: MoE placement (run.n_cpu_moe, run.tensor_overrides); version 1 still reads
 READABLE_VERSIONS = (1, 2)
@@ -152,6 +152,19 @@ class Profile(BaseModel):
         return value
 
 
+def run_settings(
+    settings: FitSettings, *, n_gpu_layers: int, threads: int | None, n_cpu_moe: int = 0,
+    tensor_overrides: list[str] | None = None,
+) -> RunSettings:  # fmt: skip
+    """What llama.cpp is given for fit's settings and a layer count (publish, the bench stage, mm bench)."""
+    return RunSettings(
+        n_gpu_layers=n_gpu_layers, n_ctx=settings.ctx, n_batch=settings.batch, n_ubatch=settings.ubatch,
+        kv_type=settings.kv_type, type_k=ggml_type_id(settings.kv_type), type_v=ggml_type_id(settings.kv_type),
+        flash_attn=settings.flash_attn, threads=threads, parallel=settings.parallel, use_mmap=settings.mmap,
+        n_cpu_moe=n_cpu_moe, tensor_overrides=tensor_overrides or [],
+    )  # fmt: skip
+
+
 def llama_kwargs(model_path: str, run: RunSettings) -> dict[str, Any]:
     """llama_cpp.Llama keyword arguments for these settings (the runner passes exactly these)."""
     kwargs: dict[str, Any] = {
@@ -253,12 +266,13 @@ def build_profile(
         chosen = check_name(name or f"{short}-{quant}@{hardware.name}")
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    run = RunSettings(
-        n_gpu_layers=fit.n_gpu_layers, n_ctx=settings.ctx, n_batch=settings.batch, n_ubatch=settings.ubatch,
-        kv_type=settings.kv_type, type_k=ggml_type_id(settings.kv_type), type_v=ggml_type_id(settings.kv_type),
-        flash_attn=settings.flash_attn, threads=threads, parallel=settings.parallel, use_mmap=settings.mmap,
-        n_cpu_moe=fit.n_cpu_moe, tensor_overrides=fit.tensor_overrides,
-    )  # fmt: skip
+    run = run_settings(
+        settings,
+        n_gpu_layers=fit.n_gpu_layers,
+        threads=threads,
+        n_cpu_moe=fit.n_cpu_moe,
+        tensor_overrides=fit.tensor_overrides,
+    )
     provenance = Provenance(
         source=record.source if record else source_ref(model),
         llama_cpp_version=record.llama_cpp_version if record else llama_cpp_version(),

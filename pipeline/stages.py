@@ -572,17 +572,15 @@ def _bench_stage(recipe: Recipe, env: StageEnv, qtype: str) -> Stage:
     def action(up: Upstream) -> StageOutcome:
         from pipeline.bench import run_bench
         from pipeline.fit import FitResult, fit_model
-        from pipeline.ggml_types import ggml_type_id
         from pipeline.hardware import local_class
+        from pipeline.profile import llama_kwargs, run_settings
 
         path = Path(up[quant].value(ModelFile).path)
         fitted = FitResult.model_validate(up[fit].value(Fitted).fit)
         run = fitted.settings
-        kwargs = {
-            "model_path": str(path), "n_ctx": run.ctx, "n_batch": run.batch, "n_ubatch": run.ubatch,
-            "type_k": ggml_type_id(run.kv_type), "type_v": ggml_type_id(run.kv_type), "flash_attn": run.flash_attn,
-            "n_gpu_layers": fitted.n_gpu_layers, "use_mmap": run.mmap, "n_threads": recipe.run.threads,
-        }  # fmt: skip
+        kwargs = llama_kwargs(
+            str(path), run_settings(run, n_gpu_layers=fitted.n_gpu_layers, threads=recipe.run.threads)
+        )
         result = run_bench(kwargs, n_prompt=settings.n_prompt, n_gen=settings.n_gen, repetitions=settings.repetitions)
         local = local_class()
         predicted = fit_model(path, local, run.model_copy(update={"threads": result.threads})).tokens_per_second
