@@ -31,7 +31,7 @@ from pipeline.disk_space import disk_full, require_space
 from pipeline.errors import ConvertError, ModelFormatError, UsageError
 from pipeline.gguf_header import GGUFHeader, read_header
 from pipeline.home import atomic_path, atomic_write_text, locked, mm_home, remove_stale_temps
-from pipeline.provenance import SCHEMA_VERSION, SourceRef, record_path_for, utc_now
+from pipeline.provenance import SCHEMA_VERSION, SourceRef, made_from, record_path_for, utc_now
 from pipeline.recipe import Outtype
 from pipeline.transfer import ProgressFactory
 
@@ -183,14 +183,8 @@ class ConvertRecord(BaseModel):
     def source_ref(self) -> SourceRef:
         """The converted file as a quantize source, naming the repo and commit it was converted from."""
         snap = self.snapshot
-        return SourceRef(
-            kind=snap.kind,
-            path=self.output_path,
-            sha256=self.sha256,
-            size_bytes=self.size_bytes,
-            repo=snap.repo,
-            revision=snap.revision,
-            commit=snap.commit,
+        return made_from(
+            Path(self.output_path), kind=snap.kind, repo=snap.repo, revision=snap.revision, commit=snap.commit
         )
 
 

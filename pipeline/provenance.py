@@ -1,8 +1,8 @@
 """Where a model file came from and how it was made: the records later stages (registry, build) read.
 
 One way to describe a source (`source_ref`: every shard's sha256, the Hub repo and commit when the file is
-in the Hub cache) and one digest check (`check_sha256`), whose IntegrityError carries path, expected and
-actual for the callers that report them.
+in the Hub cache; `made_from` for a file mm made from a snapshot) and one digest check (`check_sha256`),
+whose IntegrityError carries path, expected and actual for the callers that report them.
 """
 
 from __future__ import annotations
@@ -82,6 +82,14 @@ def source_ref(path: Path, *, revision: str | None = None) -> SourceRef:
             "file": match["file"],
         }
     )
+
+
+def made_from(
+    path: Path, *, kind: Literal["local", "hub"], repo: str | None, revision: str | None, commit: str | None
+) -> SourceRef:
+    """A file mm made from a model folder or Hub snapshot (convert's GGUF): its own bytes (`source_ref`),
+    the origin's repo and commit, so a quantize of it names where the weights came from."""
+    return source_ref(path).model_copy(update={"kind": kind, "repo": repo, "revision": revision, "commit": commit})
 
 
 def check_sha256(path: str, actual: str | None, expected: str | None, *, against: str, hint: str) -> None:
