@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from tqdm import tqdm
 
 from pipeline.commands import add_command
 from pipeline.commands.options import JsonOpt, ModelArg, OfflineOpt, QuietOpt, RecipesDirOpt, RevisionOpt, TokenOpt
-from pipeline.commands.render import emit_json, note, show_progress
+from pipeline.commands.render import counting, emit_json, note, work_bar
 from pipeline.recipe import REPO_ID_RE, Outtype
 from pipeline.units import format_size
 
@@ -19,16 +17,6 @@ from pipeline.units import format_size
 def register(app: typer.Typer) -> None:
     add_command(app, "convert", convert_command)
     add_command(app, "imatrix", imatrix_command)
-
-
-def _bar(label: str, unit: str, quiet: bool) -> tuple[tqdm[Any], Callable[[int, int], None]]:
-    bar = tqdm(desc=label, unit=unit, disable=not show_progress(quiet), leave=False)
-
-    def progress(done: int, total: int) -> None:
-        bar.total = total or None
-        bar.update(done - bar.n)
-
-    return bar, progress
 
 
 def convert_command(
@@ -67,11 +55,8 @@ def convert_command(
     if find_converter() is None and not (quiet or as_json):
         note("setting up llama.cpp's converter environment (once; about 1.2 GB, see `mm llama converter`)...")
     env = ensure_converter()
-    bar, progress = _bar(f"convert {snapshot.name}", "%", quiet or as_json)
-    try:
-        result = convert(snapshot, outtype, converter=env, progress=progress)
-    finally:
-        bar.close()
+    with work_bar(f"convert {snapshot.name}", "%", quiet or as_json) as bar:
+        result = convert(snapshot, outtype, converter=env, progress=counting(bar))
     if as_json:
         emit_json(result)
         return
@@ -118,18 +103,15 @@ def imatrix_command(
 
     path, _ = local_model_file(parse_model_arg(model, recipes), token=token, offline=offline)
     calibration = resolve_text(calibration_text(text), token=token, offline=offline)
-    bar, progress = _bar("imatrix", "chunk", quiet or as_json)
-    try:
+    with work_bar("imatrix", "chunk", quiet or as_json) as bar:
         result = make_imatrix(
             path,
             calibration,
             ImatrixParams(chunks=chunks, ctx=ctx),
             threads=threads,
             n_gpu_layers=n_gpu_layers,
-            progress=progress,
+            progress=counting(bar),
         )
-    finally:
-        bar.close()
     if as_json:
         emit_json(result)
         return

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from tqdm import tqdm
 
 from pipeline.commands import add_command
 from pipeline.commands.options import (
@@ -20,17 +19,13 @@ from pipeline.commands.options import (
     ThreadsOpt,
     TokenOpt,
 )
-from pipeline.commands.render import emit_json, note, show_progress, table
+from pipeline.commands.render import emit_json, note, table, work_bar
 
 TargetArg = Annotated[
     str,
     typer.Argument(metavar="MODEL", help="A profile name (its exact settings), or a .gguf, Hub file or recipe."),
 ]
 NoStoreOpt = Annotated[bool, typer.Option("--no-store", help="Do not record the result in the profile.")]
-
-
-def _bar(quiet: bool, unit: str) -> tqdm:  # type: ignore[type-arg]
-    return tqdm(desc=unit, unit=unit, disable=not show_progress(quiet), leave=False)
 
 
 def bench_command(
@@ -61,18 +56,15 @@ def bench_command(
     """
     from pipeline.measure import bench
 
-    bar = _bar(quiet, "run")
+    with work_bar("run", "run", quiet) as bar:
 
-    def progress(test: str, done: int, total: int) -> None:
-        bar.set_description(test)
-        bar.total, bar.n = total, done
-        bar.refresh()
+        def progress(test: str, done: int, total: int) -> None:
+            bar.set_description(test)
+            bar.total, bar.n = total, done
+            bar.refresh()
 
-    try:
         result = bench(target, recipes, threads=threads, n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions,
                        store=not no_store, progress=progress, ctx=ctx, flash_attn=flash_attn)  # fmt: skip
-    finally:
-        bar.close()
     if as_json:
         emit_json(result.model_dump(mode="json") | {"prediction_error": result.prediction_error})
         return
@@ -124,18 +116,15 @@ def eval_command(
     """
     from pipeline.measure import eval_quant
 
-    bar = _bar(quiet, "chunk")
+    with work_bar("chunk", "chunk", quiet) as bar:
 
-    def progress(phase: str, done: int, total: int) -> None:
-        bar.set_description("reference" if phase == "ref" else "quant")
-        bar.total, bar.n = total, done
-        bar.refresh()
+        def progress(phase: str, done: int, total: int) -> None:
+            bar.set_description("reference" if phase == "ref" else "quant")
+            bar.total, bar.n = total, done
+            bar.refresh()
 
-    try:
         result = eval_quant(target, ref, recipes, text=text, n_ctx=ctx, chunks=chunks, threads=threads,
                             store=not no_store, token=token, offline=offline, progress=progress)  # fmt: skip
-    finally:
-        bar.close()
     if as_json:
         emit_json(result)
         return

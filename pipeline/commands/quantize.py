@@ -6,11 +6,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
-from tqdm import tqdm
 
 from pipeline.commands import add_command
 from pipeline.commands.options import JsonOpt, ModelArg, QuietOpt, RecipesDirOpt, ThreadsOpt, writable_target
-from pipeline.commands.render import emit_json, note, show_progress, table
+from pipeline.commands.render import counting, emit_json, note, table, work_bar
 from pipeline.errors import UsageError
 from pipeline.units import format_size
 
@@ -123,16 +122,8 @@ def quantize_command(
 def _run_one(request: QuantizeRequest, quiet: bool) -> QuantizeResult:
     from pipeline.quantize import quantize
 
-    bar = tqdm(desc=request.params.type, unit="tensor", disable=not show_progress(quiet), leave=False)
-
-    def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.update(done - bar.n)
-
-    try:
-        result = quantize(request, progress)
-    finally:
-        bar.close()
+    with work_bar(request.params.type, "tensor", quiet) as bar:
+        result = quantize(request, counting(bar))
     for line in ([result.skipped] if result.skipped else []) + result.warnings:
         note(f"{request.params.type}: {line}")
     if result.fallback_note:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -68,3 +69,23 @@ def tensor_bar(label: str, total: int, initial: int) -> Progress:
     """A quantize's bar on stderr (tensors done of total); gone when it finishes."""
     bar: Progress = tqdm(total=total, initial=initial, unit="tensor", desc=label, file=sys.stderr, leave=False)
     return bar
+
+
+@contextmanager
+def work_bar(label: str, unit: str, quiet: bool) -> Iterator[tqdm[Any]]:
+    """A bar for long work on stderr, shown to a person at a terminal, closed however the work ends."""
+    bar: tqdm[Any] = tqdm(desc=label, unit=unit, disable=not show_progress(quiet), leave=False)
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
+def counting(bar: tqdm[Any]) -> Callable[[int, int], None]:
+    """The library's `progress(done, total)` callback, drawn on `bar`."""
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total or None
+        bar.update(done - bar.n)
+
+    return progress
