@@ -27,7 +27,7 @@ from pipeline.gguf_header import read_header
 from pipeline.home import atomic_path, atomic_write_text, locked, mm_home, remove_stale_temps
 from pipeline.llama_build import llama_cpp_version, require_llama_tool
 from pipeline.provenance import SCHEMA_VERSION, record_path_for, utc_now
-from pipeline.texts import ResolvedText, TextRef, parse_text
+from pipeline.texts import WIKITEXT_COMMIT, ResolvedText, TextRef, parse_text
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ DEFAULT_CHUNKS = 100  # ~51k tokens at 512; llama-imatrix itself reads the whole
 # WikiText-2's raw *train* split, from the same zip as mm eval's default (its test split), so the text a
 # quant is calibrated on is never the text it is evaluated on. MM_CALIBRATION_TEXT (a path or
 # owner/name:FILE[#member][@revision] in a Hub dataset) replaces it; so do --text and a recipe's [imatrix] text.
-DEFAULT_CALIBRATION = "ggml-org/ci:wikitext-2-raw-v1.zip#wikitext-2-raw/wiki.train.raw@main"
+DEFAULT_CALIBRATION = f"ggml-org/ci:wikitext-2-raw-v1.zip#wikitext-2-raw/wiki.train.raw@{WIKITEXT_COMMIT}"
 CALIBRATION_ENV = "MM_CALIBRATION_TEXT"
 _CHUNKS_RE = re.compile(r"computing over (\d+) chunks")
 _CHUNK_DONE_RE = re.compile(r"^\[(\d+)\]([0-9.]+|nan|inf)")

@@ -22,8 +22,17 @@ from pipeline.provenance import check_sha256
 from pipeline.transfer import ProgressFactory
 
 # The default text: WikiText-2's raw test split, from the zip llama.cpp's scripts/get-wikitext-2.sh fetches
-# (huggingface.co/datasets/ggml-org/ci). MM_TEXT overrides it; so does a recipe's [eval] text or --text.
-DEFAULT_TEXT = "ggml-org/ci:wikitext-2-raw-v1.zip#wikitext-2-raw/wiki.test.raw@main"
+# (huggingface.co/datasets/ggml-org/ci), pinned to one commit so a nightly's figures stay comparable.
+# MM_TEXT overrides it; so does a recipe's [eval] text or --text.
+WIKITEXT_COMMIT = "927b3642933080f1b0e811e2f916e14c292992f9"
+DEFAULT_TEXT = f"ggml-org/ci:wikitext-2-raw-v1.zip#wikitext-2-raw/wiki.test.raw@{WIKITEXT_COMMIT}"
+# Content pins of known Hub texts, (repo, file, commit) -> sha256, checked after every pull: the zip's
+# digest as projects that freeze this file publish it (the same value from independent sources).
+KNOWN_SHA256 = {
+    ("ggml-org/ci", "wikitext-2-raw-v1.zip", WIKITEXT_COMMIT): (
+        "ef7edb566e3e2b2d31b29c1fdb0c89a4cc683597484c3dc2517919c615435a11"
+    ),
+}
 TEXT_ENV = "MM_TEXT"
 _HUB_TEXT = re.compile(
     r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+):(?P<file>[^@#]+?)(?:#(?P<member>[^@]+))?(?:@(?P<revision>[\w./-]+))?$"
@@ -68,7 +77,10 @@ def parse_text(text: str | None, base: Path | None = None) -> TextRef:
         return TextRef(path=str(candidate))
     match = _HUB_TEXT.match(value)
     assert match is not None
-    return TextRef(repo=match["repo"], file=match["file"], member=match["member"], revision=match["revision"] or "main")
+    repo, file, revision = match["repo"], match["file"], match["revision"] or "main"
+    return TextRef(
+        repo=repo, file=file, member=match["member"], revision=revision, sha256=KNOWN_SHA256.get((repo, file, revision))
+    )
 
 
 def resolve_text(

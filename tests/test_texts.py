@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import zipfile
 from pathlib import Path
 
 import pytest
 
 from pipeline.errors import IntegrityError, UsageError
-from pipeline.texts import DEFAULT_TEXT, TextRef, parse_text, resolve_text
+from pipeline.imatrix import calibration_text
+from pipeline.texts import DEFAULT_TEXT, WIKITEXT_COMMIT, TextRef, parse_text, resolve_text
 from tests.hub import LocalHub
 
 TEXT = b"The quick brown fox jumps over the lazy dog.\n" * 50
@@ -38,6 +40,25 @@ def test_parse_hub_text_and_default() -> None:
     assert str(default) == DEFAULT_TEXT and default.member == "wikitext-2-raw/wiki.test.raw"
 
 
+def test_the_default_texts_are_pinned_to_a_commit_and_a_digest() -> None:
+    for default in (parse_text(None), calibration_text(None)):
+        assert re.fullmatch(r"[0-9a-f]{40}", default.revision), default
+        assert default.sha256 is not None and re.fullmatch(r"[0-9a-f]{64}", default.sha256)
+    assert parse_text("ggml-org/ci:wikitext-2-raw-v1.zip@main").sha256 is None  # a branch moves: no content pin
+
+
+def test_the_default_text_with_other_bytes_at_its_commit_is_refused(local_hub: LocalHub) -> None:
+    """The pin is checked, not decorative: a server answering the pinned commit with another zip is refused."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as bundle:
+        bundle.writestr("wikitext-2-raw/wiki.test.raw", TEXT)
+    local_hub.add_repo("datasets/ggml-org/ci", {"wikitext-2-raw-v1.zip": buffer.getvalue()})
+    repo = local_hub.repos["datasets/ggml-org/ci"]
+    repo.commits[WIKITEXT_COMMIT] = repo.commits[repo.refs["main"]]  # the pinned commit, serving other bytes
+    with pytest.raises(IntegrityError):
+        resolve_text(parse_text(None))
+
+
 def test_dataset_text_is_pulled_verified_and_cached(local_hub: LocalHub) -> None:
     commit = local_hub.add_repo("datasets/org/texts", {"wiki.txt": TEXT})
     ref = parse_text(f"org/texts:wiki.txt@{commit}")
@@ -61,8 +82,8 @@ def test_zip_member_is_extracted_from_a_verified_archive(local_hub: LocalHub) ->
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as bundle:
         bundle.writestr("wikitext-2-raw/wiki.test.raw", TEXT)
-    local_hub.add_repo("datasets/ggml-org/ci", {"wikitext-2-raw-v1.zip": buffer.getvalue()})
-    resolved = resolve_text(parse_text(None))  # the default text, served by the local Hub
+    commit = local_hub.add_repo("datasets/ggml-org/ci", {"wikitext-2-raw-v1.zip": buffer.getvalue()})
+    resolved = resolve_text(parse_text(f"ggml-org/ci:wikitext-2-raw-v1.zip#wikitext-2-raw/wiki.test.raw@{commit}"))
     assert resolved.path.read_bytes() == TEXT
     assert resolved.sha256 == hashlib.sha256(TEXT).hexdigest()
     assert resolved.source.startswith("ggml-org/ci:wikitext-2-raw-v1.zip#wikitext-2-raw/wiki.test.raw@")
