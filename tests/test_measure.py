@@ -162,7 +162,7 @@ def test_measured_prediction_lands_within_25_percent_on_a_compute_bound_model(mm
     """After `mm hw --measure`, fit's decode prediction for this machine is within 25% of `mm bench`."""
     source = write_tiny_model(tmp_path / "m.gguf", TinySpec(n_embd=768, n_head=6, n_head_kv=2, n_ff=2048, n_layers=4))
     model = _quantize(source, tmp_path / "m-q4_k_m.gguf", 15)  # small enough to stay in cache: compute-bound
-    for _attempt in range(2):  # a machine shared with other work: one more try if a load spike skewed either
+    for _attempt in range(3):  # a machine shared with other work: more tries if a load spike skewed either
         measured = mm("hw", "--measure", "--threads", "1", "--json")
         assert measured.exit_code == 0, measured.stderr
         assert json.loads(measured.stdout)["cpu_rates"]["1"]["gflops"]["Q4_K"] > 0
