@@ -95,9 +95,9 @@ def run_bench(
 ) -> BenchResult:
     """Load the model with `kwargs` (llama_cpp.Llama's) and time pp`n_prompt` and tg`n_gen`."""
     if n_prompt < 0 or n_gen < 0 or n_prompt + n_gen == 0:
-        raise UsageError("--n-prompt and --n-gen: at least one must be positive")
+        raise UsageError("prompt and generated tokens: at least one count must be positive", param="n_prompt")
     if repetitions < 1:
-        raise UsageError("--repetitions must be at least 1")
+        raise UsageError("repetitions must be at least 1", param="repetitions")
     threads = int(kwargs.get("n_threads") or default_threads())
     # llama-bench runs prompt batches on the same threads (llama_set_n_threads(ctx, t, t)); llama-cpp-python
     # would use every core for them (n_threads_batch = cpu_count()).

@@ -93,9 +93,9 @@ def parse_shard(text: str) -> tuple[int, int]:
         k_text, n_text = text.split("/")
         k, n = int(k_text), int(n_text)
     except ValueError:
-        raise UsageError(f"--shard {text!r}: expected K/N, e.g. 1/4") from None
+        raise UsageError(f"shard {text!r}: expected K/N, e.g. 1/4", param="shard") from None
     if not 1 <= k <= n:
-        raise UsageError(f"--shard {text!r}: K must be between 1 and N")
+        raise UsageError(f"shard {text!r}: K must be between 1 and N", param="shard")
     return k, n
 
 
@@ -110,9 +110,9 @@ def select_recipes(
 ) -> list[Path]:
     """Recipe files to build: the named ones, or every recipe in the folder; then this shard's part."""
     if names and all_recipes:
-        raise UsageError("give recipe names or --all, not both")
+        raise UsageError("give recipe names or ask for all recipes, not both", param="all_recipes")
     if not names and not all_recipes:
-        raise UsageError("name the recipes to build, or pass --all")
+        raise UsageError("name the recipes to build, or ask for all of them", param="all_recipes")
     paths = list_recipe_paths(folder) if all_recipes else [find_recipe(n, folder) for n in names]
     if shard is not None:
         paths = [p for p in paths if in_shard(p.stem, shard)]
@@ -189,7 +189,7 @@ def build_recipe(
                 reporter.recipe_started(recipe.name)
                 report.stages = _run_stages(recipe.name, stages_for(recipe, env), env, options, reporter)
     except LockTimeoutError:
-        report.reason = "another mm build is building it (--no-wait)"
+        report.reason = "another mm build is building it (not waiting for it)"
     except MMError as exc:  # e.g. an unknown hardware class found while listing stages
         report.status, report.reason = "failed", str(exc)
     else:
@@ -282,7 +282,7 @@ def _why_unstamped(
 ) -> str | None:
     """The reasons every stage shares: forced, never built, or inputs changed (named by what changed)."""
     if force:
-        return "forced (--force)"
+        return "forced"
     if stamp is None:
         return "never built"
     if stamp.fingerprint != fp:

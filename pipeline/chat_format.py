@@ -65,11 +65,10 @@ def choose_chat_format(metadata: Mapping[str, object], requested: str | None = N
     if known is None:
         raise UsageError(
             f"the model has no chat template ({TEMPLATE_KEY}) and mm knows no format for architecture {arch!r}",
-            hint=f"choose one with --chat-format ({', '.join(KNOWN_FORMATS)}), or --raw for plain completion",
+            hint=f"choose a chat format ({', '.join(KNOWN_FORMATS)}), or plain completion",
+            param="chat_format",
         )
-    return ChatFormat(
-        known, f"no chat template in the GGUF; using the {known} format for {arch} (--chat-format to change)"
-    )
+    return ChatFormat(known, f"no chat template in the GGUF; using the {known} format for {arch}")
 
 
 def describe_chat_template(metadata: Mapping[str, object]) -> str:
@@ -78,4 +77,4 @@ def describe_chat_template(metadata: Mapping[str, object]) -> str:
     if isinstance(template, str):
         return f"yes ({len(template)} characters)"
     known = _arch_format(metadata)
-    return f"none (mm run uses {known})" if known else "none (mm run needs --chat-format or --raw)"
+    return f"none (mm run uses {known})" if known else "none (mm run needs a chat format named, or raw completion)"

@@ -213,7 +213,7 @@ def convert(
 ) -> ConvertResult:
     """The GGUF of `snapshot` in `outtype`, converted now unless an up-to-date one is there."""
     if outtype not in OUTTYPES:
-        raise UsageError(f"--outtype {outtype}: not one of {', '.join(OUTTYPES)}")
+        raise UsageError(f"output type {outtype}: not one of {', '.join(OUTTYPES)}", param="outtype")
     env = converter or ensure_converter()
     key = convert_key(snapshot, env.version, outtype)
     output = output_path(snapshot, key, outtype)
@@ -303,7 +303,7 @@ def _check_output(path: Path, outtype: str) -> GGUFHeader:
     if not header.tensors:
         raise ConvertError("the converter's output has no tensors")
     if header.file_type not in FILE_TYPES[outtype]:
-        raise ConvertError(f"the converter's output has general.file_type {header.file_type}; --outtype {outtype}")
+        raise ConvertError(f"the converter's output has general.file_type {header.file_type}; asked for {outtype}")
     return header
 
 

@@ -236,5 +236,5 @@ def supported_architectures(env: ConverterEnv) -> list[str]:
         elif section == "TEXT" and line.startswith("  - "):
             names.append(line[4:].strip())
     if not names:
-        raise ConvertError(f"{env.script} --print-supported-models listed nothing: {proc.stderr.strip()[-300:]}")
+        raise ConvertError(f"`{env.script} --print-supported-models` listed nothing: {proc.stderr.strip()[-300:]}")
     return names

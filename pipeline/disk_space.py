@@ -42,6 +42,7 @@ def require_space(
     exact: Callable[[], int] | None = None,
     slack_bytes: int = SLACK_BYTES,
     hint: str = HINT,
+    param: str | None = None,
 ) -> int:
     """The bytes `what` needs in `folder`, or DiskSpaceError before anything is written.
 
@@ -55,5 +56,6 @@ def require_space(
         raise DiskSpaceError(
             f"not enough free disk: {what} needs {format_size(needed_bytes)}, {format_size(free)} free at {folder}",
             hint=hint,
+            param=param,
         )
     return needed_bytes

@@ -73,7 +73,8 @@ def pull(
         missing = [name for name, f in zip(names, cached, strict=True) if f is None]
         raise OfflineError(
             f"{repo}@{revision}: {', '.join(missing)} not in the local cache and offline mode is on",
-            hint="pull it once without --offline (and with HF_HUB_OFFLINE unset)",
+            hint="pull it once online (with HF_HUB_OFFLINE unset)",
+            param="offline",
         )
     remote = {
         name: hub.file_metadata(repo, name, commit, token=token, repo_type=repo_type)

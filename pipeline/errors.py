@@ -45,8 +45,8 @@ class HubError(MMError):
 
 
 class RepoNotFoundError(HubError):
-    def __init__(self, message: str, *, repo_id: str, hint: str | None = None) -> None:
-        super().__init__(message, hint=hint)
+    def __init__(self, message: str, *, repo_id: str, hint: str | None = None, param: str | None = None) -> None:
+        super().__init__(message, hint=hint, param=param)
         self.repo_id = repo_id
 
 

@@ -140,9 +140,9 @@ def evaluate(
 ) -> EvalResult:
     """Perplexity of `model` and `ref` on the text, and the KL-divergence of `model` from `ref`."""
     if n_ctx < 16 or n_ctx % 2:
-        raise UsageError(f"--ctx {n_ctx}: expected an even number of tokens, at least 16")
+        raise UsageError(f"context {n_ctx}: expected an even number of tokens, at least 16", param="n_ctx")
     if chunks is not None and chunks < 1:
-        raise UsageError("--chunks must be at least 1")
+        raise UsageError("chunks must be at least 1", param="chunks")
     started = time.perf_counter()
     first = n_ctx // 2
     scored = n_ctx - 1 - first  # perplexity.cpp: tokens [first, n_ctx - 1) predict the next one
@@ -152,7 +152,8 @@ def evaluate(
         if len(tokens) < 2 * n_ctx:
             raise UsageError(
                 f"{text}: {len(tokens)} tokens; scoring with a context of {n_ctx} needs at least {2 * n_ctx}",
-                hint="use a longer text or a smaller --ctx",
+                hint="use a longer text or a smaller context",
+                param="n_ctx",
             )
         n_chunk = min(chunks or len(tokens) // n_ctx, len(tokens) // n_ctx)
         n_vocab = base.n_vocab

@@ -35,7 +35,7 @@ DEFAULT_ENDPOINT = "https://huggingface.co"
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 MAX_LISTED_ENTRIES = 200_000  # the biggest model repos hold a few thousand files
 MAX_FILE_BYTES = 1 << 50  # 1 PiB: more than any one file on the Hub (LFS files are capped far below)
-TOKEN_HINT = "accept the license on the model's page on the Hub, then set HF_TOKEN or pass --token"
+TOKEN_HINT = "accept the license on the model's page on the Hub, then give a token (HF_TOKEN, or `hf auth login`)"
 
 
 def endpoint() -> str:
@@ -91,7 +91,8 @@ def resolve_commit(
         if commit is None:
             raise OfflineError(
                 f"{repo}@{revision} is not in the local cache and offline mode is on",
-                hint="pull it once without --offline (and with HF_HUB_OFFLINE unset)",
+                hint="pull it once online (with HF_HUB_OFFLINE unset)",
+                param="offline",
             )
         return commit
     with translate_errors(repo, revision):
@@ -171,14 +172,19 @@ def translate_errors(
     try:
         yield
     except hf_errors.HFValidationError as exc:  # a repo id or revision the Hub's rules refuse
-        raise UsageError(f"{repo}: {exc}", hint="a repository id is owner/name; see `mm pull --help`") from None
+        raise UsageError(
+            f"{repo}: {exc}", hint="a repository id is owner/name, e.g. TheBloke/Llama-2-7B-GGUF"
+        ) from None
     except hf_errors.GatedRepoError as exc:
-        raise GatedRepoError(f"{repo} is gated: access was refused ({_status(exc)})", hint=TOKEN_HINT) from None
+        raise GatedRepoError(
+            f"{repo} is gated: access was refused ({_status(exc)})", hint=TOKEN_HINT, param="token"
+        ) from None
     except hf_errors.RepositoryNotFoundError:
         raise RepoNotFoundError(
             f"repository {repo} not found on {endpoint()}",
             repo_id=repo,
-            hint="check the owner/name spelling; for a private repo set HF_TOKEN or pass --token",
+            hint="check the owner/name spelling; a private repo needs a token (HF_TOKEN, or `hf auth login`)",
+            param="token",
         ) from None
     except hf_errors.RevisionNotFoundError:
         raise RevisionNotFoundError(
@@ -199,14 +205,15 @@ def translate_errors(
     except hf_errors.HfHubHTTPError as exc:
         status = _status(exc)
         if status in (401, 403):
-            raise GatedRepoError(f"{repo}: access refused ({status})", hint=TOKEN_HINT) from None
+            raise GatedRepoError(f"{repo}: access refused ({status})", hint=TOKEN_HINT, param="token") from None
         raise HubError(
             f"{repo}: the Hub answered {status} for {revision}" + (f"/{filename}" if filename else "")
         ) from None
     except (httpx2.TransportError, hf_errors.OfflineModeIsEnabled) as exc:
         raise HubError(
             f"cannot reach {endpoint()} ({type(exc).__name__})",
-            hint="check the network or HF_ENDPOINT; pass --offline to use only the local cache",
+            hint="check the network or HF_ENDPOINT; or work offline, from the local cache only",
+            param="offline",
         ) from None
 
 

@@ -212,10 +212,12 @@ def _run(
     status, tail = run_child(argv, log_path, on_line, env=dict(os.environ, LC_ALL="C"), separators=b"\r\n,")
     if status != 0:
         detail = next((line for line in reversed(tail) if "need" in line or "error" in line.lower()), "")
-        hint = f"full log: {log_path}"
+        hint, param = f"full log: {log_path}", None
         if "you need at least" in detail:
-            hint = f"give a longer text, or a smaller --ctx (now {params.ctx}); {hint}"
-        raise LlamaError(f"llama-imatrix {describe_exit(status)}: {detail or 'no error message'}", hint=hint)
+            hint, param = f"give a longer text, or a smaller context (now {params.ctx}); {hint}", "ctx"
+        raise LlamaError(
+            f"llama-imatrix {describe_exit(status)}: {detail or 'no error message'}", hint=hint, param=param
+        )
     return state["done"], final[-1] if final else None
 
 

@@ -261,7 +261,8 @@ def llama_cpp_tree(source: Path | None, version: str, work: Path) -> Path:
     if proc.returncode != 0 or not archives:
         raise LlamaError(
             f"could not download llama-cpp-python=={version}'s source: {proc.stderr.strip()[-300:]}",
-            hint="pass the sdist or an unpacked llama.cpp with --source",
+            hint="give the sdist or an unpacked llama.cpp as the source",
+            param="source",
         )
     return _unpack(archives[0], work)
 

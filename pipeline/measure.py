@@ -84,7 +84,9 @@ def eval_quant(
 
     resolved = resolve_target(target, recipes, threads=threads)
     if not ref:
-        raise UsageError("mm eval needs --ref SOURCE: the model the quant is compared with (its f16/bf16 source)")
+        raise UsageError(
+            "mm eval needs a reference: the model the quant is compared with (its f16/bf16 source)", param="ref"
+        )
     ref_path, _, _ = resolve_model(ref, recipes, token=token, offline=offline)
     chosen = resolve_text(parse_text(text), token=token, offline=offline, progress=download)
     result = evaluate(

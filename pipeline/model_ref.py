@@ -186,9 +186,13 @@ def pull_target(
     ref = parse_hub_ref(model)
     if ref is not None:
         if filename is not None:
-            raise UsageError(f"{model} already names a file; drop --file or write just {ref.repo}")
+            raise UsageError(
+                f"{model} already names a file; drop the other file, or write just {ref.repo}", param="file"
+            )
         if revision is not None and "@" in model:
-            raise UsageError(f"{model} already names a revision; drop --revision or the @{ref.revision}")
+            raise UsageError(
+                f"{model} already names a revision; drop the other one, or the @{ref.revision}", param="revision"
+            )
         return PullTarget(repo=ref.repo, filename=ref.file, revision=revision or ref.revision)
     if REPO_ID_RE.match(model) and not model.endswith((".toml", ".gguf")):
         return PullTarget(repo=model, filename=filename, revision=revision or "main")
@@ -199,12 +203,12 @@ def pull_target(
         if source.repo is None or source.file is None:
             raise UsageError(f"recipe {recipe.name} has a local source ({source.path}); there is nothing to pull")
         if filename is not None:
-            raise UsageError(f"recipe {recipe.name} already names its file; drop --file")
+            raise UsageError(f"recipe {recipe.name} already names its file; drop the other file", param="file")
         return PullTarget(
             repo=source.repo, filename=source.file, revision=revision or source.revision, sha256=source.sha256
         )
     raise UsageError(
-        f"{model!r} is not something to pull: expected owner/name:FILE.gguf, owner/name --file FILE.gguf, "
+        f"{model!r} is not something to pull: expected owner/name:FILE.gguf, owner/name with a FILE.gguf, "
         "or a recipe name or path"
     )
 

@@ -58,12 +58,14 @@ class _Local:
     json: bytes
 
 
-def target_repo(repo: str, flag: str = "--repo") -> str:
+def target_repo(repo: str, what: str = "repository", param: str = "repo") -> str:
     """The repo to push to or install from, by the Hub's own rules (safe_names.check_repo_id)."""
     try:
         return check_repo_id(repo)
     except UnsafeValue as exc:
-        raise UsageError(f"{flag}: {exc}", hint="expected OWNER/NAME, e.g. my-org/Llama-3-8B-GGUF") from None
+        raise UsageError(
+            f"{what}: {exc}", hint="expected OWNER/NAME, e.g. my-org/Llama-3-8B-GGUF", param=param
+        ) from None
 
 
 def push(

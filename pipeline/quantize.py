@@ -398,7 +398,8 @@ def _check_space(
         estimate,
         f"the {qtype.canonical} output (llama.cpp's dry run)",
         exact=exact,
-        hint="free some space, or write elsewhere with --output (or point MM_HOME at a bigger disk)",
+        hint="free some space, or write the output elsewhere (or point MM_HOME at a bigger disk)",
+        param="output",
     )
 
 

@@ -48,7 +48,9 @@ def parse_tensor_types(items: list[str]) -> dict[str, str]:
     for item in items:
         pattern, sep, type_name = item.rpartition("=")
         if not sep or not pattern or not type_name:
-            raise UsageError(f"--tensor-type {item!r}: expected PATTERN=TYPE, e.g. attn_v=q8_0")
+            raise UsageError(
+                f"tensor type override {item!r}: expected PATTERN=TYPE, e.g. attn_v=q8_0", param="tensor_types"
+            )
         parsed[pattern] = type_name.lower()
     return parsed
 
@@ -76,16 +78,16 @@ def build_requests(model: str, options: QuantizeOptions, recipes_folder: Path | 
         assert arg.recipe is not None
         defaults = arg.recipe.quantize
         source, source_ref = _recipe_source(arg.recipe)
-        if defaults.imatrix == "auto":  # made by `mm build`; here --imatrix gives one
+        if defaults.imatrix == "auto":  # made by `mm build`; here the caller gives one
             defaults = defaults.model_copy(update={"imatrix": None})
         elif defaults.imatrix is not None:
             defaults = defaults.model_copy(update={"imatrix": arg.recipe.resolve(defaults.imatrix)})
     source = shard_paths(source)[0]  # llama.cpp loads a split model only from its first shard
     types = options.types or defaults.types
     if not types:
-        raise UsageError("no target type: pass --to TYPE (e.g. --to q4_k_m), or name a recipe with quantize.types")
+        raise UsageError("no target type: name one (e.g. q4_k_m), or a recipe with quantize.types", param="types")
     if options.output is not None and len(types) > 1:
-        raise UsageError("--output names one file: give a single --to with it")
+        raise UsageError("an output file holds one quant: give a single target type with it", param="output")
     imatrix = options.imatrix or (defaults.imatrix if isinstance(defaults.imatrix, Path) else None)
     tensor_types = parse_tensor_types(options.tensor_types) if options.tensor_types else dict(defaults.tensor_types)
     requests = []

@@ -299,7 +299,11 @@ def load_recipe(path: Path) -> Recipe:
 def list_recipe_paths(folder: Path) -> list[Path]:
     """Every *.toml in the folder except the hardware catalog, sorted by name."""
     if not folder.is_dir():
-        raise RecipeError(f"{folder}: no such recipes folder", hint="pass --recipes DIR or set MM_RECIPES")
+        raise RecipeError(
+            f"{folder}: no such recipes folder",
+            hint="name an existing folder, or set MM_RECIPES",
+            param="recipes_folder",
+        )
     return sorted(p for p in folder.glob("*.toml") if p.name != HARDWARE_FILE)
 
 

@@ -114,7 +114,7 @@ def recommend_quant(
 ) -> QuantReport:  # fmt: skip
     """Fit each candidate quant; recommend the best reference quality that fits at or above `min_tps`."""
     if not candidates:
-        raise FitError("no candidate quant types given", hint="e.g. --quants all or --quants q4_k_m,q5_k_m")
+        raise FitError("no candidate quant types given", hint="e.g. all, or q4_k_m,q5_k_m", param="quants")
     settings = settings or FitSettings()
     headers = read_model(model)
     source = by_ftype(headers[0].file_type) if headers[0].file_type is not None else None

@@ -156,7 +156,7 @@ def publish(
         raise FitError(
             f"{model.name} does not fit {hardware.name} with these settings "
             f"(needs {fit.vram_bytes} B VRAM, {fit.ram_bytes} B RAM)",
-            hint="; ".join(fit.suggestions) or "try a smaller quant or a shorter --ctx",
+            hint="; ".join(fit.suggestions) or "try a smaller quant or a shorter context",
         )
     sha256 = file_sha256(home, model)
     size_bytes = model.stat().st_size

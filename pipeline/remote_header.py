@@ -184,7 +184,8 @@ def header_stub(
     if offline:
         raise OfflineError(
             f"{repo}@{revision}:{filename} has neither been pulled nor had its header fetched, and offline mode is on",
-            hint="run once without --offline (and with HF_HUB_OFFLINE unset) to fetch its header",
+            hint="run once online (with HF_HUB_OFFLINE unset) to fetch its header",
+            param="offline",
         )
     shards = [_Shard(name, hub.file_metadata(repo, name, commit, token=token)) for name in names]
     label = f"{repo}@{commit[:12]}:{names[0]}"
@@ -229,7 +230,8 @@ def _resolve(repo: str, revision: str, *, token: str | None, offline: bool) -> s
     if commit is None:
         raise OfflineError(
             f"{repo}@{revision} has neither been pulled nor had its header fetched, and offline mode is on",
-            hint="run once without --offline (and with HF_HUB_OFFLINE unset)",
+            hint="run once online (with HF_HUB_OFFLINE unset)",
+            param="offline",
         )
     return commit
 

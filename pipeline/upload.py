@@ -25,7 +25,7 @@ from pipeline.hub import endpoint, translate_errors
 
 log = logging.getLogger(__name__)
 
-WRITE_HINT = "set HF_TOKEN or pass --token with a token that has write access to the repository"
+WRITE_HINT = "give a token with write access to the repository (HF_TOKEN, or `hf auth login`)"
 
 
 class CommitConflict(HubError):
@@ -68,7 +68,7 @@ def write_token(token: str | None) -> str:
     """--token, else HF_TOKEN or the saved login: a push without one fails before any request."""
     found = token or get_token()
     if not found:
-        raise HubError("pushing to the Hub needs a token with write access", hint=WRITE_HINT)
+        raise HubError("pushing to the Hub needs a token with write access", hint=WRITE_HINT, param="token")
     return found
 
 
@@ -83,7 +83,9 @@ def _write_errors(repo: str, revision: str) -> Iterator[None]:
             if status == 412:
                 raise CommitConflict(f"{repo}@{revision} moved while committing") from None
             if status in (401, 403):
-                raise HubError(f"{repo}: the Hub refused to let this token write ({status})", hint=WRITE_HINT) from None
+                raise HubError(
+                    f"{repo}: the Hub refused to let this token write ({status})", hint=WRITE_HINT, param="token"
+                ) from None
             raise
 
 

@@ -4,6 +4,8 @@ its own layer or the ones below it (the layers the README's Development section 
 from __future__ import annotations
 
 import ast
+import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -212,3 +214,35 @@ def test_the_checks_catch_a_cycle_and_a_layer_break(tmp_path: Path, monkeypatch:
     imports = Imports()
     assert find_cycles(imports) == [["pipeline.cli", "pipeline.errors", "pipeline.cli"]]
     assert layer_breaks(imports) == ["pipeline.errors (base) imports pipeline.cli (face)"]
+
+
+def _library_error_calls() -> Iterator[tuple[str, ast.Call]]:
+    """Every `SomethingError(...)` call in the library (not the CLI layer), with its module."""
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        if module.startswith(("pipeline.cli", "pipeline.commands")):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call):
+                func = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+                if func.endswith("Error"):
+                    yield module, node
+
+
+def test_library_errors_describe_the_problem_and_leave_flags_to_the_cli() -> None:
+    """Issue 9: a library error names the input at fault by `param`; pipeline/cli.py's FLAG_FOR_PARAM adds the
+    flag. A whole mm command to run (in backticks) may still be suggested."""
+    from pipeline.cli import FLAG_FOR_PARAM
+
+    flagged, unmapped = [], []
+    for module, call in _library_error_calls():
+        texts = [*call.args[:1], *(k.value for k in call.keywords if k.arg == "hint")]
+        for text in texts:
+            if re.search(r"(?<![\w-])--[a-z]", re.sub(r"`[^`]*`", "", ast.unparse(text))):
+                flagged.append(f"{module}:{call.lineno}")
+        for keyword in call.keywords:
+            value = keyword.value
+            if keyword.arg == "param" and isinstance(value, ast.Constant) and value.value not in FLAG_FOR_PARAM:
+                unmapped.append(f"{module}:{call.lineno} param={value.value!r}")
+    assert not flagged, "library errors naming a CLI flag: " + ", ".join(flagged)
+    assert not unmapped, "params without a flag in pipeline/cli.py FLAG_FOR_PARAM: " + ", ".join(unmapped)

@@ -112,7 +112,7 @@ def pull_command(
 
         if file is not None or file_arg is not None:
             raise UsageError("--profile and --list-profiles take a repo (OWNER/NAME), not a file")
-        repo = target_repo(model_text_from_url(model), "--profile/--list-profiles: MODEL")
+        repo = target_repo(model_text_from_url(model), "MODEL", param="profile")
         return _pull_profile(repo, profile, revision, token, hardware, name, recipes, as_json, quiet)
     if hardware is not None or name is not None:
         raise UsageError("--hardware and --name go with --profile (installing a published profile)")

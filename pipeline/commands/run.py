@@ -85,7 +85,7 @@ def run_command(
     profile = get_profile(name)
     fmt = chat_format_for(profile, chat_format) if not (raw and text is not None) else None
     if fmt is not None and fmt.notice:
-        note(fmt.notice)
+        note(f"{fmt.notice} (--chat-format to change)")
     chosen = fmt.name if fmt is not None else None
     if server:
         serve(profile, port=port, verify=verify, chat_format=chosen,
