@@ -12,7 +12,8 @@ from typer import _click  # typer vendors click; its Context is the one TyperGro
 from typer.core import TyperGroup
 
 from pipeline import __version__
-from pipeline.commands import registered_groups, set_verbosity
+from pipeline.commands import build, convert, fit, llama, measure, pull, push, quantize, recipes, registry, run
+from pipeline.commands.registration import set_verbosity
 from pipeline.errors import MMError
 
 INTERRUPTED_EXIT = 130  # 128 + SIGINT, as shells report it
@@ -122,8 +123,9 @@ def _root(
     set_verbosity(verbose)
 
 
-for register in registered_groups():
-    register(app)
+# The order of `mm --help`'s command list.
+for group in (recipes, pull, convert, quantize, llama, fit, registry, run, measure, build, push):
+    group.register(app)
 
 
 def main() -> None:

@@ -68,8 +68,9 @@ class Imports:
         for name in names:
             if name.split(".")[0] != "pipeline":
                 self.external[module].add(name.split(".")[0])
-            elif (target := self._module(name)) is not None and not f"{module}.".startswith(f"{target}."):
-                # A submodule naming its own package is no cycle: Python loads the package first anyway.
+            elif (target := self._module(name)) is not None and target != module:
+                # A submodule importing its own package counts: with the package importing the submodule (even
+                # inside a function) that is a cycle, however Python happens to order the loading.
                 (self.typing if typing else self.runtime)[module].add(target)
 
     def _module(self, name: str) -> str | None:
@@ -214,6 +215,20 @@ def test_the_checks_catch_a_cycle_and_a_layer_break(tmp_path: Path, monkeypatch:
     imports = Imports()
     assert find_cycles(imports) == [["pipeline.cli", "pipeline.errors", "pipeline.cli"]]
     assert layer_breaks(imports) == ["pipeline.errors (base) imports pipeline.cli (face)"]
+
+
+def test_the_checks_catch_a_package_and_its_submodule_importing_each_other(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What pipeline.commands once did: the package imported its groups inside a function, and each group
+    imported a helper from the package."""
+    fake = tmp_path / "pipeline"
+    (fake / "commands").mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (fake / "commands" / "__init__.py").write_text("def groups() -> None:\n    from pipeline.commands import build\n")
+    (fake / "commands" / "build.py").write_text("from pipeline.commands import groups\n")
+    monkeypatch.setattr(f"{__name__}.PACKAGE", fake)
+    assert find_cycles(Imports()) == [["pipeline.commands", "pipeline.commands.build", "pipeline.commands"]]
 
 
 def _library_error_calls() -> Iterator[tuple[str, ast.Call]]:

@@ -191,8 +191,8 @@ def test_a_context_beyond_training_is_warned(mm: Mm, tmp_path: Path) -> None:
 
 def test_one_registration_style_and_one_json_name() -> None:
     """Every command comes through add_command (so -v after it and -fa work everywhere) and spells --json's
-    parameter as_json (pipeline/commands/__init__.py says how to add one)."""
-    from pipeline.commands import MMCommand
+    parameter as_json (pipeline/commands/registration.py says how to add one)."""
+    from pipeline.commands.registration import MMCommand
 
     root = typer.main.get_command(app)
     for path in _all_commands():

@@ -9,8 +9,8 @@ from typing import Annotated
 import typer
 
 from pipeline.build_report import SUMMARY_HEADERS, ConsoleReporter, summary_rows, write_report
-from pipeline.commands import add_command
 from pipeline.commands.options import JsonOpt, OfflineOpt, QuietOpt, RecipesDirOpt, TokenOpt, writable_target
+from pipeline.commands.registration import add_command
 from pipeline.commands.render import byte_bar, emit_json, note, show_progress, table, tensor_bar
 from pipeline.errors import BuildError
 from pipeline.recipe import recipes_dir

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from pipeline.commands import add_command
 from pipeline.commands.options import JsonOpt, ModelArg, OfflineOpt, QuietOpt, RecipesDirOpt, RevisionOpt, TokenOpt
+from pipeline.commands.registration import add_command
 from pipeline.commands.render import counting, emit_json, note, work_bar
 from pipeline.recipe import REPO_ID_RE, Outtype
 from pipeline.units import format_size

@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from pipeline.commands import add_command
 from pipeline.commands.options import (
     BatchOpt,
     CpuMoeOpt,
@@ -28,6 +27,7 @@ from pipeline.commands.options import (
     parse_kv_type,
     parse_memory,
 )
+from pipeline.commands.registration import add_command
 from pipeline.commands.render import emit_json, note, table
 from pipeline.errors import FitError, UsageError
 from pipeline.units import format_size

@@ -8,7 +8,6 @@ from typing import Annotated
 
 import typer
 
-from pipeline.commands import add_command
 from pipeline.commands.options import (
     CtxOpt,
     FlashAttnOpt,
@@ -19,6 +18,7 @@ from pipeline.commands.options import (
     ThreadsOpt,
     TokenOpt,
 )
+from pipeline.commands.registration import add_command
 from pipeline.commands.render import emit_json, note, table, work_bar
 
 TargetArg = Annotated[

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from pipeline.commands import add_command
 from pipeline.commands.options import (
     HardwareOpt,
     JsonOpt,
@@ -18,6 +17,7 @@ from pipeline.commands.options import (
     RevisionOpt,
     TokenOpt,
 )
+from pipeline.commands.registration import add_command
 from pipeline.commands.render import byte_bar, emit_json, note, show_progress, table
 from pipeline.errors import UsageError
 from pipeline.units import format_size

@@ -6,8 +6,8 @@ from typing import Annotated
 
 import typer
 
-from pipeline.commands import add_command
 from pipeline.commands.options import JsonOpt, QuietOpt, TokenOpt
+from pipeline.commands.registration import add_command
 from pipeline.commands.render import emit_json, note, show_progress
 
 RepoOpt = Annotated[str, typer.Option("--repo", metavar="OWNER/NAME", help="The Hub repo; created when missing.")]

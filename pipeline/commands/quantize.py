@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
-from pipeline.commands import add_command
 from pipeline.commands.options import JsonOpt, ModelArg, QuietOpt, RecipesDirOpt, ThreadsOpt, writable_target
+from pipeline.commands.registration import add_command
 from pipeline.commands.render import counting, emit_json, note, table, work_bar
 from pipeline.errors import UsageError
 from pipeline.units import format_size

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from pipeline.commands import add_command, add_group
 from pipeline.commands.options import JsonOpt, RecipesDirOpt
+from pipeline.commands.registration import add_command, add_group
 from pipeline.commands.render import emit_json, table
 from pipeline.errors import RecipeError
 

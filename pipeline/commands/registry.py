@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from pipeline.commands import add_command, add_group
 from pipeline.commands.options import (
     CpuMoeOpt,
     CtxOpt,
@@ -23,6 +22,7 @@ from pipeline.commands.options import (
     parse_gpu_layers,
     parse_kv_type,
 )
+from pipeline.commands.registration import add_command, add_group
 from pipeline.commands.render import emit_json, note, table
 from pipeline.errors import IntegrityError
 from pipeline.units import format_size

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from pipeline.commands import add_command
 from pipeline.commands.options import JsonOpt, NameArg
+from pipeline.commands.registration import add_command
 from pipeline.commands.render import emit_json, note
 
 if TYPE_CHECKING:
