@@ -4,7 +4,10 @@ its own layer or the ones below it (the layers the README's Development section 
 from __future__ import annotations
 
 import ast
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -261,3 +264,13 @@ def test_library_errors_describe_the_problem_and_leave_flags_to_the_cli() -> Non
                 unmapped.append(f"{module}:{call.lineno} param={value.value!r}")
     assert not flagged, "library errors naming a CLI flag: " + ", ".join(flagged)
     assert not unmapped, "params without a flag in pipeline/cli.py FLAG_FOR_PARAM: " + ", ".join(unmapped)
+
+
+def test_mm_starts_without_the_hub_client_or_llama_cpp() -> None:
+    """`mm --version` / `mm --help` load only the CLI: huggingface_hub (safe_names imports its validators when a
+    name is checked), llama.cpp, numpy and the HTTP client come with the command that needs them."""
+    code = "import sys, pipeline.cli; print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))"
+    env = {**os.environ, "PYTHONPATH": str(PACKAGE.parent)}
+    loaded = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert "typer" in loaded.stdout.split()  # the probe saw the CLI load
+    assert not {"huggingface_hub", "llama_cpp", "numpy", "gguf", "httpx2", "httpx"} & set(loaded.stdout.split())
