@@ -31,7 +31,8 @@ def _read_until(fd: int, needle: bytes, seconds: float) -> bytes:
     return seen
 
 
-def test_pull_without_a_file_asks_on_a_terminal(local_hub: LocalHub, isolated_env: Path) -> None:
+def _pull_a_two_file_repo_on_a_terminal(local_hub: LocalHub) -> tuple[subprocess.Popen[bytes], int]:
+    """`mm pull acme/Two-GGUF` with a pseudo-terminal for its input and output: (child, controller fd)."""
     local_hub.add_repo("acme/Two-GGUF", {"small.Q2_K.gguf": b"a" * 1000, "small.Q8_0.gguf": b"b" * 3000})
     controller, terminal = os.openpty()
     child = subprocess.Popen(
@@ -39,6 +40,11 @@ def test_pull_without_a_file_asks_on_a_terminal(local_hub: LocalHub, isolated_en
         stdin=terminal, stdout=terminal, stderr=terminal, cwd=REPO_ROOT, env=dict(os.environ),
     )  # fmt: skip
     os.close(terminal)
+    return child, controller
+
+
+def test_pull_without_a_file_asks_on_a_terminal(local_hub: LocalHub, isolated_env: Path) -> None:
+    child, controller = _pull_a_two_file_repo_on_a_terminal(local_hub)
     try:
         listing = _read_until(controller, b"pull which file", 30).decode()
         assert "small.Q2_K.gguf" in listing and "small.Q8_0.gguf" in listing, listing
@@ -55,13 +61,7 @@ def test_pull_without_a_file_asks_on_a_terminal(local_hub: LocalHub, isolated_en
 
 
 def test_the_file_pick_asks_again_and_takes_a_name(local_hub: LocalHub, isolated_env: Path) -> None:
-    local_hub.add_repo("acme/Two-GGUF", {"small.Q2_K.gguf": b"a" * 1000, "small.Q8_0.gguf": b"b" * 3000})
-    controller, terminal = os.openpty()
-    child = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "pull", "acme/Two-GGUF"],
-        stdin=terminal, stdout=terminal, stderr=terminal, cwd=REPO_ROOT, env=dict(os.environ),
-    )  # fmt: skip
-    os.close(terminal)
+    child, controller = _pull_a_two_file_repo_on_a_terminal(local_hub)
     try:
         _read_until(controller, b"pull which file", 30)
         os.write(controller, b"9\n")  # out of range: asked again, not an exit
