@@ -58,6 +58,13 @@ def mm_process(args: list[str], home: Path, hub: LocalHub, token: str | None = V
     )
 
 
+def publish_a_copy(mm: Mm, model: Path, folder: Path, name: str) -> None:
+    """Publish a copy of `model` as profile `name` (the session's model itself stays read-only)."""
+    own = folder / f"{name}.gguf"
+    shutil.copyfile(model, own)
+    assert mm("publish", str(own), "--hardware", "cpu-64g", "--name", name).exit_code == 0
+
+
 def tree(hub: LocalHub, repo: str = REPO) -> dict[str, bytes]:
     state = hub.repos[repo]
     return state.commits[state.refs["main"]]
@@ -174,9 +181,7 @@ def test_a_failed_push_fails_that_recipe_and_the_next_build_retries_it(
 def test_private_and_gated_repos_need_a_token_to_pull(
     mm: Mm, tiny_model: Path, local_hub: LocalHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    own = tmp_path / "m.gguf"
-    shutil.copyfile(tiny_model, own)
-    assert mm("publish", str(own), "--hardware", "cpu-64g", "--name", "m").exit_code == 0
+    publish_a_copy(mm, tiny_model, tmp_path, "m")
     pushed = mm("push", "m", "--repo", "fleet/private-GGUF", "--private", "--token", VALID_TOKEN)
     assert pushed.exit_code == 0, pushed.stderr
     assert local_hub.repos["fleet/private-GGUF"].private
@@ -199,9 +204,7 @@ def test_private_and_gated_repos_need_a_token_to_pull(
 def test_the_token_appears_nowhere_on_disk_or_in_output(
     mm: Mm, tiny_model: Path, local_hub: LocalHub, tmp_path: Path
 ) -> None:
-    own = tmp_path / "m.gguf"
-    shutil.copyfile(tiny_model, own)
-    assert mm("publish", str(own), "--hardware", "cpu-64g", "--name", "m").exit_code == 0
+    publish_a_copy(mm, tiny_model, tmp_path, "m")
     home = Path(os.environ["MM_HOME"])
     runs = [  # one after the other, at debug log level, so every line huggingface_hub and mm log is seen
         (["-vv", "push", "m", "--repo", "fleet/secret-GGUF", "--private", "--token", VALID_TOKEN], None),
@@ -226,9 +229,7 @@ def test_the_token_appears_nowhere_on_disk_or_in_output(
 def test_push_to_a_branch_and_pull_from_it(
     mm: Mm, tiny_model: Path, local_hub: LocalHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    own = tmp_path / "m.gguf"
-    shutil.copyfile(tiny_model, own)
-    assert mm("publish", str(own), "--hardware", "cpu-64g", "--name", "m").exit_code == 0
+    publish_a_copy(mm, tiny_model, tmp_path, "m")
     monkeypatch.setenv("HF_TOKEN", VALID_TOKEN)
     pushed = mm("push", "m", "--repo", REPO, "--revision", "nightly", "--json")
     assert pushed.exit_code == 0, pushed.stderr
