@@ -177,7 +177,7 @@ def translate_errors(
         ) from None
     except hf_errors.GatedRepoError as exc:
         raise GatedRepoError(
-            f"{repo} is gated: access was refused ({_status(exc)})", hint=TOKEN_HINT, param="token"
+            f"{repo} is gated: access was refused ({status_code(exc)})", hint=TOKEN_HINT, param="token"
         ) from None
     except hf_errors.RepositoryNotFoundError:
         raise RepoNotFoundError(
@@ -203,7 +203,7 @@ def translate_errors(
             hint=_listing_hint(repo, revision, token),
         ) from None
     except hf_errors.HfHubHTTPError as exc:
-        status = _status(exc)
+        status = status_code(exc)
         if status in (401, 403):
             raise GatedRepoError(f"{repo}: access refused ({status})", hint=TOKEN_HINT, param="token") from None
         raise HubError(
@@ -217,7 +217,7 @@ def translate_errors(
         ) from None
 
 
-def _status(exc: hf_errors.HfHubHTTPError) -> int | None:
+def status_code(exc: hf_errors.HfHubHTTPError) -> int | None:
     response = getattr(exc, "response", None)
     return getattr(response, "status_code", None)
 

@@ -290,7 +290,20 @@ def build_profile(
     )  # fmt: skip
     return Profile(
         name=chosen, model=short, architecture=header.architecture, quant=quant, hardware=hardware.name,
-        blob=blob, provenance=provenance, run=run, prediction=prediction,
-        llama_server=llama_server_command(blob.path, run), llama_cli=llama_cli_command(blob.path, run),
-        llama_kwargs=llama_kwargs(blob.path, run),
+        blob=blob, provenance=provenance, run=run, prediction=prediction, **_commands(blob.path, run),
     )  # fmt: skip
+
+
+def _commands(path: str, run: RunSettings) -> dict[str, Any]:
+    """The ready-to-paste command lines and keyword arguments: derived from the blob's path and the settings."""
+    return {
+        "llama_server": llama_server_command(path, run),
+        "llama_cli": llama_cli_command(path, run),
+        "llama_kwargs": llama_kwargs(path, run),
+    }
+
+
+def with_blob(profile: Profile, blob: BlobRef, **changes: Any) -> Profile:
+    """`profile` pointing at another copy of its model (an installed or a published one): the blob and the
+    commands derived from its path change, provenance, settings and prediction stay."""
+    return profile.model_copy(update={**changes, "blob": blob, **_commands(blob.path, profile.run)})

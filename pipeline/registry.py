@@ -48,9 +48,7 @@ from pipeline.profile import (
     Profile,
     build_profile,
     check_name,
-    llama_cli_command,
-    llama_kwargs,
-    llama_server_command,
+    with_blob,
 )
 from pipeline.provenance import check_sha256, quantize_lock_name, read_record
 
@@ -167,11 +165,7 @@ def publish(
             hint="the file changed after quantizing; quantize it again",
         )  # fmt: skip
     with locked(home, LOCK):
-        blob = _store_blob(home, model, sha256, size_bytes)
-        stat = blob.stat()
-        ref = BlobRef(
-            sha256=sha256, size_bytes=size_bytes, path=str(blob), mtime_ns=stat.st_mtime_ns, inode=stat.st_ino
-        )
+        ref = _store_blob(home, model, sha256, size_bytes)
         profile = build_profile(named, ref, hardware, fit, name=name, recipe=recipe, record=record, threads=threads)
         atomic_write_json(profile_path(home, profile.name), profile.model_dump(mode="json"))
     log.info("published %s (blob %s)", profile.name, sha256[:12])
@@ -191,31 +185,22 @@ def install(published: Profile, model: Path, *, name: str | None = None) -> Prof
         str(model), sha256, published.blob.sha256, against=f"the digest profile {published.name!r} names",
         hint="pull it again; the repo's file and profile disagree",
     )  # fmt: skip
-    try:
-        chosen = check_name(name or published.name)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    chosen = _valid_name(name or published.name)
     with locked(home, LOCK):
-        blob = _store_blob(home, model, sha256, model.stat().st_size)
-        stat = blob.stat()
-        ref = BlobRef(
-            sha256=sha256, size_bytes=stat.st_size, path=str(blob), mtime_ns=stat.st_mtime_ns, inode=stat.st_ino
-        )
-        profile = published.model_copy(
-            update={
-                "name": chosen,
-                "blob": ref,
-                "llama_server": llama_server_command(str(blob), published.run),
-                "llama_cli": llama_cli_command(str(blob), published.run),
-                "llama_kwargs": llama_kwargs(str(blob), published.run),
-            }
-        )
+        profile = with_blob(published, _store_blob(home, model, sha256, model.stat().st_size), name=chosen)
         atomic_write_json(profile_path(home, profile.name), profile.model_dump(mode="json"))
     log.info("installed %s (blob %s)", profile.name, sha256[:12])
     return profile
 
 
-def _store_blob(home: Home, source: Path, sha256: str, size_bytes: int) -> Path:
+def _store_blob(home: Home, source: Path, sha256: str, size_bytes: int) -> BlobRef:
+    """The blob of `source` in the store (linked or copied, verified), as a profile refers to it."""
+    blob = _blob_for(home, source, sha256, size_bytes)
+    stat = blob.stat()
+    return BlobRef(sha256=sha256, size_bytes=size_bytes, path=str(blob), mtime_ns=stat.st_mtime_ns, inode=stat.st_ino)
+
+
+def _blob_for(home: Home, source: Path, sha256: str, size_bytes: int) -> Path:
     """The blob for `sha256`: hard-linked to `source` (same filesystem) or copied once while hashing."""
     target = blob_path(home, sha256)
     if target.is_file() and _blob_intact(home, target, sha256, size_bytes):

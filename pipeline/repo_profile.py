@@ -19,9 +19,7 @@ from pipeline.profile import (
     BlobRef,
     Profile,
     RunSettings,
-    llama_cli_command,
-    llama_kwargs,
-    llama_server_command,
+    with_blob,
 )
 
 if TYPE_CHECKING:
@@ -76,14 +74,7 @@ def for_repo(profile: Profile, model: Path, classes: list[HardwareClass]) -> Rep
 
     file = gguf_name(profile)
     blob = BlobRef(sha256=profile.blob.sha256, size_bytes=profile.blob.size_bytes, path=file, mtime_ns=0, inode=0)
-    published = profile.model_copy(
-        update={
-            "blob": blob,
-            "llama_server": llama_server_command(file, profile.run),
-            "llama_cli": llama_cli_command(file, profile.run),
-            "llama_kwargs": llama_kwargs(file, profile.run),
-        }
-    )
+    published = with_blob(profile, blob)
     settings = fit_settings(profile.run)
     shape = model_shape(read_model(model))
     fits = []

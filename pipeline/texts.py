@@ -73,10 +73,9 @@ def parse_text(text: str | None, base: Path | None = None) -> TextRef:
     candidate = Path(value).expanduser()
     if base is not None and not candidate.is_absolute():
         candidate = base / candidate
-    if candidate.exists() or not _HUB_TEXT.match(value):
-        return TextRef(path=str(candidate))
     match = _HUB_TEXT.match(value)
-    assert match is not None
+    if candidate.exists() or match is None:
+        return TextRef(path=str(candidate))
     repo, file, revision = match["repo"], match["file"], match["revision"] or "main"
     return TextRef(
         repo=repo, file=file, member=match["member"], revision=revision, sha256=KNOWN_SHA256.get((repo, file, revision))

@@ -21,7 +21,7 @@ from huggingface_hub.hf_api import RepoFile
 
 from pipeline.errors import HubError
 from pipeline.home import mm_home
-from pipeline.hub import endpoint, translate_errors
+from pipeline.hub import endpoint, list_repo_files, resolve_commit, status_code, translate_errors
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def _write_errors(repo: str, revision: str) -> Iterator[None]:
         try:
             yield
         except hf_errors.HfHubHTTPError as exc:
-            status = getattr(getattr(exc, "response", None), "status_code", None)
+            status = status_code(exc)
             if status == 412:
                 raise CommitConflict(f"{repo}@{revision} moved while committing") from None
             if status in (401, 403):
@@ -99,14 +99,10 @@ def ensure_repo(repo: str, *, revision: str, private: bool, token: str) -> None:
 
 
 def read_state(repo: str, revision: str, token: str) -> RepoState:
-    """The branch head and its files (one metadata request and one tree listing)."""
-    api = HfApi(endpoint=endpoint())
-    with _write_errors(repo, revision):
-        head = api.model_info(repo, revision=revision, token=token).sha
-        if not head:
-            raise HubError(f"{endpoint()} did not report a commit for {repo}@{revision}; is HF_ENDPOINT a Hub?")
-        entries = api.list_repo_tree(repo, revision=head, recursive=True, token=token)
-        files = {e.path: e for e in entries if isinstance(e, RepoFile)}
+    """The branch head and its files (one metadata request and one tree listing), read through the hub
+    module's calls, so the commit and every listed name pass the same checks as a pull's."""
+    head = resolve_commit(repo, revision, token=token)
+    files = {entry.path: entry for entry in list_repo_files(repo, head, token=token)}
     return RepoState(repo=repo, revision=revision, head=head, files=files)
 
 
