@@ -142,7 +142,7 @@ def _job(source: Path, output: Path, qtype: QuantType, params: QuantParams, thre
     )
 
 
-def _read_source(path: Path) -> GGUFHeader:
+def read_source(path: Path) -> GGUFHeader:
     """The source's header; a split model's shards merged into one (llama.cpp reads them all)."""
     headers = read_model(path)
     if not any(h.tensors for h in headers):
@@ -158,11 +158,6 @@ def _read_source(path: Path) -> GGUFHeader:
         first.data_offset,
         sum(h.file_size for h in headers),
     )
-
-
-def source_quant_type(path: Path) -> str | None:
-    """The quantization of the model at `path` (e.g. "q4_k_m"), or None for an F32/F16/BF16 one (header only)."""
-    return _quantized_type(_read_source(path))
 
 
 def _quantized_type(header: GGUFHeader) -> str | None:
@@ -197,7 +192,7 @@ def plan(
     it may be made.
     """
     qtype = parse_quant_type(params.type)
-    header = _read_source(source)
+    header = read_source(source)
     job = _job(source, source.with_name(".mm-dry-run.gguf"), qtype, params, None)
     job = job.replace(dry_run=True, allow_requantize=True)
     if engine == "api":
@@ -235,27 +230,44 @@ def _plan_from_log(header: GGUFHeader, qtype: QuantType, parsed: QuantizeLog) ->
     )
 
 
+def _nothing_to_do(header: GGUFHeader, qtype: QuantType, params: QuantParams) -> bool:
+    """The source already is `qtype` and no override asks for anything else."""
+    overrides = params.tensor_types or params.output_tensor_type or params.token_embedding_type or params.pure
+    source_type = by_ftype(header.file_type) if header.file_type is not None else None
+    return source_type is not None and source_type.name == qtype.canonical and not overrides
+
+
+def requantize_refusal(header: GGUFHeader, qtype: QuantType, params: QuantParams) -> str | None:
+    """Why quantizing the model of `header` to `qtype` must not run (an already-quantized source without
+    allow_requantize), or None: a float source, `copy`, nothing to do, or re-quantizing allowed. One
+    judgment for the quantize stage and for what `mm build --dry-run` / `mm recipe validate` report early."""
+    current = _quantized_type(header)
+    if current is None or qtype.name == "copy" or params.allow_requantize or _nothing_to_do(header, qtype, params):
+        return None
+    return (
+        f"already quantized ({current}); re-quantizing it to {qtype.canonical} "
+        "loses more quality than quantizing from an F16/BF16/F32 model"
+    )
+
+
 def _check(request: QuantizeRequest, header: GGUFHeader, qtype: QuantType) -> tuple[str | None, list[str]]:
     """(why to skip, warnings) — or raise before any work for what must not run."""
     params = request.params
     if params.imatrix_path is not None and not Path(params.imatrix_path).is_file():
         raise UsageError(f"importance matrix {params.imatrix_path}: no such file", param="imatrix_path")
-    current = _quantized_type(header)
-    overrides = params.tensor_types or params.output_tensor_type or params.token_embedding_type or params.pure
-    source_type = by_ftype(header.file_type) if header.file_type is not None else None
-    if source_type is not None and source_type.name == qtype.canonical and not overrides:
+    if _nothing_to_do(header, qtype, params):
         return f"{request.source.name} is already {qtype.canonical}: nothing to do", []
-    warnings = []
+    refusal = requantize_refusal(header, qtype, params)
+    if refusal is not None:
+        raise QuantizeError(
+            f"{request.source} is {refusal}",
+            hint="allow re-quantizing to do it anyway (recipe: allow_requantize = true)",
+            param="allow_requantize",
+        )
+    current = _quantized_type(header)
     if current is not None and qtype.name != "copy":
-        if not params.allow_requantize:
-            raise QuantizeError(
-                f"{request.source} is already quantized ({current}); re-quantizing it to {qtype.canonical} "
-                "loses more quality than quantizing from an F16/BF16/F32 model",
-                hint="allow re-quantizing to do it anyway (recipe: allow_requantize = true)",
-                param="allow_requantize",
-            )
-        warnings.append(f"re-quantizing from {current}: expect lower quality than {qtype.canonical} made from F16/BF16")
-    return None, warnings
+        return None, [f"re-quantizing from {current}: expect lower quality than {qtype.canonical} made from F16/BF16"]
+    return None, []
 
 
 def _needs_dry_run(qtype: QuantType, params: QuantParams) -> bool:
@@ -281,7 +293,7 @@ def _needs_dry_run(qtype: QuantType, params: QuantParams) -> bool:
 def quantize(request: QuantizeRequest, progress: TensorProgress | None = None) -> QuantizeResult:
     """Produce (or find up to date) the quantized file for `request`; see the module docstring."""
     qtype = parse_quant_type(request.params.type)
-    header = _read_source(request.source)
+    header = read_source(request.source)
     skip, warnings = _check(request, header, qtype)
     if skip is not None:
         return QuantizeResult(

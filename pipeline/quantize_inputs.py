@@ -20,7 +20,7 @@ from pipeline.model_ref import (
 )
 from pipeline.provenance import QuantParams, SourceRef, source_ref
 from pipeline.quant_types import parse_quant_type
-from pipeline.quantize import QuantizeRequest, source_quant_type
+from pipeline.quantize import QuantizeRequest, read_source, requantize_refusal
 from pipeline.recipe import QuantizeSettings, Recipe, RecipeCheck, check_recipes, load_recipe
 from pipeline.shards import shard_paths
 
@@ -124,21 +124,33 @@ def _pick(flag: bool | None, default: bool) -> bool:
 
 def requantize_problem(recipe: Recipe) -> str | None:
     """What the quantize stage would refuse, known before any work when mm has the source's header locally
-    (a path, or a pulled Hub file): an already-quantized source without quantize.allow_requantize."""
+    (a path, or a pulled Hub file): quantize.requantize_refusal for each of the recipe's types."""
     settings = recipe.quantize
-    if settings.allow_requantize or not settings.types or recipe.source.is_safetensors:
+    if not settings.types or recipe.source.is_safetensors:
         return None  # a converted source is float (or q8_0 by choice): the quantize stage checks that one
     ref = recipe_hub_ref(recipe)
     path = cached_hub_file(ref) if ref is not None else recipe_source_path(recipe, must_exist=False)
     if path is None or not path.is_file():
         return None  # not here yet: the quantize stage checks it after the download
-    current = source_quant_type(path)
-    if current is None:
-        return None
-    return (
-        f"{recipe.path}: quantize.types: the source is already quantized ({current}); re-quantizing it to "
-        f"{', '.join(settings.types)} needs quantize.allow_requantize = true (quality only drops), or an F16 source"
-    )
+    header = read_source(path)
+    for name in settings.types:
+        qtype = parse_quant_type(name)
+        params = QuantParams(
+            type=qtype.canonical,
+            allow_requantize=settings.allow_requantize,
+            output_tensor_type=settings.output_tensor_type,
+            token_embedding_type=settings.token_embedding_type,
+            tensor_types=dict(settings.tensor_types),
+            pure=settings.pure,
+            leave_output_tensor=settings.leave_output_tensor,
+        )
+        refusal = requantize_refusal(header, qtype, params)
+        if refusal is not None:
+            return (
+                f"{recipe.path}: quantize.types: the source is {refusal}; set quantize.allow_requantize = true "
+                "to do it anyway, or start from an F16 source"
+            )
+    return None
 
 
 def check_recipe_files(paths: list[Path]) -> list[RecipeCheck]:

@@ -113,3 +113,20 @@ def test_a_quantized_source_without_allow_requantize_is_caught_before_building(
     assert planned.exit_code == 10 and planned.stderr.count("already quantized (q8_0)") == 1, planned.output
     write_recipe(recipes_folder, "requant", recipe + "allow_requantize = true\n")
     assert mm("recipe", "validate", str(path)).exit_code == 0
+
+
+def test_a_quantized_source_already_of_the_target_type_is_not_refused_before_building(
+    mm: Mm, tiny_model: Path, recipes_folder: Path, tmp_path: Path
+) -> None:
+    """A Q8_0 source with types = ["q8_0"] has nothing to do: the quantize stage skips it, so the early checks
+    must not call it a refused re-quantization."""
+    q8 = tmp_path / "tiny.q8_0.gguf"
+    assert mm("quantize", str(tiny_model), "--to", "q8_0", "--output", str(q8), "-q").exit_code == 0
+    recipe = f'hardware = "cpu-32g"\n[source]\npath = "{q8}"\n[quantize]\ntypes = ["q8_0"]\n'
+    path = write_recipe(recipes_folder, "same", recipe)
+    checked = mm("recipe", "validate", str(path))
+    assert checked.exit_code == 0 and "already quantized" not in checked.output, checked.output
+    planned = mm("build", "same", "--recipes", str(recipes_folder), "--dry-run")
+    assert planned.exit_code == 0 and "already quantized" not in planned.output, planned.output
+    skipped = mm("quantize", str(q8), "--to", "q8_0", "-q")
+    assert skipped.exit_code == 0, skipped.output
