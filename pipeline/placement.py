@@ -14,12 +14,12 @@ import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from pipeline.memory import Context, DeviceBuffers, ModelShape, kv_per_layer, split_layers
+from pipeline.memory import EXPERTS_RE, Context, DeviceBuffers, ModelShape, kv_per_layer, split_layers
 from pipeline.speed import attention_cells, merge, scaled
 
 # common/common.h llm_ffn_block_regex(i, LLM_FFN_EXPS_REGEX), as `-ot PATTERN=CPU` strings (arg.cpp's
 # parse_tensor_buffer_overrides takes a buffer type by its name: "CPU").
-EXPERT_PATTERN = r"\.ffn_(up|down|gate|gate_up)_(ch|)exps"
+EXPERT_PATTERN = EXPERTS_RE.pattern  # llama.cpp's LLM_FFN_EXPS_REGEX, one spelling in memory.py
 
 
 def tensor_overrides(n_cpu_moe: int, n_layers: int) -> list[str]:

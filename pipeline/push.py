@@ -129,13 +129,10 @@ def _attempt(
         path = profile_file(item.document.profile.name)
         if state.has_bytes(path, item.json):
             unchanged.append(path)
+            cache[(path, state.files[path].blob_id)] = item.document  # the repo holds our bytes: no download
         else:
             uploads.append(Upload(path, item.json))
     ours = {item.document.profile.name: item.document for item in local}
-    for item in local:  # a profile the repo already holds as our bytes needs no download
-        path = profile_file(item.document.profile.name)
-        if path in unchanged:
-            cache[(path, state.files[path].blob_id)] = item.document
     remote = _remote_profiles(state, token, cache)
     merged = {**{r.profile.name: r for r in remote}, **ours}
     named = {p.file for p in merged.values()}

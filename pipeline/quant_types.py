@@ -12,9 +12,6 @@ from dataclasses import dataclass
 from pipeline.errors import UsageError
 from pipeline.validation import did_you_mean
 
-Q2_0_ID = 42  # ggml's Q2_0 (group 64, fp16 scale): not in gguf-py's tables yet
-Q2_0_SIZE = (64, 18)
-
 
 @dataclass(frozen=True)
 class QuantType:
