@@ -19,9 +19,11 @@ from pipeline.safe_names import COMMIT_RE
 RepoType = Literal["model", "dataset"]
 
 
-def repo_folder(repo: str, repo_type: RepoType = "model") -> Path:
-    """`models--owner--name` (or `datasets--…`), as huggingface_hub names a repo's cache folder."""
-    return inside(mm_home().hub, mm_home().hub / (f"{repo_type}s--" + repo.replace("/", "--")))
+def repo_folder(repo: str, repo_type: RepoType = "model", *, root: Path | None = None) -> Path:
+    """`models--owner--name` (or `datasets--…`), as huggingface_hub names a repo's cache folder, under the
+    Hub cache or `root` (the header stubs keep their own refs in the same layout)."""
+    base = mm_home().hub if root is None else root
+    return inside(base, base / (f"{repo_type}s--" + repo.replace("/", "--")))
 
 
 def blob_path(repo: str, etag: str, repo_type: RepoType = "model") -> Path:
@@ -29,8 +31,8 @@ def blob_path(repo: str, etag: str, repo_type: RepoType = "model") -> Path:
     return inside(folder, folder / etag)
 
 
-def ref_path(repo: str, revision: str, repo_type: RepoType = "model") -> Path:
-    folder = repo_folder(repo, repo_type) / "refs"
+def ref_path(repo: str, revision: str, repo_type: RepoType = "model", *, root: Path | None = None) -> Path:
+    folder = repo_folder(repo, repo_type, root=root) / "refs"
     return inside(folder, folder / revision)
 
 
@@ -39,10 +41,10 @@ def snapshot_path(repo: str, commit: str, filename: str, repo_type: RepoType = "
     return inside(folder, folder / commit / filename)
 
 
-def cached_commit(repo: str, revision: str, repo_type: RepoType = "model") -> str | None:
+def cached_commit(repo: str, revision: str, repo_type: RepoType = "model", *, root: Path | None = None) -> str | None:
     """The commit a branch or tag pointed at when last pulled (refs/<revision>), or None."""
     try:
-        commit = ref_path(repo, revision, repo_type).read_text().strip()
+        commit = ref_path(repo, revision, repo_type, root=root).read_text().strip()
     except OSError:
         return None
     return commit if COMMIT_RE.match(commit) else None
@@ -56,11 +58,13 @@ def cached_blob_name(repo: str, commit: str, filename: str, repo_type: RepoType 
     return link.resolve().name if link.is_symlink() else None
 
 
-def write_ref(repo: str, revision: str, commit: str, repo_type: RepoType = "model") -> None:
+def write_ref(
+    repo: str, revision: str, commit: str, repo_type: RepoType = "model", *, root: Path | None = None
+) -> None:
     """Point refs/<revision> at `commit` (atomically, as huggingface_hub does); commits need no ref."""
     if revision == commit:
         return
-    ref = ref_path(repo, revision, repo_type)
+    ref = ref_path(repo, revision, repo_type, root=root)
     with contextlib.suppress(OSError):
         if ref.read_text() == commit:
             return

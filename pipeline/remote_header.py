@@ -179,7 +179,7 @@ def header_stub(
     found = _indexed_stubs(repo, commit, filename, expected_sha256)
     if found is not None:
         if not offline:
-            _write_ref(repo, revision, commit)
+            hub_cache.write_ref(repo, revision, commit, root=_stub_root())
         return found
     if offline:
         raise OfflineError(
@@ -202,31 +202,15 @@ def header_stub(
                 budget -= _write_stub(repo, shard, path, token, budget)
             paths.append(path)
         _write_index(repo, commit, filename, shards, paths)
-    _write_ref(repo, revision, commit)
+    hub_cache.write_ref(repo, revision, commit, root=_stub_root())
     return paths
-
-
-def _write_ref(repo: str, revision: str, commit: str) -> None:
-    """Remember what a branch or tag pointed at, so offline runs find the stub by that name too."""
-    ref = _ref_path(repo, revision)
-    try:
-        if revision == commit or ref.read_text() == commit:
-            return
-    except OSError:
-        pass
-    atomic_write_text(ref, commit)
 
 
 def _resolve(repo: str, revision: str, *, token: str | None, offline: bool) -> str:
     """The commit; offline, a branch is looked up in the Hub cache's refs, then in the stubs' own."""
     if not offline or hub.is_commit(revision):
         return hub.resolve_commit(repo, revision, token=token, offline=offline)
-    commit = hub_cache.cached_commit(repo, revision)
-    if commit is None:
-        try:
-            commit = _ref_path(repo, revision).read_text().strip() or None
-        except OSError:
-            commit = None
+    commit = hub_cache.cached_commit(repo, revision) or hub_cache.cached_commit(repo, revision, root=_stub_root())
     if commit is None:
         raise OfflineError(
             f"{repo}@{revision} has neither been pulled nor had its header fetched, and offline mode is on",
@@ -236,17 +220,13 @@ def _resolve(repo: str, revision: str, *, token: str | None, offline: bool) -> s
     return commit
 
 
+def _stub_root() -> Path:
+    """Where the stubs' own index lives, in the Hub cache's layout (repo folders, refs/<revision>)."""
+    return mm_home().headers / "repos"
+
+
 def _repo_index(repo: str) -> Path:
-    root = mm_home().headers / "repos"
-    return inside(root, root / ("models--" + repo.replace("/", "--")))
-
-
-def _refs_folder(repo: str) -> Path:
-    return _repo_index(repo) / "refs"
-
-
-def _ref_path(repo: str, revision: str) -> Path:
-    return inside(_refs_folder(repo), _refs_folder(repo) / revision)
+    return hub_cache.repo_folder(repo, root=_stub_root())
 
 
 def _index_path(repo: str, commit: str, filename: str) -> Path:
