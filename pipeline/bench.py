@@ -14,13 +14,14 @@ import os
 import random
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pydantic import BaseModel, Field
 
-from pipeline.errors import LlamaError, UsageError
+from pipeline.errors import UsageError
 from pipeline.llama_build import llama_cpp_version
+from pipeline.llama_overrides import load_llama
 from pipeline.provenance import utc_now
 
 log = logging.getLogger(__name__)
@@ -92,8 +93,10 @@ def run_bench(
     warmup: bool = True,
     progress: BenchProgress | None = None,
     seed: int = 0,
+    tensor_overrides: Sequence[str] = (),
 ) -> BenchResult:
-    """Load the model with `kwargs` (llama_cpp.Llama's) and time pp`n_prompt` and tg`n_gen`."""
+    """Load the model with `kwargs` (llama_cpp.Llama's) and the profile's `tensor_overrides` (-ot strings:
+    experts kept in RAM) and time pp`n_prompt` and tg`n_gen`."""
     if n_prompt < 0 or n_gen < 0 or n_prompt + n_gen == 0:
         raise UsageError("prompt and generated tokens: at least one count must be positive", param="n_prompt")
     if repetitions < 1:
@@ -106,7 +109,7 @@ def run_bench(
         "n_ctx": max(int(kwargs.get("n_ctx", 0)), n_prompt + n_gen),
     }  # fmt: skip
     started = time.perf_counter()
-    llm = _load(settings)
+    llm = load_llama(settings, overrides=tensor_overrides)
     rng = random.Random(seed)
     n_vocab = llm.n_vocab()
     bos = llm.token_bos() if llm._model.add_bos_token() else None  # llama_vocab_get_add_bos
@@ -148,15 +151,7 @@ def run_bench(
     llm.close()
     return BenchResult(
         model_path=str(settings["model_path"]), threads=threads, n_prompt=n_prompt, n_gen=n_gen,
-        repetitions=repetitions, settings={k: v for k, v in settings.items() if k != "model_path"},
+        repetitions=repetitions, settings={k: v for k, v in settings.items() if k != "model_path"}
+        | ({"tensor_overrides": list(tensor_overrides)} if tensor_overrides else {}),
         pp=pp, tg=tg, seconds=round(time.perf_counter() - started, 3),
     )  # fmt: skip
-
-
-def _load(settings: dict[str, Any]) -> Any:
-    from llama_cpp import Llama
-
-    try:
-        return Llama(**settings, verbose=False)
-    except (ValueError, RuntimeError) as exc:
-        raise LlamaError(f"llama.cpp could not load {settings['model_path']}: {exc}") from None

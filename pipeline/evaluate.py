@@ -26,6 +26,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from pipeline.errors import LlamaError, UsageError
+from pipeline.llama_overrides import load_llama
 from pipeline.provenance import utc_now
 
 log = logging.getLogger(__name__)
@@ -65,14 +66,9 @@ class _Model:
     """A model loaded for scoring: decodes a chunk and returns the logits of its scored half."""
 
     def __init__(self, path: Path, n_ctx: int, threads: int | None) -> None:
-        from llama_cpp import Llama
-
-        try:
-            self.llm = Llama(
-                model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_threads=threads, verbose=False, n_gpu_layers=0
-            )
-        except (ValueError, RuntimeError) as exc:
-            raise LlamaError(f"llama.cpp could not load {path}: {exc}") from None
+        self.llm = load_llama(
+            {"model_path": str(path), "n_ctx": n_ctx, "n_batch": n_ctx, "n_threads": threads, "n_gpu_layers": 0}
+        )
         self.n_vocab = self.llm.n_vocab()
         self.add_bos = bool(self.llm._model.add_bos_token())
         self.bos = self.llm.token_bos()

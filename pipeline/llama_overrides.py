@@ -20,8 +20,9 @@ import logging
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
-from pipeline.errors import UsageError
+from pipeline.errors import LlamaError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -90,3 +91,21 @@ def tensor_overrides(overrides: Sequence[str]) -> Iterator[None]:
             yield
         finally:
             lib.llama_model_default_params = original
+
+
+def load_llama(
+    kwargs: dict[str, Any], *, overrides: Sequence[str] = (), what: str | None = None, hint: str | None = None
+) -> Any:
+    """llama_cpp.Llama(**kwargs) with tensors placed by `overrides`; a load failure is one LlamaError.
+
+    The one way mm loads a model in-process (mm run, mm bench, mm eval), so experts a profile keeps in RAM
+    stay there whichever command loads it. `what` names the model in the error (default: its path).
+    """
+    from llama_cpp import Llama
+
+    try:
+        with tensor_overrides(overrides):
+            return Llama(**kwargs, verbose=False)
+    except (ValueError, RuntimeError) as exc:
+        name = what or str(kwargs.get("model_path"))
+        raise LlamaError(f"llama.cpp could not load {name}: {exc}", hint=hint) from None

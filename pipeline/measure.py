@@ -20,6 +20,7 @@ class Target(NamedTuple):
     kwargs: dict[str, Any]  # llama_cpp.Llama(...) keyword arguments
     settings: FitSettings
     profile: Profile | None
+    tensor_overrides: list[str]  # the profile's -ot strings (experts kept in RAM), loaded with the model
 
 
 def resolve_target(target: str, recipes: Path | None = None, *, threads: int | None = None, **flags: Any) -> Target:
@@ -38,10 +39,10 @@ def resolve_target(target: str, recipes: Path | None = None, *, threads: int | N
         kwargs = run_kwargs(profile)
         if threads is not None:
             kwargs["n_threads"] = threads
-        settings = fit_settings(profile.run, n_gpu_layers=profile.run.n_gpu_layers).model_copy(
-            update={"threads": kwargs.get("n_threads") or default_threads()}
-        )
-        return Target(Path(kwargs["model_path"]), kwargs, settings, profile)
+        settings = fit_settings(
+            profile.run, n_gpu_layers=profile.run.n_gpu_layers, n_cpu_moe=profile.run.n_cpu_moe
+        ).model_copy(update={"threads": kwargs.get("n_threads") or default_threads()})
+        return Target(Path(kwargs["model_path"]), kwargs, settings, profile, profile.run.tensor_overrides)
     from pipeline.model_ref import resolve_model
 
     path, recipe, _ = resolve_model(target, recipes)
@@ -49,7 +50,7 @@ def resolve_target(target: str, recipes: Path | None = None, *, threads: int | N
     kwargs = llama_kwargs(
         str(path), run_settings(settings, n_gpu_layers=0, threads=settings.threads or default_threads())
     )
-    return Target(path, kwargs, settings.model_copy(update={"threads": kwargs["n_threads"]}), None)
+    return Target(path, kwargs, settings.model_copy(update={"threads": kwargs["n_threads"]}), None, [])
 
 
 def bench(
@@ -63,7 +64,10 @@ def bench(
     resolved = resolve_target(target, recipes, threads=threads, **flags)
     local = target_hardware(None, None, None, None, recipes)
     predicted = fit_model(resolved.path, local, resolved.settings).tokens_per_second
-    result = run_bench(resolved.kwargs, n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions, progress=progress)
+    result = run_bench(
+        resolved.kwargs, n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions, progress=progress,
+        tensor_overrides=resolved.tensor_overrides,
+    )  # fmt: skip
     measured = "datasheet figures" if local.measured == "datasheet" else "mm hw --measure"
     result = result.model_copy(update={"predicted_tg_ts": predicted, "hardware": f"{local.name} ({measured})"})
     if store and resolved.profile is not None:

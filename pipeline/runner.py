@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from pipeline.chat_format import ChatFormat, choose_chat_format
-from pipeline.errors import LlamaError, UsageError
+from pipeline.errors import UsageError
 from pipeline.gguf_header import read_header
-from pipeline.llama_overrides import tensor_overrides
+from pipeline.llama_overrides import load_llama, tensor_overrides
 from pipeline.profile import Profile
 from pipeline.registry import check_blob
 
@@ -96,17 +96,14 @@ def load(profile: Profile, *, verify: bool = False, chat_format: str | None = No
     """The model loaded with exactly the profile's settings (the blob is checked first)."""
     kwargs = run_kwargs(profile, verify=verify)
     _route_llama_log()
-    from llama_cpp import Llama
-
     log.info("loading %s with %s", profile.name, kwargs)
-    try:
-        with tensor_overrides(profile.run.tensor_overrides):  # experts placed as the profile says
-            return Llama(**kwargs, chat_format=chat_format, verbose=False)
-    except (ValueError, RuntimeError) as exc:
-        raise LlamaError(
-            f"llama.cpp could not load profile {profile.name!r} ({kwargs['model_path']}): {exc}",
-            hint="`mm verify` checks the blob; `mm show` prints the settings",
-        ) from None
+    llm: Llama = load_llama(
+        {**kwargs, "chat_format": chat_format},
+        overrides=profile.run.tensor_overrides,  # experts placed as the profile says
+        what=f"profile {profile.name!r} ({kwargs['model_path']})",
+        hint="`mm verify` checks the blob; `mm show` prints the settings",
+    )
+    return llm
 
 
 class _TokenCounter:

@@ -578,10 +578,14 @@ def _bench_stage(recipe: Recipe, env: StageEnv, qtype: str) -> Stage:
         path = Path(up[quant].value(ModelFile).path)
         fitted = FitResult.model_validate(up[fit].value(Fitted).fit)
         run = fitted.settings
-        kwargs = llama_kwargs(
-            str(path), run_settings(run, n_gpu_layers=fitted.n_gpu_layers, threads=recipe.run.threads)
-        )
-        result = run_bench(kwargs, n_prompt=settings.n_prompt, n_gen=settings.n_gen, repetitions=settings.repetitions)
+        placed = run_settings(
+            run, n_gpu_layers=fitted.n_gpu_layers, threads=recipe.run.threads, n_cpu_moe=fitted.n_cpu_moe,
+            tensor_overrides=fitted.tensor_overrides,
+        )  # fmt: skip
+        result = run_bench(
+            llama_kwargs(str(path), placed), n_prompt=settings.n_prompt, n_gen=settings.n_gen,
+            repetitions=settings.repetitions, tensor_overrides=placed.tensor_overrides,
+        )  # fmt: skip
         local = local_class()
         predicted = fit_model(path, local, run.model_copy(update={"threads": result.threads})).tokens_per_second
         result = result.model_copy(update={"predicted_tg_ts": predicted, "hardware": local.name})

@@ -152,6 +152,19 @@ def test_mm_run_places_the_profiles_experts_in_ram_for_real(tmp_path: Path, llam
     assert everything.gpu.weights_bytes - fit.gpu.weights_bytes == sum(sizes[n] for n in moved)
 
 
+def test_mm_bench_of_a_profile_places_its_experts_in_ram(tmp_path: Path, llama_log: list[str]) -> None:
+    """mm bench loads the profile as mm run does: the same experts overridden to CPU, and fit's prediction
+    beside the measurement is made for the profile's placement."""
+    from pipeline.measure import bench
+
+    model, fit = _moe_profile(tmp_path, 1)
+    publish(model, get_hardware("rtx3060-12g"), fit, name="moe")
+    result = bench("moe", n_prompt=8, n_gen=2, repetitions=1, store=False)
+    moved = re.findall(r"tensor (\S+) \(.*\) buffer type overridden to CPU", "".join(llama_log))
+    assert sorted(moved) == ["blk.0.ffn_down_exps.weight", "blk.0.ffn_gate_exps.weight", "blk.0.ffn_up_exps.weight"]
+    assert result.settings["tensor_overrides"] == fit.tensor_overrides and result.tg is not None
+
+
 def test_a_dense_profile_loads_without_overrides(tmp_path: Path, llama_log: list[str], tiny_model: Path) -> None:
     profile = publish_fitted(tiny_model, get_hardware("rtx3060-12g"), name="dense")
     assert profile.run.tensor_overrides == [] and "--n-cpu-moe" not in profile.llama_server
