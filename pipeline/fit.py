@@ -122,7 +122,7 @@ class FitResult(BaseModel):
 
 
 def _breakdown(split: DeviceBuffers, overhead: int) -> DeviceBreakdown:
-    total = split.weights + split.kv + split.output + split.compute + overhead
+    total = split.total + overhead
     return DeviceBreakdown(
         weights_bytes=split.weights,
         kv_bytes=split.kv,

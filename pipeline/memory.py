@@ -418,6 +418,10 @@ class DeviceBuffers:
     output: int = 0
     compute: int = 0
 
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv + self.output + self.compute
+
 
 def split_layers(
     shape: ModelShape, ctx: Context, n_gpu_layers: int, n_cpu_moe: int = 0

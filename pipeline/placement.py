@@ -103,7 +103,7 @@ class Placement:
 
     @property
     def gpu_total(self) -> int:
-        return self.gpu.weights + self.gpu.kv + self.gpu.output + self.gpu.compute
+        return self.gpu.total
 
 
 def place(shape: ModelShape, ctx: Context, n_gpu_layers: int, n_cpu_moe: int = 0) -> Placement:
@@ -124,8 +124,7 @@ def most_layers(shape: ModelShape, ctx: Context, budget: float, n_cpu_moe: int =
 
 
 def _gpu_total(shape: ModelShape, ctx: Context, n_gpu_layers: int, n_cpu_moe: int) -> int:
-    gpu = split_layers(shape, ctx, n_gpu_layers, n_cpu_moe)[0]
-    return gpu.weights + gpu.kv + gpu.output + gpu.compute
+    return split_layers(shape, ctx, n_gpu_layers, n_cpu_moe)[0].total
 
 
 def fewest_cpu_experts(shape: ModelShape, ctx: Context, budget: float, n_gpu_layers: int) -> Placement | None:
