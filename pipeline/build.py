@@ -233,7 +233,7 @@ def _run_stages(
             fp = fingerprint(inputs)
             if stage.volatile:  # the check is the work: run it, then compare what it found
                 outcome = stage.action(upstream)
-                reason = _why_volatile(stamp, fp, inputs, outcome, options.force)
+                reason = _why_volatile(stage, stamp, fp, inputs, outcome, options.force)
             else:
                 reason = _why_stale(env.home, stamp, fp, inputs, stage.deps, reasons, options.force)
                 outcome = stamp.outcome if (reason is None and stamp is not None) else StageOutcome()
@@ -311,16 +311,12 @@ def _why_stale(
 
 
 def _why_volatile(
-    stamp: Stamp | None, fp: str, inputs: dict[str, Any], outcome: StageOutcome, force: bool
+    stage: Stage, stamp: Stamp | None, fp: str, inputs: dict[str, Any], outcome: StageOutcome, force: bool
 ) -> str | None:
     reason = _why_unstamped(stamp, fp, inputs, [], force)
     if reason is not None or stamp is None:
         return reason
-    if stamp.outcome.values == outcome.values:
-        return None
-    if "text_sha256" in outcome.values:
-        return "calibration text changed"
-    return "new upstream commit" if "commit" in outcome.values else "source file changed"
+    return None if stamp.outcome.values == outcome.values else stage.changed_reason
 
 
 def _changed_reason(old: dict[str, Any], new: dict[str, Any], upstream_reasons: list[str]) -> str:

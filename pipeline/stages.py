@@ -89,7 +89,7 @@ class Stage:
     """One unit of work: `inputs(upstream)` is fingerprinted; `action(upstream)` does the work.
 
     A `volatile` stage (resolve) is itself the up-to-date check: it runs every time (cheap, read-only)
-    and counts as skipped when its outcome is unchanged.
+    and counts as skipped when its outcome is unchanged; `changed_reason` is what a changed outcome means.
     """
 
     name: str
@@ -97,6 +97,7 @@ class Stage:
     inputs: Callable[[Upstream], dict[str, Any]]
     action: Callable[[Upstream], StageOutcome]
     volatile: bool = False
+    changed_reason: str = "result changed"
 
 
 @dataclass(frozen=True)
@@ -203,7 +204,8 @@ def _resolve_stage(recipe: Recipe, env: StageEnv) -> Stage:
         commit = resolve_commit(source.repo, source.revision, token=env.token, offline=env.offline)
         return StageOutcome.of(Resolved(commit=commit))
 
-    return Stage("resolve", (), inputs, action, volatile=True)
+    changed = "source file changed" if source.is_local else "new upstream commit"
+    return Stage("resolve", (), inputs, action, volatile=True, changed_reason=changed)
 
 
 # --- download + verify ------------------------------------------------------------------------------
@@ -374,7 +376,8 @@ def _text_stage(recipe: Recipe, env: StageEnv, name: str, text: str | None) -> S
         resolved = resolve_text(ref, token=env.token, offline=env.offline)
         return StageOutcome.of(Text(path=str(resolved.path), text_sha256=resolved.sha256, source=resolved.source))
 
-    return Stage(name, (), inputs, action, volatile=True)
+    changed = f"{name.removesuffix('-text')} text changed"  # "calibration text changed", "eval text changed"
+    return Stage(name, (), inputs, action, volatile=True, changed_reason=changed)
 
 
 def _imatrix_stage(recipe: Recipe, env: StageEnv, model: str) -> Stage:

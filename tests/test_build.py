@@ -12,7 +12,7 @@ from pipeline.build import BuildOptions, build, in_shard, parse_shard, read_stam
 from pipeline.errors import UsageError
 from pipeline.home import atomic_write_text, locked, mm_home
 from pipeline.recipe import Recipe
-from pipeline.stages import Stage, StageEnv, StageOutcome, Upstream, output_record
+from pipeline.stages import Stage, StageEnv, StageOutcome, Upstream, output_record, recipe_stages
 from tests.conftest import write_recipe
 
 RECIPE = """
@@ -230,3 +230,29 @@ def test_names_and_all_together_are_refused(recipes_folder: Path) -> None:
         select_recipes(["a"], all_recipes=True, folder=recipes_folder)
     with pytest.raises(UsageError):
         select_recipes([], all_recipes=False, folder=recipes_folder)
+
+
+def test_a_changed_text_is_named_by_its_own_stage(recipes_folder: Path) -> None:
+    """The calibration and eval texts are separate volatile stages: each names its own text when it changes."""
+    (recipes_folder / "calib.txt").write_text("the river runs to the sea\n")
+    (recipes_folder / "eval.txt").write_text("the sea gives the rain back\n")
+    recipe = RECIPE.replace('types = ["q8_0"]', 'types = ["iq2_xxs"]\nimatrix = "auto"')
+    path = write_recipe(recipes_folder, "texts", recipe + '[imatrix]\ntext = "calib.txt"\n[eval]\ntext = "eval.txt"\n')
+
+    def texts_only(recipe: Recipe, env: StageEnv) -> list[Stage]:
+        return [s for s in recipe_stages(recipe, env) if s.name in {"calibration", "eval-text"}]
+
+    first = build([path], BuildOptions(), stages_for=texts_only)
+    assert [(s.name, s.status) for s in first.recipes[0].stages] == [("calibration", "ran"), ("eval-text", "ran")]
+    (recipes_folder / "eval.txt").write_text("a different evaluation text\n")
+    changed = build([path], BuildOptions(), stages_for=texts_only)
+    assert [(s.name, s.status, s.reason) for s in changed.recipes[0].stages] == [
+        ("calibration", "skipped", "up to date"),
+        ("eval-text", "ran", "eval text changed"),
+    ]
+    (recipes_folder / "calib.txt").write_text("a different calibration text\n")
+    again = build([path], BuildOptions(), stages_for=texts_only)
+    assert [(s.name, s.status, s.reason) for s in again.recipes[0].stages] == [
+        ("calibration", "ran", "calibration text changed"),
+        ("eval-text", "skipped", "up to date"),
+    ]
