@@ -58,21 +58,28 @@ def bench(
     repetitions: int = 5, store: bool = True, progress: BenchProgress | None = None, **flags: Any,
 ) -> BenchResult:  # fmt: skip
     """Measure pp/tg on this machine, predict tg for this machine, store both in the profile (if one)."""
-    from pipeline.model_ref import target_hardware
     from pipeline.registry import record_measurement
 
     resolved = resolve_target(target, recipes, threads=threads, **flags)
-    local = target_hardware(None, None, None, None, recipes)
-    predicted = fit_model(resolved.path, local, resolved.settings).tokens_per_second
     result = run_bench(
         resolved.kwargs, n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions, progress=progress,
         tensor_overrides=resolved.tensor_overrides,
     )  # fmt: skip
-    measured = "datasheet figures" if local.measured == "datasheet" else "mm hw --measure"
-    result = result.model_copy(update={"predicted_tg_ts": predicted, "hardware": f"{local.name} ({measured})"})
+    result = with_prediction(result, resolved.path, resolved.settings)
     if store and resolved.profile is not None:
         record_measurement(resolved.profile.name, bench=result)
     return result
+
+
+def with_prediction(result: BenchResult, path: Path, settings: FitSettings) -> BenchResult:
+    """The measurement with fit's decode prediction beside it: this machine's class (mm hw --measure's
+    rates, else datasheet figures), the settings and placement measured, the threads it ran on."""
+    from pipeline.hardware import local_class
+
+    local = local_class()
+    predicted = fit_model(path, local, settings.model_copy(update={"threads": result.threads})).tokens_per_second
+    measured = "datasheet figures" if local.measured == "datasheet" else "mm hw --measure"
+    return result.model_copy(update={"predicted_tg_ts": predicted, "hardware": f"{local.name} ({measured})"})
 
 
 def eval_quant(

@@ -574,8 +574,8 @@ def _bench_stage(recipe: Recipe, env: StageEnv, qtype: str) -> Stage:
 
     def action(up: Upstream) -> StageOutcome:
         from pipeline.bench import run_bench
-        from pipeline.fit import FitResult, fit_model
-        from pipeline.hardware import local_class
+        from pipeline.fit import FitResult
+        from pipeline.measure import with_prediction
         from pipeline.profile import llama_kwargs, run_settings
 
         path = Path(up[quant].value(ModelFile).path)
@@ -589,9 +589,8 @@ def _bench_stage(recipe: Recipe, env: StageEnv, qtype: str) -> Stage:
             llama_kwargs(str(path), placed), n_prompt=settings.n_prompt, n_gen=settings.n_gen,
             repetitions=settings.repetitions, tensor_overrides=placed.tensor_overrides,
         )  # fmt: skip
-        local = local_class()
-        predicted = fit_model(path, local, run.model_copy(update={"threads": result.threads})).tokens_per_second
-        result = result.model_copy(update={"predicted_tg_ts": predicted, "hardware": local.name})
+        measured = run.model_copy(update={"n_gpu_layers": fitted.n_gpu_layers, "n_cpu_moe": fitted.n_cpu_moe})
+        result = with_prediction(result, path, measured)  # the placement measured, predicted for this machine
         return StageOutcome.of(Benched(bench=result.model_dump(mode="json")))
 
     return Stage(f"bench:{qtype}", (quant, fit), inputs, action)
