@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pipeline import hub
 from pipeline.child import describe_exit, run_child
 from pipeline.convert_env import ConverterEnv, ensure_converter
-from pipeline.digest import file_sha256, record_sha256
+from pipeline.digest import file_sha256, record_sha256, sha256_file
 from pipeline.disk_space import disk_full, require_space
 from pipeline.errors import ConvertError, ModelFormatError, UsageError
 from pipeline.gguf_header import GGUFHeader, read_header
@@ -230,7 +230,7 @@ def convert(
         with atomic_path(output) as tmp:
             _run_converter(env, snapshot, tmp, outtype, log_path, progress)
             header = _check_output(tmp, outtype)
-            sha256 = file_sha256(home, tmp)
+            sha256 = sha256_file(tmp)  # not cached: the temp name is gone after the rename
         record_sha256(home, output, sha256)
         record = ConvertRecord(
             output_path=str(output),

@@ -21,7 +21,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.child import describe_exit, run_child
-from pipeline.digest import file_sha256, record_sha256
+from pipeline.digest import file_sha256, record_sha256, sha256_file
 from pipeline.errors import LlamaError, ModelFormatError, UsageError
 from pipeline.gguf_header import read_header
 from pipeline.home import atomic_path, atomic_write_text, locked, mm_home, remove_stale_temps
@@ -146,7 +146,7 @@ def make_imatrix(
         with atomic_path(output) as tmp:
             chunks, ppl = _run(tool, model, text, params, tmp, threads, n_gpu_layers, log_path, progress)
             n_entries = _check_output(tmp)
-            sha256 = file_sha256(home, tmp)
+            sha256 = sha256_file(tmp)  # not cached: the temp name is gone after the rename
         record_sha256(home, output, sha256)
         record = ImatrixRecord(
             output_path=str(output),

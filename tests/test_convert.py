@@ -19,6 +19,7 @@ from gguf import GGUFReader
 from typer.testing import Result
 
 from pipeline.convert_env import ConverterEnv, read_requirements
+from pipeline.home import mm_home
 from pipeline.llama_build import BuiltTools
 from tests.hf_tiny_model import corpus
 from tests.hub import LocalHub
@@ -190,6 +191,10 @@ def test_imatrix_from_a_pinned_hub_text_makes_iq2_xxs_possible(
     assert sums["blk.1.ffn_down.weight"].size == 512 and sums["blk.0.attn_q.weight"].size == 256
     assert all(np.isfinite(v).all() and (v >= 0).all() and v.sum() > 0 for v in sums.values())
     assert json.loads(mm("imatrix", converted, "--ctx", "128", "--chunks", "6", "--json").stdout)["cached"] is True
+    # The digest cache names only files that exist: the converter's and llama-imatrix's temp files left none.
+    entries = [json.loads(e.read_text())["path"] for e in mm_home().digests.glob("*.json")]
+    assert converted in entries and str(imatrix) in entries
+    assert [p for p in entries if not Path(p).exists()] == []
 
     quant = mm("quantize", converted, "--to", "iq2_xxs", "--imatrix", str(imatrix), "--json")
     assert quant.exit_code == 0, quant.stderr
