@@ -6,6 +6,7 @@ A class names a target, not necessarily the local machine; `local_machine` detec
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -257,6 +258,14 @@ def local_gpus() -> tuple[list[LocalGPU], str]:
     if gpus is not None:
         return gpus, "nvidia-smi"
     return [], "none"
+
+
+@functools.cache
+def machine_identity() -> tuple[str, int, tuple[str, ...]]:
+    """(CPU name, cores, GPU names): what a measurement on this machine depends on. Probed once per process
+    (NVML, else nvidia-smi), so a build's stages can fingerprint it without probing per stage."""
+    gpus, _ = local_gpus()
+    return _cpu_name(), os.cpu_count() or 1, tuple(g.name for g in gpus)
 
 
 def local_machine(hardware_file: Path | None = None) -> LocalMachine:

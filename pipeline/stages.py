@@ -560,14 +560,14 @@ def _bench_stage(recipe: Recipe, env: StageEnv, qtype: str) -> Stage:
     assert settings is not None
 
     def inputs(up: Upstream) -> dict[str, Any]:
-        from pipeline.hardware import local_machine
+        from pipeline.hardware import machine_identity
 
-        machine = local_machine()
+        cpu, cores, gpus = machine_identity()
         return {
             "model_sha256": up[quant].value(ModelFile).sha256,
             "fit_sha256": fingerprint(up[fit].value(Fitted).fit),
             "bench": settings.model_dump(mode="json"),
-            "machine": [machine.cpu, machine.cpu_count, [g.name for g in machine.gpus]],
+            "machine": [cpu, cores, list(gpus)],
             "llama_cpp": env.llama_cpp_version,
             "stage_version": STAGE_VERSION,
         }
