@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline import hub
 from pipeline.child import describe_exit, run_child
@@ -31,7 +31,7 @@ from pipeline.disk_space import disk_full, require_space
 from pipeline.errors import ConvertError, ModelFormatError, UsageError
 from pipeline.gguf_header import GGUFHeader, read_header
 from pipeline.home import atomic_path, atomic_write_text, locked, mm_home, remove_stale_temps
-from pipeline.provenance import SCHEMA_VERSION, SourceRef, made_from, record_path_for, utc_now
+from pipeline.provenance import SCHEMA_VERSION, SourceRef, keyed_record, made_from, record_path_for, utc_now
 from pipeline.recipe import Outtype
 from pipeline.transfer import ProgressFactory
 
@@ -219,7 +219,7 @@ def convert(
     output = output_path(snapshot, key, outtype)
     home = mm_home()
     with locked(home, f"convert-{key}"):
-        done = _up_to_date(output, key)
+        done = keyed_record(output, ConvertRecord, key)
         if done is not None:
             return ConvertResult(record=done, output=output, cached=True)
         remove_stale_temps(output)
@@ -254,17 +254,6 @@ def estimated_bytes(snapshot: Snapshot, outtype: str) -> int:
     (8.5 bits per weight, ggml's block of 32 int8 and one f16 scale) takes 17/32 of them."""
     weights = sum(f.size_bytes for f in snapshot.files if f.name.endswith(".safetensors"))
     return {"f32": 2 * weights, "q8_0": weights * 17 // 32}.get(outtype, weights)
-
-
-def _up_to_date(output: Path, key: str) -> ConvertRecord | None:
-    record_file = record_path_for(output)
-    if not output.is_file() or not record_file.is_file():
-        return None
-    try:
-        record = ConvertRecord.model_validate_json(record_file.read_text())
-    except ValidationError:
-        return None
-    return record if record.key == key and output.stat().st_size == record.size_bytes else None
 
 
 def _run_converter(
@@ -305,10 +294,3 @@ def _check_output(path: Path, outtype: str) -> GGUFHeader:
     if header.file_type not in FILE_TYPES[outtype]:
         raise ConvertError(f"the converter's output has general.file_type {header.file_type}; asked for {outtype}")
     return header
-
-
-def read_convert_record(output: Path) -> ConvertRecord | None:
-    record_file = record_path_for(output)
-    if not record_file.is_file():
-        return None
-    return ConvertRecord.model_validate_json(record_file.read_text())

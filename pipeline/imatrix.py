@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.child import describe_exit, run_child
 from pipeline.digest import file_sha256, record_sha256, sha256_file
@@ -26,7 +26,7 @@ from pipeline.errors import LlamaError, ModelFormatError, UsageError
 from pipeline.gguf_header import read_header
 from pipeline.home import atomic_path, atomic_write_text, locked, mm_home, remove_stale_temps
 from pipeline.llama_build import llama_cpp_version, require_llama_tool
-from pipeline.provenance import SCHEMA_VERSION, record_path_for, utc_now
+from pipeline.provenance import SCHEMA_VERSION, keyed_record, record_path_for, utc_now
 from pipeline.texts import WIKITEXT_COMMIT, ResolvedText, TextRef, parse_text
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ def make_imatrix(
     output = home.imatrix / f"{model_sha256[:12]}-{text.sha256[:12]}-{key[:8]}.imatrix.gguf"
     tool = require_llama_tool("llama-imatrix", binary)
     with locked(home, f"imatrix-{key}"):
-        done = _up_to_date(output, key)
+        done = keyed_record(output, ImatrixRecord, key)
         if done is not None:
             return ImatrixResult(record=done, output=output, cached=True)
         remove_stale_temps(output)
@@ -166,17 +166,6 @@ def make_imatrix(
         )
         atomic_write_text(record_path_for(output), record.model_dump_json(indent=2) + "\n")
         return ImatrixResult(record=record, output=output, cached=False, log_path=log_path)
-
-
-def _up_to_date(output: Path, key: str) -> ImatrixRecord | None:
-    record_file = record_path_for(output)
-    if not output.is_file() or not record_file.is_file():
-        return None
-    try:
-        record = ImatrixRecord.model_validate_json(record_file.read_text())
-    except ValidationError:
-        return None
-    return record if record.key == key and output.stat().st_size == record.size_bytes else None
 
 
 def _run(

@@ -20,7 +20,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from pipeline.child import die_with_parent
+from pipeline.child import describe_exit, die_with_parent
 from pipeline.errors import LlamaError, QuantizeError
 from pipeline.ggml_types import gguf_type_name
 from pipeline.llama_build import built_tool_sets, find_llama_tool, llama_cpp_version, require_llama_tool
@@ -238,8 +238,8 @@ def run_quantize(
 
 
 def _failure(returncode: int, parsed: QuantizeLog, log_path: Path, engine: Engine) -> QuantizeError:
-    how = f"was killed by signal {-returncode}" if returncode < 0 else f"exited with status {returncode}"
     detail = "; ".join(dict.fromkeys(parsed.errors[-3:])) or "no error message"
+    how = describe_exit(returncode)
     return QuantizeError(f"llama.cpp's quantize ({engine} engine) {how}: {detail}", hint=f"full log: {log_path}")
 
 

@@ -11,7 +11,7 @@ import hashlib
 import re
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -154,6 +154,23 @@ def quantize_lock_name(output: Path) -> str:
 
 def record_path_for(output: Path) -> Path:
     return output.with_name(output.name + ".mm.json")
+
+
+_Keyed = TypeVar("_Keyed", bound=BaseModel)
+
+
+def keyed_record(output: Path, model: type[_Keyed], key: str) -> _Keyed | None:
+    """The `model` record beside `output` (convert, imatrix) when it was made from the inputs `key` names and
+    the file still has the recorded size; None when either is missing, unreadable or stale: make it again."""
+    record_file = record_path_for(output)
+    if not output.is_file() or not record_file.is_file():
+        return None
+    try:
+        record = model.model_validate_json(record_file.read_text())
+    except ValidationError:
+        return None
+    made = record.model_dump(include={"key", "size_bytes"})
+    return record if made == {"key": key, "size_bytes": output.stat().st_size} else None
 
 
 def write_record(record: QuantRecord) -> Path:
