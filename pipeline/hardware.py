@@ -232,14 +232,16 @@ def _gpus_smi() -> list[LocalGPU] | None:
     return gpus
 
 
-def _ram_bytes() -> int:
+def total_ram_bytes() -> int:
+    """This machine's physical RAM (0 if the OS does not say)."""
     try:
         return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     except (ValueError, OSError, AttributeError):
         return 0
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """This machine's CPU model name (/proc/cpuinfo, else what platform knows)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -265,14 +267,14 @@ def machine_identity() -> tuple[str, int, tuple[str, ...]]:
     """(CPU name, cores, GPU names): what a measurement on this machine depends on. Probed once per process
     (NVML, else nvidia-smi), so a build's stages can fingerprint it without probing per stage."""
     gpus, _ = local_gpus()
-    return _cpu_name(), os.cpu_count() or 1, tuple(g.name for g in gpus)
+    return cpu_name(), os.cpu_count() or 1, tuple(g.name for g in gpus)
 
 
 def local_machine(hardware_file: Path | None = None) -> LocalMachine:
     """This machine's GPUs, RAM and CPU, with the hardware classes mm knows (built-ins and the file's)."""
     gpus, source = local_gpus()
     classes = list(hardware_catalog(hardware_file).values())
-    return LocalMachine(gpus=gpus, gpu_source=source, ram_bytes=_ram_bytes(), cpu=_cpu_name(),
+    return LocalMachine(gpus=gpus, gpu_source=source, ram_bytes=total_ram_bytes(), cpu=cpu_name(),
                         cpu_count=os.cpu_count() or 1, classes=classes)  # fmt: skip
 
 
@@ -309,6 +311,6 @@ def local_class() -> HardwareClass:
         return measured
     return HardwareClass.model_validate({
         "name": "local", "description": "this machine", "vram": gpu.total_bytes if gpu else 0,
-        "ram": _ram_bytes() or 1, "gpu_bandwidth_gbps": LOCAL_GPU_BANDWIDTH_GBPS if gpu else 0.0,
+        "ram": total_ram_bytes() or 1, "gpu_bandwidth_gbps": LOCAL_GPU_BANDWIDTH_GBPS if gpu else 0.0,
         "ram_bandwidth_gbps": LOCAL_RAM_BANDWIDTH_GBPS, "gpu_overhead": DEFAULT_GPU_OVERHEAD_BYTES,
     })  # fmt: skip

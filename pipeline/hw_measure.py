@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -110,7 +111,7 @@ def measure_machine(
 ) -> HardwareClass:
     """Measure this machine and return it as a hardware class named `local` (not yet cached or saved)."""
     from pipeline.bench import default_threads
-    from pipeline.hardware import local_machine
+    from pipeline.hardware import cpu_name, total_ram_bytes
 
     counts = threads or list(range(1, (os.cpu_count() or 1) + 1))
     kinds = [k.upper() for k in (types or list(MEASURED_TYPES))]
@@ -118,7 +119,6 @@ def measure_machine(
     if unknown:
         raise HardwareError(f"cannot measure types {unknown}; measurable: {', '.join(MEASURED_TYPES)}")
     say = progress or (lambda _line: None)
-    machine = local_machine()
     bandwidth = 0.0
     for count in counts:
         say(f"RAM read bandwidth, {count} thread(s)")
@@ -149,12 +149,12 @@ def measure_machine(
             rates[count] = CpuRates(gflops=gflops, token_overhead_ms=round(fixed * 1e3, 4),
                                     layer_overhead_ms=round(per_layer * 1e3, 4), cache_bytes=cache_bytes())  # fmt: skip
     how = (
-        f"mm hw --measure on {utc_now()[:16]} ({machine.cpu} x{machine.cpu_count}): RAM bandwidth from "
+        f"mm hw --measure on {utc_now()[:16]} ({cpu_name()} x{os.cpu_count() or 1}): RAM bandwidth from "
         f"{len(counts)} thread count(s) summing {BANDWIDTH_BYTES >> 20} MiB; compute rates and overhead from "
         "llama.cpp decode (tg) of pure-quantized calibration models"
     )
     return HardwareClass.model_validate({
-        "name": "local", "description": "this machine, measured", "vram": 0, "ram": machine.ram_bytes or 1,
+        "name": "local", "description": "this machine, measured", "vram": 0, "ram": total_ram_bytes() or 1,
         "ram_bandwidth_gbps": bandwidth, "cpu_rates": rates, "threads": default_threads(), "measured": how,
     })  # fmt: skip
 
@@ -177,21 +177,35 @@ def save_class(measured: HardwareClass, name: str, hardware_file: Path) -> Path:
             skipping = header[1].strip() == name or header[1].strip().startswith(f"{name}.")
         if not skipping:
             kept.append(line)
-    block = [
-        f"[{name}]",
-        f"description = {json.dumps(measured.description)}",
-        f"measured = {json.dumps(measured.measured)}",
-        f"vram = {measured.vram_bytes}",
-        f"ram = {measured.ram_bytes}",
-        f"gpu_bandwidth_gbps = {measured.gpu_bandwidth_gbps}",
-        f"ram_bandwidth_gbps = {measured.ram_bandwidth_gbps}",
-    ]
-    if measured.threads:
-        block.append(f"threads = {measured.threads}")
-    for count, rates in sorted(measured.cpu_rates.items()):
-        block += ["", f"[{name}.cpu_rates.{count}]", f"token_overhead_ms = {rates.token_overhead_ms}",
-                  f"layer_overhead_ms = {rates.layer_overhead_ms}",
-                  "gflops = { " + ", ".join(f"{k} = {v}" for k, v in rates.gflops.items()) + " }"]  # fmt: skip
+    block = _toml_tables(name, _class_table(measured))
     body = "\n".join(kept).rstrip()
     atomic_write_text(hardware_file, (body + "\n\n" if body else "") + "\n".join(block) + "\n")
     return hardware_file
+
+
+def _class_table(measured: HardwareClass) -> dict[str, Any]:
+    """The class as hardware.toml spells it: the model's own dump under the keys a file uses (vram, ram,
+    gpu_overhead), so every field, cache_bytes of each rates table included, survives a save."""
+    dump = measured.model_dump(mode="json", exclude={"name"}, exclude_none=True)
+    fields = HardwareClass.model_fields
+    return {str(fields[key].validation_alias or key): value for key, value in dump.items()}
+
+
+def _toml_tables(name: str, table: dict[str, Any]) -> list[str]:
+    """TOML lines of `table` as [name]: scalars and flat dicts inline, a dict of dicts as sub-tables."""
+    lines, nested = [f"[{name}]"], []
+    for key, value in table.items():
+        if isinstance(value, dict) and value and all(isinstance(v, dict) for v in value.values()):
+            for sub, inner in value.items():
+                nested += ["", *_toml_tables(f"{name}.{key}.{sub}", inner)]
+        else:
+            lines.append(f"{key} = {_toml_value(value)}")
+    return lines + nested
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    return json.dumps(value)  # a TOML basic string, integer or float is spelled as JSON spells it

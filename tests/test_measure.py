@@ -145,7 +145,11 @@ def test_hw_save_writes_a_class_hardware_toml_reads(tmp_path: Path) -> None:
 
     measured = HardwareClass.model_validate({
         "name": "local", "ram": "16G", "ram_bandwidth_gbps": 21.5, "threads": 1, "measured": 'by "test"',
-        "cpu_rates": {1: CpuRates(gflops={"Q8_0": 14.2, "F16": 9.0}, token_overhead_ms=0.01, layer_overhead_ms=0.07)},
+        "cpu_rates": {
+            1: CpuRates(gflops={"Q8_0": 14.2, "F16": 9.0}, token_overhead_ms=0.01, layer_overhead_ms=0.07,
+                        cache_bytes=32 << 20),
+            2: CpuRates(gflops={"Q8_0": 27.5}, token_overhead_ms=0.012, layer_overhead_ms=0.04, cache_bytes=32 << 20),
+        },
     })  # fmt: skip
     path = tmp_path / "hardware.toml"
     path.write_text('[other]\nram = "8G"\nram_bandwidth_gbps = 10\n')
@@ -155,6 +159,9 @@ def test_hw_save_writes_a_class_hardware_toml_reads(tmp_path: Path) -> None:
     assert set(classes) == {"other", "box"}
     box = classes["box"]
     assert box.ram_bandwidth_gbps == 30.0 and box.cpu_rates[1].gflops["Q8_0"] == 14.2 and box.measured == 'by "test"'
+    # What tomllib reads back is the class measured, every field (cache_bytes of each rates table too).
+    assert box == measured.model_copy(update={"name": "box", "ram_bandwidth_gbps": 30.0})
+    assert box.cpu_rates[2].cache_bytes == 32 << 20
 
 
 @pytest.mark.slow
