@@ -32,6 +32,7 @@ from pipeline.errors import ConvertError, ModelFormatError, UsageError
 from pipeline.gguf_header import GGUFHeader, read_header
 from pipeline.home import atomic_path, atomic_write_text, locked, mm_home, remove_stale_temps
 from pipeline.provenance import SCHEMA_VERSION, SourceRef, keyed_record, made_from, record_path_for, utc_now
+from pipeline.quant_types import FLOAT_FILE_TYPES
 from pipeline.recipe import Outtype
 from pipeline.transfer import ProgressFactory
 
@@ -39,7 +40,13 @@ log = logging.getLogger(__name__)
 
 OUTTYPES: tuple[str, ...] = get_args(Outtype)
 # general.file_type the converter writes for each --outtype (gguf-py's LlamaFileType); auto picks a float.
-FILE_TYPES: dict[str, tuple[int, ...]] = {"f32": (0,), "f16": (1,), "bf16": (32,), "q8_0": (7,), "auto": (0, 1, 32)}
+FILE_TYPES: dict[str, tuple[int, ...]] = {
+    "f32": (0,),
+    "f16": (1,),
+    "bf16": (32,),
+    "q8_0": (7,),
+    "auto": tuple(sorted(FLOAT_FILE_TYPES)),
+}
 # What convert_hf_to_gguf.py reads from a model folder (ModelBase: hparams, tensors, vocab, chat template).
 CONVERT_FILES = (
     "config.json",

@@ -27,12 +27,12 @@ from pipeline.gguf_header import read_header
 from pipeline.home import atomic_path, atomic_write_text, locked, mm_home, remove_stale_temps
 from pipeline.llama_build import llama_cpp_version, require_llama_tool
 from pipeline.provenance import SCHEMA_VERSION, keyed_record, record_path_for, utc_now
+from pipeline.quant_types import FLOAT_FILE_TYPES
+from pipeline.recipe import DEFAULT_IMATRIX_CHUNKS, DEFAULT_IMATRIX_CTX
 from pipeline.texts import WIKITEXT_COMMIT, ResolvedText, TextRef, parse_text
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CTX = 512  # llama-imatrix's own default context (tools/imatrix/README.md: "a small context such as 512")
-DEFAULT_CHUNKS = 100  # ~51k tokens at 512; llama-imatrix itself reads the whole text (wiki.train.raw: ~4,700)
 # WikiText-2's raw *train* split, from the same zip as mm eval's default (its test split), so the text a
 # quant is calibrated on is never the text it is evaluated on. MM_CALIBRATION_TEXT (a path or
 # owner/name:FILE[#member][@revision] in a Hub dataset) replaces it; so do --text and a recipe's [imatrix] text.
@@ -46,7 +46,6 @@ ImatrixProgress = Callable[[int, int], None]  # (chunks done, chunks in all)
 # Types an importance matrix cannot change: ggml-quants.c's quantize_q8_0, quantize_tq1_0 and quantize_tq2_0
 # ignore quant_weights, and float types are conversions. Every other type uses it (llama-quant.cpp).
 IGNORES_IMATRIX = {"f32", "f16", "bf16", "q8_0", "tq1_0", "tq2_0", "copy"}
-FLOAT_FILE_TYPES = {0, 1, 32}  # general.file_type ALL_F32, MOSTLY_F16, MOSTLY_BF16 (llama.h)
 
 
 class ImatrixParams(BaseModel):
@@ -54,8 +53,8 @@ class ImatrixParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    chunks: int | None = Field(default=DEFAULT_CHUNKS, ge=1)  # None: every chunk of the text
-    ctx: int = Field(default=DEFAULT_CTX, ge=16)
+    chunks: int | None = Field(default=DEFAULT_IMATRIX_CHUNKS, ge=1)  # None: every chunk of the text
+    ctx: int = Field(default=DEFAULT_IMATRIX_CTX, ge=16)
 
 
 class ImatrixRecord(BaseModel):

@@ -91,6 +91,8 @@ QUANT_TYPES: tuple[QuantType, ...] = (
 )
 
 _BY_NAME = {q.name: q for q in QUANT_TYPES}
+# general.file_type of an F32/F16/BF16 model: ALL_F32, MOSTLY_F16, MOSTLY_BF16 (llama_ftype, include/llama.h)
+FLOAT_FILE_TYPES = frozenset(q.ftype for q in QUANT_TYPES if q.is_float)
 
 
 def quant_type_names() -> list[str]:

@@ -169,14 +169,20 @@ class ConvertSettings(BaseModel):
     outtype: Outtype = "auto"
 
 
+DEFAULT_IMATRIX_CTX = (
+    512  # llama-imatrix's own default context (tools/imatrix/README.md: "a small context such as 512")
+)
+DEFAULT_IMATRIX_CHUNKS = 100  # ~51k tokens at 512; llama-imatrix itself reads the whole text (wiki.train.raw: ~4,700)
+
+
 class ImatrixSettings(BaseModel):
     """The importance matrix `[quantize] imatrix = "auto"` makes: calibration text and how much of it."""
 
     model_config = ConfigDict(extra="forbid")
 
     text: StrictStr | None = Field(default=None, max_length=1024)  # a path (relative to the recipe) or a Hub text
-    chunks: StrictInt = Field(default=100, ge=1, le=1 << 20)
-    ctx: StrictInt = Field(default=512, ge=16, le=1 << 20)
+    chunks: StrictInt = Field(default=DEFAULT_IMATRIX_CHUNKS, ge=1, le=1 << 20)
+    ctx: StrictInt = Field(default=DEFAULT_IMATRIX_CTX, ge=16, le=1 << 20)
 
 
 class EvalSettings(BaseModel):

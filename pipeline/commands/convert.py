@@ -7,10 +7,19 @@ from typing import Annotated
 
 import typer
 
-from pipeline.commands.options import JsonOpt, ModelArg, OfflineOpt, QuietOpt, RecipesDirOpt, RevisionOpt, TokenOpt
+from pipeline.commands.options import (
+    JsonOpt,
+    ModelArg,
+    OfflineOpt,
+    QuietOpt,
+    RecipesDirOpt,
+    RevisionOpt,
+    ThreadsOpt,
+    TokenOpt,
+)
 from pipeline.commands.registration import add_command
 from pipeline.commands.render import counting, emit_json, note, work_bar
-from pipeline.recipe import REPO_ID_RE, Outtype
+from pipeline.recipe import DEFAULT_IMATRIX_CHUNKS, DEFAULT_IMATRIX_CTX, REPO_ID_RE, Outtype
 from pipeline.units import format_size
 
 
@@ -77,11 +86,11 @@ def imatrix_command(
     ] = None,
     chunks: Annotated[
         int, typer.Option(metavar="N", min=1, help="Chunks of text to read (llama-imatrix reads all by default).")
-    ] = 100,
+    ] = DEFAULT_IMATRIX_CHUNKS,
     ctx: Annotated[
         int, typer.Option("--ctx", "-c", metavar="N", min=16, help="Tokens per chunk (llama-imatrix's default).")
-    ] = 512,
-    threads: Annotated[int | None, typer.Option("--threads", "-t", metavar="N", min=1, help="Threads.")] = None,
+    ] = DEFAULT_IMATRIX_CTX,
+    threads: ThreadsOpt = None,
     n_gpu_layers: Annotated[
         int | None, typer.Option("--n-gpu-layers", "-ngl", metavar="N", min=0, help="Layers to offload (GPU builds).")
     ] = None,
