@@ -13,11 +13,8 @@ from typer.core import TyperGroup
 
 from pipeline import __version__
 from pipeline.commands import build, convert, fit, llama, measure, pull, push, quantize, recipes, registry, run
-from pipeline.commands.registration import set_verbosity
+from pipeline.commands.registration import INTERRUPTED_EXIT, set_verbosity
 from pipeline.errors import MMError
-
-INTERRUPTED_EXIT = 130  # 128 + SIGINT, as shells report it
-
 
 # The library names the input at fault (MMError.param) and describes the problem; this one table says which
 # flag of the command line sets that input.

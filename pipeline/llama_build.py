@@ -94,6 +94,11 @@ class BuiltTools(BaseModel):
     def path(self, tool: str) -> Path:
         return self.bin_dir / tool
 
+    @property
+    def complete(self) -> bool:
+        """Every tool the build recorded is still there (a removed binary makes it a build to redo)."""
+        return all(self.path(t).is_file() for t in self.tools)
+
 
 def build_key(version: str, cmake_args: list[str]) -> str:
     canonical = json.dumps({"version": version, "cmake_args": sorted(cmake_args), "tools": TOOLS}, sort_keys=True)
@@ -107,7 +112,7 @@ def built_tool_sets() -> list[BuiltTools]:
     for info in tools.glob("llama-*/build.json"):
         with contextlib.suppress(OSError, ValueError):
             built = BuiltTools.model_validate_json(info.read_text())
-            if all(built.path(t).is_file() for t in built.tools):
+            if built.complete:
                 found.append((info.stat().st_mtime, built))
     return [built for _, built in sorted(found, key=lambda item: item[0], reverse=True)]
 
@@ -167,7 +172,7 @@ def build_llama_tools(
         info = final / "build.json"
         if info.is_file():
             built = BuiltTools.model_validate_json(info.read_text())
-            if all(built.path(t).is_file() for t in built.tools):
+            if built.complete:
                 return built.model_copy(update={"cached": True})
         started = time.monotonic()
         home.ensure(home.tools)

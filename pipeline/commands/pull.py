@@ -17,7 +17,7 @@ from pipeline.commands.options import (
     RevisionOpt,
     TokenOpt,
 )
-from pipeline.commands.registration import add_command
+from pipeline.commands.registration import INTERRUPTED_EXIT, add_command
 from pipeline.commands.render import byte_bar, emit_json, note, show_progress, table
 from pipeline.errors import UsageError
 from pipeline.units import format_size
@@ -25,7 +25,6 @@ from pipeline.units import format_size
 if TYPE_CHECKING:  # the Hub client is imported when a pull runs, not on every `mm` start
     from pipeline.model_ref import PullTarget
 
-INTERRUPTED_EXIT = 130  # 128 + SIGINT, as shells report it
 ProfileOpt = Annotated[
     str | None,
     typer.Option(

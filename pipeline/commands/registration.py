@@ -17,6 +17,7 @@ import typer
 from typer import _click  # typer vendors click; its Context/Option are the ones its commands use
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 
+INTERRUPTED_EXIT = 130  # 128 + SIGINT, as shells report it
 FLASH_ATTN_VALUES = {"on": "--flash-attn", "off": "--no-flash-attn", "auto": None}
 
 
