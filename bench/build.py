@@ -21,8 +21,8 @@ def main() -> None:
         root = Path(tmp)
         os.environ["MM_HOME"] = str(root / "home")
         os.environ["HF_HUB_OFFLINE"] = "1"  # local sources: nothing may touch the network
-        from pipeline.build import BuildOptions, build, select_recipes
-        from pipeline.tiny_model import TinySpec, write_tiny_model
+        from pipeline.build.runner import BuildOptions, build, select_recipes
+        from pipeline.gguf.tiny_model import TinySpec, write_tiny_model
 
         recipes = root / "recipes"
         recipes.mkdir()

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import gguf
 
-from pipeline.gguf_header import read_header
-from pipeline.tiny_model import TinySpec, write_tiny_model
+from pipeline.gguf.header import read_header
+from pipeline.gguf.tiny_model import TinySpec, write_tiny_model
 
 
 def best_of(runs: int, action: object) -> float:

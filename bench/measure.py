@@ -4,9 +4,9 @@
                                       [--reps 5] [--ctx 128] [--chunks 8]
 
 Without --model, writes a compute-heavy factory model (2 layers, width 1024, 32k vocabulary) in F16 and
-its Q4_K_M quant into /tmp. Speed: `pipeline.bench.run_bench` (pp512, tg128) and the `llama-bench` binary
+its Q4_K_M quant into /tmp. Speed: `pipeline.measure.bench.run_bench` (pp512, tg128) and the `llama-bench` binary
 (`mm llama build`) with the same threads and repetitions; prints both tokens/s and the difference. Quality:
-`pipeline.evaluate.evaluate` and `llama-perplexity --kl-divergence-base` then `--kl-divergence` (one
+`pipeline.measure.evaluate.evaluate` and `llama-perplexity --kl-divergence-base` then `--kl-divergence` (one
 chunk per batch: -b = -c) on the same text; prints PPL, KLD and same-top figures of both, their relative
 difference (target <= 1%), and the wall-time ratio mm / llama.cpp.
 """
@@ -25,10 +25,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.bench import run_bench
-from pipeline.evaluate import evaluate
-from pipeline.llama_build import require_llama_tool
-from pipeline.tiny_model import _WORDS, TinySpec, write_tiny_model
+from pipeline.gguf.tiny_model import _WORDS, TinySpec, write_tiny_model
+from pipeline.llama.tools import require_llama_tool
+from pipeline.measure.bench import run_bench
+from pipeline.measure.evaluate import evaluate
 
 
 def _models(folder: Path) -> tuple[Path, Path]:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import llama_cpp
 
-from pipeline.fit import FitSettings, fit_model
-from pipeline.hardware import HardwareClass, get_hardware
-from pipeline.tiny_model import TinySpec, write_header_only_model, write_tiny_model
+from pipeline.fitting.fit import FitSettings, fit_model
+from pipeline.gguf.tiny_model import TinySpec, write_header_only_model, write_tiny_model
+from pipeline.spec.hardware import HardwareClass, get_hardware
 from tests.test_fit import ARCHS, CPU, MIB, _capture, llama_buffers
 from tests.test_placement import DENSE_70B, GPT_OSS_120B, QWEN3_30B_A3B
 

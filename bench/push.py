@@ -24,11 +24,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mm-bench-push-") as tmp:
         root = Path(tmp)
         os.environ["MM_HOME"] = str(root / "home")
-        from pipeline.fit import fit_model
-        from pipeline.hardware import get_hardware
-        from pipeline.push import push
-        from pipeline.registry import publish
-        from pipeline.tiny_model import TinySpec, write_tiny_model
+        from pipeline.fitting.fit import fit_model
+        from pipeline.gguf.tiny_model import TinySpec, write_tiny_model
+        from pipeline.registry.push import push
+        from pipeline.registry.store import publish
+        from pipeline.spec.hardware import get_hardware
         from tests.hub import VALID_TOKEN, LocalHub
 
         hub = LocalHub().start()

@@ -3,7 +3,7 @@
     .venv/bin/python bench/quantize.py [--type q4_k_m] [--rounds 3] [--layers 6] [--embd 1536]
 
 Writes an F16 llama-architecture model of a few hundred MB with the tiny-model factory into /tmp, then in
-alternating rounds times (1) `pipeline.quantize.quantize` (dry-run checks, child process, output check,
+alternating rounds times (1) `pipeline.llama.quantize.quantize` (dry-run checks, child process, output check,
 sha256 of the output, provenance record), (2) `llama_cpp.llama_model_quantize` in this process, and (3)
 the `llama-quantize` binary when one is found (LLAMA_QUANTIZE, PATH or `mm llama build`). Prints each
 median and mm's ratio to each direct call (target <= 1.05). The source's sha256 is computed once up
@@ -26,13 +26,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import llama_cpp
 
-from pipeline.digest import file_sha256
-from pipeline.home import mm_home
-from pipeline.llama import find_llama_quantize
-from pipeline.provenance import QuantParams
-from pipeline.quant_types import parse_quant_type
-from pipeline.quantize import QuantizeRequest, quantize
-from pipeline.tiny_model import TinySpec, write_tiny_model
+from pipeline.base.digest import file_sha256
+from pipeline.base.home import mm_home
+from pipeline.base.provenance import QuantParams
+from pipeline.gguf.quant_types import parse_quant_type
+from pipeline.gguf.tiny_model import TinySpec, write_tiny_model
+from pipeline.llama.engines import find_llama_quantize
+from pipeline.llama.quantize import QuantizeRequest, quantize
 
 
 @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]

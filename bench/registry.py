@@ -29,10 +29,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mm-bench-registry-", dir=os.environ.get("TMPDIR")) as tmp:
         root = Path(tmp)
         os.environ["MM_HOME"] = str(root / "home")
-        from pipeline import registry
-        from pipeline.fit import fit_model
-        from pipeline.hardware import get_hardware
-        from pipeline.tiny_model import TinySpec, write_tiny_model
+        from pipeline.fitting.fit import fit_model
+        from pipeline.gguf.tiny_model import TinySpec, write_tiny_model
+        from pipeline.registry import store as registry
+        from pipeline.spec.hardware import get_hardware
 
         hardware = get_hardware("cpu-64g")
         linked_model = write_tiny_model(root / "linked.gguf", TinySpec(**SPEC))  # type: ignore[arg-type]

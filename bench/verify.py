@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.digest import sha256_file
+from pipeline.base.digest import sha256_file
 
 
 def timed(run: Callable[[], str]) -> tuple[float, str]:

@@ -12,9 +12,9 @@ from typer import _click  # typer vendors click; its Context is the one TyperGro
 from typer.core import TyperGroup
 
 from pipeline import __version__
+from pipeline.base.errors import MMError
 from pipeline.commands import build, convert, fit, llama, measure, pull, push, quantize, recipes, registry, run
 from pipeline.commands.registration import INTERRUPTED_EXIT, set_verbosity
-from pipeline.errors import MMError
 
 # The library names the input at fault (MMError.param) and describes the problem; this one table says which
 # flag of the command line sets that input.
@@ -68,8 +68,8 @@ class _MMGroup(TyperGroup):
         except OSError as exc:
             if exc.errno != errno.ENOSPC or os.environ.get("MM_DEBUG") == "1":
                 raise
-            from pipeline.disk_space import disk_full  # late: mm starts fast
-            from pipeline.home import mm_home
+            from pipeline.base.disk_space import disk_full  # late: mm starts fast
+            from pipeline.base.home import mm_home
 
             error = disk_full(Path(exc.filename).parent if exc.filename else mm_home().root)
             typer.echo(f"error: {error}", err=True)

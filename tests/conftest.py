@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner, Result
 
-from pipeline.convert_env import ConverterEnv
-from pipeline.fit import FitSettings, fit_model
-from pipeline.hardware import HardwareClass
-from pipeline.llama_build import BuiltTools
-from pipeline.profile import Profile
-from pipeline.registry import publish
-from pipeline.tiny_model import TinySpec, write_tiny_model
+from pipeline.convert.env import ConverterEnv
+from pipeline.fitting.fit import FitSettings, fit_model
+from pipeline.gguf.tiny_model import TinySpec, write_tiny_model
+from pipeline.llama.tools import BuiltTools
+from pipeline.registry.profile import Profile
+from pipeline.registry.store import publish
+from pipeline.spec.hardware import HardwareClass
 from tests.hub import LocalHub
 
 # Nothing in a test may reach the internet: an endpoint on a closed loopback port fails fast.
@@ -98,7 +98,7 @@ def llama_tools(tmp_path_factory: pytest.TempPathFactory) -> BuiltTools:
     MM_TEST_LLAMA_HOME reuses an mm home that already holds a build; MM_TEST_LLAMA_SOURCE is an unpacked
     llama-cpp-python sdist (else mm downloads the matching one from the package index).
     """
-    from pipeline.llama_build import build_llama_tools
+    from pipeline.llama.tools import build_llama_tools
 
     with _shared_home(tmp_path_factory, "llama-build-home", "MM_TEST_LLAMA_HOME"):
         return build_llama_tools(source=_test_source(), jobs=os.cpu_count() or 2)
@@ -108,7 +108,7 @@ def llama_tools(tmp_path_factory: pytest.TempPathFactory) -> BuiltTools:
 def converter_env(tmp_path_factory: pytest.TempPathFactory) -> ConverterEnv:
     """llama.cpp's converter environment, set up once per session by `mm llama converter`'s code (~1 min,
     1.2 GB; torch's CPU wheel) in MM_TEST_CONVERTER_HOME, else the tools' shared home."""
-    from pipeline.convert_env import ensure_converter
+    from pipeline.convert.env import ensure_converter
 
     with _shared_home(tmp_path_factory, "converter-home", "MM_TEST_CONVERTER_HOME"):
         return ensure_converter(_test_source())

@@ -15,26 +15,27 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "pipeline"
 
-# Lowest first. A module may import modules of its own layer and of the layers below it.
-LAYERS: dict[str, set[str]] = {
-    "base": {"errors", "units", "validation", "home", "disk_space", "digest", "provenance", "shards"}
-    | {"safe_names", "hub_url", "child"},
-    "facts": {"gguf_header", "quant_types", "ggml_types", "memory", "tiny_model", "hardware", "recipe"}
-    | {"model_info", "chat_format", "speed"},
-    "hub": {"hub_cache", "hub", "hub_inventory", "transfer", "download", "remote_header", "upload"},
-    "resolve": {"model_ref", "texts"},
-    "features": {"llama_build", "llama_worker", "llama", "llama_overrides", "quantize", "quantize_inputs"}
-    | {"placement", "fit", "recommend", "profile", "registry", "export", "runner"}
-    | {"repo_profile", "model_card", "push", "install", "leftovers"}
-    | {"convert_env", "convert", "imatrix"}
-    | {"bench", "evaluate", "hw_measure", "measure"},
-    "runner": {"build_report", "stage_values", "stages", "build", "demo"},
-    "face": {"cli", "commands"},
-}
+# The floors, lowest first: a module's layer is its folder (`pipeline/<layer>/...`); the CLI (`cli.py`,
+# `commands/`) is the face. A module may import modules of its own layer and of the layers below it.
+LAYERS: list[str] = [
+    "base",  # errors, constants, home (atomic writes, locks), digests, units, provenance, child processes
+    "gguf",  # the GGUF header reader, quant and ggml type tables, chat formats, tiny models made locally
+    "spec",  # recipes, run settings, hardware classes and the GPU catalog, measured-result shapes
+    "hub",  # verified transfers into the Hugging Face cache layout; uploads
+    "resolve",  # a MODEL argument or Hub reference -> a local file or a header stub; texts
+    "llama",  # llama.cpp: built tools, engines, worker, tensor overrides, quantize, imatrix
+    "convert",  # safetensors -> GGUF through the vendored converter
+    "fitting",  # memory per device, placement, speed, fit, recommend, model summary
+    "measure",  # bench, eval, machine calibration
+    "registry",  # profiles, blob store, run, export, push, install, model card
+    "build",  # the build runner, stage machinery, stages, report, demo
+    "face",  # cli.py and commands/
+]
+FACE = {"cli", "commands"}
 # Third-party packages that mean network or llama.cpp, and the layers below which they may not appear.
 NETWORK = {"httpx2", "httpx", "requests", "urllib3"}
 # huggingface_hub below the hub layer only where its pure validators check names (no requests there).
-HF_VALIDATORS = {"pipeline.safe_names"}
+HF_VALIDATORS = {"pipeline.base.safe_names"}
 LLAMA = {"llama_cpp"}
 
 
@@ -66,7 +67,7 @@ class Imports:
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            # `from pipeline import hub` imports the module pipeline.hub
+            # `from pipeline import hub` imports the module pipeline.hub.api
             names = [f"{node.module}.{alias.name}" for alias in node.names] + [node.module]
         for name in names:
             if name.split(".")[0] != "pipeline":
@@ -103,19 +104,21 @@ IMPORTS = Imports()
 
 
 def layer_of(module: str) -> int:
-    short = module.removeprefix("pipeline.").split(".")[0]
-    for index, members in enumerate(LAYERS.values()):
-        if short in members:
-            return index
-    raise AssertionError(f"{module} is in no layer: add it to LAYERS here and to the README's Development section")
+    """The layer of a module, read from its folder."""
+    top = module.removeprefix("pipeline.").split(".")[0]
+    if top in FACE:
+        return LAYERS.index("face")
+    if top in LAYERS:
+        return LAYERS.index(top)
+    raise AssertionError(f"{module} is in no layer folder: put it in one of {LAYERS[:-1]} (README: Development)")
 
 
-def test_every_module_is_in_exactly_one_layer() -> None:
-    listed = [name for members in LAYERS.values() for name in members]
-    assert len(listed) == len(set(listed))
+def test_every_module_sits_in_a_layer_folder() -> None:
     for module in IMPORTS.runtime:
         if module != "pipeline":
             layer_of(module)
+    folders = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
+    assert folders == (set(LAYERS) - {"face"}) | {"commands"}
 
 
 def find_cycles(imports: Imports) -> list[list[str]]:
@@ -143,7 +146,7 @@ def find_cycles(imports: Imports) -> list[list[str]]:
 
 def layer_breaks(imports: Imports) -> list[str]:
     """Every import (run time or for type checking) of a module in a higher layer."""
-    names = list(LAYERS)
+    names = LAYERS
     wrong = []
     for module in imports.runtime:
         if module == "pipeline":
@@ -166,21 +169,22 @@ def test_modules_import_only_their_layer_and_below() -> None:
 
 def test_the_header_reader_stands_on_base_alone() -> None:
     """gguf_header reads a file it is given: nothing about recipes, the Hub or llama.cpp comes with it."""
-    allowed = {f"pipeline.{name}" for name in LAYERS["base"]} | {"pipeline.quant_types", "pipeline.ggml_types"}
-    assert IMPORTS.closure("pipeline.gguf_header") <= allowed
+    loaded = IMPORTS.closure("pipeline.gguf.header")
+    assert {layer_of(m) for m in loaded} <= {LAYERS.index("base"), LAYERS.index("gguf")}
+    assert "pipeline.gguf.tiny_model" not in loaded
 
 
-@pytest.mark.parametrize("module", ["pipeline.fit", "pipeline.memory", "pipeline.gguf_header"])
+@pytest.mark.parametrize("module", ["pipeline.fitting.fit", "pipeline.fitting.memory", "pipeline.gguf.header"])
 def test_fitting_runs_no_llama_cpp(module: str) -> None:
     """Fitting reads headers; only recommending a quant (recommend.py) asks llama.cpp's dry run."""
     loaded = IMPORTS.closure(module) | {module}
-    engines = {"pipeline.llama", "pipeline.llama_worker", "pipeline.quantize", "pipeline.llama_build"}
+    engines = {"pipeline.llama.engines", "pipeline.llama.worker", "pipeline.llama.quantize", "pipeline.llama.tools"}
     assert not loaded & engines
     assert not {e for m in loaded for e in IMPORTS.external[m]} & LLAMA
 
 
 def test_below_the_hub_layer_nothing_reaches_the_network() -> None:
-    hub = list(LAYERS).index("hub")
+    hub = LAYERS.index("hub")
     offenders = {}
     for module in IMPORTS.runtime:
         if module != "pipeline" and layer_of(module) < hub:
@@ -191,11 +195,11 @@ def test_below_the_hub_layer_nothing_reaches_the_network() -> None:
 
 
 def test_the_registry_stores_the_fit_it_is_given() -> None:
-    assert "pipeline.fit" not in IMPORTS.runtime["pipeline.registry"]
+    assert "pipeline.fitting.fit" not in IMPORTS.runtime["pipeline.registry.store"]
 
 
 def test_the_library_never_prints_or_imports_the_cli() -> None:
-    face = list(LAYERS).index("face")
+    face = LAYERS.index("face")
     for path in sorted(PACKAGE.rglob("*.py")):
         module = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
         if module.startswith(("pipeline.cli", "pipeline.commands")):
@@ -210,14 +214,15 @@ def test_the_library_never_prints_or_imports_the_cli() -> None:
 def test_the_checks_catch_a_cycle_and_a_layer_break(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The checks above can fail: errors importing the CLI, which imports errors back inside a function."""
     fake = tmp_path / "pipeline"
-    fake.mkdir()
+    (fake / "base").mkdir(parents=True)
     (fake / "__init__.py").write_text("")
-    (fake / "errors.py").write_text("from pipeline.cli import app\n")
-    (fake / "cli.py").write_text("def app() -> None:\n    from pipeline import errors\n")
+    (fake / "base" / "__init__.py").write_text("")
+    (fake / "base" / "errors.py").write_text("from pipeline.cli import app\n")
+    (fake / "cli.py").write_text("def app() -> None:\n    from pipeline.base import errors\n")
     monkeypatch.setattr(f"{__name__}.PACKAGE", fake)
     imports = Imports()
-    assert find_cycles(imports) == [["pipeline.cli", "pipeline.errors", "pipeline.cli"]]
-    assert layer_breaks(imports) == ["pipeline.errors (base) imports pipeline.cli (face)"]
+    assert find_cycles(imports) == [["pipeline.cli", "pipeline.base.errors", "pipeline.cli"]]
+    assert layer_breaks(imports) == ["pipeline.base.errors (base) imports pipeline.cli (face)"]
 
 
 def test_the_checks_catch_a_package_and_its_submodule_importing_each_other(

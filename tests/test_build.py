@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from pipeline.build import BuildOptions, build, in_shard, parse_shard, read_stamp, select_recipes
-from pipeline.errors import UsageError
-from pipeline.home import atomic_write_text, locked, mm_home
-from pipeline.recipe import Recipe
-from pipeline.stages import Stage, StageEnv, StageOutcome, Upstream, output_record, recipe_stages
+from pipeline.base.errors import UsageError
+from pipeline.base.home import atomic_write_text, locked, mm_home
+from pipeline.build.runner import BuildOptions, build, in_shard, parse_shard, read_stamp, select_recipes
+from pipeline.build.stages import Stage, StageEnv, StageOutcome, Upstream, output_record, recipe_stages
+from pipeline.spec.recipe import Recipe
 from tests.conftest import write_recipe
 
 RECIPE = """

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.build_report import BuildReport, RecipeReport, StageReport, summary_rows, write_report
+from pipeline.build.report import BuildReport, RecipeReport, StageReport, summary_rows, write_report
 
 
 def _report() -> BuildReport:

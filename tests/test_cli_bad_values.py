@@ -19,7 +19,7 @@ from typer import _click
 from typer.testing import Result
 
 from pipeline.cli import app
-from pipeline.hardware import get_hardware
+from pipeline.spec.hardware import get_hardware
 from tests.conftest import publish_fitted
 
 README_EXIT_CODES = {2, 3, 4, 5, 6, 7, 8, 9, 10, 11}  # README "Exit codes" (usage … lock busy)

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from click.testing import Result
 
-from pipeline.digest import sha256_file
-from pipeline.home import mm_home
-from pipeline.tiny_model import TinySpec, write_tiny_model
+from pipeline.base.digest import sha256_file
+from pipeline.base.home import mm_home
+from pipeline.gguf.tiny_model import TinySpec, write_tiny_model
 from tests.conftest import write_recipe
 from tests.hub import LocalHub
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from huggingface_hub import try_to_load_from_cache
 from typer.testing import Result
 
-from pipeline.home import mm_home
+from pipeline.base.home import mm_home
 from tests.conftest import write_recipe
 from tests.hub import LocalHub
 from tests.test_cli_build import hub_recipe, model_bytes

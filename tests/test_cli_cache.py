@@ -10,8 +10,8 @@ from pathlib import Path
 from huggingface_hub import try_to_load_from_cache
 from typer.testing import Result
 
-from pipeline.hardware import get_hardware
-from pipeline.home import mm_home
+from pipeline.base.home import mm_home
+from pipeline.spec.hardware import get_hardware
 from tests.conftest import publish_fitted
 from tests.hub import LocalHub
 

@@ -12,7 +12,7 @@ import typer
 from typer.testing import Result
 
 from pipeline.cli import app
-from pipeline.tiny_model import TinySpec, write_tiny_model
+from pipeline.gguf.tiny_model import TinySpec, write_tiny_model
 from tests.hub import LocalHub
 
 Mm = Callable[..., Result]

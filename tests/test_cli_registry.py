@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from typer.testing import Result
 
-from pipeline.home import mm_home
+from pipeline.base.home import mm_home
 from tests.conftest import write_recipe
 from tests.hub import LocalHub
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from typer.testing import Result
 
-from pipeline.fit import FitSettings
-from pipeline.hardware import get_hardware
-from pipeline.tiny_model import TinySpec, write_tiny_model
+from pipeline.fitting.fit import FitSettings
+from pipeline.gguf.tiny_model import TinySpec, write_tiny_model
+from pipeline.spec.hardware import get_hardware
 from tests.conftest import publish_fitted
 from tests.hub import Fault, LocalHub
 from tests.test_pull_tty import REPO_ROOT, _read_until

@@ -18,9 +18,9 @@ import pytest
 from gguf import GGUFReader
 from typer.testing import Result
 
-from pipeline.convert_env import ConverterEnv, read_requirements
-from pipeline.home import mm_home
-from pipeline.llama_build import BuiltTools
+from pipeline.base.home import mm_home
+from pipeline.convert.env import ConverterEnv, read_requirements
+from pipeline.llama.tools import BuiltTools
 from tests.hf_tiny_model import corpus
 from tests.hub import LocalHub
 

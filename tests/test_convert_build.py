@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from typer.testing import Result
 
-from pipeline.convert_env import ConverterEnv
-from pipeline.errors import RecipeError
-from pipeline.home import mm_home
-from pipeline.llama_build import BuiltTools
-from pipeline.recipe import load_recipe
-from pipeline.registry import blob_path, get_profile
+from pipeline.base.errors import RecipeError
+from pipeline.base.home import mm_home
+from pipeline.convert.env import ConverterEnv
+from pipeline.llama.tools import BuiltTools
+from pipeline.registry.store import blob_path, get_profile
+from pipeline.spec.recipe import load_recipe
 from tests.conftest import write_recipe
 from tests.hf_tiny_model import corpus
 from tests.hub import LocalHub

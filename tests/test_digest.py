@@ -7,8 +7,8 @@ import io
 import os
 from pathlib import Path
 
-from pipeline.digest import CHUNK_BYTES, cached_sha256, file_sha256, read_chunks, record_sha256, sha256_file
-from pipeline.home import mm_home
+from pipeline.base.digest import CHUNK_BYTES, cached_sha256, file_sha256, read_chunks, record_sha256, sha256_file
+from pipeline.base.home import mm_home
 
 
 def test_sha256_matches_hashlib_across_chunk_boundaries(tmp_path: Path) -> None:

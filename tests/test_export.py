@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import UsageError
-from pipeline.export import export
-from pipeline.hardware import get_hardware
-from pipeline.profile import Profile
+from pipeline.base.errors import UsageError
+from pipeline.registry.export import export
+from pipeline.registry.profile import Profile
+from pipeline.spec.hardware import get_hardware
 from tests.conftest import publish_fitted
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import llama_cpp
 import pytest
 
-from pipeline.fit import FitSettings, fit_model
-from pipeline.hardware import HardwareClass, get_hardware
-from pipeline.tiny_model import TinySpec, write_header_only_model, write_tiny_model
+from pipeline.fitting.fit import FitSettings, fit_model
+from pipeline.gguf.tiny_model import TinySpec, write_header_only_model, write_tiny_model
+from pipeline.spec.hardware import HardwareClass, get_hardware
 
 MIB = 1 << 20
 ARCHS = {
@@ -341,7 +341,7 @@ SEVENTY_B = TinySpec(n_layers=80, n_embd=8192, n_head=64, n_head_kv=8, n_ff=2867
 
 
 def test_70b_header_is_inspected_and_fitted_in_well_under_a_second(tmp_path: Path) -> None:
-    from pipeline.model_info import summarize_model
+    from pipeline.fitting.model_info import summarize_model
 
     model = write_header_only_model(tmp_path / "llama-70b.Q4_K_M.gguf", SEVENTY_B)
     assert model.stat().st_size > 35 << 30  # sparse: the data region is a hole

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from typer.testing import Result
 
-from pipeline.home import locked, mm_home
-from pipeline.leftovers import PARTIAL_MAX_AGE_SECONDS
-from pipeline.provenance import quantize_lock_name
-from pipeline.registry import gc
-from pipeline.tiny_model import TinySpec, write_tiny_model
+from pipeline.base.home import locked, mm_home
+from pipeline.base.leftovers import PARTIAL_MAX_AGE_SECONDS
+from pipeline.base.provenance import quantize_lock_name
+from pipeline.gguf.tiny_model import TinySpec, write_tiny_model
+from pipeline.registry.store import gc
 from tests.conftest import write_recipe
 
 Mm = Callable[..., Result]

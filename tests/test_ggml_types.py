@@ -5,8 +5,8 @@ from __future__ import annotations
 import gguf
 import pytest
 
-from pipeline.errors import UsageError
-from pipeline.ggml_types import block_size, ggml_type_id, gguf_type_name, tensor_bytes
+from pipeline.base.errors import UsageError
+from pipeline.gguf.ggml_types import block_size, ggml_type_id, gguf_type_name, tensor_bytes
 
 
 @pytest.mark.parametrize("name", ["F32", "F16", "Q8_0", "Q4_K", "Q6_K", "IQ2_XS", "BF16"])

@@ -8,9 +8,9 @@ from pathlib import Path
 import gguf
 import pytest
 
-from pipeline.errors import ModelFormatError
-from pipeline.gguf_header import ArraySummary, read_header, read_model
-from pipeline.tiny_model import TinySpec, write_tiny_model
+from pipeline.base.errors import ModelFormatError
+from pipeline.gguf.header import ArraySummary, read_header, read_model
+from pipeline.gguf.tiny_model import TinySpec, write_tiny_model
 
 
 def test_header_matches_gguf_reader(tiny_model: Path) -> None:

@@ -7,16 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import HardwareError
-from pipeline.hardware import (
+from pipeline.base.errors import HardwareError
+from pipeline.spec.hardware import (
     BUILTIN_CLASSES,
     HARDWARE_FILE,
     LOCAL_GPU_BANDWIDTH_GBPS,
     get_hardware,
     hardware_catalog,
-    local_class,
-    local_machine,
 )
+from pipeline.spec.local_machine import local_class, local_machine
 
 
 def test_a_hardware_file_adds_and_overrides_classes(tmp_path: Path) -> None:

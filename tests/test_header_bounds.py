@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import Result
 
-from pipeline.tiny_model import TinySpec, write_tiny_model
+from pipeline.gguf.tiny_model import TinySpec, write_tiny_model
 from tests.gguf_pieces import STRING, Pieces, encode_string, take_apart
 from tests.hub import LocalHub
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.tiny_model import TinySpec, write_tiny_model
+from pipeline.gguf.tiny_model import TinySpec, write_tiny_model
 from tests.gguf_pieces import ARRAY, STRING, Pieces, take_apart
 
 SEED = 10

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import LockTimeoutError, UnsafePathError
-from pipeline.home import (
+from pipeline.base.errors import LockTimeoutError, UnsafePathError
+from pipeline.base.home import (
     atomic_path,
     atomic_symlink,
     atomic_write_json,

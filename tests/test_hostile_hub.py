@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from typer.testing import Result
 
-from pipeline import transfer
+from pipeline.hub import transfer
 from tests.conftest import write_recipe
 from tests.hub import Fault, LocalHub
 

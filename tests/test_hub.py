@@ -1,4 +1,4 @@
-"""pipeline.hub and the download path against the local Hub server, plus the server's own Hub compatibility."""
+"""pipeline.hub.api and the download path against the local Hub server, plus the server's own Hub compatibility."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from huggingface_hub import hf_hub_download
 
-from pipeline import download, hub
-from pipeline.errors import EntryNotFoundError, GatedRepoError, RepoNotFoundError, RevisionNotFoundError
+from pipeline.base.errors import EntryNotFoundError, GatedRepoError, RepoNotFoundError, RevisionNotFoundError
+from pipeline.hub import api as hub
+from pipeline.hub import download
 from tests.hub import VALID_TOKEN, LocalHub
 
 REPO = "org/model-GGUF"

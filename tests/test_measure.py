@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from typer.testing import Result
 
-from pipeline.evaluate import evaluate
-from pipeline.hardware import load_hardware_file
-from pipeline.llama_build import BuiltTools
-from pipeline.speed import DeviceRates, DeviceWork, token_seconds
-from pipeline.tiny_model import _WORDS, TinySpec, write_tiny_model
+from pipeline.fitting.speed import DeviceRates, DeviceWork, token_seconds
+from pipeline.gguf.tiny_model import _WORDS, TinySpec, write_tiny_model
+from pipeline.llama.tools import BuiltTools
+from pipeline.measure.evaluate import evaluate
+from pipeline.spec.hardware import load_hardware_file
 
 Mm = Callable[..., Result]
 
@@ -140,8 +140,8 @@ def test_eval_matches_llama_perplexity_kl_divergence(
 
 
 def test_hw_save_writes_a_class_hardware_toml_reads(tmp_path: Path) -> None:
-    from pipeline.hardware import CpuRates, HardwareClass
-    from pipeline.hw_measure import save_class
+    from pipeline.measure.machine import save_class
+    from pipeline.spec.hardware import CpuRates, HardwareClass
 
     measured = HardwareClass.model_validate({
         "name": "local", "ram": "16G", "ram_bandwidth_gbps": 21.5, "threads": 1, "measured": 'by "test"',

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import UsageError
-from pipeline.model_ref import (
+from pipeline.base.errors import UsageError
+from pipeline.resolve.model_ref import (
     HubRef,
     parse_model_arg,
     pull_target,
@@ -15,7 +15,7 @@ from pipeline.model_ref import (
     resolve_model,
     target_hardware,
 )
-from pipeline.recipe import load_recipe
+from pipeline.spec.recipe import load_recipe
 from tests.conftest import write_recipe
 
 

@@ -19,13 +19,13 @@ import llama_cpp
 import pytest
 from typer.testing import Result
 
-from pipeline.export import export
-from pipeline.fit import FitResult, FitSettings, fit_model
-from pipeline.hardware import get_hardware
-from pipeline.llama_build import BuiltTools
-from pipeline.registry import get_profile, publish
-from pipeline.runner import generate
-from pipeline.tiny_model import TinySpec, write_header_only_model, write_tiny_model
+from pipeline.fitting.fit import FitResult, FitSettings, fit_model
+from pipeline.gguf.tiny_model import TinySpec, write_header_only_model, write_tiny_model
+from pipeline.llama.tools import BuiltTools
+from pipeline.registry.export import export
+from pipeline.registry.run import generate
+from pipeline.registry.store import get_profile, publish
+from pipeline.spec.hardware import get_hardware
 from tests.conftest import publish_fitted, write_recipe
 from tests.test_fit import _LOG, ARCHS, _capture
 
@@ -155,7 +155,7 @@ def test_mm_run_places_the_profiles_experts_in_ram_for_real(tmp_path: Path, llam
 def test_mm_bench_of_a_profile_places_its_experts_in_ram(tmp_path: Path, llama_log: list[str]) -> None:
     """mm bench loads the profile as mm run does: the same experts overridden to CPU, and fit's prediction
     beside the measurement is made for the profile's placement."""
-    from pipeline.measure import bench
+    from pipeline.registry.measurements import bench
 
     model, fit = _moe_profile(tmp_path, 1)
     publish(model, get_hardware("rtx3060-12g"), fit, name="moe")
@@ -206,7 +206,7 @@ def test_ollama_export_says_it_cannot_place_experts(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_quant_candidates_of_a_moe_are_ranked_with_the_moe_speed_model(big: dict[str, Path]) -> None:
-    from pipeline.recommend import parse_candidates, recommend_quant
+    from pipeline.fitting.recommend import parse_candidates, recommend_quant
 
     report = recommend_quant(big["qwen3-30b-a3b"], get_hardware("rtx3060-12g"), parse_candidates("q2_k,q4_k_m"))
     q2, q4 = report.candidates
@@ -216,7 +216,7 @@ def test_quant_candidates_of_a_moe_are_ranked_with_the_moe_speed_model(big: dict
 
 
 def test_inspect_names_shared_experts_and_leading_dense_layers(tmp_path: Path) -> None:
-    from pipeline.model_info import summarize_model
+    from pipeline.fitting.model_info import summarize_model
 
     spec = ARCHS["deepseek2"]
     summary = summarize_model(write_tiny_model(tmp_path / "ds.gguf", spec))

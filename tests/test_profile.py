@@ -11,9 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.hardware import get_hardware
-from pipeline.llama_build import BuiltTools
-from pipeline.profile import RunSettings, check_name, llama_cli_command, llama_kwargs, llama_server_command, model_name
+from pipeline.llama.tools import BuiltTools
+from pipeline.registry.profile import (
+    RunSettings,
+    check_name,
+    llama_cli_command,
+    llama_kwargs,
+    llama_server_command,
+    model_name,
+)
+from pipeline.spec.hardware import get_hardware
 from tests.conftest import publish_fitted
 
 # An unpacked llama-cpp-python sdist (conftest's llama_tools reads the same variable).

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from typer.testing import Result
 
-from pipeline import download
-from pipeline.errors import IntegrityError
-from pipeline.provenance import check_sha256, read_record, source_ref
+from pipeline.base.errors import IntegrityError
+from pipeline.base.provenance import check_sha256, read_record, source_ref
+from pipeline.hub import download
 from tests.hub import LocalHub
 
 REPO = "org/model-GGUF"

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from typer.testing import Result
 
-from pipeline.tiny_model import TinySpec, write_tiny_model
+from pipeline.gguf.tiny_model import TinySpec, write_tiny_model
 from tests.conftest import write_recipe
 from tests.hub import VALID_TOKEN, LocalHub
 from tests.hub_upload import hold_first_commits
@@ -24,7 +24,7 @@ from tests.hub_upload import hold_first_commits
 Mm = Callable[..., Result]
 REPO = "fleet/nightly-GGUF"
 SMALL = TinySpec(n_layers=1, n_embd=256, n_ff=256, n_vocab=320)
-# crc32(name) % 3 puts one of these in each of the three shards (pipeline/build.py:in_shard).
+# crc32(name) % 3 puts one of these in each of the three shards (pipeline/build/runner.py:in_shard).
 SHARDED = {"shard-b": 1, "shard-c": 2, "shard-a": 3}
 
 

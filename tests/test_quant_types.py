@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import UsageError
-from pipeline.quant_types import QUANT_TYPES, QuantType, by_ftype, parse_quant_type
+from pipeline.base.errors import UsageError
+from pipeline.gguf.quant_types import QUANT_TYPES, QuantType, by_ftype, parse_quant_type
 
 VENDORED = Path("/tmp/sd/llama_cpp_python-0.3.36/vendor/llama.cpp")
 
@@ -58,7 +58,7 @@ def test_table_matches_quantize_cpp_and_llama_h() -> None:
 )
 def test_imatrix_need_in_the_table_matches_llama_cpp_dry_run(tiny_model_f16: Path, qtype: QuantType) -> None:
     """quantize skips its dry run when the table says no imatrix can be needed, so the table must be right."""
-    from pipeline.provenance import QuantParams
-    from pipeline.quantize import plan
+    from pipeline.base.provenance import QuantParams
+    from pipeline.llama.quantize import plan
 
     assert plan(tiny_model_f16, QuantParams(type=qtype.name)).needs_imatrix == qtype.needs_imatrix

@@ -17,14 +17,14 @@ import llama_cpp
 import pytest
 from typer.testing import Result
 
-from pipeline.errors import QuantizeError, UsageError
-from pipeline.home import mm_home
-from pipeline.provenance import QuantParams, read_record
-from pipeline.quantize import QuantizeRequest, plan, quantize
-from pipeline.tiny_model import TinySpec, write_tiny_model
+from pipeline.base.errors import QuantizeError, UsageError
+from pipeline.base.home import mm_home
+from pipeline.base.provenance import QuantParams, read_record
+from pipeline.gguf.tiny_model import TinySpec, write_tiny_model
+from pipeline.llama.quantize import QuantizeRequest, plan, quantize
 from tests.conftest import write_recipe
 
-# llama_ftype values from llama.cpp's include/llama.h (independent of pipeline/quant_types.py).
+# llama_ftype values from llama.cpp's include/llama.h (independent of pipeline/gguf/quant_types.py).
 FTYPES = {"q2_k": 10, "q4_0": 2, "q4_k_m": 15, "q6_k": 18, "q8_0": 7, "iq2_xs": 20}
 
 
@@ -248,7 +248,7 @@ def test_pulled_hub_file_is_quantized_with_its_origin_recorded(tiny_model: Path,
 
 
 def test_plan_for_a_70b_q4_k_m_to_q2_k_reads_only_the_header(tmp_path: Path) -> None:
-    from pipeline.tiny_model import write_header_only_model
+    from pipeline.gguf.tiny_model import write_header_only_model
 
     spec = TinySpec(n_layers=80, n_embd=8192, n_head=64, n_head_kv=8, n_ff=28672, n_vocab=32000)
     big = write_header_only_model(tmp_path / "llama-70b.Q4_K_M.gguf", spec)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from typer.testing import Result
 
-from pipeline.errors import RecipeError
-from pipeline.recipe import find_recipe, list_recipe_paths, load_recipe
+from pipeline.base.errors import RecipeError
+from pipeline.spec.recipe import find_recipe, list_recipe_paths, load_recipe
 from tests.conftest import write_recipe
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

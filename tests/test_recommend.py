@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.fit import FitSettings
-from pipeline.hardware import get_hardware
-from pipeline.quant_types import parse_quant_type
-from pipeline.recommend import parse_candidates, recommend_quant
-from pipeline.tiny_model import TinySpec, write_header_only_model, write_tiny_model
+from pipeline.fitting.fit import FitSettings
+from pipeline.fitting.recommend import parse_candidates, recommend_quant
+from pipeline.gguf.quant_types import parse_quant_type
+from pipeline.gguf.tiny_model import TinySpec, write_header_only_model, write_tiny_model
+from pipeline.spec.hardware import get_hardware
 from tests.test_fit import SEVENTY_B
 
 

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import registry
-from pipeline.errors import FitError, IntegrityError, ProfileNotFoundError, RegistryError, UsageError
-from pipeline.fit import FitSettings
-from pipeline.hardware import HardwareClass, get_hardware
-from pipeline.home import locked, mm_home
-from pipeline.provenance import QuantParams, QuantRecord, SourceRef, quantize_lock_name, write_record
-from pipeline.registry import check_blob, gc, get_profile, list_profiles, remove_profile, verify
+from pipeline.base.errors import FitError, IntegrityError, ProfileNotFoundError, RegistryError, UsageError
+from pipeline.base.home import locked, mm_home
+from pipeline.base.provenance import QuantParams, QuantRecord, SourceRef, quantize_lock_name, write_record
+from pipeline.fitting.fit import FitSettings
+from pipeline.registry import store as registry
+from pipeline.registry.store import check_blob, gc, get_profile, list_profiles, remove_profile, verify
+from pipeline.spec.hardware import HardwareClass, get_hardware
 from tests.conftest import publish_fitted
 
 CPU = get_hardware("cpu-64g")

@@ -7,14 +7,14 @@ from pathlib import Path
 import gguf
 import pytest
 
-from pipeline import remote_header
-from pipeline.download import pull
-from pipeline.errors import EntryNotFoundError, IntegrityError, ModelFormatError, OfflineError, UsageError
-from pipeline.gguf_header import GGUFHeader, read_header, read_model
-from pipeline.home import mm_home
-from pipeline.model_ref import local_model_file, parse_model_arg
-from pipeline.remote_header import header_stub
-from pipeline.tiny_model import TinySpec, write_tiny_model
+from pipeline.base.errors import EntryNotFoundError, IntegrityError, ModelFormatError, OfflineError, UsageError
+from pipeline.base.home import mm_home
+from pipeline.gguf.header import GGUFHeader, read_header, read_model
+from pipeline.gguf.tiny_model import TinySpec, write_tiny_model
+from pipeline.hub import remote_header
+from pipeline.hub.download import pull
+from pipeline.hub.remote_header import header_stub
+from pipeline.resolve.model_ref import local_model_file, parse_model_arg
 from tests.conftest import write_recipe
 from tests.hub import LocalHub, sha256_hex
 

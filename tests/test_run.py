@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from typer.testing import Result
 
-from pipeline.errors import IntegrityError
-from pipeline.fit import FitSettings
-from pipeline.hardware import get_hardware
-from pipeline.runner import generate, load
+from pipeline.base.errors import IntegrityError
+from pipeline.fitting.fit import FitSettings
+from pipeline.registry.run import generate, load
+from pipeline.spec.hardware import get_hardware
 from tests.conftest import publish_fitted
 
 CPU = get_hardware("cpu-64g")

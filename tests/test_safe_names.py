@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import UnsafePathError
-from pipeline.home import inside
-from pipeline.safe_names import (
+from pipeline.base.errors import UnsafePathError
+from pipeline.base.home import inside
+from pipeline.base.safe_names import (
     UnsafeValue,
     check_commit,
     check_etag,

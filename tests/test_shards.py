@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.shards import shard_names, shard_paths, unsplit_stem
+from pipeline.base.shards import shard_names, shard_paths, unsplit_stem
 
 
 def test_any_shard_names_them_all() -> None:

@@ -13,7 +13,7 @@ import llama_cpp
 import pytest
 from typer.testing import Result
 
-from pipeline.tiny_model import TinySpec, write_tiny_model
+from pipeline.gguf.tiny_model import TinySpec, write_tiny_model
 from tests.hub import Fault, LocalHub
 
 Mm = Callable[..., Result]

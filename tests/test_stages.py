@@ -8,11 +8,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from pipeline.errors import IntegrityError, RepoNotFoundError, UsageError
-from pipeline.home import mm_home
-from pipeline.recipe import load_recipe
-from pipeline.stage_values import ModelFile, Resolved
-from pipeline.stages import (
+from pipeline.base.errors import IntegrityError, RepoNotFoundError, UsageError
+from pipeline.base.home import mm_home
+from pipeline.build.stages import (
     Stage,
     StageEnv,
     StageOutcome,
@@ -21,6 +19,8 @@ from pipeline.stages import (
     output_record,
     recipe_stages,
 )
+from pipeline.build.values import ModelFile, Resolved
+from pipeline.spec.recipe import load_recipe
 from tests.conftest import write_recipe
 from tests.hub import LocalHub, sha256_hex
 

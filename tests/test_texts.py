@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import IntegrityError, UsageError
-from pipeline.imatrix import calibration_text
-from pipeline.texts import DEFAULT_TEXT, WIKITEXT_COMMIT, TextRef, parse_text, resolve_text
+from pipeline.base.errors import IntegrityError, UsageError
+from pipeline.llama.imatrix import calibration_text
+from pipeline.resolve.texts import DEFAULT_TEXT, WIKITEXT_COMMIT, TextRef, parse_text, resolve_text
 from tests.hub import LocalHub
 
 TEXT = b"The quick brown fox jumps over the lazy dog.\n" * 50

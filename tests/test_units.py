@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.errors import UsageError
-from pipeline.units import format_size, parse_size
+from pipeline.base.errors import UsageError
+from pipeline.base.units import format_size, parse_size
 
 
 @pytest.mark.parametrize(

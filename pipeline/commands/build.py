@@ -8,12 +8,12 @@ from typing import Annotated
 
 import typer
 
-from pipeline.build_report import SUMMARY_HEADERS, ConsoleReporter, summary_rows, write_report
+from pipeline.base.errors import BuildError
+from pipeline.build.report import SUMMARY_HEADERS, ConsoleReporter, summary_rows, write_report
 from pipeline.commands.options import JsonOpt, OfflineOpt, QuietOpt, RecipesDirOpt, TokenOpt, writable_target
 from pipeline.commands.registration import add_command
 from pipeline.commands.render import byte_bar, emit_json, note, show_progress, table, tensor_bar
-from pipeline.errors import BuildError
-from pipeline.recipe import recipes_dir
+from pipeline.spec.recipe import recipes_dir
 
 
 def build_command(
@@ -49,7 +49,7 @@ def build_command(
 
     Example: mm build --all --keep-going --report cache/nightly-report.json
     """
-    from pipeline.build import BuildOptions, build, parse_shard, select_recipes
+    from pipeline.build.runner import BuildOptions, build, parse_shard, select_recipes
 
     writable_target(report_file, "--report")
     if push and (as_json or not show_progress(quiet)):
@@ -89,7 +89,7 @@ def demo_command(quiet: QuietOpt = False, as_json: JsonOpt = False) -> None:
 
     Example: MM_HOME=./cache mm demo
     """
-    from pipeline.demo import run_demo
+    from pipeline.build.demo import run_demo
 
     result = run_demo(progress=None if quiet or as_json else note)
     if as_json:

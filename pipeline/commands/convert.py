@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from pipeline.base.units import format_size
 from pipeline.commands.options import (
     JsonOpt,
     ModelArg,
@@ -19,8 +20,7 @@ from pipeline.commands.options import (
 )
 from pipeline.commands.registration import add_command
 from pipeline.commands.render import counting, emit_json, note, work_bar
-from pipeline.recipe import DEFAULT_IMATRIX_CHUNKS, DEFAULT_IMATRIX_CTX, REPO_ID_RE, Outtype
-from pipeline.units import format_size
+from pipeline.spec.recipe import DEFAULT_IMATRIX_CHUNKS, DEFAULT_IMATRIX_CTX, REPO_ID_RE, Outtype
 
 
 def register(app: typer.Typer) -> None:
@@ -48,9 +48,9 @@ def convert_command(
 
     Example: mm convert meta-llama/Llama-3.2-1B --outtype bf16
     """
-    from pipeline.convert import convert, local_snapshot, pull_snapshot
-    from pipeline.convert_env import ensure_converter, find_converter
-    from pipeline.errors import UsageError
+    from pipeline.base.errors import UsageError
+    from pipeline.convert.converter import convert, local_snapshot, pull_snapshot
+    from pipeline.convert.env import ensure_converter, find_converter
 
     folder = Path(model).expanduser()
     if folder.is_dir():
@@ -106,9 +106,9 @@ def imatrix_command(
 
     Example: mm imatrix model-f16.gguf --text calibration.txt --chunks 100
     """
-    from pipeline.imatrix import ImatrixParams, calibration_text, make_imatrix
-    from pipeline.model_ref import local_model_file, parse_model_arg
-    from pipeline.texts import resolve_text
+    from pipeline.llama.imatrix import ImatrixParams, calibration_text, make_imatrix
+    from pipeline.resolve.model_ref import local_model_file, parse_model_arg
+    from pipeline.resolve.texts import resolve_text
 
     path, _ = local_model_file(parse_model_arg(model, recipes), token=token, offline=offline)
     calibration = resolve_text(calibration_text(text), token=token, offline=offline)

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from pipeline.base.errors import FitError, UsageError
+from pipeline.base.units import format_size
 from pipeline.commands.options import (
     BatchOpt,
     CpuMoeOpt,
@@ -29,13 +31,11 @@ from pipeline.commands.options import (
 )
 from pipeline.commands.registration import add_command
 from pipeline.commands.render import emit_json, note, table
-from pipeline.errors import FitError, UsageError
-from pipeline.units import format_size
 
 if TYPE_CHECKING:  # imported when a command runs, so `mm` starts fast
-    from pipeline.fit import FitResult
-    from pipeline.model_info import ModelSummary
-    from pipeline.recommend import QuantCandidate, QuantReport
+    from pipeline.fitting.fit import FitResult
+    from pipeline.fitting.model_info import ModelSummary
+    from pipeline.fitting.recommend import QuantCandidate, QuantReport
 
 
 def _note_stub(model: str, is_stub: bool) -> None:
@@ -56,8 +56,8 @@ def inspect_command(
 
     Example: mm inspect TheBloke/Llama-2-70B-chat-GGUF:llama-2-70b-chat.Q4_K_M.gguf
     """
-    from pipeline.model_info import summarize_model
-    from pipeline.model_ref import resolve_model
+    from pipeline.fitting.model_info import summarize_model
+    from pipeline.resolve.model_ref import resolve_model
 
     resolved = resolve_model(model, recipes, token=token, offline=offline, allow_header_stub=True)
     _note_stub(model, resolved.is_stub)
@@ -121,9 +121,10 @@ def fit_command(
 
     Example: mm fit TheBloke/Llama-2-70B-chat-GGUF:llama-2-70b-chat.Q4_K_M.gguf --hardware rtx3060-12g -c 8192
     """
-    from pipeline.fit import FitSettings, fit_model
-    from pipeline.model_ref import resolve_model, target_hardware
-    from pipeline.recommend import parse_candidates, recommend_quant
+    from pipeline.fitting.fit import FitSettings, fit_model
+    from pipeline.fitting.recommend import parse_candidates, recommend_quant
+    from pipeline.registry.measurements import measured_quality
+    from pipeline.resolve.model_ref import resolve_model, target_hardware
 
     layers = parse_gpu_layers(n_gpu_layers)
     kv = parse_kv_type(kv_type)
@@ -138,7 +139,7 @@ def fit_command(
         n_gpu_layers=layers, n_cpu_moe=n_cpu_moe, cpu_moe=cpu_moe or None,
     )  # fmt: skip
     if candidates is not None:
-        report = recommend_quant(path, target, candidates, settings, min_tps)
+        report = recommend_quant(path, target, candidates, settings, min_tps, measured_quality(path))
         emit_json(report) if as_json else _show_report(report)
         return
     result = fit_model(path, target, settings)
@@ -172,8 +173,8 @@ def hw_command(
 
     Example: mm hw --measure --save my-laptop
     """
-    from pipeline.hardware import local_machine
-    from pipeline.model_ref import hardware_file as hardware_toml
+    from pipeline.resolve.model_ref import hardware_file as hardware_toml
+    from pipeline.spec.local_machine import local_machine
 
     if measure or save or hardware_file or threads:
         from pipeline.commands.measure import measure_hardware

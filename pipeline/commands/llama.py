@@ -7,10 +7,10 @@ from typing import Annotated
 
 import typer
 
+from pipeline.base.units import format_size
 from pipeline.commands.options import JsonOpt, QuietOpt
 from pipeline.commands.registration import add_command, add_group
 from pipeline.commands.render import emit_json, note, table
-from pipeline.units import format_size
 
 
 def build_command(
@@ -30,7 +30,7 @@ def build_command(
 
     Example: mm llama build -j 8
     """
-    from pipeline.llama_build import TOOLS, build_llama_tools
+    from pipeline.llama.tools import TOOLS, build_llama_tools
 
     if not quiet and not as_json:
         note(f"building {', '.join(TOOLS)}; this takes several minutes...")
@@ -47,7 +47,7 @@ def info_command(as_json: JsonOpt = False) -> None:
 
     Example: mm llama info --json
     """
-    from pipeline.llama import engines_info
+    from pipeline.llama.engines import engines_info
 
     engines = engines_info()
     if as_json:
@@ -79,7 +79,7 @@ def converter_command(
 
     Example: mm llama converter --architectures
     """
-    from pipeline.convert_env import ensure_converter, find_converter, supported_architectures
+    from pipeline.convert.env import ensure_converter, find_converter, supported_architectures
 
     if find_converter() is None and not quiet and not as_json:
         note("installing the converter's packages (about 1.2 GB); this takes a minute or more...")

@@ -54,7 +54,7 @@ def bench_command(
 
     Example: mm bench demo-q4_k_m -r 5
     """
-    from pipeline.measure import bench
+    from pipeline.registry.measurements import bench
 
     with work_bar("run", "run", quiet) as bar:
 
@@ -114,7 +114,7 @@ def eval_command(
 
     Example: mm eval demo-q2_k --ref models/demo-f16.gguf --chunks 20
     """
-    from pipeline.measure import eval_quant
+    from pipeline.registry.measurements import eval_quant
 
     with work_bar("chunk", "chunk", quiet) as bar:
 
@@ -147,10 +147,10 @@ def measure_hardware(
     as_json: bool,
 ) -> None:
     """`mm hw --measure [--save NAME]`: measure (or take the cached measurement), cache, save, show."""
-    from pipeline.errors import HardwareError, UsageError
-    from pipeline.hardware import cached_measurement
-    from pipeline.hw_measure import cache_measurement, measure_machine, save_class
-    from pipeline.model_ref import hardware_file as hardware_toml
+    from pipeline.base.errors import HardwareError, UsageError
+    from pipeline.measure.machine import cache_measurement, measure_machine, save_class
+    from pipeline.resolve.model_ref import hardware_file as hardware_toml
+    from pipeline.spec.local_machine import cached_measurement
 
     if save is not None and not re.match(r"^[a-z0-9][a-z0-9._-]*$", save):
         raise UsageError(f"--save {save!r}: a class name is lower-case letters, digits and . _ - (e.g. my-laptop)")

@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Annotated, cast, get_args
 
 import typer
 
-from pipeline.errors import UsageError
+from pipeline.base.errors import UsageError
 
 if TYPE_CHECKING:
-    from pipeline.recipe import KvType
-from pipeline.units import parse_size
+    from pipeline.spec.recipe import KvType
+from pipeline.base.units import parse_size
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON result on stdout.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
@@ -57,7 +57,7 @@ HardwareOpt = Annotated[
 
 def _model_from_url(value: str | None) -> str | None:
     """A Hub URL pasted from the browser becomes owner/name:FILE[@revision]."""
-    from pipeline.hub_url import model_text_from_url
+    from pipeline.resolve.hub_ref import model_text_from_url
 
     return None if value is None else model_text_from_url(value)
 
@@ -149,7 +149,7 @@ def parse_gpu_layers(text: str | None) -> int | None:
 
 def parse_kv_type(values: list[str]) -> KvType | None:
     """One KV cache type from --kv-type / -ctk / -ctv (mm, like Ollama, uses one type for K and V)."""
-    from pipeline.recipe import KvType  # recipes load the Hub client's name checks: only when needed
+    from pipeline.spec.recipe import KvType  # recipes load the Hub client's name checks: only when needed
 
     allowed: tuple[str, ...] = get_args(KvType)
     chosen = {v.strip().lower() for v in values}

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from pipeline.base.errors import UsageError
+from pipeline.base.units import format_size
 from pipeline.commands.options import (
     HardwareOpt,
     JsonOpt,
@@ -19,11 +21,9 @@ from pipeline.commands.options import (
 )
 from pipeline.commands.registration import INTERRUPTED_EXIT, add_command
 from pipeline.commands.render import byte_bar, emit_json, note, show_progress, table
-from pipeline.errors import UsageError
-from pipeline.units import format_size
 
 if TYPE_CHECKING:  # the Hub client is imported when a pull runs, not on every `mm` start
-    from pipeline.model_ref import PullTarget
+    from pipeline.resolve.model_ref import PullTarget
 
 ProfileOpt = Annotated[
     str | None,
@@ -54,7 +54,7 @@ def _ask(files: list[tuple[str, int]]) -> str:
 
 def _choose_file(target: PullTarget, token: str | None) -> str:
     """No file named: list the repo's GGUF files; ask on a terminal, else say to name one."""
-    from pipeline import hub
+    from pipeline.hub import api as hub
 
     files = hub.list_gguf_files(target.repo, target.revision, token=token)
     if len(files) == 1:
@@ -102,12 +102,12 @@ def pull_command(
 
     Example: mm pull TheBloke/Llama-2-7B-GGUF llama-2-7b.Q4_K_M.gguf
     """
-    from pipeline import download
-    from pipeline.hub_url import model_text_from_url
-    from pipeline.model_ref import pull_target
+    from pipeline.hub import download
+    from pipeline.resolve.hub_ref import model_text_from_url
+    from pipeline.resolve.model_ref import pull_target
 
     if profile is not None or list_profiles:
-        from pipeline.push import target_repo
+        from pipeline.registry.push import target_repo
 
         if file is not None or file_arg is not None:
             raise UsageError("--profile and --list-profiles take a repo (OWNER/NAME), not a file")
@@ -145,9 +145,9 @@ def _pull_profile(
     repo: str, profile: str | None, revision: str | None, token: str | None, hardware: str | None,
     name: str | None, recipes: Path | None, as_json: bool, quiet: bool,
 ) -> None:  # fmt: skip
-    """`mm pull OWNER/REPO --list-profiles` and `--profile NAME` (pipeline/install.py does the work)."""
-    from pipeline.install import install_profile, list_repo_profiles
-    from pipeline.model_ref import target_hardware
+    """`mm pull OWNER/REPO --list-profiles` and `--profile NAME` (pipeline/registry/install.py does the work)."""
+    from pipeline.registry.install import install_profile, list_repo_profiles
+    from pipeline.resolve.model_ref import target_hardware
 
     if profile is None:
         offered = list_repo_profiles(repo, revision or "main", token=token)

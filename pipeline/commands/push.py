@@ -36,7 +36,7 @@ def push_command(
     """
     from huggingface_hub.utils import disable_progress_bars  # type: ignore[attr-defined]  # lazily exported
 
-    from pipeline.push import push
+    from pipeline.registry.push import push
 
     if not show_progress(quiet):
         disable_progress_bars()

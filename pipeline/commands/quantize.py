@@ -7,14 +7,14 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
+from pipeline.base.errors import UsageError
+from pipeline.base.units import format_size
 from pipeline.commands.options import JsonOpt, ModelArg, QuietOpt, RecipesDirOpt, ThreadsOpt, writable_target
 from pipeline.commands.registration import add_command
 from pipeline.commands.render import counting, emit_json, note, table, work_bar
-from pipeline.errors import UsageError
-from pipeline.units import format_size
 
 if TYPE_CHECKING:  # llama.cpp's bindings load when a command runs, so `mm` starts fast
-    from pipeline.quantize import QuantizeRequest, QuantizeResult
+    from pipeline.llama.quantize import QuantizeRequest, QuantizeResult
 
 
 def quantize_command(
@@ -67,8 +67,8 @@ def quantize_command(
 
     Example: mm quantize model-f16.gguf --to q4_k_m --to q2_k
     """
-    from pipeline.quantize import plan
-    from pipeline.quantize_inputs import QuantizeOptions, build_requests
+    from pipeline.llama.quantize import plan
+    from pipeline.llama.quantize_inputs import QuantizeOptions, build_requests
 
     writable_target(output, "--output")
     if llama_quantize is not None and engine == "api":
@@ -120,7 +120,7 @@ def quantize_command(
 
 
 def _run_one(request: QuantizeRequest, quiet: bool) -> QuantizeResult:
-    from pipeline.quantize import quantize
+    from pipeline.llama.quantize import quantize
 
     with work_bar(request.params.type, "tensor", quiet) as bar:
         result = quantize(request, counting(bar))

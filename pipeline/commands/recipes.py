@@ -7,10 +7,10 @@ from typing import Annotated
 
 import typer
 
+from pipeline.base.errors import RecipeError
 from pipeline.commands.options import JsonOpt, RecipesDirOpt
 from pipeline.commands.registration import add_command, add_group
 from pipeline.commands.render import emit_json, table
-from pipeline.errors import RecipeError
 
 
 def validate_command(
@@ -28,8 +28,8 @@ def validate_command(
 
     Example: mm recipe validate recipes/llama2-70b-chat-12g.toml
     """
-    from pipeline.quantize_inputs import check_recipe_files
-    from pipeline.recipe import list_recipe_paths, recipes_dir
+    from pipeline.llama.quantize_inputs import check_recipe_files
+    from pipeline.spec.recipe import list_recipe_paths, recipes_dir
 
     results = check_recipe_files(paths or list_recipe_paths(recipes or recipes_dir()))
     if as_json:
@@ -47,7 +47,7 @@ def ls_command(recipes: RecipesDirOpt = None, as_json: JsonOpt = False) -> None:
 
     Example: mm recipe ls --recipes ./recipes
     """
-    from pipeline.recipe import check_recipes, list_recipe_paths, recipes_dir
+    from pipeline.spec.recipe import check_recipes, list_recipe_paths, recipes_dir
 
     rows = check_recipes(list_recipe_paths(recipes or recipes_dir()))
     if as_json:

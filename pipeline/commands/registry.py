@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from pipeline.base.errors import IntegrityError
+from pipeline.base.units import format_size
 from pipeline.commands.options import (
     CpuMoeOpt,
     CtxOpt,
@@ -24,11 +26,9 @@ from pipeline.commands.options import (
 )
 from pipeline.commands.registration import add_command, add_group
 from pipeline.commands.render import emit_json, note, table
-from pipeline.errors import IntegrityError
-from pipeline.units import format_size
 
 if TYPE_CHECKING:
-    from pipeline.profile import Profile
+    from pipeline.registry.profile import Profile
 
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Only list what would be removed.")]
 
@@ -53,9 +53,9 @@ def publish_command(
 
     Example: mm publish ~/.cache/mm/quant/abc-llama.q4_k_m.gguf --hardware rtx3060-12g -c 8192 -fa on
     """
-    from pipeline.fit import FitSettings, fit_model
-    from pipeline.model_ref import resolve_model, target_hardware
-    from pipeline.registry import publish
+    from pipeline.fitting.fit import FitSettings, fit_model
+    from pipeline.registry.store import publish
+    from pipeline.resolve.model_ref import resolve_model, target_hardware
 
     layers, kv = parse_gpu_layers(n_gpu_layers), parse_kv_type(kv_type)
     path, recipe, _ = resolve_model(model, recipes)
@@ -82,7 +82,7 @@ def ls_command(as_json: JsonOpt = False) -> None:
 
     Example: mm ls --json
     """
-    from pipeline.registry import list_profiles, profile_summary
+    from pipeline.registry.store import list_profiles, profile_summary
 
     profiles, errors = list_profiles()
     if as_json:
@@ -108,7 +108,7 @@ def show_command(name: NameArg, as_json: JsonOpt = False) -> None:
 
     Example: mm show llama2-70b-chat-q2_k@rtx3060-12g
     """
-    from pipeline.registry import get_profile
+    from pipeline.registry.store import get_profile
 
     profile = get_profile(name)
     if as_json:
@@ -152,7 +152,7 @@ def rm_command(name: NameArg, as_json: JsonOpt = False) -> None:
 
     Example: mm rm llama2-70b-chat-q2_k@rtx3060-12g && mm gc
     """
-    from pipeline.registry import remove_profile
+    from pipeline.registry.store import remove_profile
 
     remove_profile(name)
     if as_json:
@@ -168,8 +168,8 @@ def gc_command(dry_run: DryRunOpt = False, as_json: JsonOpt = False) -> None:
 
     Example: mm gc --dry-run
     """
-    from pipeline.hub_inventory import cache_files
-    from pipeline.registry import gc
+    from pipeline.hub.inventory import cache_files
+    from pipeline.registry.store import gc
 
     report = gc(dry_run=dry_run)
     hub = cache_files()
@@ -199,7 +199,7 @@ def verify_command(
 
     Example: mm verify
     """
-    from pipeline.registry import verify
+    from pipeline.registry.store import verify
 
     report = verify(name)
     if as_json:
@@ -229,8 +229,8 @@ def export_command(
 
     Example: mm export llama2-70b-chat-q2_k@rtx3060-12g > Modelfile && ollama create llama2-70b -f Modelfile
     """
-    from pipeline.export import export
-    from pipeline.registry import get_profile
+    from pipeline.registry.export import export
+    from pipeline.registry.store import get_profile
 
     text = export(get_profile(name), format)
     if as_json:
@@ -244,7 +244,7 @@ def cache_ls_command(as_json: JsonOpt = False) -> None:
 
     Example: mm cache ls
     """
-    from pipeline.hub_inventory import cache_files
+    from pipeline.hub.inventory import cache_files
 
     report = cache_files()
     if as_json:
@@ -268,7 +268,7 @@ def cache_rm_command(
 
     Example: mm cache rm TheBloke/Llama-2-7B-GGUF:llama-2-7b.Q4_K_M.gguf
     """
-    from pipeline.hub_inventory import remove_cached
+    from pipeline.hub.inventory import remove_cached
 
     removed = remove_cached(targets, dry_run=dry_run)
     if as_json:

@@ -12,10 +12,10 @@ import typer
 from pydantic import BaseModel
 from tqdm import tqdm
 
-from pipeline.safe_names import printable
+from pipeline.base.safe_names import printable
 
-if TYPE_CHECKING:  # huggingface_hub loads with pipeline.transfer: only when a transfer runs
-    from pipeline.transfer import Progress
+if TYPE_CHECKING:  # huggingface_hub loads with pipeline.hub.transfer: only when a transfer runs
+    from pipeline.hub.transfer import Progress
 
 
 def emit_json(document: Any) -> None:

@@ -12,7 +12,7 @@ from pipeline.commands.registration import add_command
 from pipeline.commands.render import emit_json, note
 
 if TYPE_CHECKING:
-    from pipeline.runner import Generation
+    from pipeline.registry.run import Generation
 
 
 def _read_line() -> str | None:
@@ -74,12 +74,12 @@ def run_command(
 
     Example: mm run llama2-70b-chat-q2_k@rtx3060-12g "Why is the sky blue?"
     """
-    from pipeline.registry import get_profile
-    from pipeline.runner import chat, chat_format_for, generate, serve
+    from pipeline.registry.run import chat, chat_format_for, generate, serve
+    from pipeline.registry.store import get_profile
 
     text = prompt if prompt is not None else prompt_arg
     if prompt is not None and prompt_arg is not None:
-        from pipeline.errors import UsageError
+        from pipeline.base.errors import UsageError
 
         raise UsageError("give the prompt once: as PROMPT or with -p, not both")
     profile = get_profile(name)

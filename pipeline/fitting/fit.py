@@ -1,0 +1,370 @@
+"""Fitting a model to hardware: the layer solver, the decode-speed model, the verdict and what would fit.
+
+The per-device buffers come from pipeline/fitting/memory.py (which mirrors llama.cpp) and where each tensor goes
+from pipeline/fitting/placement.py; this module picks the placement for the settings, decides whether the rest
+fits in RAM, how fast decode will be, and what to change. It reads headers only and runs no llama.cpp;
+comparing quant types (which asks llama.cpp's quantize dry run for exact sizes) is pipeline/fitting/recommend.py.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.base.units import format_size
+from pipeline.fitting.memory import Context, DeviceBuffers, ModelShape, context, model_shape
+from pipeline.fitting.placement import (
+    Placement,
+    ReadBytes,
+    describe_placement,
+    fastest,
+    fewest_cpu_experts,
+    llama_fit_order,
+    most_layers,
+    place,
+    tensor_overrides,
+)
+from pipeline.fitting.speed import DeviceRates, DeviceWork, Overhead, tokens_per_second
+from pipeline.gguf.header import read_model
+from pipeline.spec.hardware import HardwareClass
+from pipeline.spec.recipe import KvType, Recipe
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 2  # 2: mixture-of-experts placement (n_cpu_moe, tensor_overrides, bytes read per token)
+# Reserve this share of VRAM and RAM: the prediction is held to 5% of llama.cpp's own figures (the test
+# matrix), and allocators fragment; 5% of a 12 GB card is 600 MiB, about one 7B layer at Q8_0.
+DEFAULT_SAFETY_MARGIN = 0.05
+Verdict = Literal["full_offload", "partial_offload", "cpu_only", "does_not_fit"]
+
+
+class FitSettings(BaseModel):
+    """The run settings that change memory use (llama.cpp's context and model parameters)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ctx: int = Field(default=4096, ge=16)
+    batch: int = Field(default=2048, ge=1)
+    ubatch: int = Field(default=512, ge=1)
+    kv_type: KvType = "f16"
+    flash_attn: bool = False
+    parallel: int = Field(default=1, ge=1)
+    mmap: bool = True
+    n_gpu_layers: int | None = Field(default=None, ge=0)  # None = as many as fit
+    # Routed experts of layers 0..n_cpu_moe-1 in RAM (llama.cpp --n-cpu-moe); None = chosen for speed.
+    # cpu_moe (--cpu-moe) keeps every layer's experts in RAM. Both mean nothing for a dense model.
+    n_cpu_moe: int | None = Field(default=None, ge=0)
+    cpu_moe: bool = False
+    swa_full: bool = True  # llama.cpp's default: the SWA cache as large as the full one
+    kv_unified: bool = False  # llama.cpp's default: one KV stream per sequence (llama-server turns it on)
+    safety_margin: float = Field(default=DEFAULT_SAFETY_MARGIN, ge=0, lt=1)
+    threads: int | None = Field(default=None, ge=1)  # CPU threads (the speed model's rates depend on them)
+
+    @classmethod
+    def for_recipe(cls, recipe: Recipe | None, **overrides: Any) -> FitSettings:
+        """A recipe's [run] section (or the defaults), with the flags the user gave (None = not given) on top."""
+        base = recipe.run.model_dump() if recipe else {}
+        return cls.model_validate({**base, **{k: v for k, v in overrides.items() if v is not None}})
+
+
+class DeviceBreakdown(BaseModel):
+    weights_bytes: int
+    kv_bytes: int
+    output_bytes: int
+    compute_bytes: int
+    overhead_bytes: int
+    total_bytes: int
+
+
+class PlacementOption(BaseModel):
+    """One way to place the model, for the side-by-side comparison."""
+
+    label: str
+    n_gpu_layers: int
+    n_cpu_moe: int
+    vram_bytes: int
+    tokens_per_second: float
+
+
+class FitResult(BaseModel):
+    schema_version: int
+    model_path: str
+    hardware: str
+    settings: FitSettings
+    n_layers: int  # repeating layers; llama.cpp offloads up to n_layers + 1 (the output layer counts)
+    n_gpu_layers: int
+    n_cpu_moe: int = 0  # routed experts of layers 0..n_cpu_moe-1 stay in RAM (llama.cpp --n-cpu-moe)
+    tensor_overrides: list[str] = Field(default_factory=list)  # the same as llama.cpp -ot strings
+    n_expert: int = 0
+    n_expert_used: int = 0
+    n_params: int = 0
+    active_params: int = 0  # parameters read per token (only the chosen experts)
+    gpu_read_bytes: int = 0  # bytes one decoded token reads on the GPU ...
+    cpu_read_bytes: int = 0  # ... and in RAM
+    placement: str = ""  # where the experts are, in words
+    alternatives: list[PlacementOption] = Field(default_factory=list)  # MoE: expert vs plain layer offload
+    placement_reason: str = ""  # why this placement (MoE on a GPU)
+    vram_bytes: int  # predicted GPU total (0 without a GPU)
+    ram_bytes: int  # predicted CPU total
+    gpu: DeviceBreakdown
+    cpu: DeviceBreakdown
+    fits_vram: bool
+    fits_ram: bool
+    tokens_per_second: float
+    verdict: Verdict
+    assumptions: list[str]
+    suggestions: list[str]
+    warnings: list[str] = []  # settings the model was not made for (a context beyond its training)
+
+
+def _breakdown(split: DeviceBuffers, overhead: int) -> DeviceBreakdown:
+    total = split.total + overhead
+    return DeviceBreakdown(
+        weights_bytes=split.weights,
+        kv_bytes=split.kv,
+        output_bytes=split.output,
+        compute_bytes=split.compute,
+        overhead_bytes=overhead,
+        total_bytes=total,
+    )
+
+
+def decode_tokens_per_second(
+    read: ReadBytes, hardware: HardwareClass, threads: int | None = None, n_layers: int = 0
+) -> float:
+    """pipeline/fitting/speed.py's roofline over what a token reads and multiplies on each device
+    (placement.bytes_read_per_token: only the active experts), as llama-bench's tg128 measures it."""
+    rates = hardware.rates_for(threads)
+    devices = [
+        (
+            DeviceWork(read.cpu, read.cpu_elements),
+            DeviceRates(hardware.ram_bandwidth_gbps, rates.gflops if rates else {}, rates.cache_bytes if rates else 0),
+        )
+    ]
+    if read.gpu and hardware.gpu_bandwidth_gbps > 0:
+        devices.append((DeviceWork(read.gpu, read.gpu_elements), DeviceRates(hardware.gpu_bandwidth_gbps)))
+    overhead = Overhead(rates.token_overhead_ms, rates.layer_overhead_ms) if rates else Overhead()
+    return tokens_per_second(devices, overhead.seconds(n_layers))
+
+
+def _context(shape: ModelShape, settings: FitSettings) -> Context:
+    return context(
+        settings.ctx, settings.batch, settings.ubatch, settings.parallel, settings.kv_type,
+        settings.flash_attn, settings.swa_full, shape, settings.kv_unified,
+    )  # fmt: skip
+
+
+def _budget(hardware: HardwareClass, settings: FitSettings) -> float:
+    return hardware.vram_bytes * (1 - settings.safety_margin) - hardware.gpu_overhead_bytes
+
+
+def _place(shape: ModelShape, hardware: HardwareClass, settings: FitSettings) -> Placement:
+    """The settings' placement: what was asked for, else the fastest that fits (most layers for a dense model)."""
+    ctx = _context(shape, settings)
+    asked_k = shape.n_layers if settings.cpu_moe else settings.n_cpu_moe
+    if not hardware.has_gpu:
+        return place(shape, ctx, 0)
+    budget = _budget(hardware, settings)
+    if settings.n_gpu_layers is not None:
+        ngl = min(settings.n_gpu_layers, shape.n_layers + 1)
+        if asked_k is None and shape.is_moe:
+            return fewest_cpu_experts(shape, ctx, budget, ngl) or place(shape, ctx, ngl, shape.n_layers)
+        return place(shape, ctx, ngl, asked_k or 0)
+    if asked_k is not None or not shape.is_moe:
+        return most_layers(shape, ctx, budget, asked_k or 0)
+    return fastest(
+        shape, ctx, budget, lambda read: decode_tokens_per_second(read, hardware, settings.threads, shape.n_layers)
+    )
+
+
+def _alternatives(shape: ModelShape, hardware: HardwareClass, settings: FitSettings) -> list[PlacementOption]:
+    """For a MoE model on a GPU: llama.cpp's own fit order and plain layer offload, for comparison."""
+    if not (shape.is_moe and hardware.has_gpu):
+        return []
+    ctx, budget = _context(shape, settings), _budget(hardware, settings)
+    options = [
+        ("experts in RAM, llama.cpp's fit order (common/fit.cpp)", llama_fit_order(shape, ctx, budget)),
+        ("whole layers only (-ngl, no --n-cpu-moe)", most_layers(shape, ctx, budget)),
+    ]
+    return [
+        PlacementOption(
+            label=label,
+            n_gpu_layers=p.n_gpu_layers,
+            n_cpu_moe=p.n_cpu_moe,
+            vram_bytes=p.gpu_total + (hardware.gpu_overhead_bytes if p.n_gpu_layers else 0),
+            tokens_per_second=decode_tokens_per_second(p.read, hardware, settings.threads, shape.n_layers),
+        )
+        for label, p in options
+    ]
+
+
+def _placement_reason(result: FitResult, settings: FitSettings) -> str:
+    """Why the chosen placement beats the alternatives shown beside it (a MoE on a GPU), or "" otherwise."""
+    if not result.alternatives:
+        return ""
+    asked = settings.n_cpu_moe is not None or settings.cpu_moe or settings.n_gpu_layers is not None
+    fit_order, layers_only = result.alternatives
+    if asked:
+        why = "the placement asked for"
+    elif (fit_order.n_gpu_layers, fit_order.n_cpu_moe) == (result.n_gpu_layers, result.n_cpu_moe):
+        why = "the fastest predicted placement that fits, the same as llama.cpp's fit order"
+    else:
+        why = f"the fastest predicted placement that fits (llama.cpp's fit order: {fit_order.tokens_per_second:g})"
+    return (
+        f"{why}: a token reads {format_size(result.cpu_read_bytes)} from RAM; offloading whole layers instead "
+        f"fits {layers_only.n_gpu_layers} layers at ~{layers_only.tokens_per_second:g} tokens/s: every token reads all "
+        f"of a layer's attention, KV cache and shared weights but only {result.n_expert_used} of its "
+        f"{result.n_expert} experts, so VRAM holding dense parts saves more RAM traffic than VRAM holding experts"
+    )
+
+
+def fit_shape(
+    shape: ModelShape, model: Path, hardware: HardwareClass, settings: FitSettings, *, suggest: bool = True
+) -> FitResult:
+    """fit_model for an already-read shape (the quant recommendation re-fits one shape per candidate)."""
+    chosen = _place(shape, hardware, settings)
+    ngl, gpu_split, cpu_split = chosen.n_gpu_layers, chosen.gpu, chosen.cpu
+    overhead = hardware.gpu_overhead_bytes if ngl > 0 else 0
+    gpu, cpu = _breakdown(gpu_split, overhead), _breakdown(cpu_split, 0)
+    fits_vram = gpu.total_bytes <= hardware.vram_bytes * (1 - settings.safety_margin) or ngl == 0
+    fits_ram = cpu.total_bytes <= hardware.ram_bytes * (1 - settings.safety_margin)
+    verdict: Verdict
+    if not (fits_ram and fits_vram):
+        verdict = "does_not_fit"
+    elif ngl == 0:
+        verdict = "cpu_only"
+    else:
+        whole = ngl == shape.n_layers + 1 and chosen.n_cpu_moe == 0  # experts in RAM: only partly offloaded
+        verdict = "full_offload" if whole else "partial_offload"
+    result = FitResult(
+        schema_version=SCHEMA_VERSION,
+        model_path=str(model),
+        hardware=hardware.name,
+        settings=settings,
+        n_layers=shape.n_layers,
+        n_gpu_layers=ngl,
+        n_cpu_moe=chosen.n_cpu_moe,
+        tensor_overrides=tensor_overrides(chosen.n_cpu_moe, shape.n_layers),
+        n_expert=shape.n_expert,
+        n_expert_used=shape.n_expert_used,
+        n_params=shape.n_params,
+        active_params=shape.active_params,
+        gpu_read_bytes=chosen.read.gpu,
+        cpu_read_bytes=chosen.read.cpu,
+        placement=describe_placement(shape, ngl, chosen.n_cpu_moe),
+        alternatives=_alternatives(shape, hardware, settings) if suggest else [],
+        vram_bytes=gpu.total_bytes,
+        ram_bytes=cpu.total_bytes,
+        gpu=gpu,
+        cpu=cpu,
+        fits_vram=fits_vram,
+        fits_ram=fits_ram,
+        tokens_per_second=decode_tokens_per_second(chosen.read, hardware, settings.threads, shape.n_layers),
+        verdict=verdict,
+        assumptions=_assumptions(shape, hardware, settings),
+        suggestions=[],
+        warnings=_warnings(shape, settings),
+    )
+    result.placement_reason = _placement_reason(result, settings)
+    if suggest and verdict in ("does_not_fit", "partial_offload"):
+        result.suggestions = _suggestions(shape, model, hardware, settings, result)
+    return result
+
+
+def fit_model(
+    model: Path,
+    hardware: HardwareClass,
+    settings: FitSettings | None = None,
+    tensor_bytes: Mapping[str, int] | None = None,
+) -> FitResult:
+    """Predict memory per device and decode speed for `model` on `hardware` (reads the header only).
+
+    `tensor_bytes` overrides tensor sizes by name: a quantize plan's sizes, to fit a quant not yet made.
+    """
+    shape = model_shape(read_model(model), tensor_bytes)
+    return fit_shape(shape, model, hardware, settings or FitSettings())
+
+
+def _warnings(shape: ModelShape, settings: FitSettings) -> list[str]:
+    if shape.n_ctx_train and settings.ctx > shape.n_ctx_train:
+        return [
+            f"a context of {settings.ctx} tokens is beyond the {shape.n_ctx_train} the model was trained for "
+            f"({shape.arch}.context_length): answers past that degrade unless RoPE scaling is configured"
+        ]
+    return []
+
+
+def _assumptions(shape: ModelShape, hardware: HardwareClass, settings: FitSettings) -> list[str]:
+    rates = hardware.rates_for(settings.threads)
+    notes = [
+        "decode speed (as llama-bench's tg128) is a roofline per device: the larger of the bytes read per token "
+        "(every weight but the embedding table, and the KV cells attended to) over the bandwidth "
+        f"(GPU {hardware.gpu_bandwidth_gbps:g} GB/s, RAM {hardware.ram_bandwidth_gbps:g} GB/s) and the matrix work "
+        + (
+            f"over the CPU compute rates measured for {hardware.name} ({hardware.measured}), plus the measured "
+            "per-token overhead"
+            if rates
+            else "(no compute rates for this class: the prediction is an upper bound; `mm hw --measure` calibrates "
+            "the local machine)"
+        ),
+        f"a safety margin of {settings.safety_margin:.0%} of VRAM and RAM is kept free",
+        "the output layer counts as one layer: full offload is n_layers + 1, as llama.cpp counts it",
+    ]
+    if hardware.has_gpu:
+        notes.append(f"{format_size(hardware.gpu_overhead_bytes)} of VRAM for the CUDA context and runtime")
+    if shape.is_moe:
+        notes.append(
+            f"a token reads only {shape.n_expert_used} of {shape.n_expert} routed experts per layer (and all "
+            "dense and shared weights); the GPU-CPU hand-over of activations per layer whose experts are in "
+            "RAM, and uneven expert use, are not modelled"
+        )
+        if hardware.has_gpu:
+            notes.append(
+                "with experts in RAM, prompt batches copy an expert tensor at a time to the GPU: its compute "
+                "buffer is counted one largest expert tensor larger (an estimate, not checked on a GPU)"
+            )
+    if settings.kv_type != "f16" and not settings.flash_attn:
+        notes.append("a quantized V cache needs flash attention: llama.cpp's auto mode turns it on, and so does mm")
+    if shape.n_swa and settings.swa_full:
+        notes.append("sliding-window layers get a full-size KV cache (llama.cpp's default swa_full)")
+    if any(shape.is_recurrent):
+        notes.append(
+            "recurrent (Mamba/RWKV) layers hold a fixed-size state per sequence instead of a KV cache; "
+            "it is counted as kv and does not grow with the context"
+        )
+    if settings.mmap:
+        notes.append("with mmap the CPU weights are file pages the OS may evict; they are counted as RAM")
+    return notes
+
+
+def _suggestions(
+    shape: ModelShape, model: Path, hardware: HardwareClass, settings: FitSettings, current: FitResult
+) -> list[str]:
+    """Settings that would fit more of the model: a smaller context, a lighter KV cache, a smaller ubatch."""
+    tries: list[tuple[str, FitSettings]] = []
+    if settings.ctx > 2048:
+        tries.append((f"--ctx {settings.ctx // 2}", settings.model_copy(update={"ctx": settings.ctx // 2})))
+    for kv in ("q8_0", "q4_0"):
+        if kv != settings.kv_type and (settings.kv_type, kv) != ("q4_0", "q8_0"):
+            tries.append(
+                (f"--kv-type {kv} --flash-attn", settings.model_copy(update={"kv_type": kv, "flash_attn": True}))
+            )
+    if not settings.flash_attn:
+        tries.append(("--flash-attn", settings.model_copy(update={"flash_attn": True})))
+    if settings.ubatch > 128:
+        tries.append(("--ubatch 128", settings.model_copy(update={"ubatch": 128})))
+    out = []
+    for flag, changed in tries:
+        other = fit_shape(shape, model, hardware, changed, suggest=False)
+        better = other.n_gpu_layers > current.n_gpu_layers or (
+            current.verdict == "does_not_fit" and other.verdict != "does_not_fit"
+        )
+        if better:
+            out.append(f"{flag}: {other.n_gpu_layers}/{shape.n_layers + 1} layers on GPU, {other.verdict}")
+    if current.verdict == "does_not_fit" or current.n_gpu_layers < shape.n_layers + 1:
+        out.append("a lower quant: `mm fit MODEL --quants all` compares them")
+    return out

@@ -1,0 +1,401 @@
+"""Tiny-model factory (tests, benchmarks, `make demo`): small valid GGUF models that llama.cpp loads and runs.
+
+Weights are seeded random numbers, so generation is gibberish, but every tensor, hyperparameter and
+tokenizer field is what llama.cpp's loader expects for the architecture (llama, and llama with experts as
+Mixtral; gemma3 with sliding-window attention; qwen3 with q/k norms; qwen3moe, routed experts; gpt-oss,
+experts with biases, attention sinks and alternating sliding windows; deepseek2, multi-head latent
+attention with shared experts and a leading dense layer; glm4moe, biased attention, shared experts, a
+leading dense layer and a multi-token-prediction block; mamba, a pure recurrent state-space model),
+checked against src/models/<arch>.cpp of the vendored llama.cpp.
+`write_header_only_model` writes the real header of a big model and leaves the data region sparse.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+from pipeline.gguf.ggml_types import block_size
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}</s>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+_WORDS = ("the", "a", "model", "runs", "on", "small", "card", "hello", "world", "fit", "layer", "quant")
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    """Shape of a tiny model. Widths are multiples of 256 by default so k-quants apply without fallback."""
+
+    arch: str = "llama"  # llama | gemma3 | qwen3 | qwen3moe | gpt-oss | deepseek2 | glm4moe | mamba
+    n_layers: int = 2
+    n_embd: int = 256
+    n_head: int = 4
+    n_head_kv: int = 2
+    n_ff: int = 512
+    n_vocab: int = 320
+    context_length: int = 4096
+    dtype: str = "f32"  # f32 | f16: type of the 2-D weights (norms stay f32)
+    tie_embeddings: bool = False  # no output.weight: llama.cpp reuses token_embd
+    seed: int = 0
+    head_dim_override: int | None = None  # {arch}.attention.key_length/value_length when != n_embd/n_head
+    sliding_window: int = 512  # gemma3 only: tokens an SWA layer attends to
+    swa_pattern: int | None = None  # gemma3 only: every Nth layer is full attention (llama.cpp's default: 6)
+    extra_kv: dict[str, object] = field(default_factory=dict)
+    chat_template: str | None = CHAT_TEMPLATE  # None: a GGUF without tokenizer.chat_template, as many are
+    # Mixture of experts (llama with n_expert > 0 is Mixtral-shaped; qwen3moe and gpt-oss need experts):
+    # n_expert routed experts per layer of width n_ff_exp (default n_ff), n_expert_used of them per token.
+    n_expert: int = 0
+    n_expert_used: int = 0
+    n_ff_exp: int | None = None
+    n_expert_shared: int = 0  # deepseek2, glm4moe: shared experts, n_ff_exp wide each
+    n_dense_lead: int = 0  # deepseek2, glm4moe: the first layers have a dense FFN (n_ff) instead of experts
+    n_nextn: int = 0  # deepseek2, glm4moe: multi-token-prediction blocks after the n_layers (in block_count)
+    # deepseek2's multi-head latent attention: the KV cache holds the kv_lora_rank latent plus the rope part
+    q_lora_rank: int = 128
+    kv_lora_rank: int = 128
+    qk_rope_dim: int = 32
+    qk_nope_dim: int = 32
+    v_head_dim: int = 64
+    split_max_tensors: int = 0  # > 0: a gguf-split model, `path-0000k-of-0000n.gguf` (the first is returned)
+    # mamba only (no attention, no FFN: n_head, n_head_kv and n_ff are ignored); d_inner is 2 * n_embd,
+    # the only expansion llama.cpp supports
+    ssm_conv_kernel: int = 4
+    ssm_state_size: int = 16
+    ssm_time_step_rank: int | None = None  # None: ceil(n_embd / 16), as the Mamba reference code
+
+    @property
+    def head_dim(self) -> int:
+        return self.head_dim_override or self.n_embd // self.n_head
+
+    @property
+    def expert_width(self) -> int:
+        return self.n_ff_exp or self.n_ff
+
+    @property
+    def ssm_inner_size(self) -> int:
+        return 2 * self.n_embd
+
+    @property
+    def ssm_dt_rank(self) -> int:
+        return self.ssm_time_step_rank or -(-self.n_embd // 16)
+
+    def with_(self, **changes: object) -> TinySpec:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def _vocab(n_vocab: int) -> tuple[list[str], list[float], list[int]]:
+    """An SPM ('llama') vocabulary: specials, the 256 byte-fallback tokens, then plain pieces."""
+    tokens = ["<unk>", "<s>", "</s>"]
+    types = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL]
+    tokens += [f"<0x{b:02X}>" for b in range(256)]
+    types += [gguf.TokenType.BYTE] * 256
+    pieces = [f"▁{w}" for w in _WORDS] + [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    index = 0
+    while len(tokens) < n_vocab:
+        piece = pieces[index] if index < len(pieces) else f"▁w{index}"
+        tokens.append(piece)
+        types.append(gguf.TokenType.NORMAL)
+        index += 1
+    if len(tokens) > n_vocab:
+        raise ValueError(f"n_vocab must be at least {len(tokens)} (specials + 256 byte tokens)")
+    scores = [0.0] * 3 + [-1000.0] * 256 + [-float(i) for i in range(n_vocab - 259)]
+    return tokens, scores, [int(t) for t in types]
+
+
+def _matrix(rng: np.random.Generator, rows: int, cols: int, dtype: str) -> np.ndarray:
+    """A weight whose GGUF shape is [cols, rows] (gguf reverses numpy's shape into ggml's ne)."""
+    values = rng.normal(0.0, 0.02, size=(rows, cols)).astype(np.float32)
+    return values.astype(np.float16) if dtype == "f16" else values
+
+
+SUPPORTED_ARCHS = ("llama", "gemma3", "qwen3", "qwen3moe", "gpt-oss", "deepseek2", "glm4moe", "mamba")
+MOE_ARCHS = ("qwen3moe", "gpt-oss", "deepseek2", "glm4moe")  # architectures whose loader requires experts
+# Mamba tensors llama.cpp's CPU kernels (ssm_conv, ssm_scan) read as F32 whatever the file type; A must be
+# negative (it is -exp(A_log)) or the state grows without bound.
+_MAMBA_F32 = (".ssm_conv1d.weight", ".ssm_a")
+
+
+def _values(rng: np.random.Generator, name: str, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    if len(shape) == 1:
+        return np.ones(shape[0], dtype=np.float32)
+    if name.endswith(".ssm_a"):
+        return -np.ones(shape[::-1], dtype=np.float32)
+    if len(shape) == 3 or name.endswith((".bias", "_b")):  # experts [n_expert, rows, cols]; biases stay f32
+        values = rng.normal(0.0, 0.02, size=shape[::-1]).astype(np.float32)
+        return values.astype(np.float16) if dtype == "f16" and len(shape) == 3 else values
+    return _matrix(rng, shape[1], shape[0], "f32" if name.endswith(_MAMBA_F32) else dtype)
+
+
+def write_tiny_model(path: Path, spec: TinySpec | None = None) -> Path:
+    """Write the GGUF described by `spec` (llama, gemma3, qwen3 or mamba) to `path` and return the path."""
+    spec = spec or TinySpec()
+    if spec.arch not in SUPPORTED_ARCHS:
+        raise ValueError(f"unsupported arch {spec.arch!r} for the tiny-model factory; use one of {SUPPORTED_ARCHS}")
+    if spec.arch in MOE_ARCHS and not (0 < spec.n_expert_used <= spec.n_expert):
+        raise ValueError(f"{spec.arch} needs experts: 0 < n_expert_used <= n_expert")
+    rng = np.random.default_rng(spec.seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = gguf.GGUFWriter(str(path), spec.arch, split_max_tensors=spec.split_max_tensors)
+    _write_metadata(writer, spec)
+    for name, shape in _tensor_shapes(spec):
+        writer.add_tensor(name, _values(rng, name, shape, spec.dtype))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return Path(writer.format_shard_names(path)[0])  # `path` itself unless split
+
+
+def _write_metadata(writer: gguf.GGUFWriter, spec: TinySpec, file_type: int | None = None) -> None:
+    writer.add_name(f"tiny-{spec.arch}-{spec.n_layers}l-{spec.n_embd}d")
+    writer.add_block_count(spec.n_layers + spec.n_nextn)
+    if spec.n_nextn:
+        writer.add_nextn_predict_layers(spec.n_nextn)
+    writer.add_context_length(spec.context_length)
+    writer.add_embedding_length(spec.n_embd)
+    if spec.arch == "mamba":  # as convert_hf_to_gguf writes it: no attention, no FFN
+        writer.add_feed_forward_length(0)
+        writer.add_head_count(0)
+        writer.add_ssm_conv_kernel(spec.ssm_conv_kernel)
+        writer.add_ssm_inner_size(spec.ssm_inner_size)
+        writer.add_ssm_state_size(spec.ssm_state_size)
+        writer.add_ssm_time_step_rank(spec.ssm_dt_rank)
+        writer.add_ssm_dt_b_c_rms(False)
+    elif spec.arch == "deepseek2":  # as convert_hf_to_gguf writes an MLA model: one latent "KV head"
+        writer.add_feed_forward_length(spec.n_ff)
+        writer.add_head_count(spec.n_head)
+        writer.add_head_count_kv(1)
+        writer.add_key_length(spec.kv_lora_rank + spec.qk_rope_dim)
+        writer.add_value_length(spec.kv_lora_rank)
+        writer.add_key_length_mla(spec.qk_nope_dim + spec.qk_rope_dim)
+        writer.add_value_length_mla(spec.v_head_dim)
+        writer.add_q_lora_rank(spec.q_lora_rank)
+        writer.add_kv_lora_rank(spec.kv_lora_rank)
+        writer.add_rope_dimension_count(spec.qk_rope_dim)
+        writer.add_rope_freq_base(10000.0)
+        writer.add_leading_dense_block_count(spec.n_dense_lead)
+        writer.add_expert_shared_count(spec.n_expert_shared)
+        writer.add_expert_weights_scale(1.0)
+    else:
+        writer.add_feed_forward_length(spec.n_ff)
+        writer.add_head_count(spec.n_head)
+        writer.add_head_count_kv(spec.n_head_kv)
+        if spec.head_dim_override is not None:
+            writer.add_key_length(spec.head_dim)
+            writer.add_value_length(spec.head_dim)
+        if spec.arch == "glm4moe":
+            writer.add_leading_dense_block_count(spec.n_dense_lead)
+            writer.add_expert_shared_count(spec.n_expert_shared)
+        writer.add_rope_dimension_count(spec.head_dim)
+        writer.add_rope_freq_base(10000.0)
+    writer.add_layer_norm_rms_eps(1e-6 if spec.arch != "llama" else 1e-5)
+    if spec.n_expert:
+        writer.add_expert_count(spec.n_expert)
+        writer.add_expert_used_count(spec.n_expert_used)
+        if spec.arch != "llama":  # Mixtral's experts are n_ff wide; the others name the width
+            writer.add_expert_feed_forward_length(spec.expert_width)
+    if spec.arch in ("gemma3", "gpt-oss"):
+        writer.add_sliding_window(spec.sliding_window)
+        if spec.swa_pattern is not None:
+            writer.add_uint32(gguf.Keys.Attention.SLIDING_WINDOW_PATTERN.format(arch=spec.arch), spec.swa_pattern)
+    writer.add_vocab_size(spec.n_vocab)
+    if file_type is None:
+        file_type = gguf.LlamaFileType.MOSTLY_F16 if spec.dtype == "f16" else gguf.LlamaFileType.ALL_F32
+    writer.add_file_type(file_type)
+
+    tokens, scores, types = _vocab(spec.n_vocab)
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_unk_token_id(0)
+    writer.add_add_bos_token(True)
+    if spec.chat_template is not None:
+        writer.add_chat_template(spec.chat_template)
+    for key, value in spec.extra_kv.items():
+        _add_extra(writer, key, value)
+
+
+def _tensor_shapes(spec: TinySpec) -> list[tuple[str, tuple[int, ...]]]:
+    """Every tensor the architecture's loader requires, in ggml order (ne0 = input width first)."""
+    d, q, kv, ff = spec.n_embd, spec.n_head * spec.head_dim, spec.n_head_kv * spec.head_dim, spec.n_ff
+    shapes: list[tuple[str, tuple[int, ...]]] = [("token_embd.weight", (d, spec.n_vocab))]
+    if spec.arch == "mamba":
+        return shapes + _mamba_layers(spec) + _output(spec)
+    if spec.arch == "deepseek2":
+        return shapes + _deepseek2_layers(spec) + _output(spec)
+    if spec.arch == "glm4moe":
+        return shapes + _glm4moe_layers(spec) + _output(spec)
+    for i in range(spec.n_layers):
+        b = f"blk.{i}"
+        shapes += [(f"{b}.attn_norm.weight", (d,)), (f"{b}.attn_q.weight", (d, q))]
+        shapes += [(f"{b}.attn_k.weight", (d, kv)), (f"{b}.attn_v.weight", (d, kv))]
+        shapes += [(f"{b}.attn_output.weight", (q, d))]
+        if spec.arch in ("gemma3", "qwen3", "qwen3moe"):
+            shapes += [(f"{b}.attn_q_norm.weight", (spec.head_dim,)), (f"{b}.attn_k_norm.weight", (spec.head_dim,))]
+        if spec.arch == "gemma3":
+            shapes += [(f"{b}.post_attention_norm.weight", (d,))]
+        if spec.arch == "gpt-oss":  # models/openai-moe.cpp: post-attention norm, sinks, biases
+            shapes += [(f"{b}.post_attention_norm.weight", (d,)), (f"{b}.attn_sinks.weight", (spec.n_head,))]
+            shapes += [(f"{b}.attn_output.bias", (d,))]
+        else:
+            shapes += [(f"{b}.ffn_norm.weight", (d,))]
+        shapes += _experts(spec, b) if spec.n_expert else _dense_ffn(b, d, ff)
+        if spec.arch == "gemma3":
+            shapes += [(f"{b}.post_ffw_norm.weight", (d,))]
+    return shapes + _output(spec)
+
+
+def _dense_ffn(b: str, d: int, ff: int) -> list[tuple[str, tuple[int, ...]]]:
+    return [(f"{b}.ffn_gate.weight", (d, ff)), (f"{b}.ffn_up.weight", (d, ff)), (f"{b}.ffn_down.weight", (ff, d))]
+
+
+def _nextn(spec: TinySpec, b: str) -> list[tuple[str, tuple[int, ...]]]:
+    """An MTP block's own tensors beside a full layer: the projection of [embedding, hidden state], two norms."""
+    d = spec.n_embd
+    return [
+        (f"{b}.nextn.eh_proj.weight", (2 * d, d)),
+        (f"{b}.nextn.enorm.weight", (d,)),
+        (f"{b}.nextn.hnorm.weight", (d,)),
+    ]
+
+
+def _shared_experts(spec: TinySpec, b: str) -> list[tuple[str, tuple[int, ...]]]:
+    d, shared = spec.n_embd, spec.expert_width * spec.n_expert_shared
+    return [(f"{b}.ffn_gate_shexp.weight", (d, shared)), (f"{b}.ffn_down_shexp.weight", (shared, d)),
+            (f"{b}.ffn_up_shexp.weight", (d, shared))]  # fmt: skip
+
+
+def _glm4moe_layers(spec: TinySpec) -> list[tuple[str, tuple[int, ...]]]:
+    """models/glm4-moe.cpp load_arch_tensors: biased q/k/v, a post-attention norm, the router's selection
+    bias, shared experts; dense FFNs in the leading layers."""
+    d, q, kv = spec.n_embd, spec.n_head * spec.head_dim, spec.n_head_kv * spec.head_dim
+    shapes: list[tuple[str, tuple[int, ...]]] = []
+    for i in range(spec.n_layers + spec.n_nextn):
+        b = f"blk.{i}"
+        shapes += _nextn(spec, b) if i >= spec.n_layers else []
+        shapes += [(f"{b}.attn_norm.weight", (d,)), (f"{b}.attn_q.weight", (d, q)), (f"{b}.attn_k.weight", (d, kv))]
+        shapes += [(f"{b}.attn_v.weight", (d, kv)), (f"{b}.attn_q.bias", (q,)), (f"{b}.attn_k.bias", (kv,))]
+        shapes += [(f"{b}.attn_v.bias", (kv,)), (f"{b}.attn_output.weight", (q, d))]
+        shapes += [(f"{b}.post_attention_norm.weight", (d,))]
+        if i < spec.n_dense_lead:
+            shapes += _dense_ffn(b, d, spec.n_ff)
+            continue
+        shapes += [*_experts(spec, b), (f"{b}.exp_probs_b.bias", (spec.n_expert,)), *_shared_experts(spec, b)]
+    return shapes
+
+
+def _deepseek2_layers(spec: TinySpec) -> list[tuple[str, tuple[int, ...]]]:
+    """models/deepseek2.cpp load_arch_tensors (MLA with split k_b/v_b, q through a low-rank projection)."""
+    d, q, kv, rope, h = spec.n_embd, spec.q_lora_rank, spec.kv_lora_rank, spec.qk_rope_dim, spec.n_head
+    k_mla, v_mla = spec.qk_nope_dim + rope, spec.v_head_dim
+    shapes: list[tuple[str, tuple[int, ...]]] = []
+    for i in range(spec.n_layers + spec.n_nextn):
+        b = f"blk.{i}"
+        shapes += _nextn(spec, b) if i >= spec.n_layers else []  # an MTP block: a full layer and its own
+        shapes += [(f"{b}.attn_norm.weight", (d,)), (f"{b}.attn_q_a_norm.weight", (q,))]
+        shapes += [(f"{b}.attn_kv_a_norm.weight", (kv,)), (f"{b}.attn_q_a.weight", (d, q))]
+        shapes += [(f"{b}.attn_q_b.weight", (q, h * k_mla)), (f"{b}.attn_kv_a_mqa.weight", (d, kv + rope))]
+        shapes += [(f"{b}.attn_k_b.weight", (spec.qk_nope_dim, kv, h)), (f"{b}.attn_v_b.weight", (kv, v_mla, h))]
+        shapes += [(f"{b}.attn_output.weight", (h * v_mla, d)), (f"{b}.ffn_norm.weight", (d,))]
+        if i < spec.n_dense_lead:
+            shapes += _dense_ffn(b, d, spec.n_ff)
+            continue
+        shapes += [*_experts(spec, b), *_shared_experts(spec, b)]
+    return shapes
+
+
+def _experts(spec: TinySpec, b: str) -> list[tuple[str, tuple[int, ...]]]:
+    """The router and the routed experts, 3-D [n_embd, n_ff_exp, n_expert] (models/qwen3moe.cpp, llama.cpp)."""
+    d, ff, n = spec.n_embd, spec.expert_width, spec.n_expert
+    shapes: list[tuple[str, tuple[int, ...]]] = [(f"{b}.ffn_gate_inp.weight", (d, n))]
+    shapes += [(f"{b}.ffn_gate_exps.weight", (d, ff, n)), (f"{b}.ffn_down_exps.weight", (ff, d, n))]
+    shapes += [(f"{b}.ffn_up_exps.weight", (d, ff, n))]
+    if spec.arch == "gpt-oss":
+        shapes += [(f"{b}.ffn_gate_inp.bias", (n,)), (f"{b}.ffn_gate_exps.bias", (ff, n))]
+        shapes += [(f"{b}.ffn_down_exps.bias", (d, n)), (f"{b}.ffn_up_exps.bias", (ff, n))]
+    return shapes
+
+
+def _output(spec: TinySpec) -> list[tuple[str, tuple[int, ...]]]:
+    shapes: list[tuple[str, tuple[int, ...]]] = [("output_norm.weight", (spec.n_embd,))]
+    if (not spec.tie_embeddings and spec.arch != "gemma3") or spec.arch == "gpt-oss":  # gemma3 always ties
+        shapes.append(("output.weight", (spec.n_embd, spec.n_vocab)))
+    return shapes
+
+
+def _mamba_layers(spec: TinySpec) -> list[tuple[str, tuple[int, ...]]]:
+    """src/models/mamba.cpp load_arch_tensors: a norm and the selective-scan block per layer."""
+    d, inner, state, rank = spec.n_embd, spec.ssm_inner_size, spec.ssm_state_size, spec.ssm_dt_rank
+    shapes: list[tuple[str, tuple[int, ...]]] = []
+    for i in range(spec.n_layers):
+        b = f"blk.{i}"
+        shapes += [(f"{b}.attn_norm.weight", (d,)), (f"{b}.ssm_in.weight", (d, 2 * inner))]
+        shapes += [(f"{b}.ssm_conv1d.weight", (spec.ssm_conv_kernel, inner)), (f"{b}.ssm_conv1d.bias", (inner,))]
+        shapes += [(f"{b}.ssm_x.weight", (inner, rank + 2 * state))]
+        shapes += [(f"{b}.ssm_dt.weight", (rank, inner)), (f"{b}.ssm_dt.bias", (inner,))]
+        shapes += [(f"{b}.ssm_a", (state, inner)), (f"{b}.ssm_d", (inner,)), (f"{b}.ssm_out.weight", (inner, d))]
+    return shapes
+
+
+def _big_type(name: str, spec: TinySpec) -> gguf.GGMLQuantizationType:
+    """Roughly llama.cpp's Q4_K_M mix: Q6_K for output, and attn_v/ffn_down in about half the layers.
+
+    gpt-oss is published as MXFP4 experts with everything else Q8_0 (its widths are not multiples of 256).
+    """
+    q4, q6, n_layers = gguf.GGMLQuantizationType.Q4_K, gguf.GGMLQuantizationType.Q6_K, spec.n_layers
+    if spec.arch == "gpt-oss":
+        return gguf.GGMLQuantizationType.MXFP4 if "_exps." in name else gguf.GGMLQuantizationType.Q8_0
+    if name == "output.weight":
+        return q6
+    if ".attn_v." in name or ".ffn_down." in name or ".ffn_down_exps." in name:
+        layer = int(name.split(".")[1])
+        return q6 if layer < n_layers // 8 or layer >= 7 * n_layers // 8 or (layer - n_layers // 8) % 3 == 2 else q4
+    return q4
+
+
+def write_header_only_model(path: Path, spec: TinySpec) -> Path:
+    """A Q4_K_M-shaped (gpt-oss: MXFP4) GGUF whose header is real and whose data region is a sparse hole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = gguf.GGUFWriter(str(path), spec.arch)
+    ftype = gguf.LlamaFileType.MOSTLY_MXFP4_MOE if spec.arch == "gpt-oss" else gguf.LlamaFileType.MOSTLY_Q4_K_M
+    _write_metadata(writer, spec, ftype)
+    total = 0
+    for name, shape in _tensor_shapes(spec):
+        f32 = len(shape) == 1 or name.endswith(_MAMBA_F32) or name.endswith(".bias")
+        qtype = gguf.GGMLQuantizationType.F32 if f32 else _big_type(name, spec)
+        block, type_size = block_size(qtype.name)
+        n_bytes = int(np.prod(shape)) // block * type_size
+        numpy_shape = shape[::-1]  # gguf takes numpy order, the last axis in bytes for quantized types
+        byte_shape = (*numpy_shape[:-1], numpy_shape[-1] // block * type_size)
+        writer.add_tensor_info(name, byte_shape, np.dtype(np.uint8), n_bytes, raw_dtype=qtype)
+        total += n_bytes + (-n_bytes % 32)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    writer.close()
+    with path.open("r+b") as handle:
+        handle.seek(0, 2)
+        header_end = handle.tell()
+        handle.truncate(header_end + (-header_end % 32) + total)
+    return path
+
+
+def _add_extra(writer: gguf.GGUFWriter, key: str, value: object) -> None:
+    if isinstance(value, bool):
+        writer.add_bool(key, value)
+    elif isinstance(value, int):
+        writer.add_uint32(key, value)
+    elif isinstance(value, float):
+        writer.add_float32(key, value)
+    elif isinstance(value, str):
+        writer.add_string(key, value)
+    else:
+        writer.add_array(key, list(value))  # type: ignore[call-overload]

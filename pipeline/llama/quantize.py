@@ -1,0 +1,466 @@
+"""The quantize stage: checks, one llama.cpp quantize into a temporary file, verification, provenance.
+
+`plan` predicts a quantize with llama.cpp's own dry run (header only, milliseconds); `quantize` refuses
+what would waste work or quality before starting (unknown type, missing imatrix, requantize without
+permission, same type), writes under a temporary name, checks the result and only then renames it and
+writes its `QuantRecord`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+from pydantic import BaseModel
+
+from pipeline.base.digest import record_sha256, sha256_handle
+from pipeline.base.disk_space import SLACK_BYTES, disk_full, free_bytes, require_space
+from pipeline.base.errors import ModelFormatError, QuantizeError, UsageError
+from pipeline.base.home import atomic_path, locked, mm_home, remove_stale_temps
+from pipeline.base.provenance import (
+    QuantParams,
+    QuantRecord,
+    SourceRef,
+    quantize_lock_name,
+    read_record,
+    source_ref,
+    write_record,
+)
+from pipeline.base.shards import unsplit_stem
+from pipeline.gguf.ggml_types import ggml_type_id, tensor_bytes
+from pipeline.gguf.header import GGUFHeader, read_header, read_model
+from pipeline.gguf.quant_types import QuantType, by_ftype, parse_quant_type
+from pipeline.llama.engines import (
+    ApiWorker,
+    QuantizeLog,
+    TensorProgress,
+    dry_run_in_process,
+    require_llama_quantize,
+    run_quantize,
+)
+from pipeline.llama.tools import llama_cpp_version
+from pipeline.llama.worker import QuantizeJob
+
+log = logging.getLogger(__name__)
+
+FLOAT_TYPES = {"F32", "F16", "BF16"}
+IMATRIX_HINT = (
+    "make one with `mm imatrix MODEL` (llama.cpp's llama-imatrix over calibration text), then give it to "
+    'quantize; in a recipe, [quantize] imatrix = "auto" does both'
+)
+
+
+class QuantizeRequest(BaseModel):
+    source: Path
+    params: QuantParams
+    source_ref: SourceRef | None = None
+    engine: Literal["api", "binary"] = "api"
+    threads: int | None = None
+    output: Path | None = None
+    llama_quantize: Path | None = None
+
+
+class PlannedTensor(NamedTuple):
+    name: str
+    type: str  # ggml type name, upper case (as gguf-py spells it: "Q4_K")
+    n_bytes: int
+
+
+class QuantPlan(BaseModel):
+    """What a quantize would produce, from llama.cpp's dry run: exact tensor sizes and types."""
+
+    type: str
+    file_bytes: int  # tensor data exact; header estimated from the source's (same keys, two more)
+    tensors: list[PlannedTensor]
+    needs_imatrix: bool
+    fallbacks: int
+    fallback_note: str | None = None
+    source_bytes: int
+    bits_per_weight: float
+
+    @property
+    def tensor_types(self) -> dict[str, int]:
+        """ggml type -> how many tensors get it, most common first."""
+        counts: dict[str, int] = {}
+        for tensor in self.tensors:
+            counts[tensor.type] = counts.get(tensor.type, 0) + 1
+        return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+class QuantizeResult(BaseModel):
+    record: QuantRecord | None
+    output: Path
+    skipped: str | None  # why no work was done, or None
+    type: str
+    source_bytes: int
+    output_bytes: int
+    bits_per_weight: float | None = None
+    seconds: float = 0.0
+    fallbacks: int = 0
+    fallback_note: str | None = None
+    warnings: list[str] = []
+    log_path: Path | None = None
+
+
+def default_output_path(source: Path, source_sha256: str, qtype: str) -> Path:
+    """`$MM_HOME/quant/<source sha256[:12]>-<source stem>.<type>.gguf`: same source + type, same name.
+
+    The output is one file, so a split source's `-00001-of-0000N` is left out of its name.
+    """
+    return mm_home().quant / f"{source_sha256[:12]}-{unsplit_stem(source.name)}.{qtype.lower()}.gguf"
+
+
+def _job(source: Path, output: Path, qtype: QuantType, params: QuantParams, threads: int | None) -> QuantizeJob:
+    """The llama.cpp call for these parameters; bad tensor types or patterns are usage errors here."""
+    tensor_types = []
+    for pattern, type_name in params.tensor_types.items():
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise UsageError(
+                f"tensor type override {pattern}={type_name}: invalid pattern: {exc}", param="tensor_types"
+            ) from None
+        tensor_types.append((pattern, ggml_type_id(type_name)))
+    return QuantizeJob(
+        source=str(source),
+        output=str(output),
+        ftype=qtype.ftype,
+        only_copy=qtype.name == "copy",
+        nthread=threads or 0,
+        allow_requantize=params.allow_requantize,
+        quantize_output_tensor=not params.leave_output_tensor,
+        pure=params.pure,
+        output_tensor_type=ggml_type_id(params.output_tensor_type) if params.output_tensor_type else None,
+        token_embedding_type=ggml_type_id(params.token_embedding_type) if params.token_embedding_type else None,
+        tensor_types=tuple(tensor_types),
+        imatrix=params.imatrix_path,
+    )
+
+
+def read_source(path: Path) -> GGUFHeader:
+    """The source's header; a split model's shards merged into one (llama.cpp reads them all)."""
+    headers = read_model(path)
+    if not any(h.tensors for h in headers):
+        raise ModelFormatError(f"{path}: the GGUF has no tensors: there is nothing to quantize")
+    if len(headers) == 1:
+        return headers[0]
+    first = headers[0]
+    return GGUFHeader(
+        first.path,
+        first.version,
+        first.metadata,
+        [t for h in headers for t in h.tensors],
+        first.data_offset,
+        sum(h.file_size for h in headers),
+    )
+
+
+def _quantized_type(header: GGUFHeader) -> str | None:
+    """The name of a quantized source's type (e.g. "q4_k_m"), or None for an F32/F16/BF16 model."""
+    if all(t.type_name in FLOAT_TYPES for t in header.tensors):
+        return None
+    known = by_ftype(header.file_type) if header.file_type is not None else None
+    if known is not None and not known.is_float:
+        return known.name
+    return next(t.type_name.lower() for t in header.tensors if t.type_name not in FLOAT_TYPES)
+
+
+def _output_header_bytes(header: GGUFHeader) -> int:
+    """The source's header plus general.file_type / general.quantization_version when it lacks them."""
+    extra = 0
+    for key in ("general.file_type", "general.quantization_version"):
+        if key not in header.metadata:
+            extra += 8 + len(key) + 4 + 4  # key length, key, value type, u32 value
+    return header.data_offset + extra
+
+
+def _pad(n: int, alignment: int = 32) -> int:
+    return n + (-n % alignment)
+
+
+def plan(
+    source: Path, params: QuantParams, *, engine: Literal["api", "binary"] = "api", llama_quantize: Path | None = None
+) -> QuantPlan:
+    """llama.cpp's dry run for `params`: per-tensor types and sizes, and whether an imatrix is needed.
+
+    Requantizing is assumed permitted: the plan says what the result would be, `quantize` says whether
+    it may be made.
+    """
+    qtype = parse_quant_type(params.type)
+    header = read_source(source)
+    job = _job(source, source.with_name(".mm-dry-run.gguf"), qtype, params, None)
+    job = job.replace(dry_run=True, allow_requantize=True)
+    if engine == "api":
+        parsed = dry_run_in_process(job)
+    else:
+        logs = mm_home().ensure(mm_home().logs)
+        parsed = run_quantize(
+            job,
+            engine="binary",
+            type_name=qtype.name,
+            log_path=logs / "dry-run.log",
+            binary=require_llama_quantize(llama_quantize),
+        )
+    return _plan_from_log(header, qtype, parsed)
+
+
+def _plan_from_log(header: GGUFHeader, qtype: QuantType, parsed: QuantizeLog) -> QuantPlan:
+    tensors = []
+    for info in header.tensors:
+        new_type = parsed.tensor_types.get(info.name)
+        if new_type is None:
+            raise QuantizeError(f"{header.path}: llama.cpp's dry run did not report tensor {info.name}")
+        tensors.append(PlannedTensor(info.name, new_type, tensor_bytes(new_type, info.shape)))
+    data = sum(_pad(t.n_bytes) for t in tensors)
+    n_elements = sum(t.n_elements for t in header.tensors) or 1
+    return QuantPlan(
+        type=qtype.canonical,
+        file_bytes=_output_header_bytes(header) + data,
+        tensors=tensors,
+        needs_imatrix=parsed.needs_imatrix,
+        fallbacks=len(parsed.fallbacks),
+        fallback_note=parsed.fallback_note(),
+        source_bytes=header.file_size,
+        bits_per_weight=round(sum(t.n_bytes for t in tensors) * 8 / n_elements, 3),
+    )
+
+
+def _nothing_to_do(header: GGUFHeader, qtype: QuantType, params: QuantParams) -> bool:
+    """The source already is `qtype` and no override asks for anything else."""
+    overrides = params.tensor_types or params.output_tensor_type or params.token_embedding_type or params.pure
+    source_type = by_ftype(header.file_type) if header.file_type is not None else None
+    return source_type is not None and source_type.name == qtype.canonical and not overrides
+
+
+def requantize_refusal(header: GGUFHeader, qtype: QuantType, params: QuantParams) -> str | None:
+    """Why quantizing the model of `header` to `qtype` must not run (an already-quantized source without
+    allow_requantize), or None: a float source, `copy`, nothing to do, or re-quantizing allowed. One
+    judgment for the quantize stage and for what `mm build --dry-run` / `mm recipe validate` report early."""
+    current = _quantized_type(header)
+    if current is None or qtype.name == "copy" or params.allow_requantize or _nothing_to_do(header, qtype, params):
+        return None
+    return (
+        f"already quantized ({current}); re-quantizing it to {qtype.canonical} "
+        "loses more quality than quantizing from an F16/BF16/F32 model"
+    )
+
+
+def _check(request: QuantizeRequest, header: GGUFHeader, qtype: QuantType) -> tuple[str | None, list[str]]:
+    """(why to skip, warnings) — or raise before any work for what must not run."""
+    params = request.params
+    if params.imatrix_path is not None and not Path(params.imatrix_path).is_file():
+        raise UsageError(f"importance matrix {params.imatrix_path}: no such file", param="imatrix_path")
+    if _nothing_to_do(header, qtype, params):
+        return f"{request.source.name} is already {qtype.canonical}: nothing to do", []
+    refusal = requantize_refusal(header, qtype, params)
+    if refusal is not None:
+        raise QuantizeError(
+            f"{request.source} is {refusal}",
+            hint="allow re-quantizing to do it anyway (recipe: allow_requantize = true)",
+            param="allow_requantize",
+        )
+    current = _quantized_type(header)
+    if current is not None and qtype.name != "copy":
+        return None, [f"re-quantizing from {current}: expect lower quality than {qtype.canonical} made from F16/BF16"]
+    return None, []
+
+
+def _needs_dry_run(qtype: QuantType, params: QuantParams) -> bool:
+    """Whether llama.cpp's dry run must come first: to read the given imatrix (a broken one fails before
+    any work), or because llama.cpp could refuse for want of an imatrix.
+
+    The table's `needs_imatrix` matches llama.cpp's dry run for every type (a test holds it to that); an
+    override to a type the table does not know is checked by the dry run too. Skipping the dry run when it
+    cannot matter keeps `mm quantize` within a few percent of calling llama.cpp directly.
+    """
+    if params.imatrix_path:
+        return True
+    overrides = [*params.tensor_types.values(), params.output_tensor_type, params.token_embedding_type]
+    for name in [qtype.name, *(o for o in overrides if o)]:
+        try:
+            if parse_quant_type(name).needs_imatrix:
+                return True
+        except UsageError:
+            return True
+    return False
+
+
+def quantize(request: QuantizeRequest, progress: TensorProgress | None = None) -> QuantizeResult:
+    """Produce (or find up to date) the quantized file for `request`; see the module docstring."""
+    qtype = parse_quant_type(request.params.type)
+    header = read_source(request.source)
+    skip, warnings = _check(request, header, qtype)
+    if skip is not None:
+        return QuantizeResult(
+            record=None,
+            output=request.source,
+            skipped=skip,
+            type=qtype.canonical,
+            source_bytes=header.file_size,
+            output_bytes=header.file_size,
+        )
+    binary = require_llama_quantize(request.llama_quantize) if request.engine == "binary" else None
+    worker = ApiWorker() if request.engine == "api" else None  # warms up while the checks below run
+    try:
+        return _quantize(request, qtype, header, warnings, binary, worker, progress)
+    finally:
+        if worker is not None:
+            worker.close()
+
+
+def _quantize(
+    request: QuantizeRequest,
+    qtype: QuantType,
+    header: GGUFHeader,
+    warnings: list[str],
+    binary: Path | None,
+    worker: ApiWorker | None,
+    progress: TensorProgress | None,
+) -> QuantizeResult:
+    predicted: QuantPlan | None = None
+    if _needs_dry_run(qtype, request.params):
+        predicted = plan(request.source, request.params, engine=request.engine, llama_quantize=binary)
+        if predicted.needs_imatrix and not request.params.imatrix_path:
+            raise QuantizeError(
+                f"{qtype.canonical} needs an importance matrix (imatrix) for this model",
+                hint=IMATRIX_HINT,
+                param="imatrix_path",
+            )
+    source = request.source_ref or source_ref(request.source.resolve())
+    output = request.output or default_output_path(request.source, source.sha256, qtype.canonical)
+    needed = _check_space(request, qtype, header, output, predicted, binary)
+    home = mm_home()
+    with locked(home, quantize_lock_name(output)):
+        done = _up_to_date(output, source, request.params)
+        if done is not None:
+            if done.source != source:  # same bytes from another commit or place: the record says where now
+                done = done.model_copy(update={"source": source})
+                write_record(done)
+            return _result(done, output, qtype, header, f"{output.name} is up to date", warnings, None)
+        remove_stale_temps(output)
+        log_path = home.ensure(home.logs) / f"quantize-{output.name}.log"
+        started = time.monotonic()
+        with contextlib.ExitStack() as stack, ThreadPoolExecutor(max_workers=1) as hasher, atomic_path(output) as tmp:
+            job = _job(request.source, tmp, qtype, request.params, request.threads)
+            try:
+                parsed = run_quantize(
+                    job,
+                    engine=request.engine,
+                    type_name=qtype.name,
+                    log_path=log_path,
+                    binary=binary,
+                    progress=progress,
+                    worker=worker,
+                )
+            except QuantizeError:  # llama.cpp says "iostream error" for a full disk; say "disk"
+                written = tmp.stat().st_size if tmp.exists() else 0
+                if free_bytes(output.parent) < max(needed - written, 0) + SLACK_BYTES:
+                    raise disk_full(output.parent, needed) from None
+                raise
+            checked = _verify_output(tmp, header, qtype)
+            finished = stack.enter_context(open(tmp, "rb", buffering=0))  # opened before the rename
+            digest = hasher.submit(sha256_handle, finished)  # hashes while atomic_path fsyncs and renames
+        record_sha256(home, output, digest.result())
+        record = QuantRecord(
+            output_path=str(output),
+            sha256=digest.result(),
+            size_bytes=output.stat().st_size,
+            file_type=checked.file_type if checked.file_type is not None else qtype.ftype,
+            n_tensors=len(checked.tensors),
+            source=source,
+            params=request.params,
+            engine=request.engine,
+            llama_cpp_version=llama_cpp_version(),
+            threads=request.threads,
+            seconds=round(time.monotonic() - started, 3),
+        )
+        write_record(record)
+        result = _result(record, output, qtype, header, None, warnings, log_path)
+        return result.model_copy(update={"fallbacks": len(parsed.fallbacks), "fallback_note": parsed.fallback_note()})
+
+
+def _check_space(
+    request: QuantizeRequest,
+    qtype: QuantType,
+    header: GGUFHeader,
+    output: Path,
+    predicted: QuantPlan | None,
+    binary: Path | None,
+) -> int:
+    """The output's size — from the type's bits per weight, or llama.cpp's dry run when space is tight."""
+    if predicted is not None:
+        estimate = predicted.file_bytes
+    elif qtype.name == "copy":
+        estimate = header.file_size
+    else:
+        estimate = int(sum(t.n_elements for t in header.tensors) * qtype.bits_per_weight / 8) + header.data_offset
+
+    def exact() -> int:
+        if predicted is not None:
+            return predicted.file_bytes
+        return plan(request.source, request.params, engine=request.engine, llama_quantize=binary).file_bytes
+
+    return require_space(
+        output.parent,
+        estimate,
+        f"the {qtype.canonical} output (llama.cpp's dry run)",
+        exact=exact,
+        hint="free some space, or write the output elsewhere (or point MM_HOME at a bigger disk)",
+        param="output",
+    )
+
+
+def _result(
+    record: QuantRecord,
+    output: Path,
+    qtype: QuantType,
+    source: GGUFHeader,
+    skipped: str | None,
+    warnings: list[str],
+    log_path: Path | None,
+) -> QuantizeResult:
+    n_elements = sum(t.n_elements for t in source.tensors) or 1
+    return QuantizeResult(
+        record=record,
+        output=output,
+        skipped=skipped,
+        type=qtype.canonical,
+        source_bytes=source.file_size,
+        output_bytes=record.size_bytes,
+        bits_per_weight=round(record.size_bytes * 8 / n_elements, 2),
+        seconds=record.seconds,
+        warnings=warnings,
+        log_path=log_path,
+    )
+
+
+def _up_to_date(output: Path, source: SourceRef, params: QuantParams) -> QuantRecord | None:
+    """The existing record when `output` was made from the same source bytes with the same parameters."""
+    if not output.is_file():
+        return None
+    try:
+        record = read_record(output)
+    except ModelFormatError:
+        return None
+    if record is None or not record.source.same_bytes(source) or record.params != params:
+        return None
+    return record if output.stat().st_size == record.size_bytes else None
+
+
+def _verify_output(path: Path, source: GGUFHeader, qtype: QuantType) -> GGUFHeader:
+    """The output parses as GGUF, says the type asked for, and has every tensor of the source."""
+    try:
+        header = read_header(path)
+    except ModelFormatError as exc:
+        raise QuantizeError(f"llama.cpp's output is not a valid GGUF: {exc}") from None
+    expected = source.file_type if qtype.name == "copy" else qtype.ftype
+    if expected is not None and header.file_type != expected:
+        raise QuantizeError(f"llama.cpp's output has general.file_type {header.file_type}, expected {expected}")
+    if len(header.tensors) != len(source.tensors):
+        raise QuantizeError(f"llama.cpp's output has {len(header.tensors)} tensors, the source {len(source.tensors)}")
+    return header

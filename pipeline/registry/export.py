@@ -1,0 +1,80 @@
+"""`mm export`: a profile in the forms other tools take — an Ollama Modelfile, a llama-server line, JSON."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pipeline.base.errors import UsageError
+from pipeline.base.home import Home, atomic_symlink, mm_home
+from pipeline.registry.profile import Profile, llama_server_command
+from pipeline.registry.store import blob_path
+
+ExportFormat = Literal["ollama", "llama-server", "json"]
+FORMATS: tuple[ExportFormat, ...] = ("ollama", "llama-server", "json")
+
+
+# Ollama 0.5.5 (server/create.go, the JSON /api/create of ollama#7935) picks its importer by the FROM
+# file's extension, .gguf or .bin; 0.5.6 (ollama#8428) also reads the GGUF magic. Earlier releases
+# read the magic. A FROM path ending in .gguf works with all of them.
+OLLAMA_VERSIONS = "Ollama 0.5.5 and later (earlier releases too: they detect GGUF by content)"
+
+
+def gguf_link(home: Home, sha256: str) -> Path:
+    """`$MM_HOME/exports/<sha256>.gguf`: a symlink to the blob with the extension other tools look for.
+
+    Created atomically (a temporary link renamed over the name), so a reader sees the old or new one.
+    """
+    return atomic_symlink(home.root / "exports" / f"{sha256}.gguf", blob_path(home, sha256))
+
+
+def modelfile(profile: Profile) -> str:
+    """An Ollama Modelfile; Ollama reads the chat template from the GGUF itself, so none is written.
+
+    Ollama sets flash attention and the KV cache type per server (environment), not per model: they
+    are written as comments to copy into the server's environment. Ollama cannot keep a layer's experts
+    in RAM apart from the rest of it (no --n-cpu-moe / -ot): such a profile is exported with whole-layer
+    offload, which fits the same card but decodes slower, and says so.
+    """
+    run = profile.run
+    blob = gguf_link(mm_home(), profile.blob.sha256)
+    num_gpu = run.n_gpu_layers
+    lines = [
+        f"# mm profile {profile.name}: {profile.model} {profile.quant} for {profile.hardware}",
+        f"# for {OLLAMA_VERSIONS}: ollama create NAME -f Modelfile",
+        f"# sha256 {profile.blob.sha256}",
+        f"# server settings: OLLAMA_FLASH_ATTENTION={int(run.flash_attn)} OLLAMA_KV_CACHE_TYPE={run.kv_type}",
+    ]
+    if run.n_cpu_moe or run.tensor_overrides:
+        prediction = profile.prediction
+        num_gpu = prediction.layers_only_n_gpu_layers if prediction.layers_only_n_gpu_layers is not None else 0
+        speed = prediction.layers_only_tokens_per_second
+        lines += [
+            f"# Ollama cannot express this profile's placement ({prediction.placement}; llama.cpp "
+            f"--n-cpu-moe {run.n_cpu_moe}, ~{prediction.tokens_per_second:g} tokens/s).",
+            "# num_gpu below offloads whole layers instead"
+            + (f" (~{speed:g} tokens/s predicted)." if speed is not None else ".")
+            + " For the expert placement use: mm export --format llama-server",
+        ]
+    lines += [
+        f"FROM {blob}",
+        f"PARAMETER num_gpu {num_gpu}",
+        f"PARAMETER num_ctx {run.n_ctx}",
+        f"PARAMETER num_batch {run.n_batch}",
+    ]
+    if run.threads is not None:
+        lines.append(f"PARAMETER num_thread {run.threads}")
+    if not run.use_mmap:
+        lines.append("PARAMETER use_mmap false")
+    return "\n".join(lines) + "\n"
+
+
+def export(profile: Profile, fmt: str) -> str:
+    """The profile as text in format `fmt` (ollama | llama-server | json)."""
+    if fmt == "ollama":
+        return modelfile(profile)
+    if fmt == "llama-server":
+        return llama_server_command(str(blob_path(mm_home(), profile.blob.sha256)), profile.run) + "\n"
+    if fmt == "json":
+        return profile.model_dump_json(indent=2) + "\n"
+    raise UsageError(f"unknown export format {fmt!r}; expected one of: {', '.join(FORMATS)}")

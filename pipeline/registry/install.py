@@ -1,0 +1,134 @@
+"""Profiles published in a Hub repo: list them, and install one into the local registry (`mm pull --profile`).
+
+Installing downloads the GGUF the profile names (resumable, verified against the Hub's sha256 and
+pinned to the profile's), stores it as a registry blob under the profile as it was published
+(provenance kept), then fits the recorded settings to this machine or a named class: a placement that
+does not fit here is a warning, not an error — the profile may be meant for another machine.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from pydantic import BaseModel, ValidationError
+
+from pipeline.base.errors import EntryNotFoundError, ProfileNotFoundError, RegistryError
+from pipeline.base.units import format_size
+from pipeline.fitting.fit import Verdict
+from pipeline.hub import api as hub
+from pipeline.hub.download import pull
+from pipeline.hub.transfer import ProgressFactory
+from pipeline.hub.upload import read_file
+from pipeline.registry.profile import Profile
+from pipeline.registry.repo_profile import PROFILES_FOLDER, RepoProfile, fit_settings, profile_file
+from pipeline.registry.store import install
+from pipeline.spec.hardware import HardwareClass
+
+log = logging.getLogger(__name__)
+
+
+class PlacementCheck(BaseModel):
+    """The published settings (layers on GPU included) fitted to the hardware this pull is for."""
+
+    hardware: str
+    verdict: Verdict
+    n_gpu_layers: int
+    vram_bytes: int
+    ram_bytes: int
+    tokens_per_second: float
+    fits: bool
+
+
+class InstallReport(BaseModel):
+    repo: str
+    revision: str
+    commit: str
+    file: str
+    profile: Profile
+    check: PlacementCheck
+    warning: str | None = None
+
+
+def list_repo_profiles(repo: str, revision: str = "main", *, token: str | None = None) -> list[RepoProfile]:
+    """Every profile document the repo offers at `revision` (unreadable ones are logged and left out)."""
+    commit = hub.resolve_commit(repo, revision, token=token)
+    found = []
+    for entry in hub.list_repo_files(repo, commit, token=token):
+        if entry.path.startswith(f"{PROFILES_FOLDER}/") and entry.path.endswith(".json"):
+            try:
+                found.append(RepoProfile.model_validate_json(read_file(repo, entry.path, commit, token)))
+            except ValidationError as exc:
+                log.warning("%s: %s is not a profile this mm reads (%d problems)", repo, entry.path, exc.error_count())
+    return sorted(found, key=lambda d: d.profile.name)
+
+
+def read_repo_profile(repo: str, name: str, commit: str, *, token: str | None = None) -> RepoProfile:
+    try:
+        data = read_file(repo, profile_file(name), commit, token)
+    except EntryNotFoundError:
+        offered = [d.profile.name for d in list_repo_profiles(repo, commit, token=token)]
+        raise ProfileNotFoundError(
+            f"{repo} has no profile {name!r}" + (f"; it offers: {', '.join(offered)}" if offered else ""),
+            name=name,
+            hint=f"`mm pull {repo} --list-profiles` lists them",
+        ) from None
+    try:
+        return RepoProfile.model_validate_json(data)
+    except ValidationError as exc:
+        raise RegistryError(
+            f"{repo}: {profile_file(name)} is not a profile this mm reads ({exc.error_count()} problems)",
+            hint="upgrade mm, or ask the publisher to push it again",
+        ) from None
+
+
+def install_profile(
+    repo: str,
+    name: str,
+    hardware: HardwareClass,
+    *,
+    revision: str = "main",
+    token: str | None = None,
+    rename: str | None = None,
+    progress: ProgressFactory | None = None,
+) -> InstallReport:
+    """Pull profile `name` from `repo`: its GGUF (verified), a local profile, and a fit check for `hardware`."""
+    commit = hub.resolve_commit(repo, revision, token=token)
+    document = read_repo_profile(repo, name, commit, token=token)
+    files = pull(
+        repo, document.file, commit, token=token, expected_sha256=document.profile.blob.sha256, progress=progress
+    )
+    profile = install(document.profile, files[0].path, name=rename)
+    check = _check_placement(profile, files[0].path, hardware)
+    warning = _warning(profile, check, hardware, files[0].path)
+    if warning:
+        log.info("%s: %s", profile.name, warning)
+    return InstallReport(
+        repo=repo, revision=revision, commit=commit, file=document.file, profile=profile, check=check, warning=warning
+    )
+
+
+def _warning(profile: Profile, check: PlacementCheck, hardware: HardwareClass, model: Path) -> str | None:
+    replan = f"re-plan it for this machine with `mm publish {model} --hardware CLASS --name NAME`"
+    placed = f"{profile.run.n_gpu_layers} layers on the GPU, ctx {profile.run.n_ctx}"
+    if not check.fits:
+        return (
+            f"the published placement ({placed}, planned for {profile.hardware}) does not fit {hardware.name}: "
+            f"it needs {format_size(check.vram_bytes)} VRAM and {format_size(check.ram_bytes)} RAM; {replan}"
+        )
+    if profile.run.n_gpu_layers > 0 and not hardware.has_gpu:
+        return f"the profile puts {placed} but {hardware.name} has no GPU: it runs on the CPU here"
+    return None
+
+
+def _check_placement(profile: Profile, model: Path, hardware: HardwareClass) -> PlacementCheck:
+    from pipeline.fitting.fit import fit_model
+
+    run = profile.run
+    layers, experts = (run.n_gpu_layers, run.n_cpu_moe) if hardware.has_gpu else (0, None)
+    result = fit_model(model, hardware, fit_settings(run, layers, experts))
+    return PlacementCheck(
+        hardware=hardware.name, verdict=result.verdict, n_gpu_layers=result.n_gpu_layers,
+        vram_bytes=result.vram_bytes, ram_bytes=result.ram_bytes, tokens_per_second=result.tokens_per_second,
+        fits=result.verdict != "does_not_fit",
+    )  # fmt: skip

@@ -1,0 +1,308 @@
+"""The `Profile` document: one runnable model-on-hardware, with its blob, provenance, settings and commands.
+
+A profile is what `mm publish` writes to `$MM_HOME/profiles/<name>.json` and what `mm run` and
+`mm export` read. Everything a person needs to run the model elsewhere is in it: the exact llama.cpp
+settings, ready-to-paste command lines and llama-cpp-python keyword arguments.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from pipeline.base.errors import UsageError
+from pipeline.base.provenance import QuantParams, QuantRecord, SourceRef, source_ref, utc_now
+from pipeline.base.shards import shard_names
+from pipeline.fitting.fit import Verdict
+from pipeline.gguf.ggml_types import ggml_type_id
+from pipeline.gguf.header import read_header
+from pipeline.gguf.quant_types import QUANT_TYPES, by_ftype
+from pipeline.llama.tools import llama_cpp_version
+from pipeline.spec.hardware import HardwareClass
+from pipeline.spec.recipe import KvType, Recipe
+from pipeline.spec.results import BenchResult, EvalResult
+
+if TYPE_CHECKING:
+    from pipeline.fitting.fit import FitResult, FitSettings
+
+SCHEMA_VERSION = 2  # 2: MoE placement (run.n_cpu_moe, run.tensor_overrides); version 1 still reads
+READABLE_VERSIONS = (1, 2)
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,199}$")
+NAME_HELP = "letters, digits and . _ @ + - (at most 200, starting with a letter or digit)"
+
+# ggml_type ids (ggml/include/ggml.h) for the KV cache types mm plans with; llama.cpp's
+# context params `type_k`/`type_v` take these ids, its CLI flags take the names.
+
+
+def check_name(name: str) -> str:
+    """Profile names become file names: refuse anything that could escape the profiles folder."""
+    if not NAME_RE.match(name):
+        raise ValueError(f"{name!r} is not a valid profile name; use {NAME_HELP}")
+    return name
+
+
+class BlobRef(BaseModel):
+    """The model file, stored once by content; its stat at publish time backs the cheap pre-run check."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size_bytes: int = Field(ge=0)
+    path: str
+    mtime_ns: int
+    inode: int
+
+
+class Provenance(BaseModel):
+    """Where every byte came from: the source file, how it was quantized, by which recipe."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: SourceRef
+    llama_cpp_version: str | None = None
+    engine: str | None = None  # quantize engine ("api" | "binary"); None when not a quantize output
+    quantize: QuantParams | None = None
+    recipe: str | None = None
+    recipe_sha256: str | None = None
+    created_at: str = Field(default_factory=utc_now)
+
+
+class RunSettings(BaseModel):
+    """Exactly what llama.cpp is given: these fields become the commands and the Llama(...) kwargs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n_gpu_layers: int = Field(ge=0)
+    n_ctx: int = Field(ge=16)
+    n_batch: int = Field(ge=1)
+    n_ubatch: int = Field(ge=1)
+    kv_type: KvType = "f16"
+    type_k: int  # ggml type id of the K cache (ggml_type_id(kv_type))
+    type_v: int
+    flash_attn: bool = False
+    threads: int | None = Field(default=None, ge=1)
+    parallel: int = Field(default=1, ge=1)
+    use_mmap: bool = True
+    # Mixture of experts: routed experts of layers 0..n_cpu_moe-1 stay in RAM (llama.cpp --n-cpu-moe);
+    # tensor_overrides are the same placement as -ot strings, which `mm run` hands to llama.cpp.
+    n_cpu_moe: int = Field(default=0, ge=0)
+    tensor_overrides: list[str] = Field(default_factory=list)
+
+
+class Prediction(BaseModel):
+    """fit's prediction for the hardware class the profile was published for."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    vram_bytes: int
+    ram_bytes: int
+    tokens_per_second: float
+    verdict: Verdict
+    n_layers: int
+    placement: str = ""  # where the layers and experts are, in words
+    # For a MoE profile: how many whole layers fit with no expert in RAM (what tools that cannot place
+    # experts, such as Ollama, can use instead), and its predicted speed.
+    layers_only_n_gpu_layers: int | None = None
+    layers_only_tokens_per_second: float | None = None
+
+
+class Measured(BaseModel):
+    """What was measured on a machine (`mm bench`, `mm eval`), kept beside the prediction."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    bench: BenchResult | None = None
+    evals: list[EvalResult] = Field(default_factory=list)  # one per (reference, text, n_ctx), newest kept
+
+
+class Profile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = SCHEMA_VERSION
+    name: str
+    model: str  # a short model name (recipe, repo or file stem), for tables
+    architecture: str
+    quant: str  # quant type of the file, e.g. q4_k_m
+    hardware: str
+    blob: BlobRef
+    provenance: Provenance
+    run: RunSettings
+    prediction: Prediction
+    llama_server: str  # ready-to-paste command lines
+    llama_cli: str
+    llama_kwargs: dict[str, Any]  # llama_cpp.Llama(**llama_kwargs)
+    created_at: str = Field(default_factory=utc_now)
+    measured: Measured = Field(default_factory=Measured)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return check_name(value)
+
+    @field_validator("schema_version")
+    @classmethod
+    def _schema(cls, value: int) -> int:
+        if value not in READABLE_VERSIONS:
+            raise ValueError(f"schema version {value} is not supported (this mm reads {READABLE_VERSIONS})")
+        return value
+
+
+def run_settings(
+    settings: FitSettings, *, n_gpu_layers: int, threads: int | None, n_cpu_moe: int = 0,
+    tensor_overrides: list[str] | None = None,
+) -> RunSettings:  # fmt: skip
+    """What llama.cpp is given for fit's settings and a layer count (publish, the bench stage, mm bench)."""
+    return RunSettings(
+        n_gpu_layers=n_gpu_layers, n_ctx=settings.ctx, n_batch=settings.batch, n_ubatch=settings.ubatch,
+        kv_type=settings.kv_type, type_k=ggml_type_id(settings.kv_type), type_v=ggml_type_id(settings.kv_type),
+        flash_attn=settings.flash_attn, threads=threads, parallel=settings.parallel, use_mmap=settings.mmap,
+        n_cpu_moe=n_cpu_moe, tensor_overrides=tensor_overrides or [],
+    )  # fmt: skip
+
+
+def llama_kwargs(model_path: str, run: RunSettings) -> dict[str, Any]:
+    """llama_cpp.Llama keyword arguments for these settings (the runner passes exactly these)."""
+    kwargs: dict[str, Any] = {
+        "model_path": model_path,
+        "n_gpu_layers": run.n_gpu_layers,
+        "n_ctx": run.n_ctx,
+        "n_batch": run.n_batch,
+        "n_ubatch": run.n_ubatch,
+        "type_k": run.type_k,
+        "type_v": run.type_v,
+        "flash_attn": run.flash_attn,
+        "use_mmap": run.use_mmap,
+    }
+    if run.threads is not None:
+        kwargs["n_threads"] = run.threads
+    return kwargs
+
+
+def _common_flags(model_path: str, run: RunSettings) -> list[str]:
+    # Flag spellings from llama.cpp's common/arg.cpp (vendored by llama-cpp-python 0.3.36).
+    flags = [
+        "-m", model_path,
+        "--n-gpu-layers", str(run.n_gpu_layers),
+        "--ctx-size", str(run.n_ctx),
+        "--batch-size", str(run.n_batch),
+        "--ubatch-size", str(run.n_ubatch),
+        "--cache-type-k", run.kv_type,
+        "--cache-type-v", run.kv_type,
+        "--flash-attn", "on" if run.flash_attn else "off",
+    ]  # fmt: skip
+    if run.threads is not None:
+        flags += ["--threads", str(run.threads)]
+    if not run.use_mmap:
+        # common/arg.cpp has no --no-mmap: --load-mode none is llama-cpp-python's use_mmap=False (llama.py)
+        flags += ["--load-mode", "none"]
+    if run.n_cpu_moe:
+        flags += ["--n-cpu-moe", str(run.n_cpu_moe)]
+    elif run.tensor_overrides:
+        flags += ["--override-tensor", ",".join(run.tensor_overrides)]
+    return flags
+
+
+def llama_server_command(model_path: str, run: RunSettings, port: int = 8080) -> str:
+    flags = ["llama-server", *_common_flags(model_path, run), "--parallel", str(run.parallel)]
+    return shlex.join([*flags, "--host", "127.0.0.1", "--port", str(port)])
+
+
+def llama_cli_command(model_path: str, run: RunSettings) -> str:
+    # llama-cli chats by default; --conversation belongs to llama-completion only (common/arg.cpp)
+    return shlex.join(["llama-cli", *_common_flags(model_path, run)])
+
+
+# --- building a profile at publish time ------------------------------------------------------------
+
+_QUANT_SUFFIX = re.compile(
+    r"[-._](?:" + "|".join(sorted((re.escape(q.name) for q in QUANT_TYPES), key=len, reverse=True)) + r")$",
+    re.IGNORECASE,
+)
+
+
+def model_name(model: Path, recipe: Recipe | None, record: QuantRecord | None) -> str:
+    """A short name for tables and default profile names: the recipe, else the source file's stem."""
+    if recipe is not None:
+        return recipe.name
+    stem = Path(record.source.file or record.source.path).stem if record else model.stem
+    stem = _QUANT_SUFFIX.sub("", stem) or stem
+    return re.sub(r"[^A-Za-z0-9._+-]", "-", stem).strip("-.") or "model"
+
+
+def build_profile(
+    model: Path,
+    blob: BlobRef,
+    hardware: HardwareClass,
+    fit: FitResult,
+    *,
+    name: str | None,
+    recipe: Recipe | None,
+    record: QuantRecord | None,
+    threads: int | None,
+) -> Profile:
+    """The profile document for a stored blob and its fit; raises UsageError for unusable settings."""
+    if len(shard_names(model.name)) > 1:
+        raise UsageError(f"{model}: split GGUF models cannot be published yet; merge them with llama-gguf-split")
+    header = read_header(model)
+    ftype = header.file_type
+    qtype = by_ftype(ftype) if ftype is not None else None
+    quant = qtype.name if qtype else (record.params.type if record else "unknown")
+    settings = fit.settings
+    if settings.kv_type != "f16" and not settings.flash_attn:
+        raise UsageError(
+            f"a {settings.kv_type} KV cache needs flash attention (llama.cpp refuses a quantized V cache without it)",
+            hint="turn flash attention on, or use an f16 KV cache",
+            param="kv_type",
+        )
+    if threads is None and recipe is not None:
+        threads = recipe.run.threads
+    short = model_name(model, recipe, record)
+    try:
+        chosen = check_name(name or f"{short}-{quant}@{hardware.name}")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    run = run_settings(
+        settings,
+        n_gpu_layers=fit.n_gpu_layers,
+        threads=threads,
+        n_cpu_moe=fit.n_cpu_moe,
+        tensor_overrides=fit.tensor_overrides,
+    )
+    provenance = Provenance(
+        source=record.source if record else source_ref(model),
+        llama_cpp_version=record.llama_cpp_version if record else llama_cpp_version(),
+        engine=record.engine if record else None,
+        quantize=record.params if record else None,
+        recipe=recipe.name if recipe else None,
+        recipe_sha256=recipe.content_sha256 if recipe else None,
+    )
+    layers_only = next((a for a in fit.alternatives if a.n_cpu_moe == 0), None) if fit.n_cpu_moe else None
+    prediction = Prediction(
+        vram_bytes=fit.vram_bytes, ram_bytes=fit.ram_bytes, tokens_per_second=fit.tokens_per_second,
+        verdict=fit.verdict, n_layers=fit.n_layers, placement=fit.placement,
+        layers_only_n_gpu_layers=layers_only.n_gpu_layers if layers_only else None,
+        layers_only_tokens_per_second=layers_only.tokens_per_second if layers_only else None,
+    )  # fmt: skip
+    return Profile(
+        name=chosen, model=short, architecture=header.architecture, quant=quant, hardware=hardware.name,
+        blob=blob, provenance=provenance, run=run, prediction=prediction, **_commands(blob.path, run),
+    )  # fmt: skip
+
+
+def _commands(path: str, run: RunSettings) -> dict[str, Any]:
+    """The ready-to-paste command lines and keyword arguments: derived from the blob's path and the settings."""
+    return {
+        "llama_server": llama_server_command(path, run),
+        "llama_cli": llama_cli_command(path, run),
+        "llama_kwargs": llama_kwargs(path, run),
+    }
+
+
+def with_blob(profile: Profile, blob: BlobRef, **changes: Any) -> Profile:
+    """`profile` pointing at another copy of its model (an installed or a published one): the blob and the
+    commands derived from its path change, provenance, settings and prediction stay."""
+    return profile.model_copy(update={**changes, "blob": blob, **_commands(blob.path, profile.run)})

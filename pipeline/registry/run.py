@@ -1,0 +1,264 @@
+"""`mm run`: load a profile's blob with llama-cpp-python using exactly its settings; generate, chat or serve.
+
+The library never prints: tokens go to an `on_token` callback, user turns come from a `read_message`
+callback, llama.cpp's own log goes to the `llama.cpp` logger (shown with -vv), and the server logs
+through uvicorn's logging.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
+
+from pipeline.base.errors import UsageError
+from pipeline.gguf.chat_format import ChatFormat, choose_chat_format
+from pipeline.gguf.header import read_header
+from pipeline.llama.overrides import load_llama, tensor_overrides
+from pipeline.registry.profile import Profile
+from pipeline.registry.store import check_blob
+
+if TYPE_CHECKING:
+    from llama_cpp import Llama
+
+log = logging.getLogger(__name__)
+llama_log = logging.getLogger("llama.cpp")
+
+LOOPBACK = "127.0.0.1"
+TokenCallback = Callable[[str], None]
+Messages = list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    n_tokens: int
+    seconds: float
+    stopped: bool = False  # the reply was cut short by Ctrl-C
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.n_tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+class PortInUseError(UsageError):
+    """`mm run --server --port P` where P is taken: found before the model is loaded."""
+
+
+_LOG_CALLBACK: list[Any] = []  # keeps the ctypes callback alive as long as llama.cpp may call it
+
+
+def _route_llama_log() -> None:
+    """llama.cpp's log to the `llama.cpp` logger at debug level (-vv shows it).
+
+    llama-cpp-python 0.3's own callback maps ggml's log levels off by one (its _logger.py predates
+    GGML_LOG_LEVEL_DEBUG = 1), so warnings such as "llama_kv_cache_iswa: using full-size SWA cache" reach
+    the terminal even with verbose=False. Only that callback (or none) is replaced: a caller that
+    installed its own keeps it.
+    """
+    import llama_cpp
+    from llama_cpp import _logger
+
+    current, data = llama_cpp.llama_log_callback(), ctypes.c_void_p()
+    llama_cpp.llama_log_get(ctypes.byref(current), ctypes.byref(data))
+    address = ctypes.cast(current, ctypes.c_void_p).value
+    if address not in (None, ctypes.cast(_logger.llama_log_callback, ctypes.c_void_p).value):
+        return
+    if not _LOG_CALLBACK:
+
+        @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
+        def to_logging(level: int, text: bytes | None, user_data: ctypes.c_void_p) -> None:
+            if text:
+                llama_log.debug("%s", text.decode(errors="replace").rstrip())
+
+        _LOG_CALLBACK.append(to_logging)
+    llama_cpp.llama_log_set(_LOG_CALLBACK[0], ctypes.c_void_p(0))
+
+
+def run_kwargs(profile: Profile, *, verify: bool = False) -> dict[str, Any]:
+    """The profile's Llama(...) kwargs, pointed at its blob after the blob passed the pre-run check."""
+    blob = check_blob(profile, full=verify)
+    return {**profile.llama_kwargs, "model_path": str(blob)}
+
+
+def chat_format_for(profile: Profile, requested: str | None = None) -> ChatFormat:
+    """The chat format for this profile's model: --chat-format, its GGUF template, or its architecture's."""
+    blob = check_blob(profile, full=False)
+    return choose_chat_format(read_header(blob).metadata, requested)
+
+
+def load(profile: Profile, *, verify: bool = False, chat_format: str | None = None) -> Llama:
+    """The model loaded with exactly the profile's settings (the blob is checked first)."""
+    kwargs = run_kwargs(profile, verify=verify)
+    _route_llama_log()
+    log.info("loading %s with %s", profile.name, kwargs)
+    llm: Llama = load_llama(
+        {**kwargs, "chat_format": chat_format},
+        overrides=profile.run.tensor_overrides,  # experts placed as the profile says
+        what=f"profile {profile.name!r} ({kwargs['model_path']})",
+        hint="`mm verify` checks the blob; `mm show` prints the settings",
+    )
+    return llm
+
+
+class _TokenCounter:
+    """Counts sampled tokens: llama.cpp calls a logits processor once per token it samples, while a
+    stream's chunks are text pieces (held-back multi-byte or stop text arrives in extra chunks)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        self.count += 1
+        return scores
+
+
+def _stream(chunks: Iterator[dict[str, Any]], text_of: Callable[[dict[str, Any]], str | None],
+            on_token: TokenCallback | None) -> tuple[str, bool]:  # fmt: skip
+    """(text, stopped): the pieces of a stream sent to `on_token`; Ctrl-C stops the stream, not the caller."""
+    pieces: list[str] = []
+    try:
+        for chunk in chunks:
+            piece = text_of(chunk)
+            if piece:
+                pieces.append(piece)
+                if on_token is not None:
+                    on_token(piece)
+    except KeyboardInterrupt:
+        return "".join(pieces), True
+    return "".join(pieces), False
+
+
+def _complete(llm: Llama, prompt: str, max_tokens: int, temperature: float,
+              on_token: TokenCallback | None) -> Generation:  # fmt: skip
+    from llama_cpp import LogitsProcessorList
+
+    counter, started = _TokenCounter(), time.perf_counter()
+    stream = llm.create_completion(
+        prompt, max_tokens=max_tokens, temperature=temperature, stream=True,
+        logits_processor=LogitsProcessorList([counter]),
+    )  # fmt: skip
+    text, stopped = _stream(cast(Iterator[dict[str, Any]], stream), lambda c: str(c["choices"][0]["text"]), on_token)
+    return Generation(text, counter.count, time.perf_counter() - started, stopped)
+
+
+def _reply(llm: Llama, messages: Messages, max_tokens: int, temperature: float,
+           on_token: TokenCallback | None) -> Generation:  # fmt: skip
+    from llama_cpp import LogitsProcessorList
+
+    counter, started = _TokenCounter(), time.perf_counter()
+    stream = llm.create_chat_completion(
+        messages=messages,  # type: ignore[arg-type]
+        max_tokens=max_tokens, temperature=temperature, stream=True, logits_processor=LogitsProcessorList([counter]),
+    )  # fmt: skip
+    text, stopped = _stream(
+        cast(Iterator[dict[str, Any]], stream), lambda c: c["choices"][0]["delta"].get("content"), on_token
+    )
+    return Generation(text, counter.count, time.perf_counter() - started, stopped)
+
+
+def generate(
+    profile: Profile,
+    prompt: str,
+    *,
+    max_tokens: int = 128,
+    on_token: TokenCallback | None = None,
+    verify: bool = False,
+    temperature: float = 0.8,
+    seed: int | None = None,
+    raw: bool = True,
+    chat_format: str | None = None,
+) -> Generation:
+    """Answer `prompt` as one chat turn (raw=False, the model's chat format) or complete it as plain text,
+    streaming each piece of text to `on_token` as llama.cpp produces it."""
+    if max_tokens < 1:
+        raise UsageError("max_tokens must be at least 1", param="max_tokens")
+    llm = load(profile, verify=verify, chat_format=chat_format)
+    if seed is not None:
+        llm.set_seed(seed)
+    if raw:
+        return _complete(llm, prompt, max_tokens, temperature, on_token)
+    return _reply(llm, [{"role": "user", "content": prompt}], max_tokens, temperature, on_token)
+
+
+def chat(
+    profile: Profile,
+    read_message: Callable[[], str | None],
+    on_token: TokenCallback,
+    *,
+    max_tokens: int = 512,
+    verify: bool = False,
+    chat_format: str | None = None,
+    on_reply: Callable[[Generation], None] | None = None,
+) -> int:
+    """An interactive chat in the model's chat format; ends when `read_message` returns None.
+
+    Ctrl-C during a reply stops that reply (kept in the history as far as it got), not the chat.
+    Returns the number of turns answered.
+    """
+    llm = load(profile, verify=verify, chat_format=chat_format)
+    messages: Messages = []
+    turns = 0
+    while (message := read_message()) is not None:
+        if not message.strip():
+            continue
+        messages.append({"role": "user", "content": message})
+        reply = _reply(llm, messages, max_tokens, 0.8, on_token)
+        messages.append({"role": "assistant", "content": reply.text})
+        if on_reply is not None:
+            on_reply(reply)
+        turns += 1
+    return turns
+
+
+def check_port_free(port: int) -> None:
+    """Bind and release 127.0.0.1:`port` so a taken port is an error before minutes of model loading."""
+    if not 1 <= port <= 65535:
+        raise UsageError(f"port {port}: expected a port number from 1 to 65535", param="port")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((LOOPBACK, port))
+        except OSError as exc:
+            reason = "is already in use" if exc.errno == errno.EADDRINUSE else f"cannot be used ({exc.strerror})"
+            raise PortInUseError(
+                f"{LOOPBACK}:{port} {reason}", hint="choose another port, or stop what is listening there"
+            ) from None
+
+
+def serve(
+    profile: Profile,
+    *,
+    port: int = 8000,
+    verify: bool = False,
+    chat_format: str | None = None,
+    on_ready: Callable[[str], None] | None = None,
+) -> None:
+    """llama-cpp-python's OpenAI-compatible server on 127.0.0.1:`port` with the profile's settings (blocks).
+
+    `on_ready(url)` is called once the port is known to be free, before the model loads.
+    """
+    check_port_free(port)
+    kwargs = run_kwargs(profile, verify=verify)
+    _route_llama_log()
+    import uvicorn
+    from llama_cpp.server.app import create_app
+    from llama_cpp.server.settings import ModelSettings, ServerSettings
+
+    url = f"http://{LOOPBACK}:{port}/v1"
+    if on_ready is not None:
+        on_ready(url)
+    model_settings = {("model" if key == "model_path" else key): value for key, value in kwargs.items()}
+    if chat_format is not None:
+        model_settings["chat_format"] = chat_format
+    with tensor_overrides(profile.run.tensor_overrides):  # the server loads its model here
+        app = create_app(
+            server_settings=ServerSettings(host=LOOPBACK, port=port),
+            model_settings=[ModelSettings(model_alias=profile.name, verbose=False, **model_settings)],
+        )
+    log.info("serving %s on %s", profile.name, url)
+    uvicorn.run(app, host=LOOPBACK, port=port, log_level="warning")

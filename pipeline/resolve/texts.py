@@ -1,0 +1,129 @@
+"""Evaluation and calibration texts: a local file, or a file of a Hub dataset repo pinned by revision.
+
+`mm eval` (perplexity, KL-divergence) and imatrix calibration both need "the same text as last night":
+a text is named by a local path or `owner/name:FILE[@revision]` in a dataset repo, pulled and verified
+through mm's own Hub code (resumable, sha256-checked, Hugging Face cache layout) and returned with its
+sha256, which results record so a nightly can tell when the text changed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import zipfile
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.base.digest import file_sha256
+from pipeline.base.errors import IntegrityError, UsageError
+from pipeline.base.home import atomic_path, mm_home
+from pipeline.base.provenance import check_sha256
+from pipeline.hub.transfer import ProgressFactory
+
+# The default text: WikiText-2's raw test split, from the zip llama.cpp's scripts/get-wikitext-2.sh fetches
+# (huggingface.co/datasets/ggml-org/ci), pinned to one commit so a nightly's figures stay comparable.
+# MM_TEXT overrides it; so does a recipe's [eval] text or --text.
+WIKITEXT_COMMIT = "927b3642933080f1b0e811e2f916e14c292992f9"
+DEFAULT_TEXT = f"ggml-org/ci:wikitext-2-raw-v1.zip#wikitext-2-raw/wiki.test.raw@{WIKITEXT_COMMIT}"
+# Content pins of known Hub texts, (repo, file, commit) -> sha256, checked after every pull: the zip's
+# digest as projects that freeze this file publish it (the same value from independent sources).
+KNOWN_SHA256 = {
+    ("ggml-org/ci", "wikitext-2-raw-v1.zip", WIKITEXT_COMMIT): (
+        "ef7edb566e3e2b2d31b29c1fdb0c89a4cc683597484c3dc2517919c615435a11"
+    ),
+}
+TEXT_ENV = "MM_TEXT"
+_HUB_TEXT = re.compile(
+    r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+):(?P<file>[^@#]+?)(?:#(?P<member>[^@]+))?(?:@(?P<revision>[\w./-]+))?$"
+)
+
+
+class TextRef(BaseModel):
+    """Where a text comes from; `sha256` pins its content (checked after every pull)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str | None = None  # a local file (relative to the recipe when it comes from one)
+    repo: str | None = None  # a Hub dataset repo
+    file: str | None = None
+    member: str | None = None  # a file inside a .zip
+    revision: str = "main"
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+
+    def __str__(self) -> str:
+        if self.repo:
+            return f"{self.repo}:{self.file}{'#' + self.member if self.member else ''}@{self.revision}"
+        return str(self.path)
+
+
+class ResolvedText(BaseModel):
+    """A verified local copy of a text, with what a result records about it."""
+
+    path: Path
+    sha256: str
+    size_bytes: int
+    source: str  # the path, or repo:file@commit
+    commit: str | None = None
+
+
+def parse_text(text: str | None, base: Path | None = None) -> TextRef:
+    """`--text` / `[eval] text`: an existing path, else `owner/name:FILE[@revision]`; None = the default."""
+    value = text or os.environ.get(TEXT_ENV) or DEFAULT_TEXT
+    candidate = Path(value).expanduser()
+    if base is not None and not candidate.is_absolute():
+        candidate = base / candidate
+    match = _HUB_TEXT.match(value)
+    if candidate.exists() or match is None:
+        return TextRef(path=str(candidate))
+    repo, file, revision = match["repo"], match["file"], match["revision"] or "main"
+    return TextRef(
+        repo=repo, file=file, member=match["member"], revision=revision, sha256=KNOWN_SHA256.get((repo, file, revision))
+    )
+
+
+def resolve_text(
+    ref: TextRef, *, token: str | None = None, offline: bool = False, progress: ProgressFactory | None = None
+) -> ResolvedText:
+    """A local, verified copy of the text: a local file is hashed (stat-cached); a Hub file is pulled."""
+    if ref.repo is None:
+        path = Path(ref.path or "")
+        if not path.is_file():
+            raise UsageError(
+                f"text {path}: no such file", hint="give a text file, or owner/name:FILE@revision in a Hub dataset"
+            )
+        sha256 = file_sha256(mm_home(), path)
+        _check(sha256, ref)
+        return ResolvedText(path=path, sha256=sha256, size_bytes=path.stat().st_size, source=str(path))
+    from pipeline.hub.download import pull
+
+    pulled = pull(
+        ref.repo, ref.file or "", ref.revision, token=token, offline=offline, expected_sha256=ref.sha256,
+        progress=progress, repo_type="dataset",
+    )[0]  # fmt: skip
+    path = pulled.path if ref.member is None else _extract(pulled.path, pulled.sha256, ref.member)
+    return ResolvedText(
+        path=path, sha256=file_sha256(mm_home(), path), size_bytes=path.stat().st_size,
+        source=f"{ref.repo}:{ref.file}{'#' + ref.member if ref.member else ''}@{pulled.commit}", commit=pulled.commit,
+    )  # fmt: skip
+
+
+def _extract(archive: Path, archive_sha256: str, member: str) -> Path:
+    """One member of a verified zip, extracted once to $MM_HOME/texts (named by the zip's digest)."""
+    if member.startswith("/") or ".." in Path(member).parts:
+        raise UsageError(f"zip member {member!r}: expected a relative path inside the archive")
+    target = mm_home().root / "texts" / archive_sha256[:16] / member
+    if target.is_file():
+        return target
+    try:
+        with zipfile.ZipFile(archive) as bundle, atomic_path(target) as tmp:
+            tmp.write_bytes(bundle.read(member))
+    except KeyError:
+        raise UsageError(f"{archive.name} has no member {member!r}") from None
+    except zipfile.BadZipFile:
+        raise IntegrityError(f"{archive}: not a zip file") from None
+    return target
+
+
+def _check(sha256: str, ref: TextRef) -> None:
+    check_sha256(f"text {ref}", sha256, ref.sha256, against="its pin", hint="update the pin")

@@ -1,0 +1,89 @@
+"""What mm measures, as profiles and reports store it: llama-bench-style speed figures and
+llama-perplexity-style quality figures. Shapes only; measure/ produces them, registry/ keeps them."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from pipeline.base.provenance import utc_now
+
+BENCH_SCHEMA_VERSION = 1
+EVAL_SCHEMA_VERSION = 1
+
+
+class TestFigure(BaseModel):
+    """One llama-bench test (pp512 or tg128): tokens/s of each timed run, their median and spread."""
+
+    test: str
+    n_tokens: int
+    samples_ts: list[float]
+    median_ts: float
+    mean_ts: float
+    stdev_ts: float
+    min_ts: float
+    max_ts: float
+
+    @classmethod
+    def of(cls, test: str, n_tokens: int, seconds: list[float]) -> TestFigure:
+        ts = [n_tokens / s for s in seconds]
+        return cls(
+            test=test, n_tokens=n_tokens, samples_ts=[round(t, 3) for t in ts],
+            median_ts=round(statistics.median(ts), 3), mean_ts=round(statistics.fmean(ts), 3),
+            stdev_ts=round(statistics.stdev(ts), 3) if len(ts) > 1 else 0.0, min_ts=round(min(ts), 3),
+            max_ts=round(max(ts), 3),
+        )  # fmt: skip
+
+
+class BenchResult(BaseModel):
+    """What `mm bench` measured, with the settings it measured under; stored in the profile."""
+
+    schema_version: int = BENCH_SCHEMA_VERSION
+    model_path: str
+    threads: int
+    n_prompt: int
+    n_gen: int
+    repetitions: int
+    settings: dict[str, Any]  # the Llama(...) keyword arguments used (model_path aside)
+    pp: TestFigure | None
+    tg: TestFigure | None
+    predicted_tg_ts: float | None = None  # fit's prediction for this machine and these settings
+    hardware: str | None = None  # the class the prediction used
+    llama_cpp: str  # the llama.cpp that ran it (llama.tools.llama_cpp_version)
+    measured_at: str = Field(default_factory=utc_now)
+    seconds: float = 0.0
+
+    @property
+    def prediction_error(self) -> float | None:
+        """(predicted - measured) / measured for decode, when both are known."""
+        if self.predicted_tg_ts is None or self.tg is None or self.tg.median_ts <= 0:
+            return None
+        return (self.predicted_tg_ts - self.tg.median_ts) / self.tg.median_ts
+
+
+class EvalResult(BaseModel):
+    """One quant measured against its reference on one text (the figures llama-perplexity prints)."""
+
+    schema_version: int = EVAL_SCHEMA_VERSION
+    model_path: str
+    ref_path: str
+    ref_sha256: str | None = None
+    text: str  # where the text came from (path, or repo:file@commit)
+    text_sha256: str
+    n_ctx: int
+    chunks: int
+    tokens_scored: int
+    ppl: float  # the quant's perplexity (llama-perplexity --kl-divergence: "Mean PPL(Q)")
+    ppl_ref: float  # the reference's (llama-perplexity's "Final estimate" of the base run)
+    ln_ppl_ratio: float  # mean ln(PPL(Q)/PPL(base)), with the base log-probs as stored
+    kld_mean: float  # "Mean KLD"
+    kld_stdev: float  # its uncertainty, as llama.cpp computes it
+    same_top_rate: float  # "Same top p", as a fraction
+    seconds: float
+    measured_at: str = Field(default_factory=utc_now)
+
+    @property
+    def ppl_delta(self) -> float:
+        return self.ppl - self.ppl_ref
