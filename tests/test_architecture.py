@@ -221,7 +221,7 @@ def test_the_checks_catch_a_cycle_and_a_layer_break(tmp_path: Path, monkeypatch:
     (fake / "cli.py").write_text("def app() -> None:\n    from pipeline.base import errors\n")
     monkeypatch.setattr(f"{__name__}.PACKAGE", fake)
     imports = Imports()
-    assert find_cycles(imports) == [["pipeline.cli", "pipeline.base.errors", "pipeline.cli"]]
+    assert find_cycles(imports) == [["pipeline.base.errors", "pipeline.cli", "pipeline.base.errors"]]
     assert layer_breaks(imports) == ["pipeline.base.errors (base) imports pipeline.cli (face)"]
 
 
