@@ -46,6 +46,7 @@ FLAG_FOR_PARAM = {
     "repo": "--repo",
     "profile": "--profile / --list-profiles",
     "source": "--source",
+    "force": "--force",
 }
 
 

@@ -32,6 +32,9 @@ ProfileOpt = Annotated[
     ),
 ]
 ListProfilesOpt = Annotated[bool, typer.Option("--list-profiles", help="List the profiles the repo offers.")]
+ReplaceOpt = Annotated[
+    bool, typer.Option("--force", help="With --profile: replace a local profile of that name with other content.")
+]
 LocalNameOpt = Annotated[
     str | None, typer.Option("--name", metavar="NAME", help="Local name for the installed profile (with --profile).")
 ]
@@ -93,6 +96,7 @@ def pull_command(
     list_profiles: ListProfilesOpt = False,
     hardware: HardwareOpt = None,
     name: LocalNameOpt = None,
+    force: ReplaceOpt = False,
 ) -> None:
     """Download a GGUF model from the Hub into the mm home, resumably, and verify its sha256.
 
@@ -112,9 +116,9 @@ def pull_command(
         if file is not None or file_arg is not None:
             raise UsageError("--profile and --list-profiles take a repo (OWNER/NAME), not a file")
         repo = target_repo(model_text_from_url(model), "MODEL", param="profile")
-        return _pull_profile(repo, profile, revision, token, hardware, name, recipes, as_json, quiet)
-    if hardware is not None or name is not None:
-        raise UsageError("--hardware and --name go with --profile (installing a published profile)")
+        return _pull_profile(repo, profile, revision, token, hardware, name, force, recipes, as_json, quiet)
+    if hardware is not None or name is not None or force:
+        raise UsageError("--hardware, --name and --force go with --profile (installing a published profile)")
     if file is not None and file_arg is not None:
         raise UsageError(f"the file is named twice ({file_arg} and --file {file}); give it once")
     model = model_text_from_url(model)
@@ -143,7 +147,7 @@ def pull_command(
 
 def _pull_profile(
     repo: str, profile: str | None, revision: str | None, token: str | None, hardware: str | None,
-    name: str | None, recipes: Path | None, as_json: bool, quiet: bool,
+    name: str | None, force: bool, recipes: Path | None, as_json: bool, quiet: bool,
 ) -> None:  # fmt: skip
     """`mm pull OWNER/REPO --list-profiles` and `--profile NAME` (pipeline/registry/install.py does the work)."""
     from pipeline.registry.install import install_profile, list_repo_profiles
@@ -166,7 +170,7 @@ def _pull_profile(
         return
     target = target_hardware(hardware, None, None, None, recipes)
     report = install_profile(
-        repo, profile, target, revision=revision or "main", token=token, rename=name,
+        repo, profile, target, revision=revision or "main", token=token, rename=name, force=force,
         progress=byte_bar if show_progress(quiet) else None,
     )  # fmt: skip
     if report.warning:

@@ -27,6 +27,7 @@ from pipeline.base.errors import (
 )
 from pipeline.base.safe_names import COMMIT_RE, UnsafeValue, check_commit, check_etag, check_repo_filename
 from pipeline.base.units import format_size
+from pipeline.hub import session
 from pipeline.hub.cache import RepoType, cached_commit
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,9 @@ TOKEN_HINT = "accept the license on the model's page on the Hub, then give a tok
 def endpoint() -> str:
     """HF_ENDPOINT read on each call: huggingface_hub reads it once at import, tests and mirrors set it later."""
     return (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+
+
+session.install(endpoint)  # every request huggingface_hub or mm makes is bounded and keeps the token home
 
 
 def offline_mode(offline: bool = False) -> bool:
@@ -208,6 +212,12 @@ def translate_errors(
             raise GatedRepoError(f"{repo}: access refused ({status})", hint=TOKEN_HINT, param="token") from None
         raise HubError(
             f"{repo}: the Hub answered {status} for {revision}" + (f"/{filename}" if filename else "")
+        ) from None
+    except httpx2.TimeoutException:
+        raise HubError(
+            f"{endpoint()} did not answer {repo}@{revision} in time (timeout {session.timeout_seconds():.0f} s, "
+            f"deadline {session.deadline_seconds():.0f} s per request)",
+            hint=f"run again later; on a slow link raise {session.TIMEOUT_ENV} or {session.DEADLINE_ENV} (seconds)",
         ) from None
     except (httpx2.TransportError, hf_errors.OfflineModeIsEnabled) as exc:
         raise HubError(

@@ -1,4 +1,4 @@
-"""The Hub's write side: create a repo or branch, read a branch's head and files, commit against that head.
+"""The Hub's write side: create a repo or branch, read a branch's head and listing, commit against that head.
 
 Everything goes through huggingface_hub (`create_repo`, `create_branch`, `create_commit` with
 `parent_commit`, which preuploads LFS objects by sha256 before committing). Its errors become mm's here:
@@ -15,13 +15,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, constants, get_token, hf_hub_download
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, constants, get_token
 from huggingface_hub import errors as hf_errors
 from huggingface_hub.hf_api import RepoFile
 
 from pipeline.base.errors import HubError
-from pipeline.base.home import mm_home
-from pipeline.hub.api import endpoint, list_repo_files, resolve_commit, status_code, translate_errors
+from pipeline.base.safe_names import check_commit
+from pipeline.hub.api import endpoint, list_repo_files, resolve_commit, status_code, translate_errors, untrusted
 
 log = logging.getLogger(__name__)
 
@@ -106,13 +106,6 @@ def read_state(repo: str, revision: str, token: str) -> RepoState:
     return RepoState(repo=repo, revision=revision, head=head, files=files)
 
 
-def read_file(repo: str, path: str, commit: str, token: str | None) -> bytes:
-    """A (small) file's bytes at a commit, through huggingface_hub's cache in the mm home."""
-    with translate_errors(repo, commit, path, token=token):
-        local = hf_hub_download(repo, path, revision=commit, endpoint=endpoint(), token=token, cache_dir=mm_home().hub)
-    return Path(local).read_bytes()
-
-
 def commit(
     state: RepoState,
     uploads: Sequence[Upload],
@@ -138,7 +131,7 @@ def commit(
         operations.append(operation)
     operations += [CommitOperationDelete(path) for path in deletions]
     api = HfApi(endpoint=endpoint())
-    with _write_errors(state.repo, state.revision):
+    with _write_errors(state.repo, state.revision), _malformed_answer(state.repo):
         info = api.create_commit(
             state.repo,
             operations,
@@ -147,5 +140,19 @@ def commit(
             parent_commit=state.head,
             token=token,
         )
-    log.info("committed %s to %s@%s", info.oid, state.repo, state.revision)
-    return str(info.oid)
+    made = untrusted(check_commit, info.oid, f"the commit just made on {state.repo}@{state.revision}")
+    log.info("committed %s to %s@%s", made, state.repo, state.revision)
+    return made
+
+
+@contextlib.contextmanager
+def _malformed_answer(repo: str) -> Iterator[None]:
+    """A commit answer huggingface_hub cannot parse (no `commitOid`, a `commitUrl` it cannot split): one error."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError) as exc:  # the repo id was checked before: these are the answer's
+        raise HubError(
+            f"{endpoint()} answered the commit to {repo} with something that is not a Hub commit answer "
+            f"({type(exc).__name__}); the commit may or may not have been made",
+            hint="look at the repo on the Hub, then push again (what is already there is not sent again)",
+        ) from None

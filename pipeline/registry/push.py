@@ -5,7 +5,8 @@ its files, sends only what the repo lacks (LFS objects the Hub already stores ar
 push killed mid-upload resumes file by file), and commits against the head it read. When another
 pusher committed first (a conflict), it reads again — now with the other pusher's profiles — renders
 the card again and retries, at most MAX_ATTEMPTS times. Nothing local changes, so a failed push leaves
-only LFS objects on the Hub that the next push reuses.
+only LFS objects on the Hub that the next push reuses. It replaces or deletes only files mm's manifest
+in the repo says it wrote, unchanged since (repo_manifest.py); a person's text in README.md is kept.
 """
 
 from __future__ import annotations
@@ -22,17 +23,10 @@ from pydantic import BaseModel, ValidationError
 from pipeline.base.errors import HubError, UsageError
 from pipeline.base.safe_names import UnsafeValue, check_repo_id
 from pipeline.hub.api import endpoint
-from pipeline.hub.upload import (
-    CommitConflict,
-    RepoState,
-    Upload,
-    commit,
-    ensure_repo,
-    read_file,
-    read_state,
-    write_token,
-)
+from pipeline.hub.read import read_small_file
+from pipeline.hub.upload import CommitConflict, RepoState, Upload, commit, ensure_repo, read_state, write_token
 from pipeline.registry.model_card import render_card
+from pipeline.registry.repo_manifest import MANIFEST, Manifest, Written, check_replaceable, read_manifest, written_bytes
 from pipeline.registry.repo_profile import PROFILES_FOLDER, RepoProfile, for_repo, profile_file
 from pipeline.registry.store import check_blob, get_profile
 from pipeline.spec.hardware import HARDWARE_FILE, HardwareClass, hardware_catalog
@@ -127,33 +121,43 @@ def _attempt(
     cache: dict[tuple[str, str], RepoProfile | None],
     attempt: int,
 ) -> PushReport:
+    manifest = read_manifest(state, token)
+    owned = dict(manifest.files)
     uploads: list[Upload] = []
     unchanged: list[str] = []
-    for item in local:
-        sha256 = item.document.profile.blob.sha256
-        if state.has(item.document.file, sha256):
-            unchanged.append(item.document.file)
-        else:
-            uploads.append(Upload(item.document.file, item.blob, sha256))
-        path = profile_file(item.document.profile.name)
-        if state.has_bytes(path, item.json):
+
+    def write(path: str, content: Path | bytes, same: bool, written: Written, sha256: str | None = None) -> None:
+        if same:
             unchanged.append(path)
-            cache[(path, state.files[path].blob_id)] = item.document  # the repo holds our bytes: no download
         else:
-            uploads.append(Upload(path, item.json))
+            if path != README:  # the card is merged: a person's text in it is kept, byte for byte
+                check_replaceable(state, manifest, path)
+            uploads.append(Upload(path, content, sha256))
+        owned[path] = written
+
+    for item in local:
+        blob = item.document.profile.blob
+        write(item.document.file, item.blob, state.has(item.document.file, blob.sha256),
+              Written(sha256=blob.sha256, size_bytes=blob.size_bytes), blob.sha256)  # fmt: skip
+        path = profile_file(item.document.profile.name)
+        write(path, item.json, state.has_bytes(path, item.json), written_bytes(item.json))
+        if state.has_bytes(path, item.json):
+            cache[(path, state.files[path].blob_id)] = item.document  # the repo holds our bytes: no download
     ours = {item.document.profile.name: item.document for item in local}
     remote = _remote_profiles(state, token, cache)
     merged = {**{r.profile.name: r for r in remote}, **ours}
     named = {p.file for p in merged.values()}
-    deleted = sorted(({r.file for r in remote if r.profile.name in ours} - named) & set(state.files))
-    card = render_card(state.repo, merged.values()).encode()
-    if README in state.files and not state.has_bytes(README, card):  # someone else's rows, or a person's text
-        previous = read_file(state.repo, README, state.head, token).decode()
-        card = render_card(state.repo, merged.values(), previous).encode()
-    if state.has_bytes(README, card):
-        unchanged.append(README)
+    replaced = {r.file for r in remote if r.profile.name in ours} - named
+    deleted = sorted(p for p in replaced if p.endswith(".gguf") and manifest.owns(state, p))
+    for path in deleted:
+        owned.pop(path, None)
+    card = _card(state, merged, token)
+    write(README, card, state.has_bytes(README, card), written_bytes(card))
+    listing = Manifest(files=owned).render()
+    if state.has_bytes(MANIFEST, listing):
+        unchanged.append(MANIFEST)
     else:
-        uploads.append(Upload(README, card))
+        uploads.append(Upload(MANIFEST, listing))
     made = None
     if uploads or deleted:
         message = "mm push: " + ", ".join(sorted(ours))
@@ -172,22 +176,40 @@ def _attempt(
     )
 
 
+def _card(state: RepoState, merged: dict[str, RepoProfile], token: str) -> bytes:
+    """The model card; a README someone else wrote is kept around mm's block, byte for byte (any encoding)."""
+    card = render_card(state.repo, merged.values()).encode()
+    if README in state.files and not state.has_bytes(README, card):  # someone else's rows, or a person's text
+        previous = read_small_file(state.repo, README, state.head, token=token).decode("utf-8", "surrogateescape")
+        card = render_card(state.repo, merged.values(), previous).encode("utf-8", "surrogateescape")
+    return card
+
+
 def _remote_profiles(
     state: RepoState, token: str, cache: dict[tuple[str, str], RepoProfile | None]
 ) -> list[RepoProfile]:
-    """Every profile document in the repo (read once per content across attempts); broken ones are skipped."""
+    """Every profile document in the repo (read once per content across attempts); broken ones are skipped,
+    and so is one whose inner name is not its file's (`profiles/other.json` claiming to be `victim`)."""
     found = []
     for path, entry in sorted(state.files.items()):
         if not (path.startswith(f"{PROFILES_FOLDER}/") and path.endswith(".json")):
             continue
         key = (path, entry.blob_id)
         if key not in cache:
-            try:
-                cache[key] = RepoProfile.model_validate_json(read_file(state.repo, path, state.head, token))
-            except ValidationError as exc:
-                log.warning("%s: %s is not a profile mm can read (%d problems); left out of the card",
-                            state.repo, path, exc.error_count())  # fmt: skip
-                cache[key] = None
+            cache[key] = _read_remote_profile(state, path, token)
         if (document := cache[key]) is not None:
             found.append(document)
     return found
+
+
+def _read_remote_profile(state: RepoState, path: str, token: str) -> RepoProfile | None:
+    try:
+        document = RepoProfile.model_validate_json(read_small_file(state.repo, path, state.head, token=token))
+    except ValidationError as exc:
+        log.warning("%s: %s is not a profile mm can read (%d problems); left out of the card",
+                    state.repo, path, exc.error_count())  # fmt: skip
+        return None
+    if profile_file(document.profile.name) != path:
+        log.warning("%s: %s names itself %r; left out of the card", state.repo, path, document.profile.name)
+        return None
+    return document
