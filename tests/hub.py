@@ -44,7 +44,10 @@ class Hostile:
     """A server that lies (issue 10): each field set makes every handler that reports it say that instead."""
 
     commit: str | None = None  # reported as the model's `sha` and in X-Repo-Commit
+    file_commit: str | None = None  # reported in X-Repo-Commit of file answers only (404s included)
     etag: str | None = None  # reported as ETag / X-Linked-Etag
+    size: int | None = None  # announced for every file
+    gone: bool = False  # every file answers 404 EntryNotFound (with X-Repo-Commit), though the tree lists it
     empty_206: bool = False  # answer a Range GET with 206 and an empty body (instead of the bytes or 416)
     statuses: list[int] = field(default_factory=list)  # answer the next GETs of file bytes with these, in order
     retry_after: str | None = None  # sent with those answers
@@ -328,14 +331,15 @@ class _Handler(BaseHTTPRequestHandler):
             status = 401 if self._token_status() == "none" else 403
             return self._error(status, "GatedRepo", f"Access to model {repo} is restricted.")
         data = state.commits[commit].get(filename)
-        if data is None:
-            return self._error(404, "EntryNotFound", f"{filename} does not exist", {"X-Repo-Commit": commit})
-        digest = sha256_hex(data)
-        size = state.advertised_size.get(filename, len(data))
         hostile = self.state.hostile
+        reported = hostile.file_commit or hostile.commit or commit
+        if data is None or hostile.gone:
+            return self._error(404, "EntryNotFound", f"{filename} does not exist", {"X-Repo-Commit": reported})
+        digest = sha256_hex(data)
+        size = hostile.size or state.advertised_size.get(filename, len(data))
         etag = hostile.etag or digest
         headers = {
-            "X-Repo-Commit": hostile.commit or commit,
+            "X-Repo-Commit": reported,
             "ETag": f'"{etag}"',
             "X-Linked-Etag": f'"{etag}"',
             "X-Linked-Size": str(size),

@@ -58,6 +58,9 @@ class UploadLog:
     slow_oids: dict[str, float] = field(default_factory=dict)  # oid -> bytes per second the server reads it at
     receiving: dict[str, int] = field(default_factory=dict)  # oid -> body bytes read so far (latest PUT)
     hold_commits: threading.Barrier | None = None  # the first N commits wait for each other, then go one by one
+    stall_commit_seconds: float = 0.0  # a commit request is answered only after this long (a stalled endpoint)
+    commit_answer: dict[str, Any] = field(default_factory=dict)  # fields that replace the commit answer's
+    verify_host: str | None = None  # host:port put in LFS verify hrefs (another host than the endpoint's)
 
     def stored_puts(self, repo: str | None = None) -> list[Put]:
         return [p for p in self.puts if p.stored and (repo is None or p.repo == repo)]
@@ -246,7 +249,7 @@ def _lfs_batch(handler: _Handler, repo: str) -> None:
             if oid not in stored or len(stored[oid]) != size:
                 entry["actions"] = {
                     "upload": {"href": f"{hub.url}/_lfs/{repo}/{oid}"},
-                    "verify": {"href": f"{hub.url}/_lfs/{repo}/verify"},
+                    "verify": {"href": f"{_verify_base(hub)}/_lfs/{repo}/verify"},
                 }
             objects.append(entry)
     handler._send(
@@ -255,6 +258,10 @@ def _lfs_batch(handler: _Handler, repo: str) -> None:
         {"Content-Type": "application/vnd.git-lfs+json"},
     )
     return None
+
+
+def _verify_base(hub: LocalHub) -> str:
+    return f"http://{hub.uploads.verify_host}" if hub.uploads.verify_host else hub.url
 
 
 def _lfs_put(handler: _Handler, repo: str, oid: str) -> None:
@@ -308,6 +315,8 @@ def _commit(handler: _Handler, repo: str, revision: str) -> None:
         return None
     lines = [json.loads(line) for line in _body(handler).splitlines() if line.strip()]
     hub = handler.state
+    if hub.uploads.stall_commit_seconds:
+        time.sleep(hub.uploads.stall_commit_seconds)
     barrier = hub.uploads.hold_commits
     if barrier is not None:
         try:
@@ -324,7 +333,8 @@ def _commit(handler: _Handler, repo: str, revision: str) -> None:
     if isinstance(outcome, tuple):
         return handler._error(*outcome)
     sha = outcome
-    handler._json({"commitUrl": f"{hub.url}/{repo}/commit/{sha}", "commitOid": sha, "success": True})
+    answer = {"commitUrl": f"{hub.url}/{repo}/commit/{sha}", "commitOid": sha, "success": True}
+    handler._json({**answer, **hub.uploads.commit_answer})
     return None
 
 

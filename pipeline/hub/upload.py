@@ -150,7 +150,7 @@ def _malformed_answer(repo: str) -> Iterator[None]:
     """A commit answer huggingface_hub cannot parse (no `commitOid`, a `commitUrl` it cannot split): one error."""
     try:
         yield
-    except (KeyError, TypeError, ValueError) as exc:  # the repo id was checked before: these are the answer's
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:  # the repo id was checked: the answer's fault
         raise HubError(
             f"{endpoint()} answered the commit to {repo} with something that is not a Hub commit answer "
             f"({type(exc).__name__}); the commit may or may not have been made",

@@ -152,7 +152,8 @@ def _attempt(
     for path in deleted:
         owned.pop(path, None)
     card = _card(state, merged, token)
-    write(README, card, state.has_bytes(README, card), written_bytes(card))
+    if card is not None:
+        write(README, card, state.has_bytes(README, card), written_bytes(card))
     listing = Manifest(files=owned).render()
     if state.has_bytes(MANIFEST, listing):
         unchanged.append(MANIFEST)
@@ -176,12 +177,17 @@ def _attempt(
     )
 
 
-def _card(state: RepoState, merged: dict[str, RepoProfile], token: str) -> bytes:
-    """The model card; a README someone else wrote is kept around mm's block, byte for byte (any encoding)."""
+def _card(state: RepoState, merged: dict[str, RepoProfile], token: str) -> bytes | None:
+    """The model card, with a person's text around mm's block kept; None leaves a README that is not UTF-8
+    as it is (the Hub and huggingface_hub take only UTF-8 cards, and its bytes are not mm's to rewrite)."""
     card = render_card(state.repo, merged.values()).encode()
     if README in state.files and not state.has_bytes(README, card):  # someone else's rows, or a person's text
-        previous = read_small_file(state.repo, README, state.head, token=token).decode("utf-8", "surrogateescape")
-        card = render_card(state.repo, merged.values(), previous).encode("utf-8", "surrogateescape")
+        try:
+            previous = read_small_file(state.repo, README, state.head, token=token).decode()
+        except UnicodeDecodeError:
+            log.warning("%s: %s is not UTF-8 text; left as it is (the model card was not updated)", state.repo, README)
+            return None
+        card = render_card(state.repo, merged.values(), previous).encode()
     return card
 
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from pipeline.base.safe_names import check_repo_filename
 from pipeline.fitting.fit import Verdict
 from pipeline.registry.profile import (
     BlobRef,
@@ -52,6 +53,12 @@ class RepoProfile(BaseModel):
     n_params: int
     profile: Profile
     fits: list[ClassFit] = Field(default_factory=list)
+
+    @field_validator("file")
+    @classmethod
+    def _file(cls, value: str) -> str:
+        """A repo's word: it becomes a download's name, so it must be a plain relative path in the repo."""
+        return check_repo_filename(value)
 
 
 def gguf_name(profile: Profile) -> str:
