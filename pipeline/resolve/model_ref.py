@@ -12,12 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from huggingface_hub import try_to_load_from_cache
 from pydantic import BaseModel
 
 from pipeline.base.errors import UsageError
-from pipeline.base.home import mm_home
-from pipeline.base.safe_names import check_user_ref
+from pipeline.base.safe_names import COMMIT_RE, check_user_ref
 from pipeline.base.shards import shard_names
 from pipeline.hub.remote_header import header_stub
 from pipeline.spec.hardware import HARDWARE_FILE, HardwareClass, get_hardware
@@ -98,14 +96,17 @@ def _not_safetensors(recipe: Recipe) -> None:
 
 
 def cached_hub_file(ref: HubRef) -> Path | None:
-    """The first shard of a pulled Hub file from the Hub cache (no network), if every shard is there."""
-    paths = []
-    for name in shard_names(ref.file):
-        found = try_to_load_from_cache(ref.repo, name, cache_dir=mm_home().hub, revision=ref.revision)
-        if not isinstance(found, str):
-            return None
-        paths.append(Path(found))
-    return paths[0]
+    """The first shard of a pulled Hub file from the Hub cache (no network), if every shard is there.
+
+    Read through hub/cache.py, which accepts only a 40-hex commit from a ref file and keeps every path
+    inside the cache (huggingface_hub's try_to_load_from_cache joins whatever the ref holds)."""
+    from pipeline.hub import cache as hub_cache
+
+    commit = ref.revision if COMMIT_RE.match(ref.revision) else hub_cache.cached_commit(ref.repo, ref.revision)
+    if commit is None:
+        return None
+    paths = [hub_cache.snapshot_path(ref.repo, commit, name) for name in shard_names(ref.file)]
+    return paths[0] if all(path.is_file() for path in paths) else None
 
 
 def pulled_hub_file(ref: HubRef) -> Path:
