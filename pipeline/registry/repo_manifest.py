@@ -14,7 +14,7 @@ import logging
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pipeline.base.errors import EntryNotFoundError, HubError
+from pipeline.base.errors import HubError
 from pipeline.hub.read import read_small_file
 from pipeline.hub.upload import RepoState
 
@@ -71,8 +71,6 @@ def read_manifest(state: RepoState, token: str) -> Manifest:
         return Manifest()
     try:
         found = Manifest.model_validate_json(read_small_file(state.repo, MANIFEST, state.head, token=token))
-    except EntryNotFoundError:
-        return Manifest()
     except ValidationError as exc:
         raise HubError(
             f"{state.repo}: {MANIFEST} is not a manifest this mm reads ({exc.error_count()} problems)",
