@@ -173,4 +173,3 @@ def around(tmp_path: Path, isolated_env: Path) -> Callable[[], dict[str, tuple[i
     (tmp_path / "home" / ".bashrc").write_text("# the user's own\n")
     (tmp_path / "elsewhere").mkdir(exist_ok=True)
     return lambda: snapshot(tmp_path, isolated_env)
-

@@ -73,7 +73,7 @@ def test_a_local_profile_with_other_content_is_replaced_only_with_force(
     shutil.copyfile(tiny_model_f16, own)
     assert mm("publish", str(own), "--hardware", "cpu-64g", "--name", "m").exit_code == 0
     mine = profiles(tmp_path / "user")
-    refused(mm("pull", REPO, "--profile", "m"), 9, "already exists with other content", "--force")
+    refused(mm("pull", REPO, "--profile", "m"), 9, "already exists with other content", "flag: --force")
     assert profiles(tmp_path / "user") == mine
     assert mm("pull", REPO, "--profile", "m", "--name", "theirs").exit_code == 0  # beside it: fine
     forced = mm("pull", REPO, "--profile", "m", "--force", "--json")

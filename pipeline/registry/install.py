@@ -154,7 +154,7 @@ def _check_not_replacing(published: Profile, local_name: str) -> None:
     raise RegistryError(
         f"a local profile {local_name!r} already exists with other content (blob {existing.blob.sha256[:12]}, "
         f"the repo's is {published.blob.sha256[:12]}); not replacing it",
-        hint="install it under another name (--name NEW), or replace the local one with --force",
+        hint="install it under another local name, or replace the local one",
         param="force",
     )
 
