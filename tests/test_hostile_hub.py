@@ -42,8 +42,12 @@ def snapshot(folder: Path, home: Path) -> dict[str, tuple[int, int, str]]:
 
 @pytest.fixture
 def around(tmp_path: Path, isolated_env: Path) -> Callable[[], dict[str, tuple[int, int, str]]]:
-    """The mm home sits in tmp_path/mm-home: plant victims beside it and return a lister of tmp_path."""
+    """The mm home sits in tmp_path/mm-home: plant victims beside it (a shell startup file among them) and
+    return a lister of tmp_path."""
     (tmp_path / "victim.part").write_bytes(b"precious")
+    (tmp_path / "victim").write_bytes(b"precious")
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / ".bashrc").write_text("# the user's own\n")
     (tmp_path / "x.gguf").write_bytes(b"precious model")
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "elsewhere" / "keep.txt").write_text("keep")

@@ -19,7 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.hub import VALID_TOKEN, LocalHub
-from tests.test_hostile_hub import Mm, refused, snapshot
+from tests.test_hostile_hub import Mm, around, refused  # noqa: F401  (around: the fixture, shared)
 
 REPO = "org/tiny-GGUF"
 FILE = "tiny.gguf"
@@ -146,7 +146,7 @@ def test_a_hostile_hub_gets_one_clear_refusal_and_changes_nothing_outside_mm_hom
     tiny_model: Path,
     tmp_path: Path,
     isolated_env: Path,
-    around: Callable[[], dict[str, tuple[int, int, str]]],
+    around: Callable[[], dict[str, tuple[int, int, str]]],  # noqa: F811  (the imported fixture)
     monkeypatch: pytest.MonkeyPatch,
     surface: str,
     attack: str,
@@ -162,14 +162,3 @@ def test_a_hostile_hub_gets_one_clear_refusal_and_changes_nothing_outside_mm_hom
     assert local_hub.uploads.commits == [] and local_hub.uploads.puts == []
     if surface in TYPED and attack == "file name":
         assert not local_hub.requests
-
-
-@pytest.fixture
-def around(tmp_path: Path, isolated_env: Path) -> Callable[[], dict[str, tuple[int, int, str]]]:
-    """Victims beside the mm home (a shell startup file among them), and a lister of everything around it."""
-    (tmp_path / "victim").write_bytes(b"precious")
-    (tmp_path / "x.gguf").write_bytes(b"precious model")
-    (tmp_path / "home").mkdir()
-    (tmp_path / "home" / ".bashrc").write_text("# the user's own\n")
-    (tmp_path / "elsewhere").mkdir(exist_ok=True)
-    return lambda: snapshot(tmp_path, isolated_env)
