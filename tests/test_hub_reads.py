@@ -102,3 +102,10 @@ def test_only_a_full_commit_is_accepted(served: tuple[LocalHub, str], commit: st
     with pytest.raises(HubError, match="40-hex"):
         read_small_file(REPO, "doc.json", commit)
     assert hub.requests == []
+
+
+def test_a_body_longer_than_announced_is_refused_after_one_byte_too_many(served: tuple[LocalHub, str]) -> None:
+    hub, commit = served
+    hub.advertise_size(REPO, "doc.json", 10)
+    with pytest.raises(IntegrityError, match="announced 10 bytes but sent more"):
+        read_small_file(REPO, "doc.json", commit)

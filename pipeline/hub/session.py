@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
-from urllib.parse import urlsplit
 
 import httpx2
 from huggingface_hub import set_client_factory
@@ -68,7 +67,7 @@ class _BoundedTransport(httpx2.BaseTransport):
         self.endpoint = endpoint
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
-        if request.url.netloc.decode() != urlsplit(self.endpoint()).netloc:
+        if _origin(request.url) != _origin(httpx2.URL(self.endpoint())):
             request.headers.pop("Authorization", None)  # an href on another host: no token
         limit = timeout_seconds()
         timeouts = dict(request.extensions.get("timeout") or {})
@@ -108,6 +107,12 @@ class _DeadlineStream(httpx2.SyncByteStream):
 
     def close(self) -> None:
         self.inner.close()
+
+
+def _origin(url: httpx2.URL) -> tuple[str, str, int | None]:
+    """Scheme, host and port, the default port spelled out (https://hf.co and https://hf.co:443 are one)."""
+    default = {"http": 80, "https": 443}.get(url.scheme)
+    return url.scheme, url.host.lower(), url.port or default
 
 
 def _length(headers: httpx2.Headers) -> int:
