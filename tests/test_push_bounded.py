@@ -140,3 +140,14 @@ def test_a_readme_that_is_not_utf8_is_left_byte_for_byte(mm: Mm, published: str,
     assert "README.md is not UTF-8" in pushed.stderr
     files = tree(local_hub)
     assert files["README.md"] == person and "profiles/m.json" in files
+
+
+def test_a_readme_over_the_document_cap_is_left_as_it_is_without_reading_it(
+    mm: Mm, published: str, local_hub: LocalHub
+) -> None:
+    person = b"# A long card\n" + b"x" * (2 << 20)
+    local_hub.add_repo(REPO, {"README.md": person})
+    pushed = mm("push", published, "--repo", REPO)
+    assert pushed.exit_code == 0, pushed.stderr
+    assert "left as it is" in pushed.stderr
+    assert tree(local_hub)["README.md"] == person and local_hub.file_gets("README.md") == []

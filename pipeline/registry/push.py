@@ -23,7 +23,7 @@ from pydantic import BaseModel, ValidationError
 from pipeline.base.errors import HubError, UsageError
 from pipeline.base.safe_names import UnsafeValue, check_repo_id
 from pipeline.hub.api import endpoint
-from pipeline.hub.read import read_small_file
+from pipeline.hub.read import MAX_DOCUMENT_BYTES, read_small_file
 from pipeline.hub.upload import CommitConflict, RepoState, Upload, commit, ensure_repo, read_state, write_token
 from pipeline.registry.model_card import render_card
 from pipeline.registry.repo_manifest import MANIFEST, Manifest, Written, check_replaceable, read_manifest, written_bytes
@@ -179,9 +179,13 @@ def _attempt(
 
 def _card(state: RepoState, merged: dict[str, RepoProfile], token: str) -> bytes | None:
     """The model card, with a person's text around mm's block kept; None leaves a README that is not UTF-8
-    as it is (the Hub and huggingface_hub take only UTF-8 cards, and its bytes are not mm's to rewrite)."""
+    (the Hub and huggingface_hub take only UTF-8 cards) or over the document cap as it is: not mm's to rewrite."""
     card = render_card(state.repo, merged.values()).encode()
     if README in state.files and not state.has_bytes(README, card):  # someone else's rows, or a person's text
+        if state.files[README].size > MAX_DOCUMENT_BYTES:
+            log.warning("%s: %s is larger than mm merges a card into; left as it is (the card was not updated)",
+                        state.repo, README)  # fmt: skip
+            return None
         try:
             previous = read_small_file(state.repo, README, state.head, token=token).decode()
         except UnicodeDecodeError:
