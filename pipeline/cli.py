@@ -21,6 +21,7 @@ from pipeline.commands.registration import INTERRUPTED_EXIT, set_verbosity
 FLAG_FOR_PARAM = {
     "imatrix_path": "--imatrix",
     "tensor_types": "--tensor-type",
+    "budget": "--budget",
     "allow_requantize": "--allow-requantize",
     "kv_type": "--kv-type / --flash-attn",
     "max_tokens": "--max-tokens",

@@ -53,6 +53,8 @@ BAD_BY_NAME = {
     "--profile": "tiny",  # MODEL names a file, not a repo
     "--outtype": "f8",
     "--text": "/nonexistent/calibration.txt",
+    "--eval-text": "/nonexistent/evaluation.txt",
+    "--budget": "eleven gigs",
     "--save": "Not A Class!",
     "--hardware-file": "/nonexistent-folder/hardware.toml",
     "--threads": "none",

@@ -9,6 +9,7 @@ import typer
 
 from pipeline.base.errors import UsageError
 from pipeline.base.units import format_size
+from pipeline.commands.budget import quantize_to_budget
 from pipeline.commands.options import JsonOpt, ModelArg, QuietOpt, RecipesDirOpt, ThreadsOpt, writable_target
 from pipeline.commands.registration import add_command
 from pipeline.commands.render import counting, emit_json, note, table, work_bar
@@ -59,18 +60,52 @@ def quantize_command(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Report sizes and per-tensor types; write nothing.")
     ] = False,
+    budget: Annotated[
+        str | None,
+        typer.Option(
+            metavar="SIZE",
+            help="Choose a type per tensor group by measured KL-divergence; the file stays within SIZE (e.g. 11G).",
+        ),
+    ] = None,
+    text: Annotated[
+        str | None,
+        typer.Option(
+            metavar="FILE|REPO:FILE",
+            help="With --budget: the text sensitivities are measured on (default: the imatrix calibration text).",
+        ),
+    ] = None,
+    eval_text: Annotated[
+        str | None,
+        typer.Option(
+            metavar="FILE|REPO:FILE",
+            help="With --budget: the text the result is judged on (default: --text's second half, unused to choose).",
+        ),
+    ] = None,
+    max_evals: Annotated[
+        int, typer.Option(metavar="N", min=2, help="With --budget: at most N measured runs to choose the mix.")
+    ] = 48,
     recipes: RecipesDirOpt = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Quantize MODEL to each --to TYPE with llama.cpp (a recipe's [quantize] section gives defaults).
+    """Quantize MODEL to each --to TYPE with llama.cpp (a recipe's [quantize] section gives defaults), or to
+    the best measured per-tensor mix within --budget.
 
     Example: mm quantize model-f16.gguf --to q4_k_m --to q2_k
+    Example: mm quantize model-f16.gguf --budget 4.5G --text calibration.txt
     """
     from pipeline.llama.quantize import plan
     from pipeline.llama.quantize_inputs import QuantizeOptions, build_requests
 
     writable_target(output, "--output")
+    if budget is not None:
+        _no_flags_with_budget(to, tensor_type, output_tensor_type, token_embedding_type, pure, dry_run)
+        return quantize_to_budget(
+            model, budget, text=text, eval_text=eval_text, max_evals=max_evals, imatrix=imatrix, threads=threads,
+            output=output, recipes=recipes, as_json=as_json, quiet=quiet,
+        )  # fmt: skip
+    if text is not None or eval_text is not None:
+        raise UsageError("--text and --eval-text choose a --budget mix; give --budget SIZE, or drop them")
     if llama_quantize is not None and engine == "api":
         raise UsageError("--llama-quantize runs the binary engine; drop it or --engine api")
     engine = "binary" if llama_quantize is not None else engine
@@ -117,6 +152,15 @@ def quantize_command(
             for r in results
         ],
     )
+
+
+def _no_flags_with_budget(to: list[str], *chosen: object) -> None:
+    """--budget chooses every type itself: explicit types would contradict it."""
+    if to or any(chosen):
+        raise UsageError(
+            "--budget chooses the type of every tensor group; it takes no --to, --tensor-type, --pure, "
+            "--output-tensor-type, --token-embedding-type or --dry-run"
+        )
 
 
 def _run_one(request: QuantizeRequest, quiet: bool) -> QuantizeResult:

@@ -93,6 +93,86 @@ def compress_log_probs(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
     return codes.astype(np.uint16), scale, min_log_prob
 
 
+class Reference:
+    """The reference's log-probabilities over a text, scored once and compared against any number of quants
+    (llama-perplexity's base-logits file, held in a temporary spill file)."""
+
+    def __init__(
+        self, ref: Path, text_path: Path, *, text: str, n_ctx: int = 512, chunks: int | None = None,
+        threads: int | None = None, progress: EvalProgress | None = None,
+    ) -> None:  # fmt: skip
+        if n_ctx < 16 or n_ctx % 2:
+            raise UsageError(f"context {n_ctx}: expected an even number of tokens, at least 16", param="n_ctx")
+        if chunks is not None and chunks < 1:
+            raise UsageError("chunks must be at least 1", param="chunks")
+        self.ref, self.n_ctx, self.threads = ref, n_ctx, threads
+        first = n_ctx // 2
+        scored = n_ctx - 1 - first  # perplexity.cpp: tokens [first, n_ctx - 1) predict the next one
+        base = _Model(ref, n_ctx, threads)
+        try:
+            self.tokens = base.llm.tokenize(text_path.read_bytes(), add_bos=True, special=False)
+            if len(self.tokens) < 2 * n_ctx:
+                raise UsageError(
+                    f"{text}: {len(self.tokens)} tokens; scoring with a context of {n_ctx} needs at least {2 * n_ctx}",
+                    hint="use a longer text or a smaller context",
+                    param="n_ctx",
+                )
+            self.n_chunk = min(chunks or len(self.tokens) // n_ctx, len(self.tokens) // n_ctx)
+            self.n_vocab = base.n_vocab
+            self._spill = tempfile.TemporaryFile()  # noqa: SIM115  # lives as long as the Reference (close)
+            self.codes = np.memmap(self._spill, dtype=np.uint16, mode="w+", shape=(self.n_chunk, scored, self.n_vocab))
+            self.scales = np.zeros((self.n_chunk, scored), np.float32)
+            self.mins = np.zeros((self.n_chunk, scored), np.float32)
+            self.nll = 0.0
+            for c in range(self.n_chunk):
+                chunk = self.tokens[c * n_ctx : (c + 1) * n_ctx]
+                logits = base.logits(chunk, first)[:scored]
+                self.codes[c], self.scales[c], self.mins[c] = compress_log_probs(logits)
+                self.nll -= float(_log_softmax(logits)[np.arange(scored), chunk[first + 1 :]].sum())
+                if progress:
+                    progress("ref", c + 1, self.n_chunk)
+        finally:
+            base.close()
+
+    def compare(self, model: Path, progress: EvalProgress | None = None) -> dict[str, float]:
+        """perplexity.cpp's KL-divergence sums of `model` against this reference."""
+        quant = _Model(model, self.n_ctx, self.threads)
+        try:
+            if quant.n_vocab != self.n_vocab:
+                raise UsageError(
+                    f"{model} has {quant.n_vocab} tokens, {self.ref} has {self.n_vocab}: not the same vocabulary"
+                )
+            return _kld_sums(quant, self.tokens, self.codes, self.scales, self.mins, self.n_chunk, self.n_ctx, progress)
+        finally:
+            quant.close()
+
+    def result(
+        self, model: Path, sums: dict[str, float], *, text: str, text_sha256: str, ref_sha256: str | None,
+        seconds: float,
+    ) -> EvalResult:  # fmt: skip
+        """The figures llama-perplexity prints, from `compare`'s sums."""
+        count = self.n_chunk * (self.n_ctx - 1 - self.n_ctx // 2)
+        nll, nll_base, kld, kld2, same = (sums[k] for k in ("nll", "nll_base", "kld", "kld2", "same"))
+        mean_kld = kld / count
+        var = kld2 / count - mean_kld * mean_kld
+        return EvalResult(
+            model_path=str(model), ref_path=str(self.ref), ref_sha256=ref_sha256, text=text, text_sha256=text_sha256,
+            n_ctx=self.n_ctx, chunks=self.n_chunk, tokens_scored=count, ppl=math.exp(nll / count),
+            ppl_ref=math.exp(self.nll / count), ln_ppl_ratio=(nll - nll_base) / count, kld_mean=mean_kld,
+            kld_stdev=math.sqrt(var / (count - 1)) if var > 0 and count > 10 else 0.0, same_top_rate=same / count,
+            seconds=round(seconds, 3),
+        )  # fmt: skip
+
+    def close(self) -> None:
+        self._spill.close()
+
+    def __enter__(self) -> Reference:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def evaluate(
     model: Path,
     ref: Path,
@@ -107,59 +187,13 @@ def evaluate(
     progress: EvalProgress | None = None,
 ) -> EvalResult:
     """Perplexity of `model` and `ref` on the text, and the KL-divergence of `model` from `ref`."""
-    if n_ctx < 16 or n_ctx % 2:
-        raise UsageError(f"context {n_ctx}: expected an even number of tokens, at least 16", param="n_ctx")
-    if chunks is not None and chunks < 1:
-        raise UsageError("chunks must be at least 1", param="chunks")
     started = time.perf_counter()
-    first = n_ctx // 2
-    scored = n_ctx - 1 - first  # perplexity.cpp: tokens [first, n_ctx - 1) predict the next one
-    base = _Model(ref, n_ctx, threads)
-    try:
-        tokens = base.llm.tokenize(text_path.read_bytes(), add_bos=True, special=False)
-        if len(tokens) < 2 * n_ctx:
-            raise UsageError(
-                f"{text}: {len(tokens)} tokens; scoring with a context of {n_ctx} needs at least {2 * n_ctx}",
-                hint="use a longer text or a smaller context",
-                param="n_ctx",
-            )
-        n_chunk = min(chunks or len(tokens) // n_ctx, len(tokens) // n_ctx)
-        n_vocab = base.n_vocab
-        with tempfile.TemporaryFile() as spill:
-            codes = np.memmap(spill, dtype=np.uint16, mode="w+", shape=(n_chunk, scored, n_vocab))
-            scales = np.zeros((n_chunk, scored), np.float32)
-            mins = np.zeros((n_chunk, scored), np.float32)
-            nll_ref = 0.0
-            for c in range(n_chunk):
-                chunk = tokens[c * n_ctx : (c + 1) * n_ctx]
-                logits = base.logits(chunk, first)[:scored]
-                codes[c], scales[c], mins[c] = compress_log_probs(logits)
-                nll_ref -= float(_log_softmax(logits)[np.arange(scored), chunk[first + 1 :]].sum())
-                if progress:
-                    progress("ref", c + 1, n_chunk)
-            base.close()
-            quant = _Model(model, n_ctx, threads)
-            try:
-                if quant.n_vocab != n_vocab:
-                    raise UsageError(
-                        f"{model} has {quant.n_vocab} tokens, {ref} has {n_vocab}: not the same vocabulary"
-                    )
-                sums = _kld_sums(quant, tokens, codes, scales, mins, n_chunk, n_ctx, progress)
-            finally:
-                quant.close()
-    finally:
-        base.close()
-    count = n_chunk * scored
-    nll, nll_base, kld, kld2, same = (sums[k] for k in ("nll", "nll_base", "kld", "kld2", "same"))
-    mean_kld = kld / count
-    var = kld2 / count - mean_kld * mean_kld
-    return EvalResult(
-        model_path=str(model), ref_path=str(ref), ref_sha256=ref_sha256, text=text, text_sha256=text_sha256,
-        n_ctx=n_ctx, chunks=n_chunk, tokens_scored=count, ppl=math.exp(nll / count),
-        ppl_ref=math.exp(nll_ref / count), ln_ppl_ratio=(nll - nll_base) / count, kld_mean=mean_kld,
-        kld_stdev=math.sqrt(var / (count - 1)) if var > 0 and count > 10 else 0.0, same_top_rate=same / count,
-        seconds=round(time.perf_counter() - started, 3),
-    )  # fmt: skip
+    with Reference(ref, text_path, text=text, n_ctx=n_ctx, chunks=chunks, threads=threads, progress=progress) as base:
+        sums = base.compare(model, progress)
+        return base.result(
+            model, sums, text=text, text_sha256=text_sha256, ref_sha256=ref_sha256,
+            seconds=time.perf_counter() - started,
+        )  # fmt: skip
 
 
 def _kld_sums(

@@ -1,0 +1,73 @@
+"""`mm quantize --budget`: the per-tensor type mix chosen by measured KL-divergence under a size budget."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pipeline.base.errors import UsageError
+from pipeline.base.units import format_size, parse_size
+from pipeline.commands.render import emit_json, note, show_progress, table
+
+if TYPE_CHECKING:
+    from pipeline.measure.budget import BudgetResult, Text
+
+
+def _text(value: str) -> Text:
+    from pipeline.measure.budget import Text
+    from pipeline.resolve.texts import parse_text, resolve_text
+
+    resolved = resolve_text(parse_text(value))
+    return Text(path=resolved.path, label=resolved.source, sha256=resolved.sha256)
+
+
+def quantize_to_budget(
+    model: str, budget: str, *, text: str | None, eval_text: str | None, max_evals: int, imatrix: Path | None,
+    threads: int | None, output: Path | None, recipes: Path | None, as_json: bool, quiet: bool,
+) -> None:  # fmt: skip
+    """Resolve MODEL and the texts, run the measured search with a progress bar, render the result."""
+    from tqdm import tqdm
+
+    from pipeline.llama.imatrix import calibration_text
+    from pipeline.measure.budget import BudgetRequest, quantize_budget
+    from pipeline.resolve.model_ref import resolve_model
+    from pipeline.resolve.texts import resolve_text
+
+    if budget.strip().lower() == "fit":
+        raise UsageError("budget 'fit' is not built yet: give a size such as 11G", param="budget")
+    budget_bytes = parse_size(budget, what="--budget")
+    path = resolve_model(model, recipes).path
+    calibration = resolve_text(calibration_text(text))
+    request = BudgetRequest(
+        source=path, budget_bytes=budget_bytes,
+        calibration=_text(str(calibration.path)).model_copy(update={"label": calibration.source}),
+        evaluation=_text(eval_text) if eval_text else None, imatrix=imatrix, max_evals=max_evals, threads=threads,
+        output=output,
+    )  # fmt: skip
+    with tqdm(desc="measuring", unit="run", disable=not show_progress(quiet), leave=False) as bar:
+
+        def progress(what: str, done: int, total: int) -> None:
+            bar.set_description(what)
+            bar.total = total
+            bar.update(done - bar.n)
+
+        result = quantize_budget(request, progress)
+    if as_json:
+        emit_json(result)
+        return
+    _show(result)
+
+
+def _show(result: BudgetResult) -> None:
+    table(["group", "type"], [[group, kind.lower()] for group, kind in result.mix.items()])
+    rows = [result.measured, *result.presets]
+    table(
+        ["quant", "size", "bpw", "mean KLD", "ppl", "Δppl"],
+        [[m.name, format_size(m.size_bytes), m.bits_per_weight, f"{m.kld_mean:.5f} ± {m.kld_stdev:.5f}",
+          f"{m.ppl:.4f}", f"{m.ppl_delta:+.4f}"] for m in rows],
+    )  # fmt: skip
+    note(
+        f"{result.output} ({format_size(result.measured.size_bytes)} of {format_size(result.budget_bytes)}); "
+        f"chosen on {result.calibration_text}, judged on {result.evaluation_text}; "
+        f"{result.evals} measured runs in {result.seconds:.0f} s"
+    )

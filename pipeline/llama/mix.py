@@ -1,0 +1,144 @@
+"""Per-tensor type mixes: the tensor groups a budget quant gives types to, each group's exact bytes per
+type from llama.cpp's own dry run, and the quantize parameters that write a mix.
+
+A mix is written as llama-quantize writes hand-tuned quants: a `--pure` base type (no k-quant mixture
+rules) with one `--tensor-type PATTERN=TYPE` per group and `--token-embedding-type`/`--output-tensor-type`
+for the two big matrices. With `pure`, a tensor's type depends only on its own override and shape
+(llama-quant.cpp, llama_tensor_get_type: override, then tensor_type_fallback for incompatible widths), so
+a mix's tensor bytes are the sum of what per-type dry runs report for each group: exact, not estimated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
+
+from pydantic import BaseModel
+
+from pipeline.base.provenance import QuantParams
+from pipeline.gguf.header import read_model
+from pipeline.llama.quantize import plan
+
+
+class Rung(NamedTuple):
+    """One step of the type ladder: the ggml type a group gets, and the llama ftype whose `--pure` run
+    writes that type everywhere (its dry run gives every tensor's bytes at this type)."""
+
+    ggml: str
+    ftype_name: str
+
+
+# Lowest first. k-quants and Q8_0 need no importance matrix (llama-quant.cpp refuses IQ1/IQ2 and Q2_K_S
+# without one), so a budget quant never depends on one; given one, every rung uses it.
+LADDER: tuple[Rung, ...] = (
+    Rung("Q2_K", "q2_k"),
+    Rung("Q3_K", "q3_k_m"),
+    Rung("Q4_K", "q4_k_m"),
+    Rung("Q5_K", "q5_k_m"),
+    Rung("Q6_K", "q6_k"),
+    Rung("Q8_0", "q8_0"),
+)
+RUNG_BY_TYPE = {rung.ggml: rung for rung in LADDER}
+
+# Groups by llama.cpp's tensor names (llama-arch.cpp LLM_TENSOR_NAMES), matched as llama-quantize
+# matches --tensor-type patterns (std::regex_search). Sensitive parts first; 1-D tensors never quantize.
+TOKEN_EMBD, OUTPUT = "token_embd", "output"
+GROUP_PATTERNS: dict[str, str] = {
+    TOKEN_EMBD: r"^token_embd\.weight$",
+    OUTPUT: r"^output\.weight$",
+    "attn_qkv": r"\.attn_(q|k|v|qkv|q_a|q_b|kv_a_mqa|kv_b|k_b|v_b)\.weight$",
+    "attn_output": r"\.attn_output\.weight$",
+    "shared_experts": r"\.ffn_(up|gate|down)_shexp\.weight$",
+    "ffn_up_gate": r"\.ffn_(up|gate)\.weight$",
+    "ffn_down": r"\.ffn_down\.weight$",
+    "experts": r"\.ffn_(up|gate|down|gate_up)_exps\.weight$",
+}
+OTHER = "other"  # quantizable tensors of no group (recurrent layers, ...): they take the mix's base type
+_COMPILED = {group: re.compile(pattern) for group, pattern in GROUP_PATTERNS.items()}
+
+
+def group_of(tensor_name: str) -> str:
+    for group, pattern in _COMPILED.items():
+        if pattern.search(tensor_name):
+            return group
+    return OTHER
+
+
+class TypeMix(BaseModel):
+    """A ggml type per group; groups absent from the model are absent here."""
+
+    types: dict[str, str]
+
+    @property
+    def base(self) -> Rung:
+        """The lowest rung used: the mix's `--pure` type, which tensors of no group take."""
+        return min((RUNG_BY_TYPE[t] for t in self.types.values()), key=LADDER.index)
+
+    def key(self) -> str:
+        """A short name for this mix (output file names)."""
+        return hashlib.sha256(json.dumps(self.types, sort_keys=True).encode()).hexdigest()[:10]
+
+    def params(self, imatrix: Path | None = None, imatrix_sha256: str | None = None) -> QuantParams:
+        types = dict(self.types)
+        return QuantParams(
+            type=self.base.ftype_name,
+            pure=True,
+            token_embedding_type=types.pop(TOKEN_EMBD, None),
+            output_tensor_type=types.pop(OUTPUT, None),
+            tensor_types={GROUP_PATTERNS[g]: t for g, t in types.items()},
+            imatrix_path=str(imatrix) if imatrix else None,
+            imatrix_sha256=imatrix_sha256,
+        )
+
+    def describe(self) -> str:
+        return ", ".join(f"{group}={kind.lower()}" for group, kind in self.types.items())
+
+
+class GroupSizes(BaseModel):
+    """Exact tensor bytes of each group at each rung, from one `--pure` dry run per rung."""
+
+    groups: dict[str, dict[str, int]]  # group -> ggml type -> bytes (tensor data, 32-byte padded)
+    header_bytes: int  # the dry run's header estimate (slightly above the written header)
+    n_elements: int
+
+    def file_bytes(self, mix: TypeMix) -> int:
+        base = mix.base.ggml
+        return self.header_bytes + sum(
+            by_type[mix.types.get(group, base)] for group, by_type in self.groups.items()
+        )  # fmt: skip
+
+    def bits_per_weight(self, mix: TypeMix) -> float:
+        return (self.file_bytes(mix) - self.header_bytes) * 8 / max(self.n_elements, 1)
+
+
+def _pad(n: int) -> int:
+    return n + (-n % 32)
+
+
+def group_sizes(
+    source: Path, params: QuantParams | None = None, on_rung: Callable[[Rung], None] | None = None
+) -> GroupSizes:
+    """Dry-run every rung once (`--pure`, with `params`' imatrix) and add each tensor's bytes to its group."""
+    groups: dict[str, dict[str, int]] = {}
+    header_bytes = 0
+    for rung in LADDER:
+        if on_rung is not None:
+            on_rung(rung)
+        base = params or QuantParams(type=rung.ftype_name)
+        planned = plan(source, base.model_copy(update={"type": rung.ftype_name, "pure": True}))
+        data = 0
+        for tensor in planned.tensors:
+            by_type = groups.setdefault(group_of(tensor.name), {})
+            by_type[rung.ggml] = by_type.get(rung.ggml, 0) + _pad(tensor.n_bytes)
+            data += _pad(tensor.n_bytes)
+        header_bytes = planned.file_bytes - data
+    n_elements = sum(t.n_elements for header in read_model(source) for t in header.tensors)
+    return GroupSizes(groups=groups, header_bytes=header_bytes, n_elements=n_elements)
+
+
+def uniform(groups: list[str], rung: Rung) -> TypeMix:
+    return TypeMix(types=dict.fromkeys(groups, rung.ggml))

@@ -1,0 +1,126 @@
+"""`mm quantize --budget`: groups cover llama.cpp's tensors, mix sizes are what llama.cpp writes, the search
+is an exact knapsack, and the chosen mix beats the uniform preset of the same size on a text it never saw."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from typer.testing import Result
+
+from pipeline.base.provenance import QuantParams
+from pipeline.gguf.header import read_header
+from pipeline.gguf.tiny_model import TinySpec, write_tiny_model
+from pipeline.llama.mix import LADDER, OTHER, GroupSizes, TypeMix, group_of, group_sizes
+from pipeline.llama.quantize import QuantizeRequest, plan, quantize
+from pipeline.measure.budget import BudgetRequest, Text, best_mix, quantize_budget
+
+WORDS = [
+    *("the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "models", "run", "on"),
+    *("small", "cards", "and", "layers", "fit", "in", "memory"),
+]
+
+
+def _text(path: Path, seed: int, words: int = 3000) -> Path:
+    rng = random.Random(seed)
+    path.write_text(" ".join(rng.choice(WORDS) for _ in range(words)) + "\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [TinySpec(), TinySpec(arch="qwen3moe", n_expert=4, n_expert_used=2), TinySpec(arch="deepseek2", n_expert=4,
+     n_expert_used=2, n_expert_shared=1, n_dense_lead=1), TinySpec(tie_embeddings=True)],
+    ids=["llama", "qwen3moe", "deepseek2", "tied"],
+)  # fmt: skip
+def test_every_quantizable_tensor_of_an_attention_model_is_in_a_group(tmp_path: Path, spec: TinySpec) -> None:
+    model = write_tiny_model(tmp_path / "m.gguf", spec)
+    quantized = [t.name for t in plan(model, QuantParams(type="q8_0", pure=True)).tensors if t.type == "Q8_0"]
+    assert quantized
+    assert [name for name in quantized if group_of(name) == OTHER] == []
+
+
+def test_a_mix_is_as_large_as_llama_cpp_writes_it(tmp_path: Path) -> None:
+    """The sum of per-group dry-run bytes equals the tensor data of the file llama.cpp writes for the mix."""
+    model = write_tiny_model(tmp_path / "m.gguf", TinySpec(n_layers=2))
+    sizes = group_sizes(model)
+    mix = TypeMix(types={g: LADDER[i % len(LADDER)].ggml for i, g in enumerate(sorted(sizes.groups)) if g != OTHER})
+    made = quantize(QuantizeRequest(source=model, params=mix.params(), output=tmp_path / "mix.gguf"))
+    header = read_header(made.output)
+    written = {t.name: t.type_name for t in header.tensors}
+    for name, kind in written.items():
+        if group_of(name) != OTHER:
+            assert kind.upper() == mix.types[group_of(name)], name
+    assert sizes.file_bytes(mix) - sizes.header_bytes == header.file_size - header.data_offset
+    assert made.output.stat().st_size <= sizes.file_bytes(mix)
+
+
+def _brute_force(sizes: GroupSizes, cost: dict[str, dict[str, float]], budget: int) -> float | None:
+    groups = sorted(cost)
+    best = None
+    for kinds in itertools.product(*(sorted(cost[g]) for g in groups)):
+        mix = TypeMix(types=dict(zip(groups, kinds, strict=True)))
+        if sizes.file_bytes(mix) <= budget:
+            total = sum(cost[g][k] for g, k in mix.types.items())
+            best = total if best is None else min(best, total)
+    return best
+
+
+def test_the_search_is_an_exact_knapsack() -> None:
+    """best_mix against every combination, on random sizes and costs."""
+    rng = random.Random(7)
+    kinds = [r.ggml for r in LADDER]
+    for _ in range(40):
+        groups = [f"g{i}" for i in range(rng.randint(2, 4))]
+        sizes = GroupSizes(
+            groups={g: {k: (i + 1) * rng.randint(50, 150) for i, k in enumerate(kinds)} for g in [*groups, OTHER]},
+            header_bytes=100, n_elements=1000,
+        )  # fmt: skip
+        cost = {g: {k: rng.random() / (i + 1) for i, k in enumerate(kinds)} for g in groups}
+        budget = rng.randint(500, 3000)
+        chosen = best_mix(sizes, cost, budget)
+        expected = _brute_force(sizes, cost, budget)
+        if expected is None:
+            assert chosen is None
+        else:
+            assert chosen is not None and sizes.file_bytes(chosen) <= budget
+            assert sum(cost[g][k] for g, k in chosen.types.items()) == pytest.approx(expected)
+
+
+@pytest.mark.slow
+def test_the_chosen_mix_beats_the_preset_of_its_size_on_unseen_text(tmp_path: Path) -> None:
+    model = write_tiny_model(
+        tmp_path / "m.gguf", TinySpec(n_layers=3, n_embd=256, n_ff=768, n_vocab=1024, seed=3)
+    )  # fmt: skip
+    budget = quantize(QuantizeRequest(source=model, params=QuantParams(type="q4_k_m"))).output.stat().st_size
+    calibration = _text(tmp_path / "cal.txt", 1)
+    evaluation = _text(tmp_path / "eval.txt", 2)
+    result = quantize_budget(
+        BudgetRequest(
+            source=model, budget_bytes=budget, n_ctx=128, calibration_chunks=3, evaluation_chunks=6,
+            calibration=Text(path=calibration, label="cal", sha256="-"),
+            evaluation=Text(path=evaluation, label="eval", sha256="-"),
+        )
+    )  # fmt: skip
+    assert result.output.stat().st_size <= budget
+    same_size = {p.name: p for p in result.presets}["q4_k_m"]
+    assert same_size.size_bytes <= budget
+    assert result.measured.kld_mean < same_size.kld_mean
+    assert not list((tmp_path / "mm-home" / "tmp").glob("*/*.gguf"))  # trial quants are gone
+
+
+def test_budget_below_the_smallest_mix_is_one_clear_error(
+    mm: Callable[..., Result], tiny_model: Path, tmp_path: Path
+) -> None:
+    result = mm("quantize", str(tiny_model), "--budget", "10K", "--text", str(_text(tmp_path / "t.txt", 1)))
+    assert result.exit_code == 7, result.output
+    assert "below the smallest mix" in result.output and "10" in result.output
+
+
+def test_budget_takes_no_explicit_types(mm: Callable[..., Result], tiny_model: Path) -> None:
+    result = mm("quantize", str(tiny_model), "--budget", "4M", "--to", "q4_k_m")
+    assert result.exit_code == 2
+    assert "--budget chooses the type of every tensor group" in result.output
