@@ -55,7 +55,7 @@ class BudgetRequest(BaseModel):
     evaluation: Text | None = None  # None: the calibration text's second half, never used to choose
     imatrix: Path | None = None
     imatrix_sha256: str | None = None
-    n_ctx: int = 256
+    n_ctx: int = 128  # tokens per scored chunk: a few short chunks tell groups apart
     calibration_chunks: int = 4
     evaluation_chunks: int | None = 8
     max_evals: int = 48
@@ -172,9 +172,10 @@ class _Scratch:
         return sums["kld"] / (reference.n_chunk * (reference.n_ctx - 1 - reference.n_ctx // 2))
 
     def split(self, text: Text) -> tuple[Text, Text]:
-        """The text's first half (to choose by) and second half (to judge by), cut at a line end."""
+        """The text's first half (to choose by) and second half (to judge by), cut at whitespace."""
         data = text.path.read_bytes()
-        cut = data.find(b"\n", len(data) // 2) + 1 or len(data) // 2
+        middle = len(data) // 2
+        cut = next((i + 1 for i in range(middle, len(data)) if data[i : i + 1].isspace()), middle)
         halves = []
         for index, (part, piece) in enumerate((("first", data[:cut]), ("second", data[cut:]))):
             path = Path(self._dir.name) / f"text-{index}.txt"
@@ -320,15 +321,16 @@ def quantize_budget(request: BudgetRequest, progress: BudgetProgress | None = No
         calibration, evaluation = (
             (request.calibration, request.evaluation) if request.evaluation else scratch.split(request.calibration)
         )
-        found = sensitivities(request, calibration, sizes, scratch, progress)
-        cost = _costs(found)
-        chosen = best_mix(sizes, cost, request.budget_bytes) or uniform(groups, LADDER[0])
-        mix, output = _written(request, _fitting(request, chosen, cost, sizes), cost, sizes, file_sha256)
-        params = mix.params(request.imatrix, request.imatrix_sha256)
+        # The judge's reference first: a text too short to judge by fails before the long search.
         with Reference(
             request.source, evaluation.path, text=evaluation.label, n_ctx=request.n_ctx,
             chunks=request.evaluation_chunks, threads=request.threads,
         ) as reference:  # fmt: skip
+            found = sensitivities(request, calibration, sizes, scratch, progress)
+            cost = _costs(found)
+            chosen = best_mix(sizes, cost, request.budget_bytes) or uniform(groups, LADDER[0])
+            mix, output = _written(request, _fitting(request, chosen, cost, sizes), cost, sizes, file_sha256)
+            params = mix.params(request.imatrix, request.imatrix_sha256)
             measured = _judged(reference, "mix", output, sizes.n_elements)
             presets = []
             for preset in _nearest_presets(request):
