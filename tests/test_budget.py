@@ -16,7 +16,8 @@ from pipeline.gguf.header import read_header
 from pipeline.gguf.tiny_model import TinySpec, write_tiny_model
 from pipeline.llama.mix import LADDER, OTHER, GroupSizes, TypeMix, group_of, group_sizes
 from pipeline.llama.quantize import QuantizeRequest, plan, quantize
-from pipeline.measure.budget import BudgetRequest, Text, best_mix, quantize_budget
+from pipeline.measure.budget import BudgetRequest, Text, quantize_budget
+from pipeline.measure.mix_search import best_mix
 
 WORDS = [
     *("the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "models", "run", "on"),
@@ -124,3 +125,19 @@ def test_budget_takes_no_explicit_types(mm: Callable[..., Result], tiny_model: P
     result = mm("quantize", str(tiny_model), "--budget", "4M", "--to", "q4_k_m")
     assert result.exit_code == 2
     assert "--budget chooses the type of every tensor group" in result.output
+
+
+def test_fit_flags_belong_to_a_fit_budget(mm: Callable[..., Result], tiny_model: Path) -> None:
+    result = mm("quantize", str(tiny_model), "--budget", "4M", "--vram", "12G")
+    assert result.exit_code == 2
+    assert "size a --budget fit" in result.output
+
+
+def test_a_fit_budget_no_mix_can_meet_is_one_clear_error(
+    mm: Callable[..., Result], tiny_model: Path, tmp_path: Path
+) -> None:
+    """512 MiB of the class's VRAM is the CUDA context mm assumes: 100 MiB cannot hold any mix."""
+    text = _text(tmp_path / "t.txt", 1)
+    result = mm("quantize", str(tiny_model), "--budget", "fit", "--vram", "100M", "--ram", "1G", "--text", str(text))
+    assert result.exit_code == 8, result.output
+    assert "even the smallest mix" in result.output and "does not fit" in result.output

@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from pipeline.base.errors import UsageError
 from pipeline.base.units import format_size, parse_size
+from pipeline.commands.options import parse_memory
 from pipeline.commands.render import emit_json, note, show_progress, table
+
+
+class FitFlags(NamedTuple):
+    """The target of `--budget fit`, as the flags gave it."""
+
+    hardware: str | None
+    vram: str | None
+    ram: str | None
+    ctx: int | None
+
 
 if TYPE_CHECKING:
     from pipeline.measure.budget import BudgetResult, Text
@@ -22,24 +33,35 @@ def _text(value: str) -> Text:
 
 
 def quantize_to_budget(
-    model: str, budget: str, *, text: str | None, eval_text: str | None, max_evals: int, imatrix: Path | None,
-    threads: int | None, output: Path | None, recipes: Path | None, as_json: bool, quiet: bool,
+    model: str, budget: str, flags: FitFlags, *, text: str | None, eval_text: str | None, max_evals: int,
+    imatrix: Path | None, threads: int | None, output: Path | None, recipes: Path | None, as_json: bool, quiet: bool,
 ) -> None:  # fmt: skip
     """Resolve MODEL and the texts, run the measured search with a progress bar, render the result."""
     from tqdm import tqdm
 
+    from pipeline.fitting.fit import FitSettings
     from pipeline.llama.imatrix import calibration_text
-    from pipeline.measure.budget import BudgetRequest, quantize_budget
-    from pipeline.resolve.model_ref import resolve_model
+    from pipeline.measure.budget import BudgetRequest, FitTarget, quantize_budget
+    from pipeline.resolve.model_ref import resolve_model, target_hardware
     from pipeline.resolve.texts import resolve_text
 
+    resolved = resolve_model(model, recipes)
+    fit_target = None
     if budget.strip().lower() == "fit":
-        raise UsageError("budget 'fit' is not built yet: give a size such as 11G", param="budget")
-    budget_bytes = parse_size(budget, what="--budget")
-    path = resolve_model(model, recipes).path
+        budget_bytes = None
+        fit_target = FitTarget(
+            hardware=target_hardware(flags.hardware, parse_memory(flags.vram, "--vram"),
+                                     parse_memory(flags.ram, "--ram"), resolved.recipe, recipes),
+            settings=FitSettings.for_recipe(resolved.recipe, ctx=flags.ctx),
+        )  # fmt: skip
+    elif any(value is not None for value in flags):
+        raise UsageError("--hardware, --vram, --ram and --ctx size a --budget fit, not a --budget SIZE")
+    else:
+        budget_bytes = parse_size(budget, what="--budget")
+    path = resolved.path
     calibration = resolve_text(calibration_text(text))
     request = BudgetRequest(
-        source=path, budget_bytes=budget_bytes,
+        source=path, budget_bytes=budget_bytes, fit_target=fit_target,
         calibration=_text(str(calibration.path)).model_copy(update={"label": calibration.source}),
         evaluation=_text(eval_text) if eval_text else None, imatrix=imatrix, max_evals=max_evals, threads=threads,
         output=output,

@@ -22,9 +22,11 @@ from pipeline.commands.options import (
     NCpuMoeOpt,
     OfflineOpt,
     ParallelOpt,
+    RamOpt,
     RecipesDirOpt,
     TokenOpt,
     UbatchOpt,
+    VramOpt,
     parse_gpu_layers,
     parse_kv_type,
     parse_memory,
@@ -90,12 +92,8 @@ def _show_summary(s: ModelSummary) -> None:
 def fit_command(
     model: ModelArg,
     hardware: HardwareOpt = None,
-    vram: Annotated[
-        str | None, typer.Option(metavar="SIZE", help="GPU memory, e.g. 12G (a bare number is GiB); 0 = CPU only.")
-    ] = None,
-    ram: Annotated[
-        str | None, typer.Option(metavar="SIZE", help="System RAM, e.g. 64G (a bare number is GiB).")
-    ] = None,
+    vram: VramOpt = None,
+    ram: RamOpt = None,
     ctx: CtxOpt = None,
     kv_type: KvTypeOpt = [],  # noqa: B006  # typer reads the default; never mutated
     flash_attn: FlashAttnOpt = None,

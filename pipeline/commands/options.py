@@ -74,6 +74,10 @@ ModelArg = Annotated[
 NameArg = Annotated[str, typer.Argument(metavar="NAME", help="Profile name (`mm ls` lists them).")]
 
 # Run settings, spelled as mm and as llama.cpp's common/arg.cpp spell them.
+VramOpt = Annotated[
+    str | None, typer.Option(metavar="SIZE", help="GPU memory, e.g. 12G (a bare number is GiB); 0 = CPU only.")
+]
+RamOpt = Annotated[str | None, typer.Option(metavar="SIZE", help="System RAM, e.g. 64G (a bare number is GiB).")]
 CtxOpt = Annotated[
     int | None, typer.Option("--ctx", "-c", "--ctx-size", metavar="N", min=16, help="Context length (tokens).")
 ]

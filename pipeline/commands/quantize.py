@@ -9,8 +9,19 @@ import typer
 
 from pipeline.base.errors import UsageError
 from pipeline.base.units import format_size
-from pipeline.commands.budget import quantize_to_budget
-from pipeline.commands.options import JsonOpt, ModelArg, QuietOpt, RecipesDirOpt, ThreadsOpt, writable_target
+from pipeline.commands.budget import FitFlags, quantize_to_budget
+from pipeline.commands.options import (
+    CtxOpt,
+    HardwareOpt,
+    JsonOpt,
+    ModelArg,
+    QuietOpt,
+    RamOpt,
+    RecipesDirOpt,
+    ThreadsOpt,
+    VramOpt,
+    writable_target,
+)
 from pipeline.commands.registration import add_command
 from pipeline.commands.render import counting, emit_json, note, table, work_bar
 
@@ -63,10 +74,15 @@ def quantize_command(
     budget: Annotated[
         str | None,
         typer.Option(
-            metavar="SIZE",
-            help="Choose a type per tensor group by measured KL-divergence; the file stays within SIZE (e.g. 11G).",
+            metavar="SIZE|fit",
+            help="Choose a type per tensor group by measured KL-divergence; the file stays within SIZE (e.g. 11G), "
+            "or (fit) is the largest that --hardware/--vram/--ram/--ctx hold as `mm fit` places it.",
         ),
     ] = None,
+    hardware: HardwareOpt = None,
+    vram: VramOpt = None,
+    ram: RamOpt = None,
+    ctx: CtxOpt = None,
     text: Annotated[
         str | None,
         typer.Option(
@@ -100,10 +116,13 @@ def quantize_command(
     writable_target(output, "--output")
     if budget is not None:
         _no_flags_with_budget(to, tensor_type, output_tensor_type, token_embedding_type, pure, dry_run)
+        target = FitFlags(hardware=hardware, vram=vram, ram=ram, ctx=ctx)
         return quantize_to_budget(
-            model, budget, text=text, eval_text=eval_text, max_evals=max_evals, imatrix=imatrix, threads=threads,
-            output=output, recipes=recipes, as_json=as_json, quiet=quiet,
+            model, budget, target, text=text, eval_text=eval_text, max_evals=max_evals, imatrix=imatrix,
+            threads=threads, output=output, recipes=recipes, as_json=as_json, quiet=quiet,
         )  # fmt: skip
+    if any(v is not None for v in (hardware, vram, ram, ctx)):
+        raise UsageError("--hardware, --vram, --ram and --ctx size a --budget fit; give --budget fit, or drop them")
     if text is not None or eval_text is not None:
         raise UsageError("--text and --eval-text choose a --budget mix; give --budget SIZE, or drop them")
     if llama_quantize is not None and engine == "api":

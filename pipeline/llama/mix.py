@@ -102,6 +102,7 @@ class GroupSizes(BaseModel):
     """Exact tensor bytes of each group at each rung, from one `--pure` dry run per rung."""
 
     groups: dict[str, dict[str, int]]  # group -> ggml type -> bytes (tensor data, 32-byte padded)
+    tensors: dict[str, dict[str, tuple[int, str]]] = {}  # tensor -> rung ggml type -> (bytes, type written)
     header_bytes: int  # the dry run's header estimate (slightly above the written header)
     n_elements: int
 
@@ -114,6 +115,14 @@ class GroupSizes(BaseModel):
     def bits_per_weight(self, mix: TypeMix) -> float:
         return (self.file_bytes(mix) - self.header_bytes) * 8 / max(self.n_elements, 1)
 
+    def tensor_plan(self, mix: TypeMix) -> tuple[dict[str, int], dict[str, str]]:
+        """Each tensor's bytes and ggml type in `mix` (what fitting needs to place a quant not yet written)."""
+        base = mix.base.ggml
+        sizes, types = {}, {}
+        for name, by_type in self.tensors.items():
+            sizes[name], types[name] = by_type[mix.types.get(group_of(name), base)]
+        return sizes, types
+
 
 def _pad(n: int) -> int:
     return n + (-n % 32)
@@ -124,6 +133,7 @@ def group_sizes(
 ) -> GroupSizes:
     """Dry-run every rung once (`--pure`, with `params`' imatrix) and add each tensor's bytes to its group."""
     groups: dict[str, dict[str, int]] = {}
+    tensors: dict[str, dict[str, tuple[int, str]]] = {}
     header_bytes = 0
     for rung in LADDER:
         if on_rung is not None:
@@ -134,10 +144,11 @@ def group_sizes(
         for tensor in planned.tensors:
             by_type = groups.setdefault(group_of(tensor.name), {})
             by_type[rung.ggml] = by_type.get(rung.ggml, 0) + _pad(tensor.n_bytes)
+            tensors.setdefault(tensor.name, {})[rung.ggml] = (tensor.n_bytes, tensor.type)
             data += _pad(tensor.n_bytes)
         header_bytes = planned.file_bytes - data
     n_elements = sum(t.n_elements for header in read_model(source) for t in header.tensors)
-    return GroupSizes(groups=groups, header_bytes=header_bytes, n_elements=n_elements)
+    return GroupSizes(groups=groups, tensors=tensors, header_bytes=header_bytes, n_elements=n_elements)
 
 
 def uniform(groups: list[str], rung: Rung) -> TypeMix:

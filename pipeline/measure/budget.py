@@ -25,15 +25,19 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from pipeline.base.digest import forget_sha256
-from pipeline.base.errors import QuantizeError
+from pipeline.base.errors import FitError, QuantizeError
 from pipeline.base.home import mm_home
 from pipeline.base.provenance import QuantParams
 from pipeline.base.units import format_size
+from pipeline.fitting.fit import FitResult, FitSettings, fit_model, fit_shape
+from pipeline.fitting.memory import model_shape
 from pipeline.gguf.header import read_model
 from pipeline.gguf.quant_types import FLOAT_FILE_TYPES
 from pipeline.llama.mix import LADDER, OTHER, GroupSizes, Rung, TypeMix, group_sizes, uniform
 from pipeline.llama.quantize import QuantizeRequest, default_output_path, plan, quantize
 from pipeline.measure.evaluate import Reference
+from pipeline.measure.mix_search import Front, Sensitivity, best_mix, costs_over_baseline, mix_front, step_down
+from pipeline.spec.hardware import HardwareClass
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +52,17 @@ class Text(BaseModel):
     sha256: str
 
 
+class FitTarget(BaseModel):
+    """`--budget fit`: the hardware and run settings the quant must fit, as `mm fit` places it."""
+
+    hardware: HardwareClass
+    settings: FitSettings
+
+
 class BudgetRequest(BaseModel):
     source: Path  # a float (F32/F16/BF16) GGUF: the reference every KLD is measured against
-    budget_bytes: int
+    budget_bytes: int | None = None  # None: the largest mix that fits `fit_target`
+    fit_target: FitTarget | None = None
     calibration: Text
     evaluation: Text | None = None  # None: the calibration text's second half, never used to choose
     imatrix: Path | None = None
@@ -61,13 +73,6 @@ class BudgetRequest(BaseModel):
     max_evals: int = 48
     threads: int | None = None
     output: Path | None = None
-
-
-class Sensitivity(BaseModel):
-    group: str
-    type: str
-    kld_mean: float  # the model with only this group at this type, the rest at Q8_0
-    bytes: int
 
 
 class Measured(BaseModel):
@@ -107,39 +112,6 @@ def _rungs_within(max_evals: int, n_groups: int) -> list[Rung]:
     step = (len(lower) - 1) / max(allowed - 1, 1)
     picked = sorted({round(i * step) for i in range(allowed)})
     return [*(lower[i] for i in picked), LADDER[-1]]
-
-
-def best_mix(sizes: GroupSizes, cost: dict[str, dict[str, float]], budget_bytes: int) -> TypeMix | None:
-    """The mix of least summed cost whose exact size fits the budget (None if even the cheapest does not).
-
-    For each base type (the lowest type used, which tensors of no group take) a Pareto front of
-    (bytes, cost) is grown group by group; dominated partial mixes are dropped, so the front stays small."""
-    best: tuple[float, TypeMix] | None = None
-    groups = sorted(cost)
-    for base in LADDER:
-        if not all(base.ggml in cost[g] for g in groups):
-            continue
-        fixed = sizes.header_bytes + sizes.groups.get(OTHER, {}).get(base.ggml, 0)
-        front: list[tuple[int, float, dict[str, str]]] = [(fixed, 0.0, {})]
-        for group in groups:
-            grown = [
-                (size + sizes.groups[group][kind], total + cost[group][kind], {**choice, group: kind})
-                for size, total, choice in front
-                for kind in cost[group]
-                if LADDER.index(RUNG_OF[kind]) >= LADDER.index(base)
-            ]
-            grown.sort(key=lambda item: (item[0], item[1]))
-            front = []
-            for item in grown:
-                if item[0] <= budget_bytes and (not front or item[1] < front[-1][1]):
-                    front.append(item)
-        for _size, total, choice in front:
-            if base.ggml in choice.values() and (best is None or total < best[0]):
-                best = (total, TypeMix(types=choice))
-    return best[1] if best else None
-
-
-RUNG_OF = {rung.ggml: rung for rung in LADDER}
 
 
 class _Scratch:
@@ -218,48 +190,50 @@ def sensitivities(
     return found
 
 
-def _costs(found: list[Sensitivity]) -> dict[str, dict[str, float]]:
-    """KLD added by each group's type over the all-Q8_0 baseline; noise below the baseline counts as none."""
-    top = LADDER[-1].ggml
-    baseline = {s.group: s.kld_mean for s in found if s.type == top}
-    cost: dict[str, dict[str, float]] = {}
-    for s in found:
-        cost.setdefault(s.group, {})[s.type] = max(s.kld_mean - baseline[s.group], 0.0)
-    return cost
-
-
-def _step_down(mix: TypeMix, cost: dict[str, dict[str, float]], sizes: GroupSizes) -> TypeMix | None:
-    """One group one type lower: the step adding the least cost per byte saved (None at the bottom)."""
-    steps = []
-    for group, kind in mix.types.items():
-        lower = [k for k in cost[group] if LADDER.index(RUNG_OF[k]) < LADDER.index(RUNG_OF[kind])]
-        if lower:
-            below = max(lower, key=lambda k: LADDER.index(RUNG_OF[k]))
-            saved = sizes.groups[group][kind] - sizes.groups[group][below]
-            steps.append(((cost[group][below] - cost[group][kind]) / max(saved, 1), group, below))
-    if not steps:
-        return None
-    _, group, below = min(steps)
-    return TypeMix(types={**mix.types, group: below})
-
-
-def _fitting(request: BudgetRequest, mix: TypeMix, cost: dict[str, dict[str, float]], sizes: GroupSizes) -> TypeMix:
+def _fitting(
+    request: BudgetRequest, mix: TypeMix, cost: dict[str, dict[str, float]], sizes: GroupSizes, budget: int
+) -> TypeMix:
     """`mix`, stepped down until llama.cpp's own dry run of the whole mix is within the budget."""
     current: TypeMix | None = mix
     while current is not None:
         planned = plan(request.source, current.params(request.imatrix, request.imatrix_sha256))
-        if planned.file_bytes <= request.budget_bytes:
+        if planned.file_bytes <= budget:
             return current
-        current = _step_down(current, cost, sizes)
-    raise QuantizeError(f"no mix of {request.source.name} fits {format_size(request.budget_bytes)}", param="budget")
+        current = step_down(current, cost, sizes)
+    raise QuantizeError(f"no mix of {request.source.name} fits {format_size(budget)}", param="budget")
+
+
+def _placed_as_wanted(fit: FitResult, target: FitTarget, has_experts: bool) -> bool:
+    """On a GPU class every layer's dense part on the GPU (experts may stay in RAM); else all in RAM."""
+    if fit.verdict == "does_not_fit":
+        return False
+    if not target.hardware.has_gpu:
+        return True
+    return fit.verdict == "full_offload" or (has_experts and fit.n_gpu_layers == fit.n_layers + 1)
+
+
+def largest_fitting(request: BudgetRequest, sizes: GroupSizes, front: list[Front]) -> Front | None:
+    """The largest (least KLD) mix on the front that `mm fit` places on the target as wanted."""
+    assert request.fit_target is not None
+    headers = read_model(request.source)
+    has_experts = "experts" in sizes.groups
+    for candidate in reversed(front):
+        tensor_bytes, tensor_types = sizes.tensor_plan(candidate.mix)
+        shape = model_shape(headers, tensor_bytes, tensor_types)
+        target = request.fit_target
+        fit = fit_shape(shape, request.source, target.hardware, target.settings, suggest=False)
+        if _placed_as_wanted(fit, target, has_experts):
+            return candidate
+    return None
 
 
 def _written(
     request: BudgetRequest, mix: TypeMix, cost: dict[str, dict[str, float]], sizes: GroupSizes,
     sha256_of: Callable[..., str],
 ) -> tuple[TypeMix, Path]:  # fmt: skip
-    """Write `mix`; the dry run estimates the header, so a file a few bytes over is removed and the mix
-    stepped down once more (the file on disk is the judge)."""
+    """Write `mix` and judge the written file: within the size budget, or (`fit`) placed on the target as
+    wanted by `mm fit`'s own reading of it. The dry run only estimates the header, so a file a few bytes
+    over is removed and the mix stepped down once more."""
     current: TypeMix | None = mix
     while current is not None:
         output = request.output or default_output_path(
@@ -267,21 +241,28 @@ def _written(
         )
         params = current.params(request.imatrix, request.imatrix_sha256)
         quantize(QuantizeRequest(source=request.source, params=params, output=output, threads=request.threads))
-        if output.stat().st_size <= request.budget_bytes:
+        if _accepted(request, output, "experts" in sizes.groups):
             return current, output
-        log.info("%s is %d bytes, over the budget: one step down", output, output.stat().st_size)
+        log.info("%s (%d bytes) is over the budget: one step down", output, output.stat().st_size)
         forget_sha256(mm_home(), output)
         output.unlink()
         output.with_name(output.name + ".mm.json").unlink(missing_ok=True)
-        current = _step_down(current, cost, sizes)
-    raise QuantizeError(f"no mix of {request.source.name} fits {format_size(request.budget_bytes)}", param="budget")
+        current = step_down(current, cost, sizes)
+    raise QuantizeError(f"no mix of {request.source.name} fits the budget", param="budget")
 
 
-def _nearest_presets(request: BudgetRequest) -> list[str]:
+def _accepted(request: BudgetRequest, output: Path, has_experts: bool) -> bool:
+    target = request.fit_target
+    if target is None:
+        return output.stat().st_size <= (request.budget_bytes or 0)  # set by quantize_budget before writing
+    return _placed_as_wanted(fit_model(output, target.hardware, target.settings), target, has_experts)
+
+
+def _nearest_presets(request: BudgetRequest, budget: int) -> list[str]:
     """The largest uniform preset within the budget and the smallest above it (by llama.cpp's dry run)."""
     sized = sorted((plan(request.source, QuantParams(type=p)).file_bytes, p) for p in DEFAULT_PRESETS)
-    under = [p for size, p in sized if size <= request.budget_bytes]
-    over = [p for size, p in sized if size > request.budget_bytes]
+    under = [p for size, p in sized if size <= budget]
+    over = [p for size, p in sized if size > budget]
     return under[-1:] + over[:1]
 
 
@@ -293,6 +274,28 @@ def _judged(reference: Reference, name: str, path: Path, n_elements: int) -> Mea
         name=name, size_bytes=size, bits_per_weight=round(size * 8 / max(n_elements, 1), 3),
         kld_mean=figures.kld_mean, kld_stdev=figures.kld_stdev, ppl=figures.ppl, ppl_delta=figures.ppl_delta,
     )  # fmt: skip
+
+
+def _check_cheapest(request: BudgetRequest, sizes: GroupSizes, cheapest: Front) -> None:
+    """Before measuring anything: the smallest mix (every group at q2_k) must be within the budget."""
+    name = request.source.name
+    if request.fit_target is not None:
+        if largest_fitting(request, sizes, [cheapest]) is None:
+            raise FitError(
+                f"even the smallest mix of {name} ({format_size(cheapest.size_bytes)}, every group at q2_k) does "
+                f"not fit {request.fit_target.hardware.name} as `mm fit` places it",
+                hint="a smaller context or model, or a larger class",
+                param="budget",
+            )
+    elif request.budget_bytes is None:
+        raise QuantizeError("a budget needs a size, or a target to fit", param="budget")
+    elif cheapest.size_bytes > request.budget_bytes:
+        raise QuantizeError(
+            f"budget {format_size(request.budget_bytes)} is below the smallest mix of {name} "
+            f"({format_size(cheapest.size_bytes)}, every group at q2_k)",
+            hint="give a larger budget, or a smaller model",
+            param="budget",
+        )
 
 
 def quantize_budget(request: BudgetRequest, progress: BudgetProgress | None = None) -> BudgetResult:
@@ -308,14 +311,8 @@ def quantize_budget(request: BudgetRequest, progress: BudgetProgress | None = No
         )
     sizes = group_sizes(request.source, QuantParams(type="q8_0", imatrix_path=_str(request.imatrix)))
     groups = [g for g in sizes.groups if g != OTHER]
-    cheapest = sizes.file_bytes(uniform(groups, LADDER[0]))
-    if cheapest > request.budget_bytes:
-        raise QuantizeError(
-            f"budget {format_size(request.budget_bytes)} is below the smallest mix of {request.source.name} "
-            f"({format_size(cheapest)}, every group at q2_k)",
-            hint="give a larger budget, or a smaller model",
-            param="budget",
-        )
+    cheapest = Front(sizes.file_bytes(uniform(groups, LADDER[0])), 0.0, uniform(groups, LADDER[0]))
+    _check_cheapest(request, sizes, cheapest)
     scratch = _Scratch(request)
     try:
         calibration, evaluation = (
@@ -327,13 +324,17 @@ def quantize_budget(request: BudgetRequest, progress: BudgetProgress | None = No
             chunks=request.evaluation_chunks, threads=request.threads,
         ) as reference:  # fmt: skip
             found = sensitivities(request, calibration, sizes, scratch, progress)
-            cost = _costs(found)
-            chosen = best_mix(sizes, cost, request.budget_bytes) or uniform(groups, LADDER[0])
-            mix, output = _written(request, _fitting(request, chosen, cost, sizes), cost, sizes, file_sha256)
+            cost = costs_over_baseline(found)
+            budget = request.budget_bytes
+            if budget is None:
+                budget = (largest_fitting(request, sizes, mix_front(sizes, cost)) or cheapest).size_bytes
+            chosen = best_mix(sizes, cost, budget) or uniform(groups, LADDER[0])
+            fitting = _fitting(request, chosen, cost, sizes, budget)
+            mix, output = _written(request, fitting, cost, sizes, file_sha256)
             params = mix.params(request.imatrix, request.imatrix_sha256)
             measured = _judged(reference, "mix", output, sizes.n_elements)
             presets = []
-            for preset in _nearest_presets(request):
+            for preset in _nearest_presets(request, budget):
                 made = quantize(QuantizeRequest(source=request.source, params=QuantParams(type=preset),
                                                 threads=request.threads))  # fmt: skip
                 presets.append(_judged(reference, preset, made.output, sizes.n_elements))
@@ -341,7 +342,7 @@ def quantize_budget(request: BudgetRequest, progress: BudgetProgress | None = No
     finally:
         scratch.close()
     return BudgetResult(
-        source=str(request.source), budget_bytes=request.budget_bytes, output=output, mix=mix.types, params=params,
+        source=str(request.source), budget_bytes=budget, output=output, mix=mix.types, params=params,
         measured=measured, presets=presets, sensitivities=found, calibration_text=calibration.label,
         evaluation_text=evaluation.label, evals=scratch.evals + 1,
         seconds=round(time.perf_counter() - started, 3),
