@@ -163,8 +163,14 @@ def hw_command(
     threads: Annotated[
         str | None, typer.Option(metavar="N,N", help="Thread counts to measure, e.g. 1,2 (default: 1..cores).")
     ] = None,
+    list_gpus: Annotated[
+        bool, typer.Option("--gpus", help="List the GPU catalog (ids for hardware.toml's gpus).")
+    ] = False,
 ) -> None:
     """This machine's GPUs, RAM and CPU, and the hardware classes mm can plan for.
+
+    --gpus lists the GPU catalog a class can be built from (`gpus = ["rtx3090"]` in hardware.toml), each
+    figure with its source.
 
     --measure times RAM reads and llama.cpp's decode of calibration models per thread count (about 15 s
     each); `mm fit` then predicts this machine from the measurement. --save NAME keeps it as a class.
@@ -174,6 +180,9 @@ def hw_command(
     from pipeline.resolve.model_ref import hardware_file as hardware_toml
     from pipeline.spec.local_machine import local_machine
 
+    if list_gpus:
+        _show_gpus(as_json)
+        return
     if measure or save or hardware_file or threads:
         from pipeline.commands.measure import measure_hardware
 
@@ -195,6 +204,20 @@ def hw_command(
     table(("class", "vram", "ram", "gpu GB/s", "ram GB/s", "from", "description"), rows)
 
 
+def _show_gpus(as_json: bool) -> None:
+    from pipeline.spec.gpus import gpu_catalog
+
+    catalog = gpu_catalog()
+    if as_json:
+        emit_json(catalog)
+        return
+    rows = [(g.id, g.name, format_size(g.memory_bytes) + (" unified" if g.unified else ""), f"{g.bandwidth_gbps:g}",
+             f"{g.fp16_tflops:g}", g.calibration, g.source) for g in catalog.gpus.values()]  # fmt: skip
+    table(("id", "name", "memory", "GB/s", "fp16 TFLOPS", "calibration", "source"), rows)
+    for key, text in catalog.sources.items():
+        note(f"{key}: {text}")
+
+
 def _settings_line(r: FitResult) -> str:
     s = r.settings
     forced = "" if s.n_gpu_layers is None else f", {r.n_gpu_layers} GPU layers forced"
@@ -208,6 +231,8 @@ def _show_fit(r: FitResult) -> None:
     verdicts = {"full_offload": "full offload", "partial_offload": "partial offload", "cpu_only": "CPU only",
                 "does_not_fit": "does not fit"}  # fmt: skip
     speed = "" if r.verdict == "does_not_fit" else f", ~{r.tokens_per_second:g} tokens/s decode"
+    if speed and r.prompt_tokens_per_second:
+        speed += f", ~{r.prompt_tokens_per_second:g} tokens/s prompt"
     held = f", experts of {r.n_cpu_moe} in RAM" if r.n_cpu_moe else ""
     typer.echo(f"{verdicts[r.verdict]}: {r.n_gpu_layers}/{r.n_layers + 1} layers on GPU{held} ({r.hardware}){speed}")
     typer.echo(_settings_line(r))
@@ -232,6 +257,8 @@ def _show_fit(r: FitResult) -> None:
         typer.echo(f"try {suggestion}")
     for warning in r.warnings:
         note(f"warning: {warning}")
+    if r.speed_basis:
+        note(f"speed rests on: decode {r.speed_basis}" + (f"; prompt {r.prompt_basis}" if r.prompt_basis else ""))
     for assumption in r.assumptions:
         note(f"assumes {assumption}")
 
@@ -245,7 +272,9 @@ def _show_report(r: QuantReport) -> None:
     moe = any(c.n_cpu_moe for c in r.candidates)  # experts in RAM: say for how many layers
     rows = [[c.type, format_size(c.file_bytes) + ("" if c.exact_sizes else " ~"),
              f"{c.n_gpu_layers}" + (f" (experts of {c.n_cpu_moe} layers in RAM)" if moe else ""),
-             "-" if not c.fits else f"{c.tokens_per_second:g}", "-" if c.ppl_delta is None else f"+{c.ppl_delta:g}",
+             "-" if not c.fits else f"{c.tokens_per_second:g}" + (f" / {c.prompt_tokens_per_second:g}"
+                                                                  if c.prompt_tokens_per_second else ""),
+             "-" if c.ppl_delta is None else f"+{c.ppl_delta:g}",
              "yes" if c.fits else "no", _candidate_note(c)] for c in r.candidates]  # fmt: skip
     if any(c.measured_kld is not None for c in r.candidates):
         for row, c in zip(rows, r.candidates, strict=True):
@@ -256,6 +285,8 @@ def _show_report(r: QuantReport) -> None:
              "ppl (ref): llama.cpp's reference figure for the type (Llama-3-8B), not this model")  # fmt: skip
     else:
         table(("type", "file", "gpu layers", "tokens/s", "ppl (ref)", "fits", "note"), rows)
+    if any(c.prompt_tokens_per_second for c in r.candidates):
+        note("tokens/s: decode (tg128) / prompt (pp512), predicted for the class's catalog GPUs")
     typer.echo(f"recommended: {r.recommended or 'none'} ({r.reason})")
     if any(not c.exact_sizes for c in r.candidates):
         note("~ sizes estimated from bits per weight (llama.cpp's quantize dry-run was not available)")

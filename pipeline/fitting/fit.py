@@ -16,10 +16,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.base.units import format_size
+from pipeline.fitting import gpu_speed
+from pipeline.fitting.gpu_speed import decode_tokens_per_second
 from pipeline.fitting.memory import Context, DeviceBuffers, ModelShape, context, model_shape
 from pipeline.fitting.placement import (
     Placement,
-    ReadBytes,
     describe_placement,
     fastest,
     fewest_cpu_experts,
@@ -28,7 +29,6 @@ from pipeline.fitting.placement import (
     place,
     tensor_overrides,
 )
-from pipeline.fitting.speed import DeviceRates, DeviceWork, Overhead, tokens_per_second
 from pipeline.gguf.header import read_model
 from pipeline.spec.hardware import HardwareClass
 from pipeline.spec.recipe import KvType, Recipe
@@ -115,6 +115,9 @@ class FitResult(BaseModel):
     fits_vram: bool
     fits_ram: bool
     tokens_per_second: float
+    prompt_tokens_per_second: float | None = None  # pp512; None where not predicted (CPU only, no catalog GPU)
+    speed_basis: str = ""  # what the decode figure rests on: measured class, calibrated catalog, datasheet only
+    prompt_basis: str = ""
     verdict: Verdict
     assumptions: list[str]
     suggestions: list[str]
@@ -131,24 +134,6 @@ def _breakdown(split: DeviceBuffers, overhead: int) -> DeviceBreakdown:
         overhead_bytes=overhead,
         total_bytes=total,
     )
-
-
-def decode_tokens_per_second(
-    read: ReadBytes, hardware: HardwareClass, threads: int | None = None, n_layers: int = 0
-) -> float:
-    """pipeline/fitting/speed.py's roofline over what a token reads and multiplies on each device
-    (placement.bytes_read_per_token: only the active experts), as llama-bench's tg128 measures it."""
-    rates = hardware.rates_for(threads)
-    devices = [
-        (
-            DeviceWork(read.cpu, read.cpu_elements),
-            DeviceRates(hardware.ram_bandwidth_gbps, rates.gflops if rates else {}, rates.cache_bytes if rates else 0),
-        )
-    ]
-    if read.gpu and hardware.gpu_bandwidth_gbps > 0:
-        devices.append((DeviceWork(read.gpu, read.gpu_elements), DeviceRates(hardware.gpu_bandwidth_gbps)))
-    overhead = Overhead(rates.token_overhead_ms, rates.layer_overhead_ms) if rates else Overhead()
-    return tokens_per_second(devices, overhead.seconds(n_layers))
 
 
 def _context(shape: ModelShape, settings: FitSettings) -> Context:
@@ -176,9 +161,7 @@ def _place(shape: ModelShape, hardware: HardwareClass, settings: FitSettings) ->
         return place(shape, ctx, ngl, asked_k or 0)
     if asked_k is not None or not shape.is_moe:
         return most_layers(shape, ctx, budget, asked_k or 0)
-    return fastest(
-        shape, ctx, budget, lambda read: decode_tokens_per_second(read, hardware, settings.threads, shape.n_layers)
-    )
+    return fastest(shape, ctx, budget, lambda p: decode_tokens_per_second(p, shape, hardware, settings.threads))
 
 
 def _alternatives(shape: ModelShape, hardware: HardwareClass, settings: FitSettings) -> list[PlacementOption]:
@@ -196,7 +179,7 @@ def _alternatives(shape: ModelShape, hardware: HardwareClass, settings: FitSetti
             n_gpu_layers=p.n_gpu_layers,
             n_cpu_moe=p.n_cpu_moe,
             vram_bytes=p.gpu_total + (hardware.gpu_overhead_bytes if p.n_gpu_layers else 0),
-            tokens_per_second=decode_tokens_per_second(p.read, hardware, settings.threads, shape.n_layers),
+            tokens_per_second=decode_tokens_per_second(p, shape, hardware, settings.threads),
         )
         for label, p in options
     ]
@@ -263,7 +246,7 @@ def fit_shape(
         cpu=cpu,
         fits_vram=fits_vram,
         fits_ram=fits_ram,
-        tokens_per_second=decode_tokens_per_second(chosen.read, hardware, settings.threads, shape.n_layers),
+        **_speeds(gpu_speed.predict(chosen, shape, hardware, settings.threads)),
         verdict=verdict,
         assumptions=_assumptions(shape, hardware, settings),
         suggestions=[],
@@ -287,6 +270,12 @@ def fit_model(
     """
     shape = model_shape(read_model(model), tensor_bytes)
     return fit_shape(shape, model, hardware, settings or FitSettings())
+
+
+def _speeds(p: gpu_speed.SpeedPrediction) -> dict[str, Any]:
+    """The FitResult fields of a speed prediction: decode, pp512, and what each rests on."""
+    return {"tokens_per_second": p.decode_ts, "prompt_tokens_per_second": p.prompt_ts,
+            "speed_basis": p.decode_basis, "prompt_basis": p.prompt_basis}  # fmt: skip
 
 
 def _warnings(shape: ModelShape, settings: FitSettings) -> list[str]:

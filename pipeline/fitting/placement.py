@@ -112,7 +112,7 @@ def place(shape: ModelShape, ctx: Context, n_gpu_layers: int, n_cpu_moe: int = 0
     return Placement(n_gpu_layers, n_cpu_moe, gpu, cpu, bytes_read_per_token(shape, ctx, n_gpu_layers, n_cpu_moe))
 
 
-Speed = Callable[[ReadBytes], float]
+Speed = Callable[[Placement], float]  # predicted decode tokens/s of a placement
 
 
 def most_layers(shape: ModelShape, ctx: Context, budget: float, n_cpu_moe: int = 0) -> Placement:
@@ -161,7 +161,7 @@ def fastest(shape: ModelShape, ctx: Context, budget: float, speed: Speed) -> Pla
     best = most_layers(shape, ctx, budget)
     for ngl in range(shape.n_layers + 1, 0, -1):
         candidate = fewest_cpu_experts(shape, ctx, budget, ngl)
-        if candidate is not None and speed(candidate.read) > speed(best.read):
+        if candidate is not None and speed(candidate) > speed(best):
             best = candidate
     return best
 

@@ -33,6 +33,7 @@ class QuantCandidate(BaseModel):
     n_gpu_layers: int
     n_cpu_moe: int = 0  # a mixture of experts: layers whose experts stay in RAM (the MoE speed model)
     tokens_per_second: float
+    prompt_tokens_per_second: float | None = None  # pp512, where predicted
     ppl_delta: float | None  # llama.cpp's reference perplexity increase (quantize.cpp; lower is better)
     fits: bool
     verdict: Verdict
@@ -131,7 +132,7 @@ def recommend_quant(
             QuantCandidate(
                 type=qtype.canonical, file_bytes=planned.file_bytes, exact_sizes=planned.exact,
                 tensor_types=planned.kinds, n_gpu_layers=fit.n_gpu_layers, n_cpu_moe=fit.n_cpu_moe,
-                tokens_per_second=fit.tokens_per_second,
+                tokens_per_second=fit.tokens_per_second, prompt_tokens_per_second=fit.prompt_tokens_per_second,
                 ppl_delta=qtype.ppl_delta, fits=fit.verdict != "does_not_fit", verdict=fit.verdict,
                 needs_imatrix=planned.needs_imatrix, worth_it=note is None, note=note,
                 **_measured_fields(measured.get(qtype.canonical)),

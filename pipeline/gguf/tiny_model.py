@@ -362,15 +362,18 @@ def _big_type(name: str, spec: TinySpec) -> gguf.GGMLQuantizationType:
 
 
 def write_header_only_model(path: Path, spec: TinySpec) -> Path:
-    """A Q4_K_M-shaped (gpt-oss: MXFP4) GGUF whose header is real and whose data region is a sparse hole."""
+    """A Q4_K_M-shaped (gpt-oss: MXFP4; spec.dtype "f16": F16) GGUF whose header is real and whose data region
+    is a sparse hole."""
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = gguf.GGUFWriter(str(path), spec.arch)
+    f16 = spec.dtype == "f16"
     ftype = gguf.LlamaFileType.MOSTLY_MXFP4_MOE if spec.arch == "gpt-oss" else gguf.LlamaFileType.MOSTLY_Q4_K_M
-    _write_metadata(writer, spec, ftype)
+    _write_metadata(writer, spec, gguf.LlamaFileType.MOSTLY_F16 if f16 else ftype)
     total = 0
     for name, shape in _tensor_shapes(spec):
         f32 = len(shape) == 1 or name.endswith(_MAMBA_F32) or name.endswith(".bias")
-        qtype = gguf.GGMLQuantizationType.F32 if f32 else _big_type(name, spec)
+        big = gguf.GGMLQuantizationType.F16 if f16 else _big_type(name, spec)
+        qtype = gguf.GGMLQuantizationType.F32 if f32 else big
         block, type_size = block_size(qtype.name)
         n_bytes = int(np.prod(shape)) // block * type_size
         numpy_shape = shape[::-1]  # gguf takes numpy order, the last axis in bytes for quantized types

@@ -75,6 +75,10 @@ def _generated(repo: str, entries: list[RepoProfile]) -> list[str]:
     for entry in entries:
         p = entry.profile
         planned = _cell(p.prediction.verdict, p.run.n_gpu_layers, p.prediction.n_layers, p.prediction.tokens_per_second)
+        if p.prediction.prompt_tokens_per_second:
+            planned += f", prompt ~{p.prediction.prompt_tokens_per_second:.0f} tok/s"
+        if p.prediction.speed_basis:
+            planned += f" ({p.prediction.speed_basis})"
         lines.append(
             f"| {p.name} | [{entry.file}](./{entry.file}) | {p.quant} | {format_size(p.blob.size_bytes)} "
             f"| {entry.bits_per_weight:.2f} | {p.hardware}, ctx {p.run.n_ctx} | {planned} | {_measured(entry)} |"

@@ -103,6 +103,8 @@ class Prediction(BaseModel):
     tokens_per_second: float
     verdict: Verdict
     n_layers: int
+    prompt_tokens_per_second: float | None = None  # pp512, where predicted
+    speed_basis: str = ""  # what the figures rest on: measured class, calibrated catalog, datasheet only
     placement: str = ""  # where the layers and experts are, in words
     # For a MoE profile: how many whole layers fit with no expert in RAM (what tools that cannot place
     # experts, such as Ollama, can use instead), and its predicted speed.
@@ -284,6 +286,7 @@ def build_profile(
     prediction = Prediction(
         vram_bytes=fit.vram_bytes, ram_bytes=fit.ram_bytes, tokens_per_second=fit.tokens_per_second,
         verdict=fit.verdict, n_layers=fit.n_layers, placement=fit.placement,
+        prompt_tokens_per_second=fit.prompt_tokens_per_second, speed_basis=fit.speed_basis,
         layers_only_n_gpu_layers=layers_only.n_gpu_layers if layers_only else None,
         layers_only_tokens_per_second=layers_only.tokens_per_second if layers_only else None,
     )  # fmt: skip

@@ -1,5 +1,6 @@
-"""Hardware classes: the machine a build targets, built in or from hardware.toml. Data only: a class names a
-target, not the local machine (local_machine.py probes this one)."""
+"""Hardware classes: the machine a build targets, built in or from hardware.toml, composed of parts (GPUs from
+the catalog in gpus.py, RAM and its bandwidth, CPU cores). Data only: a class names a target, not the local
+machine (local_machine.py probes this one)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ import logging
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from pipeline.base.errors import HardwareError, UsageError
 from pipeline.base.units import format_size, parse_size
 from pipeline.base.validation import describe_validation_error, read_toml
+from pipeline.spec.gpus import Gpu, gpu_catalog
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +56,20 @@ class CpuRates(BaseModel):
 
 
 class HardwareClass(BaseModel):
-    """A target machine: one GPU's memory and bandwidth (vram 0 = CPU only) and system RAM; optionally
-    measured CPU compute rates per thread count (`mm hw --measure`), and how the figures were obtained."""
+    """A target machine: its GPUs (catalog ids in llama.cpp's device order, or just a VRAM size and bandwidth;
+    vram 0 = CPU only), system RAM and CPU cores; optionally measured CPU compute rates per thread count
+    (`mm hw --measure`), and how the figures were obtained.
+
+    `gpus = ["rtx3090", "rtx3090"]` fills vram (their sum) and gpu_bandwidth_gbps (the first card's) unless the
+    class gives them; the speed model then uses each card's catalog figures and calibration.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
     description: str = ""
+    gpus: tuple[str, ...] = ()  # catalog ids, in llama.cpp's device order (CUDA0, CUDA1, ...)
+    cpu_cores: int | None = Field(default=None, ge=1)  # physical cores the CPU side may use
     vram_bytes: Size = Field(default=0, validation_alias="vram", ge=0)
     ram_bytes: Size = Field(validation_alias="ram", gt=0)
     gpu_bandwidth_gbps: float = Field(default=0.0, ge=0)
@@ -71,9 +80,35 @@ class HardwareClass(BaseModel):
     measured: str = "datasheet"  # how the figures were obtained
     builtin: bool = Field(default=False, exclude=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _from_parts(cls, data: object) -> object:
+        """VRAM and GPU bandwidth from the catalog's cards, where the class does not give them itself."""
+        if not isinstance(data, dict) or not data.get("gpus"):
+            return data
+        ids = data["gpus"]
+        if isinstance(ids, str) or not isinstance(ids, list | tuple):
+            raise ValueError('gpus: expected a list of GPU ids, e.g. gpus = ["rtx3090"]')
+        catalog = gpu_catalog().gpus
+        unknown = [i for i in ids if i not in catalog]
+        if unknown:
+            raise ValueError(f"gpus: unknown GPU {unknown[0]!r} (`mm hw --gpus` lists the catalog)")
+        cards = [catalog[i] for i in ids]
+        filled = dict(data)
+        if "vram" not in data and "vram_bytes" not in data:
+            filled["vram"] = sum(card.usable_bytes for card in cards)
+        filled.setdefault("gpu_bandwidth_gbps", cards[0].bandwidth_gbps)
+        return filled
+
     @property
     def has_gpu(self) -> bool:
         return self.vram_bytes > 0
+
+    @property
+    def devices(self) -> tuple[Gpu, ...]:
+        """The catalog entries of this class's GPUs, in device order (empty for a class given by sizes)."""
+        catalog = gpu_catalog().gpus
+        return tuple(catalog[i] for i in self.gpus)
 
     def with_sizes(self, vram_bytes: int | None, ram_bytes: int | None) -> HardwareClass:
         """This class with its VRAM and/or RAM replaced (None = keep), named for what was given; a GPU added
@@ -102,29 +137,24 @@ class HardwareClass(BaseModel):
         return self.cpu_rates[max(below) if below else min(self.cpu_rates)]
 
 
-def _builtin(name: str, description: str, vram: str, ram: str, gpu_bw: float, ram_bw: float) -> HardwareClass:
+def _builtin(name: str, description: str, gpus: list[str], ram: str, ram_bw: float, cores: int) -> HardwareClass:
+    parts = {"gpus": gpus} if gpus else {"vram": 0}
     return HardwareClass.model_validate(
-        {
-            "name": name,
-            "description": description,
-            "vram": vram,
-            "ram": ram,
-            "gpu_bandwidth_gbps": gpu_bw,
-            "ram_bandwidth_gbps": ram_bw,
-            "builtin": True,
-        }
-    )
+        {"name": name, "description": description, **parts, "ram": ram, "ram_bandwidth_gbps": ram_bw,
+         "cpu_cores": cores, "builtin": True}
+    )  # fmt: skip
 
 
-# Bandwidths are the vendors' spec figures; dual-channel DDR4-3200 is 51.2 GB/s peak, DDR5-5200 ~83.
+# GPU figures from the catalog (gpus.toml); RAM bandwidth a little under the peak of dual-channel DDR4-3200
+# (51.2 GB/s) and DDR5-5200 (83.2 GB/s), as the classes always said.
 BUILTIN_CLASSES: tuple[HardwareClass, ...] = (
-    _builtin("rtx3060-12g", "RTX 3060 12 GB, 64 GB dual-channel DDR4", "12G", "64G", 360, 50),
-    _builtin("rtx3080-10g", "RTX 3080 10 GB, 32 GB dual-channel DDR4", "10G", "32G", 760, 50),
-    _builtin("rtx4060ti-16g", "RTX 4060 Ti 16 GB, 64 GB dual-channel DDR5", "16G", "64G", 288, 80),
-    _builtin("rtx3090-24g", "RTX 3090 24 GB, 64 GB dual-channel DDR4", "24G", "64G", 936, 50),
-    _builtin("rtx4090-24g", "RTX 4090 24 GB, 64 GB dual-channel DDR5", "24G", "64G", 1008, 80),
-    _builtin("cpu-64g", "CPU only, 64 GB dual-channel DDR4", "0", "64G", 0, 50),
-    _builtin("cpu-32g", "CPU only, 32 GB dual-channel DDR4", "0", "32G", 0, 50),
+    _builtin("rtx3060-12g", "RTX 3060 12 GB, 64 GB dual-channel DDR4", ["rtx3060"], "64G", 50, 8),
+    _builtin("rtx3080-10g", "RTX 3080 10 GB, 32 GB dual-channel DDR4", ["rtx3080"], "32G", 50, 8),
+    _builtin("rtx4060ti-16g", "RTX 4060 Ti 16 GB, 64 GB dual-channel DDR5", ["rtx4060ti-16g"], "64G", 80, 8),
+    _builtin("rtx3090-24g", "RTX 3090 24 GB, 64 GB dual-channel DDR4", ["rtx3090"], "64G", 50, 8),
+    _builtin("rtx4090-24g", "RTX 4090 24 GB, 64 GB dual-channel DDR5", ["rtx4090"], "64G", 80, 16),
+    _builtin("cpu-64g", "CPU only, 64 GB dual-channel DDR4", [], "64G", 50, 8),
+    _builtin("cpu-32g", "CPU only, 32 GB dual-channel DDR4", [], "32G", 50, 8),
 )
 
 

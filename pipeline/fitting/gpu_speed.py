@@ -1,0 +1,203 @@
+"""Decode and prompt speed of a placement on a hardware class: the calibrated model per catalog GPU, else
+speed.py's roofline (CPU-only classes, and classes given by VRAM size and bandwidth alone).
+
+Decode, per token (llama-bench's tg):
+
+    GPU  bytes read / (datasheet bandwidth x the backend's efficiency for their type)
+         + token_ms + layer_ms per repeating layer on the GPU               (calibrated, gpus.toml [calibrations])
+    CPU  max(bytes read / (RAM bandwidth x CPU_RAM_EFFICIENCY), matrix work / (cores x CPU_CORE_GFLOPS))
+         (or the class's measured CPU rates, `mm hw --measure`)
+    plus HANDOVER_MS each time a token's activations cross between the CPU and a GPU (once for a dense model
+    split by layers; twice per layer whose routed experts are in RAM) and between two GPUs.
+
+Prompt (llama-bench's pp512): matrix work per token / (fp16 TFLOPS x the backend's prompt efficiency), on the
+GPU even for weights kept in RAM: llama.cpp copies them to the GPU for a large batch (ggml-backend.cpp,
+ggml_backend_sched's offload of ops with batch >= 32), which costs their bytes over the host link per ubatch.
+
+What each figure rests on is returned with it (`basis`): a measured class, the calibrated catalog, or the
+datasheet alone (a class given as `vram` and `gpu_bandwidth_gbps` without catalog ids: an upper bound).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from pipeline.fitting.memory import ModelShape
+from pipeline.fitting.placement import Placement, ReadBytes
+from pipeline.fitting.speed import (
+    FLOPS_PER_ELEMENT,
+    DeviceRates,
+    DeviceWork,
+    Overhead,
+    device_seconds,
+    tokens_per_second,
+)
+from pipeline.gguf.ggml_types import block_size
+from pipeline.spec.gpus import Calibration, Gpu, calibration
+from pipeline.spec.hardware import HardwareClass
+
+# CPU side of a class that was not measured. llama.cpp's CPU decode of a dense Q4_K_M model reads RAM at about
+# 73% of its peak: Qwen2.5-32B Q4_K_M (19 GB) at 3.54 tokens/s on dual-channel DDR5-5600 (89.6 GB/s),
+# ggml-org/llama.cpp issue #19480 (the CPU-only record in bench/data/gpu_public.csv).
+CPU_RAM_EFFICIENCY = 0.73
+# Matrix-vector work per core: mainline llama.cpp's Llama-3.1-8B Q6_K decode at 2 threads on a Zen 3 (AVX2)
+# Ryzen 5975WX, 4.04 tokens/s x 15 GFLOP per token / 2 cores (ikawrakow/ik_llama.cpp pull #132).
+CPU_CORE_GFLOPS = 30.0
+# One crossing of a token's activations between devices: a copy of n_embd floats, a stream synchronisation
+# and the CPU thread pool's wake-up (ggml_backend_sched splits). Modelled, not calibrated: no public record of
+# the calibration set isolates it.
+HANDOVER_MS = 0.05
+# Prompt batches: llama.cpp's default ubatch, over which weights copied from RAM are reused.
+PROMPT_UBATCH = 512
+FLOAT_TYPES = frozenset({"F32", "F16", "BF16"})
+
+MEASURED, CALIBRATED, DATASHEET = "measured class", "calibrated catalog", "datasheet only"
+
+
+@dataclass(frozen=True)
+class SpeedPrediction:
+    decode_ts: float
+    prompt_ts: float | None  # None: not predicted (no GPU compute figure for this class)
+    decode_basis: str
+    prompt_basis: str
+
+
+def uses_catalog(hardware: HardwareClass) -> bool:
+    """Whether the calibrated model applies: a class with GPUs from the catalog (else speed.py's roofline)."""
+    return hardware.has_gpu and bool(hardware.gpus)
+
+
+def float_share(elements: Mapping[str, int]) -> float:
+    """The share of a token's weight bytes that are float (F16/BF16/F32) rather than quantized."""
+    by_type = {kind: count * block_size(kind)[1] / block_size(kind)[0] for kind, count in elements.items()}
+    total = sum(by_type.values())
+    return sum(v for k, v in by_type.items() if k.upper() in FLOAT_TYPES) / total if total else 0.0
+
+
+def _calibration(gpu: Gpu) -> Calibration:
+    """The card's calibration, or datasheet figures with no overheads where there is none."""
+    return calibration(gpu) or Calibration(
+        decode_efficiency_quant=1, decode_efficiency_float=1, token_ms=0, layer_ms=0,
+        prompt_efficiency_quant=1, prompt_efficiency_float=1, source="datasheet",
+    )  # fmt: skip
+
+
+def _shares(devices: tuple[Gpu, ...]) -> list[float]:
+    """How llama.cpp splits layers between GPUs by default: in proportion to their memory (--tensor-split)."""
+    total = sum(d.usable_bytes for d in devices)
+    return [d.usable_bytes / total for d in devices]
+
+
+def gpu_layers(shape: ModelShape, n_gpu_layers: int) -> int:
+    """Repeating layers on the GPU(s): -ngl counts the output layer first (llama.cpp's layer n_layer)."""
+    return max(0, min(n_gpu_layers, shape.n_layers + 1) - 1)
+
+
+def gpu_decode_seconds(bytes_read: int, elements: Mapping[str, int], layers: int, devices: tuple[Gpu, ...]) -> float:
+    """A token's time on the GPUs: each card reads its share of the bytes at its calibrated bandwidth and
+    pays its per-layer overhead; the per-token overhead once, and a hand-over between consecutive cards."""
+    if not devices or (not bytes_read and not layers):
+        return 0.0
+    fraction = float_share(elements)
+    seconds = max(_calibration(d).token_ms for d in devices) / 1e3 + HANDOVER_MS * (len(devices) - 1) / 1e3
+    for gpu, share in zip(devices, _shares(devices), strict=True):
+        cal = _calibration(gpu)
+        per_byte = (1 - fraction) / cal.decode_efficiency_quant + fraction / cal.decode_efficiency_float
+        seconds += bytes_read * share * per_byte / (gpu.bandwidth_gbps * 1e9) + cal.layer_ms * layers * share / 1e3
+    return seconds
+
+
+def cpu_decode_seconds(placement: Placement, shape: ModelShape, hardware: HardwareClass, threads: int | None) -> float:
+    """A token's time on the CPU side: measured rates where the class has them, else its parts."""
+    read = placement.read
+    if not read.cpu:
+        return 0.0
+    work = DeviceWork(read.cpu, read.cpu_elements)
+    rates = hardware.rates_for(threads)
+    if rates is not None:
+        cpu_layers = shape.n_layers - gpu_layers(shape, placement.n_gpu_layers)
+        overhead = Overhead(rates.token_overhead_ms, rates.layer_overhead_ms).seconds(cpu_layers)
+        ram = DeviceRates(hardware.ram_bandwidth_gbps, rates.gflops, rates.cache_bytes)
+        return device_seconds(work, ram) + overhead
+    memory = read.cpu / (hardware.ram_bandwidth_gbps * CPU_RAM_EFFICIENCY * 1e9)
+    cores = threads or hardware.cpu_cores
+    compute = work.flops / (cores * CPU_CORE_GFLOPS * 1e9) if cores else 0.0
+    return max(memory, compute)
+
+
+def handovers(shape: ModelShape, placement: Placement) -> int:
+    """Crossings between the CPU and the GPU per token: into the first GPU layer after CPU layers, and out to
+    and back from the CPU for each GPU layer whose routed experts stay in RAM."""
+    n = shape.n_layers
+    start = n + 1 - max(0, min(placement.n_gpu_layers, n + 1))
+    if start > n:
+        return 0
+    held = max(0, min(placement.n_cpu_moe, n) - start) if shape.is_moe else 0
+    return (1 if start > 0 else 0) + 2 * held
+
+
+def decode_tokens_per_second(
+    placement: Placement, shape: ModelShape, hardware: HardwareClass, threads: int | None = None
+) -> float:
+    """llama-bench's tg128 for a placement: the calibrated model on a class of catalog GPUs, else speed.py's
+    roofline over what a token reads and multiplies on each device (only the active experts)."""
+    if not uses_catalog(hardware):
+        return _roofline(placement.read, hardware, threads, shape.n_layers)
+    read, devices = placement.read, hardware.devices
+    seconds = gpu_decode_seconds(read.gpu, read.gpu_elements, gpu_layers(shape, placement.n_gpu_layers), devices)
+    seconds += cpu_decode_seconds(placement, shape, hardware, threads)
+    seconds += HANDOVER_MS * handovers(shape, placement) / 1e3
+    return round(1.0 / seconds, 2) if seconds > 0 else 0.0
+
+
+def _roofline(read: ReadBytes, hardware: HardwareClass, threads: int | None, n_layers: int) -> float:
+    """The roofline of a class without catalog GPUs: RAM with its measured rates, and a GPU's bandwidth."""
+    rates = hardware.rates_for(threads)
+    cpu = DeviceRates(hardware.ram_bandwidth_gbps, rates.gflops if rates else {}, rates.cache_bytes if rates else 0)
+    devices = [(DeviceWork(read.cpu, read.cpu_elements), cpu)]
+    if read.gpu and hardware.gpu_bandwidth_gbps > 0:
+        devices.append((DeviceWork(read.gpu, read.gpu_elements), DeviceRates(hardware.gpu_bandwidth_gbps)))
+    overhead = Overhead(rates.token_overhead_ms, rates.layer_overhead_ms) if rates else Overhead()
+    return tokens_per_second(devices, overhead.seconds(n_layers))
+
+
+def prompt_tokens_per_second(placement: Placement, shape: ModelShape, hardware: HardwareClass) -> float | None:
+    """llama-bench's pp512: every matrix product on the GPUs (weights in RAM copied over per ubatch)."""
+    devices = hardware.devices
+    if not devices or placement.n_gpu_layers == 0:
+        return None
+    elements: dict[str, int] = dict(placement.read.gpu_elements)
+    for kind, count in placement.read.cpu_elements.items():
+        elements[kind] = elements.get(kind, 0) + count
+    flops, fraction = FLOPS_PER_ELEMENT * sum(elements.values()), float_share(elements)
+    seconds = 0.0
+    for gpu, share in zip(devices, _shares(devices), strict=True):
+        cal = _calibration(gpu)
+        per_flop = (1 - fraction) / cal.prompt_efficiency_quant + fraction / cal.prompt_efficiency_float
+        seconds += flops * share * per_flop / (gpu.fp16_tflops * 1e12)
+    copied = max(0, placement.cpu.weights - shape.input_bytes)  # the token embeddings stay on the CPU
+    link = devices[0].pcie_gbps
+    if copied and link and not devices[0].unified:
+        seconds += copied / (link * 1e9) / PROMPT_UBATCH
+    return round(1.0 / seconds, 1) if seconds > 0 else None
+
+
+def predict(
+    placement: Placement, shape: ModelShape, hardware: HardwareClass, threads: int | None = None
+) -> SpeedPrediction:
+    """Decode and prompt speed with what each rests on."""
+    decode = decode_tokens_per_second(placement, shape, hardware, threads)
+    if not uses_catalog(hardware):
+        measured = hardware.rates_for(threads) is not None and not hardware.has_gpu
+        return SpeedPrediction(decode, None, MEASURED if measured else DATASHEET, "")
+    calibrated = all(calibration(d) for d in hardware.devices)
+    basis = CALIBRATED if calibrated else DATASHEET
+    if placement.read.cpu and hardware.rates_for(threads) is not None:
+        basis = f"{basis}; CPU side: {MEASURED}"
+    return SpeedPrediction(
+        decode_ts=decode,
+        prompt_ts=prompt_tokens_per_second(placement, shape, hardware),
+        decode_basis=basis,
+        prompt_basis=CALIBRATED if calibrated else DATASHEET,
+    )

@@ -1,0 +1,115 @@
+"""The GPU catalog: each card's memory, bandwidth and compute by id, with where each figure comes from, and the
+calibration of llama.cpp's speed per kind of card (pipeline/spec/gpus.toml; the speed model that uses them is
+pipeline/fitting/gpu_speed.py). Data only: nothing here probes a machine."""
+
+from __future__ import annotations
+
+import functools
+import tomllib
+from importlib import resources
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from pipeline.base.errors import HardwareError
+from pipeline.base.units import parse_size
+
+CATALOG_FILE = "gpus.toml"
+Backend = Literal["cuda", "metal"]
+# Of a Mac's unified memory, Metal lets one process keep about three quarters resident on the GPU
+# (recommendedMaxWorkingSetSize; Apple tech talk 10580, as quoted by XiongjieDai/GPU-Benchmarks-on-LLM-Inference).
+UNIFIED_GPU_SHARE = 0.75
+
+
+class Calibration(BaseModel):
+    """How close llama.cpp comes to a kind of card's datasheet figures, fit to public llama-bench runs.
+
+    decode: seconds per token = bytes read / (bandwidth x efficiency of their type) + token_ms + layer_ms per
+    layer on the device. prompt (pp512): seconds per token = matrix work / (fp16 TFLOPS x efficiency).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    decode_efficiency_quant: float = Field(gt=0, le=1.5)  # quantized weights (Q4_K, Q6_K, Q8_0 ...)
+    decode_efficiency_float: float = Field(gt=0, le=1.5)  # F16/BF16/F32 weights
+    token_ms: float = Field(ge=0)  # per token: graph launch and synchronisation
+    layer_ms: float = Field(ge=0)  # per layer on the device per token: its kernels' launch and tail
+    prompt_efficiency_quant: float = Field(gt=0, le=1.5)
+    prompt_efficiency_float: float = Field(gt=0, le=1.5)
+    source: str
+
+
+class Gpu(BaseModel):
+    """One card of the catalog (figures per card; a class with two cards lists the id twice)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9.-]*$")
+    name: str
+    memory_bytes: int = Field(gt=0)
+    bandwidth_gbps: float = Field(gt=0)
+    fp16_tflops: float = Field(gt=0)
+    pcie_gbps: float = Field(default=0.0, ge=0)  # host link, one direction (0: unified memory)
+    unified: bool = False
+    backend: Backend
+    calibration: str  # the key of [calibrations] that applies (cards of one memory technology and backend)
+    source: str  # the key of [sources] the figures come from
+
+    @property
+    def usable_bytes(self) -> int:
+        """Memory llama.cpp can allocate on the device: all of a card's; a share of a Mac's unified memory."""
+        return int(self.memory_bytes * UNIFIED_GPU_SHARE) if self.unified else self.memory_bytes
+
+
+class GpuCatalog(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sources: dict[str, str]
+    gpus: dict[str, Gpu]
+    calibrations: dict[str, Calibration] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ids(cls, data: object) -> object:
+        """Each [gpus.ID] table gets its id, and its memory parsed from a size such as 24G."""
+        if isinstance(data, dict) and isinstance(data.get("gpus"), dict):
+            gpus = {}
+            for gpu_id, table in data["gpus"].items():
+                table = dict(table)
+                if "memory" in table:
+                    table["memory_bytes"] = parse_size(table.pop("memory"))
+                gpus[gpu_id] = {"id": gpu_id, **table}
+            data = {**data, "gpus": gpus}
+        return data
+
+    @model_validator(mode="after")
+    def _sources_known(self) -> GpuCatalog:
+        for gpu in self.gpus.values():
+            if gpu.source not in self.sources:
+                raise ValueError(f"gpus.{gpu.id}: source {gpu.source!r} is not in [sources]")
+        for name, fitted in self.calibrations.items():
+            if fitted.source not in self.sources:
+                raise ValueError(f"calibrations.{name}: source {fitted.source!r} is not in [sources]")
+        return self
+
+
+@functools.cache
+def gpu_catalog() -> GpuCatalog:
+    """The built-in catalog (read once per process)."""
+    text = resources.files("pipeline.spec").joinpath(CATALOG_FILE).read_text(encoding="utf-8")
+    return GpuCatalog.model_validate(tomllib.loads(text))
+
+
+def get_gpu(gpu_id: str) -> Gpu:
+    catalog = gpu_catalog().gpus
+    if gpu_id not in catalog:
+        raise HardwareError(
+            f"unknown GPU {gpu_id!r}; known GPUs: {', '.join(sorted(catalog))}",
+            hint="`mm hw --gpus` lists the catalog; or give vram and gpu_bandwidth_gbps instead of gpus",
+        )
+    return catalog[gpu_id]
+
+
+def calibration(gpu: Gpu) -> Calibration | None:
+    """The card's calibrated parameters, if the catalog has them."""
+    return gpu_catalog().calibrations.get(gpu.calibration)
