@@ -1,0 +1,104 @@
+"""The GPU catalog, classes composed from its cards, and the calibrated speed model against public measurements."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from pipeline.base.errors import HardwareError
+from pipeline.fitting.fit import FitSettings, fit_model
+from pipeline.gguf.tiny_model import TinySpec, write_header_only_model
+from pipeline.spec.gpus import get_gpu, gpu_catalog
+from pipeline.spec.hardware import HardwareClass, get_hardware, load_hardware_file
+from tests.test_placement import QWEN3_30B_A3B
+
+GIB = 1 << 30
+LLAMA3_8B = TinySpec(n_layers=32, n_embd=4096, n_head=32, n_head_kv=8, n_ff=14336, n_vocab=128256, context_length=8192)
+
+
+def test_every_catalog_figure_names_a_source_and_every_requested_card_is_there() -> None:
+    catalog = gpu_catalog()
+    for gpu in catalog.gpus.values():
+        assert gpu.id == gpu.id.lower() and catalog.sources[gpu.source]
+        assert gpu.calibration in catalog.calibrations
+    for calibration in catalog.calibrations.values():
+        assert catalog.sources[calibration.source]
+    wanted = {"rtx2060", "rtx5090", "rtx3060-8g", "rtx4000-ada", "rtx6000-ada", "a6000", "a40", "l40s", "a100-pcie",
+              "a100-sxm", "h100-pcie", "h100-sxm", "m1-max", "m2-ultra", "m4-max"}  # fmt: skip
+    assert wanted <= set(catalog.gpus)
+    assert get_gpu("m2-ultra").unified and get_gpu("m2-ultra").usable_bytes < get_gpu("m2-ultra").memory_bytes
+
+
+def test_the_catalog_ships_with_the_package() -> None:
+    """pyproject's package-data carries the TOML the catalog reads."""
+    data = tomllib.loads(Path("pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["pipeline"]
+    assert "spec/*.toml" in data
+
+
+def test_a_class_is_composed_of_catalog_cards_and_the_old_keys_still_work(tmp_path: Path) -> None:
+    path = tmp_path / "hardware.toml"
+    path.write_text(
+        '[box]\ngpus = ["rtx2080"]\nram = "62G"\nram_bandwidth_gbps = 102\ncpu_cores = 10\n\n'
+        '[pair]\ngpus = ["rtx3090", "rtx3090"]\nram = "128G"\nram_bandwidth_gbps = 80\n\n'
+        '[old]\nvram = "12G"\nram = "64G"\ngpu_bandwidth_gbps = 360\nram_bandwidth_gbps = 50\n'
+    )
+    box, pair, old = load_hardware_file(path)
+    assert (box.vram_bytes, box.gpu_bandwidth_gbps, box.cpu_cores, box.gpus) == (8 * GIB, 448, 10, ("rtx2080",))
+    assert pair.vram_bytes == 48 * GIB and [d.id for d in pair.devices] == ["rtx3090", "rtx3090"]
+    assert old.vram_bytes == 12 * GIB and old.devices == ()
+    assert get_hardware("rtx3090-24g").gpus == ("rtx3090",)
+
+
+def test_an_unknown_card_is_one_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "hardware.toml"
+    path.write_text('[box]\ngpus = ["rtx9090"]\nram = "62G"\nram_bandwidth_gbps = 102\n')
+    with pytest.raises(HardwareError, match="unknown GPU 'rtx9090'"):
+        load_hardware_file(path)
+    with pytest.raises(HardwareError, match="unknown GPU"):
+        get_gpu("gtx480")
+
+
+@pytest.fixture(scope="module")
+def llama8b(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_header_only_model(tmp_path_factory.mktemp("shapes") / "llama3-8b.gguf", LLAMA3_8B)
+
+
+def _box(gpus: list[str], **extra: object) -> HardwareClass:
+    return HardwareClass.model_validate({"name": "box", "gpus": gpus, "ram": "64G", "ram_bandwidth_gbps": 50, **extra})
+
+
+def test_calibrated_decode_is_below_the_datasheet_roofline_and_says_what_it_rests_on(llama8b: Path) -> None:
+    calibrated = fit_model(llama8b, _box(["rtx3090"]))
+    sizes = {"name": "sizes", "vram": "24G", "ram": "64G", "gpu_bandwidth_gbps": 936, "ram_bandwidth_gbps": 50}
+    datasheet = fit_model(llama8b, HardwareClass.model_validate(sizes))
+    assert calibrated.verdict == datasheet.verdict == "full_offload"
+    assert calibrated.tokens_per_second < datasheet.tokens_per_second
+    assert calibrated.speed_basis == "calibrated catalog" and datasheet.speed_basis == "datasheet only"
+    assert calibrated.prompt_tokens_per_second and datasheet.prompt_tokens_per_second is None
+
+
+def test_partial_offload_is_slower_than_full_and_its_prompt_pays_the_host_link(llama8b: Path) -> None:
+    full = fit_model(llama8b, _box(["rtx3090"]))
+    partial = fit_model(llama8b, _box(["rtx3090"], cpu_cores=8), FitSettings(n_gpu_layers=17))
+    assert partial.verdict == "partial_offload"
+    assert partial.tokens_per_second < full.tokens_per_second / 2
+    assert partial.prompt_tokens_per_second is not None and full.prompt_tokens_per_second is not None
+    assert partial.prompt_tokens_per_second < full.prompt_tokens_per_second
+
+
+def test_experts_in_ram_are_limited_by_the_cpu_cores_when_the_class_says_how_many(tmp_path: Path) -> None:
+    model = write_header_only_model(tmp_path / "qwen3-30b-a3b.gguf", QWEN3_30B_A3B)
+    settings = FitSettings(n_gpu_layers=99, n_cpu_moe=36)
+    few = fit_model(model, _box(["rtx2080"], ram_bandwidth_gbps=102, cpu_cores=2), settings)
+    many = fit_model(model, _box(["rtx2080"], ram_bandwidth_gbps=102, cpu_cores=10), settings)
+    assert few.n_cpu_moe == many.n_cpu_moe == 36
+    assert few.tokens_per_second < many.tokens_per_second
+
+
+def test_cpu_only_classes_keep_the_roofline(llama8b: Path) -> None:
+    result = fit_model(llama8b, get_hardware("cpu-64g"))
+    # Bytes read per token over the class's 50 GB/s, as before issue 21 (no calibration, no pp prediction).
+    assert result.tokens_per_second == pytest.approx(50e9 / result.cpu_read_bytes, rel=0.01)
+    assert result.prompt_tokens_per_second is None and result.speed_basis == "datasheet only"
