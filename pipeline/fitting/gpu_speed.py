@@ -6,7 +6,7 @@ Decode, per token (llama-bench's tg):
     GPU  bytes read / (datasheet bandwidth x the backend's efficiency for their type)
          + token_ms + layer_ms per repeating layer on the GPU               (calibrated, gpus.toml [calibrations])
     CPU  max(bytes read / (RAM bandwidth x CPU_RAM_EFFICIENCY), matrix work / (cores x CPU_CORE_GFLOPS))
-         (or the class's measured CPU rates, `mm hw --measure`)
+         + the GPU's layer_ms per layer on the CPU (or the class's measured CPU rates, `mm hw --measure`)
     plus HANDOVER_MS each time a token's activations cross between the CPU and a GPU (once for a dense model
     split by layers; twice per layer whose routed experts are in RAM) and between two GPUs.
 
@@ -123,7 +123,11 @@ def cpu_decode_seconds(placement: Placement, shape: ModelShape, hardware: Hardwa
     memory = read.cpu / (hardware.ram_bandwidth_gbps * CPU_RAM_EFFICIENCY * 1e9)
     cores = threads or hardware.cpu_cores
     compute = work.flops / (cores * CPU_CORE_GFLOPS * 1e9) if cores else 0.0
-    return max(memory, compute)
+    # A layer on the CPU runs the same graph nodes, each ending in a thread barrier: it is given the GPU's
+    # per-layer cost (an assumption; a measured class has its own).
+    layers = shape.n_layers - gpu_layers(shape, placement.n_gpu_layers)
+    per_layer = _calibration(hardware.devices[0]).layer_ms if hardware.devices else 0.0
+    return max(memory, compute) + per_layer * layers / 1e3
 
 
 def handovers(shape: ModelShape, placement: Placement) -> int:
