@@ -102,3 +102,28 @@ def test_cpu_only_classes_keep_the_roofline(llama8b: Path) -> None:
     # Bytes read per token over the class's 50 GB/s, as before issue 21 (no calibration, no pp prediction).
     assert result.tokens_per_second == pytest.approx(50e9 / result.cpu_read_bytes, rel=0.01)
     assert result.prompt_tokens_per_second is None and result.speed_basis == "datasheet only"
+
+
+@pytest.mark.parametrize(
+    ("name", "gib", "card"),
+    [("NVIDIA GeForce RTX 3090", 24, "rtx3090"), ("NVIDIA GeForce RTX 3060", 8, "rtx3060-8g"),
+     ("NVIDIA GeForce RTX 3060", 12, "rtx3060"), ("NVIDIA A100 80GB PCIe", 80, "a100-pcie"),
+     ("NVIDIA RTX 6000 Ada Generation", 48, "rtx6000-ada"), ("NVIDIA H200", 141, None)],
+)  # fmt: skip
+def test_a_probed_device_is_found_in_the_catalog_by_name_and_memory(name: str, gib: int, card: str | None) -> None:
+    from pipeline.spec.gpus import catalog_id_for
+
+    assert catalog_id_for(name, int(gib * GIB * 0.97)) == card
+
+
+def test_measuring_without_a_gpu_is_skipped_with_the_reason() -> None:
+    """This machine (and CI) has no GPU: `mm hw --measure` keeps the CPU measurement and says why."""
+    from pipeline.measure.gpu import local_card, with_gpu
+    from pipeline.spec.local_machine import local_gpus
+
+    if local_gpus()[0]:
+        pytest.skip("a GPU is present: the measurement itself runs (pytest -m gpu)")
+    card, why = local_card()
+    assert card is None and why.startswith("no GPU found")
+    cpu = get_hardware("cpu-32g")
+    assert with_gpu(cpu) == (cpu, why)

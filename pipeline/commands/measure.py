@@ -69,7 +69,7 @@ def bench_command(
         emit_json(result.model_dump(mode="json") | {"prediction_error": result.prediction_error})
         return
     rows = [(f.test, f"{f.median_ts:.2f}", f"{f.min_ts:.2f} - {f.max_ts:.2f}", f"{f.stdev_ts:.2f}",
-             f"{result.predicted_tg_ts:g}" if f.test.startswith("tg") and result.predicted_tg_ts else "-")
+             _predicted(result.predicted_tg_ts if f.test.startswith("tg") else result.predicted_pp_ts))
             for f in (result.pp, result.tg) if f is not None]  # fmt: skip
     table(("test", "tokens/s (median)", "min - max", "stdev", "predicted"), rows)
     error = result.prediction_error
@@ -77,6 +77,10 @@ def bench_command(
         typer.echo(f"decode: predicted {result.predicted_tg_ts:g}, measured {result.tg.median_ts:.2f} tokens/s "
                    f"({error:+.0%}) by {result.hardware}")  # fmt: skip
     note(f"{result.threads} thread(s), {result.repetitions} runs per test, {result.seconds:.1f}s")
+
+
+def _predicted(value: float | None) -> str:
+    return f"{value:g}" if value else "-"
 
 
 def eval_command(
@@ -148,6 +152,7 @@ def measure_hardware(
 ) -> None:
     """`mm hw --measure [--save NAME]`: measure (or take the cached measurement), cache, save, show."""
     from pipeline.base.errors import HardwareError, UsageError
+    from pipeline.measure.gpu import with_gpu
     from pipeline.measure.machine import cache_measurement, measure_machine, save_class
     from pipeline.resolve.model_ref import hardware_file as hardware_toml
     from pipeline.spec.local_machine import cached_measurement
@@ -166,6 +171,9 @@ def measure_hardware(
         if counts is not None and min(counts) < 1:
             raise UsageError(f"--threads {threads!r}: thread counts start at 1")
         measured = measure_machine(threads=counts, progress=lambda line: note(f"measuring {line}"))
+        measured, skipped = with_gpu(measured, progress=lambda line: note(f"measuring {line}"))
+        if skipped:
+            note(f"GPU not measured: {skipped}")
         note(f"saved to {cache_measurement(measured)}; `mm fit` now predicts this machine from it")
     else:
         cached = cached_measurement()

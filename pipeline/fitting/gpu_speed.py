@@ -75,9 +75,9 @@ def float_share(elements: Mapping[str, int]) -> float:
     return sum(v for k, v in by_type.items() if k.upper() in FLOAT_TYPES) / total if total else 0.0
 
 
-def _calibration(gpu: Gpu) -> Calibration:
-    """The card's calibration, or datasheet figures with no overheads where there is none."""
-    return calibration(gpu) or Calibration(
+def _calibration(gpu: Gpu, measured: Calibration | None = None) -> Calibration:
+    """The card's measured calibration, else the catalog's, else datasheet figures with no overheads."""
+    return measured or calibration(gpu) or Calibration(
         decode_efficiency_quant=1, decode_efficiency_float=1, token_ms=0, layer_ms=0,
         prompt_efficiency_quant=1, prompt_efficiency_float=1, source="datasheet",
     )  # fmt: skip
@@ -94,15 +94,17 @@ def gpu_layers(shape: ModelShape, n_gpu_layers: int) -> int:
     return max(0, min(n_gpu_layers, shape.n_layers + 1) - 1)
 
 
-def gpu_decode_seconds(bytes_read: int, elements: Mapping[str, int], layers: int, devices: tuple[Gpu, ...]) -> float:
+def gpu_decode_seconds(
+    bytes_read: int, elements: Mapping[str, int], layers: int, devices: tuple[Gpu, ...], measured: Calibration | None
+) -> float:
     """A token's time on the GPUs: each card reads its share of the bytes at its calibrated bandwidth and
     pays its per-layer overhead; the per-token overhead once, and a hand-over between consecutive cards."""
     if not devices or (not bytes_read and not layers):
         return 0.0
     fraction = float_share(elements)
-    seconds = max(_calibration(d).token_ms for d in devices) / 1e3 + HANDOVER_MS * (len(devices) - 1) / 1e3
+    seconds = max(_calibration(d, measured).token_ms for d in devices) / 1e3 + HANDOVER_MS * (len(devices) - 1) / 1e3
     for gpu, share in zip(devices, _shares(devices), strict=True):
-        cal = _calibration(gpu)
+        cal = _calibration(gpu, measured)
         per_byte = (1 - fraction) / cal.decode_efficiency_quant + fraction / cal.decode_efficiency_float
         seconds += bytes_read * share * per_byte / (gpu.bandwidth_gbps * 1e9) + cal.layer_ms * layers * share / 1e3
     return seconds
@@ -126,7 +128,7 @@ def cpu_decode_seconds(placement: Placement, shape: ModelShape, hardware: Hardwa
     # A layer on the CPU runs the same graph nodes, each ending in a thread barrier: it is given the GPU's
     # per-layer cost (an assumption; a measured class has its own).
     layers = shape.n_layers - gpu_layers(shape, placement.n_gpu_layers)
-    per_layer = _calibration(hardware.devices[0]).layer_ms if hardware.devices else 0.0
+    per_layer = _calibration(hardware.devices[0], hardware.gpu_calibration).layer_ms if hardware.devices else 0.0
     return max(memory, compute) + per_layer * layers / 1e3
 
 
@@ -149,7 +151,8 @@ def decode_tokens_per_second(
     if not uses_catalog(hardware):
         return _roofline(placement.read, hardware, threads, shape.n_layers)
     read, devices = placement.read, hardware.devices
-    seconds = gpu_decode_seconds(read.gpu, read.gpu_elements, gpu_layers(shape, placement.n_gpu_layers), devices)
+    layers = gpu_layers(shape, placement.n_gpu_layers)
+    seconds = gpu_decode_seconds(read.gpu, read.gpu_elements, layers, devices, hardware.gpu_calibration)
     seconds += cpu_decode_seconds(placement, shape, hardware, threads)
     seconds += HANDOVER_MS * handovers(shape, placement) / 1e3
     return round(1.0 / seconds, 2) if seconds > 0 else 0.0
@@ -177,7 +180,7 @@ def prompt_tokens_per_second(placement: Placement, shape: ModelShape, hardware: 
     flops, fraction = FLOPS_PER_ELEMENT * sum(elements.values()), float_share(elements)
     seconds = 0.0
     for gpu, share in zip(devices, _shares(devices), strict=True):
-        cal = _calibration(gpu)
+        cal = _calibration(gpu, hardware.gpu_calibration)
         per_flop = (1 - fraction) / cal.prompt_efficiency_quant + fraction / cal.prompt_efficiency_float
         seconds += flops * share * per_flop / (gpu.fp16_tflops * 1e12)
     copied = max(0, placement.cpu.weights - shape.input_bytes)  # the token embeddings stay on the CPU
@@ -196,12 +199,12 @@ def predict(
         measured = hardware.rates_for(threads) is not None and not hardware.has_gpu
         return SpeedPrediction(decode, None, MEASURED if measured else DATASHEET, "")
     calibrated = all(calibration(d) for d in hardware.devices)
-    basis = CALIBRATED if calibrated else DATASHEET
+    basis = MEASURED if hardware.gpu_calibration else CALIBRATED if calibrated else DATASHEET
     if placement.read.cpu and hardware.rates_for(threads) is not None:
         basis = f"{basis}; CPU side: {MEASURED}"
     return SpeedPrediction(
         decode_ts=decode,
         prompt_ts=prompt_tokens_per_second(placement, shape, hardware),
         decode_basis=basis,
-        prompt_basis=CALIBRATED if calibrated else DATASHEET,
+        prompt_basis=MEASURED if hardware.gpu_calibration else CALIBRATED if calibrated else DATASHEET,
     )

@@ -91,7 +91,7 @@ def _tg_seconds(model: Path, threads: int) -> float:
     return 1.0 / result.tg.max_ts
 
 
-def _quantize_pure(source: Path, target: Path, ftype: int) -> None:
+def quantize_pure(source: Path, target: Path, ftype: int) -> None:
     import llama_cpp
 
     params = llama_cpp.llama_model_quantize_default_params()
@@ -135,7 +135,7 @@ def measure_machine(
         for kind in kinds:
             say(f"preparing a {kind} calibration model")
             models[kind] = root / f"mid-{kind}.gguf"
-            _quantize_pure(mid, models[kind], MEASURED_TYPES[kind])
+            quantize_pure(mid, models[kind], MEASURED_TYPES[kind])
         elements = _work_elements(mid)
         for count in counts:
             say(f"per-token overhead, {count} thread(s)")

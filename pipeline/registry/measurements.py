@@ -78,9 +78,10 @@ def with_prediction(result: BenchResult, path: Path, settings: FitSettings) -> B
     from pipeline.spec.local_machine import local_class
 
     local = local_class()
-    predicted = fit_model(path, local, settings.model_copy(update={"threads": result.threads})).tokens_per_second
+    fit = fit_model(path, local, settings.model_copy(update={"threads": result.threads}))
     measured = "datasheet figures" if local.measured == "datasheet" else "mm hw --measure"
-    return result.model_copy(update={"predicted_tg_ts": predicted, "hardware": f"{local.name} ({measured})"})
+    update = {"predicted_tg_ts": fit.tokens_per_second, "predicted_pp_ts": fit.prompt_tokens_per_second}
+    return result.model_copy(update={**update, "hardware": f"{local.name} ({measured}, {fit.speed_basis})"})
 
 
 def eval_quant(

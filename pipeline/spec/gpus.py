@@ -5,6 +5,7 @@ pipeline/fitting/gpu_speed.py). Data only: nothing here probes a machine."""
 from __future__ import annotations
 
 import functools
+import re
 import tomllib
 from importlib import resources
 from typing import Literal
@@ -108,6 +109,22 @@ def get_gpu(gpu_id: str) -> Gpu:
             hint="`mm hw --gpus` lists the catalog; or give vram and gpu_bandwidth_gbps instead of gpus",
         )
     return catalog[gpu_id]
+
+
+def _name_key(name: str) -> str:
+    """A device name without vendor words and memory size: "NVIDIA GeForce RTX 3090 24 GB" -> "rtx3090"."""
+    text = re.sub(r"\b\d+\s*gi?b\b", "", name.lower())
+    return "".join(w for w in text.split() if w not in {"nvidia", "geforce", "generation", "apple"})
+
+
+def catalog_id_for(device_name: str, total_bytes: int) -> str | None:
+    """The catalog card a probed device is ("NVIDIA GeForce RTX 3090", 24 GiB -> rtx3090): the same name
+    and memory within 10% of the card's; None when no card matches."""
+    key = _name_key(device_name)
+    for gpu in gpu_catalog().gpus.values():
+        if _name_key(gpu.name) == key and abs(gpu.memory_bytes - total_bytes) <= 0.1 * gpu.memory_bytes:
+            return gpu.id
+    return None
 
 
 def calibration(gpu: Gpu) -> Calibration | None:

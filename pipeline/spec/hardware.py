@@ -13,7 +13,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from pipeline.base.errors import HardwareError, UsageError
 from pipeline.base.units import format_size, parse_size
 from pipeline.base.validation import describe_validation_error, read_toml
-from pipeline.spec.gpus import Gpu, gpu_catalog
+from pipeline.spec.gpus import Calibration, Gpu, gpu_catalog
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,8 @@ class HardwareClass(BaseModel):
     ram_bandwidth_gbps: float = Field(gt=0)
     gpu_overhead_bytes: Size = Field(default=DEFAULT_GPU_OVERHEAD_BYTES, validation_alias="gpu_overhead", ge=0)
     cpu_rates: dict[int, CpuRates] = Field(default_factory=dict)  # thread count -> measured rates
+    # The GPUs' own calibration, measured by `mm hw --measure` on a machine with one (else the catalog's)
+    gpu_calibration: Calibration | None = None
     threads: int | None = Field(default=None, ge=1)  # threads a run uses when it does not say
     measured: str = "datasheet"  # how the figures were obtained
     builtin: bool = Field(default=False, exclude=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from pipeline.spec.gpus import catalog_id_for
 from pipeline.spec.hardware import (
     DEFAULT_GPU_OVERHEAD_BYTES,
     LOCAL_GPU_BANDWIDTH_GBPS,
@@ -154,13 +155,19 @@ def cached_measurement() -> HardwareClass | None:
 
 
 def local_class() -> HardwareClass:
-    """This machine as a hardware class: measured by `mm hw --measure` when it was (CPU only, for now),
-    else its largest GPU and its RAM with the assumed bandwidths."""
+    """This machine as a hardware class: measured by `mm hw --measure` when it was (its GPU too, when it has
+    one), else its largest GPU (as its catalog card when it is one) and its RAM with the assumed bandwidths."""
     gpus, _ = local_gpus()
     gpu = max(gpus, key=lambda g: g.total_bytes, default=None)
-    measured = cached_measurement() if gpu is None else None
-    if measured is not None:
+    measured = cached_measurement()
+    if measured is not None and (gpu is None or measured.gpu_calibration is not None):
         return measured
+    card = catalog_id_for(gpu.name, gpu.total_bytes) if gpu else None
+    if gpu is not None and card is not None:
+        return HardwareClass.model_validate({
+            "name": "local", "description": f"this machine ({gpu.name})", "gpus": [card], "vram": gpu.total_bytes,
+            "ram": total_ram_bytes() or 1, "ram_bandwidth_gbps": LOCAL_RAM_BANDWIDTH_GBPS, "cpu_cores": os.cpu_count(),
+        })  # fmt: skip
     return HardwareClass.model_validate({
         "name": "local", "description": "this machine", "vram": gpu.total_bytes if gpu else 0,
         "ram": total_ram_bytes() or 1, "gpu_bandwidth_gbps": LOCAL_GPU_BANDWIDTH_GBPS if gpu else 0.0,

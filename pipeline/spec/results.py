@@ -50,6 +50,7 @@ class BenchResult(BaseModel):
     pp: TestFigure | None
     tg: TestFigure | None
     predicted_tg_ts: float | None = None  # fit's prediction for this machine and these settings
+    predicted_pp_ts: float | None = None  # ... and of pp512, where fit predicts it (a class with catalog GPUs)
     hardware: str | None = None  # the class the prediction used
     llama_cpp: str  # the llama.cpp that ran it (llama.tools.llama_cpp_version)
     measured_at: str = Field(default_factory=utc_now)
