@@ -289,8 +289,11 @@ def _warnings(shape: ModelShape, settings: FitSettings) -> list[str]:
 
 def _assumptions(shape: ModelShape, hardware: HardwareClass, settings: FitSettings) -> list[str]:
     rates = hardware.rates_for(settings.threads)
+    catalog = gpu_speed.uses_catalog(hardware)
     notes = [
-        "decode speed (as llama-bench's tg128) is a roofline per device: the larger of the bytes read per token "
+        gpu_speed.describe(hardware)
+        if catalog
+        else "decode speed (as llama-bench's tg128) is a roofline per device: the larger of the bytes read per token "
         "(every weight but the embedding table, and the KV cells attended to) over the bandwidth "
         f"(GPU {hardware.gpu_bandwidth_gbps:g} GB/s, RAM {hardware.ram_bandwidth_gbps:g} GB/s) and the matrix work "
         + (
@@ -308,8 +311,8 @@ def _assumptions(shape: ModelShape, hardware: HardwareClass, settings: FitSettin
     if shape.is_moe:
         notes.append(
             f"a token reads only {shape.n_expert_used} of {shape.n_expert} routed experts per layer (and all "
-            "dense and shared weights); the GPU-CPU hand-over of activations per layer whose experts are in "
-            "RAM, and uneven expert use, are not modelled"
+            "dense and shared weights); uneven expert use is not modelled"
+            + ("" if catalog else ", nor the GPU-CPU hand-over of activations per layer whose experts are in RAM")
         )
         if hardware.has_gpu:
             notes.append(

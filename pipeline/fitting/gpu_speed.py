@@ -38,9 +38,9 @@ from pipeline.spec.gpus import Calibration, Gpu, calibration
 from pipeline.spec.hardware import HardwareClass
 
 # CPU side of a class that was not measured. llama.cpp's CPU decode of a dense Q4_K_M model reads RAM at about
-# 73% of its peak: Qwen2.5-32B Q4_K_M (19 GB) at 3.54 tokens/s on dual-channel DDR5-5600 (89.6 GB/s),
-# ggml-org/llama.cpp issue #19480 (the CPU-only record in bench/data/gpu_public.csv).
-CPU_RAM_EFFICIENCY = 0.73
+# 77% of its peak: Qwen2.5-32B Q4_K_M at 3.54 tokens/s on dual-channel DDR5-5600 (89.6 GB/s), ggml-org/llama.cpp
+# issue #19480; 0.77 is measured / predicted for that record's shape at full bandwidth (bench/gpu_public.py).
+CPU_RAM_EFFICIENCY = 0.77
 # Matrix-vector work per core: mainline llama.cpp's Llama-3.1-8B Q6_K decode at 2 threads on a Zen 3 (AVX2)
 # Ryzen 5975WX, 4.04 tokens/s x 15 GFLOP per token / 2 cores (ikawrakow/ik_llama.cpp pull #132).
 CPU_CORE_GFLOPS = 30.0
@@ -188,6 +188,21 @@ def prompt_tokens_per_second(placement: Placement, shape: ModelShape, hardware: 
     if copied and link and not devices[0].unified:
         seconds += copied / (link * 1e9) / PROMPT_UBATCH
     return round(1.0 / seconds, 1) if seconds > 0 else None
+
+
+def describe(hardware: HardwareClass) -> str:
+    """The decode and prompt model in words, with this class's figures (fit's first assumption)."""
+    cards = ", ".join(f"{d.id} ({d.bandwidth_gbps:g} GB/s, {d.fp16_tflops:g} FP16 TFLOPS, {d.calibration})"
+                      for d in hardware.devices)  # fmt: skip
+    source = "this machine's `mm hw --measure`" if hardware.gpu_calibration else "public llama-bench runs"
+    cpu = f"{hardware.cpu_cores} cores" if hardware.cpu_cores else "cores unknown: RAM bandwidth only"
+    return (
+        f"decode (tg128) and prompt (pp512) speed on {cards}: datasheet bandwidth and FP16 throughput times the "
+        f"share llama.cpp reaches on that kind of card, plus a per-layer cost, calibrated on {source} "
+        f"(bench/gpu_public.py); the CPU side at {hardware.ram_bandwidth_gbps:g} GB/s x {CPU_RAM_EFFICIENCY:g} and "
+        f"{CPU_CORE_GFLOPS:g} GFLOP/s per core ({cpu}), plus {HANDOVER_MS:g} ms per hand-over between devices "
+        "(modelled)"
+    )
 
 
 def predict(
