@@ -64,8 +64,10 @@ class SpeedPrediction:
 
 
 def uses_catalog(hardware: HardwareClass) -> bool:
-    """Whether the calibrated model applies: a class with GPUs from the catalog (else speed.py's roofline)."""
-    return hardware.has_gpu and bool(hardware.gpus)
+    """Whether the calibrated model applies: a class with GPUs from the catalog, even with its VRAM set to 0
+    (`--vram 0`: its CPU side is then costed the same way, so the two placements compare fairly); else
+    speed.py's roofline."""
+    return bool(hardware.gpus)
 
 
 def float_share(elements: Mapping[str, int]) -> float:
