@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,6 +11,7 @@ from typer import _click  # typer vendors click; its Context is the one TyperGro
 from typer.core import TyperGroup
 
 from pipeline import __version__
+from pipeline.base.constants import DEBUG_ENV, env_flag
 from pipeline.base.errors import MMError
 from pipeline.commands import build, convert, fit, llama, measure, pull, push, quantize, recipes, registry, run
 from pipeline.commands.registration import INTERRUPTED_EXIT, set_verbosity
@@ -63,12 +63,12 @@ class _MMGroup(TyperGroup):
         try:
             return super().invoke(ctx)
         except MMError as exc:
-            if os.environ.get("MM_DEBUG") == "1":
+            if env_flag(DEBUG_ENV):
                 raise
             typer.echo(f"error: {exc}" + _flag_note(exc), err=True)
             raise typer.Exit(exc.exit_code) from None
         except OSError as exc:
-            if exc.errno != errno.ENOSPC or os.environ.get("MM_DEBUG") == "1":
+            if exc.errno != errno.ENOSPC or env_flag(DEBUG_ENV):
                 raise
             from pipeline.base.disk_space import disk_full  # late: mm starts fast
             from pipeline.base.home import mm_home

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.base.constants import TOOLS_DIR_ENV, tool_env_var
 from pipeline.base.errors import LlamaError
-from pipeline.llama.tools import TOOLS_DIR_ENV, build_key, find_llama_tool, llama_cpp_version, tool_env_var
+from pipeline.llama.tools import build_key, find_llama_tool, llama_cpp_version
 
 
 def _tool(folder: Path, name: str) -> Path:

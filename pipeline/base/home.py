@@ -17,6 +17,7 @@ from typing import Any
 
 import filelock
 
+from pipeline.base.constants import HF_CACHE_ENV, HF_HOME_ENV, HOME_ENV, env_value
 from pipeline.base.disk_space import disk_full
 from pipeline.base.errors import LockTimeoutError, UnsafePathError
 
@@ -46,10 +47,10 @@ class Home:
     def hub(self) -> Path:
         """Hub cache: HF_HUB_CACHE, else HF_HOME/hub (huggingface_hub's own order), so an existing cache is
         reused, not copied; else the mm home's hub/."""
-        explicit = os.environ.get("HF_HUB_CACHE")
+        explicit = env_value(HF_CACHE_ENV)
         if explicit:
             return Path(explicit).expanduser()
-        hf_home = os.environ.get("HF_HOME")
+        hf_home = env_value(HF_HOME_ENV)
         return Path(hf_home).expanduser() / "hub" if hf_home else self.root / "hub"
 
     @property
@@ -129,7 +130,7 @@ def inside(root: Path, path: Path) -> Path:
 
 def mm_home() -> Home:
     """The home named by MM_HOME (read on each call so tests and `make nightly` can point elsewhere)."""
-    return Home(Path(os.environ.get("MM_HOME") or DEFAULT_HOME).expanduser().resolve())
+    return Home(Path(env_value(HOME_ENV) or DEFAULT_HOME).expanduser().resolve())
 
 
 @contextlib.contextmanager

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from pipeline.base.constants import HOME_ENV, env_value
 from pipeline.base.errors import BuildError
 from pipeline.build.report import SUMMARY_HEADERS, ConsoleReporter, summary_rows, write_report
 from pipeline.commands.options import JsonOpt, OfflineOpt, QuietOpt, RecipesDirOpt, TokenOpt, writable_target
@@ -97,7 +97,7 @@ def demo_command(quiet: QuietOpt = False, as_json: JsonOpt = False) -> None:
         return
     table(SUMMARY_HEADERS, summary_rows(result.build))
     typer.echo(f"\nprofile {result.profile}: {result.prompt!r} → {result.text!r}")
-    home = f"MM_HOME={os.environ['MM_HOME']} " if os.environ.get("MM_HOME") else ""
+    home = f"{HOME_ENV}={env_value(HOME_ENV)} " if env_value(HOME_ENV) else ""
     typer.echo(f"try it:  {home}mm run {result.profile} -p 'hello'   ({home}mm ls lists the profiles)")
 
 

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from pipeline.base.constants import DEFAULT_REVISION
 from pipeline.base.units import format_size
 from pipeline.commands.options import (
     JsonOpt,
@@ -58,7 +59,7 @@ def convert_command(
             raise UsageError(f"{model} is a local folder; --revision applies to Hub repos")
         snapshot = local_snapshot(folder)
     elif REPO_ID_RE.match(model):
-        snapshot = pull_snapshot(model, revision or "main", token=token, offline=offline)
+        snapshot = pull_snapshot(model, revision or DEFAULT_REVISION, token=token, offline=offline)
     else:
         raise UsageError(f"{model}: no such folder, and not a Hub repository id (owner/name)")
     if find_converter() is None and not (quiet or as_json):

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from pipeline.base.constants import DEFAULT_REVISION
 from pipeline.base.errors import UsageError
 from pipeline.base.units import format_size
 from pipeline.commands.options import (
@@ -154,7 +155,7 @@ def _pull_profile(
     from pipeline.resolve.model_ref import target_hardware
 
     if profile is None:
-        offered = list_repo_profiles(repo, revision or "main", token=token)
+        offered = list_repo_profiles(repo, revision or DEFAULT_REVISION, token=token)
         if as_json:
             emit_json([d.profile for d in offered])
             return
@@ -170,7 +171,7 @@ def _pull_profile(
         return
     target = target_hardware(hardware, None, None, None, recipes)
     report = install_profile(
-        repo, profile, target, revision=revision or "main", token=token, rename=name, force=force,
+        repo, profile, target, revision=revision or DEFAULT_REVISION, token=token, rename=name, force=force,
         progress=byte_bar if show_progress(quiet) else None,
     )  # fmt: skip
     if report.warning:

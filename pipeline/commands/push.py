@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from pipeline.base.constants import DEFAULT_REVISION
 from pipeline.commands.options import JsonOpt, QuietOpt, TokenOpt
 from pipeline.commands.registration import add_command
 from pipeline.commands.render import emit_json, note, show_progress
@@ -22,7 +23,7 @@ def push_command(
     private: Annotated[
         bool, typer.Option("--private", help="Create the repo private (an existing repo is kept as is).")
     ] = False,
-    revision: BranchOpt = "main",
+    revision: BranchOpt = DEFAULT_REVISION,
     token: TokenOpt = None,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,

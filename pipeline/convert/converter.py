@@ -24,6 +24,7 @@ from typing import Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.base.child import describe_exit, run_child
+from pipeline.base.constants import DEFAULT_REVISION, HF_OFFLINE_ENV
 from pipeline.base.digest import file_sha256, record_sha256, sha256_file
 from pipeline.base.disk_space import disk_full, require_space
 from pipeline.base.errors import ConvertError, ModelFormatError, UsageError
@@ -109,7 +110,7 @@ def wanted(name: str) -> bool:
 
 def pull_snapshot(
     repo: str,
-    revision: str = "main",
+    revision: str = DEFAULT_REVISION,
     *,
     token: str | None = None,
     offline: bool = False,
@@ -273,7 +274,7 @@ def _run_converter(
 
     argv = [str(env.python), str(env.script), str(snapshot.folder), "--outfile", str(tmp), "--outtype", outtype]
     # The converter must not reach for the network (transformers can, for some tokenizers).
-    child_env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONNOUSERSITE="1")
+    child_env = {**os.environ, HF_OFFLINE_ENV: "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONNOUSERSITE": "1"}
     child_env.pop("NO_LOCAL_GGUF", None)  # use the gguf-py of the converter's own tree
     status, tail = run_child(argv, log_path, on_line, env=child_env)
     if status == 0:

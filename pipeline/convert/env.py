@@ -32,6 +32,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from pipeline.base.constants import CONVERTER_ENV, HF_OFFLINE_ENV, PIP_ARGS_ENV, TORCH_ENV, env_value
 from pipeline.base.errors import ConvertError, LlamaError
 from pipeline.base.home import atomic_write_text, locked, mm_home
 from pipeline.llama.tools import llama_cpp_python_version, llama_cpp_tree, run_logged
@@ -39,9 +40,6 @@ from pipeline.llama.tools import llama_cpp_python_version, llama_cpp_tree, run_l
 log = logging.getLogger(__name__)
 
 DEFAULT_TORCH = "torch==2.13.0"
-TORCH_ENV = "MM_CONVERT_TORCH"
-PIP_ARGS_ENV = "MM_CONVERT_PIP_ARGS"
-CONVERTER_ENV = "MM_CONVERTER"  # a ready environment made elsewhere (another mm home; tests share one)
 REQUIREMENTS = "requirements/requirements-convert_hf_to_gguf.txt"
 # What the converter imports from its tree (conversion/ imports only these and PyPI packages).
 COPIED = ("convert_hf_to_gguf.py", "conversion", "gguf-py", "requirements", "LICENSE")
@@ -96,7 +94,7 @@ def read_requirements(path: Path, torch: str) -> list[str]:
 
 
 def _settings() -> tuple[str, list[str]]:
-    return os.environ.get(TORCH_ENV) or DEFAULT_TORCH, shlex.split(os.environ.get(PIP_ARGS_ENV, ""))
+    return env_value(TORCH_ENV) or DEFAULT_TORCH, shlex.split(env_value(PIP_ARGS_ENV) or "")
 
 
 def env_key(version: str, torch: str, pip_args: list[str]) -> str:
@@ -142,7 +140,7 @@ def ensure_converter(source: Path | None = None, on_line: Callable[[str], None] 
 
 
 def _explicit() -> ConverterEnv | None:
-    named = os.environ.get(CONVERTER_ENV)
+    named = env_value(CONVERTER_ENV)
     if not named:
         return None
     env = _ready(Path(named).expanduser())
@@ -226,7 +224,7 @@ def supported_architectures(env: ConverterEnv) -> list[str]:
         capture_output=True,
         text=True,
         check=False,
-        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+        env={**os.environ, HF_OFFLINE_ENV: "1"},
     )
     names: list[str] = []
     section = ""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from huggingface_hub import errors as hf_errors
 from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils._headers import build_hf_headers
 
+from pipeline.base.constants import DEFAULT_REVISION, HF_ENDPOINT_ENV, HF_OFFLINE_ENV, env_flag, env_value
 from pipeline.base.errors import (
     EntryNotFoundError,
     GatedRepoError,
@@ -41,7 +41,7 @@ TOKEN_HINT = "accept the license on the model's page on the Hub, then give a tok
 
 def endpoint() -> str:
     """HF_ENDPOINT read on each call: huggingface_hub reads it once at import, tests and mirrors set it later."""
-    return (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+    return (env_value(HF_ENDPOINT_ENV) or DEFAULT_ENDPOINT).rstrip("/")
 
 
 session.install(endpoint)  # every request huggingface_hub or mm makes is bounded and keeps the token home
@@ -49,7 +49,7 @@ session.install(endpoint)  # every request huggingface_hub or mm makes is bounde
 
 def offline_mode(offline: bool = False) -> bool:
     """--offline, or HF_HUB_OFFLINE=1 read now (huggingface_hub also freezes this one at import)."""
-    return offline or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+    return offline or env_flag(HF_OFFLINE_ENV)
 
 
 def is_commit(revision: str) -> bool:
@@ -84,7 +84,7 @@ class RemoteFile:
 
 
 def resolve_commit(
-    repo: str, revision: str = "main", *, token: str | None = None, offline: bool = False,
+    repo: str, revision: str = DEFAULT_REVISION, *, token: str | None = None, offline: bool = False,
     repo_type: RepoType = "model",
 ) -> str:  # fmt: skip
     """The 40-hex commit a branch or tag points at now; a commit is returned as is, with no request."""
@@ -117,7 +117,7 @@ def untrusted(check: Callable[[str], str], value: str, where: str) -> str:
         ) from None
 
 
-def list_repo_files(repo: str, revision: str = "main", *, token: str | None = None) -> list[RepoFile]:
+def list_repo_files(repo: str, revision: str = DEFAULT_REVISION, *, token: str | None = None) -> list[RepoFile]:
     """Every file of the repo at `revision`, with sizes and LFS sha256s (the tree API)."""
     with translate_errors(repo, revision):
         entries = HfApi(endpoint=endpoint()).list_repo_tree(repo, revision=revision, recursive=True, token=token)
@@ -134,7 +134,7 @@ def list_repo_files(repo: str, revision: str = "main", *, token: str | None = No
     return files
 
 
-def list_gguf_files(repo: str, revision: str = "main", *, token: str | None = None) -> list[tuple[str, int]]:
+def list_gguf_files(repo: str, revision: str = DEFAULT_REVISION, *, token: str | None = None) -> list[tuple[str, int]]:
     """(path, size in bytes) of the repo's GGUF files, sorted by path."""
     files = list_repo_files(repo, revision, token=token)
     return sorted((f.path, int(f.size)) for f in files if f.path.endswith(".gguf"))

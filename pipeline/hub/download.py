@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, computed_field
 
+from pipeline.base.constants import DEFAULT_REVISION
 from pipeline.base.digest import cached_sha256, file_sha256, record_sha256
 from pipeline.base.disk_space import require_space
 from pipeline.base.errors import OfflineError
@@ -47,7 +48,7 @@ class PulledFile(BaseModel):
 def pull(
     repo: str,
     filename: str,
-    revision: str = "main",
+    revision: str = DEFAULT_REVISION,
     *,
     token: str | None = None,
     offline: bool = False,

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from huggingface_hub import constants, get_session, hf_raise_for_status
 
+from pipeline.base.constants import DEFAULT_REVISION
 from pipeline.base.errors import HubError, ModelFormatError, OfflineError
 from pipeline.base.home import atomic_path, atomic_write_text, inside, locked, mm_home
 from pipeline.base.provenance import PIN, PIN_HINT, check_sha256
@@ -161,7 +162,7 @@ class _Shard:
 def header_stub(
     repo: str,
     filename: str,
-    revision: str = "main",
+    revision: str = DEFAULT_REVISION,
     *,
     token: str | None = None,
     offline: bool = False,

@@ -21,6 +21,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from pipeline.base.child import describe_exit, die_with_parent
+from pipeline.base.constants import PARENT_PID_ENV
 from pipeline.base.errors import LlamaError, QuantizeError
 from pipeline.gguf.ggml_types import gguf_type_name
 from pipeline.llama.tools import built_tool_sets, find_llama_tool, llama_cpp_version, require_llama_tool
@@ -155,7 +156,7 @@ class ApiWorker:
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            env=dict(os.environ, LC_ALL="C", MM_PARENT_PID=str(os.getpid())),
+            env={**os.environ, "LC_ALL": "C", PARENT_PID_ENV: str(os.getpid())},
         )  # it arranges its own death with mm (llama_worker.main): no pre-exec hook in a threaded parent
 
     def send(self, job: QuantizeJob, log_path: Path) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.base.child import describe_exit, run_child
+from pipeline.base.constants import CALIBRATION_ENV, env_value
 from pipeline.base.digest import file_sha256, record_sha256, sha256_file
 from pipeline.base.errors import LlamaError, ModelFormatError, UsageError
 from pipeline.base.home import atomic_path, atomic_write_text, locked, mm_home, remove_stale_temps
@@ -37,7 +38,6 @@ log = logging.getLogger(__name__)
 # quant is calibrated on is never the text it is evaluated on. MM_CALIBRATION_TEXT (a path or
 # owner/name:FILE[#member][@revision] in a Hub dataset) replaces it; so do --text and a recipe's [imatrix] text.
 DEFAULT_CALIBRATION = f"ggml-org/ci:wikitext-2-raw-v1.zip#wikitext-2-raw/wiki.train.raw@{WIKITEXT_COMMIT}"
-CALIBRATION_ENV = "MM_CALIBRATION_TEXT"
 _CHUNKS_RE = re.compile(r"computing over (\d+) chunks")
 _CHUNK_DONE_RE = re.compile(r"^\[(\d+)\]([0-9.]+|nan|inf)")
 _FINAL_PPL_RE = re.compile(r"Final estimate: PPL = ([0-9.]+)")
@@ -108,7 +108,7 @@ def calibration_model(model: Path, threads: int | None = None) -> Path:
 
 def calibration_text(text: str | None, base: Path | None = None) -> TextRef:
     """`--text` / a recipe's [imatrix] text, else MM_CALIBRATION_TEXT, else the pinned default."""
-    return parse_text(text or os.environ.get(CALIBRATION_ENV) or DEFAULT_CALIBRATION, base)
+    return parse_text(text or env_value(CALIBRATION_ENV) or DEFAULT_CALIBRATION, base)
 
 
 def imatrix_key(model_sha256: str, text_sha256: str, params: ImatrixParams) -> str:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from pipeline.base.constants import TOOLS_DIR_ENV, env_value, tool_env_var
 from pipeline.base.errors import LlamaError
 from pipeline.base.home import atomic_write_text, locked, mm_home
 
@@ -58,9 +59,6 @@ TOOLS = (
     "llama-cli",
     "llama-gguf-split",
 )
-# Environment variables that point at a tool built elsewhere: LLAMA_QUANTIZE, LLAMA_IMATRIX, ...; and one
-# folder holding all of them (tests share one build through it).
-TOOLS_DIR_ENV = "MM_LLAMA_TOOLS"
 
 
 def llama_cpp_python_version() -> str:
@@ -73,10 +71,6 @@ def llama_cpp_python_version() -> str:
 def llama_cpp_version() -> str:
     """The llama.cpp mm runs: llama-cpp-python's version (it pins one llama.cpp commit, which the tools share)."""
     return f"llama-cpp-python {llama_cpp_python_version()}"
-
-
-def tool_env_var(tool: str) -> str:
-    return tool.upper().replace("-", "_")
 
 
 class BuiltTools(BaseModel):
@@ -128,10 +122,10 @@ def find_llama_tool(tool: str, explicit: Path | None = None) -> Path | None:
         raise ValueError(f"unknown llama.cpp tool {tool!r}")
     named = [(str(explicit), explicit)] if explicit is not None else []
     env_var = tool_env_var(tool)
-    if os.environ.get(env_var):
-        named.append((f"{env_var}={os.environ[env_var]}", Path(os.environ[env_var]).expanduser()))
-    if os.environ.get(TOOLS_DIR_ENV):
-        named.append((f"{TOOLS_DIR_ENV}={os.environ[TOOLS_DIR_ENV]}", Path(os.environ[TOOLS_DIR_ENV]) / tool))
+    if (value := env_value(env_var)) is not None:
+        named.append((f"{env_var}={value}", Path(value).expanduser()))
+    if (folder := env_value(TOOLS_DIR_ENV)) is not None:
+        named.append((f"{TOOLS_DIR_ENV}={folder}", Path(folder) / tool))
     for label, path in named:
         if not _executable(path):
             raise LlamaError(f"{label}: not an executable {tool}")

@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.base.constants import PARENT_PID_ENV, env_value
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -217,7 +219,7 @@ def _die_with_parent() -> None:
     """SIGKILL this process when mm dies (Linux), so a killed mm never leaves a writer behind."""
     with contextlib.suppress(AttributeError, OSError):
         ctypes.CDLL(None).prctl(1, 9)  # prctl(PR_SET_PDEATHSIG, SIGKILL)
-    if str(os.getppid()) != os.environ.get("MM_PARENT_PID", str(os.getppid())):
+    if str(os.getppid()) != (env_value(PARENT_PID_ENV) or str(os.getppid())):
         os._exit(1)  # mm died before the call took effect
 
 

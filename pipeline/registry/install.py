@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
+from pipeline.base.constants import DEFAULT_REVISION
 from pipeline.base.errors import EntryNotFoundError, ProfileNotFoundError, RegistryError, UsageError
 from pipeline.base.units import format_size
 from pipeline.fitting.fit import Verdict
@@ -52,7 +53,7 @@ class InstallReport(BaseModel):
     warning: str | None = None
 
 
-def list_repo_profiles(repo: str, revision: str = "main", *, token: str | None = None) -> list[RepoProfile]:
+def list_repo_profiles(repo: str, revision: str = DEFAULT_REVISION, *, token: str | None = None) -> list[RepoProfile]:
     """Every profile document the repo offers at `revision` (unreadable ones are logged and left out)."""
     commit = hub.resolve_commit(repo, revision, token=token)
     found = []
@@ -101,7 +102,7 @@ def install_profile(
     name: str,
     hardware: HardwareClass,
     *,
-    revision: str = "main",
+    revision: str = DEFAULT_REVISION,
     token: str | None = None,
     rename: str | None = None,
     force: bool = False,

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
+from pipeline.base.constants import DEFAULT_REVISION
 from pipeline.base.errors import HubError, UsageError
 from pipeline.base.safe_names import UnsafeValue, check_repo_id
 from pipeline.hub.api import endpoint
@@ -75,7 +76,7 @@ def push(
     names: Sequence[str],
     repo: str,
     *,
-    revision: str = "main",
+    revision: str = DEFAULT_REVISION,
     private: bool = False,
     token: str | None = None,
     classes: Sequence[HardwareClass] | None = None,
@@ -166,7 +167,7 @@ def _attempt(
     return PushReport(
         repo=state.repo,
         revision=state.revision,
-        url=f"{endpoint()}/{state.repo}" + ("" if state.revision == "main" else f"/tree/{state.revision}"),
+        url=f"{endpoint()}/{state.repo}" + ("" if state.revision == DEFAULT_REVISION else f"/tree/{state.revision}"),
         commit=made,
         profiles=sorted(ours),
         uploaded=[u.path_in_repo for u in uploads],

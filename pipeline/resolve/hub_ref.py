@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from urllib.parse import unquote
 
+from pipeline.base.constants import DEFAULT_REVISION
+
 # https://HOST/owner/name[/(blob|resolve|tree)/REVISION[/FILE]][?query][#fragment]; any host, so a mirror
 # (HF_ENDPOINT) works too. Revisions such as refs/pr/1 arrive percent-encoded (refs%2Fpr%2F1).
 _URL_RE = re.compile(
@@ -18,7 +20,7 @@ def model_text_from_url(text: str) -> str:
     match = _URL_RE.match(text.strip())
     if match is None or match["repo"].split("/")[0] in ("datasets", "spaces"):
         return text
-    repo, revision, file = match["repo"], unquote(match["revision"] or "main"), match["file"]
+    repo, revision, file = match["repo"], unquote(match["revision"] or DEFAULT_REVISION), match["file"]
     if not file:
-        return repo if revision == "main" else f"{repo}@{revision}"
-    return f"{repo}:{unquote(file)}" + ("" if revision == "main" else f"@{revision}")
+        return repo if revision == DEFAULT_REVISION else f"{repo}@{revision}"
+    return f"{repo}:{unquote(file)}" + ("" if revision == DEFAULT_REVISION else f"@{revision}")

@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 from pydantic import BaseModel
 
+from pipeline.base.constants import DEFAULT_REVISION
 from pipeline.base.errors import UsageError
 from pipeline.base.safe_names import COMMIT_RE, check_user_ref
 from pipeline.base.shards import shard_names
@@ -30,10 +31,10 @@ EXPECTED = "expected a .gguf path, owner/name:FILE.gguf[@revision], or a recipe 
 class HubRef:
     repo: str
     file: str
-    revision: str = "main"
+    revision: str = DEFAULT_REVISION
 
     def __str__(self) -> str:
-        return f"{self.repo}:{self.file}" + ("" if self.revision == "main" else f"@{self.revision}")
+        return f"{self.repo}:{self.file}" + ("" if self.revision == DEFAULT_REVISION else f"@{self.revision}")
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ def parse_hub_ref(text: str) -> HubRef | None:
     match = HUB_REF_RE.match(text)
     if not match:
         return None
-    return HubRef(match["repo"], match["file"], match["revision"] or "main")
+    return HubRef(match["repo"], match["file"], match["revision"] or DEFAULT_REVISION)
 
 
 def parse_model_arg(text: str, recipes_folder: Path | None = None) -> ModelArg:
@@ -177,7 +178,7 @@ class PullTarget(BaseModel):
 
     repo: str
     filename: str | None = None
-    revision: str = "main"
+    revision: str = DEFAULT_REVISION
     sha256: str | None = None
 
 
@@ -197,7 +198,7 @@ def pull_target(
             )
         return PullTarget(repo=ref.repo, filename=ref.file, revision=revision or ref.revision)
     if REPO_ID_RE.match(model) and not model.endswith((".toml", ".gguf")):
-        return PullTarget(repo=model, filename=filename, revision=revision or "main")
+        return PullTarget(repo=model, filename=filename, revision=revision or DEFAULT_REVISION)
     if looks_like_recipe(model):
         recipe = load_recipe(find_recipe(model, recipes_folder))
         _not_safetensors(recipe)

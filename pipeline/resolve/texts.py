@@ -8,13 +8,13 @@ sha256, which results record so a nightly can tell when the text changed.
 
 from __future__ import annotations
 
-import os
 import re
 import zipfile
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.base.constants import DEFAULT_REVISION, TEXT_ENV, env_value
 from pipeline.base.digest import file_sha256
 from pipeline.base.errors import IntegrityError, UsageError
 from pipeline.base.home import atomic_path, mm_home
@@ -33,7 +33,6 @@ KNOWN_SHA256 = {
         "ef7edb566e3e2b2d31b29c1fdb0c89a4cc683597484c3dc2517919c615435a11"
     ),
 }
-TEXT_ENV = "MM_TEXT"
 _HUB_TEXT = re.compile(
     r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+):(?P<file>[^@#]+?)(?:#(?P<member>[^@]+))?(?:@(?P<revision>[\w./-]+))?$"
 )
@@ -48,7 +47,7 @@ class TextRef(BaseModel):
     repo: str | None = None  # a Hub dataset repo
     file: str | None = None
     member: str | None = None  # a file inside a .zip
-    revision: str = "main"
+    revision: str = DEFAULT_REVISION
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
 
     def __str__(self) -> str:
@@ -69,14 +68,14 @@ class ResolvedText(BaseModel):
 
 def parse_text(text: str | None, base: Path | None = None) -> TextRef:
     """`--text` / `[eval] text`: an existing path, else `owner/name:FILE[@revision]`; None = the default."""
-    value = text or os.environ.get(TEXT_ENV) or DEFAULT_TEXT
+    value = text or env_value(TEXT_ENV) or DEFAULT_TEXT
     candidate = Path(value).expanduser()
     if base is not None and not candidate.is_absolute():
         candidate = base / candidate
     match = _HUB_TEXT.match(value)
     if candidate.exists() or match is None:
         return TextRef(path=str(candidate))
-    repo, file, revision = match["repo"], match["file"], match["revision"] or "main"
+    repo, file, revision = match["repo"], match["file"], match["revision"] or DEFAULT_REVISION
     return TextRef(
         repo=repo, file=file, member=match["member"], revision=revision, sha256=KNOWN_SHA256.get((repo, file, revision))
     )

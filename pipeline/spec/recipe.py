@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from pathlib import Path
 from typing import Literal
@@ -20,6 +19,7 @@ from pydantic import (
     model_validator,
 )
 
+from pipeline.base.constants import DEFAULT_REVISION, RECIPES_ENV, env_value
 from pipeline.base.errors import HardwareError, MMError, RecipeError, UsageError
 from pipeline.base.safe_names import UnsafeValue, check_repo_filename, check_repo_id, check_revision
 from pipeline.base.validation import describe_validation_error, read_toml
@@ -35,7 +35,7 @@ Outtype = Literal["f32", "f16", "bf16", "q8_0", "auto"]  # convert_hf_to_gguf.py
 
 def recipes_dir() -> Path:
     """`MM_RECIPES`, else ./recipes."""
-    return Path(os.environ.get("MM_RECIPES") or "recipes")
+    return Path(env_value(RECIPES_ENV) or "recipes")
 
 
 def hub_repo_id(value: str | None, example: str) -> str | None:
@@ -64,7 +64,7 @@ class Source(BaseModel):
 
     format: Literal["gguf", "safetensors"] = "gguf"
     repo: StrictStr | None = None
-    revision: StrictStr = "main"
+    revision: StrictStr = DEFAULT_REVISION
     file: StrictStr | None = None
     sha256: StrictStr | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     path: Path | None = None
@@ -228,7 +228,7 @@ class PublishSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     repo: str | None = None  # OWNER/NAME on the Hub
-    revision: str = "main"  # the branch to commit to
+    revision: str = DEFAULT_REVISION  # the branch to commit to
     private: bool = False  # create the repo private when it does not exist
 
     @field_validator("repo")
