@@ -19,6 +19,7 @@ from pipeline.base.constants import DEFAULT_REVISION, HF_ENDPOINT_ENV, HF_OFFLIN
 from pipeline.base.errors import (
     EntryNotFoundError,
     GatedRepoError,
+    HubConnectionError,
     HubError,
     OfflineError,
     RepoNotFoundError,
@@ -220,7 +221,7 @@ def translate_errors(
             hint=f"run again later; on a slow link raise {session.TIMEOUT_ENV} or {session.DEADLINE_ENV} (seconds)",
         ) from None
     except (httpx2.TransportError, hf_errors.OfflineModeIsEnabled) as exc:
-        raise HubError(
+        raise HubConnectionError(
             f"cannot reach {endpoint()} ({type(exc).__name__})",
             hint="check the network or HF_ENDPOINT; or work offline, from the local cache only",
             param="offline",

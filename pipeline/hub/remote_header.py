@@ -23,7 +23,7 @@ from pathlib import Path
 from huggingface_hub import constants, get_session, hf_raise_for_status
 
 from pipeline.base.constants import DEFAULT_REVISION
-from pipeline.base.errors import HubError, ModelFormatError, OfflineError
+from pipeline.base.errors import HubConnectionError, HubError, ModelFormatError, OfflineError
 from pipeline.base.home import atomic_path, atomic_write_text, inside, locked, mm_home
 from pipeline.base.provenance import PIN, PIN_HINT, check_sha256
 from pipeline.base.safe_names import check_user_ref, printable
@@ -358,7 +358,7 @@ def _get_range(url: str, start: int, stop: int, size: int, headers: dict[str, st
             if len(out) >= wanted:
                 break
     if len(out) < wanted:
-        raise HubError(
+        raise HubConnectionError(
             f"{url}: the connection ended after {len(out)} of the {wanted} header bytes asked for",
             hint="run the same command again",
         )

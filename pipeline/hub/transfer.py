@@ -23,7 +23,7 @@ from huggingface_hub import constants, get_session, hf_raise_for_status
 
 from pipeline.base.digest import read_chunks
 from pipeline.base.disk_space import disk_full
-from pipeline.base.errors import HubError, IntegrityError
+from pipeline.base.errors import HubConnectionError, HubError, IntegrityError
 from pipeline.base.home import inside, mm_home
 from pipeline.base.safe_names import check_etag
 
@@ -156,7 +156,7 @@ def _fetch_with_budget(url: str, state: _State, headers: dict[str, str], label: 
         stalled = 0 if state.offset > before else stalled + 1
         log.warning("%s: %s at %d of %d bytes", label, reason, state.offset, state.size_bytes)
         if stalled >= MAX_STALLED_ATTEMPTS or requests >= MAX_REQUESTS:
-            raise HubError(
+            raise HubConnectionError(
                 f"download of {label} stopped at {state.offset} of {state.size_bytes} bytes after {requests} "
                 f"requests ({reason})",
                 hint="run the same command again later: it resumes where it stopped",

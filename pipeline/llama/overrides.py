@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from pipeline.base.errors import LlamaError, UsageError
+from pipeline.base.errors import LlamaError, MMError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,8 @@ def load_llama(
     try:
         with tensor_overrides(overrides):
             return Llama(**kwargs, verbose=False)
+    except MMError:  # a bad override: a usage error (a ValueError too), not a load failure
+        raise
     except (ValueError, RuntimeError) as exc:
         name = what or str(kwargs.get("model_path"))
         raise LlamaError(f"llama.cpp could not load {name}: {exc}", hint=hint) from None
