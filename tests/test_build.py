@@ -11,7 +11,8 @@ import pytest
 from pipeline.base.errors import UsageError
 from pipeline.base.home import atomic_write_text, locked, mm_home
 from pipeline.build.runner import BuildOptions, build, in_shard, parse_shard, read_stamp, select_recipes
-from pipeline.build.stages import Stage, StageEnv, StageOutcome, Upstream, output_record, recipe_stages
+from pipeline.build.stage import Stage, StageEnv, StageOutcome, Upstream, output_record
+from pipeline.build.stages import recipe_stages
 from pipeline.spec.recipe import Recipe
 from tests.conftest import write_recipe
 

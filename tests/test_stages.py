@@ -10,15 +10,8 @@ from pydantic import ValidationError
 
 from pipeline.base.errors import IntegrityError, RepoNotFoundError, UsageError
 from pipeline.base.home import mm_home
-from pipeline.build.stages import (
-    Stage,
-    StageEnv,
-    StageOutcome,
-    check_output,
-    fingerprint,
-    output_record,
-    recipe_stages,
-)
+from pipeline.build.stage import Stage, StageEnv, StageOutcome, check_output, fingerprint, output_record
+from pipeline.build.stages import recipe_stages
 from pipeline.build.values import ModelFile, Resolved
 from pipeline.spec.recipe import load_recipe
 from tests.conftest import write_recipe

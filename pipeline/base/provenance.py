@@ -127,15 +127,34 @@ class QuantParams(BaseModel):
     leave_output_tensor: bool = False
 
 
-class QuantRecord(BaseModel):
-    """Written beside each quantize output (`<file>.mm.json`) once the output is complete and checked."""
+class FileRecord(BaseModel):
+    """A file's digest and size when it was made: what every record of a produced file starts with."""
+
+    sha256: str
+    size_bytes: int
+
+
+class SidecarRecord(FileRecord):
+    """Written beside a file mm made (`<file>.mm.json`) once the file is complete and checked: which file,
+    how long making it took, and when. Quantize, convert and imatrix records extend it."""
 
     model_config = ConfigDict(extra="forbid")
 
     schema_version: int = SCHEMA_VERSION
     output_path: str
-    sha256: str
-    size_bytes: int
+    seconds: float
+    created_at: str = Field(default_factory=utc_now)
+
+
+class KeyedRecord(SidecarRecord):
+    """A sidecar of a cached output (convert, imatrix): `key` fingerprints the inputs it was made from."""
+
+    key: str
+
+
+class QuantRecord(SidecarRecord):
+    """Written beside each quantize output once the output is complete and checked."""
+
     file_type: int  # general.file_type of the output
     n_tensors: int
     source: SourceRef
@@ -143,8 +162,6 @@ class QuantRecord(BaseModel):
     engine: Literal["api", "binary"]
     llama_cpp_version: str  # llama-cpp-python version and llama.cpp build, e.g. "0.3.36 (b6xxx)"
     threads: int | None = None
-    seconds: float
-    created_at: str = Field(default_factory=utc_now)
 
 
 def quantize_lock_name(output: Path) -> str:
@@ -156,7 +173,7 @@ def record_path_for(output: Path) -> Path:
     return output.with_name(output.name + ".mm.json")
 
 
-_Keyed = TypeVar("_Keyed", bound=BaseModel)
+_Keyed = TypeVar("_Keyed", bound=KeyedRecord)
 
 
 def keyed_record(output: Path, model: type[_Keyed], key: str) -> _Keyed | None:
@@ -169,11 +186,11 @@ def keyed_record(output: Path, model: type[_Keyed], key: str) -> _Keyed | None:
         record = model.model_validate_json(record_file.read_text())
     except ValidationError:
         return None
-    made = record.model_dump(include={"key", "size_bytes"})
-    return record if made == {"key": key, "size_bytes": output.stat().st_size} else None
+    return record if (record.key, record.size_bytes) == (key, output.stat().st_size) else None
 
 
-def write_record(record: QuantRecord) -> Path:
+def write_record(record: SidecarRecord) -> Path:
+    """The record beside its output, written whole (temp + rename)."""
     path = record_path_for(Path(record.output_path))
     atomic_write_text(path, record.model_dump_json(indent=2) + "\n")
     return path

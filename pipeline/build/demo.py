@@ -15,7 +15,7 @@ from pipeline.base.errors import BuildError
 from pipeline.base.home import atomic_write_text, mm_home
 from pipeline.build.report import BuildReport, ConsoleReporter, Reporter
 from pipeline.build.runner import BuildOptions, build
-from pipeline.build.stages import profile_name
+from pipeline.build.stages.publish import profile_name
 from pipeline.gguf.tiny_model import TinySpec, write_tiny_model
 
 DEMO_NAME = "demo"

@@ -18,7 +18,8 @@ from pipeline.base.errors import LockTimeoutError, MMError, UsageError
 from pipeline.base.home import BUILDS_LEASE, Home, atomic_write_text, lease, locked, mm_home
 from pipeline.base.provenance import utc_now
 from pipeline.build.report import BuildReport, RecipeReport, Reporter, StageReport
-from pipeline.build.stages import Stage, StageEnv, StageOutcome, check_output, fingerprint, recipe_stages
+from pipeline.build.stage import Stage, StageEnv, StageOutcome, check_output, fingerprint
+from pipeline.build.stages import recipe_stages
 from pipeline.llama.quantize_inputs import requantize_problem
 from pipeline.spec.recipe import find_recipe, list_recipe_paths, load_recipe
 

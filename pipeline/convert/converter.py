@@ -21,15 +21,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
 from pipeline.base.child import describe_exit, run_child
 from pipeline.base.constants import DEFAULT_REVISION, HF_OFFLINE_ENV
 from pipeline.base.digest import file_sha256, record_sha256, sha256_file
 from pipeline.base.disk_space import disk_full, require_space
 from pipeline.base.errors import ConvertError, ModelFormatError, UsageError
-from pipeline.base.home import atomic_path, atomic_write_text, locked, mm_home, remove_stale_temps
-from pipeline.base.provenance import SCHEMA_VERSION, SourceRef, keyed_record, made_from, record_path_for, utc_now
+from pipeline.base.home import atomic_path, locked, mm_home, remove_stale_temps
+from pipeline.base.provenance import KeyedRecord, SourceRef, keyed_record, made_from, write_record
 from pipeline.convert.env import ConverterEnv, ensure_converter
 from pipeline.gguf.header import GGUFHeader, read_header
 from pipeline.gguf.quant_types import FLOAT_FILE_TYPES
@@ -169,24 +169,15 @@ def architecture(snapshot: Snapshot) -> str:
     return str(names[0]) if names else "unknown"
 
 
-class ConvertRecord(BaseModel):
-    """Written beside each converted GGUF (`<file>.mm.json`) once the file is complete and checked."""
+class ConvertRecord(KeyedRecord):
+    """Written beside each converted GGUF once the file is complete and checked."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    schema_version: int = SCHEMA_VERSION
-    output_path: str
-    sha256: str
-    size_bytes: int
     file_type: int | None
     n_tensors: int
     architecture: str
     outtype: str
     snapshot: Snapshot
-    key: str
     converter: str  # convert_hf_to_gguf.py's source version and environment
-    seconds: float
-    created_at: str = Field(default_factory=utc_now)
 
     def source_ref(self) -> SourceRef:
         """The converted file as a quantize source, naming the repo and commit it was converted from."""
@@ -253,7 +244,7 @@ def convert(
             converter=env.label,
             seconds=round(time.monotonic() - started, 3),
         )
-        atomic_write_text(record_path_for(output), record.model_dump_json(indent=2) + "\n")
+        write_record(record)
         return ConvertResult(record=record, output=output, cached=False, log_path=log_path)
 
 

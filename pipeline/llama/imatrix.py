@@ -24,8 +24,8 @@ from pipeline.base.child import describe_exit, run_child
 from pipeline.base.constants import CALIBRATION_ENV, env_value
 from pipeline.base.digest import file_sha256, record_sha256, sha256_file
 from pipeline.base.errors import LlamaError, ModelFormatError, UsageError
-from pipeline.base.home import atomic_path, atomic_write_text, locked, mm_home, remove_stale_temps
-from pipeline.base.provenance import SCHEMA_VERSION, keyed_record, record_path_for, utc_now
+from pipeline.base.home import atomic_path, locked, mm_home, remove_stale_temps
+from pipeline.base.provenance import KeyedRecord, keyed_record, write_record
 from pipeline.gguf.header import read_header
 from pipeline.gguf.quant_types import FLOAT_FILE_TYPES
 from pipeline.llama.tools import llama_cpp_version, require_llama_tool
@@ -57,15 +57,9 @@ class ImatrixParams(BaseModel):
     ctx: int = Field(default=DEFAULT_IMATRIX_CTX, ge=16)
 
 
-class ImatrixRecord(BaseModel):
+class ImatrixRecord(KeyedRecord):
     """Written beside each importance matrix once it is complete and checked."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    schema_version: int = SCHEMA_VERSION
-    output_path: str
-    sha256: str
-    size_bytes: int
     n_entries: int  # tensors with importance data
     chunks_done: int
     perplexity: float | None  # llama-imatrix's running estimate on the text, as it reports it
@@ -74,10 +68,7 @@ class ImatrixRecord(BaseModel):
     text_source: str  # the path, or repo:file@commit
     text_sha256: str
     params: ImatrixParams
-    key: str
     llama_cpp_version: str
-    seconds: float
-    created_at: str = Field(default_factory=utc_now)
 
 
 class ImatrixResult(BaseModel):
@@ -163,7 +154,7 @@ def make_imatrix(
             llama_cpp_version=llama_cpp_version(),
             seconds=round(time.monotonic() - started, 3),
         )
-        atomic_write_text(record_path_for(output), record.model_dump_json(indent=2) + "\n")
+        write_record(record)
         return ImatrixResult(record=record, output=output, cached=False, log_path=log_path)
 
 
