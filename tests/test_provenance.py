@@ -86,3 +86,49 @@ def test_quantize_record_follows_the_source_to_a_new_commit_with_the_same_bytes(
     assert "up to date" in json.loads(again.stdout)[0]["skipped"]
     record = read_record(output)
     assert record is not None and record.source.commit == second
+
+
+# The field names each record has always stored (`<file>.mm.json`, build stamps): one base must not rename any.
+STORED_FIELDS = {
+    "QuantRecord": "schema_version output_path sha256 size_bytes file_type n_tensors source params engine "
+    "llama_cpp_version threads seconds created_at",
+    "ConvertRecord": "schema_version output_path sha256 size_bytes file_type n_tensors architecture outtype snapshot "
+    "key converter seconds created_at",
+    "ImatrixRecord": "schema_version output_path sha256 size_bytes n_entries chunks_done perplexity model_path "
+    "model_sha256 text_source text_sha256 params key llama_cpp_version seconds created_at",
+    "OutputRecord": "path size_bytes sha256",
+}
+
+
+def test_every_record_of_a_made_file_extends_one_base_and_keeps_its_field_names() -> None:
+    from pipeline.base.provenance import FileRecord, KeyedRecord, QuantRecord, SidecarRecord
+    from pipeline.build.stage import OutputRecord
+    from pipeline.convert.converter import ConvertRecord
+    from pipeline.llama.imatrix import ImatrixRecord
+
+    records: list[type[FileRecord]] = [QuantRecord, ConvertRecord, ImatrixRecord, OutputRecord]
+    for record in records:
+        assert issubclass(record, FileRecord)
+        assert set(record.model_fields) == set(STORED_FIELDS[record.__name__].split()), record.__name__
+    assert issubclass(QuantRecord, SidecarRecord)
+    assert issubclass(ConvertRecord, KeyedRecord) and issubclass(ImatrixRecord, KeyedRecord)
+
+
+def test_a_record_written_in_the_old_field_order_still_reads(tmp_path: Path) -> None:
+    output = tmp_path / "m.q8_0.gguf"
+    output.write_bytes(b"x")
+    ref = {"kind": "local", "path": str(tmp_path / "m.gguf"), "sha256": "a" * 64, "size_bytes": 2}
+    old = {
+        "schema_version": 1, "output_path": str(output), "sha256": "b" * 64, "size_bytes": 1, "file_type": 7,
+        "n_tensors": 3, "source": ref, "params": {"type": "Q8_0"}, "engine": "api",
+        "llama_cpp_version": "llama-cpp-python 0.3.36", "threads": None, "seconds": 0.5,
+        "created_at": "2026-01-01T00:00:00+00:00",
+    }  # fmt: skip
+    (tmp_path / "m.q8_0.gguf.mm.json").write_text(json.dumps(old, indent=2))
+    record = read_record(output)
+    assert record is not None and record.model_dump(mode="json", exclude_defaults=False) == {
+        **old,
+        "source": {**ref, **dict.fromkeys(["repo", "revision", "commit", "file"]), "shards": [], "shard_sha256": []},
+        "params": record.params.model_dump(mode="json"),
+    }
+    assert record.params.type == "Q8_0"
