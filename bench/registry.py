@@ -32,6 +32,7 @@ def main() -> None:
         from pipeline.fitting.fit import fit_model
         from pipeline.gguf.tiny_model import TinySpec, write_tiny_model
         from pipeline.registry import store as registry
+        from pipeline.registry.blobs import check_blob
         from pipeline.spec.hardware import get_hardware
 
         hardware = get_hardware("cpu-64g")
@@ -54,8 +55,8 @@ def main() -> None:
         again_s = timed(lambda: registry.publish(linked_model, hardware, fit, name="linked"), repeat=3)
 
         profile = registry.get_profile("linked")
-        cheap_s = timed(lambda: registry.check_blob(profile), repeat=5)
-        full_s = timed(lambda: registry.check_blob(profile, full=True), repeat=3)
+        cheap_s = timed(lambda: check_blob(profile), repeat=5)
+        full_s = timed(lambda: check_blob(profile, full=True), repeat=3)
 
         print(f"model: {size_mib:.0f} MiB")
         print(f"publish, hard link (hash once):      {link_s:8.3f} s")

@@ -14,7 +14,8 @@ from pipeline.base.errors import RecipeError
 from pipeline.base.home import mm_home
 from pipeline.convert.env import ConverterEnv
 from pipeline.llama.tools import BuiltTools
-from pipeline.registry.store import blob_path, get_profile
+from pipeline.registry.blobs import blob_path
+from pipeline.registry.store import get_profile
 from pipeline.spec.recipe import load_recipe
 from tests.conftest import write_recipe
 from tests.hf_tiny_model import corpus

@@ -16,7 +16,10 @@ from pipeline.base.home import locked, mm_home
 from pipeline.base.provenance import QuantParams, QuantRecord, SourceRef, quantize_lock_name, write_record
 from pipeline.fitting.fit import FitSettings
 from pipeline.registry import store as registry
-from pipeline.registry.store import check_blob, gc, get_profile, list_profiles, remove_profile, verify
+from pipeline.registry.blobs import check_blob
+from pipeline.registry.gc import gc
+from pipeline.registry.store import get_profile, list_profiles, remove_profile
+from pipeline.registry.verify import verify
 from pipeline.spec.hardware import HardwareClass, get_hardware
 from tests.conftest import publish_fitted
 

@@ -169,7 +169,7 @@ def gc_command(dry_run: DryRunOpt = False, as_json: JsonOpt = False) -> None:
     Example: mm gc --dry-run
     """
     from pipeline.hub.inventory import cache_files
-    from pipeline.registry.store import gc
+    from pipeline.registry.gc import gc
 
     report = gc(dry_run=dry_run)
     hub = cache_files()
@@ -199,7 +199,7 @@ def verify_command(
 
     Example: mm verify
     """
-    from pipeline.registry.store import verify
+    from pipeline.registry.verify import verify
 
     report = verify(name)
     if as_json:

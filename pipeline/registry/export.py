@@ -7,8 +7,8 @@ from typing import Literal
 
 from pipeline.base.errors import UsageError
 from pipeline.base.home import Home, atomic_symlink, mm_home
+from pipeline.registry.blobs import blob_path
 from pipeline.registry.profile import Profile, llama_server_command
-from pipeline.registry.store import blob_path
 
 ExportFormat = Literal["ollama", "llama-server", "json"]
 FORMATS: tuple[ExportFormat, ...] = ("ollama", "llama-server", "json")

@@ -26,10 +26,11 @@ from pipeline.base.safe_names import UnsafeValue, check_repo_id
 from pipeline.hub.api import endpoint
 from pipeline.hub.read import MAX_DOCUMENT_BYTES, read_small_file
 from pipeline.hub.upload import CommitConflict, RepoState, Upload, commit, ensure_repo, read_state, write_token
+from pipeline.registry.blobs import check_blob
 from pipeline.registry.model_card import render_card
 from pipeline.registry.repo_manifest import MANIFEST, Manifest, Written, check_replaceable, read_manifest, written_bytes
 from pipeline.registry.repo_profile import PROFILES_FOLDER, RepoProfile, for_repo, profile_file
-from pipeline.registry.store import check_blob, get_profile
+from pipeline.registry.store import get_profile
 from pipeline.spec.hardware import HARDWARE_FILE, HardwareClass, hardware_catalog
 from pipeline.spec.recipe import recipes_dir
 

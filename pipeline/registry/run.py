@@ -20,8 +20,8 @@ from pipeline.base.errors import UsageError
 from pipeline.gguf.chat_format import ChatFormat, choose_chat_format
 from pipeline.gguf.header import read_header
 from pipeline.llama.overrides import load_llama, tensor_overrides
+from pipeline.registry.blobs import check_blob
 from pipeline.registry.profile import Profile
-from pipeline.registry.store import check_blob
 
 if TYPE_CHECKING:
     from llama_cpp import Llama

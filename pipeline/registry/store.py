@@ -1,4 +1,4 @@
-"""The registry: profiles (JSON documents) over content-addressed model blobs in the mm home.
+"""The registry's profiles: named JSON documents, each over a model blob (registry/blobs.py), in the mm home.
 
 Order of operations is the safety argument: a blob is stored and verified before any profile names
 it, a profile is written whole (temp + rename) or not at all, `rm` removes only the profile and `gc`
@@ -8,46 +8,18 @@ complete blob, and at worst an unreferenced blob that the next `gc` frees.
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import hashlib
 import logging
-import os
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
-from pipeline.base.digest import cached_sha256, file_sha256, forget_sha256, read_chunks, record_sha256, sha256_file
-from pipeline.base.disk_space import disk_full, require_space
-from pipeline.base.errors import (
-    FitError,
-    IntegrityError,
-    LockTimeoutError,
-    ProfileNotFoundError,
-    RegistryError,
-    UsageError,
-)
-from pipeline.base.home import (
-    BUILDS_LEASE,
-    Home,
-    atomic_path,
-    atomic_write_json,
-    inside,
-    lease,
-    locked,
-    mm_home,
-)
-from pipeline.base.leftovers import find_leftovers
-from pipeline.base.provenance import check_sha256, quantize_lock_name, read_record
-from pipeline.registry.profile import (
-    BlobRef,
-    Profile,
-    build_profile,
-    check_name,
-    with_blob,
-)
+from pipeline.base.digest import file_sha256
+from pipeline.base.errors import FitError, ProfileNotFoundError, RegistryError, UsageError
+from pipeline.base.home import Home, atomic_write_json, inside, locked, mm_home
+from pipeline.base.provenance import check_sha256, read_record
+from pipeline.registry.blobs import store_blob
+from pipeline.registry.profile import Profile, build_profile, check_name, with_blob
 from pipeline.spec.hardware import HardwareClass
 from pipeline.spec.results import BenchResult, EvalResult
 
@@ -58,15 +30,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LOCK = "registry"
-HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 def profile_path(home: Home, name: str) -> Path:
     return inside(home.profiles, home.profiles / f"{name}.json")
-
-
-def blob_path(home: Home, sha256: str) -> Path:
-    return inside(home.blobs, home.blobs / sha256)
 
 
 # --- reading ---------------------------------------------------------------------------------------
@@ -164,7 +131,7 @@ def publish(
             hint="the file changed after quantizing; quantize it again",
         )  # fmt: skip
     with locked(home, LOCK):
-        ref = _store_blob(home, model, sha256, size_bytes)
+        ref = store_blob(home, model, sha256, size_bytes)
         profile = build_profile(named, ref, hardware, fit, name=name, recipe=recipe, record=record, threads=threads)
         atomic_write_json(profile_path(home, profile.name), profile.model_dump(mode="json"))
     log.info("published %s (blob %s)", profile.name, sha256[:12])
@@ -186,106 +153,13 @@ def install(published: Profile, model: Path, *, name: str | None = None) -> Prof
     )  # fmt: skip
     chosen = _valid_name(name or published.name)
     with locked(home, LOCK):
-        profile = with_blob(published, _store_blob(home, model, sha256, model.stat().st_size), name=chosen)
+        profile = with_blob(published, store_blob(home, model, sha256, model.stat().st_size), name=chosen)
         atomic_write_json(profile_path(home, profile.name), profile.model_dump(mode="json"))
     log.info("installed %s (blob %s)", profile.name, sha256[:12])
     return profile
 
 
-def _store_blob(home: Home, source: Path, sha256: str, size_bytes: int) -> BlobRef:
-    """The blob of `source` in the store (linked or copied, verified), as a profile refers to it."""
-    blob = _blob_for(home, source, sha256, size_bytes)
-    stat = blob.stat()
-    return BlobRef(sha256=sha256, size_bytes=size_bytes, path=str(blob), mtime_ns=stat.st_mtime_ns, inode=stat.st_ino)
-
-
-def _blob_for(home: Home, source: Path, sha256: str, size_bytes: int) -> Path:
-    """The blob for `sha256`: hard-linked to `source` (same filesystem) or copied once while hashing."""
-    target = blob_path(home, sha256)
-    if target.is_file() and _blob_intact(home, target, sha256, size_bytes):
-        return target
-    if target.exists():
-        log.warning("blob %s is damaged; replacing it from %s", sha256[:12], source)
-    home.ensure(home.blobs)
-    with atomic_path(target) as tmp:
-        tmp.unlink()
-        try:
-            os.link(source, tmp)
-            linked = True
-        except OSError:  # another filesystem (EXDEV) or links not allowed: one copy, hashed on the way
-            linked = False
-            require_space(target.parent, size_bytes, f"a copy of {source.name} (another filesystem)")
-            try:
-                copied = copy_hashing(source, tmp)
-            except OSError as exc:
-                if exc.errno == errno.ENOSPC:
-                    raise disk_full(target.parent, size_bytes) from None
-                raise
-            if copied != sha256:
-                raise IntegrityError(f"{source}: changed while being copied into the registry; publish again") from None
-        if linked and cached_sha256(home, source) != sha256:
-            raise IntegrityError(f"{source}: changed after it was hashed; publish again")
-    record_sha256(home, target, sha256)
-    return target
-
-
-def copy_hashing(source: Path, target: Path) -> str:
-    """Copy `source` to `target` and return the sha256 of the bytes written (one read of the source)."""
-    digest = hashlib.sha256()
-    with open(source, "rb", buffering=0) as reader, open(target, "wb") as writer:
-        for chunk in read_chunks(reader):
-            digest.update(chunk)
-            writer.write(chunk)
-    return digest.hexdigest()
-
-
-def _blob_intact(home: Home, blob: Path, sha256: str, size_bytes: int) -> bool:
-    if blob.stat().st_size != size_bytes:
-        return False
-    return file_sha256(home, blob) == sha256
-
-
-# --- the pre-run check -----------------------------------------------------------------------------
-
-
-def check_blob(profile: Profile, *, full: bool = False) -> Path:
-    """The profile's blob path if it is intact; raises IntegrityError (with the profile's name) if not.
-
-    Cheap by default: the size, then the stat recorded at publish (or a digest cached after a verified
-    hash); a changed stat costs one re-hash. `full` always re-hashes.
-    """
-    home = mm_home()
-    blob = blob_path(home, profile.blob.sha256)
-    hint = f"re-publish it (`mm publish … --name {profile.name}`) or run `mm verify`"
-    expected = profile.blob.sha256
-    try:
-        stat = blob.stat()
-    except FileNotFoundError:
-        raise IntegrityError(
-            f"profile {profile.name!r}: its model blob {blob} is missing",
-            path=str(blob), expected=expected, actual=None, hint=hint,
-        ) from None  # fmt: skip
-    if stat.st_size != profile.blob.size_bytes:
-        raise IntegrityError(
-            f"profile {profile.name!r}: blob {blob} is {stat.st_size} bytes, expected {profile.blob.size_bytes}",
-            path=str(blob), expected=f"{profile.blob.size_bytes} bytes", actual=f"{stat.st_size} bytes", hint=hint,
-        )  # fmt: skip
-    if not full:
-        if (stat.st_mtime_ns, stat.st_ino) == (profile.blob.mtime_ns, profile.blob.inode):
-            return blob
-        if cached_sha256(home, blob) == profile.blob.sha256:
-            return blob
-    actual = sha256_file(blob)
-    if actual != expected:
-        raise IntegrityError(
-            f"profile {profile.name!r}: blob {blob} is corrupted (sha256 {actual}, expected {expected})",
-            path=str(blob), expected=f"sha256 {expected}", actual=f"sha256 {actual}", hint=hint,
-        )  # fmt: skip
-    record_sha256(home, blob, actual)
-    return blob
-
-
-# --- removing, collecting, verifying ---------------------------------------------------------------
+# --- removing --------------------------------------------------------------------------------------------
 
 
 def remove_profile(name: str) -> None:
@@ -297,160 +171,6 @@ def remove_profile(name: str) -> None:
         if not path.is_file():
             raise ProfileNotFoundError(f"no profile named {name!r}", name=name, hint="`mm ls` lists profiles")
         path.unlink()
-
-
-class GcItem(BaseModel):
-    path: str
-    kind: str  # blob | quant | record | temp | link
-    size_bytes: int
-
-
-class GcReport(BaseModel):
-    dry_run: bool
-    removed: list[GcItem]
-    freed_bytes: int  # bytes actually returned to the filesystem (hard links counted once)
-    kept_blobs: int
-    builds_running: bool = False  # then quantize outputs were left alone: a build may still read them
-    kept_partials: list[GcItem] = []  # resumable downloads (younger than a day, or being downloaded)
-
-
-def _referenced(home: Home) -> set[str]:
-    """Digests any profile names; a broken profile keeps every digest-like string in it alive."""
-    keep: set[str] = set()
-    for path in home.profiles.glob("*.json") if home.profiles.is_dir() else []:
-        try:
-            keep.add(read_profile(path).blob.sha256)
-        except RegistryError:
-            with contextlib.suppress(OSError):
-                keep.update(HEX64.findall(path.read_text(errors="replace")))
-    return keep
-
-
-def _gc_candidates(
-    home: Home, keep: set[str], held: contextlib.ExitStack, *, quant_outputs: bool
-) -> list[tuple[Path, str]]:
-    found: list[tuple[Path, str]] = []
-    for folder in (home.blobs, home.profiles):
-        # Every write here happens under the registry lock, which gc holds: any temp file is a crash's.
-        found += [(p, "temp") for p in folder.glob(".*.tmp")] if folder.is_dir() else []
-    if home.blobs.is_dir():
-        found += [(p, "blob") for p in home.blobs.iterdir() if HEX64.fullmatch(p.name) and p.name not in keep]
-    exports = home.root / "exports"  # `mm export`'s <sha256>.gguf links to blobs
-    if exports.is_dir():
-        found += [(p, "link") for p in exports.glob("*.gguf") if p.name.removesuffix(".gguf") not in keep]
-    for record_file in sorted(home.quant.rglob("*.mm.json")) if home.quant.is_dir() and quant_outputs else []:
-        output = record_file.with_name(record_file.name.removesuffix(".mm.json"))
-        try:
-            record = read_record(output)
-        except Exception:  # a broken record says nothing about what it describes: leave both alone
-            continue
-        if record is not None and record.sha256 not in keep:
-            try:  # an output quantize is working on right now is not garbage: skip it, hold the rest
-                held.enter_context(locked(home, quantize_lock_name(output), wait=False))
-            except LockTimeoutError:
-                continue
-            if output.is_file():
-                found.append((output, "quant"))
-            found.append((record_file, "record"))
-    return found
-
-
-def gc(dry_run: bool = False) -> GcReport:
-    """Remove blobs, quantize outputs and their records that no profile references; report what it frees."""
-    home = mm_home()
-    with (
-        locked(home, LOCK),
-        lease(home, BUILDS_LEASE, exclusive=True) as no_build,  # a running build's outputs are not garbage
-        contextlib.ExitStack() as held,
-    ):
-        keep = _referenced(home)
-        candidates = _gc_candidates(home, keep, held, quant_outputs=no_build)
-        leftovers = find_leftovers(home, held)
-        candidates += leftovers.stale
-        items: list[GcItem] = []
-        inodes: dict[tuple[int, int], tuple[int, int, int]] = {}  # (dev, ino) -> (size, nlink, removed)
-        for path, kind in candidates:
-            try:
-                st = path.lstat() if kind == "link" else path.stat()
-            except FileNotFoundError:  # finished (renamed into place) by its writer while gc looked
-                continue
-            items.append(GcItem(path=str(path), kind=kind, size_bytes=st.st_size))
-            size, nlink, removed = inodes.get((st.st_dev, st.st_ino), (st.st_size, st.st_nlink, 0))
-            inodes[(st.st_dev, st.st_ino)] = (size, nlink, removed + 1)
-            if not dry_run:
-                path.unlink(missing_ok=True)
-                if kind in ("blob", "quant"):
-                    forget_sha256(home, path)
-        freed = sum(size for size, nlink, removed in inodes.values() if removed >= nlink)
-        kept = len(keep & {p.name for p in home.blobs.iterdir()}) if home.blobs.is_dir() else 0
-        partials = [GcItem(path=str(p), kind="partial", size_bytes=_size(p)) for p in leftovers.kept_partials]
-    return GcReport(
-        dry_run=dry_run,
-        removed=items,
-        freed_bytes=freed,
-        kept_blobs=kept,
-        builds_running=not no_build,
-        kept_partials=partials,
-    )
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:  # a pull finished it meanwhile
-        return 0
-
-
-class ProfileCheck(BaseModel):
-    name: str
-    sha256: str
-    ok: bool
-    problem: str | None = None
-    path: str | None = None  # the blob, when it is not what the profile needs
-    expected: str | None = None
-    actual: str | None = None  # None with a problem: the blob is missing
-
-    @classmethod
-    def failed(cls, name: str, sha256: str, error: IntegrityError) -> ProfileCheck:
-        """A check that failed, from the error's fields (never its wording)."""
-        problem = "missing" if error.actual is None else f"{error.actual}, expected {error.expected}"
-        fields = {"path": error.path, "expected": error.expected, "actual": error.actual}
-        return cls(name=name, sha256=sha256, ok=False, problem=f"{error.path}: {problem}", **fields)
-
-
-class VerifyReport(BaseModel):
-    checked: list[ProfileCheck]
-    broken_files: list[str]  # profile documents that could not be read, with the reason
-
-    @property
-    def ok(self) -> bool:
-        return all(c.ok for c in self.checked) and not self.broken_files
-
-    @property
-    def corrupted(self) -> list[str]:
-        return [c.name for c in self.checked if not c.ok]
-
-
-def verify(name: str | None = None) -> VerifyReport:
-    """Re-hash the blobs of one profile or all (each blob once) and report which profiles are corrupted."""
-    if name is not None:
-        profiles, errors = [get_profile(name)], list[RegistryError]()
-    else:
-        profiles, errors = list_profiles()
-    verdicts: dict[str, IntegrityError | None] = {}
-    checks = []
-    for profile in profiles:
-        sha = profile.blob.sha256
-        if sha not in verdicts:
-            try:
-                check_blob(profile, full=True)
-                verdicts[sha] = None
-            except IntegrityError as exc:
-                verdicts[sha] = exc
-        error = verdicts[sha]
-        ok = ProfileCheck(name=profile.name, sha256=sha, ok=True)
-        checks.append(ok if error is None else ProfileCheck.failed(profile.name, sha, error))
-    return VerifyReport(checked=checks, broken_files=[str(e) for e in errors])
 
 
 def record_measurement(name: str, *, bench: BenchResult | None = None, evaluation: EvalResult | None = None) -> Profile:
