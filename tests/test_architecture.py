@@ -178,7 +178,13 @@ def test_the_header_reader_stands_on_base_alone() -> None:
 def test_fitting_runs_no_llama_cpp(module: str) -> None:
     """Fitting reads headers; only recommending a quant (recommend.py) asks llama.cpp's dry run."""
     loaded = IMPORTS.closure(module) | {module}
-    engines = {"pipeline.llama.engines", "pipeline.llama.worker", "pipeline.llama.quantize", "pipeline.llama.tools"}
+    engines = {
+        "pipeline.llama.engines",
+        "pipeline.llama.worker",
+        "pipeline.llama.quantize",
+        "pipeline.llama.quant_plan",
+        "pipeline.llama.tools",
+    }
     assert not loaded & engines
     assert not {e for m in loaded for e in IMPORTS.external[m]} & LLAMA
 

@@ -14,7 +14,8 @@ from pipeline.base.errors import LlamaError, QuantizeError
 from pipeline.base.provenance import QuantParams
 from pipeline.gguf.ggml_types import tensor_bytes
 from pipeline.llama.engines import QuantizeLog, dry_run_in_process, find_llama_quantize, run_quantize
-from pipeline.llama.quantize import QuantizeRequest, plan, quantize
+from pipeline.llama.quant_plan import plan
+from pipeline.llama.quantize import QuantizeRequest, quantize
 from pipeline.llama.tools import BuiltTools
 from pipeline.llama.worker import QuantizeJob, load_imatrix
 from tests.test_quantize import tensor_types, write_legacy_imatrix

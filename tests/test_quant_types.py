@@ -59,6 +59,6 @@ def test_table_matches_quantize_cpp_and_llama_h() -> None:
 def test_imatrix_need_in_the_table_matches_llama_cpp_dry_run(tiny_model_f16: Path, qtype: QuantType) -> None:
     """quantize skips its dry run when the table says no imatrix can be needed, so the table must be right."""
     from pipeline.base.provenance import QuantParams
-    from pipeline.llama.quantize import plan
+    from pipeline.llama.quant_plan import plan
 
     assert plan(tiny_model_f16, QuantParams(type=qtype.name)).needs_imatrix == qtype.needs_imatrix

@@ -21,7 +21,8 @@ from pipeline.base.errors import QuantizeError, UsageError
 from pipeline.base.home import mm_home
 from pipeline.base.provenance import QuantParams, read_record
 from pipeline.gguf.tiny_model import TinySpec, write_tiny_model
-from pipeline.llama.quantize import QuantizeRequest, plan, quantize
+from pipeline.llama.quant_plan import plan
+from pipeline.llama.quantize import QuantizeRequest, quantize
 from tests.conftest import write_recipe
 
 # llama_ftype values from llama.cpp's include/llama.h (independent of pipeline/gguf/quant_types.py).

@@ -110,7 +110,7 @@ def quantize_command(
     Example: mm quantize model-f16.gguf --to q4_k_m --to q2_k
     Example: mm quantize model-f16.gguf --budget 4.5G --text calibration.txt
     """
-    from pipeline.llama.quantize import plan
+    from pipeline.llama.quant_plan import plan
     from pipeline.llama.quantize_inputs import QuantizeOptions, build_requests
 
     writable_target(output, "--output")

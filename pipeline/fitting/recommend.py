@@ -1,6 +1,6 @@
 """Which quant type to make: each candidate's exact size (llama.cpp's quantize dry run) fitted to the hardware.
 
-Sits above fit (which runs no llama.cpp): a candidate's sizes come from `quantize.plan`, then
+Sits above fit (which runs no llama.cpp): a candidate's sizes come from `quant_plan.plan`, then
 `fit.fit_shape` places them; the recommendation is the best reference quality that fits fast enough.
 """
 
@@ -18,7 +18,7 @@ from pipeline.fitting.fit import SCHEMA_VERSION, FitSettings, Verdict, fit_shape
 from pipeline.fitting.memory import model_shape
 from pipeline.gguf.header import GGUFHeader, read_model
 from pipeline.gguf.quant_types import QUANT_TYPES, QuantType, by_ftype, parse_quant_type
-from pipeline.llama.quantize import plan
+from pipeline.llama.quant_plan import plan
 from pipeline.spec.hardware import HardwareClass
 from pipeline.spec.results import EvalResult
 

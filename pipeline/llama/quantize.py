@@ -1,8 +1,8 @@
 """The quantize stage: checks, one llama.cpp quantize into a temporary file, verification, provenance.
 
-`plan` predicts a quantize with llama.cpp's own dry run (header only, milliseconds); `quantize` refuses
-what would waste work or quality before starting (unknown type, missing imatrix, requantize without
-permission, same type), writes under a temporary name, checks the result and only then renames it and
+`quantize` refuses what would waste work or quality before starting (unknown type, missing imatrix,
+requantize without permission, same type), asks llama.cpp's dry run first where it can refuse
+(llama/quant_plan.py), writes under a temporary name, checks the result and only then renames it and
 writes its `QuantRecord`.
 """
 
@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Literal
 
 from pydantic import BaseModel
 
@@ -32,19 +31,11 @@ from pipeline.base.provenance import (
     write_record,
 )
 from pipeline.base.shards import unsplit_stem
-from pipeline.gguf.ggml_types import ggml_type_id, tensor_bytes
-from pipeline.gguf.header import GGUFHeader, read_header, read_model
+from pipeline.gguf.header import GGUFHeader, read_header
 from pipeline.gguf.quant_types import QuantType, by_ftype, parse_quant_type
-from pipeline.llama.engines import (
-    ApiWorker,
-    QuantizeLog,
-    TensorProgress,
-    dry_run_in_process,
-    require_llama_quantize,
-    run_quantize,
-)
+from pipeline.llama.engines import ApiWorker, TensorProgress, require_llama_quantize, run_quantize
+from pipeline.llama.quant_plan import QuantPlan, plan, quantize_job, read_source
 from pipeline.llama.tools import llama_cpp_version
-from pipeline.llama.worker import QuantizeJob
 
 log = logging.getLogger(__name__)
 
@@ -63,33 +54,6 @@ class QuantizeRequest(BaseModel):
     threads: int | None = None
     output: Path | None = None
     llama_quantize: Path | None = None
-
-
-class PlannedTensor(NamedTuple):
-    name: str
-    type: str  # ggml type name, upper case (as gguf-py spells it: "Q4_K")
-    n_bytes: int
-
-
-class QuantPlan(BaseModel):
-    """What a quantize would produce, from llama.cpp's dry run: exact tensor sizes and types."""
-
-    type: str
-    file_bytes: int  # tensor data exact; header estimated from the source's (same keys, two more)
-    tensors: list[PlannedTensor]
-    needs_imatrix: bool
-    fallbacks: int
-    fallback_note: str | None = None
-    source_bytes: int
-    bits_per_weight: float
-
-    @property
-    def tensor_types(self) -> dict[str, int]:
-        """ggml type -> how many tensors get it, most common first."""
-        counts: dict[str, int] = {}
-        for tensor in self.tensors:
-            counts[tensor.type] = counts.get(tensor.type, 0) + 1
-        return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 class QuantizeResult(BaseModel):
@@ -115,51 +79,6 @@ def default_output_path(source: Path, source_sha256: str, qtype: str) -> Path:
     return mm_home().quant / f"{source_sha256[:12]}-{unsplit_stem(source.name)}.{qtype.lower()}.gguf"
 
 
-def _job(source: Path, output: Path, qtype: QuantType, params: QuantParams, threads: int | None) -> QuantizeJob:
-    """The llama.cpp call for these parameters; bad tensor types or patterns are usage errors here."""
-    tensor_types = []
-    for pattern, type_name in params.tensor_types.items():
-        try:
-            re.compile(pattern)
-        except re.error as exc:
-            raise UsageError(
-                f"tensor type override {pattern}={type_name}: invalid pattern: {exc}", param="tensor_types"
-            ) from None
-        tensor_types.append((pattern, ggml_type_id(type_name)))
-    return QuantizeJob(
-        source=str(source),
-        output=str(output),
-        ftype=qtype.ftype,
-        only_copy=qtype.name == "copy",
-        nthread=threads or 0,
-        allow_requantize=params.allow_requantize,
-        quantize_output_tensor=not params.leave_output_tensor,
-        pure=params.pure,
-        output_tensor_type=ggml_type_id(params.output_tensor_type) if params.output_tensor_type else None,
-        token_embedding_type=ggml_type_id(params.token_embedding_type) if params.token_embedding_type else None,
-        tensor_types=tuple(tensor_types),
-        imatrix=params.imatrix_path,
-    )
-
-
-def read_source(path: Path) -> GGUFHeader:
-    """The source's header; a split model's shards merged into one (llama.cpp reads them all)."""
-    headers = read_model(path)
-    if not any(h.tensors for h in headers):
-        raise ModelFormatError(f"{path}: the GGUF has no tensors: there is nothing to quantize")
-    if len(headers) == 1:
-        return headers[0]
-    first = headers[0]
-    return GGUFHeader(
-        first.path,
-        first.version,
-        first.metadata,
-        [t for h in headers for t in h.tensors],
-        first.data_offset,
-        sum(h.file_size for h in headers),
-    )
-
-
 def _quantized_type(header: GGUFHeader) -> str | None:
     """The name of a quantized source's type (e.g. "q4_k_m"), or None for an F32/F16/BF16 model."""
     if all(t.type_name in FLOAT_TYPES for t in header.tensors):
@@ -168,66 +87,6 @@ def _quantized_type(header: GGUFHeader) -> str | None:
     if known is not None and not known.is_float:
         return known.name
     return next(t.type_name.lower() for t in header.tensors if t.type_name not in FLOAT_TYPES)
-
-
-def _output_header_bytes(header: GGUFHeader) -> int:
-    """The source's header plus general.file_type / general.quantization_version when it lacks them."""
-    extra = 0
-    for key in ("general.file_type", "general.quantization_version"):
-        if key not in header.metadata:
-            extra += 8 + len(key) + 4 + 4  # key length, key, value type, u32 value
-    return header.data_offset + extra
-
-
-def _pad(n: int, alignment: int = 32) -> int:
-    return n + (-n % alignment)
-
-
-def plan(
-    source: Path, params: QuantParams, *, engine: Literal["api", "binary"] = "api", llama_quantize: Path | None = None
-) -> QuantPlan:
-    """llama.cpp's dry run for `params`: per-tensor types and sizes, and whether an imatrix is needed.
-
-    Requantizing is assumed permitted: the plan says what the result would be, `quantize` says whether
-    it may be made.
-    """
-    qtype = parse_quant_type(params.type)
-    header = read_source(source)
-    job = _job(source, source.with_name(".mm-dry-run.gguf"), qtype, params, None)
-    job = job.replace(dry_run=True, allow_requantize=True)
-    if engine == "api":
-        parsed = dry_run_in_process(job)
-    else:
-        logs = mm_home().ensure(mm_home().logs)
-        parsed = run_quantize(
-            job,
-            engine="binary",
-            type_name=qtype.name,
-            log_path=logs / "dry-run.log",
-            binary=require_llama_quantize(llama_quantize),
-        )
-    return _plan_from_log(header, qtype, parsed)
-
-
-def _plan_from_log(header: GGUFHeader, qtype: QuantType, parsed: QuantizeLog) -> QuantPlan:
-    tensors = []
-    for info in header.tensors:
-        new_type = parsed.tensor_types.get(info.name)
-        if new_type is None:
-            raise QuantizeError(f"{header.path}: llama.cpp's dry run did not report tensor {info.name}")
-        tensors.append(PlannedTensor(info.name, new_type, tensor_bytes(new_type, info.shape)))
-    data = sum(_pad(t.n_bytes) for t in tensors)
-    n_elements = sum(t.n_elements for t in header.tensors) or 1
-    return QuantPlan(
-        type=qtype.canonical,
-        file_bytes=_output_header_bytes(header) + data,
-        tensors=tensors,
-        needs_imatrix=parsed.needs_imatrix,
-        fallbacks=len(parsed.fallbacks),
-        fallback_note=parsed.fallback_note(),
-        source_bytes=header.file_size,
-        bits_per_weight=round(sum(t.n_bytes for t in tensors) * 8 / n_elements, 3),
-    )
 
 
 def _nothing_to_do(header: GGUFHeader, qtype: QuantType, params: QuantParams) -> bool:
@@ -346,7 +205,7 @@ def _quantize(
         log_path = home.ensure(home.logs) / f"quantize-{output.name}.log"
         started = time.monotonic()
         with contextlib.ExitStack() as stack, ThreadPoolExecutor(max_workers=1) as hasher, atomic_path(output) as tmp:
-            job = _job(request.source, tmp, qtype, request.params, request.threads)
+            job = quantize_job(request.source, tmp, qtype, request.params, request.threads)
             try:
                 parsed = run_quantize(
                     job,

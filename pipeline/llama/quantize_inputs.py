@@ -13,7 +13,8 @@ from pipeline.base.home import mm_home
 from pipeline.base.provenance import QuantParams, SourceRef, source_ref
 from pipeline.base.shards import shard_paths
 from pipeline.gguf.quant_types import parse_quant_type
-from pipeline.llama.quantize import QuantizeRequest, read_source, requantize_refusal
+from pipeline.llama.quant_plan import read_source
+from pipeline.llama.quantize import QuantizeRequest, requantize_refusal
 from pipeline.resolve.model_ref import (
     HubRef,
     cached_hub_file,
