@@ -174,7 +174,10 @@ def test_the_header_reader_stands_on_base_alone() -> None:
     assert "pipeline.gguf.tiny_model" not in loaded
 
 
-@pytest.mark.parametrize("module", ["pipeline.fitting.fit", "pipeline.fitting.memory", "pipeline.gguf.header"])
+@pytest.mark.parametrize(
+    "module",
+    ["pipeline.fitting.fit", "pipeline.fitting.memory", "pipeline.fitting.model_shape", "pipeline.gguf.header"],
+)
 def test_fitting_runs_no_llama_cpp(module: str) -> None:
     """Fitting reads headers; only recommending a quant (recommend.py) asks llama.cpp's dry run."""
     loaded = IMPORTS.closure(module) | {module}

@@ -18,7 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from pipeline.base.units import format_size
 from pipeline.fitting import gpu_speed
 from pipeline.fitting.gpu_speed import decode_tokens_per_second
-from pipeline.fitting.memory import Context, DeviceBuffers, ModelShape, context, model_shape
+from pipeline.fitting.memory import Context, DeviceBuffers, context
+from pipeline.fitting.model_shape import ModelShape, model_shape
 from pipeline.fitting.placement import (
     Placement,
     describe_placement,

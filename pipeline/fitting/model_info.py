@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from pipeline.fitting.memory import model_shape
+from pipeline.fitting.model_shape import model_shape
 from pipeline.gguf.chat_format import describe_chat_template
 from pipeline.gguf.header import read_model
 from pipeline.gguf.quant_types import by_ftype

@@ -14,7 +14,8 @@ import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from pipeline.fitting.memory import EXPERTS_RE, Context, DeviceBuffers, ModelShape, kv_per_layer, split_layers
+from pipeline.fitting.memory import Context, DeviceBuffers, kv_per_layer, split_layers
+from pipeline.fitting.model_shape import EXPERTS_RE, ModelShape
 from pipeline.fitting.speed import attention_cells, merge, scaled
 
 # common/common.h llm_ffn_block_regex(i, LLM_FFN_EXPS_REGEX), as `-ot PATTERN=CPU` strings (arg.cpp's

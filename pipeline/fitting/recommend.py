@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from pipeline.base.errors import FitError, MMError
 from pipeline.base.provenance import QuantParams
 from pipeline.fitting.fit import SCHEMA_VERSION, FitSettings, Verdict, fit_shape
-from pipeline.fitting.memory import model_shape
+from pipeline.fitting.model_shape import model_shape
 from pipeline.gguf.header import GGUFHeader, read_model
 from pipeline.gguf.quant_types import QUANT_TYPES, QuantType, by_ftype, parse_quant_type
 from pipeline.llama.quant_plan import plan

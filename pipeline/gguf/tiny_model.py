@@ -6,7 +6,7 @@ Mixtral; gemma3 with sliding-window attention; qwen3 with q/k norms; qwen3moe, r
 experts with biases, attention sinks and alternating sliding windows; deepseek2, multi-head latent
 attention with shared experts and a leading dense layer; glm4moe, biased attention, shared experts, a
 leading dense layer and a multi-token-prediction block; mamba, a pure recurrent state-space model),
-checked against src/models/<arch>.cpp of the vendored llama.cpp.
+checked against src/models/<arch>.cpp of the vendored llama.cpp (the tensor tables: gguf/tiny_tensors.py).
 `write_header_only_model` writes the real header of a big model and leaves the data region sparse.
 """
 
@@ -19,6 +19,7 @@ import gguf
 import numpy as np
 
 from pipeline.gguf.ggml_types import block_size
+from pipeline.gguf.tiny_tensors import tensor_shapes
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}</s>{% endfor %}"
@@ -142,7 +143,7 @@ def write_tiny_model(path: Path, spec: TinySpec | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = gguf.GGUFWriter(str(path), spec.arch, split_max_tensors=spec.split_max_tensors)
     _write_metadata(writer, spec)
-    for name, shape in _tensor_shapes(spec):
+    for name, shape in tensor_shapes(spec):
         writer.add_tensor(name, _values(rng, name, shape, spec.dtype))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
@@ -223,128 +224,6 @@ def _write_metadata(writer: gguf.GGUFWriter, spec: TinySpec, file_type: int | No
         _add_extra(writer, key, value)
 
 
-def _tensor_shapes(spec: TinySpec) -> list[tuple[str, tuple[int, ...]]]:
-    """Every tensor the architecture's loader requires, in ggml order (ne0 = input width first)."""
-    d, q, kv, ff = spec.n_embd, spec.n_head * spec.head_dim, spec.n_head_kv * spec.head_dim, spec.n_ff
-    shapes: list[tuple[str, tuple[int, ...]]] = [("token_embd.weight", (d, spec.n_vocab))]
-    if spec.arch == "mamba":
-        return shapes + _mamba_layers(spec) + _output(spec)
-    if spec.arch == "deepseek2":
-        return shapes + _deepseek2_layers(spec) + _output(spec)
-    if spec.arch == "glm4moe":
-        return shapes + _glm4moe_layers(spec) + _output(spec)
-    for i in range(spec.n_layers):
-        b = f"blk.{i}"
-        shapes += [(f"{b}.attn_norm.weight", (d,)), (f"{b}.attn_q.weight", (d, q))]
-        shapes += [(f"{b}.attn_k.weight", (d, kv)), (f"{b}.attn_v.weight", (d, kv))]
-        shapes += [(f"{b}.attn_output.weight", (q, d))]
-        if spec.arch in ("gemma3", "qwen3", "qwen3moe"):
-            shapes += [(f"{b}.attn_q_norm.weight", (spec.head_dim,)), (f"{b}.attn_k_norm.weight", (spec.head_dim,))]
-        if spec.arch == "gemma3":
-            shapes += [(f"{b}.post_attention_norm.weight", (d,))]
-        if spec.arch == "gpt-oss":  # models/openai-moe.cpp: post-attention norm, sinks, biases
-            shapes += [(f"{b}.post_attention_norm.weight", (d,)), (f"{b}.attn_sinks.weight", (spec.n_head,))]
-            shapes += [(f"{b}.attn_output.bias", (d,))]
-        else:
-            shapes += [(f"{b}.ffn_norm.weight", (d,))]
-        shapes += _experts(spec, b) if spec.n_expert else _dense_ffn(b, d, ff)
-        if spec.arch == "gemma3":
-            shapes += [(f"{b}.post_ffw_norm.weight", (d,))]
-    return shapes + _output(spec)
-
-
-def _dense_ffn(b: str, d: int, ff: int) -> list[tuple[str, tuple[int, ...]]]:
-    return [(f"{b}.ffn_gate.weight", (d, ff)), (f"{b}.ffn_up.weight", (d, ff)), (f"{b}.ffn_down.weight", (ff, d))]
-
-
-def _nextn(spec: TinySpec, b: str) -> list[tuple[str, tuple[int, ...]]]:
-    """An MTP block's own tensors beside a full layer: the projection of [embedding, hidden state], two norms."""
-    d = spec.n_embd
-    return [
-        (f"{b}.nextn.eh_proj.weight", (2 * d, d)),
-        (f"{b}.nextn.enorm.weight", (d,)),
-        (f"{b}.nextn.hnorm.weight", (d,)),
-    ]
-
-
-def _shared_experts(spec: TinySpec, b: str) -> list[tuple[str, tuple[int, ...]]]:
-    d, shared = spec.n_embd, spec.expert_width * spec.n_expert_shared
-    return [(f"{b}.ffn_gate_shexp.weight", (d, shared)), (f"{b}.ffn_down_shexp.weight", (shared, d)),
-            (f"{b}.ffn_up_shexp.weight", (d, shared))]  # fmt: skip
-
-
-def _glm4moe_layers(spec: TinySpec) -> list[tuple[str, tuple[int, ...]]]:
-    """models/glm4-moe.cpp load_arch_tensors: biased q/k/v, a post-attention norm, the router's selection
-    bias, shared experts; dense FFNs in the leading layers."""
-    d, q, kv = spec.n_embd, spec.n_head * spec.head_dim, spec.n_head_kv * spec.head_dim
-    shapes: list[tuple[str, tuple[int, ...]]] = []
-    for i in range(spec.n_layers + spec.n_nextn):
-        b = f"blk.{i}"
-        shapes += _nextn(spec, b) if i >= spec.n_layers else []
-        shapes += [(f"{b}.attn_norm.weight", (d,)), (f"{b}.attn_q.weight", (d, q)), (f"{b}.attn_k.weight", (d, kv))]
-        shapes += [(f"{b}.attn_v.weight", (d, kv)), (f"{b}.attn_q.bias", (q,)), (f"{b}.attn_k.bias", (kv,))]
-        shapes += [(f"{b}.attn_v.bias", (kv,)), (f"{b}.attn_output.weight", (q, d))]
-        shapes += [(f"{b}.post_attention_norm.weight", (d,))]
-        if i < spec.n_dense_lead:
-            shapes += _dense_ffn(b, d, spec.n_ff)
-            continue
-        shapes += [*_experts(spec, b), (f"{b}.exp_probs_b.bias", (spec.n_expert,)), *_shared_experts(spec, b)]
-    return shapes
-
-
-def _deepseek2_layers(spec: TinySpec) -> list[tuple[str, tuple[int, ...]]]:
-    """models/deepseek2.cpp load_arch_tensors (MLA with split k_b/v_b, q through a low-rank projection)."""
-    d, q, kv, rope, h = spec.n_embd, spec.q_lora_rank, spec.kv_lora_rank, spec.qk_rope_dim, spec.n_head
-    k_mla, v_mla = spec.qk_nope_dim + rope, spec.v_head_dim
-    shapes: list[tuple[str, tuple[int, ...]]] = []
-    for i in range(spec.n_layers + spec.n_nextn):
-        b = f"blk.{i}"
-        shapes += _nextn(spec, b) if i >= spec.n_layers else []  # an MTP block: a full layer and its own
-        shapes += [(f"{b}.attn_norm.weight", (d,)), (f"{b}.attn_q_a_norm.weight", (q,))]
-        shapes += [(f"{b}.attn_kv_a_norm.weight", (kv,)), (f"{b}.attn_q_a.weight", (d, q))]
-        shapes += [(f"{b}.attn_q_b.weight", (q, h * k_mla)), (f"{b}.attn_kv_a_mqa.weight", (d, kv + rope))]
-        shapes += [(f"{b}.attn_k_b.weight", (spec.qk_nope_dim, kv, h)), (f"{b}.attn_v_b.weight", (kv, v_mla, h))]
-        shapes += [(f"{b}.attn_output.weight", (h * v_mla, d)), (f"{b}.ffn_norm.weight", (d,))]
-        if i < spec.n_dense_lead:
-            shapes += _dense_ffn(b, d, spec.n_ff)
-            continue
-        shapes += [*_experts(spec, b), *_shared_experts(spec, b)]
-    return shapes
-
-
-def _experts(spec: TinySpec, b: str) -> list[tuple[str, tuple[int, ...]]]:
-    """The router and the routed experts, 3-D [n_embd, n_ff_exp, n_expert] (models/qwen3moe.cpp, llama.cpp)."""
-    d, ff, n = spec.n_embd, spec.expert_width, spec.n_expert
-    shapes: list[tuple[str, tuple[int, ...]]] = [(f"{b}.ffn_gate_inp.weight", (d, n))]
-    shapes += [(f"{b}.ffn_gate_exps.weight", (d, ff, n)), (f"{b}.ffn_down_exps.weight", (ff, d, n))]
-    shapes += [(f"{b}.ffn_up_exps.weight", (d, ff, n))]
-    if spec.arch == "gpt-oss":
-        shapes += [(f"{b}.ffn_gate_inp.bias", (n,)), (f"{b}.ffn_gate_exps.bias", (ff, n))]
-        shapes += [(f"{b}.ffn_down_exps.bias", (d, n)), (f"{b}.ffn_up_exps.bias", (ff, n))]
-    return shapes
-
-
-def _output(spec: TinySpec) -> list[tuple[str, tuple[int, ...]]]:
-    shapes: list[tuple[str, tuple[int, ...]]] = [("output_norm.weight", (spec.n_embd,))]
-    if (not spec.tie_embeddings and spec.arch != "gemma3") or spec.arch == "gpt-oss":  # gemma3 always ties
-        shapes.append(("output.weight", (spec.n_embd, spec.n_vocab)))
-    return shapes
-
-
-def _mamba_layers(spec: TinySpec) -> list[tuple[str, tuple[int, ...]]]:
-    """src/models/mamba.cpp load_arch_tensors: a norm and the selective-scan block per layer."""
-    d, inner, state, rank = spec.n_embd, spec.ssm_inner_size, spec.ssm_state_size, spec.ssm_dt_rank
-    shapes: list[tuple[str, tuple[int, ...]]] = []
-    for i in range(spec.n_layers):
-        b = f"blk.{i}"
-        shapes += [(f"{b}.attn_norm.weight", (d,)), (f"{b}.ssm_in.weight", (d, 2 * inner))]
-        shapes += [(f"{b}.ssm_conv1d.weight", (spec.ssm_conv_kernel, inner)), (f"{b}.ssm_conv1d.bias", (inner,))]
-        shapes += [(f"{b}.ssm_x.weight", (inner, rank + 2 * state))]
-        shapes += [(f"{b}.ssm_dt.weight", (rank, inner)), (f"{b}.ssm_dt.bias", (inner,))]
-        shapes += [(f"{b}.ssm_a", (state, inner)), (f"{b}.ssm_d", (inner,)), (f"{b}.ssm_out.weight", (inner, d))]
-    return shapes
-
-
 def _big_type(name: str, spec: TinySpec) -> gguf.GGMLQuantizationType:
     """Roughly llama.cpp's Q4_K_M mix: Q6_K for output, and attn_v/ffn_down in about half the layers.
 
@@ -370,7 +249,7 @@ def write_header_only_model(path: Path, spec: TinySpec) -> Path:
     ftype = gguf.LlamaFileType.MOSTLY_MXFP4_MOE if spec.arch == "gpt-oss" else gguf.LlamaFileType.MOSTLY_Q4_K_M
     _write_metadata(writer, spec, gguf.LlamaFileType.MOSTLY_F16 if f16 else ftype)
     total = 0
-    for name, shape in _tensor_shapes(spec):
+    for name, shape in tensor_shapes(spec):
         f32 = len(shape) == 1 or name.endswith(_MAMBA_F32) or name.endswith(".bias")
         big = gguf.GGMLQuantizationType.F16 if f16 else _big_type(name, spec)
         qtype = gguf.GGMLQuantizationType.F32 if f32 else big

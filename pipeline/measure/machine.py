@@ -32,7 +32,7 @@ import numpy as np
 from pipeline.base.errors import HardwareError, MMError
 from pipeline.base.home import atomic_write_json, atomic_write_text
 from pipeline.base.provenance import utc_now
-from pipeline.fitting.memory import model_shape
+from pipeline.fitting.model_shape import model_shape
 from pipeline.fitting.speed import FLOPS_PER_ELEMENT, merge
 from pipeline.gguf.header import read_model
 from pipeline.gguf.tiny_model import TinySpec, write_tiny_model

@@ -75,8 +75,8 @@ def for_repo(profile: Profile, model: Path, classes: list[HardwareClass]) -> Rep
     """The profile as the repo holds it (paths are the repo's file name, the local stat is dropped), with
     its settings (context, cache, batch; layers chosen per class) fitted to every class in `classes`."""
     from pipeline.fitting.fit import fit_shape
-    from pipeline.fitting.memory import model_shape
     from pipeline.fitting.model_info import summarize_model
+    from pipeline.fitting.model_shape import model_shape
     from pipeline.gguf.header import read_model
 
     file = gguf_name(profile)
