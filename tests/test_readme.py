@@ -44,3 +44,31 @@ def test_readme_command_and_flags_exist(mm: Callable[..., Result], line: str) ->
     help_text = result.stdout
     missing = [flag for flag in flags if flag not in help_text]
     assert not missing, f"{line!r}: flags not in `mm {' '.join(command)} --help`: {missing}"
+
+
+def _development_tree() -> dict[str, set[str]]:
+    """The Development section's tree: each folder (or cli.py) and the module files listed under it."""
+    section = README.read_text().split("## Development", 1)[1]
+    block = section.split("```\npipeline/", 1)[1].split("```", 1)[0]
+    tree: dict[str, set[str]] = {}
+    folder = ""
+    for line in ("pipeline/" + block).splitlines():
+        if line.startswith("pipeline/"):
+            folder = line.split()[0]
+            tree[folder] = {folder} if folder.endswith(".py") else set()
+        elif line.startswith("    ") and line.strip().endswith(".py"):
+            tree[folder] |= {folder + name for name in line.split()}
+    return tree
+
+
+def test_the_development_tree_shows_every_module_in_its_folder() -> None:
+    """A module added, moved or removed without its line in the README fails here."""
+    package = README.parent / "pipeline"
+    modules = {
+        p.relative_to(README.parent).as_posix()
+        for p in package.rglob("*.py")
+        if (p.name != "__init__.py" and p.parent != package) or p.name == "cli.py"
+    }
+    listed = set().union(*_development_tree().values())
+    assert sorted(listed - modules) == [], "listed in the README but not in pipeline/"
+    assert sorted(modules - listed) == [], "in pipeline/ but not in the README's Development tree"
