@@ -136,16 +136,7 @@ def requantize_problem(recipe: Recipe) -> str | None:
     header = read_source(path)
     for name in settings.types:
         qtype = parse_quant_type(name)
-        params = QuantParams(
-            type=qtype.canonical,
-            allow_requantize=settings.allow_requantize,
-            output_tensor_type=settings.output_tensor_type,
-            token_embedding_type=settings.token_embedding_type,
-            tensor_types=dict(settings.tensor_types),
-            pure=settings.pure,
-            leave_output_tensor=settings.leave_output_tensor,
-        )
-        refusal = requantize_refusal(header, qtype, params)
+        refusal = requantize_refusal(header, qtype, settings.params(qtype.canonical))
         if refusal is not None:
             return (
                 f"{recipe.path}: quantize.types: the source is {refusal}; set quantize.allow_requantize = true "

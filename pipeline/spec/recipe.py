@@ -21,6 +21,7 @@ from pydantic import (
 
 from pipeline.base.constants import DEFAULT_REVISION, RECIPES_ENV, env_value
 from pipeline.base.errors import HardwareError, MMError, RecipeError, UsageError
+from pipeline.base.provenance import QuantParams
 from pipeline.base.safe_names import UnsafeValue, check_repo_filename, check_repo_id, check_revision
 from pipeline.base.validation import describe_validation_error, read_toml
 from pipeline.gguf.quant_types import parse_quant_type
@@ -128,6 +129,20 @@ class QuantizeSettings(BaseModel):
     tensor_types: dict[StrictStr, StrictStr] = Field(default_factory=dict, max_length=256)
     pure: StrictBool = False
     leave_output_tensor: StrictBool = False
+
+    def params(self, qtype: str, imatrix_path: str | None = None, imatrix_sha256: str | None = None) -> QuantParams:
+        """Quantize's parameters for one of the types (the imatrix is given: where it is depends on the caller)."""
+        return QuantParams(
+            type=qtype,
+            allow_requantize=self.allow_requantize,
+            imatrix_path=imatrix_path,
+            imatrix_sha256=imatrix_sha256,
+            output_tensor_type=self.output_tensor_type,
+            token_embedding_type=self.token_embedding_type,
+            tensor_types=dict(self.tensor_types),
+            pure=self.pure,
+            leave_output_tensor=self.leave_output_tensor,
+        )
 
     @field_validator("output_tensor_type", "token_embedding_type")
     @classmethod

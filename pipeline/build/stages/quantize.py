@@ -87,17 +87,7 @@ def _quant_params(recipe: Recipe, env: StageEnv, qtype: str, up: Upstream) -> Qu
     elif isinstance(settings.imatrix, Path):
         imatrix = recipe.resolve(settings.imatrix)
         imatrix_sha256 = file_sha256(env.home, imatrix) if imatrix.is_file() else None
-    return QuantParams(
-        type=qtype,
-        allow_requantize=settings.allow_requantize,
-        imatrix_path=str(imatrix) if imatrix else None,
-        imatrix_sha256=imatrix_sha256,
-        output_tensor_type=settings.output_tensor_type,
-        token_embedding_type=settings.token_embedding_type,
-        tensor_types=settings.tensor_types,
-        pure=settings.pure,
-        leave_output_tensor=settings.leave_output_tensor,
-    )
+    return settings.params(qtype, str(imatrix) if imatrix else None, imatrix_sha256)
 
 
 def quantize_stage(recipe: Recipe, env: StageEnv, qtype: str, model: str) -> Stage:
