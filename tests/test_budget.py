@@ -15,7 +15,8 @@ from pipeline.base.provenance import QuantParams
 from pipeline.gguf.header import read_header
 from pipeline.gguf.tiny_model import TinySpec, write_tiny_model
 from pipeline.llama.mix import LADDER, OTHER, GroupSizes, TypeMix, group_of, group_sizes
-from pipeline.llama.quantize import QuantizeRequest, plan, quantize
+from pipeline.llama.quant_plan import plan
+from pipeline.llama.quantize import QuantizeRequest, quantize
 from pipeline.measure.budget import BudgetRequest, Text, quantize_budget
 from pipeline.measure.mix_search import best_mix
 

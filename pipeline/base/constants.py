@@ -21,6 +21,8 @@ CONVERTER_ENV = "MM_CONVERTER"  # a ready converter environment made elsewhere (
 TORCH_ENV = "MM_CONVERT_TORCH"  # the torch requirement the converter environment installs
 PIP_ARGS_ENV = "MM_CONVERT_PIP_ARGS"  # extra pip arguments for it (an index, a wheel folder)
 PARENT_PID_ENV = "MM_PARENT_PID"  # set for a llama.cpp worker: it exits when this process is gone
+HUB_TIMEOUT_ENV = "MM_HUB_TIMEOUT"  # seconds to connect to the Hub, or between two reads or writes
+HUB_DEADLINE_ENV = "MM_HUB_DEADLINE"  # seconds for one Hub request, before the allowance for its bytes
 # huggingface_hub's, which mm reads too
 HF_ENDPOINT_ENV = "HF_ENDPOINT"
 HF_OFFLINE_ENV = "HF_HUB_OFFLINE"

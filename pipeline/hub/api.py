@@ -15,7 +15,15 @@ from huggingface_hub import errors as hf_errors
 from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils._headers import build_hf_headers
 
-from pipeline.base.constants import DEFAULT_REVISION, HF_ENDPOINT_ENV, HF_OFFLINE_ENV, env_flag, env_value
+from pipeline.base.constants import (
+    DEFAULT_REVISION,
+    HF_ENDPOINT_ENV,
+    HF_OFFLINE_ENV,
+    HUB_DEADLINE_ENV,
+    HUB_TIMEOUT_ENV,
+    env_flag,
+    env_value,
+)
 from pipeline.base.errors import (
     EntryNotFoundError,
     GatedRepoError,
@@ -218,7 +226,7 @@ def translate_errors(
         raise HubError(
             f"{endpoint()} did not answer {repo}@{revision} in time (timeout {session.timeout_seconds():.0f} s, "
             f"deadline {session.deadline_seconds():.0f} s per request)",
-            hint=f"run again later; on a slow link raise {session.TIMEOUT_ENV} or {session.DEADLINE_ENV} (seconds)",
+            hint=f"run again later; on a slow link raise {HUB_TIMEOUT_ENV} or {HUB_DEADLINE_ENV} (seconds)",
         ) from None
     except (httpx2.TransportError, hf_errors.OfflineModeIsEnabled) as exc:
         raise HubConnectionError(

@@ -16,7 +16,6 @@ conflict loop), all bounded.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterator
 
@@ -24,24 +23,24 @@ import httpx2
 from huggingface_hub import set_client_factory
 from huggingface_hub.utils._http import hf_request_event_hook
 
-TIMEOUT_ENV = "MM_HUB_TIMEOUT"  # seconds to connect, or between two reads or writes
-DEADLINE_ENV = "MM_HUB_DEADLINE"  # seconds for one request, before the allowance for its bytes
+from pipeline.base.constants import HUB_DEADLINE_ENV, HUB_TIMEOUT_ENV, env_value
+
 DEFAULT_TIMEOUT_SECONDS = 30.0
 DEFAULT_DEADLINE_SECONDS = 300.0
 MIN_BYTES_PER_SECOND = 64 * 1024  # the slowest transfer a request's deadline allows for its body
 
 
 def timeout_seconds() -> float:
-    return _seconds(TIMEOUT_ENV, DEFAULT_TIMEOUT_SECONDS)
+    return _seconds(HUB_TIMEOUT_ENV, DEFAULT_TIMEOUT_SECONDS)
 
 
 def deadline_seconds() -> float:
-    return _seconds(DEADLINE_ENV, DEFAULT_DEADLINE_SECONDS)
+    return _seconds(HUB_DEADLINE_ENV, DEFAULT_DEADLINE_SECONDS)
 
 
 def _seconds(name: str, default: float) -> float:
     try:
-        value = float(os.environ.get(name, ""))
+        value = float(env_value(name) or "")
     except ValueError:
         return default
     return value if 0 < value < 1e6 else default

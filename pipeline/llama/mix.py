@@ -21,7 +21,7 @@ from pydantic import BaseModel
 
 from pipeline.base.provenance import QuantParams
 from pipeline.gguf.header import read_model
-from pipeline.llama.quantize import plan
+from pipeline.llama.quant_plan import plan
 
 
 class Rung(NamedTuple):

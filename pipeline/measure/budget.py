@@ -34,7 +34,8 @@ from pipeline.fitting.memory import model_shape
 from pipeline.gguf.header import read_model
 from pipeline.gguf.quant_types import FLOAT_FILE_TYPES
 from pipeline.llama.mix import LADDER, OTHER, GroupSizes, Rung, TypeMix, group_sizes, uniform
-from pipeline.llama.quantize import QuantizeRequest, default_output_path, plan, quantize
+from pipeline.llama.quant_plan import plan
+from pipeline.llama.quantize import QuantizeRequest, default_output_path, quantize
 from pipeline.measure.evaluate import Reference
 from pipeline.measure.mix_search import Front, Sensitivity, best_mix, costs_over_baseline, mix_front, step_down
 from pipeline.spec.hardware import HardwareClass
