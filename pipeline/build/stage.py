@@ -89,6 +89,11 @@ class StageEnv:
     download_progress: ProgressFactory | None = None  # a bar per file (bytes), when someone is watching
     quantize_progress: ProgressFactory | None = None  # a bar per quantize (tensors)
 
+    @property
+    def tool_versions(self) -> dict[str, Any]:
+        """What a llama.cpp stage's output depends on besides its inputs: llama.cpp's version and the stages'."""
+        return {"llama_cpp": self.llama_cpp_version, "stage_version": STAGE_VERSION}
+
 
 def fingerprint(inputs: Mapping[str, Any]) -> str:
     """sha256 of the inputs' canonical JSON (sorted keys, no whitespace), as doit's config_changed."""

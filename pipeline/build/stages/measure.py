@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import __version__
-from pipeline.build.stage import STAGE_VERSION, Stage, StageEnv, StageOutcome, Upstream, fingerprint
+from pipeline.build.stage import Stage, StageEnv, StageOutcome, Upstream, fingerprint
 from pipeline.build.values import Benched, Evaluated, Fitted, ModelFile, Text
 from pipeline.resolve.model_ref import recipe_hardware
 from pipeline.spec.recipe import Recipe
@@ -54,8 +54,7 @@ def eval_stage(recipe: Recipe, env: StageEnv, qtype: str, model: str) -> Stage:
             "ref_sha256": up[model].value(ModelFile).sha256,
             "text_sha256": up["eval-text"].value(Text).text_sha256,
             "eval": settings.model_dump(mode="json", exclude={"text"}),
-            "llama_cpp": env.llama_cpp_version,
-            "stage_version": STAGE_VERSION,
+            **env.tool_versions,
         }
 
     def action(up: Upstream) -> StageOutcome:
@@ -86,8 +85,7 @@ def bench_stage(recipe: Recipe, env: StageEnv, qtype: str) -> Stage:
             "fit_sha256": fingerprint(up[fit].value(Fitted).fit),
             "bench": settings.model_dump(mode="json"),
             "machine": [cpu, cores, list(gpus)],
-            "llama_cpp": env.llama_cpp_version,
-            "stage_version": STAGE_VERSION,
+            **env.tool_versions,
         }
 
     def action(up: Upstream) -> StageOutcome:

@@ -7,7 +7,7 @@ from typing import Any
 
 from pipeline.base.digest import file_sha256
 from pipeline.base.provenance import QuantParams
-from pipeline.build.stage import STAGE_VERSION, Stage, StageEnv, StageOutcome, Upstream, output_record, tensor_progress
+from pipeline.build.stage import Stage, StageEnv, StageOutcome, Upstream, output_record, tensor_progress
 from pipeline.build.values import ModelFile, Text
 from pipeline.spec.recipe import Recipe
 
@@ -50,8 +50,7 @@ def imatrix_stage(recipe: Recipe, env: StageEnv, model: str) -> Stage:
             "model_sha256": up[model].value(ModelFile).sha256,
             "text_sha256": up["calibration"].value(Text).text_sha256,
             "imatrix": settings.model_dump(mode="json", exclude={"text"}),
-            "llama_cpp": env.llama_cpp_version,
-            "stage_version": STAGE_VERSION,
+            **env.tool_versions,
         }
 
     def action(up: Upstream) -> StageOutcome:
@@ -99,8 +98,7 @@ def quantize_stage(recipe: Recipe, env: StageEnv, qtype: str, model: str) -> Sta
             "imatrix_sha256": params.pop("imatrix_sha256"),
             "params": params,
             "engine": recipe.quantize.engine,
-            "llama_cpp": env.llama_cpp_version,
-            "stage_version": STAGE_VERSION,
+            **env.tool_versions,
         }
 
     def action(up: Upstream) -> StageOutcome:

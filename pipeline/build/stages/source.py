@@ -174,8 +174,7 @@ def convert_stage(recipe: Recipe, env: StageEnv) -> Stage:
             "commit": snapshot["commit"],
             "snapshot": [(f["name"], f["sha256"]) for f in snapshot["files"]],
             "outtype": recipe.convert.outtype,
-            "llama_cpp": env.llama_cpp_version,  # the converter comes from the same llama.cpp source
-            "stage_version": STAGE_VERSION,
+            **env.tool_versions,  # the converter comes from the same llama.cpp source
         }
 
     def action(up: Upstream) -> StageOutcome:
