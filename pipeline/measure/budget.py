@@ -30,7 +30,7 @@ from pipeline.base.home import mm_home
 from pipeline.base.provenance import QuantParams
 from pipeline.base.units import format_size
 from pipeline.fitting.fit import FitResult, FitSettings, fit_model, fit_shape
-from pipeline.fitting.memory import model_shape
+from pipeline.fitting.model_shape import model_shape
 from pipeline.gguf.header import read_model
 from pipeline.gguf.quant_types import FLOAT_FILE_TYPES
 from pipeline.llama.mix import LADDER, OTHER, GroupSizes, Rung, TypeMix, group_sizes, uniform
