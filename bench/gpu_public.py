@@ -23,7 +23,8 @@ import numpy as np
 
 from pipeline.fitting.fit import FitResult, FitSettings, fit_shape
 from pipeline.fitting.gpu_speed import float_share, gpu_layers
-from pipeline.fitting.memory import Context, ModelShape, context, model_shape
+from pipeline.fitting.memory import Context, context
+from pipeline.fitting.model_shape import ModelShape, model_shape
 from pipeline.fitting.placement import place
 from pipeline.gguf.header import read_model
 from pipeline.gguf.tiny_model import TinySpec, write_header_only_model

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from pipeline.fitting.memory import ModelShape
+from pipeline.fitting.model_shape import ModelShape
 from pipeline.fitting.placement import Placement, ReadBytes
 from pipeline.fitting.speed import (
     FLOPS_PER_ELEMENT,

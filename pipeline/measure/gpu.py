@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.base.provenance import utc_now
-from pipeline.fitting.memory import model_shape
+from pipeline.fitting.model_shape import model_shape
 from pipeline.fitting.speed import FLOPS_PER_ELEMENT, merge
 from pipeline.gguf.header import read_model
 from pipeline.gguf.tiny_model import TinySpec, write_tiny_model
