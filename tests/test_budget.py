@@ -4,6 +4,7 @@ is an exact knapsack, and the chosen mix beats the uniform preset of the same si
 from __future__ import annotations
 
 import itertools
+import json
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -142,3 +143,29 @@ def test_a_fit_budget_no_mix_can_meet_is_one_clear_error(
     result = mm("quantize", str(tiny_model), "--budget", "fit", "--vram", "100M", "--ram", "1G", "--text", str(text))
     assert result.exit_code == 8, result.output
     assert "even the smallest mix" in result.output and "does not fit" in result.output
+
+
+@pytest.mark.slow
+def test_a_recipe_budget_builds_a_mix_profile_once(mm: Callable[..., Result], tmp_path: Path) -> None:
+    """`[quantize] budget` is one more output of the build: quantize:budget, fit and publish as `<recipe>-budget`,
+    stamped like the other stages (a second build skips it)."""
+    model = write_tiny_model(tmp_path / "m.gguf", TinySpec(n_layers=2, n_vocab=512, seed=5))
+    budget = quantize(QuantizeRequest(source=model, params=QuantParams(type="q4_k_m"))).output.stat().st_size
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    (recipes / "tiny.toml").write_text(
+        f'hardware = "cpu-32g"\n[source]\npath = "{model}"\n[quantize]\nbudget = "{budget}"\nbudget_max_evals = 8\n'
+        f'[imatrix]\ntext = "{_text(tmp_path / "cal.txt", 1, 4000)}"\n[run]\nctx = 256\n'
+    )
+    first = mm("build", "tiny", "--recipes", str(recipes))
+    assert first.exit_code == 0, first.output
+    shown = mm("show", "tiny-budget", "--json")
+    assert shown.exit_code == 0, shown.output
+    profile = json.loads(shown.stdout)
+    assert profile["quant"] == "mix"
+    assert profile["provenance"]["quantize"]["pure"] and profile["provenance"]["quantize"]["tensor_types"]
+    assert profile["blob"]["size_bytes"] <= budget
+    again = mm("build", "tiny", "--recipes", str(recipes), "--json")
+    assert again.exit_code == 0, again.output
+    statuses = {s["name"]: s["status"] for r in json.loads(again.stdout)["recipes"] for s in r["stages"]}
+    assert statuses["quantize:budget"] == "skipped"

@@ -252,7 +252,8 @@ def build_profile(
     header = read_header(model)
     ftype = header.file_type
     qtype = by_ftype(ftype) if ftype is not None else None
-    quant = qtype.name if qtype else (record.params.type if record else "unknown")
+    mixed = record is not None and record.params.pure and bool(record.params.tensor_types)  # mm quantize --budget
+    quant = "mix" if mixed else qtype.name if qtype else (record.params.type if record else "unknown")
     settings = fit.settings
     if settings.kv_type != "f16" and not settings.flash_attn:
         raise UsageError(

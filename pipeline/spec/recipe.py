@@ -23,6 +23,7 @@ from pipeline.base.constants import DEFAULT_REVISION, RECIPES_ENV, env_value
 from pipeline.base.errors import HardwareError, MMError, RecipeError, UsageError
 from pipeline.base.provenance import QuantParams
 from pipeline.base.safe_names import UnsafeValue, check_repo_filename, check_repo_id, check_revision
+from pipeline.base.units import parse_size
 from pipeline.base.validation import describe_validation_error, read_toml
 from pipeline.gguf.quant_types import parse_quant_type
 from pipeline.spec.hardware import HARDWARE_FILE, hardware_catalog
@@ -129,6 +130,9 @@ class QuantizeSettings(BaseModel):
     tensor_types: dict[StrictStr, StrictStr] = Field(default_factory=dict, max_length=256)
     pure: StrictBool = False
     leave_output_tensor: StrictBool = False
+    # "11G" or "fit": one more output, a per-tensor mix chosen by measured KLD (mm quantize --budget)
+    budget: StrictStr | None = None
+    budget_max_evals: int = Field(default=48, ge=2, le=1000)
 
     def params(self, qtype: str, imatrix_path: str | None = None, imatrix_sha256: str | None = None) -> QuantParams:
         """Quantize's parameters for one of the types (the imatrix is given: where it is depends on the caller)."""
@@ -143,6 +147,13 @@ class QuantizeSettings(BaseModel):
             pure=self.pure,
             leave_output_tensor=self.leave_output_tensor,
         )
+
+    @field_validator("budget")
+    @classmethod
+    def _budget(cls, value: str | None) -> str | None:
+        if value is not None and value.strip().lower() != "fit":
+            parse_size(value, what="budget")  # a UsageError is a ValueError: pydantic reports it on the field
+        return value
 
     @field_validator("output_tensor_type", "token_embedding_type")
     @classmethod

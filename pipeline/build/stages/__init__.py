@@ -11,7 +11,7 @@ from __future__ import annotations
 from pipeline.build.stage import Stage, StageEnv
 from pipeline.build.stages.measure import bench_stage, eval_stage, fit_stage
 from pipeline.build.stages.publish import publish_stage, push_stage
-from pipeline.build.stages.quantize import imatrix_stage, quantize_stage, text_stage
+from pipeline.build.stages.quantize import BUDGET, budget_stage, imatrix_stage, quantize_stage, text_stage
 from pipeline.build.stages.source import convert_stage, download_stage, resolve_stage, snapshot_stage, verify_stage
 from pipeline.spec.recipe import Recipe
 
@@ -27,10 +27,15 @@ def recipe_stages(recipe: Recipe, env: StageEnv) -> list[Stage]:
         stages += [] if source.is_local else [download_stage(recipe, env)]
         stages.append(verify_stage(recipe, env))
     model = _model_stage(recipe)
+    if recipe.quantize.imatrix == "auto" or recipe.quantize.budget:
+        stages.append(text_stage(recipe, env, "calibration", recipe.imatrix.text))
     if recipe.quantize.imatrix == "auto":
-        stages += [text_stage(recipe, env, "calibration", recipe.imatrix.text), imatrix_stage(recipe, env, model)]
-    types = recipe.quantize.types
-    stages += [quantize_stage(recipe, env, qtype, model) for qtype in types]
+        stages.append(imatrix_stage(recipe, env, model))
+    stages += [quantize_stage(recipe, env, qtype, model) for qtype in recipe.quantize.types]
+    types = list(recipe.quantize.types)
+    if recipe.quantize.budget:
+        stages.append(budget_stage(recipe, env, model))
+        types.append(BUDGET)
     stages += [fit_stage(recipe, env, qtype) for qtype in types]
     if recipe.eval is not None:
         stages.append(text_stage(recipe, env, "eval-text", recipe.eval.text))

@@ -120,3 +120,48 @@ def quantize_stage(recipe: Recipe, env: StageEnv, qtype: str, model: str) -> Sta
 
     deps = (model, "imatrix") if _uses_built_imatrix(recipe, qtype) else (model,)
     return Stage(f"quantize:{qtype}", deps, inputs, action)
+
+
+BUDGET = "budget"  # the pseudo-type of a recipe's budget output: stages quantize:budget, fit:budget, ...
+
+
+def budget_stage(recipe: Recipe, env: StageEnv, model: str) -> Stage:
+    """`[quantize] budget`: the per-tensor mix chosen by measured KLD on the calibration text (its held-out
+    half judges it); a new source, text, budget or target rebuilds it."""
+    settings = recipe.quantize
+    fits = (settings.budget or "").strip().lower() == "fit"
+
+    def inputs(up: Upstream) -> dict[str, Any]:
+        from pipeline.resolve.model_ref import recipe_hardware
+
+        return {
+            "source_sha256": up[model].value(ModelFile).sha256,
+            "text_sha256": up["calibration"].value(Text).text_sha256,
+            "budget": settings.budget,
+            "max_evals": settings.budget_max_evals,
+            "target": {"hardware": recipe_hardware(recipe).model_dump(mode="json"), "run": recipe.run.model_dump(
+                mode="json")} if fits else None,
+            **env.tool_versions,
+        }  # fmt: skip
+
+    def action(up: Upstream) -> StageOutcome:
+        from pipeline.base.units import parse_size
+        from pipeline.fitting.fit import FitSettings
+        from pipeline.measure.budget import BudgetRequest, FitTarget, quantize_budget
+        from pipeline.measure.budget import Text as BudgetText
+        from pipeline.resolve.model_ref import recipe_hardware
+
+        calibration = up["calibration"].value(Text)
+        target = FitTarget(hardware=recipe_hardware(recipe), settings=FitSettings.for_recipe(recipe)) if fits else None
+        request = BudgetRequest(
+            source=Path(up[model].value(ModelFile).path),
+            budget_bytes=None if fits else parse_size(settings.budget or "", what="budget"), fit_target=target,
+            calibration=BudgetText(path=Path(calibration.path), label=calibration.source,
+                                   sha256=calibration.text_sha256),
+            max_evals=settings.budget_max_evals, threads=recipe.run.threads,
+        )  # fmt: skip
+        result = quantize_budget(request)
+        out = output_record(env.home, result.output, file_sha256(env.home, result.output))
+        return StageOutcome.of(ModelFile(path=out.path, sha256=out.sha256), [out])
+
+    return Stage(f"quantize:{BUDGET}", (model, "calibration"), inputs, action)
