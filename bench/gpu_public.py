@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.fitting.fit import FitResult, FitSettings, fit_shape
+from pipeline.fitting.fit import FitResult, fit_shape
 from pipeline.fitting.gpu_speed import float_share, gpu_layers
 from pipeline.fitting.memory import Context, context
 from pipeline.fitting.model_shape import ModelShape, model_shape
@@ -30,6 +30,7 @@ from pipeline.gguf.header import read_model
 from pipeline.gguf.tiny_model import TinySpec, write_header_only_model
 from pipeline.spec.gpus import gpu_catalog
 from pipeline.spec.hardware import HardwareClass
+from pipeline.spec.run_settings import RunSettings
 
 DATA = Path(__file__).parent / "data" / "gpu_public.csv"
 LLAMA3_8B = TinySpec(n_layers=32, n_embd=4096, n_head=32, n_head_kv=8, n_ff=14336, n_vocab=128256, context_length=8192)
@@ -99,7 +100,7 @@ def hardware(record: Record) -> HardwareClass:
 
 
 def predict(record: Record, shape: ModelShape) -> FitResult:
-    settings = FitSettings(ctx=4096, n_gpu_layers=record.n_gpu_layers if record.gpus else None,
+    settings = RunSettings(n_ctx=4096, n_gpu_layers=record.n_gpu_layers if record.gpus else None,
                            n_cpu_moe=record.n_cpu_moe if shape.is_moe else None)  # fmt: skip
     return fit_shape(shape, Path(record.model), hardware(record), settings, suggest=False)
 

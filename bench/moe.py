@@ -13,9 +13,10 @@ from pathlib import Path
 
 import llama_cpp
 
-from pipeline.fitting.fit import FitSettings, fit_model
+from pipeline.fitting.fit import fit_model
 from pipeline.gguf.tiny_model import TinySpec, write_header_only_model, write_tiny_model
 from pipeline.spec.hardware import HardwareClass, get_hardware
+from pipeline.spec.run_settings import RunSettings
 from tests.test_fit import ARCHS, CPU, MIB, _capture, llama_buffers
 from tests.test_placement import DENSE_70B, GPT_OSS_120B, QWEN3_30B_A3B
 
@@ -55,7 +56,9 @@ def memory_errors(path: Path, mmap: bool) -> tuple[float, float]:
     """(worst total error %, worst compute error MiB) over the grid, against llama.cpp's own buffers."""
     worst_total = worst_compute = 0.0
     for ctx, kv, flash, ubatch, parallel in GRID:
-        settings = FitSettings(ctx=ctx, kv_type=kv, flash_attn=flash, ubatch=ubatch, parallel=parallel, mmap=mmap)  # type: ignore[arg-type]
+        auto = kv != "f16" and not flash  # flash_attn not given: llama.cpp's auto mode turns it on
+        settings = RunSettings(n_ctx=ctx, kv_type=kv, n_ubatch=ubatch, parallel=parallel, use_mmap=mmap,  # type: ignore[arg-type]
+                               **({} if auto else {"flash_attn": flash}))  # fmt: skip
         truth = llama_buffers(path, settings, 1 if flash else (-1 if kv != "f16" else 0))
         assert truth is not None
         cpu = fit_model(path, CPU, settings).cpu
@@ -67,7 +70,7 @@ def memory_errors(path: Path, mmap: bool) -> tuple[float, float]:
 
 
 def speed(path: Path, hardware: HardwareClass) -> str:
-    result = fit_model(path, hardware, FitSettings(ctx=8192))
+    result = fit_model(path, hardware, RunSettings(n_ctx=8192))
     layers = next((a for a in result.alternatives if a.n_cpu_moe == 0), None)
     placed = f"ngl {result.n_gpu_layers}" + (f", n-cpu-moe {result.n_cpu_moe}" if result.n_cpu_moe else "")
     beside = f" (layers only {layers.tokens_per_second:g})" if layers and result.n_cpu_moe else ""

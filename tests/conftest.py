@@ -13,12 +13,13 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from pipeline.convert.env import ConverterEnv
-from pipeline.fitting.fit import FitSettings, fit_model
+from pipeline.fitting.fit import fit_model
 from pipeline.gguf.tiny_model import TinySpec, write_tiny_model
 from pipeline.llama.tools import BuiltTools
 from pipeline.registry.profile import Profile
 from pipeline.registry.store import publish
 from pipeline.spec.hardware import HardwareClass
+from pipeline.spec.run_settings import RunSettings
 from tests.hub import LocalHub
 
 # Nothing in a test may reach the internet: an endpoint on a closed loopback port fails fast.
@@ -26,7 +27,7 @@ UNREACHABLE_ENDPOINT = "http://127.0.0.1:9"
 
 
 def publish_fitted(
-    model: Path, hardware: HardwareClass, *, settings: FitSettings | None = None, **kwargs: Any
+    model: Path, hardware: HardwareClass, *, settings: RunSettings | None = None, **kwargs: Any
 ) -> Profile:
     """Fit `model` to `hardware`, then publish it with that fit, as `mm publish` does."""
     return publish(model, hardware, fit_model(model.resolve(), hardware, settings), **kwargs)

@@ -31,7 +31,7 @@ def test_fit_json_schema(mm: Mm, tiny_model_f16: Path) -> None:
         assert key in doc
     assert set(doc["gpu"]) == {"weights_bytes", "kv_bytes", "output_bytes", "compute_bytes", "overhead_bytes",
                                "total_bytes"}  # fmt: skip
-    assert doc["verdict"] == "full_offload" and doc["settings"]["ctx"] == 2048
+    assert doc["verdict"] == "full_offload" and doc["settings"]["n_ctx"] == 2048
 
 
 def test_fit_vram_zero_is_cpu_only(mm: Mm, tiny_model: Path) -> None:
@@ -72,7 +72,7 @@ def test_fit_from_recipe_uses_its_hardware_and_run_settings(mm: Mm, tiny_model: 
     result = mm("fit", "tiny", "--recipes", str(recipes_folder), "--json")
     assert result.exit_code == 0, result.stderr
     doc = json.loads(result.stdout)
-    assert doc["hardware"] == "rtx3060-12g" and doc["settings"]["ctx"] == 1024
+    assert doc["hardware"] == "rtx3060-12g" and doc["settings"]["n_ctx"] == 1024
 
 
 def test_bad_inputs_are_clear_errors(mm: Mm, tmp_path: Path, tiny_model: Path) -> None:
@@ -106,7 +106,7 @@ def test_moe_fit_json_carries_the_expert_placement(mm: Mm, tmp_path: Path) -> No
     result = mm("fit", str(model), "--hardware", "rtx3060-12g", "--n-cpu-moe", "1", "--json")
     assert result.exit_code == 0, result.stderr
     doc = json.loads(result.stdout)
-    assert doc["schema_version"] == 2 and doc["n_cpu_moe"] == 1 and doc["n_gpu_layers"] == 3
+    assert doc["schema_version"] == 3 and doc["n_cpu_moe"] == 1 and doc["n_gpu_layers"] == 3
     assert doc["tensor_overrides"] == [r"blk\.0\.ffn_(up|down|gate|gate_up)_(ch|)exps=CPU"]
     assert (doc["n_expert"], doc["n_expert_used"]) == (8, 2) and doc["active_params"] < doc["n_params"]
     assert doc["cpu_read_bytes"] > 0 and doc["gpu_read_bytes"] > 0 and doc["verdict"] == "partial_offload"

@@ -65,7 +65,7 @@ def test_llama_cpp_spellings_set_the_profile(mm: Mm, tiny_model: Path) -> None:
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     run = json.loads(result.stdout)["run"]
-    assert (run["n_ctx"], run["kv_type"], run["flash_attn"], run["threads"]) == (2048, "q8_0", True, 3)
+    assert (run["n_ctx"], run["kv_type"], run["flash_attn"], run["n_threads"]) == (2048, "q8_0", True, 3)
     assert run["n_gpu_layers"] == 3  # all: 2 layers + the output layer, as llama.cpp counts
 
 

@@ -190,5 +190,5 @@ def test_publish_a_recipe_uses_its_hardware_and_run_settings(mm: Mm, recipes_fol
     assert published.exit_code == 0, published.stderr
     profile = json.loads(published.stdout)
     assert profile["name"] == "tiny-chat-f32@cpu-32g" and profile["hardware"] == "cpu-32g"
-    assert (profile["run"]["n_ctx"], profile["run"]["threads"]) == (384, 2)
+    assert (profile["run"]["n_ctx"], profile["run"]["n_threads"]) == (384, 2)
     assert profile["provenance"]["recipe"] == "tiny-chat" and len(profile["provenance"]["recipe_sha256"]) == 64

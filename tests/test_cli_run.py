@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from typer.testing import Result
 
-from pipeline.fitting.fit import FitSettings
 from pipeline.gguf.tiny_model import TinySpec, write_tiny_model
 from pipeline.spec.hardware import get_hardware
+from pipeline.spec.run_settings import RunSettings
 from tests.conftest import publish_fitted
 from tests.hub import Fault, LocalHub
 from tests.test_pull_tty import REPO_ROOT, _read_until
@@ -82,7 +82,7 @@ def test_an_unknown_architecture_without_template_asks_for_a_format(mm: Mm, tmp_
 
 def test_llama_cpp_log_lines_stay_out_of_a_run(tmp_path: Path) -> None:
     model = write_tiny_model(tmp_path / "g3.gguf", TinySpec(arch="gemma3", swa_pattern=2))
-    publish_fitted(model, CPU, name="swa", settings=FitSettings(ctx=512))
+    publish_fitted(model, CPU, name="swa", settings=RunSettings(n_ctx=512))
     result = _mm("run", "swa", "hi", "--max-tokens", "2", "--json")
     assert result.returncode == 0, result.stderr
     assert "llama_kv_cache_iswa" not in result.stderr and "llama_" not in result.stderr
@@ -121,7 +121,7 @@ def test_a_taken_port_is_an_error_before_loading(mm: Mm, tiny_model: Path) -> No
 def test_ctrl_c_stops_the_reply_not_the_chat_and_ctrl_d_ends_cleanly(tmp_path: Path) -> None:
     spec = TinySpec(n_layers=4, n_embd=512, n_ff=1024, context_length=16384)
     model = write_tiny_model(tmp_path / "talker.gguf", spec)  # its own template: no notice in the way
-    publish_fitted(model, CPU, name="talker", settings=FitSettings(ctx=16384))
+    publish_fitted(model, CPU, name="talker", settings=RunSettings(n_ctx=16384))
     controller, terminal = os.openpty()
     child = subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli", "run", "talker", "--max-tokens", "16000"],

@@ -15,9 +15,11 @@ from pathlib import Path
 import llama_cpp
 import pytest
 
-from pipeline.fitting.fit import FitSettings, fit_model
+from pipeline.base.errors import UsageError
+from pipeline.fitting.fit import fit_model
 from pipeline.gguf.tiny_model import TinySpec, write_header_only_model, write_tiny_model
 from pipeline.spec.hardware import HardwareClass, get_hardware
+from pipeline.spec.run_settings import RunSettings, run_settings
 
 MIB = 1 << 20
 ARCHS = {
@@ -111,18 +113,18 @@ def arch_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {name: write_tiny_model(folder / f"{name}.gguf", spec) for name, spec in ARCHS.items()}
 
 
-def llama_buffers(path: Path, settings: FitSettings, flash_mode: int) -> dict[str, float] | None:
+def llama_buffers(path: Path, settings: RunSettings, flash_mode: int) -> dict[str, float] | None:
     """Load on the CPU and return llama.cpp's reported buffers in MiB (None if it refused the context)."""
     with _LOCK:
         _LOG.clear()
         model_params = llama_cpp.llama_model_default_params()
         model_params.n_gpu_layers = 0
         # llama-cpp-python 0.3.36's params have load_mode, not use_mmap
-        model_params.load_mode = llama_cpp.LLAMA_LOAD_MODE_MMAP if settings.mmap else llama_cpp.LLAMA_LOAD_MODE_NONE
+        model_params.load_mode = llama_cpp.LLAMA_LOAD_MODE_MMAP if settings.use_mmap else llama_cpp.LLAMA_LOAD_MODE_NONE
         model = llama_cpp.llama_model_load_from_file(str(path).encode(), model_params)
         assert model, "".join(_LOG)
         params = llama_cpp.llama_context_default_params()
-        params.n_ctx, params.n_batch, params.n_ubatch = settings.ctx, settings.batch, settings.ubatch
+        params.n_ctx, params.n_batch, params.n_ubatch = settings.n_ctx, settings.n_batch, settings.n_ubatch
         params.n_seq_max = settings.parallel
         params.swa_full, params.kv_unified = settings.swa_full, settings.kv_unified
         params.type_k = params.type_v = KV_TYPE_IDS[settings.kv_type]
@@ -159,19 +161,21 @@ def test_cpu_prediction_matches_llama_cpp(
     ubatch: int,
     parallel: int,
 ) -> None:
-    settings = FitSettings(
-        ctx=ctx,
-        kv_type=kv_type,
-        flash_attn=flash_attn,
-        ubatch=ubatch,
-        parallel=parallel,  # type: ignore[arg-type]
+    # A quantized KV type without flash_attn given is llama.cpp's auto mode: flash attention on.
+    flash = {} if kv_type != "f16" and not flash_attn else {"flash_attn": flash_attn}
+    settings = RunSettings(
+        n_ctx=ctx,
+        kv_type=kv_type,  # type: ignore[arg-type]
+        n_ubatch=ubatch,
+        parallel=parallel,
         # A skipped MTP block inside the mapped span is reported but never read (test_mtp_block_is_not_loaded)
-        mmap=not ARCHS[arch].n_nextn,
+        use_mmap=not ARCHS[arch].n_nextn,
+        **flash,
     )
     check_against_llama_cpp(arch_models[arch], settings, strict_compute=arch == "mamba")
 
 
-def check_against_llama_cpp(path: Path, settings: FitSettings, strict_compute: bool = False) -> None:
+def check_against_llama_cpp(path: Path, settings: RunSettings, strict_compute: bool = False) -> None:
     """Load `path` with `settings` in llama.cpp (CPU) and hold mm's prediction to what it reports."""
     # A quantized V cache without flash attention: llama.cpp's auto mode turns flash attention on (mm too).
     flash_mode = 1 if settings.flash_attn else (-1 if settings.kv_type != "f16" else 0)
@@ -216,7 +220,7 @@ def test_parallel_cache_layouts_match_llama_cpp(
     unified: bool,
     swa_full: bool,
 ) -> None:
-    settings = FitSettings(ctx=ctx, flash_attn=flash_attn, parallel=parallel, kv_unified=unified, swa_full=swa_full)
+    settings = RunSettings(n_ctx=ctx, flash_attn=flash_attn, parallel=parallel, kv_unified=unified, swa_full=swa_full)
     check_against_llama_cpp(arch_models[arch], settings)
 
 
@@ -226,7 +230,7 @@ def test_unified_cache_is_one_stream_whose_window_holds_every_sequence(arch_mode
     path = arch_models["gemma3"]
 
     def kv(unified: bool) -> int:
-        settings = FitSettings(ctx=32768, parallel=4, swa_full=False, kv_unified=unified)
+        settings = RunSettings(n_ctx=32768, parallel=4, swa_full=False, kv_unified=unified)
         return fit_model(path, CPU, settings).cpu.kv_bytes
 
     spec = ARCHS["gemma3"]
@@ -241,7 +245,7 @@ def test_mla_cache_is_the_latent_alone(arch_models: dict[str, Path]) -> None:
     """deepseek2's MLA caches kv_lora_rank + n_rot floats per token per layer as K, and no V at all
     (llama-kv-cache.cpp has_v = !is_mla); the buffer llama.cpp reports is checked in the matrix above."""
     spec = ARCHS["deepseek2"]
-    result = fit_model(arch_models["deepseek2"], CPU, FitSettings(ctx=4096))
+    result = fit_model(arch_models["deepseek2"], CPU, RunSettings(n_ctx=4096))
     assert result.cpu.kv_bytes == spec.n_layers * 4096 * (spec.kv_lora_rank + spec.qk_rope_dim) * 2
 
 
@@ -253,10 +257,10 @@ def test_mtp_block_is_not_loaded(llama_log: list[str], arch_models: dict[str, Pa
     import gguf
 
     path, spec = arch_models["deepseek2"], ARCHS["deepseek2"]
-    result = fit_model(path, CPU, FitSettings(ctx=4096, mmap=False))
+    result = fit_model(path, CPU, RunSettings(n_ctx=4096, use_mmap=False))
     assert result.n_layers == spec.n_layers  # block_count is n_layers + 1
-    unmapped = llama_buffers(path, FitSettings(ctx=4096, mmap=False), 0)
-    mapped = llama_buffers(path, FitSettings(ctx=4096), 0)
+    unmapped = llama_buffers(path, RunSettings(n_ctx=4096, use_mmap=False), 0)
+    mapped = llama_buffers(path, RunSettings(n_ctx=4096), 0)
     assert unmapped is not None and mapped is not None
     assert result.cpu.weights_bytes / MIB == pytest.approx(unmapped["model"], abs=0.011)
     mtp = sum(int(t.n_bytes) for t in gguf.GGUFReader(path).tensors if t.name.startswith(f"blk.{spec.n_layers}."))
@@ -266,9 +270,9 @@ def test_mtp_block_is_not_loaded(llama_log: list[str], arch_models: dict[str, Pa
 def test_recurrent_state_is_per_sequence_not_per_context(arch_models: dict[str, Path]) -> None:
     """The Mamba state does not grow with n_ctx (unlike a KV cache) and grows linearly with sequences."""
     path = arch_models["mamba"]
-    small, big = (fit_model(path, CPU, FitSettings(ctx=ctx)) for ctx in (512, 32768))
+    small, big = (fit_model(path, CPU, RunSettings(n_ctx=ctx)) for ctx in (512, 32768))
     assert small.cpu.kv_bytes == big.cpu.kv_bytes > 0
-    four = fit_model(path, CPU, FitSettings(ctx=512, parallel=4))
+    four = fit_model(path, CPU, RunSettings(n_ctx=512, parallel=4))
     assert four.cpu.kv_bytes == 4 * small.cpu.kv_bytes
     # Per layer per sequence: r = (conv_kernel - 1) * d_inner and s = state_size * d_inner floats.
     spec = ARCHS["mamba"]
@@ -301,30 +305,31 @@ def test_tiny_recurrent_and_moe_models_generate(llama_log: list[str], arch_model
 def test_llama_cpp_refuses_quantized_v_cache_without_flash_attention(
     llama_log: list[str], arch_models: dict[str, Path]
 ) -> None:
-    settings = FitSettings(kv_type="q8_0", flash_attn=False)
-    assert llama_buffers(arch_models["llama"], settings, flash_mode=0) is None
-    result = fit_model(arch_models["llama"], CPU, settings)
-    assert any("flash attention" in a for a in result.assumptions)
+    settings = RunSettings(kv_type="q8_0")  # flash attention not given: on, as llama.cpp's auto mode
+    assert llama_buffers(arch_models["llama"], settings, flash_mode=0) is None  # asked off: refused
+    assert settings.flash_attn and llama_buffers(arch_models["llama"], settings, flash_mode=-1) is not None
+    with pytest.raises(UsageError, match="needs flash attention"):
+        run_settings({"kv_type": "q8_0", "flash_attn": False})
 
 
 def test_swa_cache_shrinks_without_swa_full(llama_log: list[str], arch_models: dict[str, Path]) -> None:
-    full = fit_model(arch_models["gemma3"], CPU, FitSettings(ctx=32768))
-    small = fit_model(arch_models["gemma3"], CPU, FitSettings(ctx=32768, swa_full=False))
+    full = fit_model(arch_models["gemma3"], CPU, RunSettings(n_ctx=32768))
+    small = fit_model(arch_models["gemma3"], CPU, RunSettings(n_ctx=32768, swa_full=False))
     assert small.cpu.kv_bytes < full.cpu.kv_bytes / 3  # 5 of 6 layers keep only window + ubatch cells
 
 
 def test_smaller_gpu_gets_fewer_layers_and_cpu_only_when_no_vram(arch_models: dict[str, Path]) -> None:
     path = arch_models["qwen3"]
     big = get_hardware("rtx4090-24g")
-    full = fit_model(path, big, FitSettings(ctx=4096))
+    full = fit_model(path, big, RunSettings(n_ctx=4096))
     assert full.verdict == "full_offload" and full.n_gpu_layers == full.n_layers + 1
     # A GPU with room for the overhead, the compute buffer and about half the layers.
     need = full.gpu.total_bytes - full.gpu.weights_bytes // 2
     half = big.model_copy(update={"vram_bytes": int(need / 0.95)})
-    partial = fit_model(path, half, FitSettings(ctx=4096))
+    partial = fit_model(path, half, RunSettings(n_ctx=4096))
     assert partial.verdict == "partial_offload" and 0 < partial.n_gpu_layers < full.n_gpu_layers
     assert partial.gpu.total_bytes <= half.vram_bytes
-    cpu = fit_model(path, big.model_copy(update={"vram_bytes": 0}), FitSettings(ctx=4096))
+    cpu = fit_model(path, big.model_copy(update={"vram_bytes": 0}), RunSettings(n_ctx=4096))
     assert cpu.verdict == "cpu_only" and cpu.gpu.total_bytes == 0
     assert cpu.tokens_per_second < full.tokens_per_second
 
@@ -332,7 +337,7 @@ def test_smaller_gpu_gets_fewer_layers_and_cpu_only_when_no_vram(arch_models: di
 def test_does_not_fit_suggests_what_would(tmp_path: Path) -> None:
     model = write_header_only_model(tmp_path / "70b.gguf", SEVENTY_B)
     tiny_box = get_hardware("rtx3060-12g").model_copy(update={"ram_bytes": 16 << 30})
-    result = fit_model(model, tiny_box, FitSettings(ctx=32768))
+    result = fit_model(model, tiny_box, RunSettings(n_ctx=32768))
     assert result.verdict == "does_not_fit" and not result.fits_ram
     assert any("lower quant" in s for s in result.suggestions)
 
@@ -347,7 +352,7 @@ def test_70b_header_is_inspected_and_fitted_in_well_under_a_second(tmp_path: Pat
     assert model.stat().st_size > 35 << 30  # sparse: the data region is a hole
     start = time.perf_counter()
     summary = summarize_model(model)
-    result = fit_model(model, get_hardware("rtx3060-12g"), FitSettings(ctx=8192))
+    result = fit_model(model, get_hardware("rtx3060-12g"), RunSettings(n_ctx=8192))
     elapsed = time.perf_counter() - start
     assert elapsed < 1.0
     assert summary.n_layers == 80 and 68e9 < summary.n_params < 71e9

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 from pipeline.base.errors import HardwareError
-from pipeline.fitting.fit import FitSettings, fit_model
+from pipeline.fitting.fit import fit_model
 from pipeline.gguf.tiny_model import TinySpec, write_header_only_model
 from pipeline.spec.gpus import get_gpu, gpu_catalog
 from pipeline.spec.hardware import HardwareClass, get_hardware, load_hardware_file
+from pipeline.spec.run_settings import RunSettings
 from tests.test_placement import QWEN3_30B_A3B
 
 GIB = 1 << 30
@@ -81,7 +82,7 @@ def test_calibrated_decode_is_below_the_datasheet_roofline_and_says_what_it_rest
 
 def test_partial_offload_is_slower_than_full_and_its_prompt_pays_the_host_link(llama8b: Path) -> None:
     full = fit_model(llama8b, _box(["rtx3090"]))
-    partial = fit_model(llama8b, _box(["rtx3090"], cpu_cores=8), FitSettings(n_gpu_layers=17))
+    partial = fit_model(llama8b, _box(["rtx3090"], cpu_cores=8), RunSettings(n_gpu_layers=17))
     assert partial.verdict == "partial_offload"
     assert partial.tokens_per_second < full.tokens_per_second / 2
     assert partial.prompt_tokens_per_second is not None and full.prompt_tokens_per_second is not None
@@ -90,7 +91,7 @@ def test_partial_offload_is_slower_than_full_and_its_prompt_pays_the_host_link(l
 
 def test_experts_in_ram_are_limited_by_the_cpu_cores_when_the_class_says_how_many(tmp_path: Path) -> None:
     model = write_header_only_model(tmp_path / "qwen3-30b-a3b.gguf", QWEN3_30B_A3B)
-    settings = FitSettings(n_gpu_layers=99, n_cpu_moe=36)
+    settings = RunSettings(n_gpu_layers=99, n_cpu_moe=36)
     few = fit_model(model, _box(["rtx2080"], ram_bandwidth_gbps=102, cpu_cores=2), settings)
     many = fit_model(model, _box(["rtx2080"], ram_bandwidth_gbps=102, cpu_cores=10), settings)
     assert few.n_cpu_moe == many.n_cpu_moe == 36

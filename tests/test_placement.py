@@ -19,13 +19,14 @@ import llama_cpp
 import pytest
 from typer.testing import Result
 
-from pipeline.fitting.fit import FitResult, FitSettings, fit_model
+from pipeline.fitting.fit import FitResult, fit_model
 from pipeline.gguf.tiny_model import TinySpec, write_header_only_model, write_tiny_model
 from pipeline.llama.tools import BuiltTools
 from pipeline.registry.export import export
 from pipeline.registry.run import generate
 from pipeline.registry.store import get_profile, publish
 from pipeline.spec.hardware import get_hardware
+from pipeline.spec.run_settings import RunSettings
 from tests.conftest import publish_fitted, write_recipe
 from tests.test_fit import _LOG, ARCHS, _capture
 
@@ -63,7 +64,7 @@ def test_big_moe_on_a_12g_card_keeps_every_dense_weight_on_the_gpu_and_some_expe
 ) -> None:
     """Users report ~25-37 tok/s for this class on 8-12 GB cards with --n-cpu-moe (issue 11): tens, not
     the single digits of a dense bandwidth model."""
-    result = fit_model(big[name], get_hardware("rtx3060-12g"), FitSettings(ctx=8192))
+    result = fit_model(big[name], get_hardware("rtx3060-12g"), RunSettings(n_ctx=8192))
     assert result.n_gpu_layers == result.n_layers + 1  # every layer (and the output) on the GPU ...
     assert 0 < result.n_cpu_moe < result.n_layers  # ... and the experts of the first K layers in RAM
     assert result.verdict == "partial_offload" and result.fits_vram and result.fits_ram
@@ -91,17 +92,17 @@ def test_active_parameters_are_the_published_a3b_and_5b(big: dict[str, Path]) ->
 
 
 def test_dense_70b_is_unchanged_at_one_to_two_tokens_per_second(big: dict[str, Path]) -> None:
-    result = fit_model(big["llama-70b"], get_hardware("rtx3060-12g"), FitSettings(ctx=8192))
+    result = fit_model(big["llama-70b"], get_hardware("rtx3060-12g"), RunSettings(n_ctx=8192))
     assert 1.0 <= result.tokens_per_second <= 2.0
     assert result.n_expert == 0 and result.n_cpu_moe == 0 and result.tensor_overrides == []
     assert result.alternatives == [] and result.active_params == result.n_params
 
 
 def test_a_24g_card_takes_all_of_qwen3_30b_and_more_of_gpt_oss(big: dict[str, Path]) -> None:
-    qwen = fit_model(big["qwen3-30b-a3b"], get_hardware("rtx4090-24g"), FitSettings(ctx=8192))
+    qwen = fit_model(big["qwen3-30b-a3b"], get_hardware("rtx4090-24g"), RunSettings(n_ctx=8192))
     assert qwen.verdict == "full_offload" and qwen.n_cpu_moe == 0
     small, large = (
-        fit_model(big["gpt-oss-120b"], get_hardware(h), FitSettings(ctx=8192)) for h in ("rtx3060-12g", "rtx4090-24g")
+        fit_model(big["gpt-oss-120b"], get_hardware(h), RunSettings(n_ctx=8192)) for h in ("rtx3060-12g", "rtx4090-24g")
     )
     assert large.n_cpu_moe < small.n_cpu_moe and large.tokens_per_second > small.tokens_per_second
 
@@ -110,7 +111,7 @@ def test_a_24g_card_takes_all_of_qwen3_30b_and_more_of_gpt_oss(big: dict[str, Pa
 def test_asked_placement_is_kept_and_more_experts_in_ram_reads_more_from_ram(big: dict[str, Path]) -> None:
     hw = get_hardware("rtx4090-24g")
     few, many, every = (
-        fit_model(big["qwen3-30b-a3b"], hw, FitSettings(ctx=8192, **kw))  # type: ignore[arg-type]
+        fit_model(big["qwen3-30b-a3b"], hw, RunSettings(n_ctx=8192, **kw))  # type: ignore[arg-type]
         for kw in ({"n_cpu_moe": 4}, {"n_cpu_moe": 20}, {"cpu_moe": True})
     )
     assert (few.n_cpu_moe, many.n_cpu_moe, every.n_cpu_moe) == (4, 20, 48)
@@ -134,7 +135,7 @@ def llama_log() -> Iterator[list[str]]:
 
 def _moe_profile(tmp_path: Path, n_cpu_moe: int) -> tuple[Path, FitResult]:
     model = write_tiny_model(tmp_path / "tiny-qwen3moe.gguf", ARCHS["qwen3moe"])
-    return model, fit_model(model, get_hardware("rtx3060-12g"), FitSettings(n_cpu_moe=n_cpu_moe))
+    return model, fit_model(model, get_hardware("rtx3060-12g"), RunSettings(n_cpu_moe=n_cpu_moe))
 
 
 def test_mm_run_places_the_profiles_experts_in_ram_for_real(tmp_path: Path, llama_log: list[str]) -> None:
@@ -147,7 +148,7 @@ def test_mm_run_places_the_profiles_experts_in_ram_for_real(tmp_path: Path, llam
     assert out.n_tokens > 0
     moved = re.findall(r"tensor (\S+) \(.*\) buffer type overridden to CPU", "".join(llama_log))
     assert sorted(moved) == ["blk.0.ffn_down_exps.weight", "blk.0.ffn_gate_exps.weight", "blk.0.ffn_up_exps.weight"]
-    everything = fit_model(model, get_hardware("rtx3060-12g"), FitSettings(n_cpu_moe=0))
+    everything = fit_model(model, get_hardware("rtx3060-12g"), RunSettings(n_cpu_moe=0))
     sizes = tensor_sizes(model)
     assert everything.gpu.weights_bytes - fit.gpu.weights_bytes == sum(sizes[n] for n in moved)
 
@@ -187,7 +188,7 @@ def test_exported_llama_server_flags_parse_with_the_vendored_llama_server(
     assert line[0] == "llama-server" and line[line.index("--n-cpu-moe") + 1] == "1"
     server = str(llama_tools.path("llama-server"))
     assert _parses(server, line[1:]).returncode == 0
-    every = fit_model(model, get_hardware("rtx3060-12g"), FitSettings(cpu_moe=True))
+    every = fit_model(model, get_hardware("rtx3060-12g"), RunSettings(cpu_moe=True))
     assert _parses(server, ["--override-tensor", ",".join(every.tensor_overrides)]).returncode == 0
     assert _parses(server, ["--override-tensor", ",".join(fit.tensor_overrides)]).returncode == 0
     # The parser does check: a bad count or buffer type fails.

@@ -13,7 +13,6 @@ import pytest
 
 from pipeline.llama.tools import BuiltTools
 from pipeline.registry.profile import (
-    RunSettings,
     check_name,
     llama_cli_command,
     llama_kwargs,
@@ -21,13 +20,14 @@ from pipeline.registry.profile import (
     model_name,
 )
 from pipeline.spec.hardware import get_hardware
+from pipeline.spec.run_settings import RunSettings
 from tests.conftest import publish_fitted
 
 # An unpacked llama-cpp-python sdist (conftest's llama_tools reads the same variable).
 SOURCE = os.environ.get("MM_TEST_LLAMA_SOURCE")
 ARG_CPP = Path(SOURCE or "/nonexistent") / "vendor" / "llama.cpp" / "common" / "arg.cpp"
-RUN = RunSettings(n_gpu_layers=10, n_ctx=4096, n_batch=512, n_ubatch=256, kv_type="q8_0", type_k=8, type_v=8,
-                  flash_attn=True, threads=4, parallel=2, use_mmap=False)  # fmt: skip
+RUN = RunSettings(n_gpu_layers=10, n_ctx=4096, n_batch=512, n_ubatch=256, kv_type="q8_0", flash_attn=True,
+                  n_threads=4, parallel=2, use_mmap=False)  # fmt: skip
 
 
 @pytest.mark.parametrize("name", ["../escape", "a/b", ".hidden", "", "x" * 201, "sp ace"])

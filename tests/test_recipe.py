@@ -40,7 +40,8 @@ def test_good_recipe_defaults_and_canonical_types(recipes_folder: Path) -> None:
     assert recipe.name == "big"  # the file's stem
     assert recipe.source.revision == "main"
     assert recipe.quantize.types == ["q2_k", "q3_k_m"]  # case-insensitive, alias resolved
-    assert recipe.run.ctx == 8192 and recipe.run.kv_type == "q8_0" and recipe.run.flash_attn is False
+    assert recipe.run.n_ctx == 8192 and recipe.run.kv_type == "q8_0"
+    assert recipe.run.flash_attn is True  # not given: llama.cpp's auto mode turns it on for a quantized V cache
     assert recipe.content_sha256 and len(recipe.content_sha256) == 64
 
 

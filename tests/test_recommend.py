@@ -4,23 +4,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.fitting.fit import FitSettings
 from pipeline.fitting.recommend import parse_candidates, recommend_quant
 from pipeline.gguf.quant_types import parse_quant_type
 from pipeline.gguf.tiny_model import TinySpec, write_header_only_model, write_tiny_model
 from pipeline.spec.hardware import get_hardware
+from pipeline.spec.run_settings import RunSettings
 from tests.test_fit import SEVENTY_B
 
 
 def test_quant_recommendation_prefers_quality_that_fits(tmp_path: Path) -> None:
     model = write_tiny_model(tmp_path / "llama-f16.gguf", TinySpec(n_vocab=4096, dtype="f16"))
     hw = get_hardware("cpu-32g")
-    report = recommend_quant(model, hw, parse_candidates("q2_k,q4_k_m,q8_0"), FitSettings())
+    report = recommend_quant(model, hw, parse_candidates("q2_k,q4_k_m,q8_0"), RunSettings())
     sizes = {c.type: c.file_bytes for c in report.candidates}
     assert sizes["q2_k"] < sizes["q4_k_m"] < sizes["q8_0"]
     assert report.recommended == "q8_0"
     fast = max(c.tokens_per_second for c in report.candidates)
-    floor = recommend_quant(model, hw, parse_candidates("q2_k,q4_k_m,q8_0"), FitSettings(), fast)
+    floor = recommend_quant(model, hw, parse_candidates("q2_k,q4_k_m,q8_0"), RunSettings(), fast)
     assert floor.recommended == "q2_k"
 
 

@@ -14,13 +14,13 @@ import pytest
 from pipeline.base.errors import FitError, IntegrityError, ProfileNotFoundError, RegistryError, UsageError
 from pipeline.base.home import locked, mm_home
 from pipeline.base.provenance import QuantParams, QuantRecord, SourceRef, quantize_lock_name, write_record
-from pipeline.fitting.fit import FitSettings
 from pipeline.registry import store as registry
 from pipeline.registry.blobs import check_blob
 from pipeline.registry.gc import gc
 from pipeline.registry.store import get_profile, list_profiles, remove_profile
 from pipeline.registry.verify import verify
 from pipeline.spec.hardware import HardwareClass, get_hardware
+from pipeline.spec.run_settings import RunSettings, run_settings
 from tests.conftest import publish_fitted
 
 CPU = get_hardware("cpu-64g")
@@ -92,7 +92,7 @@ def test_republishing_a_name_replaces_the_profile_and_gc_frees_the_old_blob(
 
 
 def test_run_settings_follow_the_fit_settings(tiny_model: Path, tmp_path: Path) -> None:
-    settings = FitSettings(ctx=512, batch=256, ubatch=128, kv_type="q8_0", flash_attn=True)
+    settings = RunSettings(n_ctx=512, n_batch=256, n_ubatch=128, kv_type="q8_0", flash_attn=True)
     profile = publish_fitted(own_copy(tiny_model, tmp_path), CPU, name="tuned", settings=settings, threads=2)
     kwargs = profile.llama_kwargs
     assert (kwargs["n_ctx"], kwargs["n_batch"], kwargs["n_ubatch"]) == (512, 256, 128)
@@ -101,10 +101,13 @@ def test_run_settings_follow_the_fit_settings(tiny_model: Path, tmp_path: Path) 
     assert "--cache-type-k q8_0" in profile.llama_server and "--flash-attn on" in profile.llama_cli
 
 
-def test_quantized_kv_without_flash_attention_is_refused(tiny_model: Path, tmp_path: Path) -> None:
-    with pytest.raises(UsageError, match="flash"):
-        publish_fitted(own_copy(tiny_model, tmp_path), CPU, settings=FitSettings(kv_type="q4_0"))
-    assert list_profiles() == ([], [])
+def test_quantized_kv_turns_flash_attention_on_unless_asked_off(tiny_model: Path, tmp_path: Path) -> None:
+    """llama.cpp refuses a quantized V cache without flash attention; its auto mode turns it on."""
+    with pytest.raises(UsageError, match="flash attention") as refused:
+        run_settings({"kv_type": "q4_0", "flash_attn": False})
+    assert refused.value.param == "kv_type"
+    profile = publish_fitted(own_copy(tiny_model, tmp_path), CPU, settings=RunSettings(kv_type="q4_0"))
+    assert profile.run.flash_attn is True and "--flash-attn on" in profile.llama_server
 
 
 def test_a_model_that_does_not_fit_is_not_published(tiny_model: Path, tmp_path: Path) -> None:

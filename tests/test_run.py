@@ -16,9 +16,9 @@ import pytest
 from typer.testing import Result
 
 from pipeline.base.errors import IntegrityError
-from pipeline.fitting.fit import FitSettings
 from pipeline.registry.run import generate, load
 from pipeline.spec.hardware import get_hardware
+from pipeline.spec.run_settings import RunSettings
 from tests.conftest import publish_fitted
 
 CPU = get_hardware("cpu-64g")
@@ -33,7 +33,7 @@ def test_generate_streams_tokens_to_the_callback(tiny_model: Path) -> None:
 
 
 def test_the_model_is_loaded_with_exactly_the_profile_settings(tiny_model: Path) -> None:
-    settings = FitSettings(ctx=256, batch=64, ubatch=32, kv_type="q8_0", flash_attn=True)
+    settings = RunSettings(n_ctx=256, n_batch=64, n_ubatch=32, kv_type="q8_0", flash_attn=True)
     profile = publish_fitted(tiny_model, CPU, name="exact", settings=settings, threads=1)
     llm = load(profile)
     assert (llm.n_ctx(), llm.n_batch, llm.context_params.n_ubatch) == (256, 64, 32)
@@ -74,7 +74,7 @@ def _post(url: str, body: dict[str, object]) -> dict[str, object]:
 
 @pytest.mark.slow
 def test_server_answers_openai_completions_on_loopback(tiny_model: Path) -> None:
-    publish_fitted(tiny_model, CPU, name="served", settings=FitSettings(ctx=512))
+    publish_fitted(tiny_model, CPU, name="served", settings=RunSettings(n_ctx=512))
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli", "run", "served", "--server", "--port", str(port)],

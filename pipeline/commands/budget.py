@@ -39,11 +39,11 @@ def quantize_to_budget(
     """Resolve MODEL and the texts, run the measured search with a progress bar, render the result."""
     from tqdm import tqdm
 
-    from pipeline.fitting.fit import FitSettings
     from pipeline.llama.imatrix import calibration_text
     from pipeline.measure.budget import BudgetRequest, FitTarget, quantize_budget
     from pipeline.resolve.model_ref import resolve_model, target_hardware
     from pipeline.resolve.texts import resolve_text
+    from pipeline.spec.run_settings import RunSettings
 
     resolved = resolve_model(model, recipes)
     fit_target = None
@@ -52,7 +52,7 @@ def quantize_to_budget(
         fit_target = FitTarget(
             hardware=target_hardware(flags.hardware, parse_memory(flags.vram, "--vram"),
                                      parse_memory(flags.ram, "--ram"), resolved.recipe, recipes),
-            settings=FitSettings.for_recipe(resolved.recipe, ctx=flags.ctx),
+            settings=(resolved.recipe.run if resolved.recipe else RunSettings()).with_flags(n_ctx=flags.ctx),
         )  # fmt: skip
     elif any(value is not None for value in flags):
         raise UsageError("--hardware, --vram, --ram and --ctx size a --budget fit, not a --budget SIZE")

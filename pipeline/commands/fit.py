@@ -10,26 +10,17 @@ import typer
 from pipeline.base.errors import FitError, UsageError
 from pipeline.base.units import format_size
 from pipeline.commands.options import (
-    BatchOpt,
-    CpuMoeOpt,
-    CtxOpt,
-    FlashAttnOpt,
-    GpuLayersOpt,
     HardwareOpt,
     JsonOpt,
-    KvTypeOpt,
     ModelArg,
-    NCpuMoeOpt,
     OfflineOpt,
-    ParallelOpt,
     RamOpt,
     RecipesDirOpt,
+    RunFlags,
     TokenOpt,
-    UbatchOpt,
     VramOpt,
-    parse_gpu_layers,
-    parse_kv_type,
     parse_memory,
+    run_options,
 )
 from pipeline.commands.registration import add_command
 from pipeline.commands.render import emit_json, note, table
@@ -89,20 +80,13 @@ def _show_summary(s: ModelSummary) -> None:
     table(("field", "value"), rows)
 
 
+@run_options
 def fit_command(
+    run: RunFlags,
     model: ModelArg,
     hardware: HardwareOpt = None,
     vram: VramOpt = None,
     ram: RamOpt = None,
-    ctx: CtxOpt = None,
-    kv_type: KvTypeOpt = [],  # noqa: B006  # typer reads the default; never mutated
-    flash_attn: FlashAttnOpt = None,
-    batch: BatchOpt = None,
-    ubatch: UbatchOpt = None,
-    parallel: ParallelOpt = None,
-    n_gpu_layers: GpuLayersOpt = None,
-    n_cpu_moe: NCpuMoeOpt = None,
-    cpu_moe: CpuMoeOpt = False,
     quants: Annotated[
         str | None, typer.Option(metavar="TYPES", help="Compare quants: 'all' or e.g. q3_k_m,q4_k_m.")
     ] = None,
@@ -119,23 +103,18 @@ def fit_command(
 
     Example: mm fit TheBloke/Llama-2-70B-chat-GGUF:llama-2-70b-chat.Q4_K_M.gguf --hardware rtx3060-12g -c 8192
     """
-    from pipeline.fitting.fit import FitSettings, fit_model
+    from pipeline.fitting.fit import fit_model
     from pipeline.fitting.recommend import parse_candidates, recommend_quant
     from pipeline.registry.measurements import measured_quality
     from pipeline.resolve.model_ref import resolve_model, target_hardware
 
-    layers = parse_gpu_layers(n_gpu_layers)
-    kv = parse_kv_type(kv_type)
     candidates = parse_candidates(quants) if quants is not None else None
     path, recipe, is_stub = resolve_model(model, recipes, token=token, offline=offline, allow_header_stub=True)
     _note_stub(model, is_stub)
     target = target_hardware(hardware, parse_memory(vram, "--vram"), parse_memory(ram, "--ram"), recipe, recipes)
-    if layers and not target.has_gpu:
-        raise UsageError(f"--n-gpu-layers {n_gpu_layers}: {target.name} has no GPU", hint="drop it, or give --vram")
-    settings = FitSettings.for_recipe(
-        recipe, ctx=ctx, kv_type=kv, flash_attn=flash_attn, batch=batch, ubatch=ubatch, parallel=parallel,
-        n_gpu_layers=layers, n_cpu_moe=n_cpu_moe, cpu_moe=cpu_moe or None,
-    )  # fmt: skip
+    if run.n_gpu_layers and not target.has_gpu:
+        raise UsageError(f"--n-gpu-layers {run.n_gpu_layers}: {target.name} has no GPU", hint="drop it, or give --vram")
+    settings = run.on(recipe.run if recipe else None)
     if candidates is not None:
         report = recommend_quant(path, target, candidates, settings, min_tps, measured_quality(path))
         emit_json(report) if as_json else _show_report(report)
@@ -222,7 +201,7 @@ def _settings_line(r: FitResult) -> str:
     s = r.settings
     forced = "" if s.n_gpu_layers is None else f", {r.n_gpu_layers} GPU layers forced"
     return (
-        f"assuming ctx {s.ctx}, batch {s.batch}/{s.ubatch}, kv {s.kv_type}, "
+        f"assuming ctx {s.n_ctx}, batch {s.n_batch}/{s.n_ubatch}, kv {s.kv_type}, "
         f"flash-attn {'on' if s.flash_attn else 'off'}, parallel {s.parallel}{forced}"
     )
 

@@ -9,14 +9,14 @@ from typing import Annotated
 import typer
 
 from pipeline.commands.options import (
-    CtxOpt,
-    FlashAttnOpt,
     JsonOpt,
     OfflineOpt,
     QuietOpt,
     RecipesDirOpt,
+    RunFlags,
     ThreadsOpt,
     TokenOpt,
+    run_options,
 )
 from pipeline.commands.registration import add_command
 from pipeline.commands.render import emit_json, note, table, work_bar
@@ -28,7 +28,9 @@ TargetArg = Annotated[
 NoStoreOpt = Annotated[bool, typer.Option("--no-store", help="Do not record the result in the profile.")]
 
 
+@run_options
 def bench_command(
+    run: RunFlags,
     target: TargetArg,
     n_prompt: Annotated[
         int, typer.Option("--n-prompt", "-p", metavar="N", min=0, help="Prompt tokens (pp test; 0 skips it).")
@@ -39,9 +41,6 @@ def bench_command(
     repetitions: Annotated[
         int, typer.Option("--repetitions", "-r", metavar="N", min=1, help="Timed runs per test.")
     ] = 5,
-    threads: ThreadsOpt = None,
-    ctx: CtxOpt = None,
-    flash_attn: FlashAttnOpt = None,
     no_store: NoStoreOpt = False,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -63,8 +62,8 @@ def bench_command(
             bar.total, bar.n = total, done
             bar.refresh()
 
-        result = bench(target, recipes, threads=threads, n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions,
-                       store=not no_store, progress=progress, ctx=ctx, flash_attn=flash_attn)  # fmt: skip
+        result = bench(target, recipes, flags=run.given, n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions,
+                       store=not no_store, progress=progress)  # fmt: skip
     if as_json:
         emit_json(result.model_dump(mode="json") | {"prediction_error": result.prediction_error})
         return

@@ -7,16 +7,20 @@ Where llama.cpp, Ollama or `hf` has a well-known spelling, it is an alias here (
 from __future__ import annotations
 
 import difflib
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, cast, get_args
+from typing import TYPE_CHECKING, Annotated, Any, cast, get_args, get_type_hints
 
 import typer
 
 from pipeline.base.errors import UsageError
+from pipeline.base.units import parse_size
 
 if TYPE_CHECKING:
-    from pipeline.spec.recipe import KvType
-from pipeline.base.units import parse_size
+    from pipeline.spec.run_settings import KvType, RunSettings
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON result on stdout.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
@@ -153,7 +157,7 @@ def parse_gpu_layers(text: str | None) -> int | None:
 
 def parse_kv_type(values: list[str]) -> KvType | None:
     """One KV cache type from --kv-type / -ctk / -ctv (mm, like Ollama, uses one type for K and V)."""
-    from pipeline.spec.recipe import KvType  # recipes load the Hub client's name checks: only when needed
+    from pipeline.spec.run_settings import KvType
 
     allowed: tuple[str, ...] = get_args(KvType)
     chosen = {v.strip().lower() for v in values}
@@ -167,6 +171,72 @@ def parse_kv_type(values: list[str]) -> KvType | None:
     if len(chosen) > 1:
         raise UsageError(f"-ctk/-ctv: {' and '.join(sorted(chosen))} differ; mm uses one type for K and V")
     return cast(KvType, chosen.pop()) if chosen else None  # checked against KvType above
+
+
+# Every run-setting flag: the parameter typer hands over -> (its option type, its default). Declared once here;
+# `fit`, `publish`, `bench` and `run` take them all through run_options.
+_RUN_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "ctx": (CtxOpt, None),
+    "kv_type": (KvTypeOpt, []),
+    "flash_attn": (FlashAttnOpt, None),
+    "batch": (BatchOpt, None),
+    "ubatch": (UbatchOpt, None),
+    "parallel": (ParallelOpt, None),
+    "n_gpu_layers": (GpuLayersOpt, None),
+    "threads": (ThreadsOpt, None),
+    "n_cpu_moe": (NCpuMoeOpt, None),
+    "cpu_moe": (CpuMoeOpt, False),
+}
+
+
+@dataclass(frozen=True)
+class RunFlags:
+    """The run-setting flags a user gave, by RunSettings field (only those given)."""
+
+    given: dict[str, Any]
+
+    @property
+    def n_gpu_layers(self) -> int | None:
+        return cast("int | None", self.given.get("n_gpu_layers"))
+
+    def on(self, base: RunSettings | None) -> RunSettings:
+        """`base` (a recipe's [run] or a profile's settings; None: the defaults) with these flags on top,
+        checked as a whole: one UsageError naming the setting at fault."""
+        from pipeline.spec.run_settings import RunSettings
+
+        return (base or RunSettings()).with_flags(**self.given)
+
+
+def _run_flags(ctx: int | None, kv_type: list[str], flash_attn: bool | None, batch: int | None, ubatch: int | None,
+               parallel: int | None, n_gpu_layers: str | None, threads: int | None, n_cpu_moe: int | None,
+               cpu_moe: bool) -> RunFlags:  # fmt: skip
+    values = {
+        "n_ctx": ctx, "kv_type": parse_kv_type(kv_type), "flash_attn": flash_attn, "n_batch": batch,
+        "n_ubatch": ubatch, "parallel": parallel, "n_gpu_layers": parse_gpu_layers(n_gpu_layers), "n_threads": threads,
+        "n_cpu_moe": n_cpu_moe, "cpu_moe": cpu_moe or None,
+    }  # fmt: skip
+    return RunFlags({key: value for key, value in values.items() if value is not None})
+
+
+def run_options(command: Callable[..., None]) -> Callable[..., None]:
+    """`command` with every run-setting flag added to its options, handed to it as one `run: RunFlags`."""
+    signature = inspect.signature(command, eval_str=True)
+    params = [p for p in signature.parameters.values() if p.name != "run"]
+    at = next((i for i, p in enumerate(params) if p.default is not inspect.Parameter.empty), len(params))
+    added = [
+        inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default, annotation=annotation)
+        for name, (annotation, default) in _RUN_OPTIONS.items()
+    ]
+
+    @functools.wraps(command)
+    def with_flags(**kwargs: Any) -> None:
+        flags = _run_flags(**{name: kwargs.pop(name) for name in _RUN_OPTIONS})
+        command(**kwargs, run=flags)
+
+    hints = {k: v for k, v in get_type_hints(command, include_extras=True).items() if k != "run"}
+    with_flags.__annotations__ = {**hints, **{name: annotation for name, (annotation, _) in _RUN_OPTIONS.items()}}
+    with_flags.__signature__ = signature.replace(parameters=[*params[:at], *added, *params[at:]])  # type: ignore[attr-defined]
+    return with_flags
 
 
 def parse_memory(text: str | None, flag: str) -> int | None:

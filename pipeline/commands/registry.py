@@ -8,22 +8,7 @@ import typer
 
 from pipeline.base.errors import IntegrityError
 from pipeline.base.units import format_size
-from pipeline.commands.options import (
-    CpuMoeOpt,
-    CtxOpt,
-    FlashAttnOpt,
-    GpuLayersOpt,
-    HardwareOpt,
-    JsonOpt,
-    KvTypeOpt,
-    ModelArg,
-    NameArg,
-    NCpuMoeOpt,
-    RecipesDirOpt,
-    ThreadsOpt,
-    parse_gpu_layers,
-    parse_kv_type,
-)
+from pipeline.commands.options import HardwareOpt, JsonOpt, ModelArg, NameArg, RecipesDirOpt, RunFlags, run_options
 from pipeline.commands.registration import add_command, add_group
 from pipeline.commands.render import emit_json, note, table
 
@@ -33,19 +18,14 @@ if TYPE_CHECKING:
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Only list what would be removed.")]
 
 
+@run_options
 def publish_command(
+    run: RunFlags,
     model: ModelArg,
     hardware: HardwareOpt = None,
     name: Annotated[
         str | None, typer.Option(metavar="NAME", help="Profile name (default MODEL-QUANT@HARDWARE).")
     ] = None,
-    ctx: CtxOpt = None,
-    kv_type: KvTypeOpt = [],  # noqa: B006  # typer reads the default; never mutated
-    flash_attn: FlashAttnOpt = None,
-    n_gpu_layers: GpuLayersOpt = None,
-    threads: ThreadsOpt = None,
-    n_cpu_moe: NCpuMoeOpt = None,
-    cpu_moe: CpuMoeOpt = False,
     as_json: JsonOpt = False,
     recipes: RecipesDirOpt = None,
 ) -> None:
@@ -53,19 +33,15 @@ def publish_command(
 
     Example: mm publish ~/.cache/mm/quant/abc-llama.q4_k_m.gguf --hardware rtx3060-12g -c 8192 -fa on
     """
-    from pipeline.fitting.fit import FitSettings, fit_model
+    from pipeline.fitting.fit import fit_model
     from pipeline.registry.store import publish
     from pipeline.resolve.model_ref import resolve_model, target_hardware
 
-    layers, kv = parse_gpu_layers(n_gpu_layers), parse_kv_type(kv_type)
     path, recipe, _ = resolve_model(model, recipes)
     target = target_hardware(hardware, None, None, recipe, recipes)
-    settings = FitSettings.for_recipe(
-        recipe, ctx=ctx, kv_type=kv, flash_attn=flash_attn, n_gpu_layers=layers, n_cpu_moe=n_cpu_moe,
-        cpu_moe=cpu_moe or None,
-    )  # fmt: skip
+    settings = run.on(recipe.run if recipe else None)
     fit = fit_model(path.resolve(), target, settings)
-    profile = publish(path, target, fit, name=name, recipe=recipe, threads=threads)
+    profile = publish(path, target, fit, name=name, recipe=recipe, threads=settings.n_threads)
     if as_json:
         emit_json(profile)
         return

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from pipeline.commands.options import JsonOpt, NameArg
+from pipeline.commands.options import JsonOpt, NameArg, RunFlags, run_options
 from pipeline.commands.registration import add_command
 from pipeline.commands.render import emit_json, note
 
@@ -40,7 +40,9 @@ def _after_reply(reply: Generation) -> None:
         note("(reply stopped)")
 
 
+@run_options
 def run_command(
+    run: RunFlags,
     name: NameArg,
     prompt_arg: Annotated[
         str | None, typer.Argument(metavar="[PROMPT]", help="Answer this one message and exit (as `ollama run`).")
@@ -68,13 +70,14 @@ def run_command(
 ) -> None:
     """Talk to a profile with its exact settings: one PROMPT (a chat turn), an interactive chat, or --server.
 
+    Run-setting flags (-c, -ngl, -t, ...) change the profile's settings for this run only.
     PROMPT and -p are one chat turn in the model's chat template, as `ollama run NAME "..."`; --raw
     continues the text instead (llama.cpp's completion). Without a prompt: a chat; Ctrl-C stops a reply,
     Ctrl-D or /bye ends. A GGUF without a chat template gets its architecture's known format (said once).
 
     Example: mm run llama2-70b-chat-q2_k@rtx3060-12g "Why is the sky blue?"
     """
-    from pipeline.registry.run import chat, chat_format_for, generate, serve
+    from pipeline.registry.run import chat, chat_format_for, generate, serve, with_flags
     from pipeline.registry.store import get_profile
 
     text = prompt if prompt is not None else prompt_arg
@@ -82,7 +85,7 @@ def run_command(
         from pipeline.base.errors import UsageError
 
         raise UsageError("give the prompt once: as PROMPT or with -p, not both")
-    profile = get_profile(name)
+    profile = with_flags(get_profile(name), run.given)
     fmt = chat_format_for(profile, chat_format) if not (raw and text is not None) else None
     if fmt is not None and fmt.notice:
         note(f"{fmt.notice} (--chat-format to change)")

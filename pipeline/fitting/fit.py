@@ -13,8 +13,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
+from pipeline.base.errors import UsageError
 from pipeline.base.units import format_size
 from pipeline.fitting import gpu_speed
 from pipeline.fitting.gpu_speed import decode_tokens_per_second
@@ -28,48 +29,20 @@ from pipeline.fitting.placement import (
     llama_fit_order,
     most_layers,
     place,
-    tensor_overrides,
 )
 from pipeline.gguf.header import read_model
 from pipeline.spec.hardware import HardwareClass
-from pipeline.spec.recipe import KvType, Recipe
+from pipeline.spec.run_settings import RunSettings, beyond_training, check_for_model, expert_overrides
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2  # 2: mixture-of-experts placement (n_cpu_moe, tensor_overrides, bytes read per token)
+# 2: mixture-of-experts placement (n_cpu_moe, tensor_overrides, bytes read per token); 3: settings are the one
+# run-settings model (llama.cpp's names: n_ctx, n_batch, n_ubatch, n_threads, use_mmap), safety_margin beside them
+SCHEMA_VERSION = 3
 # Reserve this share of VRAM and RAM: the prediction is held to 5% of llama.cpp's own figures (the test
 # matrix), and allocators fragment; 5% of a 12 GB card is 600 MiB, about one 7B layer at Q8_0.
 DEFAULT_SAFETY_MARGIN = 0.05
 Verdict = Literal["full_offload", "partial_offload", "cpu_only", "does_not_fit"]
-
-
-class FitSettings(BaseModel):
-    """The run settings that change memory use (llama.cpp's context and model parameters)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    ctx: int = Field(default=4096, ge=16)
-    batch: int = Field(default=2048, ge=1)
-    ubatch: int = Field(default=512, ge=1)
-    kv_type: KvType = "f16"
-    flash_attn: bool = False
-    parallel: int = Field(default=1, ge=1)
-    mmap: bool = True
-    n_gpu_layers: int | None = Field(default=None, ge=0)  # None = as many as fit
-    # Routed experts of layers 0..n_cpu_moe-1 in RAM (llama.cpp --n-cpu-moe); None = chosen for speed.
-    # cpu_moe (--cpu-moe) keeps every layer's experts in RAM. Both mean nothing for a dense model.
-    n_cpu_moe: int | None = Field(default=None, ge=0)
-    cpu_moe: bool = False
-    swa_full: bool = True  # llama.cpp's default: the SWA cache as large as the full one
-    kv_unified: bool = False  # llama.cpp's default: one KV stream per sequence (llama-server turns it on)
-    safety_margin: float = Field(default=DEFAULT_SAFETY_MARGIN, ge=0, lt=1)
-    threads: int | None = Field(default=None, ge=1)  # CPU threads (the speed model's rates depend on them)
-
-    @classmethod
-    def for_recipe(cls, recipe: Recipe | None, **overrides: Any) -> FitSettings:
-        """A recipe's [run] section (or the defaults), with the flags the user gave (None = not given) on top."""
-        base = recipe.run.model_dump() if recipe else {}
-        return cls.model_validate({**base, **{k: v for k, v in overrides.items() if v is not None}})
 
 
 class DeviceBreakdown(BaseModel):
@@ -95,7 +68,8 @@ class FitResult(BaseModel):
     schema_version: int
     model_path: str
     hardware: str
-    settings: FitSettings
+    settings: RunSettings
+    safety_margin: float = DEFAULT_SAFETY_MARGIN  # this share of VRAM and RAM is kept free
     n_layers: int  # repeating layers; llama.cpp offloads up to n_layers + 1 (the output layer counts)
     n_gpu_layers: int
     n_cpu_moe: int = 0  # routed experts of layers 0..n_cpu_moe-1 stay in RAM (llama.cpp --n-cpu-moe)
@@ -137,24 +111,24 @@ def _breakdown(split: DeviceBuffers, overhead: int) -> DeviceBreakdown:
     )
 
 
-def _context(shape: ModelShape, settings: FitSettings) -> Context:
+def _context(shape: ModelShape, settings: RunSettings) -> Context:
     return context(
-        settings.ctx, settings.batch, settings.ubatch, settings.parallel, settings.kv_type,
+        settings.n_ctx, settings.n_batch, settings.n_ubatch, settings.parallel, settings.kv_type,
         settings.flash_attn, settings.swa_full, shape, settings.kv_unified,
     )  # fmt: skip
 
 
-def _budget(hardware: HardwareClass, settings: FitSettings) -> float:
-    return hardware.vram_bytes * (1 - settings.safety_margin) - hardware.gpu_overhead_bytes
+def _budget(hardware: HardwareClass, margin: float) -> float:
+    return hardware.vram_bytes * (1 - margin) - hardware.gpu_overhead_bytes
 
 
-def _place(shape: ModelShape, hardware: HardwareClass, settings: FitSettings) -> Placement:
+def _place(shape: ModelShape, hardware: HardwareClass, settings: RunSettings, margin: float) -> Placement:
     """The settings' placement: what was asked for, else the fastest that fits (most layers for a dense model)."""
     ctx = _context(shape, settings)
     asked_k = shape.n_layers if settings.cpu_moe else settings.n_cpu_moe
     if not hardware.has_gpu:
         return place(shape, ctx, 0)
-    budget = _budget(hardware, settings)
+    budget = _budget(hardware, margin)
     if settings.n_gpu_layers is not None:
         ngl = min(settings.n_gpu_layers, shape.n_layers + 1)
         if asked_k is None and shape.is_moe:
@@ -162,14 +136,16 @@ def _place(shape: ModelShape, hardware: HardwareClass, settings: FitSettings) ->
         return place(shape, ctx, ngl, asked_k or 0)
     if asked_k is not None or not shape.is_moe:
         return most_layers(shape, ctx, budget, asked_k or 0)
-    return fastest(shape, ctx, budget, lambda p: decode_tokens_per_second(p, shape, hardware, settings.threads))
+    return fastest(shape, ctx, budget, lambda p: decode_tokens_per_second(p, shape, hardware, settings.n_threads))
 
 
-def _alternatives(shape: ModelShape, hardware: HardwareClass, settings: FitSettings) -> list[PlacementOption]:
+def _alternatives(
+    shape: ModelShape, hardware: HardwareClass, settings: RunSettings, margin: float
+) -> list[PlacementOption]:
     """For a MoE model on a GPU: llama.cpp's own fit order and plain layer offload, for comparison."""
     if not (shape.is_moe and hardware.has_gpu):
         return []
-    ctx, budget = _context(shape, settings), _budget(hardware, settings)
+    ctx, budget = _context(shape, settings), _budget(hardware, margin)
     options = [
         ("experts in RAM, llama.cpp's fit order (common/fit.cpp)", llama_fit_order(shape, ctx, budget)),
         ("whole layers only (-ngl, no --n-cpu-moe)", most_layers(shape, ctx, budget)),
@@ -180,13 +156,13 @@ def _alternatives(shape: ModelShape, hardware: HardwareClass, settings: FitSetti
             n_gpu_layers=p.n_gpu_layers,
             n_cpu_moe=p.n_cpu_moe,
             vram_bytes=p.gpu_total + (hardware.gpu_overhead_bytes if p.n_gpu_layers else 0),
-            tokens_per_second=decode_tokens_per_second(p, shape, hardware, settings.threads),
+            tokens_per_second=decode_tokens_per_second(p, shape, hardware, settings.n_threads),
         )
         for label, p in options
     ]
 
 
-def _placement_reason(result: FitResult, settings: FitSettings) -> str:
+def _placement_reason(result: FitResult, settings: RunSettings) -> str:
     """Why the chosen placement beats the alternatives shown beside it (a MoE on a GPU), or "" otherwise."""
     if not result.alternatives:
         return ""
@@ -207,15 +183,19 @@ def _placement_reason(result: FitResult, settings: FitSettings) -> str:
 
 
 def fit_shape(
-    shape: ModelShape, model: Path, hardware: HardwareClass, settings: FitSettings, *, suggest: bool = True
-) -> FitResult:
+    shape: ModelShape, model: Path, hardware: HardwareClass, settings: RunSettings, *, suggest: bool = True,
+    safety_margin: float = DEFAULT_SAFETY_MARGIN,
+) -> FitResult:  # fmt: skip
     """fit_model for an already-read shape (the quant recommendation re-fits one shape per candidate)."""
-    chosen = _place(shape, hardware, settings)
+    margin = safety_margin
+    check_for_model(settings, n_layers=shape.n_layers, n_ctx_train=shape.n_ctx_train, error=UsageError,
+                    context_warns=True)  # fmt: skip
+    chosen = _place(shape, hardware, settings, margin)
     ngl, gpu_split, cpu_split = chosen.n_gpu_layers, chosen.gpu, chosen.cpu
     overhead = hardware.gpu_overhead_bytes if ngl > 0 else 0
     gpu, cpu = _breakdown(gpu_split, overhead), _breakdown(cpu_split, 0)
-    fits_vram = gpu.total_bytes <= hardware.vram_bytes * (1 - settings.safety_margin) or ngl == 0
-    fits_ram = cpu.total_bytes <= hardware.ram_bytes * (1 - settings.safety_margin)
+    fits_vram = gpu.total_bytes <= hardware.vram_bytes * (1 - margin) or ngl == 0
+    fits_ram = cpu.total_bytes <= hardware.ram_bytes * (1 - margin)
     verdict: Verdict
     if not (fits_ram and fits_vram):
         verdict = "does_not_fit"
@@ -229,10 +209,11 @@ def fit_shape(
         model_path=str(model),
         hardware=hardware.name,
         settings=settings,
+        safety_margin=margin,
         n_layers=shape.n_layers,
         n_gpu_layers=ngl,
         n_cpu_moe=chosen.n_cpu_moe,
-        tensor_overrides=tensor_overrides(chosen.n_cpu_moe, shape.n_layers),
+        tensor_overrides=expert_overrides(chosen.n_cpu_moe, shape.n_layers),
         n_expert=shape.n_expert,
         n_expert_used=shape.n_expert_used,
         n_params=shape.n_params,
@@ -240,29 +221,29 @@ def fit_shape(
         gpu_read_bytes=chosen.read.gpu,
         cpu_read_bytes=chosen.read.cpu,
         placement=describe_placement(shape, ngl, chosen.n_cpu_moe),
-        alternatives=_alternatives(shape, hardware, settings) if suggest else [],
+        alternatives=_alternatives(shape, hardware, settings, margin) if suggest else [],
         vram_bytes=gpu.total_bytes,
         ram_bytes=cpu.total_bytes,
         gpu=gpu,
         cpu=cpu,
         fits_vram=fits_vram,
         fits_ram=fits_ram,
-        **_speeds(gpu_speed.predict(chosen, shape, hardware, settings.threads)),
+        **_speeds(gpu_speed.predict(chosen, shape, hardware, settings.n_threads)),
         verdict=verdict,
-        assumptions=_assumptions(shape, hardware, settings),
+        assumptions=_assumptions(shape, hardware, settings, margin),
         suggestions=[],
         warnings=_warnings(shape, settings),
     )
     result.placement_reason = _placement_reason(result, settings)
     if suggest and verdict in ("does_not_fit", "partial_offload"):
-        result.suggestions = _suggestions(shape, model, hardware, settings, result)
+        result.suggestions = _suggestions(shape, model, hardware, settings, result, margin)
     return result
 
 
 def fit_model(
     model: Path,
     hardware: HardwareClass,
-    settings: FitSettings | None = None,
+    settings: RunSettings | None = None,
     tensor_bytes: Mapping[str, int] | None = None,
 ) -> FitResult:
     """Predict memory per device and decode speed for `model` on `hardware` (reads the header only).
@@ -270,7 +251,7 @@ def fit_model(
     `tensor_bytes` overrides tensor sizes by name: a quantize plan's sizes, to fit a quant not yet made.
     """
     shape = model_shape(read_model(model), tensor_bytes)
-    return fit_shape(shape, model, hardware, settings or FitSettings())
+    return fit_shape(shape, model, hardware, settings or RunSettings())
 
 
 def _speeds(p: gpu_speed.SpeedPrediction) -> dict[str, Any]:
@@ -279,17 +260,13 @@ def _speeds(p: gpu_speed.SpeedPrediction) -> dict[str, Any]:
             "speed_basis": p.decode_basis, "prompt_basis": p.prompt_basis}  # fmt: skip
 
 
-def _warnings(shape: ModelShape, settings: FitSettings) -> list[str]:
-    if shape.n_ctx_train and settings.ctx > shape.n_ctx_train:
-        return [
-            f"a context of {settings.ctx} tokens is beyond the {shape.n_ctx_train} the model was trained for "
-            f"({shape.arch}.context_length): answers past that degrade unless RoPE scaling is configured"
-        ]
-    return []
+def _warnings(shape: ModelShape, settings: RunSettings) -> list[str]:
+    why = beyond_training(settings, shape.n_ctx_train)
+    return [f"{why} ({shape.arch}.context_length)"] if why else []
 
 
-def _assumptions(shape: ModelShape, hardware: HardwareClass, settings: FitSettings) -> list[str]:
-    rates = hardware.rates_for(settings.threads)
+def _assumptions(shape: ModelShape, hardware: HardwareClass, settings: RunSettings, margin: float) -> list[str]:
+    rates = hardware.rates_for(settings.n_threads)
     catalog = gpu_speed.uses_catalog(hardware)
     notes = [
         gpu_speed.describe(hardware)
@@ -304,7 +281,7 @@ def _assumptions(shape: ModelShape, hardware: HardwareClass, settings: FitSettin
             else "(no compute rates for this class: the prediction is an upper bound; `mm hw --measure` calibrates "
             "the local machine)"
         ),
-        f"a safety margin of {settings.safety_margin:.0%} of VRAM and RAM is kept free",
+        f"a safety margin of {margin:.0%} of VRAM and RAM is kept free",
         "the output layer counts as one layer: full offload is n_layers + 1, as llama.cpp counts it",
     ]
     if hardware.has_gpu:
@@ -320,8 +297,6 @@ def _assumptions(shape: ModelShape, hardware: HardwareClass, settings: FitSettin
                 "with experts in RAM, prompt batches copy an expert tensor at a time to the GPU: its compute "
                 "buffer is counted one largest expert tensor larger (an estimate, not checked on a GPU)"
             )
-    if settings.kv_type != "f16" and not settings.flash_attn:
-        notes.append("a quantized V cache needs flash attention: llama.cpp's auto mode turns it on, and so does mm")
     if shape.n_swa and settings.swa_full:
         notes.append("sliding-window layers get a full-size KV cache (llama.cpp's default swa_full)")
     if any(shape.is_recurrent):
@@ -329,18 +304,18 @@ def _assumptions(shape: ModelShape, hardware: HardwareClass, settings: FitSettin
             "recurrent (Mamba/RWKV) layers hold a fixed-size state per sequence instead of a KV cache; "
             "it is counted as kv and does not grow with the context"
         )
-    if settings.mmap:
+    if settings.use_mmap:
         notes.append("with mmap the CPU weights are file pages the OS may evict; they are counted as RAM")
     return notes
 
 
 def _suggestions(
-    shape: ModelShape, model: Path, hardware: HardwareClass, settings: FitSettings, current: FitResult
+    shape: ModelShape, model: Path, hardware: HardwareClass, settings: RunSettings, current: FitResult, margin: float
 ) -> list[str]:
     """Settings that would fit more of the model: a smaller context, a lighter KV cache, a smaller ubatch."""
-    tries: list[tuple[str, FitSettings]] = []
-    if settings.ctx > 2048:
-        tries.append((f"--ctx {settings.ctx // 2}", settings.model_copy(update={"ctx": settings.ctx // 2})))
+    tries: list[tuple[str, RunSettings]] = []
+    if settings.n_ctx > 2048:
+        tries.append((f"--ctx {settings.n_ctx // 2}", settings.model_copy(update={"n_ctx": settings.n_ctx // 2})))
     for kv in ("q8_0", "q4_0"):
         if kv != settings.kv_type and (settings.kv_type, kv) != ("q4_0", "q8_0"):
             tries.append(
@@ -348,11 +323,11 @@ def _suggestions(
             )
     if not settings.flash_attn:
         tries.append(("--flash-attn", settings.model_copy(update={"flash_attn": True})))
-    if settings.ubatch > 128:
-        tries.append(("--ubatch 128", settings.model_copy(update={"ubatch": 128})))
+    if settings.n_ubatch > 128:
+        tries.append(("--ubatch 128", settings.model_copy(update={"n_ubatch": 128})))
     out = []
     for flag, changed in tries:
-        other = fit_shape(shape, model, hardware, changed, suggest=False)
+        other = fit_shape(shape, model, hardware, changed, suggest=False, safety_margin=margin)
         better = other.n_gpu_layers > current.n_gpu_layers or (
             current.verdict == "does_not_fit" and other.verdict != "does_not_fit"
         )

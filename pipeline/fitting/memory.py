@@ -60,10 +60,8 @@ def context(
     n_ubatch = min(n_batch, ubatch)
     window = shape.n_swa * (parallel if kv_unified else 1) + n_ubatch
     kv_swa = n_ctx if swa_full else _pad(min(n_ctx_seq, window)) * n_stream
-    # llama-context.cpp refuses a quantized V cache without flash attention and its default (auto) mode
-    # turns flash attention on for it; mm mirrors auto: a quantized KV type implies flash attention.
-    flash = flash_attn or kv_type != "f16"
-    return Context(n_ctx, n_ubatch, parallel, kv_swa, kv_type, kv_type, flash, n_stream)
+    # a quantized KV type with flash attention off never gets here (run_settings: llama.cpp refuses it)
+    return Context(n_ctx, n_ubatch, parallel, kv_swa, kv_type, kv_type, flash_attn, n_stream)
 
 
 def _row_bytes(type_name: str, n: int) -> int:

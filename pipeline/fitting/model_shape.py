@@ -7,21 +7,18 @@ source it mirrors (the version vendored by llama-cpp-python 0.3.36).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pipeline.base.errors import FitError
 from pipeline.gguf.header import GGUFHeader, layer_of
+from pipeline.spec.run_settings import EXPERTS_RE
 
 # llama.cpp's default SWA period per architecture (load_swa_pattern(ml, N) in src/models/<arch>.cpp),
 # used when the GGUF has no {arch}.attention.sliding_window_pattern.
 SWA_PERIOD = {"gemma2": 2, "gemma3": 6, "cohere2": 4, "gemma3n": 5, "gpt-oss": 2}
 # llama-arch.cpp llm_arch_is_recurrent: one recurrent state per sequence instead of a KV cache.
 RECURRENT_ARCHS = frozenset({"mamba", "mamba2", "rwkv6", "rwkv6qwen2", "rwkv7", "arwkv7"})
-# common/common.h LLM_FFN_EXPS_REGEX: the routed-expert tensors (and their biases) that --cpu-moe and
-# --n-cpu-moe keep on the CPU (std::regex_search, so a suffix such as .weight or .bias still matches).
-EXPERTS_RE = re.compile(r"\.ffn_(up|down|gate|gate_up)_(ch|)exps")
 
 
 @dataclass(frozen=True)

@@ -15,21 +15,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from pipeline.fitting.memory import Context, DeviceBuffers, kv_per_layer, split_layers
-from pipeline.fitting.model_shape import EXPERTS_RE, ModelShape
+from pipeline.fitting.model_shape import ModelShape
 from pipeline.fitting.speed import attention_cells, merge, scaled
-
-# common/common.h llm_ffn_block_regex(i, LLM_FFN_EXPS_REGEX), as `-ot PATTERN=CPU` strings (arg.cpp's
-# parse_tensor_buffer_overrides takes a buffer type by its name: "CPU").
-EXPERT_PATTERN = EXPERTS_RE.pattern  # llama.cpp's LLM_FFN_EXPS_REGEX, one spelling in memory.py
-
-
-def tensor_overrides(n_cpu_moe: int, n_layers: int) -> list[str]:
-    """The `-ot` strings equal to `--n-cpu-moe n_cpu_moe`: one per layer, or one for every layer (--cpu-moe)."""
-    if n_cpu_moe <= 0:
-        return []
-    if n_cpu_moe >= n_layers:
-        return [f"{EXPERT_PATTERN}=CPU"]  # common.h llm_ffn_exps_cpu_override: what --cpu-moe adds
-    return [rf"blk\.{i}{EXPERT_PATTERN}=CPU" for i in range(n_cpu_moe)]
 
 
 @dataclass(frozen=True)

@@ -14,13 +14,14 @@ from pydantic import BaseModel
 
 from pipeline.base.errors import FitError, MMError
 from pipeline.base.provenance import QuantParams
-from pipeline.fitting.fit import SCHEMA_VERSION, FitSettings, Verdict, fit_shape
+from pipeline.fitting.fit import SCHEMA_VERSION, Verdict, fit_shape
 from pipeline.fitting.model_shape import model_shape
 from pipeline.gguf.header import GGUFHeader, read_model
 from pipeline.gguf.quant_types import QUANT_TYPES, QuantType, by_ftype, parse_quant_type
 from pipeline.llama.quant_plan import plan
 from pipeline.spec.hardware import HardwareClass
 from pipeline.spec.results import EvalResult
+from pipeline.spec.run_settings import RunSettings
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class QuantReport(BaseModel):
     schema_version: int
     model_path: str
     hardware: str
-    settings: FitSettings
+    settings: RunSettings
     min_tps: float
     candidates: list[QuantCandidate]
     recommended: str | None
@@ -110,7 +111,7 @@ def _requant_note(source: QuantType | None, qtype: QuantType) -> str | None:
 
 
 def recommend_quant(
-    model: Path, hardware: HardwareClass, candidates: list[QuantType], settings: FitSettings | None = None,
+    model: Path, hardware: HardwareClass, candidates: list[QuantType], settings: RunSettings | None = None,
     min_tps: float = 0.0, measured: dict[str, EvalResult] | None = None,
 ) -> QuantReport:  # fmt: skip
     """Fit each candidate quant; recommend the best reference quality that fits at or above `min_tps`.
@@ -118,7 +119,7 @@ def recommend_quant(
     `measured`: `mm eval` results against this model by quant type (registry.measurements.measured_quality)."""
     if not candidates:
         raise FitError("no candidate quant types given", hint="e.g. all, or q4_k_m,q5_k_m", param="quants")
-    settings = settings or FitSettings()
+    settings = settings or RunSettings()
     headers = read_model(model)
     source = by_ftype(headers[0].file_type) if headers[0].file_type is not None else None
     rows = []

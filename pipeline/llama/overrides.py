@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from pipeline.base.errors import LlamaError, MMError, UsageError
+from pipeline.spec.run_settings import override_layer
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +38,13 @@ class _BuftOverride(ctypes.Structure):
 
 
 def parse_override(text: str) -> str:
-    """The tensor-name pattern of an `-ot PATTERN=CPU` string; mm places tensors only on the CPU."""
-    pattern, sep, buffer = text.rpartition("=")
-    if not sep or not pattern or buffer != "CPU":
-        raise UsageError(f"tensor override {text!r}: expected PATTERN=CPU (llama.cpp -ot syntax)")
-    return pattern
+    """The tensor-name pattern of an `-ot PATTERN=CPU` string of the forms mm writes (run_settings), so that
+    llama.cpp never compiles a regular expression mm did not write; mm places tensors only on the CPU."""
+    try:
+        override_layer(text)
+    except ValueError as exc:
+        raise UsageError(f"tensor_overrides: {exc}") from None
+    return text.rpartition("=")[0]
 
 
 def cpu_buffer_type() -> int:

@@ -29,7 +29,7 @@ from pipeline.base.errors import FitError, QuantizeError
 from pipeline.base.home import mm_home
 from pipeline.base.provenance import QuantParams
 from pipeline.base.units import format_size
-from pipeline.fitting.fit import FitResult, FitSettings, fit_model, fit_shape
+from pipeline.fitting.fit import FitResult, fit_model, fit_shape
 from pipeline.fitting.model_shape import model_shape
 from pipeline.gguf.header import read_model
 from pipeline.gguf.quant_types import FLOAT_FILE_TYPES
@@ -39,6 +39,7 @@ from pipeline.llama.quantize import QuantizeRequest, default_output_path, quanti
 from pipeline.measure.evaluate import Reference
 from pipeline.measure.mix_search import Front, Sensitivity, best_mix, costs_over_baseline, mix_front, step_down
 from pipeline.spec.hardware import HardwareClass
+from pipeline.spec.run_settings import RunSettings
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class FitTarget(BaseModel):
     """`--budget fit`: the hardware and run settings the quant must fit, as `mm fit` places it."""
 
     hardware: HardwareClass
-    settings: FitSettings
+    settings: RunSettings
 
 
 class BudgetRequest(BaseModel):

@@ -62,8 +62,8 @@ def modelfile(profile: Profile) -> str:
         f"PARAMETER num_ctx {run.n_ctx}",
         f"PARAMETER num_batch {run.n_batch}",
     ]
-    if run.threads is not None:
-        lines.append(f"PARAMETER num_thread {run.threads}")
+    if run.n_threads is not None:
+        lines.append(f"PARAMETER num_thread {run.n_threads}")
     if not run.use_mmap:
         lines.append("PARAMETER use_mmap false")
     return "\n".join(lines) + "\n"

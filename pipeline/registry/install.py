@@ -19,12 +19,13 @@ from pipeline.base.constants import DEFAULT_REVISION
 from pipeline.base.errors import EntryNotFoundError, ProfileNotFoundError, RegistryError, UsageError
 from pipeline.base.units import format_size
 from pipeline.fitting.fit import Verdict
+from pipeline.gguf.header import read_header
 from pipeline.hub import api as hub
 from pipeline.hub.download import pull
 from pipeline.hub.read import read_small_file
 from pipeline.hub.transfer import ProgressFactory
-from pipeline.registry.profile import Profile, check_name
-from pipeline.registry.repo_profile import PROFILES_FOLDER, RepoProfile, fit_settings, profile_file
+from pipeline.registry.profile import Profile, check_model, check_name
+from pipeline.registry.repo_profile import PROFILES_FOLDER, RepoProfile, profile_file
 from pipeline.registry.store import get_profile, install
 from pipeline.spec.hardware import HardwareClass
 
@@ -117,6 +118,7 @@ def install_profile(
     files = pull(
         repo, document.file, commit, token=token, expected_sha256=document.profile.blob.sha256, progress=progress
     )
+    check_model(document.profile.run, read_header(files[0].path), document.file, RegistryError)
     check = _check_placement(document.profile, files[0].path, hardware)  # reads it as a GGUF: before installing
     profile = install(document.profile, files[0].path, name=rename)
     warning = _warning(profile, check, hardware, files[0].path)
@@ -168,7 +170,7 @@ def _warning(profile: Profile, check: PlacementCheck, hardware: HardwareClass, m
             f"the published placement ({placed}, planned for {profile.hardware}) does not fit {hardware.name}: "
             f"it needs {format_size(check.vram_bytes)} VRAM and {format_size(check.ram_bytes)} RAM; {replan}"
         )
-    if profile.run.n_gpu_layers > 0 and not hardware.has_gpu:
+    if (profile.run.n_gpu_layers or 0) > 0 and not hardware.has_gpu:
         return f"the profile puts {placed} but {hardware.name} has no GPU: it runs on the CPU here"
     return None
 
@@ -178,7 +180,9 @@ def _check_placement(profile: Profile, model: Path, hardware: HardwareClass) -> 
 
     run = profile.run
     layers, experts = (run.n_gpu_layers, run.n_cpu_moe) if hardware.has_gpu else (0, None)
-    result = fit_model(model, hardware, fit_settings(run, layers, experts))
+    result = fit_model(
+        model, hardware, run.unplaced().model_copy(update={"n_gpu_layers": layers, "n_cpu_moe": experts})
+    )
     return PlacementCheck(
         hardware=hardware.name, verdict=result.verdict, n_gpu_layers=result.n_gpu_layers,
         vram_bytes=result.vram_bytes, ram_bytes=result.ram_bytes, tokens_per_second=result.tokens_per_second,

@@ -3,30 +3,32 @@ flags), the prediction for this machine beside the measurement, and the profile 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from pipeline.base.errors import RegistryError, UsageError
-from pipeline.fitting.fit import FitSettings, fit_model
+from pipeline.fitting.fit import fit_model
 from pipeline.hub.transfer import ProgressFactory
 from pipeline.measure.bench import BenchProgress, default_threads, run_bench
 from pipeline.measure.evaluate import EvalProgress, evaluate
-from pipeline.registry.profile import NAME_RE, Profile, llama_kwargs, run_settings
+from pipeline.registry.profile import NAME_RE, Profile, llama_kwargs
 from pipeline.resolve.texts import parse_text, resolve_text
 from pipeline.spec.results import BenchResult, EvalResult
+from pipeline.spec.run_settings import RunSettings
 
 
 class Target(NamedTuple):
     path: Path
     kwargs: dict[str, Any]  # llama_cpp.Llama(...) keyword arguments
-    settings: FitSettings
+    settings: RunSettings
     profile: Profile | None
     tensor_overrides: list[str]  # the profile's -ot strings (experts kept in RAM), loaded with the model
 
 
-def resolve_target(target: str, recipes: Path | None = None, *, threads: int | None = None, **flags: Any) -> Target:
-    """A profile name (its exact settings), else a MODEL with the recipe's [run] and these flags."""
-    from pipeline.registry.repo_profile import fit_settings
+def resolve_target(target: str, recipes: Path | None = None, flags: Mapping[str, Any] | None = None) -> Target:
+    """A profile name (its exact settings), else a MODEL with the recipe's [run] (on the CPU); either with
+    `flags` (RunSettings fields a user gave) on top, on all cores unless they name the threads."""
     from pipeline.registry.run import run_kwargs
     from pipeline.registry.store import get_profile
 
@@ -37,31 +39,28 @@ def resolve_target(target: str, recipes: Path | None = None, *, threads: int | N
         except RegistryError:
             profile = None
     if profile is not None:
-        kwargs = run_kwargs(profile)
-        if threads is not None:
-            kwargs["n_threads"] = threads
-        settings = fit_settings(
-            profile.run, n_gpu_layers=profile.run.n_gpu_layers, n_cpu_moe=profile.run.n_cpu_moe
-        ).model_copy(update={"threads": kwargs.get("n_threads") or default_threads()})
-        return Target(Path(kwargs["model_path"]), kwargs, settings, profile, profile.run.tensor_overrides)
+        run = _on_all_cores(profile.run.with_flags(**(flags or {})))
+        kwargs = run_kwargs(profile, run=run)
+        return Target(Path(kwargs["model_path"]), kwargs, run, profile, run.tensor_overrides)
     from pipeline.resolve.model_ref import resolve_model
 
     path, recipe, _ = resolve_model(target, recipes)
-    settings = FitSettings.for_recipe(recipe, threads=threads, n_gpu_layers=0, **flags)
-    kwargs = llama_kwargs(
-        str(path), run_settings(settings, n_gpu_layers=0, threads=settings.threads or default_threads())
-    )
-    return Target(path, kwargs, settings.model_copy(update={"threads": kwargs["n_threads"]}), None, [])
+    run = _on_all_cores((recipe.run if recipe else RunSettings()).with_flags(**{"n_gpu_layers": 0, **(flags or {})}))
+    return Target(path, llama_kwargs(str(path), run), run, None, [])
+
+
+def _on_all_cores(run: RunSettings) -> RunSettings:
+    return run if run.n_threads is not None else run.model_copy(update={"n_threads": default_threads()})
 
 
 def bench(
-    target: str, recipes: Path | None = None, *, threads: int | None = None, n_prompt: int = 512, n_gen: int = 128,
-    repetitions: int = 5, store: bool = True, progress: BenchProgress | None = None, **flags: Any,
+    target: str, recipes: Path | None = None, *, flags: Mapping[str, Any] | None = None, n_prompt: int = 512,
+    n_gen: int = 128, repetitions: int = 5, store: bool = True, progress: BenchProgress | None = None,
 ) -> BenchResult:  # fmt: skip
     """Measure pp/tg on this machine, predict tg for this machine, store both in the profile (if one)."""
     from pipeline.registry.store import record_measurement
 
-    resolved = resolve_target(target, recipes, threads=threads, **flags)
+    resolved = resolve_target(target, recipes, flags)
     result = run_bench(
         resolved.kwargs, n_prompt=n_prompt, n_gen=n_gen, repetitions=repetitions, progress=progress,
         tensor_overrides=resolved.tensor_overrides,
@@ -72,13 +71,13 @@ def bench(
     return result
 
 
-def with_prediction(result: BenchResult, path: Path, settings: FitSettings) -> BenchResult:
+def with_prediction(result: BenchResult, path: Path, settings: RunSettings) -> BenchResult:
     """The measurement with fit's decode prediction beside it: this machine's class (mm hw --measure's
     rates, else datasheet figures), the settings and placement measured, the threads it ran on."""
     from pipeline.spec.local_machine import local_class
 
     local = local_class()
-    fit = fit_model(path, local, settings.model_copy(update={"threads": result.threads}))
+    fit = fit_model(path, local, settings.model_copy(update={"n_threads": result.threads}))
     measured = "datasheet figures" if local.measured == "datasheet" else "mm hw --measure"
     update = {"predicted_tg_ts": fit.tokens_per_second, "predicted_pp_ts": fit.prompt_tokens_per_second}
     return result.model_copy(update={**update, "hardware": f"{local.name} ({measured}, {fit.speed_basis})"})
@@ -95,7 +94,7 @@ def eval_quant(
     from pipeline.registry.store import record_measurement
     from pipeline.resolve.model_ref import resolve_model
 
-    resolved = resolve_target(target, recipes, threads=threads)
+    resolved = resolve_target(target, recipes, {"n_threads": threads} if threads is not None else None)
     if not ref:
         raise UsageError(
             "mm eval needs a reference: the model the quant is compared with (its f16/bf16 source)", param="ref"

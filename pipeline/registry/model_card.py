@@ -74,7 +74,9 @@ def _generated(repo: str, entries: list[RepoProfile]) -> list[str]:
     ]
     for entry in entries:
         p = entry.profile
-        planned = _cell(p.prediction.verdict, p.run.n_gpu_layers, p.prediction.n_layers, p.prediction.tokens_per_second)
+        planned = _cell(
+            p.prediction.verdict, p.run.n_gpu_layers or 0, p.prediction.n_layers, p.prediction.tokens_per_second
+        )
         if p.prediction.prompt_tokens_per_second:
             planned += f", prompt ~{p.prediction.prompt_tokens_per_second:.0f} tok/s"
         if p.prediction.speed_basis:

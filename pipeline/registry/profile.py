@@ -12,30 +12,30 @@ import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pipeline.base.errors import UsageError
 from pipeline.base.provenance import QuantParams, QuantRecord, SourceRef, source_ref, utc_now
 from pipeline.base.shards import shard_names
 from pipeline.fitting.fit import Verdict
-from pipeline.gguf.ggml_types import ggml_type_id
-from pipeline.gguf.header import read_header
+from pipeline.gguf.header import GGUFHeader, read_header
 from pipeline.gguf.quant_types import QUANT_TYPES, by_ftype
 from pipeline.llama.tools import llama_cpp_version
 from pipeline.spec.hardware import HardwareClass
-from pipeline.spec.recipe import KvType, Recipe
+from pipeline.spec.recipe import Recipe
 from pipeline.spec.results import BenchResult, EvalResult
+from pipeline.spec.run_settings import RunSettings, check_for_model
 
 if TYPE_CHECKING:
-    from pipeline.fitting.fit import FitResult, FitSettings
+    from pipeline.base.errors import MMError
+    from pipeline.fitting.fit import FitResult
 
-SCHEMA_VERSION = 2  # 2: MoE placement (run.n_cpu_moe, run.tensor_overrides); version 1 still reads
-READABLE_VERSIONS = (1, 2)
+# 2: MoE placement (run.n_cpu_moe, run.tensor_overrides); 3: run is the one run-settings model (n_threads for
+# threads; cpu_moe, swa_full, kv_unified). Versions 1 and 2 still read (run_settings reads their spellings).
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,199}$")
 NAME_HELP = "letters, digits and . _ @ + - (at most 200, starting with a letter or digit)"
-
-# ggml_type ids (ggml/include/ggml.h) for the KV cache types mm plans with; llama.cpp's
-# context params `type_k`/`type_v` take these ids, its CLI flags take the names.
 
 
 def check_name(name: str) -> str:
@@ -69,28 +69,6 @@ class Provenance(BaseModel):
     recipe: str | None = None
     recipe_sha256: str | None = None
     created_at: str = Field(default_factory=utc_now)
-
-
-class RunSettings(BaseModel):
-    """Exactly what llama.cpp is given: these fields become the commands and the Llama(...) kwargs."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    n_gpu_layers: int = Field(ge=0)
-    n_ctx: int = Field(ge=16)
-    n_batch: int = Field(ge=1)
-    n_ubatch: int = Field(ge=1)
-    kv_type: KvType = "f16"
-    type_k: int  # ggml type id of the K cache (ggml_type_id(kv_type))
-    type_v: int
-    flash_attn: bool = False
-    threads: int | None = Field(default=None, ge=1)
-    parallel: int = Field(default=1, ge=1)
-    use_mmap: bool = True
-    # Mixture of experts: routed experts of layers 0..n_cpu_moe-1 stay in RAM (llama.cpp --n-cpu-moe);
-    # tensor_overrides are the same placement as -ot strings, which `mm run` hands to llama.cpp.
-    n_cpu_moe: int = Field(default=0, ge=0)
-    tensor_overrides: list[str] = Field(default_factory=list)
 
 
 class Prediction(BaseModel):
@@ -132,11 +110,13 @@ class Profile(BaseModel):
     hardware: str
     blob: BlobRef
     provenance: Provenance
-    run: RunSettings
+    run: RunSettings  # with the placement fit chose: n_gpu_layers, n_cpu_moe, tensor_overrides
     prediction: Prediction
-    llama_server: str  # ready-to-paste command lines
+    # Ready-to-paste command lines and llama_cpp.Llama(**llama_kwargs), for people and other tools: always
+    # derived from the blob's path and `run` (a document's own copies are never what mm runs).
+    llama_server: str
     llama_cli: str
-    llama_kwargs: dict[str, Any]  # llama_cpp.Llama(**llama_kwargs)
+    llama_kwargs: dict[str, Any]
     created_at: str = Field(default_factory=utc_now)
     measured: Measured = Field(default_factory=Measured)
 
@@ -152,18 +132,19 @@ class Profile(BaseModel):
             raise ValueError(f"schema version {value} is not supported (this mm reads {READABLE_VERSIONS})")
         return value
 
+    @field_validator("run")
+    @classmethod
+    def _placed(cls, run: RunSettings) -> RunSettings:
+        if run.n_gpu_layers is None:
+            raise ValueError("n_gpu_layers: a profile names its layer count")
+        # schema 1 had no expert placement: nothing was kept in RAM apart from its layer
+        return run if run.n_cpu_moe is not None else run.model_copy(update={"n_cpu_moe": 0})
 
-def run_settings(
-    settings: FitSettings, *, n_gpu_layers: int, threads: int | None, n_cpu_moe: int = 0,
-    tensor_overrides: list[str] | None = None,
-) -> RunSettings:  # fmt: skip
-    """What llama.cpp is given for fit's settings and a layer count (publish, the bench stage, mm bench)."""
-    return RunSettings(
-        n_gpu_layers=n_gpu_layers, n_ctx=settings.ctx, n_batch=settings.batch, n_ubatch=settings.ubatch,
-        kv_type=settings.kv_type, type_k=ggml_type_id(settings.kv_type), type_v=ggml_type_id(settings.kv_type),
-        flash_attn=settings.flash_attn, threads=threads, parallel=settings.parallel, use_mmap=settings.mmap,
-        n_cpu_moe=n_cpu_moe, tensor_overrides=tensor_overrides or [],
-    )  # fmt: skip
+    @model_validator(mode="after")
+    def _derived(self) -> Profile:
+        for key, value in _commands(self.blob.path, self.run).items():
+            self.__dict__[key] = value
+        return self
 
 
 def llama_kwargs(model_path: str, run: RunSettings) -> dict[str, Any]:
@@ -179,8 +160,8 @@ def llama_kwargs(model_path: str, run: RunSettings) -> dict[str, Any]:
         "flash_attn": run.flash_attn,
         "use_mmap": run.use_mmap,
     }
-    if run.threads is not None:
-        kwargs["n_threads"] = run.threads
+    if run.n_threads is not None:
+        kwargs["n_threads"] = run.n_threads
     return kwargs
 
 
@@ -196,8 +177,8 @@ def _common_flags(model_path: str, run: RunSettings) -> list[str]:
         "--cache-type-v", run.kv_type,
         "--flash-attn", "on" if run.flash_attn else "off",
     ]  # fmt: skip
-    if run.threads is not None:
-        flags += ["--threads", str(run.threads)]
+    if run.n_threads is not None:
+        flags += ["--threads", str(run.n_threads)]
     if not run.use_mmap:
         # common/arg.cpp has no --no-mmap: --load-mode none is llama-cpp-python's use_mmap=False (llama.py)
         flags += ["--load-mode", "none"]
@@ -254,27 +235,15 @@ def build_profile(
     qtype = by_ftype(ftype) if ftype is not None else None
     mixed = record is not None and record.params.pure and bool(record.params.tensor_types)  # mm quantize --budget
     quant = "mix" if mixed else qtype.name if qtype else (record.params.type if record else "unknown")
-    settings = fit.settings
-    if settings.kv_type != "f16" and not settings.flash_attn:
-        raise UsageError(
-            f"a {settings.kv_type} KV cache needs flash attention (llama.cpp refuses a quantized V cache without it)",
-            hint="turn flash attention on, or use an f16 KV cache",
-            param="kv_type",
-        )
     if threads is None and recipe is not None:
-        threads = recipe.run.threads
+        threads = recipe.run.n_threads
+    run = fit.settings.placed(fit.n_gpu_layers, fit.n_cpu_moe, fit.tensor_overrides, threads)
+    check_model(run, header, str(model), UsageError)
     short = model_name(model, recipe, record)
     try:
         chosen = check_name(name or f"{short}-{quant}@{hardware.name}")
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    run = run_settings(
-        settings,
-        n_gpu_layers=fit.n_gpu_layers,
-        threads=threads,
-        n_cpu_moe=fit.n_cpu_moe,
-        tensor_overrides=fit.tensor_overrides,
-    )
     provenance = Provenance(
         source=record.source if record else source_ref(model),
         llama_cpp_version=record.llama_cpp_version if record else llama_cpp_version(),
@@ -294,6 +263,16 @@ def build_profile(
     return Profile(
         name=chosen, model=short, architecture=header.architecture, quant=quant, hardware=hardware.name,
         blob=blob, provenance=provenance, run=run, prediction=prediction, **_commands(blob.path, run),
+    )  # fmt: skip
+
+
+def check_model(run: RunSettings, header: GGUFHeader, where: str, error: type[MMError]) -> RunSettings:
+    """`run` if the model in `header` allows it (its trained context, its layers), else one `error`."""
+    trained, layers = header.get("context_length"), header.get("block_count")
+    return check_for_model(
+        run, n_layers=layers if isinstance(layers, int) else 1 << 16,
+        n_ctx_train=trained if isinstance(trained, int) and trained > 0 else None, where=f"{where}: run.", error=error,
+        hint="publish the model again with settings it allows (`mm publish MODEL --ctx N ...`)",
     )  # fmt: skip
 
 

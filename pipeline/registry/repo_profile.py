@@ -9,22 +9,13 @@ concurrent pushers merge their cards.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pipeline.base.safe_names import check_repo_filename
 from pipeline.fitting.fit import Verdict
-from pipeline.registry.profile import (
-    BlobRef,
-    Profile,
-    RunSettings,
-    with_blob,
-)
+from pipeline.registry.profile import BlobRef, Profile, with_blob
 from pipeline.spec.hardware import HardwareClass
-
-if TYPE_CHECKING:
-    from pipeline.fitting.fit import FitSettings
 
 SCHEMA_VERSION = 1
 PROFILES_FOLDER = "profiles"
@@ -82,7 +73,7 @@ def for_repo(profile: Profile, model: Path, classes: list[HardwareClass]) -> Rep
     file = gguf_name(profile)
     blob = BlobRef(sha256=profile.blob.sha256, size_bytes=profile.blob.size_bytes, path=file, mtime_ns=0, inode=0)
     published = with_blob(profile, blob)
-    settings = fit_settings(profile.run)
+    settings = profile.run.unplaced()
     shape = model_shape(read_model(model))
     fits = []
     for hardware in classes:
@@ -106,13 +97,3 @@ def for_repo(profile: Profile, model: Path, classes: list[HardwareClass]) -> Rep
         profile=published,
         fits=fits,
     )
-
-
-def fit_settings(run: RunSettings, n_gpu_layers: int | None = None, n_cpu_moe: int | None = None) -> FitSettings:
-    """A profile's run settings as fit's (layers and expert placement: chosen by fit unless given)."""
-    from pipeline.fitting.fit import FitSettings
-
-    return FitSettings(
-        ctx=run.n_ctx, batch=run.n_batch, ubatch=run.n_ubatch, kv_type=run.kv_type, flash_attn=run.flash_attn,
-        parallel=run.parallel, mmap=run.use_mmap, n_gpu_layers=n_gpu_layers, n_cpu_moe=n_cpu_moe,
-    )  # fmt: skip

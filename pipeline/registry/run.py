@@ -12,16 +12,17 @@ import errno
 import logging
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from pipeline.base.errors import UsageError
+from pipeline.base.errors import RegistryError, UsageError
 from pipeline.gguf.chat_format import ChatFormat, choose_chat_format
 from pipeline.gguf.header import read_header
 from pipeline.llama.overrides import load_llama, tensor_overrides
 from pipeline.registry.blobs import check_blob
-from pipeline.registry.profile import Profile
+from pipeline.registry.profile import Profile, check_model, llama_kwargs
+from pipeline.spec.run_settings import RunSettings, expert_overrides
 
 if TYPE_CHECKING:
     from llama_cpp import Llama
@@ -80,10 +81,27 @@ def _route_llama_log() -> None:
     llama_cpp.llama_log_set(_LOG_CALLBACK[0], ctypes.c_void_p(0))
 
 
-def run_kwargs(profile: Profile, *, verify: bool = False) -> dict[str, Any]:
-    """The profile's Llama(...) kwargs, pointed at its blob after the blob passed the pre-run check."""
+def run_kwargs(profile: Profile, *, verify: bool = False, run: RunSettings | None = None) -> dict[str, Any]:
+    """The Llama(...) kwargs of the profile's settings (or `run`, its settings with a user's flags), pointed at
+    its blob after the blob passed the pre-run check and the settings passed the model's limits."""
     blob = check_blob(profile, full=verify)
-    return {**profile.llama_kwargs, "model_path": str(blob)}
+    run = run or profile.run
+    check_model(run, read_header(blob), f"profile {profile.name!r}", RegistryError)
+    return llama_kwargs(str(blob), run)
+
+
+def with_flags(profile: Profile, flags: Mapping[str, Any]) -> Profile:
+    """The profile with a user's run-setting flags on top (`mm run NAME -c 8192`), checked as a whole; an
+    expert placement asked for becomes the -ot strings llama.cpp is given, as fit writes them."""
+    if not flags:
+        return profile
+    run = profile.run.with_flags(**flags)
+    if {"n_cpu_moe", "cpu_moe"} & flags.keys():
+        layers = read_header(check_blob(profile, full=False)).get("block_count")
+        n_layers = layers if isinstance(layers, int) and layers > 0 else 0
+        held = n_layers if run.cpu_moe else min(run.n_cpu_moe or 0, n_layers)
+        run = run.model_copy(update={"n_cpu_moe": held, "tensor_overrides": expert_overrides(held, n_layers)})
+    return profile.model_copy(update={"run": run})
 
 
 def chat_format_for(profile: Profile, requested: str | None = None) -> ChatFormat:

@@ -22,6 +22,7 @@ from pipeline.registry.blobs import store_blob
 from pipeline.registry.profile import Profile, build_profile, check_name, with_blob
 from pipeline.spec.hardware import HardwareClass
 from pipeline.spec.results import BenchResult, EvalResult
+from pipeline.spec.run_settings import describe_error
 
 if TYPE_CHECKING:
     from pipeline.fitting.fit import FitResult
@@ -50,10 +51,11 @@ def read_profile(path: Path) -> Profile:
     try:
         profile = Profile.model_validate_json(text)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(document)'}: {e['msg']}" for e in exc.errors())
+        described = [describe_error(e) for e in exc.errors()]
         raise RegistryError(
-            f"{path}: not a valid profile: {problems}",
+            f"{path}: not a valid profile: {'; '.join(f'{field}: {problem}' for field, problem in described)}",
             hint="re-publish it (`mm publish`), or remove the file with `mm rm NAME`",
+            param=described[0][0],
         ) from None
     if profile.name != path.stem:
         raise RegistryError(f"{path}: the profile inside is named {profile.name!r}, not {path.stem!r}")

@@ -27,10 +27,10 @@ from pipeline.base.units import parse_size
 from pipeline.base.validation import describe_validation_error, read_toml
 from pipeline.gguf.quant_types import parse_quant_type
 from pipeline.spec.hardware import HARDWARE_FILE, hardware_catalog
+from pipeline.spec.run_settings import RunSettings
 
 RECIPE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # a safe file and lock name, 64 at most
 REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
-KvType = Literal["f16", "q8_0", "q4_0"]
 Engine = Literal["api", "binary"]
 Outtype = Literal["f32", "f16", "bf16", "q8_0", "auto"]  # convert_hf_to_gguf.py --outtype (less tq1_0/tq2_0)
 
@@ -231,23 +231,6 @@ class BenchSettings(BaseModel):
     repetitions: StrictInt = Field(default=5, ge=1, le=1000)
 
 
-class RunSection(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    ctx: StrictInt = Field(default=4096, ge=16, le=1 << 22)
-    kv_type: KvType = "f16"
-    flash_attn: StrictBool = False
-    batch: StrictInt = Field(default=2048, ge=1, le=1 << 22)  # more than the longest context is never used
-    ubatch: StrictInt = Field(default=512, ge=1, le=1 << 22)
-    parallel: StrictInt = Field(default=1, ge=1, le=256)  # LLAMA_MAX_SEQ (llama-cparams.h)
-    threads: StrictInt | None = Field(default=None, ge=1, le=512)  # GGML_MAX_N_THREADS (ggml.h)
-    n_gpu_layers: StrictInt | None = Field(default=None, ge=0, le=1 << 16)  # None: as many as fit
-    # Mixture of experts: keep the routed experts of the first n_cpu_moe layers in RAM (llama.cpp
-    # --n-cpu-moe; None: fit chooses for speed), or every layer's (cpu_moe = true, --cpu-moe).
-    n_cpu_moe: StrictInt | None = Field(default=None, ge=0, le=1 << 16)
-    cpu_moe: StrictBool = False
-
-
 class PublishSettings(BaseModel):
     """Where `mm build --push` publishes the recipe's profiles (GGUFs, profile documents, model card)."""
 
@@ -277,13 +260,20 @@ class Recipe(BaseModel):
     convert: ConvertSettings = Field(default_factory=ConvertSettings)
     imatrix: ImatrixSettings = Field(default_factory=ImatrixSettings)
     quantize: QuantizeSettings = Field(default_factory=QuantizeSettings)
-    run: RunSection = Field(default_factory=RunSection)
+    run: RunSettings = Field(default_factory=RunSettings)  # [run]: also ctx, batch, ubatch, threads
     publish: PublishSettings = Field(default_factory=PublishSettings)
     eval: EvalSettings | None = None  # measured only when the recipe has the section
     bench: BenchSettings | None = None
     # Where it was read from, and a hash of its bytes (provenance; the build's fingerprints).
     path: Path | None = Field(default=None, exclude=True)
     content_sha256: str | None = Field(default=None, exclude=True)
+
+    @field_validator("run")
+    @classmethod
+    def _placement_by_fit(cls, run: RunSettings) -> RunSettings:
+        if run.tensor_overrides:
+            raise ValueError("tensor_overrides: fit writes them from n_cpu_moe / cpu_moe; set those instead")
+        return run
 
     def resolve(self, relative: Path) -> Path:
         """A path written in the recipe, relative to the recipe's folder."""

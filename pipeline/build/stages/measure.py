@@ -19,7 +19,7 @@ def fit_stage(recipe: Recipe, env: StageEnv, qtype: str) -> Stage:
         return {
             "model_sha256": up[quant].value(ModelFile).sha256,
             "hardware": recipe_hardware(recipe).model_dump(mode="json"),
-            "run": recipe.run.model_dump(mode="json", exclude={"threads"}),
+            "run": recipe.run.model_dump(mode="json", exclude={"n_threads"}),
             "llama_cpp": env.llama_cpp_version,
             "mm": __version__,
         }
@@ -27,17 +27,10 @@ def fit_stage(recipe: Recipe, env: StageEnv, qtype: str) -> Stage:
     def action(up: Upstream) -> StageOutcome:
         from pipeline.fitting.fit import fit_model
 
-        result = fit_model(Path(up[quant].value(ModelFile).path), recipe_hardware(recipe), _fit_settings(recipe))
+        result = fit_model(Path(up[quant].value(ModelFile).path), recipe_hardware(recipe), recipe.run)
         return StageOutcome.of(Fitted(fit=result.model_dump(mode="json")))
 
     return Stage(f"fit:{qtype}", (quant,), inputs, action)
-
-
-def _fit_settings(recipe: Recipe) -> Any:
-    """The recipe's [run] section as fit's settings (typed Any: fit is imported only when used)."""
-    from pipeline.fitting.fit import FitSettings
-
-    return FitSettings.for_recipe(recipe)
 
 
 # --- eval, bench: measured before publish, so the profile carries them ----------------------------------
@@ -64,7 +57,7 @@ def eval_stage(recipe: Recipe, env: StageEnv, qtype: str, model: str) -> Stage:
         result = evaluate(
             Path(up[quant].value(ModelFile).path), Path(up[model].value(ModelFile).path), Path(text.path),
             text=text.source, text_sha256=text.text_sha256, n_ctx=settings.ctx, chunks=settings.chunks,
-            threads=recipe.run.threads, ref_sha256=up[model].value(ModelFile).sha256,
+            threads=recipe.run.n_threads, ref_sha256=up[model].value(ModelFile).sha256,
         )  # fmt: skip
         return StageOutcome.of(Evaluated(eval=result.model_dump(mode="json")))
 
@@ -92,21 +85,18 @@ def bench_stage(recipe: Recipe, env: StageEnv, qtype: str) -> Stage:
         from pipeline.fitting.fit import FitResult
         from pipeline.measure.bench import run_bench
         from pipeline.registry.measurements import with_prediction
-        from pipeline.registry.profile import llama_kwargs, run_settings
+        from pipeline.registry.profile import llama_kwargs
 
         path = Path(up[quant].value(ModelFile).path)
         fitted = FitResult.model_validate(up[fit].value(Fitted).fit)
-        run = fitted.settings
-        placed = run_settings(
-            run, n_gpu_layers=fitted.n_gpu_layers, threads=recipe.run.threads, n_cpu_moe=fitted.n_cpu_moe,
-            tensor_overrides=fitted.tensor_overrides,
-        )  # fmt: skip
+        placed = fitted.settings.placed(
+            fitted.n_gpu_layers, fitted.n_cpu_moe, fitted.tensor_overrides, recipe.run.n_threads
+        )
         result = run_bench(
             llama_kwargs(str(path), placed), n_prompt=settings.n_prompt, n_gen=settings.n_gen,
             repetitions=settings.repetitions, tensor_overrides=placed.tensor_overrides,
         )  # fmt: skip
-        measured = run.model_copy(update={"n_gpu_layers": fitted.n_gpu_layers, "n_cpu_moe": fitted.n_cpu_moe})
-        result = with_prediction(result, path, measured)  # the placement measured, predicted for this machine
+        result = with_prediction(result, path, placed)  # the placement measured, predicted for this machine
         return StageOutcome.of(Benched(bench=result.model_dump(mode="json")))
 
     return Stage(f"bench:{qtype}", (quant, fit), inputs, action)

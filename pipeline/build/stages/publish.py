@@ -52,7 +52,7 @@ def publish_stage(recipe: Recipe, env: StageEnv, qtype: str, model: str) -> Stag
         fit_result = FitResult.model_validate(up[fit].value(Fitted).fit)
         model = Path(up[quant].value(ModelFile).path)
         profile = publish(
-            model, recipe_hardware(recipe), fit_result, name=name, recipe=recipe, threads=recipe.run.threads
+            model, recipe_hardware(recipe), fit_result, name=name, recipe=recipe, threads=recipe.run.n_threads
         )
         if measured:
             from pipeline.registry.store import record_measurement

@@ -64,10 +64,10 @@ def imatrix_stage(recipe: Recipe, env: StageEnv, model: str) -> Stage:
             size_bytes=Path(calibration.path).stat().st_size,
             source=calibration.source,
         )
-        source = calibration_model(Path(up[model].value(ModelFile).path), recipe.run.threads)
+        source = calibration_model(Path(up[model].value(ModelFile).path), recipe.run.n_threads)
         params = ImatrixParams(chunks=settings.chunks, ctx=settings.ctx)
         with tensor_progress(env.quantize_progress, "imatrix") as progress:
-            result = make_imatrix(source, text, params, threads=recipe.run.threads, progress=progress)
+            result = make_imatrix(source, text, params, threads=recipe.run.n_threads, progress=progress)
         out = output_record(env.home, result.output, result.record.sha256)
         return StageOutcome.of(ModelFile(path=out.path, sha256=out.sha256), [out])
 
@@ -110,7 +110,7 @@ def quantize_stage(recipe: Recipe, env: StageEnv, qtype: str, model: str) -> Sta
             params=_quant_params(recipe, env, qtype, up),
             source_ref=verified.source_ref,
             engine=recipe.quantize.engine,
-            threads=recipe.run.threads,
+            threads=recipe.run.n_threads,
         )
         with tensor_progress(env.quantize_progress, f"quantize {qtype}") as progress:
             result = quantize(request, progress)
@@ -146,19 +146,18 @@ def budget_stage(recipe: Recipe, env: StageEnv, model: str) -> Stage:
 
     def action(up: Upstream) -> StageOutcome:
         from pipeline.base.units import parse_size
-        from pipeline.fitting.fit import FitSettings
         from pipeline.measure.budget import BudgetRequest, FitTarget, quantize_budget
         from pipeline.measure.budget import Text as BudgetText
         from pipeline.resolve.model_ref import recipe_hardware
 
         calibration = up["calibration"].value(Text)
-        target = FitTarget(hardware=recipe_hardware(recipe), settings=FitSettings.for_recipe(recipe)) if fits else None
+        target = FitTarget(hardware=recipe_hardware(recipe), settings=recipe.run) if fits else None
         request = BudgetRequest(
             source=Path(up[model].value(ModelFile).path),
             budget_bytes=None if fits else parse_size(settings.budget or "", what="budget"), fit_target=target,
             calibration=BudgetText(path=Path(calibration.path), label=calibration.source,
                                    sha256=calibration.text_sha256),
-            max_evals=settings.budget_max_evals, threads=recipe.run.threads,
+            max_evals=settings.budget_max_evals, threads=recipe.run.n_threads,
         )  # fmt: skip
         result = quantize_budget(request)
         out = output_record(env.home, result.output, file_sha256(env.home, result.output))
