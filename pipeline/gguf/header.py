@@ -20,16 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import gguf
-import numpy as np
-
 from pipeline.base.errors import ModelFormatError
 from pipeline.base.safe_names import printable
 from pipeline.base.shards import shard_paths
-from pipeline.gguf.ggml_types import block_size
+from pipeline.gguf.format import DEFAULT_ALIGNMENT, GGUF_MAGIC, SCALAR_FORMATS, SUPPORTED_VERSIONS, ValueType
+from pipeline.gguf.ggml_types import GGMLType, ggml_type_by_id
 
-GGUF_MAGIC = b"GGUF"
-SUPPORTED_VERSIONS = (2, 3)
 SMALL_ARRAY = 64  # arrays longer than this are summarised (their length and element type), not kept
 _CHUNK = 1 << 20
 # Caps no real model reaches (the largest today: ~2k tensors, ~60 KV pairs, 262k-token vocabularies,
@@ -64,20 +60,6 @@ HPARAM_CAPS = {
     "ssm.group_count": 1 << 16,
     "wkv.head_size": 1 << 16,
     "token_shift_count": 1 << 8,
-}
-
-_SCALARS: dict[gguf.GGUFValueType, str] = {
-    gguf.GGUFValueType.UINT8: "<B",
-    gguf.GGUFValueType.INT8: "<b",
-    gguf.GGUFValueType.UINT16: "<H",
-    gguf.GGUFValueType.INT16: "<h",
-    gguf.GGUFValueType.UINT32: "<I",
-    gguf.GGUFValueType.INT32: "<i",
-    gguf.GGUFValueType.FLOAT32: "<f",
-    gguf.GGUFValueType.BOOL: "<?",
-    gguf.GGUFValueType.UINT64: "<Q",
-    gguf.GGUFValueType.INT64: "<q",
-    gguf.GGUFValueType.FLOAT64: "<d",
 }
 
 
@@ -199,48 +181,47 @@ class _Buffer:
         return self.take(length, what).decode("utf-8", errors="replace")
 
 
-def _value_type(buf: _Buffer, what: str) -> gguf.GGUFValueType:
+def _value_type(buf: _Buffer, what: str) -> ValueType:
     raw = buf.unpack("<I", what)
     try:
-        return gguf.GGUFValueType(raw)
+        return ValueType(raw)
     except ValueError:
         raise ModelFormatError(f"{buf.path}: corrupt GGUF header: {what} has unknown value type {raw}") from None
 
 
-def _read_value(buf: _Buffer, vtype: gguf.GGUFValueType, key: str) -> Any:
-    if vtype == gguf.GGUFValueType.STRING:
+def _read_value(buf: _Buffer, vtype: ValueType, key: str) -> Any:
+    if vtype == ValueType.STRING:
         return buf.string(f"value of {key}")
-    if vtype == gguf.GGUFValueType.ARRAY:
+    if vtype == ValueType.ARRAY:
         etype = _value_type(buf, f"element type of {key}")
-        if etype == gguf.GGUFValueType.ARRAY:
+        if etype == ValueType.ARRAY:
             raise ModelFormatError(f"{buf.path}: {key}: nested arrays are not valid GGUF metadata")
-        if etype == gguf.GGUFValueType.STRING:
+        if etype == ValueType.STRING:
             n = buf.count(f"length of {key}", 8, MAX_ARRAY_LENGTH)
             if n <= SMALL_ARRAY:
                 return [buf.string(f"{key}[{i}]") for i in range(n)]
             buf.skip_strings(n, key)
             return ArraySummary(n, etype.name.lower())
-        fmt = _SCALARS[etype]
+        fmt = SCALAR_FORMATS[etype]
         width = struct.calcsize(fmt)
         n = buf.count(f"length of {key}", width, MAX_ARRAY_LENGTH)
         raw = buf.take(n * width, f"value of {key}")
         if n <= SMALL_ARRAY:
-            return np.frombuffer(raw, dtype=np.dtype(fmt)).tolist()
+            return list(struct.unpack(f"<{n}{fmt[1:]}", raw))
         return ArraySummary(n, etype.name.lower())
-    return buf.unpack(_SCALARS[vtype], f"value of {key}")
+    return buf.unpack(SCALAR_FORMATS[vtype], f"value of {key}")
 
 
-def _read_tensor_info(buf: _Buffer) -> tuple[str, tuple[int, ...], gguf.GGMLQuantizationType, int]:
+def _read_tensor_info(buf: _Buffer) -> tuple[str, tuple[int, ...], GGMLType, int]:
     name = printable(buf.string("tensor name", MAX_TENSOR_NAME_BYTES))
     n_dims = buf.unpack("<I", f"dimension count of {name}")
     if not 1 <= n_dims <= 4:
         raise ModelFormatError(f"{buf.path}: tensor {name!r} has {n_dims} dimensions (GGUF allows 1 to 4)")
     shape = tuple(int(buf.unpack("<Q", f"shape of {name}")) for _ in range(n_dims))
     raw_type = buf.unpack("<I", f"type of {name}")
-    try:
-        qtype = gguf.GGMLQuantizationType(raw_type)
-    except ValueError:
-        raise ModelFormatError(f"{buf.path}: tensor {name!r} has unknown ggml type {raw_type}") from None
+    qtype = ggml_type_by_id(raw_type)
+    if qtype is None:
+        raise ModelFormatError(f"{buf.path}: tensor {name!r} has unknown ggml type {raw_type}")
     offset = int(buf.unpack("<Q", f"offset of {name}"))
     return name, shape, qtype, offset
 
@@ -268,7 +249,7 @@ def read_header(path: Path) -> GGUFHeader:
             label = printable(key)  # the key as messages show it
             metadata[key] = _read_value(buf, _value_type(buf, f"type of {label}"), label)
         raw = [_read_tensor_info(buf) for _ in range(n_tensors)]
-        alignment = metadata.get("general.alignment", gguf.GGUF_DEFAULT_ALIGNMENT)
+        alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
         if not _is_int(alignment) or not 0 < alignment <= MAX_ALIGNMENT or alignment & (alignment - 1):
             raise ModelFormatError(
                 f"{path}: general.alignment = {printable(repr(alignment))} is not a power of two up to {MAX_ALIGNMENT}"
@@ -285,10 +266,10 @@ def _tensor(
     size: int,
     name: str,
     shape: tuple[int, ...],
-    qtype: gguf.GGMLQuantizationType,
+    qtype: GGMLType,
     rel: int,
 ) -> TensorInfo:
-    block, type_size = block_size(qtype.name)
+    block, type_size = qtype.block_elements, qtype.block_bytes
     n_elements = 1
     for dim in shape:  # Python ints: exact, and checked before anything is sized from them
         n_elements *= dim

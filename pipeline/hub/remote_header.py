@@ -29,6 +29,7 @@ from pipeline.base.provenance import PIN, PIN_HINT, check_sha256
 from pipeline.base.safe_names import check_user_ref, printable
 from pipeline.base.shards import shard_names
 from pipeline.base.units import format_size
+from pipeline.gguf.format import DEFAULT_ALIGNMENT, GGUF_MAGIC, SCALAR_FORMATS, SUPPORTED_VERSIONS, ValueType
 from pipeline.gguf.header import (
     MAX_ARRAY_LENGTH,
     MAX_KEY_BYTES,
@@ -47,11 +48,8 @@ FIRST_FETCH = 2 << 20
 HEADER_CAP = 256 << 20  # header bytes of one model (all shards together) mm fetches before giving up
 PULL_HINT = "pull the model first (`mm pull {ref}`), then inspect the local file"
 
-_GGUF_MAGIC = b"GGUF"
-_DEFAULT_ALIGNMENT = 32
-# GGUF value types (gguf.GGUFValueType) -> width of a scalar; 8 = string, 9 = array
-_WIDTHS = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-_STRING, _ARRAY = 8, 9
+# GGUF value type -> width of a scalar (strings and arrays are walked apart)
+_WIDTHS = {int(vtype): struct.calcsize(fmt) for vtype, fmt in SCALAR_FORMATS.items()}
 
 
 class _Incomplete(Exception):
@@ -102,22 +100,22 @@ def header_length(data: bytes, label: str) -> int:
         return bytes(view[pos - length : pos])
 
     need(8)
-    if bytes(view[:4]) != _GGUF_MAGIC:
-        raise ModelFormatError(f"{label}: not a GGUF file (magic {bytes(view[:4])!r}, expected {_GGUF_MAGIC!r})")
+    if bytes(view[:4]) != GGUF_MAGIC:
+        raise ModelFormatError(f"{label}: not a GGUF file (magic {bytes(view[:4])!r}, expected {GGUF_MAGIC!r})")
     pos = 4
     version = u32()
-    if version not in (2, 3):
+    if version not in SUPPORTED_VERSIONS:
         raise ModelFormatError(f"{label}: GGUF version {version} is not supported (expected 2 or 3)")
     n_tensors, n_kv = capped(u64(), MAX_TENSORS, "tensor count"), capped(u64(), MAX_KV, "metadata count")
-    alignment = _DEFAULT_ALIGNMENT
+    alignment = DEFAULT_ALIGNMENT
     for _ in range(n_kv):
         key = string(MAX_KEY_BYTES)
         vtype = u32()
-        if vtype == _STRING:
+        if vtype == ValueType.STRING:
             string()
-        elif vtype == _ARRAY:
+        elif vtype == ValueType.ARRAY:
             etype, count = u32(), capped(u64(), MAX_ARRAY_LENGTH, "an array length")
-            if etype == _STRING:
+            if etype == ValueType.STRING:
                 for _ in range(count):
                     length = capped(u64(), MAX_STRING_BYTES, "a string length")
                     need(length)  # checked per item: a garbage length must not jump past what is fetched
@@ -131,8 +129,8 @@ def header_length(data: bytes, label: str) -> int:
                 )
         elif vtype in _WIDTHS:
             need(_WIDTHS[vtype])
-            if key == b"general.alignment" and vtype == 4:
-                alignment = struct.unpack_from("<I", view, pos)[0] or _DEFAULT_ALIGNMENT
+            if key == b"general.alignment" and vtype == ValueType.UINT32:
+                alignment = struct.unpack_from("<I", view, pos)[0] or DEFAULT_ALIGNMENT
             pos += _WIDTHS[vtype]
         else:
             raise ModelFormatError(
