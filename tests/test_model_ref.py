@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.base.errors import UsageError
+from pipeline.resolve.hub_ref import HubRef
 from pipeline.resolve.model_ref import (
-    HubRef,
     parse_model_arg,
     pull_target,
     recipe_source_path,

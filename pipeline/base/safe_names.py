@@ -16,6 +16,8 @@ MAX_FILENAME_CHARS = 1024  # a repo path; the Hub's own limit per path is far be
 MAX_COMPONENT_CHARS = 255  # NAME_MAX of every common filesystem
 MAX_REVISION_CHARS = 255
 
+# owner/name as recipes and Hub references spell it; the Hub's own rules are check_repo_id's
+REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")  # huggingface_hub's REGEX_COMMIT_HASH, anchored
 _DIGEST_RE = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")  # git blob sha1 (regular files) or LFS sha256
 # git check-ref-format: no control characters, space, ~ ^ : ? * [ \, no "..", no "@{", no "//"

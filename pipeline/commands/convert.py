@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from pipeline.base.constants import DEFAULT_REVISION
+from pipeline.base.safe_names import REPO_ID_RE
 from pipeline.base.units import format_size
 from pipeline.commands.options import (
     JsonOpt,
@@ -21,7 +22,7 @@ from pipeline.commands.options import (
 )
 from pipeline.commands.registration import add_command
 from pipeline.commands.render import counting, emit_json, note, work_bar
-from pipeline.spec.recipe import DEFAULT_IMATRIX_CHUNKS, DEFAULT_IMATRIX_CTX, REPO_ID_RE, Outtype
+from pipeline.spec.recipe import DEFAULT_IMATRIX_CHUNKS, DEFAULT_IMATRIX_CTX, Outtype
 
 
 def register(app: typer.Typer) -> None:

@@ -122,10 +122,6 @@ def pull_command(
         raise UsageError("--hardware, --name and --force go with --profile (installing a published profile)")
     if file is not None and file_arg is not None:
         raise UsageError(f"the file is named twice ({file_arg} and --file {file}); give it once")
-    model = model_text_from_url(model)
-    if "@" in model and ":" not in model:  # a repo URL at a revision
-        model, url_revision = model.split("@", 1)
-        revision = revision or url_revision
     target = pull_target(model, filename=file or file_arg, revision=revision, recipes_folder=recipes)
     try:
         filename = target.filename or _choose_file(target, token)

@@ -15,8 +15,8 @@ from pipeline.base.shards import shard_paths
 from pipeline.gguf.quant_types import parse_quant_type
 from pipeline.llama.quant_plan import read_source
 from pipeline.llama.quantize import QuantizeRequest, requantize_refusal
+from pipeline.resolve.hub_ref import HubRef
 from pipeline.resolve.model_ref import (
-    HubRef,
     cached_hub_file,
     parse_model_arg,
     pulled_hub_file,

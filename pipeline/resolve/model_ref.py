@@ -2,39 +2,27 @@
 the local file it stands for — the file itself, the pulled Hub file, or a sparse header stub.
 
 Every command and stage that takes a MODEL goes through here, so each kind of argument is read one way
-and each failure has one message. Never downloads weights (`pull` does; stubs hold headers only).
+and each failure has one message. Never downloads weights (`pull` does; stubs hold headers only). The Hub
+client and the HTTP stack load only when a Hub file is asked for, so a command given a local file starts fast.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
-
-from pydantic import BaseModel
+from typing import TYPE_CHECKING, NamedTuple
 
 from pipeline.base.constants import DEFAULT_REVISION
 from pipeline.base.errors import UsageError
 from pipeline.base.safe_names import COMMIT_RE, check_user_ref
 from pipeline.base.shards import shard_names
-from pipeline.hub.remote_header import header_stub
-from pipeline.spec.hardware import HARDWARE_FILE, HardwareClass, get_hardware
-from pipeline.spec.local_machine import local_class
-from pipeline.spec.recipe import REPO_ID_RE, Recipe, find_recipe, load_recipe, looks_like_recipe, recipes_dir
+from pipeline.resolve.hub_ref import HubRef, match_hub_ref
 
-HUB_REF_RE = re.compile(r"^(?P<repo>[^/:@\s]+/[^/:@\s]+):(?P<file>[^@\s]+\.gguf)(?:@(?P<revision>[^\s]+))?$")
+if TYPE_CHECKING:  # recipes and hardware classes load when a MODEL names a recipe or a class is planned for
+    from pipeline.spec.hardware import HardwareClass
+    from pipeline.spec.recipe import Recipe
+
 EXPECTED = "expected a .gguf path, owner/name:FILE.gguf[@revision], or a recipe name"
-
-
-@dataclass(frozen=True)
-class HubRef:
-    repo: str
-    file: str
-    revision: str = DEFAULT_REVISION
-
-    def __str__(self) -> str:
-        return f"{self.repo}:{self.file}" + ("" if self.revision == DEFAULT_REVISION else f"@{self.revision}")
 
 
 @dataclass(frozen=True)
@@ -46,11 +34,12 @@ class ModelArg:
     recipe: Recipe | None = None
 
 
-def parse_hub_ref(text: str) -> HubRef | None:
-    match = HUB_REF_RE.match(text)
-    if not match:
-        return None
-    return HubRef(match["repo"], match["file"], match["revision"] or DEFAULT_REVISION)
+def _model_repo(ref: HubRef, text: str) -> HubRef:
+    """A MODEL names a model repo (and no zip member: those are for texts)."""
+    if ref.repo_type != "model" or ref.member is not None:
+        what = f"a {ref.repo_type} repo" if ref.repo_type != "model" else "a member of a zip"
+        raise UsageError(f"{text} names {what}; a MODEL is a .gguf file of a model repo")
+    return ref
 
 
 def parse_model_arg(text: str, recipes_folder: Path | None = None) -> ModelArg:
@@ -58,9 +47,11 @@ def parse_model_arg(text: str, recipes_folder: Path | None = None) -> ModelArg:
     candidate = Path(text).expanduser()
     if candidate.is_file() and candidate.suffix != ".toml":
         return ModelArg(path=candidate)
-    hub = parse_hub_ref(text)
-    if hub is not None:
-        return ModelArg(hub=hub)
+    hub = match_hub_ref(text)
+    if hub is not None and hub.file is not None:
+        return ModelArg(hub=_model_repo(hub, text))
+    from pipeline.spec.recipe import find_recipe, load_recipe, looks_like_recipe
+
     if looks_like_recipe(text):
         return ModelArg(recipe=load_recipe(find_recipe(text, recipes_folder)))
     if text.endswith(".gguf"):
@@ -106,7 +97,7 @@ def cached_hub_file(ref: HubRef) -> Path | None:
     commit = ref.revision if COMMIT_RE.match(ref.revision) else hub_cache.cached_commit(ref.repo, ref.revision)
     if commit is None:
         return None
-    paths = [hub_cache.snapshot_path(ref.repo, commit, name) for name in shard_names(ref.file)]
+    paths = [hub_cache.snapshot_path(ref.repo, commit, name) for name in shard_names(ref.filename)]
     return paths[0] if all(path.is_file() for path in paths) else None
 
 
@@ -139,13 +130,15 @@ def local_model_file(
 def _hub_file(
     ref: HubRef, *, token: str | None, offline: bool, allow_header_stub: bool, pin: str | None = None
 ) -> tuple[Path, bool]:
-    check_user_ref(ref.repo, ref.file, ref.revision)
+    check_user_ref(ref.repo, ref.filename, ref.revision)
     pulled = cached_hub_file(ref)
     if pulled is not None:
         return pulled, False
     if not allow_header_stub:
         return pulled_hub_file(ref), False  # raises: not pulled
-    stubs = header_stub(ref.repo, ref.file, ref.revision, token=token, offline=offline, expected_sha256=pin)
+    from pipeline.hub.remote_header import header_stub  # the HTTP stack only when a header must be fetched
+
+    stubs = header_stub(ref.repo, ref.filename, ref.revision, token=token, offline=offline, expected_sha256=pin)
     return stubs[0], True
 
 
@@ -173,7 +166,8 @@ def resolve_model(
     return ResolvedModel(path, arg.recipe, is_stub)
 
 
-class PullTarget(BaseModel):
+@dataclass(frozen=True)
+class PullTarget:
     """What `mm pull MODEL` names: a repo, maybe a file (else the user chooses), a revision, maybe a pin."""
 
     repo: str
@@ -185,20 +179,21 @@ class PullTarget(BaseModel):
 def pull_target(
     model: str, *, filename: str | None = None, revision: str | None = None, recipes_folder: Path | None = None
 ) -> PullTarget:
-    """Classify MODEL for a pull: `owner/name:FILE[@rev]`, `owner/name` (+ a file name), or a recipe."""
-    ref = parse_hub_ref(model)
+    """Classify MODEL for a pull: `owner/name[:FILE][@rev]` or its URL (+ a file name), or a recipe."""
+    ref = match_hub_ref(model)
     if ref is not None:
-        if filename is not None:
+        _model_repo(ref, model)
+        if filename is not None and ref.file is not None:
             raise UsageError(
                 f"{model} already names a file; drop the other file, or write just {ref.repo}", param="file"
             )
-        if revision is not None and "@" in model:
+        if revision is not None and ref.revision_named:
             raise UsageError(
                 f"{model} already names a revision; drop the other one, or the @{ref.revision}", param="revision"
             )
-        return PullTarget(repo=ref.repo, filename=ref.file, revision=revision or ref.revision)
-    if REPO_ID_RE.match(model) and not model.endswith((".toml", ".gguf")):
-        return PullTarget(repo=model, filename=filename, revision=revision or DEFAULT_REVISION)
+        return PullTarget(repo=ref.repo, filename=ref.file or filename, revision=revision or ref.revision)
+    from pipeline.spec.recipe import find_recipe, load_recipe, looks_like_recipe
+
     if looks_like_recipe(model):
         recipe = load_recipe(find_recipe(model, recipes_folder))
         _not_safetensors(recipe)
@@ -218,12 +213,17 @@ def pull_target(
 
 def hardware_file(recipe: Recipe | None, recipes: Path | None = None) -> Path:
     """The hardware catalog that goes with a recipe (beside it), else the recipes folder's."""
+    from pipeline.spec.hardware import HARDWARE_FILE
+    from pipeline.spec.recipe import recipes_dir
+
     folder = recipe.path.parent if recipe and recipe.path else (recipes or recipes_dir())
     return folder / HARDWARE_FILE
 
 
 def recipe_hardware(recipe: Recipe) -> HardwareClass:
     """The hardware class a recipe targets, from the catalog beside it."""
+    from pipeline.spec.hardware import get_hardware
+
     return get_hardware(recipe.hardware, hardware_file(recipe))
 
 
@@ -232,6 +232,9 @@ def target_hardware(
     recipes: Path | None = None,
 ) -> HardwareClass:  # fmt: skip
     """The class to plan for: the one named, else the recipe's, else this machine; vram/ram sizes override."""
+    from pipeline.spec.hardware import get_hardware
+    from pipeline.spec.local_machine import local_class
+
     if name or recipe:
         base = get_hardware(name or (recipe.hardware if recipe else ""), hardware_file(recipe, recipes))
     else:

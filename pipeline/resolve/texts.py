@@ -8,9 +8,9 @@ sha256, which results record so a nightly can tell when the text changed.
 
 from __future__ import annotations
 
-import re
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -19,7 +19,10 @@ from pipeline.base.digest import file_sha256
 from pipeline.base.errors import IntegrityError, UsageError
 from pipeline.base.home import atomic_path, mm_home
 from pipeline.base.provenance import check_sha256
-from pipeline.hub.transfer import ProgressFactory
+from pipeline.resolve.hub_ref import match_hub_ref
+
+if TYPE_CHECKING:  # the Hub client loads when a Hub text is pulled
+    from pipeline.hub.transfer import ProgressFactory
 
 # The default text: WikiText-2's raw test split, from the zip llama.cpp's scripts/get-wikitext-2.sh fetches
 # (huggingface.co/datasets/ggml-org/ci), pinned to one commit so a nightly's figures stay comparable.
@@ -33,9 +36,6 @@ KNOWN_SHA256 = {
         "ef7edb566e3e2b2d31b29c1fdb0c89a4cc683597484c3dc2517919c615435a11"
     ),
 }
-_HUB_TEXT = re.compile(
-    r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+):(?P<file>[^@#]+?)(?:#(?P<member>[^@]+))?(?:@(?P<revision>[\w./-]+))?$"
-)
 
 
 class TextRef(BaseModel):
@@ -67,18 +67,21 @@ class ResolvedText(BaseModel):
 
 
 def parse_text(text: str | None, base: Path | None = None) -> TextRef:
-    """`--text` / `[eval] text`: an existing path, else `owner/name:FILE[@revision]`; None = the default."""
+    """`--text` / `[eval] text`: an existing path, else a dataset file (`owner/name:FILE[#MEMBER][@revision]` or
+    its URL); None = the default."""
     value = text or env_value(TEXT_ENV) or DEFAULT_TEXT
     candidate = Path(value).expanduser()
     if base is not None and not candidate.is_absolute():
         candidate = base / candidate
-    match = _HUB_TEXT.match(value)
-    if candidate.exists() or match is None:
+    ref = None if candidate.exists() else match_hub_ref(value, default_type="dataset")
+    if ref is None or ref.file is None:
         return TextRef(path=str(candidate))
-    repo, file, revision = match["repo"], match["file"], match["revision"] or DEFAULT_REVISION
+    if ref.repo_type != "dataset":
+        raise UsageError(f"text {value}: names a {ref.repo_type} repo; texts are files of Hub dataset repos")
     return TextRef(
-        repo=repo, file=file, member=match["member"], revision=revision, sha256=KNOWN_SHA256.get((repo, file, revision))
-    )
+        repo=ref.repo, file=ref.file, member=ref.member, revision=ref.revision,
+        sha256=KNOWN_SHA256.get((ref.repo, ref.file, ref.revision)),
+    )  # fmt: skip
 
 
 def resolve_text(

@@ -22,7 +22,7 @@ from pydantic import (
 from pipeline.base.constants import DEFAULT_REVISION, RECIPES_ENV, env_value
 from pipeline.base.errors import HardwareError, MMError, RecipeError, UsageError
 from pipeline.base.provenance import QuantParams
-from pipeline.base.safe_names import UnsafeValue, check_repo_filename, check_repo_id, check_revision
+from pipeline.base.safe_names import REPO_ID_RE, UnsafeValue, check_repo_filename, check_repo_id, check_revision
 from pipeline.base.units import parse_size
 from pipeline.base.validation import describe_validation_error, read_toml
 from pipeline.gguf.quant_types import parse_quant_type
@@ -30,7 +30,6 @@ from pipeline.spec.hardware import HARDWARE_FILE, hardware_catalog
 from pipeline.spec.run_settings import RunSettings
 
 RECIPE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # a safe file and lock name, 64 at most
-REPO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
 Engine = Literal["api", "binary"]
 Outtype = Literal["f32", "f16", "bf16", "q8_0", "auto"]  # convert_hf_to_gguf.py --outtype (less tq1_0/tq2_0)
 
