@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+import importlib
+from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -10,11 +12,19 @@ import typer
 from typer import _click  # typer vendors click; its Context is the one TyperGroup.invoke takes
 from typer.core import TyperGroup
 
-from pipeline import __version__
-from pipeline.base.constants import DEBUG_ENV, env_flag
+from pipeline.base.constants import DEBUG_ENV, VERSION, env_flag
 from pipeline.base.errors import MMError
-from pipeline.commands import build, convert, fit, llama, measure, pull, push, quantize, recipes, registry, run
 from pipeline.commands.registration import INTERRUPTED_EXIT, set_verbosity
+
+# Each command and the module of pipeline/commands/ that registers it, in `mm --help`'s order. A command loads
+# its own module alone, so `mm inspect` imports neither what `mm build` needs nor the Hub client.
+COMMAND_MODULES: dict[str, str] = {
+    "recipe": "recipes", "pull": "pull", "convert": "convert", "imatrix": "convert", "quantize": "quantize",
+    "llama": "llama", "inspect": "fit", "fit": "fit", "hw": "fit", "publish": "registry", "ls": "registry",
+    "show": "registry", "rm": "registry", "gc": "registry", "verify": "registry", "export": "registry",
+    "cache": "registry", "run": "run", "bench": "measure", "eval": "measure", "build": "build", "demo": "build",
+    "push": "push",
+}  # fmt: skip
 
 # The library names the input at fault (MMError.param) and describes the problem; this one table says which
 # flag of the command line sets that input.
@@ -63,8 +73,41 @@ def _flag_note(exc: MMError) -> str:
     return f"\n  flag: {flag}" if flag else ""
 
 
+class _LazyCommands(MutableMapping[str, _click.Command]):
+    """`mm`'s commands by name, each built from its group module the first time it is asked for."""
+
+    def __init__(self) -> None:
+        self._built: dict[str, _click.Command] = {}
+
+    def _load(self, module: str) -> None:
+        group = typer.Typer()
+        importlib.import_module(f"pipeline.commands.{module}").register(group)
+        self._built.update(typer.main.get_group(group).commands)
+
+    def __getitem__(self, name: str) -> _click.Command:
+        if name not in self._built and name in COMMAND_MODULES:
+            self._load(COMMAND_MODULES[name])
+        return self._built[name]
+
+    def __setitem__(self, name: str, command: _click.Command) -> None:
+        self._built[name] = command
+
+    def __delitem__(self, name: str) -> None:
+        del self._built[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter({**dict.fromkeys(COMMAND_MODULES), **self._built})
+
+    def __len__(self) -> int:
+        return len(set(COMMAND_MODULES) | set(self._built))
+
+
 class _MMGroup(TyperGroup):
     """Every command runs inside this: an MMError becomes its message and exit code, not a traceback."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.commands = _LazyCommands()
 
     def invoke(self, ctx: _click.Context) -> Any:
         try:
@@ -105,7 +148,7 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"mm {__version__}")
+        typer.echo(f"mm {VERSION}")
         raise typer.Exit()
 
 
@@ -127,11 +170,6 @@ def _root(
 ) -> None:
     """Set up logging for the whole run (diagnostics go to stderr; results to stdout)."""
     set_verbosity(verbose)
-
-
-# The order of `mm --help`'s command list.
-for group in (recipes, pull, convert, quantize, llama, fit, registry, run, measure, build, push):
-    group.register(app)
 
 
 def main() -> None:

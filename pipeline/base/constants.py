@@ -1,4 +1,4 @@
-"""mm's constants: the Hub's default revision, every environment variable mm reads, and how it reads them.
+"""mm's constants: its version, the Hub's default revision, every environment variable mm reads, and how it reads them.
 
 As huggingface_hub's `constants.py`, one place names them all; unlike it, values are read on each call (not
 frozen at import), so tests and `make nightly` can point mm elsewhere after it has loaded.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 
+VERSION = "0.1.0"
 DEFAULT_REVISION = "main"  # the branch a Hub reference means when it names none
 
 # mm's own

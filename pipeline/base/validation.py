@@ -6,9 +6,10 @@ import difflib
 import tomllib
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ValidationError
+if TYPE_CHECKING:  # pydantic loads with the models whose errors are described, not with a did_you_mean
+    from pydantic import BaseModel, ValidationError
 
 
 def did_you_mean(value: str, choices: Iterable[str]) -> str | None:
@@ -26,6 +27,8 @@ def did_you_mean(value: str, choices: Iterable[str]) -> str | None:
 
 def _sibling_keys(model: type[BaseModel] | None, loc: tuple[int | str, ...]) -> list[str]:
     """The keys allowed beside the last part of `loc` in `model` (for a suggestion on an unknown key)."""
+    from pydantic import BaseModel
+
     for part in loc[:-1]:
         field = model.model_fields.get(str(part)) if model is not None else None
         annotation = field.annotation if field is not None else None

@@ -104,9 +104,11 @@ def fit_command(
     Example: mm fit TheBloke/Llama-2-70B-chat-GGUF:llama-2-70b-chat.Q4_K_M.gguf --hardware rtx3060-12g -c 8192
     """
     from pipeline.fitting.fit import fit_model
-    from pipeline.fitting.recommend import parse_candidates, recommend_quant
-    from pipeline.registry.measurements import measured_quality
     from pipeline.resolve.model_ref import resolve_model, target_hardware
+
+    if quants is not None:  # comparing quants asks llama.cpp and the registry: loaded only then
+        from pipeline.fitting.recommend import parse_candidates, recommend_quant
+        from pipeline.registry.measurements import measured_quality
 
     candidates = parse_candidates(quants) if quants is not None else None
     path, recipe, is_stub = resolve_model(model, recipes, token=token, offline=offline, allow_header_stub=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -9,17 +10,19 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import typer
-from pydantic import BaseModel
-from tqdm import tqdm
 
 from pipeline.base.safe_names import printable
 
-if TYPE_CHECKING:  # huggingface_hub loads with pipeline.hub.transfer: only when a transfer runs
+if TYPE_CHECKING:  # huggingface_hub loads with pipeline.hub.transfer: only when a transfer runs; tqdm with a bar
+    from tqdm import tqdm
+
     from pipeline.hub.transfer import Progress
 
 
 def emit_json(document: Any) -> None:
-    """Print a pydantic model, or plain data, as JSON on stdout."""
+    """Print a pydantic model, a dataclass, or plain data, as JSON on stdout."""
+    from pydantic import BaseModel  # late: a command that prints no JSON need not load pydantic
+
     if isinstance(document, BaseModel):
         text = document.model_dump_json(indent=2)
     else:
@@ -28,8 +31,12 @@ def emit_json(document: Any) -> None:
 
 
 def _plain(value: Any) -> Any:
+    from pydantic import BaseModel
+
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _plain(dataclasses.asdict(value))
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     if isinstance(value, dict):
@@ -59,6 +66,8 @@ def show_progress(quiet: bool) -> bool:
 
 def byte_bar(label: str, total: int, initial: int) -> Progress:
     """A download's bar on stderr (bytes, binary units)."""
+    from tqdm import tqdm
+
     bar: Progress = tqdm(
         total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024, desc=label, file=sys.stderr
     )
@@ -67,6 +76,8 @@ def byte_bar(label: str, total: int, initial: int) -> Progress:
 
 def tensor_bar(label: str, total: int, initial: int) -> Progress:
     """A quantize's bar on stderr (tensors done of total); gone when it finishes."""
+    from tqdm import tqdm
+
     bar: Progress = tqdm(total=total, initial=initial, unit="tensor", desc=label, file=sys.stderr, leave=False)
     return bar
 
@@ -74,6 +85,8 @@ def tensor_bar(label: str, total: int, initial: int) -> Progress:
 @contextmanager
 def work_bar(label: str, unit: str, quiet: bool) -> Iterator[tqdm[Any]]:
     """A bar for long work on stderr, shown to a person at a terminal, closed however the work ends."""
+    from tqdm import tqdm
+
     bar: tqdm[Any] = tqdm(desc=label, unit=unit, disable=not show_progress(quiet), leave=False)
     try:
         yield bar

@@ -13,7 +13,7 @@ from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
-from pipeline import __version__
+from pipeline.base.constants import VERSION
 from pipeline.base.units import format_size
 from pipeline.registry.repo_profile import RepoProfile
 
@@ -64,7 +64,7 @@ def _generated(repo: str, entries: list[RepoProfile]) -> list[str]:
     lines = [
         f"# {repo.split('/')[-1]}",
         "",
-        f"GGUF quantizations made, fitted and published by mm {__version__}. "
+        f"GGUF quantizations made, fitted and published by mm {VERSION}. "
         "Each row is a runnable profile: the file, the llama.cpp settings it was planned with, and how it was made.",
         "",
         "## Quants",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline import __version__
+from pipeline.base.constants import VERSION
 from pipeline.build.stage import Stage, StageEnv, StageOutcome, Upstream, fingerprint
 from pipeline.build.values import Benched, Evaluated, Fitted, ModelFile, Text
 from pipeline.resolve.model_ref import recipe_hardware
@@ -21,7 +21,7 @@ def fit_stage(recipe: Recipe, env: StageEnv, qtype: str) -> Stage:
             "hardware": recipe_hardware(recipe).model_dump(mode="json"),
             "run": recipe.run.model_dump(mode="json", exclude={"n_threads"}),
             "llama_cpp": env.llama_cpp_version,
-            "mm": __version__,
+            "mm": VERSION,
         }
 
     def action(up: Upstream) -> StageOutcome:
