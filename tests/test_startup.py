@@ -1,0 +1,78 @@
+"""Local commands import only what they use: the top-level packages `mm --version`, `mm inspect LOCAL` and
+`mm fit LOCAL` may load, read from a fresh interpreter's sys.modules (bench/startup.py times them)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import typer
+
+from pipeline.cli import COMMAND_MODULES
+
+ROOT = Path(__file__).resolve().parent.parent
+# Runs one command line as `mm` does, then writes the top-level packages it loaded (outside the standard
+# library) to the file named by argv[1].
+PROBE = """
+import json, sys
+out, sys.argv = sys.argv[1], ["mm", *sys.argv[2:]]
+from pipeline.cli import app
+try:
+    app()
+except SystemExit:
+    pass
+top = {name.split(".")[0] for name in sys.modules}
+json.dump(sorted(t for t in top - set(sys.stdlib_module_names) if not t.startswith("_")), open(out, "w"))
+"""
+CLI = {"pipeline", "typer", "shellingham", "annotated_doc"}  # typer and what it always loads
+# typer checks every parameter with pydantic; a local model's path resolves under the mm home (filelock)
+PARAMS = {"pydantic", "pydantic_core", "annotated_types", "typing_extensions", "typing_inspection", "filelock"}
+ALLOWED = {
+    "--version": CLI,
+    "inspect": CLI | PARAMS,
+    "fit": CLI | PARAMS | {"pynvml"},  # nvidia-ml-py, where installed, to find this machine's GPUs
+}
+NEVER = {"huggingface_hub", "httpx", "httpx2", "requests", "urllib3", "numpy", "gguf", "llama_cpp", "tqdm"}
+
+
+def loaded_packages(tmp_path: Path, *args: str) -> set[str]:
+    out = tmp_path / "modules.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", PROBE, str(out), *args], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return set(json.loads(out.read_text()))
+
+
+@pytest.mark.parametrize("command", ["--version", "inspect", "fit"])
+def test_a_local_command_loads_only_its_floors(command: str, tiny_model: Path, tmp_path: Path) -> None:
+    args = [command] if command.startswith("-") else [command, str(tiny_model)]
+    loaded = loaded_packages(tmp_path, *args)
+    assert "pipeline" in loaded and "typer" in loaded  # the probe saw mm run
+    assert not loaded & NEVER, f"mm {command} loaded {sorted(loaded & NEVER)}"
+    assert loaded <= ALLOWED[command], f"mm {command} loaded more than before: {sorted(loaded - ALLOWED[command])}"
+
+
+def test_the_probe_sees_what_a_hub_command_loads(tmp_path: Path) -> None:
+    """The check above can fail: `mm pull` of a Hub file loads the Hub client (offline: nothing is fetched)."""
+    loaded = loaded_packages(tmp_path, "pull", "org/name:m.gguf", "--offline")
+    assert "huggingface_hub" in loaded
+
+
+@pytest.mark.parametrize("module", sorted(set(COMMAND_MODULES.values())))
+def test_each_command_is_listed_with_the_module_that_registers_it(module: str) -> None:
+    """cli.COMMAND_MODULES lets `mm X` load X's module alone; it must name every command of every module."""
+    group = typer.Typer()
+    importlib.import_module(f"pipeline.commands.{module}").register(group)
+    registered = set(typer.main.get_group(group).commands)
+    assert registered == {name for name, owner in COMMAND_MODULES.items() if owner == module}
+
+
+def test_every_group_module_is_in_the_table() -> None:
+    package = ROOT / "pipeline" / "commands"
+    groups = {p.stem for p in package.glob("*.py")} - {"__init__", "options", "registration", "render"}
+    assert groups == set(COMMAND_MODULES.values())
