@@ -1,15 +1,18 @@
 """How long `mm` takes to start: each command beside the bare interpreter, median of N runs, side by side.
 
-The runs interleave (one of each per round) so a busy machine slows every command alike. Target (issue 18):
-`mm --version` and `mm inspect LOCAL` each add under 0.25 s to `python -c pass`.
+The runs interleave (one of each per round) so a busy machine slows every command alike; beside the wall time
+each command's CPU time (user + system, from the kernel's account of the child) shows the work itself when other
+processes share the cores. Target (issue 18): `mm --version` and `mm inspect LOCAL` each add under 0.25 s to
+`python -c pass`.
 
-Run: .venv/bin/python bench/startup.py [--runs 10]
+Run: .venv/bin/python bench/startup.py [--runs 10] [--compare ../main]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -33,35 +36,55 @@ def commands(model: Path) -> dict[str, list[str]]:
     }
 
 
-def seconds(argv: list[str], env: dict[str, str]) -> float:
+def seconds(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """(wall, CPU) seconds of one run."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument(
+        "--compare", type=Path, metavar="DIR", help="Another checkout of mm (e.g. main's) timed in the same rounds."
+    )
     args = parser.parse_args()
+    trees = {"this tree": ROOT, **({str(args.compare): args.compare.resolve()} if args.compare else {})}
     with tempfile.TemporaryDirectory() as folder:
         model = write_tiny_model(Path(folder) / "tiny.gguf", TinySpec())
-        env = {**os.environ, "MM_HOME": str(Path(folder) / "home"), "PYTHONPATH": str(ROOT)}
         argvs = commands(model)
-        for argv in argvs.values():  # warm the file cache and the bytecode caches once
-            seconds(argv, env)
-        times: dict[str, list[float]] = {name: [] for name in argvs}
+        envs = {
+            label: {**os.environ, "MM_HOME": str(Path(folder) / "home"), "PYTHONPATH": str(tree)}
+            for label, tree in trees.items()
+        }
+        for env in envs.values():  # warm the file cache and the bytecode caches once
+            for argv in argvs.values():
+                seconds(argv, env)
+        times: dict[tuple[str, str], list[tuple[float, float]]] = {(t, n): [] for t in envs for n in argvs}
         for _ in range(args.runs):
-            for name, argv in argvs.items():
-                times[name].append(seconds(argv, env))
-    bare = statistics.median(times["python -c pass"])
-    print(f"median of {args.runs} runs each ({os.cpu_count()} CPUs)")
-    for name, values in times.items():
-        median = statistics.median(values)
-        added = "" if name.startswith("python") else f"  +{median - bare:.3f} s over the interpreter"
-        verdict = "" if name.startswith("python") or "fit" in name else (
-            "  ok" if median - bare < TARGET_SECONDS else f"  over the {TARGET_SECONDS} s target"
+            for label, env in envs.items():
+                for name, argv in argvs.items():
+                    times[label, name].append(seconds(argv, env))
+    print(f"median of {args.runs} runs each, interleaved ({os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f})")
+    for label in envs:
+        _report(label, {name: times[label, name] for name in argvs})
+
+
+def _report(label: str, times: dict[str, list[tuple[float, float]]]) -> None:
+    wall = {name: statistics.median(w for w, _ in runs) for name, runs in times.items()}
+    cpu = {name: statistics.median(c for _, c in runs) for name, runs in times.items()}
+    bare = "python -c pass"
+    print(f"\n{label:18} {'wall s':>8} {'+wall':>8} {'cpu s':>8} {'+cpu':>8}")
+    for name in times:
+        added = wall[name] - wall[bare]
+        verdict = "" if name == bare or "fit" in name else (
+            "  ok" if added < TARGET_SECONDS else f"  over the {TARGET_SECONDS} s target"
         )  # fmt: skip
-        print(f"{name:18} {median:.3f} s{added}{verdict}")
+        print(f"{name:18} {wall[name]:8.3f} {added:+8.3f} {cpu[name]:8.3f} {cpu[name] - cpu[bare]:+8.3f}{verdict}")
 
 
 if __name__ == "__main__":

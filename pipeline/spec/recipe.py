@@ -25,6 +25,7 @@ from pipeline.base.provenance import QuantParams
 from pipeline.base.safe_names import REPO_ID_RE, UnsafeValue, check_repo_filename, check_repo_id, check_revision
 from pipeline.base.units import parse_size
 from pipeline.base.validation import describe_validation_error, read_toml
+from pipeline.gguf.ggml_types import ggml_type_id
 from pipeline.gguf.quant_types import parse_quant_type
 from pipeline.spec.hardware import HARDWARE_FILE, hardware_catalog
 from pipeline.spec.run_settings import RunSettings
@@ -282,8 +283,6 @@ class Recipe(BaseModel):
 
 def _ggml_type(value: str, where: str = "") -> str:
     """A ggml tensor type name llama.cpp's quantize accepts (`q8_0`, `f16`), as a ValueError if not."""
-    from pipeline.gguf.ggml_types import ggml_type_id  # late: reading a recipe loads gguf only when it names types
-
     try:
         ggml_type_id(value)
     except UsageError as exc:
