@@ -37,10 +37,12 @@ def commands(model: Path) -> dict[str, list[str]]:
 
 
 def seconds(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
-    """(wall, CPU) seconds of one run."""
+    """(wall, CPU) seconds of one run, in the tree on PYTHONPATH (`python -m` puts the working folder first)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        argv, env=env, cwd=env["PYTHONPATH"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return wall, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
@@ -54,6 +56,10 @@ def main() -> None:
     )
     args = parser.parse_args()
     trees = {"this tree": ROOT, **({str(args.compare): args.compare.resolve()} if args.compare else {})}
+    for tree in trees.values():
+        check = [sys.executable, "-c", "import pipeline; print(pipeline.__file__)"]
+        loaded = subprocess.run(check, cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)}, capture_output=True)
+        assert Path(loaded.stdout.decode().strip()).is_relative_to(tree), f"{tree}: mm loads from {loaded.stdout!r}"
     with tempfile.TemporaryDirectory() as folder:
         model = write_tiny_model(Path(folder) / "tiny.gguf", TinySpec())
         argvs = commands(model)
