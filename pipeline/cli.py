@@ -1,4 +1,5 @@
-"""The `mm` command line: a thin typer app; each command group lives in pipeline/commands/."""
+"""The `mm` command line: a thin typer app; each command group lives in pipeline/commands/ and loads when one
+of its commands runs."""
 
 from __future__ import annotations
 
@@ -80,7 +81,7 @@ class _LazyCommands(MutableMapping[str, _click.Command]):
         self._built: dict[str, _click.Command] = {}
 
     def _load(self, module: str) -> None:
-        group = typer.Typer()
+        group = typer.Typer(rich_markup_mode=None, pretty_exceptions_enable=False)  # as `app` below: plain text
         importlib.import_module(f"pipeline.commands.{module}").register(group)
         self._built.update(typer.main.get_group(group).commands)
 

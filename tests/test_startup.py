@@ -9,10 +9,12 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import typer
+from typer.testing import Result
 
 from pipeline.cli import COMMAND_MODULES
 
@@ -78,3 +80,9 @@ def test_every_group_module_is_in_the_table() -> None:
     package = ROOT / "pipeline" / "commands"
     groups = {p.stem for p in package.glob("*.py") if re.search(r"^def register\(", p.read_text(), re.MULTILINE)}
     assert groups == set(COMMAND_MODULES.values())
+
+
+@pytest.mark.parametrize("command", [["cache"], ["recipe", "ls"], ["inspect"]])
+def test_a_command_loaded_late_helps_in_plain_text_as_before(mm: Callable[..., Result], command: list[str]) -> None:
+    result = mm(*command, "--help")
+    assert result.exit_code == 0 and result.stdout.startswith("Usage: ")  # no rich panels
