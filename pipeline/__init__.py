@@ -17,7 +17,6 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time __getattr__
     from pipeline.build.runner import BuildOptions as BuildOptions
     from pipeline.build.runner import build as build_recipes  # noqa: F401  # public under another name
     from pipeline.fitting.fit import FitResult as FitResult
-    from pipeline.fitting.fit import FitSettings as FitSettings
     from pipeline.fitting.fit import fit_model as fit_model
     from pipeline.fitting.model_info import summarize_model as summarize_model
     from pipeline.fitting.recommend import recommend_quant as recommend_quant
@@ -39,6 +38,7 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time __getattr__
     from pipeline.spec.local_machine import local_class as local_class
     from pipeline.spec.recipe import Recipe as Recipe
     from pipeline.spec.recipe import load_recipe as load_recipe
+    from pipeline.spec.run_settings import RunSettings as RunSettings
 
 # Each public name and the module that defines it (`module:name` where the public name differs), in the order
 # of the pipeline: resolve and pull, read, quantize, fit, publish, share, build.
@@ -56,7 +56,7 @@ _EXPORTS: dict[str, str] = {
     "HardwareClass": "pipeline.spec.hardware",
     "get_hardware": "pipeline.spec.hardware",
     "local_class": "pipeline.spec.local_machine",
-    "FitSettings": "pipeline.fitting.fit",
+    "RunSettings": "pipeline.spec.run_settings",
     "FitResult": "pipeline.fitting.fit",
     "fit_model": "pipeline.fitting.fit",
     "recommend_quant": "pipeline.fitting.recommend",
