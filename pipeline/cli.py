@@ -66,6 +66,7 @@ FLAG_FOR_PARAM = {
     "profile": "--profile / --list-profiles",
     "source": "--source",
     "force": "--force",
+    "text": "--text FILE",
 }
 
 

@@ -44,6 +44,7 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("HF_TOKEN_PATH", str(tmp_path / "hf-home" / "token"))
     monkeypatch.setenv("HF_STORED_TOKENS_PATH", str(tmp_path / "hf-home" / "stored_tokens"))
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))  # saved hardware classes: never the user's
     for name in (
         "HF_TOKEN",
         "HUGGING_FACE_HUB_TOKEN",

@@ -153,7 +153,7 @@ def measure_hardware(
     from pipeline.base.errors import HardwareError, UsageError
     from pipeline.measure.gpu import with_gpu
     from pipeline.measure.machine import cache_measurement, measure_machine, save_class
-    from pipeline.resolve.model_ref import hardware_file as hardware_toml
+    from pipeline.spec.hardware import user_hardware_file
     from pipeline.spec.local_machine import cached_measurement
 
     if save is not None and not re.match(r"^[a-z0-9][a-z0-9._-]*$", save):
@@ -180,7 +180,7 @@ def measure_hardware(
             raise HardwareError("no measurement of this machine yet", hint="run `mm hw --measure --save NAME`")
         measured = cached
     if save:
-        target = hardware_file or hardware_toml(None, recipes)
+        target = hardware_file or user_hardware_file()
         note(f"wrote class {save} to {save_class(measured, save, target)}")
     if as_json:
         emit_json(measured)

@@ -112,6 +112,7 @@ def quantize_command(
     """
     from pipeline.llama.quant_plan import plan
     from pipeline.llama.quantize_inputs import QuantizeOptions, build_requests
+    from pipeline.llama.quantize_preflight import check_before_work
 
     writable_target(output, "--output")
     if budget is not None:
@@ -160,6 +161,7 @@ def quantize_command(
             if p.fallback_note:
                 note(f"  {p.fallback_note}")
         return
+    check_before_work(requests)
     results = [_run_one(r, quiet) for r in requests]
     if as_json:
         emit_json(results)

@@ -208,6 +208,7 @@ def export_command(
     from pipeline.registry.export import export
     from pipeline.registry.store import get_profile
 
+    format = format.strip().lower()  # spelled as the user likes, as quant types are (Ollama, ollama)
     text = export(get_profile(name), format)
     if as_json:
         emit_json({"profile": name, "format": format, "text": text})

@@ -116,6 +116,20 @@ def parse_quant_type(text: str) -> QuantType:
     return found
 
 
+def parse_quant_types(texts: list[str]) -> list[QuantType]:
+    """Every name in `texts`, or one UsageError naming each unknown one (not just the first)."""
+    unknown = [t for t in texts if t.strip().lower() not in _BY_NAME]
+    if not unknown:
+        return [parse_quant_type(t) for t in texts]
+    if len(unknown) == 1:
+        parse_quant_type(unknown[0])
+    guesses = [f"{t} -> {close}" for t in unknown if (close := did_you_mean(t.strip(), _BY_NAME))]
+    raise UsageError(
+        f"unknown quantization types {', '.join(repr(t) for t in unknown)}; valid types: {valid_types_help()}",
+        hint=f"did you mean: {'; '.join(guesses)}?" if guesses else None,
+    )
+
+
 def by_ftype(ftype: int) -> QuantType | None:
     """The canonical type for a llama_ftype id (e.g. a GGUF's general.file_type), or None."""
     for q in QUANT_TYPES:

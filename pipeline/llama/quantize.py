@@ -109,7 +109,7 @@ def requantize_refusal(header: GGUFHeader, qtype: QuantType, params: QuantParams
     )
 
 
-def _check(request: QuantizeRequest, header: GGUFHeader, qtype: QuantType) -> tuple[str | None, list[str]]:
+def check_request(request: QuantizeRequest, header: GGUFHeader, qtype: QuantType) -> tuple[str | None, list[str]]:
     """(why to skip, warnings) — or raise before any work for what must not run."""
     params = request.params
     if params.imatrix_path is not None and not Path(params.imatrix_path).is_file():
@@ -129,7 +129,7 @@ def _check(request: QuantizeRequest, header: GGUFHeader, qtype: QuantType) -> tu
     return None, []
 
 
-def _needs_dry_run(qtype: QuantType, params: QuantParams) -> bool:
+def needs_dry_run(qtype: QuantType, params: QuantParams) -> bool:
     """Whether llama.cpp's dry run must come first: to read the given imatrix (a broken one fails before
     any work), or because llama.cpp could refuse for want of an imatrix.
 
@@ -153,7 +153,7 @@ def quantize(request: QuantizeRequest, progress: TensorProgress | None = None) -
     """Produce (or find up to date) the quantized file for `request`; see the module docstring."""
     qtype = parse_quant_type(request.params.type)
     header = read_source(request.source)
-    skip, warnings = _check(request, header, qtype)
+    skip, warnings = check_request(request, header, qtype)
     if skip is not None:
         return QuantizeResult(
             record=None,
@@ -182,7 +182,7 @@ def _quantize(
     progress: TensorProgress | None,
 ) -> QuantizeResult:
     predicted: QuantPlan | None = None
-    if _needs_dry_run(qtype, request.params):
+    if needs_dry_run(qtype, request.params):
         predicted = plan(request.source, request.params, engine=request.engine, llama_quantize=binary)
         if predicted.needs_imatrix and not request.params.imatrix_path:
             raise QuantizeError(

@@ -12,7 +12,7 @@ from pipeline.base.errors import UsageError
 from pipeline.base.home import mm_home
 from pipeline.base.provenance import QuantParams, SourceRef, source_ref
 from pipeline.base.shards import shard_paths
-from pipeline.gguf.quant_types import parse_quant_type
+from pipeline.gguf.quant_types import parse_quant_type, parse_quant_types
 from pipeline.llama.quant_plan import read_source
 from pipeline.llama.quantize import QuantizeRequest, requantize_refusal
 from pipeline.resolve.hub_ref import HubRef
@@ -92,8 +92,7 @@ def build_requests(model: str, options: QuantizeOptions, recipes_folder: Path | 
     imatrix = options.imatrix or (defaults.imatrix if isinstance(defaults.imatrix, Path) else None)
     tensor_types = parse_tensor_types(options.tensor_types) if options.tensor_types else dict(defaults.tensor_types)
     requests = []
-    for name in types:
-        qtype = parse_quant_type(name)
+    for qtype in parse_quant_types(types):
         params = QuantParams(
             type=qtype.canonical,
             allow_requantize=_pick(options.allow_requantize, defaults.allow_requantize),

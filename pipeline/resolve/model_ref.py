@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from pipeline.base.constants import DEFAULT_REVISION
-from pipeline.base.errors import UsageError
-from pipeline.base.safe_names import COMMIT_RE, check_user_ref
+from pipeline.base.errors import RecipeError, UsageError
+from pipeline.base.safe_names import COMMIT_RE, REPO_ID_RE, check_user_ref
 from pipeline.base.shards import shard_names
 from pipeline.resolve.hub_ref import HubRef, match_hub_ref
 
@@ -50,10 +50,20 @@ def parse_model_arg(text: str, recipes_folder: Path | None = None) -> ModelArg:
     hub = match_hub_ref(text)
     if hub is not None and hub.file is not None:
         return ModelArg(hub=_model_repo(hub, text))
+    if candidate.is_dir():
+        raise UsageError(
+            f"{text} is a folder, not a model: {EXPECTED}",
+            hint="name a .gguf file inside it; a safetensors checkpoint folder goes through `mm convert DIR` first",
+        )
     from pipeline.spec.recipe import find_recipe, load_recipe, looks_like_recipe
 
     if looks_like_recipe(text):
-        return ModelArg(recipe=load_recipe(find_recipe(text, recipes_folder)))
+        try:
+            return ModelArg(recipe=load_recipe(find_recipe(text, recipes_folder)))
+        except RecipeError as error:
+            if "." not in candidate.name or candidate.suffix == ".toml" or not error.message.startswith("no recipe"):
+                raise
+            raise UsageError(f"{text}: no such file (and no recipe of that name): {EXPECTED}") from None
     if text.endswith(".gguf"):
         raise UsageError(f"{text}: no such file")
     raise UsageError(f"{text!r} is not a model: {EXPECTED}")
@@ -161,9 +171,21 @@ def resolve_model(
     With allow_header_stub (commands that read only the header: inspect, fit), a Hub file that was not
     pulled is answered from its GGUF header, fetched with Range requests into a sparse stub.
     """
+    if allow_header_stub and REPO_ID_RE.match(text) and not Path(text).expanduser().exists():
+        raise _name_a_file(text, token=token, offline=offline)
     arg = parse_model_arg(text, recipes)
     path, is_stub = local_model_file(arg, token=token, offline=offline, allow_header_stub=allow_header_stub)
     return ResolvedModel(path, arg.recipe, is_stub)
+
+
+def _name_a_file(repo: str, *, token: str | None, offline: bool) -> UsageError:
+    """A repository where a file was needed: the error lists its GGUF files, as `mm pull REPO` does."""
+    message = f"{repo} is a repository; name one of its files as {repo}:FILE.gguf"
+    if offline:
+        return UsageError(message)
+    from pipeline.hub.api import describe_gguf_files, list_gguf_files
+
+    return UsageError(f"{message}; {describe_gguf_files(list_gguf_files(repo, token=token))}")
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.base.constants import DEFAULT_REVISION, TEXT_ENV, env_value
 from pipeline.base.digest import file_sha256
-from pipeline.base.errors import IntegrityError, UsageError
+from pipeline.base.errors import HubError, IntegrityError, UsageError
 from pipeline.base.home import atomic_path, mm_home
 from pipeline.base.provenance import check_sha256
 from pipeline.resolve.hub_ref import match_hub_ref
@@ -99,10 +99,15 @@ def resolve_text(
         return ResolvedText(path=path, sha256=sha256, size_bytes=path.stat().st_size, source=str(path))
     from pipeline.hub.download import pull
 
-    pulled = pull(
-        ref.repo, ref.file or "", ref.revision, token=token, offline=offline, expected_sha256=ref.sha256,
-        progress=progress, repo_type="dataset",
-    )[0]  # fmt: skip
+    try:
+        pulled = pull(
+            ref.repo, ref.file or "", ref.revision, token=token, offline=offline, expected_sha256=ref.sha256,
+            progress=progress, repo_type="dataset",
+        )[0]  # fmt: skip
+    except HubError as error:  # a local file needs no Hub: point there, not at "work offline"
+        raise HubError(
+            f"text {ref}: {error.message}", hint="give a local text file instead (any plain text works)", param="text"
+        ) from None
     path = pulled.path if ref.member is None else _extract(pulled.path, pulled.sha256, ref.member)
     return ResolvedText(
         path=path, sha256=file_sha256(mm_home(), path), size_bytes=path.stat().st_size,

@@ -10,9 +10,10 @@ from typing import Annotated
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
+from pipeline.base.config_dir import config_dir
 from pipeline.base.errors import HardwareError, UsageError
 from pipeline.base.units import format_size, parse_size
-from pipeline.base.validation import describe_validation_error, read_toml
+from pipeline.base.validation import describe_validation_error, did_you_mean, read_toml
 from pipeline.spec.gpus import Calibration, Gpu, gpu_catalog
 
 log = logging.getLogger(__name__)
@@ -178,11 +179,18 @@ def load_hardware_file(path: Path) -> list[HardwareClass]:
 
 
 def hardware_catalog(hardware_file: Path | None = None) -> dict[str, HardwareClass]:
-    """Built-ins, then the file's classes (which may override a built-in of the same name)."""
+    """Built-ins, then the user's config folder's classes, then the given file's (a recipes folder's): a later
+    class overrides an earlier one of the same name."""
     catalog = {c.name: c for c in BUILTIN_CLASSES}
-    if hardware_file is not None and hardware_file.is_file():
-        catalog.update({c.name: c for c in load_hardware_file(hardware_file)})
+    for path in (user_hardware_file(), hardware_file):
+        if path is not None and path.is_file():
+            catalog.update({c.name: c for c in load_hardware_file(path)})
     return catalog
+
+
+def user_hardware_file() -> Path:
+    """The hardware classes every command reads wherever it runs (`mm hw --save NAME` writes there)."""
+    return config_dir() / HARDWARE_FILE
 
 
 def get_hardware(name: str, hardware_file: Path | None = None) -> HardwareClass:
@@ -190,6 +198,13 @@ def get_hardware(name: str, hardware_file: Path | None = None) -> HardwareClass:
     if name not in catalog:
         raise HardwareError(
             f"unknown hardware class {name!r}; known classes: {', '.join(sorted(catalog))}",
-            hint="add your own to recipes/hardware.toml",
+            hint=_hardware_hint(name, catalog),
         )
     return catalog[name]
+
+
+def _hardware_hint(name: str, catalog: dict[str, HardwareClass]) -> str:
+    """The class a mistyped name most likely meant (`rtx3060` → `rtx3060-12g`), else where to add one."""
+    starting = sorted(c for c in catalog if c.startswith(name.lower()))
+    close = starting[0] if len(starting) == 1 else did_you_mean(name, catalog)
+    return f"did you mean {close}?" if close else "add your own with `mm hw --save NAME`, or to recipes/hardware.toml"
