@@ -64,8 +64,8 @@ def parse_model_arg(text: str, recipes_folder: Path | None = None) -> ModelArg:
             if "." not in candidate.name or candidate.suffix == ".toml" or not error.message.startswith("no recipe"):
                 raise
             raise UsageError(f"{text}: no such file (and no recipe of that name): {EXPECTED}") from None
-    if text.endswith(".gguf"):
-        raise UsageError(f"{text}: no such file")
+    if text.endswith(".gguf") or (candidate.parent != Path(".") and candidate.parent.is_dir()):
+        raise UsageError(f"{text}: no such file: {EXPECTED}")
     raise UsageError(f"{text!r} is not a model: {EXPECTED}")
 
 

@@ -1,0 +1,92 @@
+"""What a new user trips on (issue 22), typed as they type it: each mistake one clear error, with its exit code."""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from typer.testing import Result
+
+from pipeline.base.home import mm_home
+from pipeline.measure.machine import cache_measurement
+from pipeline.spec.hardware import get_hardware
+from tests.conftest import publish_fitted
+from tests.hub import LocalHub
+
+Mm = Callable[..., Result]
+
+
+def quant_files() -> list[Path]:
+    folder = mm_home().root / "quant"
+    return sorted(folder.glob("*.gguf")) if folder.is_dir() else []
+
+
+def test_a_multi_type_quantize_checks_every_type_before_any_work(mm: Mm, tiny_model: Path) -> None:
+    needs = mm("quantize", str(tiny_model), "--to", "q4_k_m", "--to", "q5_k_m", "--to", "iq2_xxs", "--to", "iq1_s")
+    assert needs.exit_code == 7, needs.output
+    assert "nothing quantized: 2 of 4 types cannot be made" in needs.stderr
+    assert "iq2_xxs needs an importance matrix" in needs.stderr and "iq1_s needs an importance matrix" in needs.stderr
+    assert "q4_k_m needs" not in needs.stderr and "flag: --imatrix" in needs.stderr
+    assert quant_files() == []  # q4_k_m and q5_k_m were not made first
+
+    unknown = mm("quantize", str(tiny_model), "--to", "q4_k_m", "--to", "q5km", "--to", "q9_z")
+    assert unknown.exit_code == 2
+    assert "unknown quantization types 'q5km', 'q9_z'" in unknown.stderr and "q5km -> q5_k_m" in unknown.stderr
+    assert quant_files() == []
+
+
+def test_a_folder_or_a_missing_file_is_not_called_a_recipe(mm: Mm, tmp_path: Path) -> None:
+    folder = mm("quantize", str(tmp_path), "--to", "q4_k_m")
+    assert folder.exit_code == 2 and f"{tmp_path} is a folder, not a model" in folder.stderr
+    assert "no recipe" not in folder.stderr
+    missing = mm("quantize", str(tmp_path / "notes.txt"), "--to", "q4_k_m")
+    assert missing.exit_code == 2 and "notes.txt: no such file" in missing.stderr
+    readme = tmp_path / "README.md"
+    readme.write_text("# notes\n")
+    not_gguf = mm("quantize", str(readme), "--to", "q4_k_m")
+    assert not_gguf.exit_code == 6 and "not a GGUF file" in not_gguf.stderr and "no recipe" not in not_gguf.stderr
+
+
+def test_eval_without_a_text_offline_points_at_a_local_text(mm: Mm, tiny_model: Path) -> None:
+    result = mm("eval", str(tiny_model), "--ref", str(tiny_model), "--offline")
+    assert result.exit_code == 3
+    assert "give a local text file" in result.stderr and "flag: --text FILE" in result.stderr
+    assert "flag: --offline" not in result.stderr
+
+
+def test_fit_of_a_repository_lists_its_gguf_files(mm: Mm, local_hub: LocalHub) -> None:
+    local_hub.add_repo("someone/tiny-GGUF", {"tiny-q4_k_m.gguf": b"GGUF" + bytes(60), "README.md": b"hi"})
+    result = mm("fit", "someone/tiny-GGUF", "--hardware", "cpu-64g")
+    assert result.exit_code == 2
+    assert "someone/tiny-GGUF is a repository; name one of its files" in result.stderr
+    assert "tiny-q4_k_m.gguf" in result.stderr and "README.md" not in result.stderr
+
+
+def test_a_mistyped_hardware_class_gets_a_did_you_mean(mm: Mm, tiny_model: Path) -> None:
+    result = mm("fit", str(tiny_model), "--hardware", "rtx3060")
+    assert result.exit_code == 2 and "did you mean rtx3060-12g?" in result.stderr
+
+
+def test_a_saved_hardware_class_is_known_from_any_folder(
+    mm: Mm, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache_measurement(get_hardware("cpu-64g"))  # as `mm hw --measure` leaves it
+    (tmp_path / "project").mkdir()
+    monkeypatch.chdir(tmp_path / "project")
+    saved = mm("hw", "--save", "my-box")
+    assert saved.exit_code == 0, saved.stderr
+    written = tmp_path / "config" / "mm" / "hardware.toml"
+    assert "my-box" in tomllib.loads(written.read_text()) and not Path("recipes/hardware.toml").exists()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    fitted = mm("fit", str(tiny_model), "--hardware", "my-box", "--json")
+    assert fitted.exit_code == 0, fitted.stderr
+
+
+def test_an_export_format_is_accepted_in_any_case(mm: Mm, tiny_model: Path) -> None:
+    profile = publish_fitted(tiny_model, get_hardware("cpu-64g"), name="tiny@cpu-64g")
+    result = mm("export", profile.name, "--format", "Ollama")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.startswith("FROM ") or "\nFROM " in result.stdout
