@@ -12,7 +12,7 @@ from typer.testing import Result
 from pipeline.base.home import mm_home
 from pipeline.measure.machine import cache_measurement
 from pipeline.spec.hardware import get_hardware
-from tests.conftest import publish_fitted
+from tests.conftest import publish_fitted, write_recipe
 from tests.hub import LocalHub
 
 Mm = Callable[..., Result]
@@ -90,3 +90,19 @@ def test_an_export_format_is_accepted_in_any_case(mm: Mm, tiny_model: Path) -> N
     result = mm("export", profile.name, "--format", "Ollama")
     assert result.exit_code == 0, result.stderr
     assert result.stdout.startswith("FROM ") or "\nFROM " in result.stdout
+
+
+def test_recipe_validate_reports_every_mistake_in_one_pass(mm: Mm, recipes_folder: Path) -> None:
+    write_recipe(
+        recipes_folder,
+        "four",
+        'hardware = "rtx3060"\n[source]\npath = "missing-model.gguf"\n'
+        '[quantize]\ntypes = ["q4km"]\nallow_requantise = true\n',
+    )
+    result = mm("recipe", "validate", str(recipes_folder / "four.toml"))
+    assert result.exit_code == 2
+    out = result.output
+    assert "quantize.types: unknown quantization type 'q4km'" in out and "did you mean q4_k_m?" in out
+    assert "quantize.allow_requantise: unknown key; did you mean 'allow_requantize'?" in out
+    assert "hardware: unknown class 'rtx3060' (did you mean rtx3060-12g?)" in out
+    assert f"source.path: no such file: {recipes_folder / 'missing-model.gguf'}" in out

@@ -146,7 +146,7 @@ def requantize_problem(recipe: Recipe) -> str | None:
 
 def check_recipe_files(paths: list[Path]) -> list[RecipeCheck]:
     """`mm recipe validate`: each file's schema (recipe.check_recipes), then what its source's header says."""
-    checks = check_recipes(paths)
+    checks = check_recipes(paths, require_source=True)
     for check in checks:
         if check.ok:
             problem = requantize_problem(load_recipe(Path(check.path)))

@@ -198,12 +198,12 @@ def get_hardware(name: str, hardware_file: Path | None = None) -> HardwareClass:
     if name not in catalog:
         raise HardwareError(
             f"unknown hardware class {name!r}; known classes: {', '.join(sorted(catalog))}",
-            hint=_hardware_hint(name, catalog),
+            hint=hardware_hint(name, catalog),
         )
     return catalog[name]
 
 
-def _hardware_hint(name: str, catalog: dict[str, HardwareClass]) -> str:
+def hardware_hint(name: str, catalog: dict[str, HardwareClass]) -> str:
     """The class a mistyped name most likely meant (`rtx3060` → `rtx3060-12g`), else where to add one."""
     starting = sorted(c for c in catalog if c.startswith(name.lower()))
     close = starting[0] if len(starting) == 1 else did_you_mean(name, catalog)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -27,7 +27,7 @@ from pipeline.base.units import parse_size
 from pipeline.base.validation import describe_validation_error, read_toml
 from pipeline.gguf.ggml_types import ggml_type_id
 from pipeline.gguf.quant_types import parse_quant_type
-from pipeline.spec.hardware import HARDWARE_FILE, hardware_catalog
+from pipeline.spec.hardware import HARDWARE_FILE, hardware_catalog, hardware_hint
 from pipeline.spec.run_settings import RunSettings
 
 RECIPE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # a safe file and lock name, 64 at most
@@ -181,7 +181,7 @@ class QuantizeSettings(BaseModel):
             try:
                 canonical.append(parse_quant_type(value).canonical)
             except UsageError as exc:
-                raise ValueError(exc.message) from None
+                raise ValueError(f"{exc.message} ({exc.hint})" if exc.hint else exc.message) from None
         if len(set(canonical)) != len(canonical):
             raise ValueError("a type is listed twice (aliases such as q4_k = q4_k_m count as the same)")
         return canonical
@@ -290,8 +290,10 @@ def _ggml_type(value: str, where: str = "") -> str:
     return value
 
 
-def load_recipe(path: Path) -> Recipe:
-    """Read and validate one recipe; its hardware class must exist (built in or hardware.toml beside it)."""
+def load_recipe(path: Path, *, require_source: bool = False) -> Recipe:
+    """Read and validate one recipe, reporting every mistake at once: the schema's, then what the schema cannot
+    know (its hardware class exists, built in or in a catalog; with require_source, its local source exists —
+    `mm recipe validate` asks; a build says so in its resolve stage)."""
     if path.name == HARDWARE_FILE:
         raise RecipeError(f"{path}: this is the hardware catalog, not a recipe")
     try:
@@ -299,21 +301,35 @@ def load_recipe(path: Path) -> Recipe:
     except ValueError as exc:
         raise RecipeError(str(exc)) from None
     document.setdefault("name", path.stem)
+    problems, recipe = [], None
     try:
         recipe = Recipe.model_validate(document)
     except ValidationError as exc:
-        raise RecipeError(describe_validation_error(str(path), exc, Recipe)) from None
+        problems.append(describe_validation_error(str(path), exc, Recipe))
+    problems += _beyond_the_schema(path, document, require_source)
+    if problems or recipe is None:
+        raise RecipeError("\n".join(problems))
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return recipe.model_copy(update={"path": path.resolve(), "content_sha256": digest})
+
+
+def _beyond_the_schema(path: Path, document: dict[str, Any], require_source: bool) -> list[str]:
+    """What the recipe names that must exist: its hardware class and its local source (read from the raw
+    document, so they are reported beside the schema's errors, not after they are fixed)."""
+    problems = []
     try:
         catalog = hardware_catalog(path.parent / HARDWARE_FILE)
     except HardwareError as exc:
-        raise RecipeError(f"{path}: hardware: cannot read the catalog: {exc.message}") from None
-    if recipe.hardware not in catalog:
-        raise RecipeError(
-            f"{path}: hardware: unknown hardware class {recipe.hardware!r}; known: {', '.join(sorted(catalog))}",
-            hint=f"define it in {path.parent / HARDWARE_FILE}",
-        )
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    return recipe.model_copy(update={"path": path.resolve(), "content_sha256": digest})
+        return [f"{path}: hardware: cannot read the catalog: {exc.message}"]
+    hardware = document.get("hardware")
+    if isinstance(hardware, str) and hardware not in catalog:
+        known = ", ".join(sorted(catalog))
+        problems.append(f"{path}: hardware: unknown class {hardware!r} ({hardware_hint(hardware, catalog)}); known: {known}")
+    source = document.get("source")
+    local = source.get("path") if isinstance(source, dict) else None
+    if require_source and isinstance(local, str) and local and not (path.parent / Path(local).expanduser()).exists():
+        problems.append(f"{path}: source.path: no such file: {path.parent / Path(local).expanduser()}")
+    return problems
 
 
 def list_recipe_paths(folder: Path) -> list[Path]:
@@ -363,12 +379,12 @@ class RecipeCheck(BaseModel):
     types: list[str] = []
 
 
-def check_recipes(paths: list[Path]) -> list[RecipeCheck]:
+def check_recipes(paths: list[Path], *, require_source: bool = False) -> list[RecipeCheck]:
     """Load each recipe; a broken one is reported, not raised, so one bad file doesn't hide the others."""
     checks = []
     for path in paths:
         try:
-            r = load_recipe(path)
+            r = load_recipe(path, require_source=require_source)
         except MMError as exc:
             checks.append(RecipeCheck(path=str(path), ok=False, error=str(exc), name=path.stem))
             continue
