@@ -106,3 +106,16 @@ def test_recipe_validate_reports_every_mistake_in_one_pass(mm: Mm, recipes_folde
     assert "quantize.allow_requantise: unknown key; did you mean 'allow_requantize'?" in out
     assert "hardware: unknown class 'rtx3060' (did you mean rtx3060-12g?)" in out
     assert f"source.path: no such file: {recipes_folder / 'missing-model.gguf'}" in out
+
+
+def test_gc_keeps_what_mm_quantize_made_unless_all(mm: Mm, tiny_model: Path) -> None:
+    made = mm("quantize", str(tiny_model), "--to", "q8_0")
+    assert made.exit_code == 0, made.stderr
+    [output] = quant_files()
+    dry = mm("gc", "--dry-run")
+    assert dry.exit_code == 0 and str(output) not in dry.stdout and "would free" in dry.stdout
+    assert "kept 1 unpublished `mm quantize` output(s)" in dry.stderr and "--all removes them" in dry.stderr
+    assert mm("gc").exit_code == 0 and output.is_file()
+    everything = mm("gc", "--all", "--dry-run")
+    assert "would remove quant" in everything.stdout and str(output) in everything.stdout and output.is_file()
+    assert mm("gc", "--all").exit_code == 0 and not output.exists()

@@ -162,6 +162,8 @@ class QuantRecord(SidecarRecord):
     engine: Literal["api", "binary"]
     llama_cpp_version: str  # llama-cpp-python version and llama.cpp build, e.g. "0.3.36 (b6xxx)"
     threads: int | None = None
+    # Made because the user asked for this file (`mm quantize`), not as a step of a build: gc keeps it unless --all.
+    requested: bool = False
 
 
 def quantize_lock_name(output: Path) -> str:

@@ -137,17 +137,24 @@ def rm_command(name: NameArg, as_json: JsonOpt = False) -> None:
     note(f"removed {name}; `mm gc` frees blobs no profile uses")
 
 
-def gc_command(dry_run: DryRunOpt = False, as_json: JsonOpt = False) -> None:
-    """Remove blobs, quantize outputs and records that no profile references.
+def gc_command(
+    dry_run: DryRunOpt = False,
+    everything: Annotated[
+        bool, typer.Option("--all", help="Also remove unpublished `mm quantize` outputs (kept by default).")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Remove blobs, build leftovers and records that no profile references; --dry-run lists what it would free.
 
-    Downloaded Hub files are not touched: `mm cache ls` lists them, `mm cache rm` removes them.
+    Files you made with `mm quantize` stay until --all. Downloaded Hub files are not touched: `mm cache ls`
+    lists them, `mm cache rm` removes them.
 
     Example: mm gc --dry-run
     """
     from pipeline.hub.inventory import cache_files
     from pipeline.registry.gc import gc
 
-    report = gc(dry_run=dry_run)
+    report = gc(dry_run=dry_run, everything=everything)
     hub = cache_files()
     if as_json:
         emit_json({**report.model_dump(mode="json"), "hub_bytes": hub.size_bytes, "hub_files": len(hub.files)})
@@ -159,6 +166,9 @@ def gc_command(dry_run: DryRunOpt = False, as_json: JsonOpt = False) -> None:
                f"{format_size(report.freed_bytes)}; {report.kept_blobs} blob(s) in use")  # fmt: skip
     if report.builds_running:
         note("an `mm build` is running: quantize outputs were left alone (run gc again when it is done)")
+    if report.kept_requested:
+        size = format_size(sum(p.size_bytes for p in report.kept_requested))
+        note(f"kept {len(report.kept_requested)} unpublished `mm quantize` output(s) ({size}); --all removes them")
     if report.kept_partials:
         size = format_size(sum(p.size_bytes for p in report.kept_partials))
         note(f"kept {len(report.kept_partials)} resumable partial download(s) ({size}); gc removes them after a day")

@@ -54,6 +54,7 @@ class QuantizeRequest(BaseModel):
     threads: int | None = None
     output: Path | None = None
     llama_quantize: Path | None = None
+    requested: bool = False  # the user asked for this file (QuantRecord.requested): gc keeps it
 
 
 class QuantizeResult(BaseModel):
@@ -197,8 +198,8 @@ def _quantize(
     with locked(home, quantize_lock_name(output)):
         done = _up_to_date(output, source, request.params)
         if done is not None:
-            if done.source != source:  # same bytes from another commit or place: the record says where now
-                done = done.model_copy(update={"source": source})
+            if done.source != source or (request.requested and not done.requested):  # say where now, and who asked
+                done = done.model_copy(update={"source": source, "requested": done.requested or request.requested})
                 write_record(done)
             return _result(done, output, qtype, header, f"{output.name} is up to date", warnings, None)
         remove_stale_temps(output)
@@ -237,6 +238,7 @@ def _quantize(
             llama_cpp_version=llama_cpp_version(),
             threads=request.threads,
             seconds=round(time.monotonic() - started, 3),
+            requested=request.requested,
         )
         write_record(record)
         result = _result(record, output, qtype, header, None, warnings, log_path)

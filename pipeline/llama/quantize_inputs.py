@@ -113,6 +113,7 @@ def build_requests(model: str, options: QuantizeOptions, recipes_folder: Path | 
                 threads=options.threads,
                 output=options.output,
                 llama_quantize=options.llama_quantize,
+                requested=True,
             )
         )
     return requests

@@ -242,7 +242,9 @@ def _written(
             request.source, sha256_of(mm_home(), request.source), f"mix-{current.key()}"
         )
         params = current.params(request.imatrix, request.imatrix_sha256)
-        quantize(QuantizeRequest(source=request.source, params=params, output=output, threads=request.threads))
+        quantize(
+            QuantizeRequest(source=request.source, params=params, output=output, threads=request.threads, requested=True)
+        )
         if _accepted(request, output, "experts" in sizes.groups):
             return current, output
         log.info("%s (%d bytes) is over the budget: one step down", output, output.stat().st_size)

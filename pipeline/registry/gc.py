@@ -35,6 +35,7 @@ class GcReport(BaseModel):
     kept_blobs: int
     builds_running: bool = False  # then quantize outputs were left alone: a build may still read them
     kept_partials: list[GcItem] = []  # resumable downloads (younger than a day, or being downloaded)
+    kept_requested: list[GcItem] = []  # unpublished `mm quantize` outputs the user asked for (gone with everything)
 
 
 def _referenced(home: Home) -> set[str]:
@@ -50,9 +51,11 @@ def _referenced(home: Home) -> set[str]:
 
 
 def _gc_candidates(
-    home: Home, keep: set[str], held: contextlib.ExitStack, *, quant_outputs: bool
-) -> list[tuple[Path, str]]:
+    home: Home, keep: set[str], held: contextlib.ExitStack, *, quant_outputs: bool, requested: bool
+) -> tuple[list[tuple[Path, str]], list[Path]]:
+    """(what to remove, the requested quantize outputs left alone because `requested` is False)"""
     found: list[tuple[Path, str]] = []
+    spared: list[Path] = []
     for folder in (home.blobs, home.profiles):
         # Every write here happens under the registry lock, which gc holds: any temp file is a crash's.
         found += [(p, "temp") for p in folder.glob(".*.tmp")] if folder.is_dir() else []
@@ -67,7 +70,9 @@ def _gc_candidates(
             record = read_record(output)
         except Exception:  # a broken record says nothing about what it describes: leave both alone
             continue
-        if record is not None and record.sha256 not in keep:
+        if record is not None and record.sha256 not in keep and record.requested and not requested:
+            spared += [output] if output.is_file() else []
+        elif record is not None and record.sha256 not in keep:
             try:  # an output quantize is working on right now is not garbage: skip it, hold the rest
                 held.enter_context(locked(home, quantize_lock_name(output), wait=False))
             except LockTimeoutError:
@@ -75,11 +80,12 @@ def _gc_candidates(
             if output.is_file():
                 found.append((output, "quant"))
             found.append((record_file, "record"))
-    return found
+    return found, spared
 
 
-def gc(dry_run: bool = False) -> GcReport:
-    """Remove blobs, quantize outputs and their records that no profile references; report what it frees."""
+def gc(dry_run: bool = False, *, everything: bool = False) -> GcReport:
+    """Remove blobs, quantize outputs and their records that no profile references; report what it frees.
+    Quantize outputs the user asked for (`mm quantize`) stay unless `everything`: they are results, not scraps."""
     home = mm_home()
     with (
         locked(home, LOCK),
@@ -87,7 +93,7 @@ def gc(dry_run: bool = False) -> GcReport:
         contextlib.ExitStack() as held,
     ):
         keep = _referenced(home)
-        candidates = _gc_candidates(home, keep, held, quant_outputs=no_build)
+        candidates, spared = _gc_candidates(home, keep, held, quant_outputs=no_build, requested=everything)
         leftovers = find_leftovers(home, held)
         candidates += leftovers.stale
         items: list[GcItem] = []
@@ -107,6 +113,7 @@ def gc(dry_run: bool = False) -> GcReport:
         freed = sum(size for size, nlink, removed in inodes.values() if removed >= nlink)
         kept = len(keep & {p.name for p in home.blobs.iterdir()}) if home.blobs.is_dir() else 0
         partials = [GcItem(path=str(p), kind="partial", size_bytes=_size(p)) for p in leftovers.kept_partials]
+        requested = [GcItem(path=str(p), kind="quant", size_bytes=_size(p)) for p in spared]
     return GcReport(
         dry_run=dry_run,
         removed=items,
@@ -114,6 +121,7 @@ def gc(dry_run: bool = False) -> GcReport:
         kept_blobs=kept,
         builds_running=not no_build,
         kept_partials=partials,
+        kept_requested=requested,
     )
 
 
