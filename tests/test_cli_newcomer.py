@@ -119,3 +119,28 @@ def test_gc_keeps_what_mm_quantize_made_unless_all(mm: Mm, tiny_model: Path) -> 
     everything = mm("gc", "--all", "--dry-run")
     assert "would remove quant" in everything.stdout and str(output) in everything.stdout and output.is_file()
     assert mm("gc", "--all").exit_code == 0 and not output.exists()
+
+
+def test_run_takes_a_gguf_file_or_a_name_without_its_hardware(mm: Mm, tiny_model: Path) -> None:
+    by_file = mm("run", str(tiny_model), "--raw", "Hello", "-n", "4")
+    assert by_file.exit_code == 0, by_file.output
+    assert "running tiny-llama-f32.gguf as tiny-llama-f32@local" in by_file.stderr
+    by_name = mm("run", "tiny-llama-f32", "--raw", "Hello", "-n", "4")
+    assert by_name.exit_code == 0, by_name.output
+    publish_fitted(tiny_model, get_hardware("cpu-64g"))
+    which = mm("run", "tiny-llama-f32", "--raw", "Hello")
+    assert which.exit_code == 9, which.output
+    assert "names 2 profiles, one per hardware class: which one?" in which.stderr
+    assert "tiny-llama-f32@cpu-64g, tiny-llama-f32@local" in which.stderr
+
+
+def test_a_gpu_profile_run_without_a_gpu_warns(mm: Mm, tiny_model: Path) -> None:
+    from pipeline.spec.local_machine import local_class
+
+    if local_class().has_gpu:
+        pytest.skip("this machine has a GPU")
+    publish_fitted(tiny_model, get_hardware("rtx3060-12g"), name="tiny@rtx3060-12g")
+    result = mm("run", "tiny@rtx3060-12g", "--raw", "Hello", "-n", "2")
+    assert result.exit_code == 0, result.output
+    assert "warning: tiny@rtx3060-12g was planned for rtx3060-12g" in result.stderr
+    assert "this machine has no GPU" in result.stderr

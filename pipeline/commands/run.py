@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from pipeline.commands.options import JsonOpt, NameArg, RunFlags, run_options
+from pipeline.commands.options import JsonOpt, RunFlags, run_options
 from pipeline.commands.registration import add_command
 from pipeline.commands.render import emit_json, note
 
@@ -43,7 +43,7 @@ def _after_reply(reply: Generation) -> None:
 @run_options
 def run_command(
     run: RunFlags,
-    name: NameArg,
+    name: Annotated[str, typer.Argument(metavar="NAME|FILE", help="A profile (`mm ls`), or a .gguf file to run.")],
     prompt_arg: Annotated[
         str | None, typer.Argument(metavar="[PROMPT]", help="Answer this one message and exit (as `ollama run`).")
     ] = None,
@@ -75,17 +75,25 @@ def run_command(
     continues the text instead (llama.cpp's completion). Without a prompt: a chat; Ctrl-C stops a reply,
     Ctrl-D or /bye ends. A GGUF without a chat template gets its architecture's known format (said once).
 
+    NAME is a profile (`@hardware` may be left out when one matches) or a .gguf file, run as fitted to
+    this machine.
+
     Example: mm run llama2-70b-chat-q2_k@rtx3060-12g "Why is the sky blue?"
+    Example: mm run models/tiny-q8_0.gguf "Hello"
     """
     from pipeline.registry.run import chat, chat_format_for, generate, serve, with_flags
-    from pipeline.registry.store import get_profile
+    from pipeline.registry.runnable import gpu_warning, runnable_profile
 
     text = prompt if prompt is not None else prompt_arg
     if prompt is not None and prompt_arg is not None:
         from pipeline.base.errors import UsageError
 
         raise UsageError("give the prompt once: as PROMPT or with -p, not both")
-    profile = with_flags(get_profile(name), run.given)
+    profile, about = runnable_profile(name)
+    profile = with_flags(profile, run.given)
+    for line in (about, gpu_warning(profile)):
+        if line:
+            note(line)
     fmt = chat_format_for(profile, chat_format) if not (raw and text is not None) else None
     if fmt is not None and fmt.notice:
         note(f"{fmt.notice} (--chat-format to change)")

@@ -84,11 +84,21 @@ def _valid_name(name: str) -> str:
 
 
 def get_profile(name: str) -> Profile:
+    """The profile `name`; a name without `@hardware` means the one profile `name@…` (as `ollama run NAME`)."""
     home = mm_home()
     _valid_name(name)
     path = profile_path(home, name)
+    known = sorted(p.stem for p in home.profiles.glob("*.json")) if home.profiles.is_dir() else []
+    matches = [k for k in known if k.startswith(f"{name}@")] if "@" not in name and not path.is_file() else []
+    if len(matches) == 1:
+        path = profile_path(home, matches[0])
+    elif matches:
+        raise ProfileNotFoundError(
+            f"{name!r} names {len(matches)} profiles, one per hardware class: which one? {', '.join(matches)}",
+            name=name,
+            hint=f"give the full name, e.g. {matches[0]}",
+        )
     if not path.is_file():
-        known = sorted(p.stem for p in home.profiles.glob("*.json")) if home.profiles.is_dir() else []
         raise ProfileNotFoundError(
             f"no profile named {name!r}" + (f"; known: {', '.join(known)}" if known else ""),
             name=name,
