@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -144,3 +150,46 @@ def test_a_gpu_profile_run_without_a_gpu_warns(mm: Mm, tiny_model: Path) -> None
     assert result.exit_code == 0, result.output
     assert "warning: tiny@rtx3060-12g was planned for rtx3060-12g" in result.stderr
     assert "this machine has no GPU" in result.stderr
+
+
+def _read_until(fd: int, needle: bytes, seconds: float) -> bytes:
+    seen, deadline = b"", time.monotonic() + seconds
+    while needle not in seen and time.monotonic() < deadline:
+        if select.select([fd], [], [], 0.2)[0]:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            seen += chunk
+    return seen
+
+
+@pytest.mark.parametrize("typed", [b"", b"half a question"])
+def test_ctrl_c_at_an_empty_chat_prompt_leaves_and_with_text_asks_again(tiny_model: Path, typed: bytes) -> None:
+    publish_fitted(tiny_model, get_hardware("cpu-64g"), name="talker")
+    controller, terminal = os.openpty()
+    child = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "run", "talker"],
+        stdin=terminal, stdout=terminal, stderr=terminal, cwd=Path(__file__).parents[1], env=dict(os.environ),
+    )  # fmt: skip
+    os.close(terminal)
+    try:
+        assert b"> " in _read_until(controller, b"> ", 60)
+        os.write(controller, typed)
+        _read_until(controller, typed or b"\xff", 2)
+        child.send_signal(signal.SIGINT)
+        if typed:  # the typed text is dropped and a second Ctrl-C leaves
+            assert b"Ctrl-C again" in _read_until(controller, b"> ", 10) and child.poll() is None
+            child.send_signal(signal.SIGINT)
+        rest = _read_until(controller, b"\xff", 5)
+        assert child.wait(timeout=30) == 0 and b"Traceback" not in rest
+    finally:
+        child.kill()
+        os.close(controller)
+
+
+def test_demo_help_says_seconds_and_gibberish_by_design(mm: Mm) -> None:
+    text = " ".join(mm("demo", "--help").stdout.split())
+    assert "seconds" in text and "about a minute" not in text and "gibberish by design" in text

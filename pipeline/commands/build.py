@@ -85,7 +85,9 @@ def build_command(
 def demo_command(quiet: QuietOpt = False, as_json: JsonOpt = False) -> None:
     """Make a small model, build a bundled recipe from it (quantize → fit → publish), generate a few tokens.
 
-    Offline; about a minute on 2 cores. `make demo` runs it with MM_HOME=./cache.
+    Offline; seconds on 2 cores (the first run also builds llama.cpp's tools when they are not there yet).
+    The model has random weights, so its words are gibberish by design: the demo shows the pipeline working,
+    not a model talking. `make demo` runs it with MM_HOME=./cache.
 
     Example: MM_HOME=./cache mm demo
     """
@@ -96,7 +98,7 @@ def demo_command(quiet: QuietOpt = False, as_json: JsonOpt = False) -> None:
         emit_json(result)
         return
     table(SUMMARY_HEADERS, summary_rows(result.build))
-    typer.echo(f"\nprofile {result.profile}: {result.prompt!r} → {result.text!r}")
+    typer.echo(f"\nprofile {result.profile}: {result.prompt!r} → {result.text!r}  (random weights: gibberish)")
     home = f"{HOME_ENV}={env_value(HOME_ENV)} " if env_value(HOME_ENV) else ""
     typer.echo(f"try it:  {home}mm run {result.profile} -p 'hello'   ({home}mm ls lists the profiles)")
 

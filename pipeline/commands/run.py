@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -15,18 +17,34 @@ if TYPE_CHECKING:
     from pipeline.registry.run import Generation
 
 
-def _read_line() -> str | None:
-    """One user turn; None at end of input (Ctrl-D) or `/bye`. Ctrl-C at the prompt only reminds how to leave."""
-    try:
-        line = input("\n> ")
-    except EOFError:
-        _write("\n")  # the shell's prompt starts on a clean line, not after "> "
-        return None
-    except KeyboardInterrupt:
-        _write("\n")
-        note("(Ctrl-D or /bye ends the chat)")
-        return ""
-    return None if line.strip() in ("/bye", "/exit") else line
+class _Prompt:
+    """One user turn per call; None ends the chat: Ctrl-D, `/bye`, or — as in Ollama — Ctrl-C on an empty line
+    or twice in a row (Ctrl-C with text typed only drops that text)."""
+
+    def __init__(self) -> None:
+        self.interrupted = False
+        self.typed: Callable[[], str] | None = None
+        if sys.stdin.isatty():
+            with contextlib.suppress(ImportError):  # not on every platform; then two Ctrl-C leave
+                import readline  # line editing, and what was typed when Ctrl-C came
+
+                self.typed = readline.get_line_buffer
+
+    def __call__(self) -> str | None:
+        try:
+            line = input("\n> ")
+        except EOFError:
+            _write("\n")  # the shell's prompt starts on a clean line, not after "> "
+            return None
+        except KeyboardInterrupt:
+            _write("\n")
+            if self.interrupted or (self.typed is not None and not self.typed().strip()):
+                return None
+            self.interrupted = True
+            note("(Ctrl-C again, Ctrl-D or /bye ends the chat)")
+            return ""
+        self.interrupted = False
+        return None if line.strip() in ("/bye", "/exit") else line
 
 
 def _write(piece: str) -> None:
@@ -73,7 +91,8 @@ def run_command(
     Run-setting flags (-c, -ngl, -t, ...) change the profile's settings for this run only.
     PROMPT and -p are one chat turn in the model's chat template, as `ollama run NAME "..."`; --raw
     continues the text instead (llama.cpp's completion). Without a prompt: a chat; Ctrl-C stops a reply,
-    Ctrl-D or /bye ends. A GGUF without a chat template gets its architecture's known format (said once).
+    Ctrl-D, /bye or Ctrl-C at an empty prompt ends. A GGUF without a chat template gets its architecture's
+    known format (said once).
 
     NAME is a profile (`@hardware` may be left out when one matches) or a .gguf file, run as fitted to
     this machine.
@@ -112,8 +131,8 @@ def run_command(
         typer.echo("")
         note(f"{result.n_tokens} tokens in {result.seconds:.2f}s ({result.tokens_per_second:.1f} tok/s)")
     else:
-        note(f"chatting with {profile.name}; Ctrl-C stops a reply, Ctrl-D or /bye ends")
-        chat(profile, _read_line, _write, max_tokens=max_tokens, verify=verify, chat_format=chosen,
+        note(f"chatting with {profile.name}; Ctrl-C stops a reply, Ctrl-D, /bye or Ctrl-C at an empty prompt ends")
+        chat(profile, _Prompt(), _write, max_tokens=max_tokens, verify=verify, chat_format=chosen,
              on_reply=_after_reply)  # fmt: skip
 
 
