@@ -10,6 +10,7 @@ import pytest
 
 from pipeline.base.errors import UsageError
 from pipeline.base.home import atomic_write_text, locked, mm_home
+from pipeline.build.report import summary_rows
 from pipeline.build.runner import BuildOptions, build, in_shard, parse_shard, read_stamp, select_recipes
 from pipeline.build.stage import Stage, StageEnv, StageOutcome, Upstream, output_record
 from pipeline.build.stages import recipe_stages
@@ -257,3 +258,29 @@ def test_a_changed_text_is_named_by_its_own_stage(recipes_folder: Path) -> None:
         ("calibration", "ran", "calibration text changed"),
         ("eval-text", "skipped", "up to date"),
     ]
+
+
+class TypedStages(FileStages):
+    """FileStages whose `count` also reads the recipe's quant types, as publish reads the recipe's settings."""
+
+    def __call__(self, recipe: Recipe, env: StageEnv) -> list[Stage]:
+        make, count = super().__call__(recipe, env)
+        types = list(recipe.quantize.types)
+        return [make, Stage("count", count.deps, lambda up: {**count.inputs(up), "types": types}, count.action)]
+
+
+def test_a_dry_run_names_the_reason_the_real_run_gives_and_counts_nothing_as_ran(
+    recipes_folder: Path, tmp_path: Path
+) -> None:
+    stages = TypedStages(tmp_path)
+    [path] = _recipes(recipes_folder, "a")
+    build([path], BuildOptions(), stages_for=stages)
+    (tmp_path / "a.out").unlink()  # make must run again ...
+    path.write_text(RECIPE.replace('"q8_0"', '"q4_0"'))  # ... and count's own input changed
+    planned = build([path], BuildOptions(dry_run=True), stages_for=stages)
+    real = build([path], BuildOptions(), stages_for=stages)
+    assert [(s.name, s.reason) for s in planned.recipes[0].stages] == [
+        (s.name, s.reason) for s in real.recipes[0].stages
+    ]
+    assert real.recipes[0].stages[1].reason == "recipe changed"
+    assert planned.recipes[0].ran == [] and summary_rows(planned)[0][2] == "0"

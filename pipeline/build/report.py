@@ -42,7 +42,7 @@ class RecipeReport(BaseModel):
 
     @property
     def ran(self) -> list[str]:
-        return [s.name for s in self.stages if s.status in ("ran", "would_run")]
+        return [s.name for s in self.stages if s.status == "ran"]  # a dry run's would_run stages did not run
 
 
 class BuildReport(BaseModel):

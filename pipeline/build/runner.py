@@ -223,7 +223,8 @@ def _run_stages(
         stamp = read_stamp(env.home, recipe, stage.name)
         pending = [d for d in stage.deps if d in reasons and d not in upstream]
         if pending:  # dry run: an upstream stage would run, so its outputs are unknown yet
-            report = StageReport(name=stage.name, status="would_run", reason=reasons[pending[0]])
+            reason = _dry_run_reason(env.home, recipe, stage, stamp, upstream, reasons, options.force)
+            report = StageReport(name=stage.name, status="would_run", reason=reason)
             reasons[stage.name] = report.reason
             reports.append(report)
             reporter.stage_skipped(recipe, report)
@@ -276,6 +277,31 @@ def _run_stages(
         reports.append(report)
         reporter.stage_done(recipe, report)
     return reports
+
+
+def _dry_run_reason(
+    home: Home, recipe: str, stage: Stage, stamp: Stamp | None, upstream: dict[str, StageOutcome],
+    reasons: dict[str, str], force: bool,
+) -> str:  # fmt: skip
+    """What the real run would say for a stage below one that would run: its own reason (never built, recipe
+    changed) from its inputs as they would be if the upstream stages made what they made last time; else
+    the upstream's reason (the real run names it when only the upstream's outputs change)."""
+    inherited = next(reasons[d] for d in stage.deps if d in reasons and d not in upstream)
+    if force or stamp is None:
+        return "forced" if force else "never built"
+    assumed = dict(upstream)
+    for dep in stage.deps:
+        if dep not in assumed:
+            old = read_stamp(home, recipe, dep)
+            if old is None:
+                return inherited
+            assumed[dep] = old.outcome
+    try:
+        inputs = stage.inputs(assumed)
+    except Exception:  # what the inputs read is not there yet: the upstream's reason is all that is known
+        return inherited
+    deps_reasons = [reasons[d] for d in stage.deps if d in reasons]
+    return _why_unstamped(stamp, fingerprint(inputs), inputs, deps_reasons, force) or inherited
 
 
 def _why_unstamped(
