@@ -16,7 +16,9 @@ import pytest
 from typer.testing import Result
 
 from pipeline.base.home import mm_home
+from pipeline.fitting.fit import FitSettings
 from pipeline.measure.machine import cache_measurement
+from pipeline.registry.store import get_profile
 from pipeline.spec.hardware import get_hardware
 from tests.conftest import publish_fitted, write_recipe
 from tests.hub import LocalHub
@@ -193,3 +195,15 @@ def test_ctrl_c_at_an_empty_chat_prompt_leaves_and_with_text_asks_again(tiny_mod
 def test_demo_help_says_seconds_and_gibberish_by_design(mm: Mm) -> None:
     text = " ".join(mm("demo", "--help").stdout.split())
     assert "seconds" in text and "about a minute" not in text and "gibberish by design" in text
+
+
+def test_republishing_an_unchanged_blob_keeps_its_measurements(mm: Mm, tiny_model: Path) -> None:
+    published = publish_fitted(tiny_model, get_hardware("cpu-64g"), name="tiny@cpu-64g")
+    benched = mm("bench", published.name, "--n-prompt", "8", "--n-gen", "4", "--repetitions", "1", "--json")
+    assert benched.exit_code == 0, benched.output
+    measured = get_profile(published.name).measured.bench
+    assert measured is not None
+    publish_fitted(tiny_model, get_hardware("cpu-64g"), name="tiny@cpu-64g")  # as a later `mm build` does
+    assert get_profile(published.name).measured.bench == measured
+    publish_fitted(tiny_model, get_hardware("cpu-64g"), name="tiny@cpu-64g", settings=FitSettings(ctx=256))
+    assert get_profile(published.name).measured.bench is None  # other settings: that measurement is not theirs

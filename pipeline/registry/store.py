@@ -145,9 +145,23 @@ def publish(
     with locked(home, LOCK):
         ref = store_blob(home, model, sha256, size_bytes)
         profile = build_profile(named, ref, hardware, fit, name=name, recipe=recipe, record=record, threads=threads)
+        profile = _keep_measurements(home, profile)
         atomic_write_json(profile_path(home, profile.name), profile.model_dump(mode="json"))
     log.info("published %s (blob %s)", profile.name, sha256[:12])
     return profile
+
+
+def _keep_measurements(home: Home, profile: Profile) -> Profile:
+    """A re-published profile keeps what `mm bench`/`mm eval` measured when the blob and the run settings are
+    the ones measured: republishing an unchanged build must not forget them."""
+    path = profile_path(home, profile.name)
+    try:
+        old = read_profile(path) if path.is_file() else None
+    except RegistryError:  # an unreadable old profile is replaced, measurements and all
+        return profile
+    if old is None or old.blob.sha256 != profile.blob.sha256 or old.run != profile.run:
+        return profile
+    return profile.model_copy(update={"measured": old.measured})
 
 
 def install(published: Profile, model: Path, *, name: str | None = None) -> Profile:
