@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 
@@ -72,3 +73,23 @@ def test_the_development_tree_shows_every_module_in_its_folder() -> None:
     listed = set().union(*_development_tree().values())
     assert sorted(listed - modules) == [], "listed in the README but not in pipeline/"
     assert sorted(modules - listed) == [], "in pipeline/ but not in the README's Development tree"
+
+
+def _quickstart_lines() -> list[str]:
+    """The quickstart's mm commands, in order (the first code block after its heading), comments dropped."""
+    text = README.read_text().split("## Quickstart", 1)[1]
+    block = text.split("```sh\n", 1)[1].split("```", 1)[0]
+    return [line.split("#")[0].strip() for line in block.splitlines() if line.startswith("mm ")]
+
+
+def test_the_quickstart_runs_offline_on_a_local_file(
+    mm: Callable[..., Result], tiny_model_f16: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "model-f16.gguf").write_bytes(tiny_model_f16.read_bytes())
+    lines = [line for line in _quickstart_lines() if line != "mm demo"]  # the demo has its own test
+    assert len(lines) >= 7 and len(README.read_text().split("## Quickstart", 1)[1].split("\n## ")[0].splitlines()) <= 25
+    for line in lines:
+        result = mm(*shlex.split(line)[1:], input="")
+        assert result.exit_code == 0, f"{line}: {result.output}"
+    assert "model-q4_k_m@local" in mm("ls").stdout
