@@ -223,8 +223,8 @@ def _run_stages(
         stamp = read_stamp(env.home, recipe, stage.name)
         pending = [d for d in stage.deps if d in reasons and d not in upstream]
         if pending:  # dry run: an upstream stage would run, so its outputs are unknown yet
-            reason = _dry_run_reason(env.home, recipe, stage, stamp, upstream, reasons, options.force)
-            report = StageReport(name=stage.name, status="would_run", reason=reason)
+            planned = _dry_run_reason(env.home, recipe, stage, stamp, upstream, reasons, options.force)
+            report = StageReport(name=stage.name, status="would_run", reason=planned)
             reasons[stage.name] = report.reason
             reports.append(report)
             reporter.stage_skipped(recipe, report)

@@ -139,7 +139,11 @@ def hw_command(
         str | None, typer.Option("--save", metavar="NAME", help="Write the measurement as hardware class NAME.")
     ] = None,
     hardware_file: Annotated[
-        Path | None, typer.Option(metavar="FILE", help="Where --save writes (default: $XDG_CONFIG_HOME/mm/hardware.toml, read from any folder).")
+        Path | None,
+        typer.Option(
+            metavar="FILE",
+            help="Where --save writes (default: $XDG_CONFIG_HOME/mm/hardware.toml, read from any folder).",
+        ),
     ] = None,
     threads: Annotated[
         str | None, typer.Option(metavar="N,N", help="Thread counts to measure, e.g. 1,2 (default: 1..cores).")

@@ -243,7 +243,9 @@ def _written(
         )
         params = current.params(request.imatrix, request.imatrix_sha256)
         quantize(
-            QuantizeRequest(source=request.source, params=params, output=output, threads=request.threads, requested=True)
+            QuantizeRequest(
+                source=request.source, params=params, output=output, threads=request.threads, requested=True
+            )
         )
         if _accepted(request, output, "experts" in sizes.groups):
             return current, output

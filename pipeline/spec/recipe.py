@@ -324,7 +324,9 @@ def _beyond_the_schema(path: Path, document: dict[str, Any], require_source: boo
     hardware = document.get("hardware")
     if isinstance(hardware, str) and hardware not in catalog:
         known = ", ".join(sorted(catalog))
-        problems.append(f"{path}: hardware: unknown class {hardware!r} ({hardware_hint(hardware, catalog)}); known: {known}")
+        problems.append(
+            f"{path}: hardware: unknown class {hardware!r} ({hardware_hint(hardware, catalog)}); known: {known}"
+        )
     source = document.get("source")
     local = source.get("path") if isinstance(source, dict) else None
     if require_source and isinstance(local, str) and local and not (path.parent / Path(local).expanduser()).exists():
