@@ -129,6 +129,7 @@ def args_for(tiny_model: Path, tmp_path: Path) -> Callable[[_click.Command], lis
     values = {
         "MODEL": str(tiny_model),
         "NAME": PROFILE,
+        "NAME|FILE": PROFILE,
         "NAME...": PROFILE,
         "[RECIPE]...": str(recipe),
         "REPO|DIR": str(tmp_path),
@@ -181,6 +182,7 @@ def test_a_bad_value_is_one_clear_error(
 BAD_ARGUMENT = {
     "MODEL": "/nonexistent/model.gguf",
     "NAME": "no-such-profile",
+    "NAME|FILE": "/nonexistent/model.gguf",
     "NAME...": "no-such-profile",
     "[NAME]": "no-such-profile",
     "[RECIPE]...": "no-such-recipe",

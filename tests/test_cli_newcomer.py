@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import os
-import select
 import signal
 import subprocess
 import sys
-import time
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +20,7 @@ from pipeline.registry.store import get_profile
 from pipeline.spec.hardware import get_hardware
 from tests.conftest import publish_fitted, write_recipe
 from tests.hub import LocalHub
+from tests.test_pull_tty import REPO_ROOT, _read_until
 
 Mm = Callable[..., Result]
 
@@ -154,27 +153,13 @@ def test_a_gpu_profile_run_without_a_gpu_warns(mm: Mm, tiny_model: Path) -> None
     assert "this machine has no GPU" in result.stderr
 
 
-def _read_until(fd: int, needle: bytes, seconds: float) -> bytes:
-    seen, deadline = b"", time.monotonic() + seconds
-    while needle not in seen and time.monotonic() < deadline:
-        if select.select([fd], [], [], 0.2)[0]:
-            try:
-                chunk = os.read(fd, 4096)
-            except OSError:  # the child closed the terminal
-                break
-            if not chunk:
-                break
-            seen += chunk
-    return seen
-
-
 @pytest.mark.parametrize("typed", [b"", b"half a question"])
 def test_ctrl_c_at_an_empty_chat_prompt_leaves_and_with_text_asks_again(tiny_model: Path, typed: bytes) -> None:
     publish_fitted(tiny_model, get_hardware("cpu-64g"), name="talker")
     controller, terminal = os.openpty()
     child = subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli", "run", "talker"],
-        stdin=terminal, stdout=terminal, stderr=terminal, cwd=Path(__file__).parents[1], env=dict(os.environ),
+        stdin=terminal, stdout=terminal, stderr=terminal, cwd=REPO_ROOT, env=dict(os.environ),
     )  # fmt: skip
     os.close(terminal)
     try:
