@@ -104,10 +104,10 @@ def test_three_shards_push_into_one_repo_and_every_quant_and_row_survives(
     files = tree(local_hub)
     card = files["README.md"].decode()
     for name in SHARDED:
-        profile = json.loads(files[f"profiles/{name}-q8_0.json"])
+        profile = json.loads(files[f"profiles/{name}-q8_0@cpu-32g.json"])
         gguf = files[profile["file"]]
         assert hashlib.sha256(gguf).hexdigest() == profile["profile"]["blob"]["sha256"]
-        assert f"| {name}-q8_0 |" in card
+        assert f"| {name}-q8_0@cpu-32g |" in card
     for k, runner_out in enumerate((o for o, _ in outputs), start=1):
         report = json.loads(runner_out)
         (recipe,) = report["recipes"]
@@ -172,7 +172,7 @@ def test_a_failed_push_fails_that_recipe_and_the_next_build_retries_it(
     assert again.exit_code == 0, again.stderr
     stages = {s["name"]: s["status"] for r in json.loads(again.stdout)["recipes"] for s in r["stages"]}
     assert stages["push"] == "ran" and stages["publish:q8_0"] == "skipped"
-    assert "profiles/pushed-q8_0.json" in tree(local_hub)
+    assert "profiles/pushed-q8_0@cpu-32g.json" in tree(local_hub)
     third = mm("build", "--all", "--recipes", str(recipes_folder), "--push", "--json")
     stages = {s["name"]: s["status"] for r in json.loads(third.stdout)["recipes"] for s in r["stages"]}
     assert stages["push"] == "skipped"

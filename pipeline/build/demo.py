@@ -17,6 +17,7 @@ from pipeline.build.report import BuildReport, ConsoleReporter, Reporter
 from pipeline.build.runner import BuildOptions, build
 from pipeline.build.stages.publish import profile_name
 from pipeline.gguf.tiny_model import TinySpec, write_tiny_model
+from pipeline.spec.recipe import load_recipe
 
 DEMO_NAME = "demo"
 DEMO_TYPES = ("q4_k_m", "q8_0")
@@ -76,7 +77,7 @@ def run_demo(progress: Callable[[str], None] | None = None, *, max_tokens: int =
     report = build([recipe], BuildOptions(), reporter)
     if report.failed:
         raise BuildError(f"the demo build failed: {report.failed[0].reason}")
-    profile = profile_name(report.recipes[0].name, DEMO_TYPES[0])
+    profile = profile_name(load_recipe(recipe), DEMO_TYPES[0])
     say(f"demo: generating {max_tokens} tokens from profile {profile}")
     text, n_tokens = _generate(profile, DEMO_PROMPT, max_tokens)
     return DemoResult(

@@ -11,9 +11,9 @@ from pipeline.resolve.model_ref import recipe_hardware
 from pipeline.spec.recipe import Recipe
 
 
-def profile_name(recipe_name: str, qtype: str) -> str:
-    """One profile per recipe and quant type."""
-    return f"{recipe_name}-{qtype}"
+def profile_name(recipe: Recipe, qtype: str) -> str:
+    """One profile per recipe and quant type, named `<model>-<quant>@<hardware>` as every profile is."""
+    return f"{recipe.name}-{qtype}@{recipe.hardware}"
 
 
 def _source_json(model: ModelFile) -> dict[str, Any] | None:
@@ -27,7 +27,7 @@ def _measured(recipe: Recipe, qtype: str) -> tuple[str, ...]:
 
 def publish_stage(recipe: Recipe, env: StageEnv, qtype: str, model: str) -> Stage:
     quant, fit = f"quantize:{qtype}", f"fit:{qtype}"
-    name = profile_name(recipe.name, qtype)
+    name = profile_name(recipe, qtype)
     measured = _measured(recipe, qtype)
 
     def inputs(up: Upstream) -> dict[str, Any]:
