@@ -29,6 +29,8 @@ HF_ENDPOINT_ENV = "HF_ENDPOINT"
 HF_OFFLINE_ENV = "HF_HUB_OFFLINE"
 HF_CACHE_ENV = "HF_HUB_CACHE"
 HF_HOME_ENV = "HF_HOME"
+# the XDG base directory specification's, for the user config folder (base/config_dir.py)
+CONFIG_HOME_ENV = "XDG_CONFIG_HOME"
 
 TRUE_VALUES = frozenset({"1", "true", "yes", "on"})
 
