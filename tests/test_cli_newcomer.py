@@ -14,10 +14,10 @@ import pytest
 from typer.testing import Result
 
 from pipeline.base.home import mm_home
-from pipeline.fitting.fit import FitSettings
 from pipeline.measure.machine import cache_measurement
 from pipeline.registry.store import get_profile
 from pipeline.spec.hardware import get_hardware
+from pipeline.spec.run_settings import RunSettings
 from tests.conftest import publish_fitted, write_recipe
 from tests.hub import LocalHub
 from tests.test_pull_tty import REPO_ROOT, _read_until
@@ -190,5 +190,5 @@ def test_republishing_an_unchanged_blob_keeps_its_measurements(mm: Mm, tiny_mode
     assert measured is not None
     publish_fitted(tiny_model, get_hardware("cpu-64g"), name="tiny@cpu-64g")  # as a later `mm build` does
     assert get_profile(published.name).measured.bench == measured
-    publish_fitted(tiny_model, get_hardware("cpu-64g"), name="tiny@cpu-64g", settings=FitSettings(ctx=256))
+    publish_fitted(tiny_model, get_hardware("cpu-64g"), name="tiny@cpu-64g", settings=RunSettings(n_ctx=256))
     assert get_profile(published.name).measured.bench is None  # other settings: that measurement is not theirs
