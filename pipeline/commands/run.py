@@ -83,6 +83,13 @@ def run_command(
     verify: Annotated[bool, typer.Option("--verify", help="Re-hash the blob before loading.")] = False,
     server: Annotated[bool, typer.Option("--server", help="Serve an OpenAI-compatible API on 127.0.0.1.")] = False,
     port: Annotated[int, typer.Option(metavar="PORT", help="Port for --server.", min=1, max=65535)] = 8000,
+    max_body: Annotated[
+        str, typer.Option("--max-body", metavar="SIZE", help="--server: largest request body accepted (413 above).")
+    ] = "1M",
+    cors: Annotated[
+        list[str] | None,
+        typer.Option("--cors", metavar="ORIGIN", help="--server: allow this browser origin (repeat; none by default)."),
+    ] = None,
     seed: Annotated[int | None, typer.Option(metavar="N", help="Sampling seed, for repeatable output.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -97,10 +104,13 @@ def run_command(
     NAME is a profile (`@hardware` may be left out when one matches) or a .gguf file, run as fitted to
     this machine.
 
+    --server answers OpenAI requests on 127.0.0.1 (and /health); bodies over --max-body, grammars llama.cpp
+    cannot parse and max_tokens beyond the context are refused with an error response.
+
     Example: mm run llama2-70b-chat-q2_k@rtx3060-12g "Why is the sky blue?"
     Example: mm run models/tiny-q8_0.gguf "Hello"
     """
-    from pipeline.registry.run import chat, chat_format_for, generate, serve, with_flags
+    from pipeline.registry.run import chat, chat_format_for, generate, with_flags
     from pipeline.registry.runnable import gpu_warning, runnable_profile
 
     text = prompt if prompt is not None else prompt_arg
@@ -118,8 +128,12 @@ def run_command(
         note(f"{fmt.notice} (--chat-format to change)")
     chosen = fmt.name if fmt is not None else None
     if server:
-        serve(profile, port=port, verify=verify, chat_format=chosen,
-              on_ready=lambda url: note(f"serving {profile.name} on {url} (Ctrl-C stops)"))  # fmt: skip
+        from pipeline.base.units import parse_size
+        from pipeline.registry.server import ServerOptions, serve
+
+        options = ServerOptions(port=port, max_body_bytes=parse_size(max_body, what="--max-body"),
+                                cors_origins=tuple(cors or ()), chat_format=chosen, verify=verify)  # fmt: skip
+        serve(profile, options, on_ready=lambda url: note(f"serving {profile.name} on {url} (Ctrl-C stops)"))
     elif text is not None:
         result = generate(profile, text, max_tokens=max_tokens, on_token=None if as_json else _write, verify=verify,
                           seed=seed, raw=raw, chat_format=chosen)  # fmt: skip

@@ -1,16 +1,13 @@
-"""`mm run`: load a profile's blob with llama-cpp-python using exactly its settings; generate, chat or serve.
+"""`mm run`: load a profile's blob with llama-cpp-python using exactly its settings; generate or chat.
 
 The library never prints: tokens go to an `on_token` callback, user turns come from a `read_message`
-callback, llama.cpp's own log goes to the `llama.cpp` logger (shown with -vv), and the server logs
-through uvicorn's logging.
+callback, and llama.cpp's own log goes to the `llama.cpp` logger (shown with -vv). The server is server.py.
 """
 
 from __future__ import annotations
 
 import ctypes
-import errno
 import logging
-import socket
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -19,7 +16,7 @@ from typing import TYPE_CHECKING, Any, cast
 from pipeline.base.errors import RegistryError, UsageError
 from pipeline.gguf.chat_format import ChatFormat, choose_chat_format
 from pipeline.gguf.header import read_header
-from pipeline.llama.overrides import load_llama, tensor_overrides
+from pipeline.llama.overrides import load_llama
 from pipeline.registry.blobs import check_blob
 from pipeline.registry.profile import Profile, check_model, llama_kwargs
 from pipeline.spec.run_settings import RunSettings, expert_overrides
@@ -30,7 +27,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 llama_log = logging.getLogger("llama.cpp")
 
-LOOPBACK = "127.0.0.1"
 TokenCallback = Callable[[str], None]
 Messages = list[dict[str, str]]
 
@@ -47,14 +43,10 @@ class Generation:
         return self.n_tokens / self.seconds if self.seconds > 0 else 0.0
 
 
-class PortInUseError(UsageError):
-    """`mm run --server --port P` where P is taken: found before the model is loaded."""
-
-
 _LOG_CALLBACK: list[Any] = []  # keeps the ctypes callback alive as long as llama.cpp may call it
 
 
-def _route_llama_log() -> None:
+def route_llama_log() -> None:
     """llama.cpp's log to the `llama.cpp` logger at debug level (-vv shows it).
 
     llama-cpp-python 0.3's own callback maps ggml's log levels off by one (its _logger.py predates
@@ -113,7 +105,7 @@ def chat_format_for(profile: Profile, requested: str | None = None) -> ChatForma
 def load(profile: Profile, *, verify: bool = False, chat_format: str | None = None) -> Llama:
     """The model loaded with exactly the profile's settings (the blob is checked first)."""
     kwargs = run_kwargs(profile, verify=verify)
-    _route_llama_log()
+    route_llama_log()
     log.info("loading %s with %s", profile.name, kwargs)
     llm: Llama = load_llama(
         {**kwargs, "chat_format": chat_format},
@@ -232,51 +224,3 @@ def chat(
             on_reply(reply)
         turns += 1
     return turns
-
-
-def check_port_free(port: int) -> None:
-    """Bind and release 127.0.0.1:`port` so a taken port is an error before minutes of model loading."""
-    if not 1 <= port <= 65535:
-        raise UsageError(f"port {port}: expected a port number from 1 to 65535", param="port")
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((LOOPBACK, port))
-        except OSError as exc:
-            reason = "is already in use" if exc.errno == errno.EADDRINUSE else f"cannot be used ({exc.strerror})"
-            raise PortInUseError(
-                f"{LOOPBACK}:{port} {reason}", hint="choose another port, or stop what is listening there"
-            ) from None
-
-
-def serve(
-    profile: Profile,
-    *,
-    port: int = 8000,
-    verify: bool = False,
-    chat_format: str | None = None,
-    on_ready: Callable[[str], None] | None = None,
-) -> None:
-    """llama-cpp-python's OpenAI-compatible server on 127.0.0.1:`port` with the profile's settings (blocks).
-
-    `on_ready(url)` is called once the port is known to be free, before the model loads.
-    """
-    check_port_free(port)
-    kwargs = run_kwargs(profile, verify=verify)
-    _route_llama_log()
-    import uvicorn
-    from llama_cpp.server.app import create_app
-    from llama_cpp.server.settings import ModelSettings, ServerSettings
-
-    url = f"http://{LOOPBACK}:{port}/v1"
-    if on_ready is not None:
-        on_ready(url)
-    model_settings = {("model" if key == "model_path" else key): value for key, value in kwargs.items()}
-    if chat_format is not None:
-        model_settings["chat_format"] = chat_format
-    with tensor_overrides(profile.run.tensor_overrides):  # the server loads its model here
-        app = create_app(
-            server_settings=ServerSettings(host=LOOPBACK, port=port),
-            model_settings=[ModelSettings(model_alias=profile.name, verbose=False, **model_settings)],
-        )
-    log.info("serving %s on %s", profile.name, url)
-    uvicorn.run(app, host=LOOPBACK, port=port, log_level="warning")
