@@ -46,9 +46,8 @@ def main() -> int:
     statuses = collections.Counter(answer.status for answer in answers)
     print(f"requests {len(answers)}, concurrency {args.concurrency}, {seconds:.1f} s")
     print("answers by status: " + ", ".join(f"{status}: {n}" for status, n in sorted(statuses.items())))
-    print(
-        f"transport errors (no HTTP answer): {statuses.get(0, 0)}; 5xx: {sum(n for s, n in statuses.items() if s >= 500)}"
-    )
+    failed = sum(n for status, n in statuses.items() if status >= 500)
+    print(f"transport errors (no HTTP answer): {statuses.get(0, 0)}; 5xx: {failed}")
     print(f"peak RSS: {idle_rss / 2**20:.0f} MiB after loading, {peak_rss / 2**20:.0f} MiB after the load")
     print(f"still answering afterwards: {after.status == 200}")
     return 0 if after.status == 200 and statuses.get(0, 0) == 0 else 1
