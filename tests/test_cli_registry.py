@@ -24,13 +24,14 @@ Mm = Callable[..., Result]
 
 
 def own_copy(model: Path, folder: Path, name: str = "tiny-llama-f32.gguf") -> Path:
-    """Blobs are hard links: tests that damage one work on a private copy of the shared model."""
+    """A private copy of the shared model, for tests that damage files."""
     folder.mkdir(parents=True, exist_ok=True)
     return Path(shutil.copyfile(model, folder / name))
 
 
 def flip_byte(path: Path, keep_mtime: bool = False) -> None:
     stat = path.stat()
+    path.chmod(stat.st_mode | 0o200)  # blobs are read-only: damage comes from rot or a forced write
     data = bytearray(path.read_bytes())
     data[-100] ^= 0xFF
     with open(path, "r+b") as handle:  # in place: same inode, as disk rot or a stray write would

@@ -124,7 +124,7 @@ def test_a_full_disk_on_a_small_write_is_the_disk_error(mm: Mm, tiny_model: Path
                                                         monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     with small_filesystem(tmp_path / "small", "8m") as small:
         model = small / "m.gguf"
-        shutil.copyfile(tiny_model, model)  # same filesystem: publish hard-links, it copies nothing
+        shutil.copyfile(tiny_model, model)
         monkeypatch.setenv("MM_HOME", str(small / "home"))
         fill(small)
         result = mm("publish", str(model), "--hardware", "cpu-32g")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -27,7 +26,7 @@ CPU = get_hardware("cpu-64g")
 
 
 def own_copy(model: Path, folder: Path, name: str = "model-f32.gguf") -> Path:
-    """A private copy: blobs are hard links, so damaging one must never touch the session's shared model."""
+    """A private copy of the session's shared model, for tests that damage files."""
     folder.mkdir(parents=True, exist_ok=True)
     return Path(shutil.copyfile(model, folder / name))
 
@@ -38,6 +37,7 @@ def sha256_of(path: Path) -> str:
 
 def flip_byte(path: Path, offset: int = -100, keep_mtime: bool = False) -> None:
     stat = path.stat()
+    path.chmod(stat.st_mode | 0o200)  # blobs are read-only: damage comes from rot or a forced write
     with open(path, "r+b") as handle:
         handle.seek(offset, os.SEEK_END)
         byte = handle.read(1)
@@ -47,12 +47,14 @@ def flip_byte(path: Path, offset: int = -100, keep_mtime: bool = False) -> None:
         os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 
-def test_publish_hard_links_the_model_into_a_content_addressed_blob(tiny_model: Path, tmp_path: Path) -> None:
+def test_publish_copies_the_model_into_a_read_only_content_addressed_blob(tiny_model: Path, tmp_path: Path) -> None:
     model = own_copy(tiny_model, tmp_path)
     profile = publish_fitted(model, CPU, name="tiny")
     blob = mm_home().blobs / profile.blob.sha256
-    assert profile.blob.sha256 == sha256_of(model)
-    assert blob.stat().st_ino == model.stat().st_ino  # same filesystem: linked, not copied
+    assert profile.blob.sha256 == sha256_of(model) == sha256_of(blob)
+    assert blob.stat().st_ino != model.stat().st_ino and blob.stat().st_mode & 0o222 == 0  # damage one, not both
+    flip_byte(model)
+    assert sha256_of(blob) == profile.blob.sha256
     assert profile.blob.size_bytes == model.stat().st_size
     assert profile.quant == "f32" and profile.hardware == "cpu-64g"
     assert profile.provenance.source.kind == "local" and profile.provenance.source.path == str(model)
@@ -62,20 +64,6 @@ def test_publish_hard_links_the_model_into_a_content_addressed_blob(tiny_model: 
 def test_default_name_is_model_quant_at_hardware(tiny_model_f16: Path, tmp_path: Path) -> None:
     model = own_copy(tiny_model_f16, tmp_path, "tiny-llama-F16.gguf")
     assert publish_fitted(model, CPU).name == "tiny-llama-f16@cpu-64g"
-
-
-def test_across_filesystems_the_model_is_copied_once_and_checked(
-    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    def no_link(src: object, dst: object) -> None:
-        raise OSError(errno.EXDEV, "Invalid cross-device link")
-
-    monkeypatch.setattr(os, "link", no_link)
-    model = own_copy(tiny_model, tmp_path)
-    profile = publish_fitted(model, CPU, name="copied")
-    blob = Path(profile.blob.path)
-    assert blob.stat().st_ino != model.stat().st_ino
-    assert sha256_of(blob) == sha256_of(model)
 
 
 def test_republishing_a_name_replaces_the_profile_and_gc_frees_the_old_blob(
@@ -158,9 +146,10 @@ def test_provenance_comes_from_the_quantize_record_and_gc_removes_unused_outputs
     report = gc(dry_run=True)
     assert {i.kind for i in report.removed} == {"blob", "quant", "record"}
     assert output.exists()  # dry run
-    size = output.stat().st_size + output.with_name(output.name + ".mm.json").stat().st_size
+    blob = Path(profile.blob.path)
+    size = output.stat().st_size + output.with_name(output.name + ".mm.json").stat().st_size + blob.stat().st_size
     report = gc()
-    assert report.freed_bytes == size  # output and blob are one inode: freed once, counted once
+    assert report.freed_bytes == size  # output and blob are two files (a blob is a copy): both freed
     assert not output.exists() and not output.with_name(output.name + ".mm.json").exists()
     assert not any(mm_home().blobs.iterdir())
 

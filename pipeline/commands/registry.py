@@ -14,6 +14,7 @@ from pipeline.commands.render import emit_json, note, table
 
 if TYPE_CHECKING:
     from pipeline.registry.profile import Profile
+    from pipeline.registry.repair import Repair
 
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Only list what would be removed.")]
 
@@ -179,17 +180,25 @@ def gc_command(
 
 def verify_command(
     name: Annotated[str | None, typer.Argument(metavar="[NAME]", help="One profile (default: all).")] = None,
+    repair: Annotated[
+        bool, typer.Option("--repair", help="Restore damaged blobs from their source (copy or quantize again).")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Re-hash every blob; exits 5 naming the corrupted profiles.
+    """Re-hash every blob; exits 5 naming the corrupted profiles. --repair restores them first.
 
-    Example: mm verify
+    A blob is restored only to the sha256 its profile names: from the quantize output or published file
+    when it still holds those bytes, else by quantizing the recorded source again.
+
+    Example: mm verify --repair
     """
     from pipeline.registry.verify import verify
 
+    repairs = _repair(name, as_json) if repair else []
     report = verify(name)
     if as_json:
-        emit_json({**report.model_dump(mode="json"), "ok": report.ok, "corrupted": report.corrupted})
+        fixed = [{"name": r.name, "sha256": r.sha256, "how": r.how, "problem": r.problem} for r in repairs]
+        emit_json({**report.model_dump(mode="json"), "ok": report.ok, "corrupted": report.corrupted, "repaired": fixed})
     else:
         for check in report.checked:
             problem = f"  ({check.problem})" if check.problem else ""
@@ -200,7 +209,19 @@ def verify_command(
         bad = list(report.corrupted)
         if report.broken_files:
             bad.append(f"{len(report.broken_files)} unreadable profile file(s)")
-        raise IntegrityError(f"verify failed: {', '.join(bad)}", hint="`mm rm` the profile and publish it again")
+        hint = "`mm verify --repair` restores damaged blobs from their source" if report.corrupted else None
+        if repair or not report.corrupted:
+            hint = "`mm rm` the profile and publish or pull it again"
+        raise IntegrityError(f"verify failed: {', '.join(bad)}", hint=hint)
+
+
+def _repair(name: str | None, quiet: bool) -> list[Repair]:
+    from pipeline.registry.repair import repair
+
+    repairs = repair(name)
+    for done in repairs if not quiet else []:
+        note(f"repaired {done.name}: {done.how}" if done.ok else f"cannot repair {done.name}: {done.problem}")
+    return repairs
 
 
 def export_command(

@@ -17,7 +17,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from pipeline.base.digest import record_sha256, sha256_handle
+from pipeline.base.digest import file_sha256, record_sha256, sha256_handle
 from pipeline.base.disk_space import SLACK_BYTES, disk_full, free_bytes, require_space
 from pipeline.base.errors import ModelFormatError, QuantizeError, UsageError
 from pipeline.base.home import atomic_path, locked, mm_home, remove_stale_temps
@@ -301,7 +301,8 @@ def _result(
 
 
 def _up_to_date(output: Path, source: SourceRef, params: QuantParams) -> QuantRecord | None:
-    """The existing record when `output` was made from the same source bytes with the same parameters."""
+    """The existing record when `output` was made from the same source bytes with the same parameters and
+    still holds the bytes it recorded (a damaged output is made again, not taken as a new result)."""
     if not output.is_file():
         return None
     try:
@@ -310,7 +311,9 @@ def _up_to_date(output: Path, source: SourceRef, params: QuantParams) -> QuantRe
         return None
     if record is None or not record.source.same_bytes(source) or record.params != params:
         return None
-    return record if output.stat().st_size == record.size_bytes else None
+    if output.stat().st_size != record.size_bytes:
+        return None
+    return record if file_sha256(mm_home(), output) == record.sha256 else None  # one stat when untouched
 
 
 def _verify_output(path: Path, source: GGUFHeader, qtype: QuantType) -> GGUFHeader:

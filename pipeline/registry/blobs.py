@@ -1,15 +1,14 @@
-"""The blob store: each model file kept once by its sha256 (hard-linked, or copied while hashing), and the
-cheap check that a profile's blob is still intact before it runs."""
+"""The blob store: each model file kept once by its sha256 (a read-only copy or reflink, never a hard link),
+and the cheap check that a profile's blob is still intact before it runs."""
 
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
-import os
 from pathlib import Path
 
-from pipeline.base.digest import cached_sha256, file_sha256, read_chunks, record_sha256, sha256_file
+from pipeline.base.clone import clone_hashing
+from pipeline.base.digest import cached_sha256, file_sha256, record_sha256, sha256_file
 from pipeline.base.disk_space import disk_full, require_space
 from pipeline.base.errors import IntegrityError
 from pipeline.base.home import Home, atomic_path, inside, mm_home
@@ -23,50 +22,43 @@ def blob_path(home: Home, sha256: str) -> Path:
 
 
 def store_blob(home: Home, source: Path, sha256: str, size_bytes: int) -> BlobRef:
-    """The blob of `source` in the store (linked or copied, verified), as a profile refers to it."""
+    """The blob of `source` in the store (copied, verified), as a profile refers to it."""
     blob = _blob_for(home, source, sha256, size_bytes)
     stat = blob.stat()
     return BlobRef(sha256=sha256, size_bytes=size_bytes, path=str(blob), mtime_ns=stat.st_mtime_ns, inode=stat.st_ino)
 
 
 def _blob_for(home: Home, source: Path, sha256: str, size_bytes: int) -> Path:
-    """The blob for `sha256`: hard-linked to `source` (same filesystem) or copied once while hashing."""
+    """The blob for `sha256`: a copy of `source` (a reflink where the filesystem offers one), read-only.
+
+    Never a hard link: a blob sharing its inode with a quantize output or a user's file is damaged with it,
+    and a damaged blob must be repairable from that file (`mm verify --repair`).
+    """
     target = blob_path(home, sha256)
     if target.is_file() and _blob_intact(home, target, sha256, size_bytes):
         return target
     if target.exists():
         log.warning("blob %s is damaged; replacing it from %s", sha256[:12], source)
     home.ensure(home.blobs)
+    require_space(target.parent, size_bytes, f"a copy of {source.name} in the registry")
     with atomic_path(target) as tmp:
-        tmp.unlink()
         try:
-            os.link(source, tmp)
-            linked = True
-        except OSError:  # another filesystem (EXDEV) or links not allowed: one copy, hashed on the way
-            linked = False
-            require_space(target.parent, size_bytes, f"a copy of {source.name} (another filesystem)")
-            try:
-                copied = copy_hashing(source, tmp)
-            except OSError as exc:
-                if exc.errno == errno.ENOSPC:
-                    raise disk_full(target.parent, size_bytes) from None
-                raise
-            if copied != sha256:
-                raise IntegrityError(f"{source}: changed while being copied into the registry; publish again") from None
-        if linked and cached_sha256(home, source) != sha256:
-            raise IntegrityError(f"{source}: changed after it was hashed; publish again")
+            copied = clone_hashing(source, tmp)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise disk_full(target.parent, size_bytes) from None
+            raise
+        if copied != sha256:
+            raise IntegrityError(f"{source}: changed after it was hashed; publish again") from None
+    target.chmod(0o444)  # nothing of mm's writes a blob; an editor asks before it does
     record_sha256(home, target, sha256)
     return target
 
 
-def copy_hashing(source: Path, target: Path) -> str:
-    """Copy `source` to `target` and return the sha256 of the bytes written (one read of the source)."""
-    digest = hashlib.sha256()
-    with open(source, "rb", buffering=0) as reader, open(target, "wb") as writer:
-        for chunk in read_chunks(reader):
-            digest.update(chunk)
-            writer.write(chunk)
-    return digest.hexdigest()
+def restore_blob(source: Path, sha256: str, size_bytes: int) -> Path:
+    """Replace a damaged or missing blob with a copy of `source`, which must hash to `sha256` (the caller
+    holds the registry lock)."""
+    return _blob_for(mm_home(), source, sha256, size_bytes)
 
 
 def _blob_intact(home: Home, blob: Path, sha256: str, size_bytes: int) -> bool:
@@ -86,7 +78,7 @@ def check_blob(profile: Profile, *, full: bool = False) -> Path:
     """
     home = mm_home()
     blob = blob_path(home, profile.blob.sha256)
-    hint = f"re-publish it (`mm publish … --name {profile.name}`) or run `mm verify`"
+    hint = f"`mm verify --repair {profile.name}` restores it from its source"
     expected = profile.blob.sha256
     try:
         stat = blob.stat()
