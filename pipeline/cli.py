@@ -15,6 +15,7 @@ from typer.core import TyperGroup
 
 from pipeline.base.constants import DEBUG_ENV, VERSION, env_flag
 from pipeline.base.errors import MMError
+from pipeline.base.plain_text import printable
 from pipeline.commands.registration import INTERRUPTED_EXIT, set_verbosity
 
 # Each command and the module of pipeline/commands/ that registers it, in `mm --help`'s order. A command loads
@@ -117,7 +118,7 @@ class _MMGroup(TyperGroup):
         except MMError as exc:
             if env_flag(DEBUG_ENV):
                 raise
-            typer.echo(f"error: {exc}" + _flag_note(exc), err=True)
+            typer.echo(printable(f"error: {exc}" + _flag_note(exc), keep_newlines=True), err=True)
             raise typer.Exit(exc.exit_code) from None
         except OSError as exc:
             if exc.errno != errno.ENOSPC or env_flag(DEBUG_ENV):

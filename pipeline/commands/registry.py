@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from pipeline.base.errors import IntegrityError
+from pipeline.base.plain_text import printable
 from pipeline.base.units import format_size
 from pipeline.commands.options import HardwareOpt, JsonOpt, ModelArg, NameArg, RecipesDirOpt, RunFlags, run_options
 from pipeline.commands.registration import add_command, add_group
@@ -77,7 +78,7 @@ def ls_command(as_json: JsonOpt = False) -> None:
     elif not errors:
         note("no profiles yet; `mm publish MODEL --hardware CLASS` makes one")
     for error in errors:
-        note(f"error: {error}")
+        note(printable(f"error: {error}", keep_newlines=True))
 
 
 def show_command(name: NameArg, as_json: JsonOpt = False) -> None:
@@ -204,7 +205,7 @@ def verify_command(
             problem = f"  ({check.problem})" if check.problem else ""
             typer.echo(f"{'ok     ' if check.ok else 'CORRUPT'}  {check.name}{problem}")
         for broken in report.broken_files:
-            typer.echo(f"BROKEN   {broken}")
+            typer.echo(f"BROKEN   {printable(broken)}")
     if not report.ok:
         bad = list(report.corrupted)
         if report.broken_files:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pipeline.base.errors import UsageError
+from pipeline.base.errors import RegistryError, UsageError
 from pipeline.base.home import Home, atomic_symlink, mm_home
+from pipeline.base.plain_text import has_control
 from pipeline.registry.blobs import blob_path
 from pipeline.registry.profile import Profile, llama_server_command
 
@@ -66,6 +67,10 @@ def modelfile(profile: Profile) -> str:
         lines.append(f"PARAMETER num_thread {run.n_threads}")
     if not run.use_mmap:
         lines.append("PARAMETER use_mmap false")
+    for line in lines:  # a newline inside a value would be a directive of its own (FROM, SYSTEM, ADAPTER)
+        if has_control(line):
+            raise RegistryError(f"profile {profile.name!r}: a value holds a control character; no Modelfile written",
+                                hint="`mm show NAME --json` shows the profile; publish it again")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pipeline.base.errors import UsageError
+from pipeline.base.plain_text import require_plain
 from pipeline.base.provenance import QuantParams, QuantRecord, SourceRef, source_ref, utc_now
 from pipeline.base.shards import shard_names
 from pipeline.fitting.fit import Verdict
@@ -139,6 +140,13 @@ class Profile(BaseModel):
             raise ValueError("n_gpu_layers: a profile names its layer count")
         # schema 1 had no expert placement: nothing was kept in RAM apart from its layer
         return run if run.n_cpu_moe is not None else run.model_copy(update={"n_cpu_moe": 0})
+
+    @model_validator(mode="after")
+    def _plain_text(self) -> Profile:
+        """Every string is one plain line: values reach Modelfiles, shell lines and terminals verbatim."""
+        for field, text in _strings(self.model_dump(mode="json")):
+            require_plain(text, field)
+        return self
 
     @model_validator(mode="after")
     def _derived(self) -> Profile:
@@ -289,3 +297,18 @@ def with_blob(profile: Profile, blob: BlobRef, **changes: Any) -> Profile:
     """`profile` pointing at another copy of its model (an installed or a published one): the blob and the
     commands derived from its path change, provenance, settings and prediction stay."""
     return profile.model_copy(update={**changes, "blob": blob, **_commands(blob.path, profile.run)})
+
+
+def _strings(value: Any, at: str = "") -> list[tuple[str, str]]:
+    """(dotted field, text) for every string in a JSON document, dictionary keys included."""
+    if isinstance(value, str):
+        return [(at or "(document)", value)]
+    if isinstance(value, dict):
+        found = []
+        for key, item in value.items():
+            found += [(f"{at}.{key}" if at else str(key), str(key))] if isinstance(key, str) else []
+            found += _strings(item, f"{at}.{key}" if at else str(key))
+        return found
+    if isinstance(value, list):
+        return [pair for index, item in enumerate(value) for pair in _strings(item, f"{at}.{index}")]
+    return []
