@@ -19,7 +19,7 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict
 
@@ -40,6 +40,10 @@ from pipeline.spec.recipe import Outtype
 log = logging.getLogger(__name__)
 
 OUTTYPES: tuple[str, ...] = get_args(Outtype)
+MAX_CONFIG_BYTES = 4 << 20  # the largest config.json on the Hub is well under 1 MiB
+MAX_CONFIG_DEPTH = 32  # real configs nest 3-4 levels (text_config.rope_scaling...)
+_ARCH_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+CHILD_ENV_KEEP = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "TZ")
 # general.file_type the converter writes for each --outtype (gguf-py's LlamaFileType); auto picks a float.
 FILE_TYPES: dict[str, tuple[int, ...]] = {
     "f32": (0,),
@@ -128,10 +132,13 @@ def pull_snapshot(
         names = sorted(f.path for f in hub.list_repo_files(repo, commit, token=token) if wanted(f.path))
     _check_model_files(names, f"{repo}@{commit[:12]}")
     files = []
-    for name in names:
+    folder = hub_cache.snapshot_path(repo, commit, "config.json").parent
+    for name in sorted(names, key=lambda n: n != "config.json"):  # its shape is checked before the weights come
         (pulled,) = pull(repo, name, commit, token=token, offline=offline, progress=progress)
         files.append(SnapshotFile(name=name, sha256=pulled.sha256, size_bytes=pulled.size_bytes))
-    folder = hub_cache.snapshot_path(repo, commit, "config.json").parent
+        if name == "config.json":
+            read_config(folder)
+    files.sort(key=lambda f: f.name)
     return Snapshot(folder=folder, kind="hub", repo=repo, revision=revision, commit=commit, files=files)
 
 
@@ -141,6 +148,7 @@ def local_snapshot(folder: Path) -> Snapshot:
         raise UsageError(f"{folder}: no such folder")
     names = sorted(p.name for p in folder.iterdir() if p.is_file() and wanted(p.name))
     _check_model_files(names, str(folder))
+    read_config(folder)
     home = mm_home()
     files = [
         SnapshotFile(name=n, sha256=file_sha256(home, folder / n), size_bytes=(folder / n).stat().st_size)
@@ -159,14 +167,55 @@ def _check_model_files(names: list[str], where: str) -> None:
         )
 
 
+def read_config(folder: Path) -> dict[str, Any]:
+    """config.json as the converter will read it, its shape checked first: one ConvertError naming the field
+    instead of the converter's traceback (a list document, a string `architectures`, nesting past Python's
+    recursion limit)."""
+    path = folder / "config.json"
+    try:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConvertError(f"{path}: {path.stat().st_size} bytes; a config.json is at most {MAX_CONFIG_BYTES}")
+        config = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError) as exc:
+        raise ConvertError(f"{path}: cannot read: {str(exc)[:200]}") from None
+    if not isinstance(config, dict):
+        raise ConvertError(f"{path}: the document is a {type(config).__name__}, not an object of hyperparameters")
+    if (field := _too_deep(config, MAX_CONFIG_DEPTH)) is not None:
+        raise ConvertError(f"{path}: {field}: nested deeper than {MAX_CONFIG_DEPTH} levels")
+    names = config.get("architectures")
+    if names is not None and not (
+        isinstance(names, list) and names and all(isinstance(n, str) and _ARCH_RE.fullmatch(n) for n in names)
+    ):
+        raise ConvertError(f'{path}: architectures: expected a list of class names such as ["LlamaForCausalLM"]')
+    for field in ("text_config", "vision_config"):
+        if field in config and not isinstance(config[field], dict | None):
+            raise ConvertError(f"{path}: {field}: expected an object")
+    return config
+
+
+def _too_deep(value: Any, budget: int, at: str = "(document)") -> str | None:
+    """The first field nested deeper than `budget` levels, or None."""
+    if budget < 0:
+        return at
+    children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in children:
+        if (found := _too_deep(item, budget - 1, f"{at}.{key}" if at != "(document)" else str(key))) is not None:
+            return found
+    return None
+
+
 def architecture(snapshot: Snapshot) -> str:
     """config.json's first `architectures` entry (the converter's registry key), or "unknown"."""
-    try:
-        config = json.loads((snapshot.folder / "config.json").read_text())
-    except (OSError, ValueError) as exc:
-        raise ConvertError(f"{snapshot.folder / 'config.json'}: cannot read: {exc}") from None
-    names = config.get("architectures") or []
+    names = read_config(snapshot.folder).get("architectures") or []
     return str(names[0]) if names else "unknown"
+
+
+def converter_env() -> dict[str, str]:
+    """The converter child's whole environment: what a Python process needs, offline, and nothing else (no
+    HF_TOKEN or other secrets of the parent)."""
+    kept = {name: os.environ[name] for name in CHILD_ENV_KEEP if name in os.environ}
+    return {**kept, HF_OFFLINE_ENV: "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONNOUSERSITE": "1",
+            "HF_HUB_DISABLE_TELEMETRY": "1"}  # fmt: skip
 
 
 class ConvertRecord(KeyedRecord):
@@ -213,6 +262,7 @@ def convert(
     """The GGUF of `snapshot` in `outtype`, converted now unless an up-to-date one is there."""
     if outtype not in OUTTYPES:
         raise UsageError(f"output type {outtype}: not one of {', '.join(OUTTYPES)}", param="outtype")
+    arch = architecture(snapshot)
     env = converter or ensure_converter()
     key = convert_key(snapshot, env.version, outtype)
     output = output_path(snapshot, key, outtype)
@@ -223,7 +273,6 @@ def convert(
             return ConvertResult(record=done, output=output, cached=True)
         remove_stale_temps(output)
         require_space(output.parent, estimated_bytes(snapshot, outtype), f"converting {snapshot.name} to {outtype}")
-        arch = architecture(snapshot)
         log_path = home.ensure(home.logs) / f"convert-{output.name}.log"
         started = time.monotonic()
         with atomic_path(output) as tmp:
@@ -264,10 +313,9 @@ def _run_converter(
             progress(int(match[1]), 100)
 
     argv = [str(env.python), str(env.script), str(snapshot.folder), "--outfile", str(tmp), "--outtype", outtype]
-    # The converter must not reach for the network (transformers can, for some tokenizers).
-    child_env = {**os.environ, HF_OFFLINE_ENV: "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONNOUSERSITE": "1"}
-    child_env.pop("NO_LOCAL_GGUF", None)  # use the gguf-py of the converter's own tree
-    status, tail = run_child(argv, log_path, on_line, env=child_env)
+    # Offline (transformers can reach for the network for some tokenizers), without NO_LOCAL_GGUF (the
+    # converter uses the gguf-py of its own tree), without tokens.
+    status, tail = run_child(argv, log_path, on_line, env=converter_env())
     if status == 0:
         return
     text = "\n".join(tail)
