@@ -29,7 +29,7 @@ from pipeline.base.provenance import KeyedRecord, keyed_record, write_record
 from pipeline.gguf.header import read_header
 from pipeline.gguf.quant_types import FLOAT_FILE_TYPES
 from pipeline.llama.tools import llama_cpp_version, require_llama_tool
-from pipeline.resolve.texts import WIKITEXT_COMMIT, ResolvedText, TextRef, parse_text
+from pipeline.resolve.texts import WIKITEXT_COMMIT, ResolvedText, TextRef, parse_text, text_budget, text_within
 from pipeline.spec.recipe import DEFAULT_IMATRIX_CHUNKS, DEFAULT_IMATRIX_CTX
 
 log = logging.getLogger(__name__)
@@ -133,8 +133,8 @@ def make_imatrix(
         remove_stale_temps(output)
         log_path = home.ensure(home.logs) / f"imatrix-{output.name}.log"
         started = time.monotonic()
-        with atomic_path(output) as tmp:
-            chunks, ppl = _run(tool, model, text, params, tmp, threads, n_gpu_layers, log_path, progress)
+        with atomic_path(output) as tmp, text_within(text.path, text_budget(params.chunks, params.ctx)) as path:
+            chunks, ppl = _run(tool, model, path, params, tmp, threads, n_gpu_layers, log_path, progress)
             n_entries = _check_output(tmp)
             sha256 = sha256_file(tmp)  # not cached: the temp name is gone after the rename
         record_sha256(home, output, sha256)
@@ -161,7 +161,7 @@ def make_imatrix(
 def _run(
     tool: Path,
     model: Path,
-    text: ResolvedText,
+    text: Path,
     params: ImatrixParams,
     tmp: Path,
     threads: int | None,
@@ -170,7 +170,7 @@ def _run(
     progress: ImatrixProgress | None,
 ) -> tuple[int, float | None]:
     """Run llama-imatrix; returns (chunks done, final perplexity estimate)."""
-    argv = [str(tool), "-m", str(model), "-f", str(text.path), "-o", str(tmp), "--output-format", "gguf"]
+    argv = [str(tool), "-m", str(model), "-f", str(text), "-o", str(tmp), "--output-format", "gguf"]
     argv += ["-c", str(params.ctx)]
     argv += ["--chunks", str(params.chunks)] if params.chunks else []
     argv += ["-t", str(threads)] if threads else []

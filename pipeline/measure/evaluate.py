@@ -26,6 +26,7 @@ import numpy as np
 
 from pipeline.base.errors import LlamaError, UsageError
 from pipeline.llama.overrides import load_llama
+from pipeline.resolve.texts import read_text, text_budget
 from pipeline.spec.results import EvalResult
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,8 @@ class Reference:
         scored = n_ctx - 1 - first  # perplexity.cpp: tokens [first, n_ctx - 1) predict the next one
         base = _Model(ref, n_ctx, threads)
         try:
-            self.tokens = base.llm.tokenize(text_path.read_bytes(), add_bos=True, special=False)
+            text_bytes = read_text(text_path, text_budget(chunks, n_ctx))  # --chunks bounds what is read
+            self.tokens = base.llm.tokenize(text_bytes, add_bos=True, special=False)
             if len(self.tokens) < 2 * n_ctx:
                 raise UsageError(
                     f"{text}: {len(self.tokens)} tokens; scoring with a context of {n_ctx} needs at least {2 * n_ctx}",

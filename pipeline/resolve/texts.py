@@ -8,7 +8,11 @@ sha256, which results record so a nightly can tell when the text changed.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import tempfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.base.constants import DEFAULT_REVISION, TEXT_ENV, env_value
 from pipeline.base.digest import file_sha256
+from pipeline.base.disk_space import SLACK_BYTES, free_bytes
 from pipeline.base.errors import HubError, IntegrityError, UsageError
 from pipeline.base.home import atomic_path, mm_home
 from pipeline.base.provenance import check_sha256
@@ -29,6 +34,8 @@ if TYPE_CHECKING:  # the Hub client loads when a Hub text is pulled
 # MM_TEXT overrides it; so does a recipe's [eval] text or --text.
 WIKITEXT_COMMIT = "927b3642933080f1b0e811e2f916e14c292992f9"
 DEFAULT_TEXT = f"ggml-org/ci:wikitext-2-raw-v1.zip#wikitext-2-raw/wiki.test.raw@{WIKITEXT_COMMIT}"
+MAX_TEXT_BYTES = 1 << 30  # an eval or calibration text; WikiText-2's largest split is 11 MB
+MAX_BYTES_PER_TOKEN = 32  # generous: BPE and SentencePiece vocabularies average ~4 bytes of English a token
 # Content pins of known Hub texts, (repo, file, commit) -> sha256, checked after every pull: the zip's
 # digest as projects that freeze this file publish it (the same value from independent sources).
 KNOWN_SHA256 = {
@@ -116,20 +123,69 @@ def resolve_text(
 
 
 def _extract(archive: Path, archive_sha256: str, member: str) -> Path:
-    """One member of a verified zip, extracted once to $MM_HOME/texts (named by the zip's digest)."""
+    """One member of a verified zip, streamed once to $MM_HOME/texts (named by the zip's digest and the
+    member's), never past MAX_TEXT_BYTES or the free space: a zip's sizes are the server's word."""
     if member.startswith("/") or ".." in Path(member).parts:
         raise UsageError(f"zip member {member!r}: expected a relative path inside the archive")
-    target = mm_home().root / "texts" / archive_sha256[:16] / member
+    folder = mm_home().root / "texts" / archive_sha256[:16]
+    target = folder / f"{hashlib.sha256(member.encode()).hexdigest()[:16]}-{Path(member).name}"
     if target.is_file():
         return target
     try:
-        with zipfile.ZipFile(archive) as bundle, atomic_path(target) as tmp:
-            tmp.write_bytes(bundle.read(member))
+        with zipfile.ZipFile(archive) as bundle:
+            _check_names(archive, bundle.namelist())
+            info = bundle.getinfo(member)
+            cap = min(MAX_TEXT_BYTES, free_bytes(folder) - SLACK_BYTES)
+            if info.file_size > cap:
+                raise UsageError(f"{archive.name}#{member}: {info.file_size} bytes uncompressed; at most {cap} "
+                                 "(MAX_TEXT_BYTES and the free space)")  # fmt: skip
+            with bundle.open(info) as reader, atomic_path(target) as tmp, open(tmp, "wb") as writer:
+                written = 0
+                while chunk := reader.read(1 << 20):
+                    written += len(chunk)
+                    if written > cap:  # the header understated the size: stop where it said
+                        raise IntegrityError(f"{archive.name}#{member}: expands past {cap} bytes; refused")
+                    writer.write(chunk)
     except KeyError:
         raise UsageError(f"{archive.name} has no member {member!r}") from None
-    except zipfile.BadZipFile:
-        raise IntegrityError(f"{archive}: not a zip file") from None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError) as exc:
+        raise IntegrityError(f"{archive}: not a zip file mm can read ({exc})") from None
     return target
+
+
+def _check_names(archive: Path, names: list[str]) -> None:
+    """One error for an archive whose names collide: `sub` beside `sub/x.txt`, or one name twice."""
+    files = [n for n in names if not n.endswith("/")]
+    if len(set(files)) != len(files):
+        raise IntegrityError(f"{archive.name}: a member name appears twice; refused")
+    prefixes = {"/".join(n.split("/")[:i]) for n in files for i in range(1, n.count("/") + 1)}
+    if clash := sorted(prefixes & set(files)):
+        raise IntegrityError(f"{archive.name}: {clash[0]!r} is both a file and a folder in the archive; refused")
+
+
+def text_budget(chunks: int | None, n_ctx: int) -> int:
+    """The bytes of a text that `chunks` chunks of `n_ctx` tokens can use (MAX_TEXT_BYTES without --chunks)."""
+    if chunks is None:
+        return MAX_TEXT_BYTES
+    return min(MAX_TEXT_BYTES, (chunks + 1) * n_ctx * MAX_BYTES_PER_TOKEN)
+
+
+def read_text(path: Path, budget: int) -> bytes:
+    """The first `budget` bytes of a text: only what the chunks asked for is read and tokenized."""
+    with open(path, "rb") as reader:
+        return reader.read(budget)
+
+
+@contextlib.contextmanager
+def text_within(path: Path, budget: int) -> Iterator[Path]:
+    """`path`, or a temporary copy of its first `budget` bytes for a tool that reads a whole file."""
+    if path.stat().st_size <= budget:
+        yield path
+        return
+    with tempfile.TemporaryDirectory(dir=mm_home().ensure(mm_home().root / "tmp")) as folder:
+        prefix = Path(folder) / path.name
+        prefix.write_bytes(read_text(path, budget))
+        yield prefix
 
 
 def _check(sha256: str, ref: TextRef) -> None:
