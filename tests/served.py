@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -54,9 +55,10 @@ class Server:
 
     def __init__(self, name: str, port: int, env: dict[str, str], args: Sequence[str] = ()) -> None:
         self.port = port
+        self.log = tempfile.TemporaryFile()  # not a pipe: a server logging more than a pipe holds would block
         self.process = subprocess.Popen(
             [sys.executable, "-m", "pipeline.cli", "run", name, "--server", "--port", str(port), *args],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+            stdout=subprocess.DEVNULL, stderr=self.log, env=env,
         )  # fmt: skip
 
     def wait_ready(self, seconds: float = 60) -> None:
@@ -69,7 +71,8 @@ class Server:
             time.sleep(0.2)
 
     def stderr(self) -> str:
-        return self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
 
     def peak_rss_bytes(self) -> int:
         """VmHWM of the server process (Linux): the most memory it has held at once."""
@@ -82,8 +85,7 @@ class Server:
         if self.process.poll() is None:
             self.process.terminate()
             self.process.wait(timeout=30)
-        if self.process.stderr:
-            self.process.stderr.close()
+        self.log.close()
 
 
 @contextmanager

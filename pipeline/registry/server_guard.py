@@ -243,6 +243,8 @@ class RequestGuard:
         body = await _read_body(receive, self.settings.max_body_bytes)
         if scope["method"] != "POST" or not scope["path"].startswith(("/v1/", "/extras/")):
             return body
+        if scope["path"] == "/v1/embeddings":  # llama-cpp-python answers them with a 500 unless loaded for them
+            raise RequestRefused(400, "this server generates text; it does not compute embeddings")
         request = parse_body(body)
         if scope["path"] in GENERATING:
             request = check_request(request, self.settings)
