@@ -55,7 +55,7 @@ class Server:
 
     def __init__(self, name: str, port: int, env: dict[str, str], args: Sequence[str] = ()) -> None:
         self.port = port
-        self.log = tempfile.TemporaryFile()  # not a pipe: a server logging more than a pipe holds would block
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 (closed in stop()); not a pipe: a server logging more than a pipe holds would block
         self.process = subprocess.Popen(
             [sys.executable, "-m", "pipeline.cli", "run", name, "--server", "--port", str(port), *args],
             stdout=subprocess.DEVNULL, stderr=self.log, env=env,

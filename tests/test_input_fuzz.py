@@ -70,7 +70,7 @@ def _mutate_text(text: str, rng: random.Random) -> str:
     if action == 4:
         return text + "\nx = " + "[" * 5000 + "]" * 5000 + "\n"
     return "\n".join(
-        lines[:at] + [lines[at] + rng.choice(["\x00", "\x1b[31m", "\r", "\u2028", "\x7f"])] + lines[at + 1 :]
+        [*lines[:at], lines[at] + rng.choice(["\x00", "\x1b[31m", "\r", "\u2028", "\x7f"]), *lines[at + 1 :]]
     )
 
 
@@ -86,8 +86,10 @@ def outside(tmp_path: Path) -> Iterator[None]:
     def listing() -> dict[str, tuple[int, int]]:
         roots = [p for p in tmp_path.iterdir() if p.name not in ("mm-home", "recipes")] + [Path.cwd()]
         files = [f for root in roots for f in ([root] if root.is_file() else root.rglob("*"))]
-        return {str(f): (f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file() and ".git" not in f.parts
-                and "__pycache__" not in f.parts and ".mypy_cache" not in f.parts and ".ruff_cache" not in f.parts}  # fmt: skip
+        skip = {".git", "__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache"}
+        return {
+            str(f): (f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file() and not skip & set(f.parts)
+        }
 
     before = listing()
     yield
@@ -179,11 +181,12 @@ def test_fuzzed_recipes_give_messages_not_tracebacks(recipes_folder: Path, outsi
     assert sum(codes.values()) == 3 * 320 and sum(n for code, n in codes.items() if code) > 320
 
 
+CHAT = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
 BODIES: list[tuple[str, dict[str, Any]]] = [
     ("/v1/completions", {"prompt": "hello", "max_tokens": 3, "temperature": 0.5, "stop": ["\n"], "logprobs": 2}),
-    ("/v1/chat/completions", {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
-                              "max_tokens": 3, "top_p": 0.9, "seed": 1, "response_format": {"type": "json_object"}}),
-    ("/v1/completions", {"prompt": "x", "max_tokens": 2, "grammar": 'root ::= [a-z]{1,3} "."', "logit_bias": {"5": 1.0}}),
+    ("/v1/chat/completions", {"messages": CHAT,
+                              "max_tokens": 3, "seed": 1, "response_format": {"type": "json_object"}}),
+    ("/v1/completions", {"prompt": "x", "max_tokens": 2, "grammar": 'root ::= [a-z]{1,3} "."', "logit_bias": {"5": 1}}),
     ("/v1/embeddings", {"input": "hello"}),
     ("/extras/tokenize", {"input": "hello"}),
 ]  # fmt: skip
