@@ -14,7 +14,6 @@ import fnmatch
 import hashlib
 import json
 import logging
-import os
 import re
 import time
 from collections.abc import Callable
@@ -24,7 +23,7 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict
 
 from pipeline.base.child import describe_exit, run_child
-from pipeline.base.constants import DEFAULT_REVISION, HF_OFFLINE_ENV
+from pipeline.base.constants import DEFAULT_REVISION, HF_OFFLINE_ENV, env_value
 from pipeline.base.digest import file_sha256, record_sha256, sha256_file
 from pipeline.base.disk_space import disk_full, require_space
 from pipeline.base.errors import ConvertError, ModelFormatError, UsageError
@@ -213,7 +212,7 @@ def architecture(snapshot: Snapshot) -> str:
 def converter_env() -> dict[str, str]:
     """The converter child's whole environment: what a Python process needs, offline, and nothing else (no
     HF_TOKEN or other secrets of the parent)."""
-    kept = {name: os.environ[name] for name in CHILD_ENV_KEEP if name in os.environ}
+    kept = {name: value for name in CHILD_ENV_KEEP if (value := env_value(name)) is not None}
     return {**kept, HF_OFFLINE_ENV: "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONNOUSERSITE": "1",
             "HF_HUB_DISABLE_TELEMETRY": "1"}  # fmt: skip
 
