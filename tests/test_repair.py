@@ -14,19 +14,12 @@ from pipeline.base.digest import sha256_file
 from pipeline.base.home import mm_home
 from pipeline.gguf.tiny_model import TinySpec, write_tiny_model
 from tests.conftest import write_recipe
+from tests.test_build import RECIPE as BUILD_RECIPE
 from tests.test_cli_registry import flip_byte
 
 Mm = Callable[..., Result]
 
-RECIPE = """
-hardware = "cpu-32g"
-[source]
-path = "model.gguf"
-[quantize]
-types = ["q8_0"]
-[run]
-ctx = 256
-"""
+RECIPE = BUILD_RECIPE + "[run]\nctx = 256\n"  # a local model.gguf quantized to q8_0
 
 
 @pytest.fixture
