@@ -45,6 +45,8 @@ FLAG_FOR_PARAM = {
     "parallel": "--parallel",
     "max_tokens": "--max-tokens",
     "port": "--port",
+    "max_body_bytes": "--max-body",
+    "cors_origins": "--cors",
     "shard": "--shard",
     "all_recipes": "--all",
     "recipes_folder": "--recipes",

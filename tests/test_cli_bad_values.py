@@ -59,6 +59,8 @@ BAD_BY_NAME = {
     "--hardware-file": "/nonexistent-folder/hardware.toml",
     "--threads": "none",
     "--ref": "/nonexistent/ref.gguf",
+    "--max-body": "lots",
+    "--cors": "javascript:alert(1)",
 }
 # Options where every value is allowed: why no value is wrong.
 ANY_VALUE = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated
@@ -112,12 +113,14 @@ def run_command(
     """
     from pipeline.registry.run import chat, chat_format_for, generate, with_flags
     from pipeline.registry.runnable import gpu_warning, runnable_profile
+    from pipeline.registry.server import serve, server_options
 
     text = prompt if prompt is not None else prompt_arg
     if prompt is not None and prompt_arg is not None:
         from pipeline.base.errors import UsageError
 
         raise UsageError("give the prompt once: as PROMPT or with -p, not both")
+    options = server_options(port=port, max_body=max_body, cors=cors, verify=verify)  # checked without --server too
     profile, about = runnable_profile(name)
     profile = with_flags(profile, run.given)
     for line in (about, gpu_warning(profile)):
@@ -128,11 +131,7 @@ def run_command(
         note(f"{fmt.notice} (--chat-format to change)")
     chosen = fmt.name if fmt is not None else None
     if server:
-        from pipeline.base.units import parse_size
-        from pipeline.registry.server import ServerOptions, serve
-
-        options = ServerOptions(port=port, max_body_bytes=parse_size(max_body, what="--max-body"),
-                                cors_origins=tuple(cors or ()), chat_format=chosen, verify=verify)  # fmt: skip
+        options = dataclasses.replace(options, chat_format=chosen)
         serve(profile, options, on_ready=lambda url: note(f"serving {profile.name} on {url} (Ctrl-C stops)"))
     elif text is not None:
         result = generate(profile, text, max_tokens=max_tokens, on_token=None if as_json else _write, verify=verify,

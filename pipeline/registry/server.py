@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import logging
+import re
 import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.base.errors import UsageError
+from pipeline.base.plain_text import printable
+from pipeline.base.units import parse_size
 from pipeline.llama.overrides import tensor_overrides
 from pipeline.registry.profile import Profile
 from pipeline.registry.run import route_llama_log, run_kwargs
@@ -28,6 +31,8 @@ from pipeline.registry.server_guard import DEFAULT_MAX_BODY_BYTES, GuardSettings
 log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
+MIN_BODY_BYTES = 1024  # a chat request with a short prompt
+ORIGIN_RE = re.compile(r"\*|https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
 MAX_CONCURRENT_CONNECTIONS = 64  # beyond this uvicorn answers 503 instead of queueing without bound
 
 
@@ -42,6 +47,21 @@ class ServerOptions:
     cors_origins: tuple[str, ...] = field(default=())  # none: browsers get no CORS headers at all
     chat_format: str | None = None
     verify: bool = False
+
+
+def server_options(*, port: int, max_body: str, cors: list[str] | None, verify: bool = False) -> ServerOptions:
+    """`mm run --server`'s options from their command-line spelling, each checked (also without --server)."""
+    for origin in cors or []:
+        if not ORIGIN_RE.fullmatch(origin):
+            raise UsageError(f"allowed origin {printable(origin)!r}: expected one such as http://localhost:3000 "
+                             "(or *)", param="cors_origins")  # fmt: skip
+    try:
+        body = parse_size(max_body, what="the largest request body")
+    except UsageError as exc:
+        raise UsageError(exc.message, param="max_body_bytes") from None
+    if body < MIN_BODY_BYTES:
+        raise UsageError(f"largest request body {max_body}: at least {MIN_BODY_BYTES} bytes", param="max_body_bytes")
+    return ServerOptions(port=port, max_body_bytes=body, cors_origins=tuple(cors or ()), verify=verify)
 
 
 def bind_port(port: int) -> socket.socket:

@@ -192,7 +192,7 @@ async def _read_body(receive: Receive, limit: int) -> bytes:
         chunk = bytes(message.get("body", b""))
         size += len(chunk)
         if size > limit:
-            raise RequestRefused(413, f"the body is larger than {limit} bytes (see --max-body)")
+            raise RequestRefused(413, f"the body is larger than the server's limit of {limit} bytes")
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
@@ -239,7 +239,9 @@ class RequestGuard:
     async def _checked_body(self, scope: Scope, receive: Receive) -> bytes:
         declared = _declared_length(scope)
         if declared is not None and (declared < 0 or declared > self.settings.max_body_bytes):
-            raise RequestRefused(413, f"the body is larger than {self.settings.max_body_bytes} bytes (see --max-body)")
+            raise RequestRefused(
+                413, f"the body is larger than {self.settings.max_body_bytes} bytes (the server's body limit)"
+            )
         body = await _read_body(receive, self.settings.max_body_bytes)
         if scope["method"] != "POST" or not scope["path"].startswith(("/v1/", "/extras/")):
             return body
