@@ -18,10 +18,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.fitting.fit import FitSettings, fit_model
+from pipeline.fitting.fit import fit_model
 from pipeline.gguf.tiny_model import TinySpec, write_tiny_model
 from pipeline.registry.store import publish
 from pipeline.spec.hardware import get_hardware
+from pipeline.spec.run_settings import RunSettings
 from tests.served import hammer, mixed_bodies, request, running
 
 
@@ -34,7 +35,7 @@ def main() -> int:
         os.environ["MM_HOME"] = str(Path(folder) / "home")
         model = write_tiny_model(Path(folder) / "tiny.gguf", TinySpec())
         cpu = get_hardware("cpu-64g")
-        publish(model, cpu, fit_model(model, cpu, FitSettings(ctx=512)), name="load")
+        publish(model, cpu, fit_model(model, cpu, RunSettings(n_ctx=512)), name="load")
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
         with running("load", env) as server:
             idle_rss = server.peak_rss_bytes()

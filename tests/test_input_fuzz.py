@@ -15,9 +15,9 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.base.home import mm_home
-from pipeline.fitting.fit import FitSettings
 from pipeline.registry.store import profile_path
 from pipeline.spec.hardware import get_hardware
+from pipeline.spec.run_settings import RunSettings
 from tests.conftest import publish_fitted, write_recipe
 from tests.served import hammer, request, running
 
@@ -193,7 +193,7 @@ BODIES: list[tuple[str, dict[str, Any]]] = [
 
 
 def test_fuzzed_server_bodies_get_answers_and_the_server_lives(tiny_model: Path, tmp_path: Path, outside: None) -> None:
-    publish_fitted(tiny_model, get_hardware("cpu-64g"), name="fuzzed", settings=FitSettings(ctx=256))
+    publish_fitted(tiny_model, get_hardware("cpu-64g"), name="fuzzed", settings=RunSettings(n_ctx=256))
     rng = random.Random(SEED)
     bodies = []
     for index in range(330):

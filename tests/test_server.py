@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.fitting.fit import FitSettings
 from pipeline.registry.server import bind_port
 from pipeline.spec.hardware import get_hardware
+from pipeline.spec.run_settings import RunSettings
 from tests.conftest import publish_fitted
 from tests.served import Server, free_port, hammer, mixed_bodies, request, running
 
@@ -27,7 +27,7 @@ def served_env(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> di
     home = tmp_path_factory.mktemp("served") / "mm-home"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MM_HOME", str(home))
-        publish_fitted(tiny_model, get_hardware("cpu-64g"), name="served", settings=FitSettings(ctx=CTX))
+        publish_fitted(tiny_model, get_hardware("cpu-64g"), name="served", settings=RunSettings(n_ctx=CTX))
     return {**os.environ, "MM_HOME": str(home), "PYTHONPATH": str(Path(__file__).parents[1])}
 
 
