@@ -107,7 +107,7 @@ def test_gc_during_build_never_breaks_the_build(tmp_path: Path, monkeypatch: pyt
         if child.returncode != 0:
             failed.append(output)
         assert {p.name for p in (home / "profiles").glob("*.json")} == {
-            f"local-{t}.json" for t in ("q8_0", "q4_0", "q4_1")
+            f"local-{t}@cpu-32g.json" for t in ("q8_0", "q4_0", "q4_1")
         }, output
     assert not failed, failed[0]
     assert overlapped > 10  # gc really ran while builds were running
