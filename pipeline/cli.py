@@ -22,10 +22,10 @@ from pipeline.commands.registration import INTERRUPTED_EXIT, set_verbosity
 # its own module alone, so `mm inspect` imports neither what `mm build` needs nor the Hub client.
 COMMAND_MODULES: dict[str, str] = {
     "recipe": "recipes", "pull": "pull", "convert": "convert", "imatrix": "convert", "quantize": "quantize",
-    "llama": "llama", "inspect": "fit", "fit": "fit", "hw": "fit", "publish": "registry", "ls": "registry",
-    "show": "registry", "rm": "registry", "gc": "registry", "verify": "registry", "export": "registry",
-    "cache": "registry", "run": "run", "bench": "measure", "eval": "measure", "build": "build", "demo": "build",
-    "push": "push",
+    "llama": "llama", "rpc": "rpc", "inspect": "fit", "fit": "fit", "hw": "fit", "publish": "registry",
+    "ls": "registry", "show": "registry", "rm": "registry", "gc": "registry", "verify": "registry",
+    "export": "registry", "cache": "registry", "run": "run", "bench": "measure", "eval": "measure",
+    "build": "build", "demo": "build", "push": "push",
 }  # fmt: skip
 
 # The library names the input at fault (MMError.param) and describes the problem; this one table says which
@@ -70,6 +70,12 @@ FLAG_FOR_PARAM = {
     "source": "--source",
     "force": "--force",
     "text": "--text FILE",
+    "rpc": "--rpc",
+    "tensor_split": "--tensor-split / -ts",
+    "split_mode": "--split-mode / -sm",
+    "device": "--device",
+    "main_gpu": "--main-gpu",
+    "host": "--host",
 }
 
 

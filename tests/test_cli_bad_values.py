@@ -61,6 +61,11 @@ BAD_BY_NAME = {
     "--ref": "/nonexistent/ref.gguf",
     "--max-body": "lots",
     "--cors": "javascript:alert(1)",
+    "--rpc": "no-port-here",
+    "--tensor-split": "1,x",
+    "--split-mode": "diagonal",
+    "--device": "bad name!",
+    "--host": "bad host!",
 }
 # Options where every value is allowed: why no value is wrong.
 ANY_VALUE = {
@@ -192,6 +197,7 @@ BAD_ARGUMENT = {
     "REPO[:FILE[@COMMIT]]...": "org/absent:x.gguf",
     "[FILE]": "absent.gguf",  # pull: a file the (unreachable) Hub cannot have
     "REPO|DIR": "no-such-folder",  # convert: neither a folder nor owner/name
+    "HOST:PORT,...": "127.0.0.1:9",  # rpc ls: a worker that is not there
 }
 ANY_ARGUMENT = {"[PROMPT]": "any text is a prompt"}
 

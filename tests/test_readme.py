@@ -11,7 +11,7 @@ import pytest
 from typer.testing import Result
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-GROUPS = {"recipe", "llama", "cache"}
+GROUPS = {"recipe", "llama", "cache", "rpc"}
 
 
 def _readme_command_lines() -> list[str]:

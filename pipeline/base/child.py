@@ -13,6 +13,7 @@ import signal
 import subprocess
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 _LIBC = ctypes.CDLL(None, use_errno=True)  # loaded up front: the pre-exec hook below only calls into it
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -86,3 +87,24 @@ def _feed(raw: bytes, tail: list[str], on_line: Callable[[str], None] | None) ->
 
 def describe_exit(returncode: int) -> str:
     return f"was killed by signal {-returncode}" if returncode < 0 else f"exited with status {returncode}"
+
+
+def stop(proc: subprocess.Popen[Any], grace_seconds: float = 10.0) -> None:
+    """End a child that may still run: SIGTERM, then SIGKILL after `grace_seconds`."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace_seconds)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def run_foreground(argv: list[str]) -> int:
+    """Run a long-lived tool (a server, a worker) with the terminal, until it exits or mm is interrupted."""
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
+    try:
+        return proc.wait()
+    finally:
+        stop(proc)

@@ -18,6 +18,7 @@ from pipeline.base.errors import LockTimeoutError, MMError, UsageError
 from pipeline.base.home import BUILDS_LEASE, Home, atomic_write_text, lease, locked, mm_home
 from pipeline.base.provenance import utc_now
 from pipeline.build.report import BuildReport, RecipeReport, Reporter, StageReport
+from pipeline.build.shard_env import AUTO, shard_from_environment
 from pipeline.build.stage import Stage, StageEnv, StageOutcome, check_output, fingerprint
 from pipeline.build.stages import recipe_stages
 from pipeline.llama.quantize_inputs import requantize_problem
@@ -89,7 +90,10 @@ def write_stamp(home: Home, stamp: Stamp) -> None:
 
 
 def parse_shard(text: str) -> tuple[int, int]:
-    """`K/N` with 1 ≤ K ≤ N: this machine builds the K-th of N disjoint parts."""
+    """`K/N` with 1 ≤ K ≤ N: this machine builds the K-th of N disjoint parts; `auto`: the scheduler's job
+    index (pipeline/build/shard_env.py)."""
+    if text.strip().lower() == AUTO:
+        return shard_from_environment()
     try:
         k_text, n_text = text.split("/")
         k, n = int(k_text), int(n_text)

@@ -27,7 +27,13 @@ def build_command(
     keep_going: Annotated[bool, typer.Option("--keep-going", help="A failing recipe doesn't stop the others.")] = False,
     jobs: Annotated[int, typer.Option("--jobs", "-j", metavar="N", min=1, help="Recipes built in parallel.")] = 1,
     shard: Annotated[
-        str | None, typer.Option("--shard", metavar="K/N", help="Build only part K of N, e.g. 2/4.")
+        str | None,
+        typer.Option(
+            "--shard",
+            metavar="K/N|auto",
+            help="Build only part K of N, e.g. 2/4; auto: the job index of a Slurm array, Kubernetes Indexed Job "
+            "or GitHub Actions matrix (MM_JOB_INDEX/MM_JOB_TOTAL).",
+        ),
     ] = None,
     report_file: Annotated[
         Path | None, typer.Option("--report", metavar="FILE", help="Write the JSON report here.")

@@ -99,11 +99,12 @@ def fit_command(
     """How much of MODEL fits the GPU, what stays in RAM, how fast it decodes, and what would fit.
 
     Works before `mm pull`: a Hub file is fitted from its header alone (fetched with Range requests).
-    Exits 8 when the model does not fit.
+    With --rpc (running workers, asked for their free memory) or -ts, the plan is per device, in llama.cpp's
+    device order. Exits 8 when the model does not fit.
 
     Example: mm fit TheBloke/Llama-2-70B-chat-GGUF:llama-2-70b-chat.Q4_K_M.gguf --hardware rtx3060-12g -c 8192
     """
-    from pipeline.fitting.fit import fit_model
+    from pipeline.fitting.fit_devices import fit_for
     from pipeline.resolve.model_ref import resolve_model, target_hardware
 
     if quants is not None:  # comparing quants asks llama.cpp and the registry: loaded only then
@@ -121,7 +122,7 @@ def fit_command(
         report = recommend_quant(path, target, candidates, settings, min_tps, measured_quality(path))
         emit_json(report) if as_json else _show_report(report)
         return
-    result = fit_model(path, target, settings)
+    result = fit_for(path, target, settings)
     emit_json(result) if as_json else _show_fit(result)
     if result.verdict == "does_not_fit":
         raise FitError(
@@ -224,6 +225,12 @@ def _show_fit(r: FitResult) -> None:
     rows = [(name, *(format_size(getattr(d, f"{name}_bytes")) for d in (r.gpu, r.cpu)))
             for name in ("weights", "kv", "output", "compute", "overhead", "total")]  # fmt: skip
     table(("", "gpu", "cpu"), rows)
+    if r.devices and r.split:
+        table(("device", "layers", "weights", "kv", "compute", "total", "free", "fits"),
+              [(d.name, f"{d.layers}{' + output' if d.output_layer else ''}", format_size(d.weights_bytes),
+                format_size(d.kv_bytes), format_size(d.compute_bytes), format_size(d.total_bytes),
+                format_size(d.free_bytes), "yes" if d.fits else "no") for d in r.devices])  # fmt: skip
+        typer.echo(f"split: {' '.join(r.split.layout.llama_args())} ({r.split.split_reason})")
     if r.n_expert or r.n_gpu_layers:
         typer.echo(f"placement: {r.placement}" + (f" (--n-cpu-moe {r.n_cpu_moe})" if r.n_cpu_moe else ""))
     if r.n_expert:

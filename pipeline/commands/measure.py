@@ -50,10 +50,17 @@ def bench_command(
 
     Prints the median and spread of the timed runs, and fit's prediction for this machine beside the
     measurement; a profile's result is stored in it (`mm show`, `mm ls` print it, marked as measured).
+    The device flags (--rpc, -ts, -sm, -mg, --device) are for fit, publish and run, not bench.
 
     Example: mm bench demo-q4_k_m -r 5
     """
     from pipeline.registry.measurements import bench
+
+    if "devices" in run.given:
+        from pipeline.base.errors import UsageError
+
+        raise UsageError("mm bench measures this machine's own devices: --rpc, -ts, -sm, -mg and --device are for "
+                         "mm fit, publish and run", param="rpc")  # fmt: skip
 
     with work_bar("run", "run", quiet) as bar:
 

@@ -20,6 +20,7 @@ from pipeline.base.errors import UsageError
 from pipeline.base.units import parse_size
 
 if TYPE_CHECKING:
+    from pipeline.spec.devices import DeviceLayout
     from pipeline.spec.run_settings import KvType, RunSettings
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON result on stdout.")]
@@ -173,6 +174,37 @@ def parse_kv_type(values: list[str]) -> KvType | None:
     return cast(KvType, chosen.pop()) if chosen else None  # checked against KvType above
 
 
+# Several devices, spelled as llama.cpp's common/arg.cpp spells them.
+RpcOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--rpc", metavar="HOST:PORT,...", help="RPC workers (`mm rpc serve` on each host), asked for their devices."
+    ),
+]
+TensorSplitOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--tensor-split",
+        "-ts",
+        metavar="N0,N1,...",
+        help="Share of the layers per device, in llama.cpp's device order (RPC workers first), e.g. 3,1. "
+        "Default: proportional to each device's free memory.",
+    ),
+]
+SplitModeOpt = Annotated[
+    str | None,
+    typer.Option("--split-mode", "-sm", metavar="layer|row|none", help="How to split across devices (default layer)."),
+]
+MainGpuOpt = Annotated[
+    int | None,
+    typer.Option("--main-gpu", "-mg", metavar="I", min=0, help="The device used with --split-mode none."),
+]
+DeviceOpt = Annotated[
+    str | None,
+    typer.Option("--device", "-dev", metavar="DEV,...", help="Use only these devices (names as `mm rpc ls` shows)."),
+]
+
+
 # Every run-setting flag: the parameter typer hands over -> (its option type, its default). Declared once here;
 # `fit`, `publish`, `bench` and `run` take them all through run_options.
 _RUN_OPTIONS: dict[str, tuple[Any, Any]] = {
@@ -186,12 +218,18 @@ _RUN_OPTIONS: dict[str, tuple[Any, Any]] = {
     "threads": (ThreadsOpt, None),
     "n_cpu_moe": (NCpuMoeOpt, None),
     "cpu_moe": (CpuMoeOpt, False),
+    "rpc": (RpcOpt, None),
+    "tensor_split": (TensorSplitOpt, None),
+    "split_mode": (SplitModeOpt, None),
+    "main_gpu": (MainGpuOpt, None),
+    "device": (DeviceOpt, None),
 }
 
 
 @dataclass(frozen=True)
 class RunFlags:
-    """The run-setting flags a user gave, by RunSettings field (only those given)."""
+    """The run-setting flags a user gave, by RunSettings field (only those given; the device flags as one
+    `devices` layout)."""
 
     given: dict[str, Any]
 
@@ -209,11 +247,13 @@ class RunFlags:
 
 def _run_flags(ctx: int | None, kv_type: list[str], flash_attn: bool | None, batch: int | None, ubatch: int | None,
                parallel: int | None, n_gpu_layers: str | None, threads: int | None, n_cpu_moe: int | None,
-               cpu_moe: bool) -> RunFlags:  # fmt: skip
+               cpu_moe: bool, rpc: str | None, tensor_split: str | None, split_mode: str | None,
+               main_gpu: int | None, device: str | None) -> RunFlags:  # fmt: skip
     values = {
         "n_ctx": ctx, "kv_type": parse_kv_type(kv_type), "flash_attn": flash_attn, "n_batch": batch,
         "n_ubatch": ubatch, "parallel": parallel, "n_gpu_layers": parse_gpu_layers(n_gpu_layers), "n_threads": threads,
         "n_cpu_moe": n_cpu_moe, "cpu_moe": cpu_moe or None,
+        "devices": device_layout(rpc, tensor_split, split_mode, main_gpu, device),
     }  # fmt: skip
     return RunFlags({key: value for key, value in values.items() if value is not None})
 
@@ -248,3 +288,50 @@ def writable_target(path: Path | None, flag: str) -> None:
     """A file mm will write at the end of long work: its folder must exist now, not after the work."""
     if path is not None and not path.expanduser().absolute().parent.is_dir():
         raise UsageError(f"{flag} {path}: folder {path.expanduser().absolute().parent} does not exist")
+
+
+def device_layout(
+    rpc: str | None, tensor_split: str | None, split_mode: str | None, main_gpu: int | None, device: str | None
+) -> DeviceLayout | None:
+    """llama.cpp's device flags as one layout (None when none was given: one GPU and the CPU, as before)."""
+    if rpc is None and tensor_split is None and split_mode is None and main_gpu is None and device is None:
+        return None
+    from pipeline.llama.rpc import parse_endpoints
+    from pipeline.spec.devices import DeviceLayout
+
+    mode = (split_mode or "layer").strip().lower()
+    if mode not in ("layer", "row", "none"):
+        raise UsageError(f"--split-mode {split_mode!r}: expected layer, row or none", param="split_mode")
+    return DeviceLayout(
+        rpc=parse_endpoints(rpc) if rpc else [],
+        tensor_split=parse_tensor_split(tensor_split),
+        split_mode=mode,  # type: ignore[arg-type]  # checked above
+        main_gpu=main_gpu or 0,
+        devices=parse_device_names(device),
+    )
+
+
+def parse_device_names(text: str | None) -> list[str] | None:
+    """`--device A,B`: device names as llama.cpp (or `mm rpc ls`) shows them."""
+    from pipeline.spec.devices import device_name_problem
+
+    if text is None:
+        return None
+    names = [d.strip() for d in text.split(",") if d.strip()]
+    problems = [p for p in map(device_name_problem, names) if p] or ([] if names else ["no device named"])
+    if problems:
+        raise UsageError(f"--device {text!r}: {problems[0]}", param="device")
+    return names
+
+
+def parse_tensor_split(text: str | None) -> list[float] | None:
+    """`-ts 3,1` (llama.cpp also takes `3/1`): one non-negative share per device."""
+    if text is None:
+        return None
+    try:
+        shares = [float(part) for part in text.replace("/", ",").split(",") if part.strip()]
+    except ValueError:
+        shares = []
+    if not shares or any(s < 0 for s in shares) or not any(shares):
+        raise UsageError(f"--tensor-split {text!r}: expected shares such as 1,1 or 3,1", param="tensor_split")
+    return shares

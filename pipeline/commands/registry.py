@@ -33,16 +33,19 @@ def publish_command(
 ) -> None:
     """Store MODEL once by content and write a profile that runs it on HARDWARE (fit decides the layers).
 
+    With --rpc / -ts the profile records the device layout fit planned (workers and layers per device);
+    `mm run` then runs it through llama-server across those workers.
+
     Example: mm publish ~/.cache/mm/quant/abc-llama.q4_k_m.gguf --hardware rtx3060-12g -c 8192 -fa on
     """
-    from pipeline.fitting.fit import fit_model
+    from pipeline.fitting.fit_devices import fit_for
     from pipeline.registry.store import publish
     from pipeline.resolve.model_ref import resolve_model, target_hardware
 
     path, recipe, _ = resolve_model(model, recipes)
     target = target_hardware(hardware, None, None, recipe, recipes)
     settings = run.on(recipe.run if recipe else None)
-    fit = fit_model(path.resolve(), target, settings)
+    fit = fit_for(path.resolve(), target, settings)
     profile = publish(path, target, fit, name=name, recipe=recipe, threads=settings.n_threads)
     if as_json:
         emit_json(profile)

@@ -15,6 +15,7 @@ from pipeline.commands.registration import add_command
 from pipeline.commands.render import emit_json, note
 
 if TYPE_CHECKING:
+    from pipeline.registry.profile import Profile
     from pipeline.registry.run import Generation
 
 
@@ -92,6 +93,9 @@ def run_command(
         typer.Option("--cors", metavar="ORIGIN", help="--server: allow this browser origin (repeat; none by default)."),
     ] = None,
     seed: Annotated[int | None, typer.Option(metavar="N", help="Sampling seed, for repeatable output.")] = None,
+    temperature: Annotated[
+        float, typer.Option("--temperature", "--temp", metavar="T", min=0, help="Sampling temperature (0: greedy).")
+    ] = 0.8,
     as_json: JsonOpt = False,
 ) -> None:
     """Talk to a profile with its exact settings: one PROMPT (a chat turn), an interactive chat, or --server.
@@ -112,6 +116,7 @@ def run_command(
     Example: mm run models/tiny-q8_0.gguf "Hello"
     """
     from pipeline.registry.run import chat, chat_format_for, generate, with_flags
+    from pipeline.registry.run_server import needs_server
     from pipeline.registry.runnable import gpu_warning, runnable_profile
     from pipeline.registry.server import serve, server_options
 
@@ -126,6 +131,10 @@ def run_command(
     for line in (about, gpu_warning(profile)):
         if line:
             note(line)
+    if needs_server(profile):
+        _run_on_server(profile, text, raw=raw, max_tokens=max_tokens, server=server, port=port, verify=verify,
+                       seed=seed, temperature=temperature, as_json=as_json)  # fmt: skip
+        return
     fmt = chat_format_for(profile, chat_format) if not (raw and text is not None) else None
     if fmt is not None and fmt.notice:
         note(f"{fmt.notice} (--chat-format to change)")
@@ -135,18 +144,46 @@ def run_command(
         serve(profile, options, on_ready=lambda url: note(f"serving {profile.name} on {url} (Ctrl-C stops)"))
     elif text is not None:
         result = generate(profile, text, max_tokens=max_tokens, on_token=None if as_json else _write, verify=verify,
-                          seed=seed, raw=raw, chat_format=chosen)  # fmt: skip
-        if as_json:
-            emit_json({"profile": profile.name, "text": result.text, "n_tokens": result.n_tokens,
-                       "seconds": round(result.seconds, 3), "tokens_per_second": round(result.tokens_per_second, 2),
-                       "stopped": result.stopped})  # fmt: skip
-            return
-        typer.echo("")
-        note(f"{result.n_tokens} tokens in {result.seconds:.2f}s ({result.tokens_per_second:.1f} tok/s)")
+                          seed=seed, raw=raw, chat_format=chosen, temperature=temperature)  # fmt: skip
+        _show_generation(profile.name, result, as_json)
     else:
         note(f"chatting with {profile.name}; Ctrl-C stops a reply, Ctrl-D, /bye or Ctrl-C at an empty prompt ends")
         chat(profile, _Prompt(), _write, max_tokens=max_tokens, verify=verify, chat_format=chosen,
              on_reply=_after_reply)  # fmt: skip
+
+
+def _show_generation(name: str, result: Generation, as_json: bool) -> None:
+    if as_json:
+        emit_json({"profile": name, "text": result.text, "n_tokens": result.n_tokens,
+                   "seconds": round(result.seconds, 3), "tokens_per_second": round(result.tokens_per_second, 2),
+                   "stopped": result.stopped})  # fmt: skip
+        return
+    typer.echo("")
+    note(f"{result.n_tokens} tokens in {result.seconds:.2f}s ({result.tokens_per_second:.1f} tok/s)")
+
+
+def _run_on_server(
+    profile: Profile, text: str | None, *, raw: bool, max_tokens: int, server: bool, port: int, verify: bool,
+    seed: int | None, temperature: float, as_json: bool,
+) -> None:  # fmt: skip
+    """A profile across RPC workers: llama-server does the work (pipeline/registry/run_server.py says why)."""
+    from pipeline.base.errors import UsageError
+    from pipeline.registry.run_server import generate_on_server, serve_with_server
+
+    if server:
+        note(f"serving {profile.name} on http://127.0.0.1:{port}/v1 with llama-server (Ctrl-C stops)")
+        raise typer.Exit(serve_with_server(profile, port, verify=verify))
+    if text is None:
+        raise UsageError(
+            f"{profile.name} runs across RPC workers through llama-server: give a PROMPT, or --server to chat",
+            hint="an interactive chat needs llama-cpp-python, which cannot reach RPC workers",
+        )
+    result = generate_on_server(
+        profile, text, max_tokens=max_tokens, seed=seed, raw=raw, verify=verify, temperature=temperature
+    )
+    if not as_json:
+        _write(result.text)
+    _show_generation(profile.name, result, as_json)
 
 
 def register(app: typer.Typer) -> None:

@@ -21,6 +21,7 @@ from pipeline.fitting import gpu_speed
 from pipeline.fitting.gpu_speed import decode_tokens_per_second
 from pipeline.fitting.memory import Context, DeviceBuffers, context
 from pipeline.fitting.model_shape import ModelShape, model_shape
+from pipeline.fitting.multi import DeviceFit, DevicesPlan
 from pipeline.fitting.placement import (
     Placement,
     describe_placement,
@@ -97,6 +98,9 @@ class FitResult(BaseModel):
     assumptions: list[str]
     suggestions: list[str]
     warnings: list[str] = []  # settings the model was not made for (a context beyond its training)
+    # Several devices (--rpc, -ts; pipeline/fitting/multi.py): each device's share in llama.cpp's device order
+    devices: list[DeviceFit] = []
+    split: DevicesPlan | None = None  # how: the split used or proposed, why, the host's part, hand-overs
 
 
 def _breakdown(split: DeviceBuffers, overhead: int) -> DeviceBreakdown:
@@ -111,7 +115,7 @@ def _breakdown(split: DeviceBuffers, overhead: int) -> DeviceBreakdown:
     )
 
 
-def _context(shape: ModelShape, settings: RunSettings) -> Context:
+def fit_context(shape: ModelShape, settings: RunSettings) -> Context:
     return context(
         settings.n_ctx, settings.n_batch, settings.n_ubatch, settings.parallel, settings.kv_type,
         settings.flash_attn, settings.swa_full, shape, settings.kv_unified,
@@ -124,7 +128,7 @@ def _budget(hardware: HardwareClass, margin: float) -> float:
 
 def _place(shape: ModelShape, hardware: HardwareClass, settings: RunSettings, margin: float) -> Placement:
     """The settings' placement: what was asked for, else the fastest that fits (most layers for a dense model)."""
-    ctx = _context(shape, settings)
+    ctx = fit_context(shape, settings)
     asked_k = shape.n_layers if settings.cpu_moe else settings.n_cpu_moe
     if not hardware.has_gpu:
         return place(shape, ctx, 0)
@@ -145,7 +149,7 @@ def _alternatives(
     """For a MoE model on a GPU: llama.cpp's own fit order and plain layer offload, for comparison."""
     if not (shape.is_moe and hardware.has_gpu):
         return []
-    ctx, budget = _context(shape, settings), _budget(hardware, margin)
+    ctx, budget = fit_context(shape, settings), _budget(hardware, margin)
     options = [
         ("experts in RAM, llama.cpp's fit order (common/fit.cpp)", llama_fit_order(shape, ctx, budget)),
         ("whole layers only (-ngl, no --n-cpu-moe)", most_layers(shape, ctx, budget)),

@@ -125,7 +125,7 @@ def compute_buffer_bytes(shape: ModelShape, ctx: Context) -> int:
         attention = scores + mask_bytes + (3 * shape.n_embd + 2 * q_width + 2 * kv_width) * row
         if shape.is_mla:  # llama-graph.cpp build_attn_mha: no V cache, so V = cont(transpose(latent)), f16
             attention += max(kinds) * ctx.n_stream * shape.head_dim_v * 2
-    ffn = mask_bytes + (3 * _ffn_width(shape) + 4 * shape.n_embd) * row
+    ffn = mask_bytes + (3 * ffn_width(shape) + 4 * shape.n_embd) * row
     if ctx.flash_attn and ctx.type_k == "f16" and shape.n_vocab * row > max(kinds) * u * 2:
         # The masks are graph inputs, allocated first at the bottom of the buffer and alive through every
         # layer. With flash attention they are small (f16), and when the logits do not fit in the hole a
@@ -135,7 +135,7 @@ def compute_buffer_bytes(shape: ModelShape, ctx: Context) -> int:
     return max(attention, ffn, output)
 
 
-def _ffn_width(shape: ModelShape) -> int:
+def ffn_width(shape: ModelShape) -> int:
     """The widest FFN activation per token: a dense layer's n_ff, or a MoE layer's experts side by side
     (llama-graph.cpp build_moe_ffn: up, gate and their product are [n_ff_exp, n_expert_used, n_tokens])."""
     dense = shape.n_ff if shape.n_dense_layers else 0

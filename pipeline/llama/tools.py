@@ -2,10 +2,11 @@
 
 llama-cpp-python exposes libllama but not the tools mm also runs: `llama-quantize` (the binary engine),
 `llama-imatrix`, `llama-perplexity`, `llama-bench`, `llama-fit-params`, `llama-server`, `llama-cli` and
-`llama-gguf-split`. The source is llama-cpp-python's sdist (it vendors llama.cpp under vendor/llama.cpp):
-a `--source` path (an unpacked sdist, a llama.cpp tree, or the .tar.gz), or `pip download` of the installed
-version, so every tool runs the same llama.cpp as the API. One build makes every tool; it is cached in
-`$MM_HOME/tools/llama-<version>-<options hash>/` and appears there only complete.
+`llama-gguf-split`, plus `ggml-rpc-server` (the worker `mm rpc serve` starts; every tool is built with
+the RPC backend, so `--rpc` reaches workers). The source is llama-cpp-python's sdist (it vendors llama.cpp
+under vendor/llama.cpp): a `--source` path (an unpacked sdist, a llama.cpp tree, or the .tar.gz), or `pip
+download` of the installed version, so every tool runs the same llama.cpp as the API. One build makes every
+tool; it is cached in `$MM_HOME/tools/llama-<version>-<options hash>/` and appears there only complete.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ BASE_CMAKE_ARGS = (
     "-DLLAMA_BUILD_APP=OFF",
     "-DLLAMA_BUILD_TOOLS=ON",
     "-DLLAMA_BUILD_COMMON=ON",
+    "-DGGML_RPC=ON",  # every tool can reach RPC workers (--rpc), and ggml-rpc-server is one of the tools
 )
 TOOLS = (
     "llama-quantize",
@@ -58,6 +60,7 @@ TOOLS = (
     "llama-server",
     "llama-cli",
     "llama-gguf-split",
+    "ggml-rpc-server",
 )
 
 

@@ -170,6 +170,12 @@ def llama_kwargs(model_path: str, run: RunSettings) -> dict[str, Any]:
     }
     if run.n_threads is not None:
         kwargs["n_threads"] = run.n_threads
+    layout = run.devices
+    if layout is not None and not layout.is_default:  # local GPUs; RPC workers run through llama-server
+        # include/llama.h enum llama_split_mode: NONE 0, LAYER 1, ROW 2
+        kwargs |= {"split_mode": {"none": 0, "layer": 1, "row": 2}[layout.split_mode], "main_gpu": layout.main_gpu}
+        if layout.tensor_split is not None:
+            kwargs["tensor_split"] = layout.tensor_split
     return kwargs
 
 
@@ -194,12 +200,19 @@ def _common_flags(model_path: str, run: RunSettings) -> list[str]:
         flags += ["--n-cpu-moe", str(run.n_cpu_moe)]
     elif run.tensor_overrides:
         flags += ["--override-tensor", ",".join(run.tensor_overrides)]
+    if run.devices is not None:
+        flags += run.devices.llama_args()
     return flags
 
 
+def llama_server_args(model_path: str, run: RunSettings, port: int = 8080) -> list[str]:
+    """llama-server's arguments (without the program) for these settings on 127.0.0.1:`port`."""
+    flags = [*_common_flags(model_path, run), "--parallel", str(run.parallel)]
+    return [*flags, "--host", "127.0.0.1", "--port", str(port)]
+
+
 def llama_server_command(model_path: str, run: RunSettings, port: int = 8080) -> str:
-    flags = ["llama-server", *_common_flags(model_path, run), "--parallel", str(run.parallel)]
-    return shlex.join([*flags, "--host", "127.0.0.1", "--port", str(port)])
+    return shlex.join(["llama-server", *llama_server_args(model_path, run, port)])
 
 
 def llama_cli_command(model_path: str, run: RunSettings) -> str:
@@ -246,6 +259,8 @@ def build_profile(
     if threads is None and recipe is not None:
         threads = recipe.run.n_threads
     run = fit.settings.placed(fit.n_gpu_layers, fit.n_cpu_moe, fit.tensor_overrides, threads)
+    if fit.split is not None:  # the split fit planned, as -ts layer counts
+        run = run.model_copy(update={"devices": fit.split.layout})
     check_model(run, header, str(model), UsageError)
     short = model_name(model, recipe, record)
     try:

@@ -14,6 +14,7 @@ from pipeline.base.config_dir import config_dir
 from pipeline.base.errors import HardwareError, UsageError
 from pipeline.base.units import format_size, parse_size
 from pipeline.base.validation import describe_validation_error, did_you_mean, read_toml
+from pipeline.spec.devices import RpcHost
 from pipeline.spec.gpus import Calibration, Gpu, gpu_catalog
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ class HardwareClass(BaseModel):
     gpu_calibration: Calibration | None = None
     threads: int | None = Field(default=None, ge=1)  # threads a run uses when it does not say
     measured: str = "datasheet"  # how the figures were obtained
+    rpc: list[RpcHost] = Field(default_factory=list)  # [[class.rpc]]: workers a run also uses (spec/devices.py)
     builtin: bool = Field(default=False, exclude=True)
 
     @model_validator(mode="before")

@@ -28,6 +28,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from pipeline.base.errors import MMError, UsageError
+from pipeline.spec.devices import DeviceLayout
 
 KvType = Literal["f16", "q8_0", "q4_0"]
 # ggml.h enum ggml_type: the ids llama_context_params.type_k/type_v take for the KV types mm plans with.
@@ -97,6 +98,9 @@ class RunSettings(BaseModel):
     tensor_overrides: list[str] = Field(default_factory=list, max_length=MAX_OVERRIDES)
     swa_full: StrictBool = True  # llama.cpp's default: the SWA cache as large as the full one
     kv_unified: StrictBool = False  # llama.cpp's default: one KV stream per sequence (llama-server turns it on)
+    # Several devices (--rpc workers, -ts split; spec/devices.py). A profile across RPC workers runs through
+    # llama-server (registry/run_server.py); None: one GPU and the CPU.
+    devices: DeviceLayout | None = None
 
     @computed_field  # type: ignore[prop-decorator]
     @property
