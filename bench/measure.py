@@ -9,6 +9,17 @@ its Q4_K_M quant into /tmp. Speed: `pipeline.measure.bench.run_bench` (pp512, tg
 `pipeline.measure.evaluate.evaluate` and `llama-perplexity --kl-divergence-base` then `--kl-divergence` (one
 chunk per batch: -b = -c) on the same text; prints PPL, KLD and same-top figures of both, their relative
 difference (target <= 1%), and the wall-time ratio mm / llama.cpp.
+
+    .venv/bin/python bench/measure.py --predict [--calibrations 2] [--threads 1] [--gen 64] [--reps 5]
+                                      [--models DIR]
+
+Decode prediction against measurement, on a held-back set of shapes (bench/speed_set.py: models the
+calibration was not tuned on: a 262k-vocabulary tied-embedding SWA model, a 576-wide model with legacy
+types and fallbacks, a mixture of experts, a recurrent model, beside the compute-heavy llama above).
+Runs `mm hw --measure` (measure_machine) --calibrations times, predicts every model from each calibration
+(fit_model, with its ±), then `mm bench`s every model (run_bench, tg only) and prints predicted and measured
+side by side: the prediction of each calibration and their largest difference (target < 5%), and the error
+against the steady and the per-run median figures (target within 20%), with the machine's load average.
 """
 
 from __future__ import annotations
@@ -104,6 +115,10 @@ def eval_side_by_side(model: Path, ref: Path, text: Path, ctx: int, chunks: int,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--predict", action="store_true", help="prediction vs measurement on the held-back set")
+    parser.add_argument("--calibrations", type=int, default=2)
+    parser.add_argument("--gen", type=int, default=64)
+    parser.add_argument("--models", type=Path, default=Path(tempfile.gettempdir()) / "mm-speed-set")
     parser.add_argument("--model", type=Path)
     parser.add_argument("--ref", type=Path)
     parser.add_argument("--text", type=Path)
@@ -112,6 +127,11 @@ def main() -> None:
     parser.add_argument("--ctx", type=int, default=128)
     parser.add_argument("--chunks", type=int, default=8)
     args = parser.parse_args()
+    if args.predict:
+        from bench.speed_set import predict_side_by_side
+
+        predict_side_by_side(args.models, args.threads, args.calibrations, args.gen, args.reps)
+        return
     with tempfile.TemporaryDirectory(prefix="mm-bench-measure-") as folder:
         model, ref = (args.model, args.ref) if args.model else _models(Path(folder))
         bench_side_by_side(model, args.threads, args.reps)

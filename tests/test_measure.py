@@ -165,21 +165,23 @@ def test_hw_save_writes_a_class_hardware_toml_reads(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_measured_prediction_lands_within_25_percent_on_a_compute_bound_model(mm: Mm, tmp_path: Path) -> None:
-    """After `mm hw --measure`, fit's decode prediction for this machine is within 25% of `mm bench`."""
+def test_measured_prediction_lands_within_20_percent_on_a_compute_bound_model(mm: Mm, tmp_path: Path) -> None:
+    """After `mm hw --measure`, fit's decode prediction for this machine is within 20% of `mm bench`'s steady
+    figure (prediction_error), and the measurement carries each rate's spread and error."""
     source = write_tiny_model(tmp_path / "m.gguf", TinySpec(n_embd=768, n_head=6, n_head_kv=2, n_ff=2048, n_layers=4))
     model = _quantize(source, tmp_path / "m-q4_k_m.gguf", 15)  # small enough to stay in cache: compute-bound
     for _attempt in range(3):  # a machine shared with other work: more tries if a load spike skewed either
         measured = mm("hw", "--measure", "--threads", "1", "--json")
         assert measured.exit_code == 0, measured.stderr
-        assert json.loads(measured.stdout)["cpu_rates"]["1"]["gflops"]["Q4_K"] > 0
+        rates = json.loads(measured.stdout)["cpu_rates"]["1"]
+        assert rates["gflops"]["Q4_K"] > 0 and rates["error"]["Q4_K"] > 0 and 0 < rates["ram_compute_share"] <= 1
         run = mm("bench", str(model), "-p", "0", "-n", "64", "-r", "5", "--threads", "1", "--json")
         assert run.exit_code == 0, run.stderr
         result = json.loads(run.stdout)
         assert "mm hw --measure" in result["hardware"]
-        if abs(result["prediction_error"]) <= 0.25:
+        if abs(result["prediction_error"]) <= 0.20:
             break
-    assert abs(result["prediction_error"]) <= 0.25, result
+    assert abs(result["prediction_error"]) <= 0.20, result
 
 
 def test_build_evals_and_benches_each_quant_once_and_the_profile_carries_both(

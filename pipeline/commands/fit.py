@@ -216,7 +216,8 @@ def _settings_line(r: FitResult) -> str:
 def _show_fit(r: FitResult) -> None:
     verdicts = {"full_offload": "full offload", "partial_offload": "partial offload", "cpu_only": "CPU only",
                 "does_not_fit": "does not fit"}  # fmt: skip
-    speed = "" if r.verdict == "does_not_fit" else f", ~{r.tokens_per_second:g} tokens/s decode"
+    spread = f" ± {r.tokens_per_second_spread:.2g}" if r.tokens_per_second_spread else ""
+    speed = "" if r.verdict == "does_not_fit" else f", ~{r.tokens_per_second:g}{spread} tokens/s decode"
     if speed and r.prompt_tokens_per_second:
         speed += f", ~{r.prompt_tokens_per_second:g} tokens/s prompt"
     held = f", experts of {r.n_cpu_moe} in RAM" if r.n_cpu_moe else ""

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+import statistics
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -20,6 +21,9 @@ from pipeline.commands.options import (
 )
 from pipeline.commands.registration import add_command
 from pipeline.commands.render import emit_json, note, table, work_bar
+
+if TYPE_CHECKING:
+    from pipeline.spec.hardware import HardwareClass
 
 TargetArg = Annotated[
     str,
@@ -74,14 +78,20 @@ def bench_command(
     if as_json:
         emit_json(result.model_dump(mode="json") | {"prediction_error": result.prediction_error})
         return
+    predicted = f"{result.predicted_tg_ts:g}" + (
+        f" ± {result.predicted_tg_spread:.2g}" if result.predicted_tg_spread else ""
+    )
     rows = [(f.test, f"{f.median_ts:.2f}", f"{f.min_ts:.2f} - {f.max_ts:.2f}", f"{f.stdev_ts:.2f}",
-             _predicted(result.predicted_tg_ts if f.test.startswith("tg") else result.predicted_pp_ts))
+             f"{f.steady_ts:.2f}" if f.steady_ts else "-",
+             predicted if f.test.startswith("tg") and result.predicted_tg_ts else _predicted(
+                 result.predicted_pp_ts if f.test.startswith("pp") else None))
             for f in (result.pp, result.tg) if f is not None]  # fmt: skip
-    table(("test", "tokens/s (median)", "min - max", "stdev", "predicted"), rows)
+    table(("test", "tokens/s (median)", "min - max", "stdev", "steady", "predicted"), rows)
     error = result.prediction_error
     if error is not None and result.tg is not None:
-        typer.echo(f"decode: predicted {result.predicted_tg_ts:g}, measured {result.tg.median_ts:.2f} tokens/s "
-                   f"({error:+.0%}) by {result.hardware}")  # fmt: skip
+        steady = result.tg.steady_ts or result.tg.median_ts
+        typer.echo(f"decode: predicted {predicted}, measured {steady:.2f} tokens/s steady ({error:+.0%}; "
+                   f"{result.tg.median_ts:.2f} by wall time per run) by {result.hardware}")  # fmt: skip
     note(f"{result.threads} thread(s), {result.repetitions} runs per test, {result.seconds:.1f}s")
 
 
@@ -192,15 +202,33 @@ def measure_hardware(
     if as_json:
         emit_json(measured)
         return
-    typer.echo(f"RAM read bandwidth: {measured.ram_bandwidth_gbps:g} GB/s")
-    kinds = sorted({k for r in measured.cpu_rates.values() for k in r.gflops})
-    rows = [(count, f"{r.token_overhead_ms:.3f}", f"{r.layer_overhead_ms:.3f}",
-             *(f"{r.gflops.get(k, 0):g}" for k in kinds))
-            for count, r in sorted(measured.cpu_rates.items())]  # fmt: skip
-    table(("threads", "overhead ms", "ms/layer", *(f"{k} GFLOP/s" for k in kinds)), rows)
-    note(measured.measured)
+    show_rates(measured)
 
 
 def register(app: typer.Typer) -> None:
     add_command(app, "bench", bench_command)
     add_command(app, "eval", eval_command)
+
+
+def show_rates(measured: HardwareClass) -> None:
+    """Bandwidth and overhead per thread count, then one row per type: GFLOP/s ± spread per thread count."""
+    counts = sorted(measured.cpu_rates)
+    rates = [measured.cpu_rates[c] for c in counts]
+    typer.echo(f"RAM read bandwidth: {measured.ram_bandwidth_gbps:g} GB/s")
+    bandwidths = [
+        f"{r.ram_bandwidth_gbps or measured.ram_bandwidth_gbps:g} ± {r.ram_bandwidth_spread:.0%}" for r in rates
+    ]
+    table(("threads", "RAM GB/s", "out-of-cache share", "overhead ms", "ms/layer", "ns/vocab entry"),
+          [(c, bw, f"{r.ram_compute_share:.2f}", f"{r.token_overhead_ms:.3f}", f"{r.layer_overhead_ms:.3f}",
+            f"{r.vocab_overhead_ns:.1f}") for c, bw, r in zip(counts, bandwidths, rates, strict=True)])  # fmt: skip
+    kinds = sorted({k for r in rates for k in r.gflops})
+    table(("type", *(f"{c} thread(s) GFLOP/s" for c in counts)),
+          [(k, *(f"{r.gflops[k]:g} ± {r.spread.get(k, 0):.1%}" if k in r.gflops else "-" for r in rates))
+           for k in kinds])  # fmt: skip
+    spreads = [s for r in rates for s in r.spread.values()]
+    errors = [e for r in rates for e in r.error.values()]
+    if spreads and errors:
+        typer.echo(f"repeatability: rates spread {statistics.median(spreads):.1%} (median), {max(spreads):.1%} "
+                   f"(widest) between interleaved rounds; a repeat may move a rate by {statistics.median(errors):.1%} "
+                   f"(median), {max(errors):.1%} (widest): the standard error of each median")  # fmt: skip
+    note(measured.measured)

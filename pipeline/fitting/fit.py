@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 from pipeline.base.errors import UsageError
 from pipeline.base.units import format_size
 from pipeline.fitting import gpu_speed
+from pipeline.fitting.cpu_speed import roofline_devices
 from pipeline.fitting.gpu_speed import decode_tokens_per_second
 from pipeline.fitting.memory import Context, DeviceBuffers, context
 from pipeline.fitting.model_shape import ModelShape, model_shape
@@ -31,6 +32,7 @@ from pipeline.fitting.placement import (
     most_layers,
     place,
 )
+from pipeline.fitting.speed import tokens_per_second_spread
 from pipeline.gguf.header import read_model
 from pipeline.spec.hardware import HardwareClass
 from pipeline.spec.run_settings import RunSettings, beyond_training, check_for_model, expert_overrides
@@ -94,6 +96,7 @@ class FitResult(BaseModel):
     prompt_tokens_per_second: float | None = None  # pp512; None where not predicted (CPU only, no catalog GPU)
     speed_basis: str = ""  # what the decode figure rests on: measured class, calibrated catalog, datasheet only
     prompt_basis: str = ""
+    tokens_per_second_spread: float = 0.0  # the ± carried from the measured rates' errors (0: none known)
     verdict: Verdict
     assumptions: list[str]
     suggestions: list[str]
@@ -233,6 +236,7 @@ def fit_shape(
         fits_vram=fits_vram,
         fits_ram=fits_ram,
         **_speeds(gpu_speed.predict(chosen, shape, hardware, settings.n_threads)),
+        tokens_per_second_spread=_decode_spread(chosen, shape, hardware, settings.n_threads),
         verdict=verdict,
         assumptions=_assumptions(shape, hardware, settings, margin),
         suggestions=[],
@@ -256,6 +260,13 @@ def fit_model(
     """
     shape = model_shape(read_model(model), tensor_bytes)
     return fit_shape(shape, model, hardware, settings or RunSettings())
+
+
+def _decode_spread(chosen: Placement, shape: ModelShape, hardware: HardwareClass, threads: int | None) -> float:
+    """The ± a measured CPU class's standard errors give its roofline prediction (0 for catalog GPU classes)."""
+    if gpu_speed.uses_catalog(hardware):
+        return 0.0
+    return tokens_per_second_spread(*roofline_devices(chosen.read, hardware, threads, shape.n_layers, shape.n_vocab))
 
 
 def _speeds(p: gpu_speed.SpeedPrediction) -> dict[str, Any]:

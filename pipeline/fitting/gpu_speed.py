@@ -23,13 +23,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from pipeline.fitting.cpu_speed import cpu_rates, roofline_devices
 from pipeline.fitting.model_shape import ModelShape
-from pipeline.fitting.placement import Placement, ReadBytes
+from pipeline.fitting.placement import Placement
 from pipeline.fitting.speed import (
     FLOPS_PER_ELEMENT,
-    DeviceRates,
     DeviceWork,
-    Overhead,
     device_seconds,
     tokens_per_second,
 )
@@ -118,12 +117,12 @@ def cpu_decode_seconds(placement: Placement, shape: ModelShape, hardware: Hardwa
     if not read.cpu:
         return 0.0
     work = DeviceWork(read.cpu, read.cpu_elements)
-    rates = hardware.rates_for(threads)
-    if rates is not None:
+    measured = cpu_rates(hardware, threads)
+    if measured is not None:
+        ram, overhead = measured
         cpu_layers = shape.n_layers - gpu_layers(shape, placement.n_gpu_layers)
-        overhead = Overhead(rates.token_overhead_ms, rates.layer_overhead_ms).seconds(cpu_layers)
-        ram = DeviceRates(hardware.ram_bandwidth_gbps, rates.gflops, rates.cache_bytes)
-        return device_seconds(work, ram) + overhead
+        head_on_cpu = placement.n_gpu_layers == 0  # the logits are written out where the output layer runs
+        return device_seconds(work, ram) + overhead.seconds(cpu_layers, shape.n_vocab if head_on_cpu else 0)
     memory = read.cpu / (hardware.ram_bandwidth_gbps * CPU_RAM_EFFICIENCY * 1e9)
     cores = threads or hardware.cpu_cores
     compute = work.flops / (cores * CPU_CORE_GFLOPS * 1e9) if cores else 0.0
@@ -151,24 +150,13 @@ def decode_tokens_per_second(
     """llama-bench's tg128 for a placement: the calibrated model on a class of catalog GPUs, else speed.py's
     roofline over what a token reads and multiplies on each device (only the active experts)."""
     if not uses_catalog(hardware):
-        return _roofline(placement.read, hardware, threads, shape.n_layers)
+        return tokens_per_second(*roofline_devices(placement.read, hardware, threads, shape.n_layers, shape.n_vocab))
     read, devices = placement.read, hardware.devices
     layers = gpu_layers(shape, placement.n_gpu_layers)
     seconds = gpu_decode_seconds(read.gpu, read.gpu_elements, layers, devices, hardware.gpu_calibration)
     seconds += cpu_decode_seconds(placement, shape, hardware, threads)
     seconds += HANDOVER_MS * handovers(shape, placement) / 1e3
     return round(1.0 / seconds, 2) if seconds > 0 else 0.0
-
-
-def _roofline(read: ReadBytes, hardware: HardwareClass, threads: int | None, n_layers: int) -> float:
-    """The roofline of a class without catalog GPUs: RAM with its measured rates, and a GPU's bandwidth."""
-    rates = hardware.rates_for(threads)
-    cpu = DeviceRates(hardware.ram_bandwidth_gbps, rates.gflops if rates else {}, rates.cache_bytes if rates else 0)
-    devices = [(DeviceWork(read.cpu, read.cpu_elements), cpu)]
-    if read.gpu and hardware.gpu_bandwidth_gbps > 0:
-        devices.append((DeviceWork(read.gpu, read.gpu_elements), DeviceRates(hardware.gpu_bandwidth_gbps)))
-    overhead = Overhead(rates.token_overhead_ms, rates.layer_overhead_ms) if rates else Overhead()
-    return tokens_per_second(devices, overhead.seconds(n_layers))
 
 
 def prompt_tokens_per_second(placement: Placement, shape: ModelShape, hardware: HardwareClass) -> float | None:

@@ -7,14 +7,15 @@ The caller says what each device does per token (`DeviceWork`: bytes read and we
 by ggml type); this module turns that into seconds with the class's rates (`DeviceRates`). Which bytes a
 token reads (every layer's weights; for a mixture of experts only the active ones) is the caller's business.
 
-A class without measured compute rates (the built-in, datasheet classes) has only the bandwidth term:
-such a prediction is an upper bound, and says so.
+Each measured rate carries its uncertainty (pipeline/measure/sampling.py); tokens_per_second_spread turns
+them into the ± of a prediction. A class without measured compute rates (the built-in, datasheet classes) has
+only the bandwidth term: such a prediction is an upper bound, and says so.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 # A matrix-vector product does one multiply and one add per weight (ggml_vec_dot_* per row).
 FLOPS_PER_ELEMENT = 2
@@ -37,6 +38,30 @@ class DeviceWork:
         return FLOPS_PER_ELEMENT * sum(self.elements.values())
 
 
+# A type with no measured rate takes its sibling's: the type whose CPU kernel (ggml-cpu quants.c, the
+# ggml_vec_dot_* of each type) does the same work per weight: the same codebook lookups, the same block
+# layout with or without an offset, the same float conversion. Followed until a measured type is found;
+# `mm hw --measure` measures every type llama.cpp can make, so a rule only serves types this llama.cpp
+# cannot quantize to (NVFP4), types that are never stored weights (Q8_1, Q8_K), and classes measured before
+# a type was added. Rules only point to a sibling of equal or greater cost, so a derived rate errs slow.
+SIBLING = {
+    "NVFP4": "MXFP4",  # E2M1 values with a block scale, the same table lookup (16- rather than 32-wide blocks)
+    "MXFP4": "IQ4_NL",  # a 16-entry value table per 4-bit index, as IQ4_NL
+    "IQ4_XS": "IQ4_NL", "Q4_1": "Q4_0", "Q5_1": "Q5_0", "Q8_1": "Q8_0", "Q8_K": "Q8_0", "BF16": "F16",
+    "IQ1_M": "IQ1_S", "IQ1_S": "IQ2_XXS", "IQ2_S": "IQ2_XS", "IQ2_XS": "IQ2_XXS", "IQ2_XXS": "IQ3_XXS",
+    "IQ3_S": "IQ3_XXS", "TQ1_0": "TQ2_0", "TQ2_0": "Q2_K", "Q1_0": "TQ1_0", "Q2_0": "Q4_0", "F64": "F32",
+}  # fmt: skip
+
+
+def measured_sibling(kind: str, measured: Mapping[str, float]) -> str | None:
+    """The measured type whose rate `kind` takes: itself, else the first measured one along SIBLING."""
+    seen, kind = set(), kind.upper()
+    while kind not in measured and kind in SIBLING and kind not in seen:
+        seen.add(kind)
+        kind = SIBLING[kind]
+    return kind if kind in measured else None
+
+
 @dataclass(frozen=True)
 class DeviceRates:
     """A device's measured (or datasheet) rates; an empty `gflops` means no compute term."""
@@ -44,23 +69,39 @@ class DeviceRates:
     bandwidth_gbps: float
     gflops: Mapping[str, float] = field(default_factory=dict)  # ggml type -> GFLOP/s of matrix-vector work
     cache_bytes: int = 0  # last-level cache: what a token reads from it is not limited by RAM bandwidth
+    spread: Mapping[str, float] = field(default_factory=dict)  # ggml type -> relative uncertainty of its rate
+    bandwidth_spread: float = 0.0
+    # The share of its measured (in-cache) rate a type keeps when the weights come from RAM: one CPU thread
+    # waiting on memory does not compute meanwhile, so the arithmetic slows as well as the reading.
+    ram_compute_share: float = 1.0
 
     def rate(self, kind: str) -> float | None:
-        """GFLOP/s for a type; a type that was not measured gets the slowest measured rate (a safe guess)."""
+        """GFLOP/s for a type: its own, its measured sibling's (SIBLING), else the slowest measured."""
         if not self.gflops:
             return None
-        return self.gflops.get(kind.upper()) or min(self.gflops.values())
+        sibling = measured_sibling(kind, self.gflops)
+        return self.gflops[sibling] if sibling else min(self.gflops.values())
+
+    def shifted(self, sigmas: float) -> DeviceRates:
+        """These rates moved by `sigmas` of their spreads (+1: each one spread faster)."""
+        return replace(
+            self,
+            bandwidth_gbps=self.bandwidth_gbps * max(0.0, 1 + sigmas * self.bandwidth_spread),
+            gflops={k: v * max(0.0, 1 + sigmas * self.spread.get(k, 0.0)) for k, v in self.gflops.items()},
+        )
 
 
 @dataclass(frozen=True)
 class Overhead:
-    """Per-token time outside the matrix work: a fixed part and a part per layer (graph nodes)."""
+    """Per-token time outside the matrix work: a fixed part, a part per layer (graph nodes) and a part per
+    vocabulary entry (every token's logits are written out by llama.cpp and copied by llama-cpp-python)."""
 
     token_ms: float = 0.0
     layer_ms: float = 0.0
+    vocab_ns: float = 0.0
 
-    def seconds(self, n_layers: int) -> float:
-        return (self.token_ms + self.layer_ms * n_layers) / 1e3
+    def seconds(self, n_layers: int, n_vocab: int = 0) -> float:
+        return (self.token_ms + self.layer_ms * n_layers) / 1e3 + self.vocab_ns * n_vocab / 1e9
 
 
 def memory_seconds(work: DeviceWork, rates: DeviceRates) -> float:
@@ -72,11 +113,13 @@ def memory_seconds(work: DeviceWork, rates: DeviceRates) -> float:
 
 
 def compute_seconds(work: DeviceWork, rates: DeviceRates) -> float:
+    from_ram = rates.cache_bytes > 0 and work.bytes_read > rates.cache_bytes
+    share = rates.ram_compute_share if from_ram else 1.0
     total = 0.0
     for kind, elements in work.elements.items():
         rate = rates.rate(kind)
         if rate:
-            total += FLOPS_PER_ELEMENT * elements / (rate * 1e9)
+            total += FLOPS_PER_ELEMENT * elements / (rate * share * 1e9)
     return total
 
 
@@ -93,6 +136,14 @@ def token_seconds(devices: Sequence[tuple[DeviceWork, DeviceRates]], overhead: f
 def tokens_per_second(devices: Sequence[tuple[DeviceWork, DeviceRates]], overhead: float = 0.0) -> float:
     seconds = token_seconds(devices, overhead)
     return round(1.0 / seconds, 2) if seconds > 0 else 0.0
+
+
+def tokens_per_second_spread(devices: Sequence[tuple[DeviceWork, DeviceRates]], overhead: float = 0.0) -> float:
+    """How far the prediction moves when every measured rate moves by its spread: half the distance between
+    the predictions with all rates one spread faster and one spread slower (the "± 3" of "35 ± 3 tok/s")."""
+    fast = tokens_per_second([(work, rates.shifted(+1)) for work, rates in devices], overhead)
+    slow = tokens_per_second([(work, rates.shifted(-1)) for work, rates in devices], overhead)
+    return round(abs(fast - slow) / 2, 2)
 
 
 def attention_cells(n_ctx: int, tokens: int = DECODE_TOKENS) -> int:

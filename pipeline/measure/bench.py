@@ -4,7 +4,9 @@ In-process with llama-cpp-python, the library `mm run` generates with, so the fi
 profile's user gets. The tests mirror tools/llama-bench/llama-bench.cpp: `pp` decodes n_prompt random
 tokens in n_batch batches (BOS first when the vocabulary adds one), `tg` decodes n_gen random tokens one
 at a time from an empty cache; one warm-up run each, then `repetitions` timed runs from an empty cache.
-llama-bench reports mean ± stdev of tokens/s; mm reports the median and the spread (min, max, stdev).
+llama-bench reports mean ± stdev of tokens/s; mm reports the median and the spread (min, max, stdev), and
+for tg also the steady rate: the median single token over all runs, which leaves out the tokens that waited
+while other processes held the cores (pipeline/measure/sampling.py), the figure a prediction is held to.
 """
 
 from __future__ import annotations
@@ -29,6 +31,18 @@ BenchProgress = Callable[[str, int, int], None]  # (test, run done, runs in all)
 def default_threads() -> int:
     """llama-cpp-python's default when a profile gives none (llama.py: max(cpu_count // 2, 1))."""
     return max((os.cpu_count() or 2) // 2, 1)
+
+
+def decode_token_seconds(llm: Any, tokens: Sequence[int]) -> list[float]:
+    """Seconds of each token decoded one at a time from an empty cache (llama-bench's tg), each timed on its
+    own so that a robust statistic can leave out the tokens that waited for a core (measure/sampling.py)."""
+    llm.reset()
+    times = []
+    for token in tokens:
+        begin = time.perf_counter()
+        llm.eval([token])
+        times.append(time.perf_counter() - begin)
+    return times
 
 
 def run_bench(
@@ -73,14 +87,13 @@ def run_bench(
         llm.eval(batch)
         return time.perf_counter() - begin
 
+    token_seconds: list[float] = []  # every timed decoded token, for the steady figure
+
     def generate(count: int) -> float:
-        llm.reset()
         first = bos if bos is not None and bos >= 0 else rng.randrange(n_vocab)
-        begin = time.perf_counter()
-        llm.eval([first])
-        for token in tokens(count - 1):
-            llm.eval([token])
-        return time.perf_counter() - begin
+        times = decode_token_seconds(llm, [first, *tokens(count - 1)])
+        token_seconds.extend(times[1:])
+        return sum(times)
 
     pp = tg = None
     for test, count, run in (("pp", n_prompt, prompt), ("tg", n_gen, lambda: generate(n_gen))):
@@ -88,12 +101,12 @@ def run_bench(
             continue
         if warmup:
             run() if test == "pp" else generate(1)
-        seconds = []
+        seconds, token_seconds[:] = [], []
         for index in range(repetitions):
             seconds.append(run())
             if progress is not None:
                 progress(f"{test}{count}", index + 1, repetitions)
-        figure = TestFigure.of(f"{test}{count}", count, seconds)
+        figure = TestFigure.of(f"{test}{count}", count, seconds, token_seconds if test == "tg" else ())
         pp, tg = (figure, tg) if test == "pp" else (pp, figure)
     llm.close()
     return BenchResult(

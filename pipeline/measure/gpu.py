@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from pipeline.base.errors import HardwareError
 from pipeline.base.provenance import utc_now
 from pipeline.fitting.model_shape import model_shape
 from pipeline.fitting.speed import FLOPS_PER_ELEMENT, merge
@@ -85,7 +86,8 @@ def measure_card(card: Gpu, say: Progress) -> Calibration:
         token_s = max(0.0, t2 - 2 * layer_s)
         f16 = write_tiny_model(root / "bandwidth-f16.gguf", BANDWIDTH_MODEL)
         q4 = root / "bandwidth-q4_k.gguf"
-        quantize_pure(f16, q4, MEASURED_TYPES["Q4_K"])
+        if not quantize_pure(f16, q4, MEASURED_TYPES["Q4_K"]):
+            raise HardwareError("llama.cpp could not quantize the GPU calibration model to Q4_K")
         efficiency: dict[str, tuple[float, float]] = {}
         for kind, model in (("float", f16), ("quant", q4)):
             say(f"{card.name}: {kind} weights, decode and prompt")

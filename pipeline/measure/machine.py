@@ -1,14 +1,22 @@
-"""`mm hw --measure`: this machine's RAM read bandwidth and llama.cpp's CPU decode rates, per thread count.
+"""`mm hw --measure`: llama.cpp's CPU decode on this machine, per thread count: the rate at which it reads
+weights from RAM, its matrix-vector rate per weight type, and its per-token overheads.
 
-Bandwidth: threads summing disjoint slices of an array much larger than the last-level cache (numpy
-releases the GIL in reductions), best of a few passes. Compute: llama.cpp itself, through the same
-llama-cpp-python `mm bench` uses, on models made by the tiny-model factory:
+Everything is measured by llama.cpp itself, through the same llama-cpp-python `mm bench` uses, on models
+made by the tiny-model factory:
   - two micro models (2 and 8 layers, width 64) give the per-token overhead: a fixed part and a part per
-    layer (their matrix work is negligible);
+    layer (their matrix work is negligible); a third with a 65536-entry vocabulary gives the part per
+    vocabulary entry (each token's logits written out and copied);
   - one mid model (2 layers, width 512, FFN 1024: 5 M weights, 20 MB even in F32, so it stays in a
-    32 MB-class cache and measures arithmetic, not RAM) is quantized "pure" to each weight type, and its
-    decode time less the overhead gives that type's matrix-vector rate: 2 x weight elements / seconds.
-    Larger models are held back by the bandwidth term instead (speed.py's roofline).
+    32 MB-class cache and measures arithmetic, not RAM) is quantized "pure" to each weight type llama.cpp
+    can make (MEASURED_TYPES: every type a model is stored in but NVFP4, which speed.py derives), and its
+    decode time less the overhead gives that type's matrix-vector rate: 2 x weight elements / seconds;
+  - two big models, each at least twice the last-level cache, give what changes when the weights come from
+    RAM: an F32 one (a plain multiply-add per 4 bytes, so its time is the reading) gives the bandwidth of
+    speed.py's roofline as llama.cpp achieves it; a Q4_K one gives the share of its in-cache rate a type
+    keeps out of cache (one thread waiting on memory does not compute meanwhile: about a third here).
+Every test is timed as measure/sampling.py says a shared machine must be: the median token of a run, the
+tests interleaved in rounds, the round's level taken out, the median over rounds, more rounds while they
+disagree; the spread of each rate is kept beside it and `mm fit` turns it into the ± of its prediction.
 The result is a hardware class (pipeline/spec/hardware.py) cached in $MM_HOME/hw/local.json; the local machine's
 default class uses it, and `mm hw --save NAME` writes it into hardware.toml.
 """
@@ -20,9 +28,8 @@ import json
 import logging
 import os
 import re
+import statistics
 import tempfile
-import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,39 +41,28 @@ from pipeline.base.home import atomic_write_json, atomic_write_text
 from pipeline.base.provenance import utc_now
 from pipeline.fitting.model_shape import model_shape
 from pipeline.fitting.speed import FLOPS_PER_ELEMENT, merge
-from pipeline.gguf.header import read_model
+from pipeline.gguf.header import read_header, read_model
 from pipeline.gguf.tiny_model import TinySpec, write_tiny_model
-from pipeline.measure.bench import run_bench
+from pipeline.llama.llama_log import route_llama_log
+from pipeline.measure.bench import decode_token_seconds
+from pipeline.measure.sampling import Estimate, interleaved, median_token_seconds
 from pipeline.spec.hardware import CpuRates, HardwareClass
 from pipeline.spec.local_machine import measurement_path
 
 log = logging.getLogger(__name__)
 
 MeasureProgress = Callable[[str], None]  # a line saying what is being measured
-BANDWIDTH_BYTES = 512 << 20  # 16x a 32 MiB L3
-# Pure quantizations (every tensor one type) by llama_ftype (llama.h), named by the ggml type measured.
+BIG_MODEL_BYTES = 64 << 20  # at least: twice a 32 MiB L3 (and twice the cache found, when larger)
+VOCAB = 65536  # the vocabulary of the model that measures the per-entry overhead
+# Pure quantizations (every tensor one type) by llama_ftype (llama.h), named by the ggml type each makes
+# (llama-quant.cpp llama_ftype_get_default_type: IQ2_S comes from the IQ2_M ftype, IQ2_XS from IQ2_XS).
 MEASURED_TYPES = {
-    "F32": 0, "F16": 1, "BF16": 32, "Q8_0": 7, "Q6_K": 18, "Q5_K": 17, "Q4_K": 15, "Q3_K": 12, "Q2_K": 10,
-    "Q4_0": 2, "Q5_0": 8,
+    "F32": 0, "F16": 1, "BF16": 32, "Q8_0": 7, "Q4_0": 2, "Q4_1": 3, "Q5_0": 8, "Q5_1": 9,
+    "Q2_K": 10, "Q3_K": 12, "Q4_K": 15, "Q5_K": 17, "Q6_K": 18,
+    "IQ4_NL": 25, "IQ4_XS": 30, "IQ3_S": 26, "IQ3_XXS": 23, "IQ2_S": 29, "IQ2_XS": 20, "IQ2_XXS": 19,
+    "IQ1_M": 31, "IQ1_S": 24, "TQ1_0": 36, "TQ2_0": 37, "MXFP4": 38, "Q1_0": 40,
 }  # fmt: skip
-GEN_TOKENS = 64
-REPETITIONS = 5
-
-
-def ram_bandwidth_gbps(threads: int, total_bytes: int = BANDWIDTH_BYTES, passes: int = 3) -> float:
-    """Best aggregate read rate of `threads` threads summing their share of a `total_bytes` array."""
-    data = np.ones(total_bytes // 4, dtype=np.float32)
-    slices = np.array_split(data, threads)
-    best = 0.0
-    for _ in range(passes):
-        workers = [threading.Thread(target=np.add.reduce, args=(part,)) for part in slices]
-        begin = time.perf_counter()
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join()
-        best = max(best, total_bytes / (time.perf_counter() - begin) / 1e9)
-    return round(best, 2)
+TOKENS_PER_RUN = 16  # decoded tokens per timed run; their median is the run's figure
 
 
 def cache_bytes() -> int:
@@ -82,29 +78,112 @@ def cache_bytes() -> int:
     return best
 
 
-def _tg_seconds(model: Path, threads: int) -> float:
-    """Seconds per decoded token (llama-bench's tg, from an empty cache) of the fastest run: a machine's
-    rate is what it can do; a run slowed by other work on a shared machine measures the other work."""
-    result = run_bench({"model_path": str(model), "n_threads": threads, "n_ctx": 512}, n_prompt=0,
-                       n_gen=GEN_TOKENS, repetitions=REPETITIONS)  # fmt: skip
-    assert result.tg is not None
-    return 1.0 / result.tg.max_ts
-
-
-def quantize_pure(source: Path, target: Path, ftype: int) -> None:
+def quantize_pure(source: Path, target: Path, ftype: int) -> bool:
+    """Quantize every matrix of `source` to `ftype`'s type; False when this llama.cpp cannot. A flat
+    importance matrix is given, so the types that require one (IQ1/IQ2/IQ3_XXS) can be made too: speed
+    does not depend on the values."""
     import llama_cpp
 
+    route_llama_log()  # its per-tensor lines to the debug log, not the terminal
+    rows = {t.name: t.shape[0] for t in read_header(source).tensors if len(t.shape) >= 2}
+    ones = {name: np.ones(width, dtype=np.float32) for name, width in rows.items()}
+    table = (llama_cpp.llama_model_imatrix_data * (len(ones) + 1))()
+    for i, (name, values) in enumerate(ones.items()):
+        table[i].name = name.encode()
+        table[i].data = values.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        table[i].size = values.size
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = ftype
     params.pure = True
     params.nthread = 0
+    params.imatrix = table
     if llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), ctypes.byref(params)) != 0:
-        raise HardwareError(f"llama.cpp could not quantize the calibration model to ftype {ftype}")
+        log.warning("this llama.cpp cannot quantize to ftype %d: its type is derived, not measured", ftype)
+        return False
+    return True
 
 
-def _work_elements(model: Path) -> int:
+def _decode_test(model: Path, threads: int) -> tuple[Any, Callable[[], float]]:
+    """A loaded model and a test timing it: the median token of TOKENS_PER_RUN decoded from an empty cache."""
+    from pipeline.llama.overrides import load_llama
+
+    llm = load_llama({"model_path": str(model), "n_threads": threads, "n_threads_batch": threads, "n_ctx": 256})
+    tokens = [1, *range(3, 3 + TOKENS_PER_RUN - 1)]
+    decode_token_seconds(llm, tokens[:4])  # warm-up: first touches of weights and buffers
+    return llm, lambda: median_token_seconds(decode_token_seconds(llm, tokens))
+
+
+def _decode_rounds(models: dict[str, Path], threads: int, say: MeasureProgress) -> dict[str, Estimate]:
+    """Every calibration model loaded at once and timed in interleaved rounds (measure/sampling.py)."""
+    loaded = {name: _decode_test(path, threads) for name, path in models.items()}
+
+    def progress(done: int, planned: int) -> None:
+        say(f"decode rates, {threads} thread(s), round {done}/{planned}")
+
+    try:
+        tests = {name: test for name, (_llm, test) in loaded.items()}
+        from_ram = {name: "ram" for name in tests if name.startswith("big-")}  # slowed by other work differently
+        return interleaved(tests, progress=progress, groups=from_ram)
+    finally:
+        for llm, _test in loaded.values():
+            llm.close()
+
+
+def _big_models(folder: Path, cache: int) -> dict[str, Path]:
+    """F32 and pure Q4_K llama models of 1024-wide layers, each at least twice the last-level cache in bytes."""
+    layer = TinySpec(n_embd=1024, n_head=8, n_head_kv=4, n_ff=2816)
+    weights = 1024 * (2 * 1024 + 2 * 512 + 3 * 2816)
+    least = max(BIG_MODEL_BYTES, 2 * cache)
+    big_f32 = write_tiny_model(folder / "big-F32.gguf", layer.with_(n_layers=-(-least // (4 * weights))))
+    q4_k_layers = -(-least // (weights * 144 // 256))  # Q4_K: 144 bytes per 256 weights
+    source = write_tiny_model(folder / "big-f16.gguf", layer.with_(n_layers=q4_k_layers, dtype="f16"))
+    big_q4_k = folder / "big-Q4_K.gguf"
+    if not quantize_pure(source, big_q4_k, MEASURED_TYPES["Q4_K"]):
+        raise HardwareError("llama.cpp could not quantize the calibration model to Q4_K")
+    source.unlink()
+    return {"big-F32": big_f32, "big-Q4_K": big_q4_k}
+
+
+def _work(model: Path) -> tuple[int, int, int]:
+    """(weight elements multiplied, bytes read, layers) of one decoded token of a calibration model."""
     shape = model_shape(read_model(model))
-    return sum(merge([*shape.layer_elements, shape.output_elements]).values())
+    elements = sum(merge([*shape.layer_elements, shape.output_elements]).values())
+    return elements, sum(shape.layer_bytes) + shape.output_bytes, shape.n_layers
+
+
+def _rates(estimates: dict[str, Estimate], models: dict[str, Path], cache: int) -> CpuRates:
+    """Overhead from the micro models, each type's rate from the mid model's time less that overhead, the RAM
+    bandwidth and the out-of-cache share from the big ones; a figure's spread and error are its test's, scaled
+    up by how much of the time the overhead took."""
+    t2, t8, tv = (estimates.pop(k).centre for k in ("micro2", "micro8", "vocab"))
+    per_layer = max(0.0, (t8 - t2) / 6)
+    fixed = max(0.0, t2 - 2 * per_layer)
+    big = {k: estimates.pop(k) for k in ("big-F32", "big-Q4_K")}
+
+    def net(estimate: Estimate, n_layers: int) -> float:  # the matrix work's share of a test's time
+        return max(estimate.centre - fixed - n_layers * per_layer, 1e-7)
+
+    gflops, spread, error = {}, {}, {}
+    for kind, estimate in estimates.items():
+        elements, _read, n_layers = _work(models[kind])
+        seconds = net(estimate, n_layers)
+        gflops[kind] = round(FLOPS_PER_ELEMENT * elements / seconds / 1e9, 2)
+        spread[kind] = round(estimate.spread * estimate.centre / seconds, 4)
+        error[kind] = round(estimate.error * estimate.centre / seconds, 4)
+    vocab_model = model_shape(read_model(models["vocab"]))
+    head_seconds = FLOPS_PER_ELEMENT * sum(vocab_model.output_elements.values()) / (gflops.get("Q8_0", 1.0) * 1e9)
+    extra_entries = vocab_model.n_vocab - model_shape(read_model(models["micro2"])).n_vocab
+    per_entry = max(0.0, (tv - t2 - head_seconds) / extra_entries) if "Q8_0" in gflops else 0.0
+    _elements, read, n_layers = _work(models["big-F32"])
+    f32_seconds = net(big["big-F32"], n_layers)
+    elements, _read, n_layers = _work(models["big-Q4_K"])
+    out_of_cache = FLOPS_PER_ELEMENT * elements / net(big["big-Q4_K"], n_layers) / 1e9 / gflops.get("Q4_K", 1.0)
+    return CpuRates(gflops=gflops, spread=spread, error=error, token_overhead_ms=round(fixed * 1e3, 4),
+                    layer_overhead_ms=round(per_layer * 1e3, 4), vocab_overhead_ns=round(per_entry * 1e9, 3),
+                    cache_bytes=cache, ram_bandwidth_gbps=round(read / f32_seconds / 1e9, 2),
+                    ram_bandwidth_spread=round(big["big-F32"].spread * big["big-F32"].centre / f32_seconds, 4),
+                    ram_bandwidth_error=round(big["big-F32"].error * big["big-F32"].centre / f32_seconds, 4),
+                    ram_compute_share=round(min(1.0, out_of_cache), 3) if "Q4_K" in gflops else 1.0)  # fmt: skip
 
 
 def measure_machine(
@@ -120,40 +199,36 @@ def measure_machine(
     if unknown:
         raise HardwareError(f"cannot measure types {unknown}; measurable: {', '.join(MEASURED_TYPES)}")
     say = progress or (lambda _line: None)
-    bandwidth = 0.0
-    for count in counts:
-        say(f"RAM read bandwidth, {count} thread(s)")
-        bandwidth = max(bandwidth, ram_bandwidth_gbps(count))
     rates: dict[int, CpuRates] = {}
+    rounds: list[int] = []
+    cache = cache_bytes()
     with tempfile.TemporaryDirectory(prefix="mm-hw-") as folder:
         root = Path(folder)
         micro = TinySpec(n_embd=64, n_head=2, n_head_kv=1, n_ff=128)
-        micro2 = write_tiny_model(root / "micro2.gguf", micro)
-        micro8 = write_tiny_model(root / "micro8.gguf", micro.with_(n_layers=8))
+        models = {"micro2": write_tiny_model(root / "micro2.gguf", micro),
+                  "micro8": write_tiny_model(root / "micro8.gguf", micro.with_(n_layers=8)),
+                  "vocab": root / "vocab.gguf"}  # fmt: skip
+        if not quantize_pure(write_tiny_model(root / "vocab-f32.gguf", micro.with_(n_vocab=VOCAB)),
+                              models["vocab"], MEASURED_TYPES["Q8_0"]):  # fmt: skip
+            raise HardwareError("llama.cpp could not quantize the calibration model to Q8_0")
+        say("preparing models larger than the cache")
+        models.update(_big_models(root, cache))
         mid = write_tiny_model(root / "mid.gguf", TinySpec(n_embd=512, n_head=8, n_head_kv=4, n_ff=1024))
-        models: dict[str, Path] = {}
         for kind in kinds:
             say(f"preparing a {kind} calibration model")
-            models[kind] = root / f"mid-{kind}.gguf"
-            quantize_pure(mid, models[kind], MEASURED_TYPES[kind])
-        elements = _work_elements(mid)
+            if quantize_pure(mid, root / f"mid-{kind}.gguf", MEASURED_TYPES[kind]):
+                models[kind] = root / f"mid-{kind}.gguf"
         for count in counts:
-            say(f"per-token overhead, {count} thread(s)")
-            t2, t8 = _tg_seconds(micro2, count), _tg_seconds(micro8, count)
-            per_layer = max(0.0, (t8 - t2) / 6)
-            fixed = max(0.0, t2 - 2 * per_layer)
-            gflops: dict[str, float] = {}
-            for kind in kinds:
-                say(f"{kind} matrix-vector rate, {count} thread(s)")
-                seconds = _tg_seconds(models[kind], count) - fixed - 2 * per_layer
-                gflops[kind] = round(FLOPS_PER_ELEMENT * elements / max(seconds, 1e-6) / 1e9, 2)
-            rates[count] = CpuRates(gflops=gflops, token_overhead_ms=round(fixed * 1e3, 4),
-                                    layer_overhead_ms=round(per_layer * 1e3, 4), cache_bytes=cache_bytes())  # fmt: skip
+            estimates = _decode_rounds(models, count, say)
+            rounds.append(min(e.samples for e in estimates.values()))
+            rates[count] = _rates(estimates, models, cache)
     how = (
-        f"mm hw --measure on {utc_now()[:16]} ({cpu_name()} x{os.cpu_count() or 1}): RAM bandwidth from "
-        f"{len(counts)} thread count(s) summing {BANDWIDTH_BYTES >> 20} MiB; compute rates and overhead from "
-        "llama.cpp decode (tg) of pure-quantized calibration models"
+        f"mm hw --measure on {utc_now()[:16]} ({cpu_name()} x{os.cpu_count() or 1}): llama.cpp decode (the median "
+        f"token of each run, {statistics.median(rounds):g} interleaved rounds) of pure-quantized calibration models: "
+        "compute rates and overheads in cache, RAM bandwidth and the out-of-cache share from F32 and Q4_K models "
+        "larger than the cache"
     )
+    bandwidth = max(r.ram_bandwidth_gbps or 0.0 for r in rates.values())
     return HardwareClass.model_validate({
         "name": "local", "description": "this machine, measured", "vram": 0, "ram": total_ram_bytes() or 1,
         "ram_bandwidth_gbps": bandwidth, "cpu_rates": rates, "threads": default_threads(), "measured": how,

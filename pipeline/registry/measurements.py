@@ -79,7 +79,8 @@ def with_prediction(result: BenchResult, path: Path, settings: RunSettings) -> B
     local = local_class()
     fit = fit_model(path, local, settings.model_copy(update={"n_threads": result.threads}))
     measured = "datasheet figures" if local.measured == "datasheet" else "mm hw --measure"
-    update = {"predicted_tg_ts": fit.tokens_per_second, "predicted_pp_ts": fit.prompt_tokens_per_second}
+    update = {"predicted_tg_ts": fit.tokens_per_second, "predicted_pp_ts": fit.prompt_tokens_per_second,
+              "predicted_tg_spread": fit.tokens_per_second_spread or None}  # fmt: skip
     return result.model_copy(update={**update, "hardware": f"{local.name} ({measured}, {fit.speed_basis})"})
 
 

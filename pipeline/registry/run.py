@@ -6,7 +6,6 @@ callback, and llama.cpp's own log goes to the `llama.cpp` logger (shown with -vv
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING, Any, cast
 from pipeline.base.errors import RegistryError, UsageError
 from pipeline.gguf.chat_format import ChatFormat, choose_chat_format
 from pipeline.gguf.header import read_header
+from pipeline.llama.llama_log import route_llama_log
 from pipeline.llama.overrides import load_llama
 from pipeline.registry.blobs import check_blob
 from pipeline.registry.profile import Profile, check_model, llama_kwargs
@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     from llama_cpp import Llama
 
 log = logging.getLogger(__name__)
-llama_log = logging.getLogger("llama.cpp")
 
 TokenCallback = Callable[[str], None]
 Messages = list[dict[str, str]]
@@ -41,36 +40,6 @@ class Generation:
     @property
     def tokens_per_second(self) -> float:
         return self.n_tokens / self.seconds if self.seconds > 0 else 0.0
-
-
-_LOG_CALLBACK: list[Any] = []  # keeps the ctypes callback alive as long as llama.cpp may call it
-
-
-def route_llama_log() -> None:
-    """llama.cpp's log to the `llama.cpp` logger at debug level (-vv shows it).
-
-    llama-cpp-python 0.3's own callback maps ggml's log levels off by one (its _logger.py predates
-    GGML_LOG_LEVEL_DEBUG = 1), so warnings such as "llama_kv_cache_iswa: using full-size SWA cache" reach
-    the terminal even with verbose=False. Only that callback (or none) is replaced: a caller that
-    installed its own keeps it.
-    """
-    import llama_cpp
-    from llama_cpp import _logger
-
-    current, data = llama_cpp.llama_log_callback(), ctypes.c_void_p()
-    llama_cpp.llama_log_get(ctypes.byref(current), ctypes.byref(data))
-    address = ctypes.cast(current, ctypes.c_void_p).value
-    if address not in (None, ctypes.cast(_logger.llama_log_callback, ctypes.c_void_p).value):
-        return
-    if not _LOG_CALLBACK:
-
-        @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
-        def to_logging(level: int, text: bytes | None, user_data: ctypes.c_void_p) -> None:
-            if text:
-                llama_log.debug("%s", text.decode(errors="replace").rstrip())
-
-        _LOG_CALLBACK.append(to_logging)
-    llama_cpp.llama_log_set(_LOG_CALLBACK[0], ctypes.c_void_p(0))
 
 
 def run_kwargs(profile: Profile, *, verify: bool = False, run: RunSettings | None = None) -> dict[str, Any]:

@@ -23,9 +23,10 @@ from typing import Any
 from pipeline.base.errors import UsageError
 from pipeline.base.plain_text import printable
 from pipeline.base.units import parse_size
+from pipeline.llama.llama_log import route_llama_log
 from pipeline.llama.overrides import tensor_overrides
 from pipeline.registry.profile import Profile
-from pipeline.registry.run import route_llama_log, run_kwargs
+from pipeline.registry.run import run_kwargs
 from pipeline.registry.server_guard import DEFAULT_MAX_BODY_BYTES, GuardSettings, RequestGuard
 
 log = logging.getLogger(__name__)

@@ -47,13 +47,22 @@ DEFAULT_GPU_OVERHEAD_BYTES = 512 * MIB
 
 class CpuRates(BaseModel):
     """What `mm hw --measure` found for one thread count: llama.cpp's matrix-vector rate per weight type
-    and the per-token overhead (see pipeline/fitting/speed.py)."""
+    and the per-token overhead (see pipeline/fitting/speed.py), each rate with its measured spread."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     gflops: dict[str, float] = Field(default_factory=dict)  # ggml type (Q8_0, Q4_K, F16...) -> GFLOP/s
+    spread: dict[str, float] = Field(default_factory=dict)  # ggml type -> relative spread between rounds (0.03)
+    error: dict[str, float] = Field(default_factory=dict)  # ggml type -> relative standard error of its rate
+    # what llama.cpp's decode reads from RAM per second on this many threads (else the class's figure)
+    ram_bandwidth_gbps: float | None = Field(default=None, gt=0)
+    ram_bandwidth_spread: float = Field(default=0.0, ge=0)
+    ram_bandwidth_error: float = Field(default=0.0, ge=0)
+    # the share of its in-cache rate a type keeps when its weights come from RAM (measured on Q4_K)
+    ram_compute_share: float = Field(default=1.0, gt=0, le=1)
     token_overhead_ms: float = Field(default=0.0, ge=0)
     layer_overhead_ms: float = Field(default=0.0, ge=0)
+    vocab_overhead_ns: float = Field(default=0.0, ge=0)  # per vocabulary entry: the logits of every token
     cache_bytes: int = Field(default=0, ge=0)  # the last-level cache these rates were measured in
 
 

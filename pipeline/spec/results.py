@@ -4,6 +4,7 @@ llama-perplexity-style quality figures. Shapes only; measure/ produces them, reg
 from __future__ import annotations
 
 import statistics
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -25,11 +26,15 @@ class TestFigure(BaseModel):
     stdev_ts: float
     min_ts: float
     max_ts: float
+    # tg: 1 / the median single decoded token over every timed run (the first of each run left out): the
+    # machine's decode rate with other processes' interruptions left out (pipeline/measure/sampling.py)
+    steady_ts: float | None = None
 
     @classmethod
-    def of(cls, test: str, n_tokens: int, seconds: list[float]) -> TestFigure:
+    def of(cls, test: str, n_tokens: int, seconds: list[float], token_seconds: Sequence[float] = ()) -> TestFigure:
         ts = [n_tokens / s for s in seconds]
-        return cls(
+        steady = round(1 / statistics.median(token_seconds), 3) if token_seconds else None
+        return cls(steady_ts=steady,
             test=test, n_tokens=n_tokens, samples_ts=[round(t, 3) for t in ts],
             median_ts=round(statistics.median(ts), 3), mean_ts=round(statistics.fmean(ts), 3),
             stdev_ts=round(statistics.stdev(ts), 3) if len(ts) > 1 else 0.0, min_ts=round(min(ts), 3),
@@ -51,6 +56,7 @@ class BenchResult(BaseModel):
     tg: TestFigure | None
     predicted_tg_ts: float | None = None  # fit's prediction for this machine and these settings
     predicted_pp_ts: float | None = None  # ... and of pp512, where fit predicts it (a class with catalog GPUs)
+    predicted_tg_spread: float | None = None  # its ± from the spreads of the measured rates
     hardware: str | None = None  # the class the prediction used
     llama_cpp: str  # the llama.cpp that ran it (llama.tools.llama_cpp_version)
     measured_at: str = Field(default_factory=utc_now)
@@ -58,10 +64,12 @@ class BenchResult(BaseModel):
 
     @property
     def prediction_error(self) -> float | None:
-        """(predicted - measured) / measured for decode, when both are known."""
-        if self.predicted_tg_ts is None or self.tg is None or self.tg.median_ts <= 0:
+        """(predicted - measured) / measured for decode, when both are known. The prediction is the machine's
+        rate, so it is held to the steady figure (other processes' interruptions left out) where there is one."""
+        measured = self.tg and (self.tg.steady_ts or self.tg.median_ts)
+        if self.predicted_tg_ts is None or not measured:
             return None
-        return (self.predicted_tg_ts - self.tg.median_ts) / self.tg.median_ts
+        return (self.predicted_tg_ts - measured) / measured
 
 
 class EvalResult(BaseModel):
