@@ -14,11 +14,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.fitting.fit import FitResult, FitSettings, fit_model
+from pipeline.fitting.fit import FitResult, fit_model
 from pipeline.gguf.tiny_model import TinySpec, write_tiny_model
 from pipeline.measure.bench import run_bench
 from pipeline.measure.machine import measure_machine
 from pipeline.spec.hardware import HardwareClass
+from pipeline.spec.run_settings import RunSettings
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,7 @@ def model_file(case: Case, folder: Path) -> Path:
 
 
 def _predict(path: Path, hardware: HardwareClass, threads: int, n_ctx: int) -> FitResult:
-    return fit_model(path, hardware, FitSettings(ctx=n_ctx, threads=threads))
+    return fit_model(path, hardware, RunSettings(n_ctx=n_ctx, n_threads=threads))
 
 
 def predict_side_by_side(folder: Path, threads: int, calibrations: int, n_gen: int, reps: int) -> None:
