@@ -22,7 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.base.provenance import QuantParams
-from pipeline.gguf.tiny_model import _WORDS, TinySpec, write_tiny_model
+from pipeline.gguf.tiny_model import _WORDS, write_tiny_model
+from pipeline.gguf.tiny_tensors import TinySpec
 from pipeline.llama.quantize import QuantizeRequest, quantize
 from pipeline.measure.budget import BudgetRequest, Text, quantize_budget
 

@@ -27,7 +27,8 @@ from pipeline.fitting.memory import Context, context
 from pipeline.fitting.model_shape import ModelShape, model_shape
 from pipeline.fitting.placement import place
 from pipeline.gguf.header import read_model
-from pipeline.gguf.tiny_model import TinySpec, write_header_only_model
+from pipeline.gguf.tiny_model import write_header_only_model
+from pipeline.gguf.tiny_tensors import TinySpec
 from pipeline.spec.gpus import gpu_catalog
 from pipeline.spec.hardware import HardwareClass
 from pipeline.spec.run_settings import RunSettings

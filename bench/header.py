@@ -13,7 +13,8 @@ from pathlib import Path
 import gguf
 
 from pipeline.gguf.header import read_header
-from pipeline.gguf.tiny_model import TinySpec, write_tiny_model
+from pipeline.gguf.tiny_model import write_tiny_model
+from pipeline.gguf.tiny_tensors import TinySpec
 
 
 def best_of(runs: int, action: object) -> float:

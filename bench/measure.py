@@ -36,7 +36,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.gguf.tiny_model import _WORDS, TinySpec, write_tiny_model
+from pipeline.gguf.tiny_model import _WORDS, write_tiny_model
+from pipeline.gguf.tiny_tensors import TinySpec
 from pipeline.llama.tools import require_llama_tool
 from pipeline.measure.bench import run_bench
 from pipeline.measure.evaluate import evaluate

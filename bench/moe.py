@@ -14,7 +14,8 @@ from pathlib import Path
 import llama_cpp
 
 from pipeline.fitting.fit import fit_model
-from pipeline.gguf.tiny_model import TinySpec, write_header_only_model, write_tiny_model
+from pipeline.gguf.tiny_model import write_header_only_model, write_tiny_model
+from pipeline.gguf.tiny_tensors import TinySpec
 from pipeline.spec.hardware import HardwareClass, get_hardware
 from pipeline.spec.run_settings import RunSettings
 from tests.test_fit import ARCHS, CPU, MIB, _capture, llama_buffers

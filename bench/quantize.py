@@ -30,7 +30,8 @@ from pipeline.base.digest import file_sha256
 from pipeline.base.home import mm_home
 from pipeline.base.provenance import QuantParams
 from pipeline.gguf.quant_types import parse_quant_type
-from pipeline.gguf.tiny_model import TinySpec, write_tiny_model
+from pipeline.gguf.tiny_model import write_tiny_model
+from pipeline.gguf.tiny_tensors import TinySpec
 from pipeline.llama.engines import find_llama_quantize
 from pipeline.llama.quantize import QuantizeRequest, quantize
 

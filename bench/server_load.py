@@ -19,7 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.fitting.fit import fit_model
-from pipeline.gguf.tiny_model import TinySpec, write_tiny_model
+from pipeline.gguf.tiny_model import write_tiny_model
+from pipeline.gguf.tiny_tensors import TinySpec
 from pipeline.registry.store import publish
 from pipeline.spec.hardware import get_hardware
 from pipeline.spec.run_settings import RunSettings

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.fitting.fit import FitResult, fit_model
-from pipeline.gguf.tiny_model import TinySpec, write_tiny_model
+from pipeline.gguf.tiny_model import write_tiny_model
+from pipeline.gguf.tiny_tensors import TinySpec
 from pipeline.measure.bench import run_bench
 from pipeline.measure.machine import measure_machine
 from pipeline.spec.hardware import HardwareClass

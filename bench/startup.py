@@ -20,7 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.gguf.tiny_model import TinySpec, write_tiny_model
+from pipeline.gguf.tiny_model import write_tiny_model
+from pipeline.gguf.tiny_tensors import TinySpec
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_SECONDS = 0.25

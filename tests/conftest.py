@@ -14,7 +14,8 @@ from typer.testing import CliRunner, Result
 
 from pipeline.convert.env import ConverterEnv
 from pipeline.fitting.fit import fit_model
-from pipeline.gguf.tiny_model import TinySpec, write_tiny_model
+from pipeline.gguf.tiny_model import write_tiny_model
+from pipeline.gguf.tiny_tensors import TinySpec
 from pipeline.llama.tools import BuiltTools
 from pipeline.registry.profile import Profile
 from pipeline.registry.store import publish

@@ -14,7 +14,8 @@ from typer.testing import Result
 
 from pipeline.base.provenance import QuantParams
 from pipeline.gguf.header import read_header
-from pipeline.gguf.tiny_model import TinySpec, write_tiny_model
+from pipeline.gguf.tiny_model import write_tiny_model
+from pipeline.gguf.tiny_tensors import TinySpec
 from pipeline.llama.mix import LADDER, OTHER, GroupSizes, TypeMix, group_of, group_sizes
 from pipeline.llama.quant_plan import plan
 from pipeline.llama.quantize import QuantizeRequest, quantize

@@ -17,7 +17,8 @@ from click.testing import Result
 
 from pipeline.base.digest import sha256_file
 from pipeline.base.home import mm_home
-from pipeline.gguf.tiny_model import TinySpec, write_tiny_model
+from pipeline.gguf.tiny_model import write_tiny_model
+from pipeline.gguf.tiny_tensors import TinySpec
 from tests.conftest import write_recipe
 from tests.hub import LocalHub
 

@@ -12,7 +12,8 @@ import typer
 from typer.testing import Result
 
 from pipeline.cli import app
-from pipeline.gguf.tiny_model import TinySpec, write_tiny_model
+from pipeline.gguf.tiny_model import write_tiny_model
+from pipeline.gguf.tiny_tensors import TinySpec
 from tests.hub import LocalHub
 
 Mm = Callable[..., Result]

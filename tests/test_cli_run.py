@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 from typer.testing import Result
 
-from pipeline.gguf.tiny_model import TinySpec, write_tiny_model
+from pipeline.gguf.tiny_model import write_tiny_model
+from pipeline.gguf.tiny_tensors import TinySpec
 from pipeline.spec.hardware import get_hardware
 from pipeline.spec.run_settings import RunSettings
 from tests.conftest import publish_fitted

@@ -17,7 +17,8 @@ import pytest
 
 from pipeline.base.errors import UsageError
 from pipeline.fitting.fit import fit_model
-from pipeline.gguf.tiny_model import TinySpec, write_header_only_model, write_tiny_model
+from pipeline.gguf.tiny_model import write_header_only_model, write_tiny_model
+from pipeline.gguf.tiny_tensors import TinySpec
 from pipeline.spec.hardware import HardwareClass, get_hardware
 from pipeline.spec.run_settings import RunSettings, run_settings
 

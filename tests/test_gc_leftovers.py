@@ -19,7 +19,8 @@ from typer.testing import Result
 from pipeline.base.home import locked, mm_home
 from pipeline.base.leftovers import PARTIAL_MAX_AGE_SECONDS
 from pipeline.base.provenance import quantize_lock_name
-from pipeline.gguf.tiny_model import TinySpec, write_tiny_model
+from pipeline.gguf.tiny_model import write_tiny_model
+from pipeline.gguf.tiny_tensors import TinySpec
 from pipeline.registry.gc import gc
 from tests.conftest import write_recipe
 

@@ -10,7 +10,8 @@ import pytest
 
 from pipeline.base.errors import ModelFormatError
 from pipeline.gguf.header import ArraySummary, read_header, read_model
-from pipeline.gguf.tiny_model import TinySpec, write_tiny_model
+from pipeline.gguf.tiny_model import write_tiny_model
+from pipeline.gguf.tiny_tensors import TinySpec
 
 
 def test_header_matches_gguf_reader(tiny_model: Path) -> None:

@@ -9,7 +9,8 @@ import pytest
 
 from pipeline.base.errors import HardwareError
 from pipeline.fitting.fit import fit_model
-from pipeline.gguf.tiny_model import TinySpec, write_header_only_model
+from pipeline.gguf.tiny_model import write_header_only_model
+from pipeline.gguf.tiny_tensors import TinySpec
 from pipeline.spec.gpus import get_gpu, gpu_catalog
 from pipeline.spec.hardware import HardwareClass, get_hardware, load_hardware_file
 from pipeline.spec.run_settings import RunSettings

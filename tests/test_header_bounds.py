@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from typer.testing import Result
 
-from pipeline.gguf.tiny_model import TinySpec, write_tiny_model
+from pipeline.gguf.tiny_model import write_tiny_model
+from pipeline.gguf.tiny_tensors import TinySpec
 from tests.gguf_pieces import STRING, Pieces, encode_string, take_apart
 from tests.hub import LocalHub
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.gguf.tiny_model import TinySpec, write_tiny_model
+from pipeline.gguf.tiny_model import write_tiny_model
+from pipeline.gguf.tiny_tensors import TinySpec
 from tests.gguf_pieces import ARRAY, STRING, Pieces, take_apart
 
 SEED = 10

@@ -15,7 +15,8 @@ import pytest
 from typer.testing import Result
 
 from pipeline.fitting.speed import DeviceRates, DeviceWork, token_seconds
-from pipeline.gguf.tiny_model import _WORDS, TinySpec, write_tiny_model
+from pipeline.gguf.tiny_model import _WORDS, write_tiny_model
+from pipeline.gguf.tiny_tensors import TinySpec
 from pipeline.llama.tools import BuiltTools
 from pipeline.measure.evaluate import evaluate
 from pipeline.spec.hardware import load_hardware_file

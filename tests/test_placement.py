@@ -20,7 +20,8 @@ import pytest
 from typer.testing import Result
 
 from pipeline.fitting.fit import FitResult, fit_model
-from pipeline.gguf.tiny_model import TinySpec, write_header_only_model, write_tiny_model
+from pipeline.gguf.tiny_model import write_header_only_model, write_tiny_model
+from pipeline.gguf.tiny_tensors import TinySpec
 from pipeline.llama.tools import BuiltTools
 from pipeline.registry.export import export
 from pipeline.registry.run import generate

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from typer.testing import Result
 
-from pipeline.gguf.tiny_model import TinySpec, write_tiny_model
+from pipeline.gguf.tiny_model import write_tiny_model
+from pipeline.gguf.tiny_tensors import TinySpec
 from tests.conftest import write_recipe
 from tests.hub import VALID_TOKEN, LocalHub
 from tests.hub_upload import hold_first_commits

@@ -20,7 +20,8 @@ from typer.testing import Result
 from pipeline.base.errors import QuantizeError, UsageError
 from pipeline.base.home import mm_home
 from pipeline.base.provenance import QuantParams, read_record
-from pipeline.gguf.tiny_model import TinySpec, write_tiny_model
+from pipeline.gguf.tiny_model import write_tiny_model
+from pipeline.gguf.tiny_tensors import TinySpec
 from pipeline.llama.quant_plan import plan
 from pipeline.llama.quantize import QuantizeRequest, quantize
 from tests.conftest import write_recipe

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from pipeline.fitting.recommend import parse_candidates, recommend_quant
 from pipeline.gguf.quant_types import parse_quant_type
-from pipeline.gguf.tiny_model import TinySpec, write_header_only_model, write_tiny_model
+from pipeline.gguf.tiny_model import write_header_only_model, write_tiny_model
+from pipeline.gguf.tiny_tensors import TinySpec
 from pipeline.spec.hardware import get_hardware
 from pipeline.spec.run_settings import RunSettings
 from tests.test_fit import SEVENTY_B

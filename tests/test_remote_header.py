@@ -10,7 +10,8 @@ import pytest
 from pipeline.base.errors import EntryNotFoundError, IntegrityError, ModelFormatError, OfflineError, UsageError
 from pipeline.base.home import mm_home
 from pipeline.gguf.header import GGUFHeader, read_header, read_model
-from pipeline.gguf.tiny_model import TinySpec, write_tiny_model
+from pipeline.gguf.tiny_model import write_tiny_model
+from pipeline.gguf.tiny_tensors import TinySpec
 from pipeline.hub import remote_header
 from pipeline.hub.download import pull
 from pipeline.hub.remote_header import header_stub

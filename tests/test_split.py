@@ -13,7 +13,8 @@ import llama_cpp
 import pytest
 from typer.testing import Result
 
-from pipeline.gguf.tiny_model import TinySpec, write_tiny_model
+from pipeline.gguf.tiny_model import write_tiny_model
+from pipeline.gguf.tiny_tensors import TinySpec
 from tests.hub import Fault, LocalHub
 
 Mm = Callable[..., Result]

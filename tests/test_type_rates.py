@@ -18,7 +18,8 @@ from pipeline.fitting.speed import (
     measured_sibling,
     tokens_per_second_spread,
 )
-from pipeline.gguf.tiny_model import TinySpec, write_tiny_model
+from pipeline.gguf.tiny_model import write_tiny_model
+from pipeline.gguf.tiny_tensors import TinySpec
 from pipeline.measure.machine import MEASURED_TYPES, quantize_pure
 
 INTEGER_TYPES = {"I8", "I16", "I32", "I64"}  # indices and positions, never multiplied as weights

@@ -16,7 +16,8 @@ from pipeline.base.home import atomic_write_text, mm_home
 from pipeline.build.report import BuildReport, ConsoleReporter, Reporter
 from pipeline.build.runner import BuildOptions, build
 from pipeline.build.stages.publish import profile_name
-from pipeline.gguf.tiny_model import TinySpec, write_tiny_model
+from pipeline.gguf.tiny_model import write_tiny_model
+from pipeline.gguf.tiny_tensors import TinySpec
 from pipeline.spec.recipe import load_recipe
 
 DEMO_NAME = "demo"

@@ -1,12 +1,77 @@
-"""The tensors a tiny model of each architecture has (name and ggml shape), as src/models/<arch>.cpp of the
-vendored llama.cpp loads them: attention and FFN per layer, experts, latent attention, state-space layers."""
+"""The shape of a tiny model (TinySpec) and the tensors it has per architecture (name and ggml shape), as
+src/models/<arch>.cpp of the vendored llama.cpp loads them: attention and FFN per layer, experts, latent
+attention, state-space layers. tiny_model.py writes them."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field, replace
 
-if TYPE_CHECKING:  # the spec is the factory's (tiny_model imports these tables to write them)
-    from pipeline.gguf.tiny_model import TinySpec
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}</s>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    """Shape of a tiny model. Widths are multiples of 256 by default so k-quants apply without fallback."""
+
+    arch: str = "llama"  # llama | gemma3 | qwen3 | qwen3moe | gpt-oss | deepseek2 | glm4moe | mamba
+    n_layers: int = 2
+    n_embd: int = 256
+    n_head: int = 4
+    n_head_kv: int = 2
+    n_ff: int = 512
+    n_vocab: int = 320
+    context_length: int = 4096
+    dtype: str = "f32"  # f32 | f16: type of the 2-D weights (norms stay f32)
+    tie_embeddings: bool = False  # no output.weight: llama.cpp reuses token_embd
+    seed: int = 0
+    head_dim_override: int | None = None  # {arch}.attention.key_length/value_length when != n_embd/n_head
+    sliding_window: int = 512  # gemma3 only: tokens an SWA layer attends to
+    swa_pattern: int | None = None  # gemma3 only: every Nth layer is full attention (llama.cpp's default: 6)
+    extra_kv: dict[str, object] = field(default_factory=dict)
+    chat_template: str | None = CHAT_TEMPLATE  # None: a GGUF without tokenizer.chat_template, as many are
+    # Mixture of experts (llama with n_expert > 0 is Mixtral-shaped; qwen3moe and gpt-oss need experts):
+    # n_expert routed experts per layer of width n_ff_exp (default n_ff), n_expert_used of them per token.
+    n_expert: int = 0
+    n_expert_used: int = 0
+    n_ff_exp: int | None = None
+    n_expert_shared: int = 0  # deepseek2, glm4moe: shared experts, n_ff_exp wide each
+    n_dense_lead: int = 0  # deepseek2, glm4moe: the first layers have a dense FFN (n_ff) instead of experts
+    n_nextn: int = 0  # deepseek2, glm4moe: multi-token-prediction blocks after the n_layers (in block_count)
+    # deepseek2's multi-head latent attention: the KV cache holds the kv_lora_rank latent plus the rope part
+    q_lora_rank: int = 128
+    kv_lora_rank: int = 128
+    qk_rope_dim: int = 32
+    qk_nope_dim: int = 32
+    v_head_dim: int = 64
+    split_max_tensors: int = 0  # > 0: a gguf-split model, `path-0000k-of-0000n.gguf` (the first is returned)
+    # mamba only (no attention, no FFN: n_head, n_head_kv and n_ff are ignored); d_inner is 2 * n_embd,
+    # the only expansion llama.cpp supports
+    ssm_conv_kernel: int = 4
+    ssm_state_size: int = 16
+    ssm_time_step_rank: int | None = None  # None: ceil(n_embd / 16), as the Mamba reference code
+
+    @property
+    def head_dim(self) -> int:
+        return self.head_dim_override or self.n_embd // self.n_head
+
+    @property
+    def expert_width(self) -> int:
+        return self.n_ff_exp or self.n_ff
+
+    @property
+    def ssm_inner_size(self) -> int:
+        return 2 * self.n_embd
+
+    @property
+    def ssm_dt_rank(self) -> int:
+        return self.ssm_time_step_rank or -(-self.n_embd // 16)
+
+    def with_(self, **changes: object) -> TinySpec:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
 
 Shapes = list[tuple[str, tuple[int, ...]]]
 

@@ -22,7 +22,8 @@ from pipeline.base.provenance import utc_now
 from pipeline.fitting.model_shape import model_shape
 from pipeline.fitting.speed import FLOPS_PER_ELEMENT, merge
 from pipeline.gguf.header import read_model
-from pipeline.gguf.tiny_model import TinySpec, write_tiny_model
+from pipeline.gguf.tiny_model import write_tiny_model
+from pipeline.gguf.tiny_tensors import TinySpec
 from pipeline.measure.bench import run_bench
 from pipeline.measure.machine import MEASURED_TYPES, quantize_pure
 from pipeline.spec.gpus import Calibration, Gpu, catalog_id_for, get_gpu

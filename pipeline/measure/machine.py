@@ -42,7 +42,8 @@ from pipeline.base.provenance import utc_now
 from pipeline.fitting.model_shape import model_shape
 from pipeline.fitting.speed import FLOPS_PER_ELEMENT, merge
 from pipeline.gguf.header import read_header, read_model
-from pipeline.gguf.tiny_model import TinySpec, write_tiny_model
+from pipeline.gguf.tiny_model import write_tiny_model
+from pipeline.gguf.tiny_tensors import TinySpec
 from pipeline.llama.llama_log import route_llama_log
 from pipeline.measure.bench import decode_token_seconds
 from pipeline.measure.sampling import Estimate, interleaved, median_token_seconds
