@@ -22,7 +22,8 @@ def main() -> None:
         os.environ["MM_HOME"] = str(root / "home")
         os.environ["HF_HUB_OFFLINE"] = "1"  # local sources: nothing may touch the network
         from pipeline.build.runner import BuildOptions, build, select_recipes
-        from pipeline.gguf.tiny_model import TinySpec, write_tiny_model
+        from pipeline.gguf.tiny_model import write_tiny_model
+        from pipeline.gguf.tiny_tensors import TinySpec
 
         recipes = root / "recipes"
         recipes.mkdir()

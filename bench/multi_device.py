@@ -17,7 +17,8 @@ from pipeline.fitting.fit_devices import available_devices
 from pipeline.fitting.model_shape import model_shape
 from pipeline.fitting.multi import plan_devices
 from pipeline.gguf.header import read_model
-from pipeline.gguf.tiny_model import TinySpec, write_header_only_model, write_tiny_model
+from pipeline.gguf.tiny_model import write_header_only_model, write_tiny_model
+from pipeline.gguf.tiny_tensors import TinySpec
 from pipeline.llama.tools import built_tool_sets
 from pipeline.spec.devices import DeviceLayout
 from pipeline.spec.hardware import HardwareClass

@@ -25,7 +25,8 @@ def main() -> None:
         root = Path(tmp)
         os.environ["MM_HOME"] = str(root / "home")
         from pipeline.fitting.fit import fit_model
-        from pipeline.gguf.tiny_model import TinySpec, write_tiny_model
+        from pipeline.gguf.tiny_model import write_tiny_model
+        from pipeline.gguf.tiny_tensors import TinySpec
         from pipeline.registry.push import push
         from pipeline.registry.store import publish
         from pipeline.spec.hardware import get_hardware

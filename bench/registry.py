@@ -30,7 +30,8 @@ def main() -> None:
         root = Path(tmp)
         os.environ["MM_HOME"] = str(root / "home")
         from pipeline.fitting.fit import fit_model
-        from pipeline.gguf.tiny_model import TinySpec, write_tiny_model
+        from pipeline.gguf.tiny_model import write_tiny_model
+        from pipeline.gguf.tiny_tensors import TinySpec
         from pipeline.registry import store as registry
         from pipeline.registry.blobs import check_blob
         from pipeline.spec.hardware import get_hardware

@@ -51,7 +51,8 @@ def test_fit_table_and_quants(mm: Mm, tiny_model_f16: Path) -> None:
 
 
 def test_fit_recurrent_model(mm: Mm, tmp_path: Path) -> None:
-    from pipeline.gguf.tiny_model import TinySpec, write_tiny_model
+    from pipeline.gguf.tiny_model import write_tiny_model
+    from pipeline.gguf.tiny_tensors import TinySpec
 
     model = write_tiny_model(tmp_path / "mamba.gguf", TinySpec(arch="mamba", n_vocab=512))
     result = mm("inspect", str(model), "--json")
@@ -138,7 +139,8 @@ def test_recipe_run_section_places_experts(mm: Mm, recipes_folder: Path, tmp_pat
 def test_sizes_called_exact_equal_the_quantized_files(mm: Mm, tmp_path: Path) -> None:
     """A Q4_K_M source with a big vocabulary (its header alone is ~0.6 MB here, several MB at 262k tokens):
     every candidate size labelled exact is the size of the file llama.cpp then writes, header included."""
-    from pipeline.gguf.tiny_model import TinySpec, write_tiny_model
+    from pipeline.gguf.tiny_model import write_tiny_model
+    from pipeline.gguf.tiny_tensors import TinySpec
 
     source = write_tiny_model(tmp_path / "vocab-f16.gguf", TinySpec(n_vocab=32768, dtype="f16"))
     q4 = tmp_path / "vocab.q4_k_m.gguf"

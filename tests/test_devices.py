@@ -9,7 +9,8 @@ import pytest
 
 from pipeline.base.errors import FitError, HardwareError, UsageError
 from pipeline.fitting.fit_devices import fit_for
-from pipeline.gguf.tiny_model import TinySpec, write_tiny_model
+from pipeline.gguf.tiny_model import write_tiny_model
+from pipeline.gguf.tiny_tensors import TinySpec
 from pipeline.llama.rpc import parse_endpoints
 from pipeline.spec.devices import DeviceLayout
 from pipeline.spec.hardware import load_hardware_file

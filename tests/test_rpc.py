@@ -16,7 +16,8 @@ import pytest
 from pipeline.base.errors import LlamaError
 from pipeline.fitting.fit import FitResult
 from pipeline.fitting.fit_devices import fit_across
-from pipeline.gguf.tiny_model import TinySpec, write_tiny_model
+from pipeline.gguf.tiny_model import write_tiny_model
+from pipeline.gguf.tiny_tensors import TinySpec
 from pipeline.llama.rpc import query_worker
 from pipeline.llama.tools import BuiltTools
 from pipeline.spec.devices import DeviceLayout
