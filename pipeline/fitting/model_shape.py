@@ -11,8 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pipeline.base.errors import FitError
-from pipeline.gguf.header import GGUFHeader, layer_of
-from pipeline.spec.run_settings import EXPERTS_RE
+from pipeline.gguf.header import EXPERTS_RE, GGUFHeader, layer_of
 
 # llama.cpp's default SWA period per architecture (load_swa_pattern(ml, N) in src/models/<arch>.cpp),
 # used when the GGUF has no {arch}.attention.sliding_window_pattern.

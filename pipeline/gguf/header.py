@@ -26,6 +26,10 @@ from pipeline.base.shards import shard_paths
 from pipeline.gguf.format import DEFAULT_ALIGNMENT, GGUF_MAGIC, SCALAR_FORMATS, SUPPORTED_VERSIONS, ValueType
 from pipeline.gguf.ggml_types import GGMLType, ggml_type_by_id
 
+# common/common.h LLM_FFN_EXPS_REGEX: the routed-expert tensors (and their biases) that --cpu-moe and
+# --n-cpu-moe keep on the CPU (std::regex_search, so a suffix such as .weight or .bias still matches).
+EXPERTS_RE = re.compile(r"\.ffn_(up|down|gate|gate_up)_(ch|)exps")
+
 SMALL_ARRAY = 64  # arrays longer than this are summarised (their length and element type), not kept
 _CHUNK = 1 << 20
 # Caps no real model reaches (the largest today: ~2k tensors, ~60 KV pairs, 262k-token vocabularies,

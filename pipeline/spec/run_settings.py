@@ -28,6 +28,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from pipeline.base.errors import MMError, UsageError
+from pipeline.gguf.header import EXPERTS_RE
 from pipeline.spec.devices import DeviceLayout
 
 KvType = Literal["f16", "q8_0", "q4_0"]
@@ -39,9 +40,6 @@ MAX_SEQ = 256  # llama-cparams.h LLAMA_MAX_SEQ
 MAX_LAYERS = 1 << 16  # -ngl 999 ("all") must pass; fit caps it at n_layers + 1
 MAX_OVERRIDES = 4096  # one -ot string per layer at most
 
-# common/common.h LLM_FFN_EXPS_REGEX: the routed-expert tensors (and their biases) that --cpu-moe and
-# --n-cpu-moe keep on the CPU (std::regex_search, so a suffix such as .weight or .bias still matches).
-EXPERTS_RE = re.compile(r"\.ffn_(up|down|gate|gate_up)_(ch|)exps")
 # The only -ot strings mm writes (expert_overrides): `EXPERTS=CPU` or `blk\.N` + `EXPERTS=CPU`. They are
 # matched as text, never compiled, so a stored profile cannot bring its own (possibly catastrophic) regex.
 _OVERRIDE_RE = re.compile(
