@@ -116,6 +116,13 @@ def _rungs_within(max_evals: int, n_groups: int) -> list[Rung]:
     return [*(lower[i] for i in picked), LADDER[-1]]
 
 
+def _remove_output(path: Path) -> None:
+    """A quantize output mm made and will not keep: the file, its record and its cached digest."""
+    forget_sha256(mm_home(), path)
+    for leftover in (path, path.with_name(path.name + ".mm.json")):
+        leftover.unlink(missing_ok=True)
+
+
 class _Scratch:
     """Throwaway quantizes for measuring: written under $MM_HOME/tmp and removed with their records."""
 
@@ -132,9 +139,8 @@ class _Scratch:
         return path
 
     def discard(self, path: Path) -> None:
-        forget_sha256(mm_home(), path)
-        for leftover in (path, path.with_name(path.name + ".mm.json"), mm_home().logs / f"quantize-{path.name}.log"):
-            leftover.unlink(missing_ok=True)
+        _remove_output(path)
+        (mm_home().logs / f"quantize-{path.name}.log").unlink(missing_ok=True)
 
     def kld(self, reference: Reference, mix: TypeMix) -> float:
         path = self.quantize(mix)
@@ -250,9 +256,7 @@ def _written(
         if _accepted(request, output, "experts" in sizes.groups):
             return current, output
         log.info("%s (%d bytes) is over the budget: one step down", output, output.stat().st_size)
-        forget_sha256(mm_home(), output)
-        output.unlink()
-        output.with_name(output.name + ".mm.json").unlink(missing_ok=True)
+        _remove_output(output)
         current = step_down(current, cost, sizes)
     raise QuantizeError(f"no mix of {request.source.name} fits the budget", param="budget")
 
