@@ -84,8 +84,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         model = write_tiny_model(Path(folder) / "tiny.gguf", TinySpec())
         argvs = commands(model)
+        # Bytecode caches as a user's Python keeps them: this sandbox exports PYTHONDONTWRITEBYTECODE=1, which
+        # would time compiling every mm module from source on each start. They go to a scratch prefix, not the tree.
+        outside = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
         envs = {
-            label: {**os.environ, "MM_HOME": str(Path(folder) / "home"), "PYTHONPATH": str(tree)}
+            label: {
+                **outside,
+                "MM_HOME": str(Path(folder) / "home"),
+                "PYTHONPATH": str(tree),
+                "PYTHONPYCACHEPREFIX": str(Path(folder) / "pycache" / label.replace("/", "_")),
+            }
             for label, tree in trees.items()
         }
         for env in envs.values():  # warm the file cache and the bytecode caches once

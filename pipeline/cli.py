@@ -22,7 +22,7 @@ from pipeline.commands.registration import INTERRUPTED_EXIT, set_verbosity
 # its own module alone, so `mm inspect` imports neither what `mm build` needs nor the Hub client.
 COMMAND_MODULES: dict[str, str] = {
     "recipe": "recipes", "pull": "pull", "convert": "convert", "imatrix": "convert", "quantize": "quantize",
-    "llama": "llama", "rpc": "rpc", "inspect": "fit", "fit": "fit", "hw": "fit", "publish": "registry",
+    "llama": "llama", "rpc": "rpc", "inspect": "inspect", "fit": "fit", "hw": "fit", "publish": "registry",
     "ls": "registry", "show": "registry", "rm": "registry", "gc": "registry", "verify": "registry",
     "export": "registry", "cache": "registry", "run": "run", "bench": "measure", "eval": "measure",
     "build": "build", "demo": "build", "push": "push",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import tomllib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -66,6 +65,8 @@ MAX_TOML_BYTES = 1 << 20  # a recipe or hardware file is a few hundred bytes; a 
 
 def read_toml(path: Path) -> dict[str, Any]:
     """Parse a TOML file; raise ValueError naming the file (and the line, for a syntax error)."""
+    import tomllib  # late: `mm inspect` reaches this module for its suggestions and reads no TOML
+
     try:
         with open(path, "rb") as handle:
             data = handle.read(MAX_TOML_BYTES + 1)

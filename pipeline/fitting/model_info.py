@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-
-from pydantic import BaseModel
 
 from pipeline.fitting.model_shape import model_shape
 from pipeline.gguf.chat_format import describe_chat_template
@@ -13,7 +12,12 @@ from pipeline.gguf.header import read_model
 from pipeline.gguf.quant_types import by_ftype
 
 
-class ModelSummary(BaseModel):
+# A dataclass, not a pydantic model: mm writes this record and never parses one, and building a model class
+# costs `mm inspect` more start-up time than the whole header read.
+@dataclass(frozen=True, kw_only=True)
+class ModelSummary:
+    """The header facts `mm inspect` shows and prints as JSON."""
+
     schema_version: int = 2  # 2: mixture-of-experts facts
     path: str
     shards: int
