@@ -62,9 +62,10 @@ def test_bench_measures_and_stores_in_the_profile(mm: Mm, tiny_model: Path, tmp_
         assert 0 < figure["min_ts"] <= figure["median_ts"] <= figure["max_ts"]
     assert result["predicted_tg_ts"] > 0 and result["threads"] >= 1
     listed = json.loads(mm("ls", "--json").stdout)["profiles"][0]
-    assert listed["measured_tokens_per_second"] == result["tg"]["median_ts"]
+    assert listed["measured"]["tokens_per_second"] == result["tg"]["median_ts"]
+    assert listed["measured"]["machine_id"] == result["machine"]["id"]
     shown = mm("show", "tiny")
-    assert "measured speed" in shown.stdout and "(mm bench)" in shown.stdout
+    assert "measured on" in shown.stdout and "(mm bench)" in shown.stdout
     stored = json.loads(mm("show", "tiny", "--json").stdout)["measured"]["bench"]
     assert stored["tg"]["samples_ts"] == result["tg"]["samples_ts"]
 

@@ -59,6 +59,7 @@ def bench_command(
     Example: mm bench demo-q4_k_m -r 5
     """
     from pipeline.registry.measurements import bench
+    from pipeline.spec.results import machine_label
 
     if "devices" in run.given:
         from pipeline.base.errors import UsageError
@@ -92,7 +93,10 @@ def bench_command(
         steady = result.tg.steady_ts or result.tg.median_ts
         typer.echo(f"decode: predicted {predicted}, measured {steady:.2f} tokens/s steady ({error:+.0%}; "
                    f"{result.tg.median_ts:.2f} by wall time per run) by {result.hardware}")  # fmt: skip
-    note(f"{result.threads} thread(s), {result.repetitions} runs per test, {result.seconds:.1f}s")
+    note(
+        f"on {machine_label(result.machine)}: {result.threads} thread(s), {result.repetitions} runs per test, "
+        f"{result.seconds:.1f}s"
+    )
 
 
 def _predicted(value: float | None) -> str:
@@ -169,7 +173,7 @@ def measure_hardware(
     """`mm hw --measure [--save NAME]`: measure (or take the cached measurement), cache, save, show."""
     from pipeline.base.errors import HardwareError, UsageError
     from pipeline.measure.gpu import with_gpu
-    from pipeline.measure.machine import cache_measurement, measure_machine, save_class
+    from pipeline.measure.machine import cache_measurement, fewer_threads_note, measure_machine, save_class
     from pipeline.spec.hardware import user_hardware_file
     from pipeline.spec.local_machine import cached_measurement
 
@@ -199,6 +203,9 @@ def measure_hardware(
     if save:
         target = hardware_file or user_hardware_file()
         note(f"wrote class {save} to {save_class(measured, save, target)}")
+    fewer = fewer_threads_note(measured)
+    if fewer:
+        note(f"warning: {fewer}")
     if as_json:
         emit_json(measured)
         return

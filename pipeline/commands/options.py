@@ -116,7 +116,8 @@ GpuLayersOpt = Annotated[
     ),
 ]
 ThreadsOpt = Annotated[
-    int | None, typer.Option("--threads", "-t", metavar="N", min=1, help="CPU threads (default: all cores).")
+    int | None,
+    typer.Option("--threads", "-t", metavar="N", min=1, help="CPU threads (default: physical cores, as llama-bench)."),
 ]
 BatchOpt = Annotated[
     int | None, typer.Option("--batch", "-b", "--batch-size", metavar="N", min=1, help="Logical batch (n_batch).")

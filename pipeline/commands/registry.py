@@ -59,7 +59,8 @@ def publish_command(
 
 
 def ls_command(as_json: JsonOpt = False) -> None:
-    """List profiles: name, quant, size, hardware, layers on GPU, predicted and measured tok/s, created.
+    """List profiles: name, quant, size, hardware, layers on GPU, predicted tok/s, created; then what `mm bench`
+    measured, each under the machine it ran on beside the prediction for that machine.
 
     Example: mm ls --json
     """
@@ -72,16 +73,28 @@ def ls_command(as_json: JsonOpt = False) -> None:
     rows = [
         (p.name, p.quant, format_size(p.blob.size_bytes), p.hardware,
          f"{p.run.n_gpu_layers}/{p.prediction.n_layers + 1}", f"{p.prediction.tokens_per_second:.1f}",
-         f"{p.measured.bench.tg.median_ts:.1f}" if p.measured.bench and p.measured.bench.tg else "-",
          p.created_at.replace("T", " ")[:16])
         for p in profiles
     ]  # fmt: skip
     if rows:
-        table(("name", "quant", "size", "hardware", "gpu layers", "tok/s", "measured", "created"), rows)
+        table(("name", "quant", "size", "hardware", "gpu layers", "predicted tok/s", "created"), rows)
     elif not errors:
         note("no profiles yet; `mm publish MODEL --hardware CLASS` makes one")
+    benched = [(p.name, b) for p in profiles if (b := p.measured.bench) is not None]
+    if benched:
+        from pipeline.spec.results import machine_label
+
+        typer.echo("\nMeasured by mm bench, on the machine named (not on the profile's hardware):")
+        table(("name", "measured on", "tok/s", "predicted there", "prompt tok/s", "measured"),
+              [(name, machine_label(b.machine), _figure(b.tg.median_ts if b.tg else None), _figure(b.predicted_tg_ts),
+                _figure(b.pp.median_ts if b.pp else None), b.measured_at.replace("T", " ")[:16])
+               for name, b in benched])  # fmt: skip
     for error in errors:
         note(printable(f"error: {error}", keep_newlines=True))
+
+
+def _figure(value: float | None) -> str:
+    return f"{value:.1f}" if value else "-"
 
 
 def show_command(name: NameArg, as_json: JsonOpt = False) -> None:
@@ -107,8 +120,9 @@ def show_command(name: NameArg, as_json: JsonOpt = False) -> None:
                      f"kv {run.kv_type}, flash-attn {'on' if run.flash_attn else 'off'}"
                      + (f", n-cpu-moe {run.n_cpu_moe}" if run.n_cpu_moe else "")),
         ("placement", p.placement or "-"),
-        ("prediction", f"{p.verdict}, VRAM {format_size(p.vram_bytes)}, RAM {format_size(p.ram_bytes)}, "
-                       f"~{p.tokens_per_second:.1f} tok/s"),
+        (f"prediction for {profile.hardware}",
+         f"{p.verdict}, VRAM {format_size(p.vram_bytes)}, RAM {format_size(p.ram_bytes)}, "
+         f"~{p.tokens_per_second:.1f} tok/s"),
         ("llama-server", profile.llama_server), ("llama-cli", profile.llama_cli), ("created", profile.created_at),
     ]  # fmt: skip
     rows += _measured_rows(profile)
@@ -116,15 +130,21 @@ def show_command(name: NameArg, as_json: JsonOpt = False) -> None:
 
 
 def _measured_rows(profile: Profile) -> list[tuple[str, str]]:
-    """What `mm bench` and `mm eval` measured, marked as measurements (the prediction is above)."""
+    """What `mm bench` and `mm eval` measured, each under the machine it ran on (the prediction above is the
+    profile's hardware class's; a measurement is compared only with the prediction for its own machine)."""
+    from pipeline.spec.results import machine_label
+
     rows = []
     bench = profile.measured.bench
     if bench is not None:
         figures = ", ".join(f"{f.test} {f.median_ts:.1f} tok/s (±{f.stdev_ts:.1f})" for f in (bench.pp, bench.tg) if f)
-        rows.append(("measured speed", f"{figures}; {bench.threads} thread(s), {bench.measured_at[:16]} (mm bench)"))
+        there = f"; predicted there {bench.predicted_tg_ts:.1f} tok/s" if bench.predicted_tg_ts else ""
+        rows.append((f"measured on {machine_label(bench.machine)}",
+                     f"{figures}{there}; {bench.threads} thread(s), {bench.measured_at[:16]} (mm bench)"))  # fmt: skip
     for e in profile.measured.evals:
-        rows.append(("measured quality", f"KLD {e.kld_mean:.6f}, PPL {e.ppl:.4f} vs {e.ppl_ref:.4f}, same top "
-                     f"{100 * e.same_top_rate:.1f}% against {e.ref_path} on {e.text} (mm eval)"))  # fmt: skip
+        rows.append((f"quality measured on {machine_label(e.machine)}", f"KLD {e.kld_mean:.6f}, PPL {e.ppl:.4f} vs "
+                     f"{e.ppl_ref:.4f}, same top {100 * e.same_top_rate:.1f}% against {e.ref_path} on {e.text} "
+                     "(mm eval)"))  # fmt: skip
     return rows
 
 

@@ -106,6 +106,9 @@ def load_llama(
     """
     from llama_cpp import Llama
 
+    from pipeline.llama.llama_log import route_llama_log
+
+    route_llama_log()  # before the load: its warnings (SWA cache, context size) to the log, not the terminal
     try:
         with tensor_overrides(overrides):
             return Llama(**kwargs, verbose=False)

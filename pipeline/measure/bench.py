@@ -12,25 +12,22 @@ while other processes held the cores (pipeline/measure/sampling.py), the figure 
 from __future__ import annotations
 
 import logging
-import os
 import random
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from pipeline.base.errors import UsageError
+from pipeline.llama.llama_log import llama_log_file
 from pipeline.llama.overrides import load_llama
 from pipeline.llama.tools import llama_cpp_version
+from pipeline.spec.local_machine import default_threads, this_machine
 from pipeline.spec.results import BenchResult, TestFigure
 
 log = logging.getLogger(__name__)
 
 BenchProgress = Callable[[str, int, int], None]  # (test, run done, runs in all)
-
-
-def default_threads() -> int:
-    """llama-cpp-python's default when a profile gives none (llama.py: max(cpu_count // 2, 1))."""
-    return max((os.cpu_count() or 2) // 2, 1)
 
 
 def decode_token_seconds(llm: Any, tokens: Sequence[int]) -> list[float]:
@@ -70,48 +67,50 @@ def run_bench(
         "n_ctx": max(int(kwargs.get("n_ctx", 0)), n_prompt + n_gen),
     }  # fmt: skip
     started = time.perf_counter()
-    llm = load_llama(settings, overrides=tensor_overrides)
-    rng = random.Random(seed)
-    n_vocab = llm.n_vocab()
-    bos = llm.token_bos() if llm._model.add_bos_token() else None  # llama_vocab_get_add_bos
+    with llama_log_file(f"bench-{Path(str(settings['model_path'])).stem}"):
+        llm = load_llama(settings, overrides=tensor_overrides)
+        rng = random.Random(seed)
+        n_vocab = llm.n_vocab()
+        bos = llm.token_bos() if llm._model.add_bos_token() else None  # llama_vocab_get_add_bos
 
-    def tokens(count: int) -> list[int]:
-        return [rng.randrange(n_vocab) for _ in range(count)]
+        def tokens(count: int) -> list[int]:
+            return [rng.randrange(n_vocab) for _ in range(count)]
 
-    def prompt() -> float:
-        batch = tokens(n_prompt)
-        if bos is not None and bos >= 0:
-            batch[0] = bos
-        llm.reset()
-        begin = time.perf_counter()
-        llm.eval(batch)
-        return time.perf_counter() - begin
+        def prompt() -> float:
+            batch = tokens(n_prompt)
+            if bos is not None and bos >= 0:
+                batch[0] = bos
+            llm.reset()
+            begin = time.perf_counter()
+            llm.eval(batch)
+            return time.perf_counter() - begin
 
-    token_seconds: list[float] = []  # every timed decoded token, for the steady figure
+        token_seconds: list[float] = []  # every timed decoded token, for the steady figure
 
-    def generate(count: int) -> float:
-        first = bos if bos is not None and bos >= 0 else rng.randrange(n_vocab)
-        times = decode_token_seconds(llm, [first, *tokens(count - 1)])
-        token_seconds.extend(times[1:])
-        return sum(times)
+        def generate(count: int) -> float:
+            first = bos if bos is not None and bos >= 0 else rng.randrange(n_vocab)
+            times = decode_token_seconds(llm, [first, *tokens(count - 1)])
+            token_seconds.extend(times[1:])
+            return sum(times)
 
-    pp = tg = None
-    for test, count, run in (("pp", n_prompt, prompt), ("tg", n_gen, lambda: generate(n_gen))):
-        if count == 0:
-            continue
-        if warmup:
-            run() if test == "pp" else generate(1)
-        seconds, token_seconds[:] = [], []
-        for index in range(repetitions):
-            seconds.append(run())
-            if progress is not None:
-                progress(f"{test}{count}", index + 1, repetitions)
-        figure = TestFigure.of(f"{test}{count}", count, seconds, token_seconds if test == "tg" else ())
-        pp, tg = (figure, tg) if test == "pp" else (pp, figure)
-    llm.close()
+        pp = tg = None
+        for test, count, run in (("pp", n_prompt, prompt), ("tg", n_gen, lambda: generate(n_gen))):
+            if count == 0:
+                continue
+            if warmup:
+                run() if test == "pp" else generate(1)
+            seconds, token_seconds[:] = [], []
+            for index in range(repetitions):
+                seconds.append(run())
+                if progress is not None:
+                    progress(f"{test}{count}", index + 1, repetitions)
+            figure = TestFigure.of(f"{test}{count}", count, seconds, token_seconds if test == "tg" else ())
+            pp, tg = (figure, tg) if test == "pp" else (pp, figure)
+        llm.close()
     return BenchResult(
         model_path=str(settings["model_path"]), threads=threads, n_prompt=n_prompt, n_gen=n_gen,
         repetitions=repetitions, settings={k: v for k, v in settings.items() if k != "model_path"}
         | ({"tensor_overrides": list(tensor_overrides)} if tensor_overrides else {}),
-        pp=pp, tg=tg, llama_cpp=llama_cpp_version(), seconds=round(time.perf_counter() - started, 3),
+        pp=pp, tg=tg, llama_cpp=llama_cpp_version(), machine=this_machine(),
+        seconds=round(time.perf_counter() - started, 3),
     )  # fmt: skip

@@ -25,8 +25,10 @@ from typing import Any
 import numpy as np
 
 from pipeline.base.errors import LlamaError, UsageError
+from pipeline.llama.llama_log import llama_log_file
 from pipeline.llama.overrides import load_llama
 from pipeline.resolve.texts import read_text, text_budget
+from pipeline.spec.local_machine import this_machine
 from pipeline.spec.results import EvalResult
 
 log = logging.getLogger(__name__)
@@ -162,7 +164,7 @@ class Reference:
             n_ctx=self.n_ctx, chunks=self.n_chunk, tokens_scored=count, ppl=math.exp(nll / count),
             ppl_ref=math.exp(self.nll / count), ln_ppl_ratio=(nll - nll_base) / count, kld_mean=mean_kld,
             kld_stdev=math.sqrt(var / (count - 1)) if var > 0 and count > 10 else 0.0, same_top_rate=same / count,
-            seconds=round(seconds, 3),
+            seconds=round(seconds, 3), machine=this_machine(),
         )  # fmt: skip
 
     def close(self) -> None:
@@ -190,7 +192,10 @@ def evaluate(
 ) -> EvalResult:
     """Perplexity of `model` and `ref` on the text, and the KL-divergence of `model` from `ref`."""
     started = time.perf_counter()
-    with Reference(ref, text_path, text=text, n_ctx=n_ctx, chunks=chunks, threads=threads, progress=progress) as base:
+    with (
+        llama_log_file(f"eval-{model.stem}"),
+        Reference(ref, text_path, text=text, n_ctx=n_ctx, chunks=chunks, threads=threads, progress=progress) as base,
+    ):
         sums = base.compare(model, progress)
         return base.result(
             model, sums, text=text, text_sha256=text_sha256, ref_sha256=ref_sha256,

@@ -24,6 +24,7 @@ from pipeline.fitting.speed import FLOPS_PER_ELEMENT, merge
 from pipeline.gguf.header import read_model
 from pipeline.gguf.tiny_model import write_tiny_model
 from pipeline.gguf.tiny_tensors import TinySpec
+from pipeline.llama.llama_log import llama_log_file
 from pipeline.measure.bench import run_bench
 from pipeline.measure.machine import MEASURED_TYPES, quantize_pure
 from pipeline.spec.gpus import Calibration, Gpu, catalog_id_for, get_gpu
@@ -55,11 +56,12 @@ def local_card() -> tuple[Gpu | None, str]:
 
 def with_gpu(measured: HardwareClass, progress: Progress | None = None) -> tuple[HardwareClass, str]:
     """The CPU measurement with this machine's GPU measured into it, or unchanged and the reason it is not."""
-    card, why = local_card()
-    if card is None:
-        log.info("GPU not measured: %s", why)
-        return measured, why
-    calibration = measure_card(card, progress or (lambda _line: None))
+    with llama_log_file("hw-measure"):
+        card, why = local_card()
+        if card is None:
+            log.info("GPU not measured: %s", why)
+            return measured, why
+        calibration = measure_card(card, progress or (lambda _line: None))
     how = f"{measured.measured}; GPU: {calibration.source}"
     update = {"gpus": (card.id,), "vram_bytes": card.usable_bytes, "gpu_bandwidth_gbps": card.bandwidth_gbps,
               "gpu_calibration": calibration, "measured": how}  # fmt: skip

@@ -44,7 +44,7 @@ from pipeline.fitting.speed import FLOPS_PER_ELEMENT, merge
 from pipeline.gguf.header import read_header, read_model
 from pipeline.gguf.tiny_model import write_tiny_model
 from pipeline.gguf.tiny_tensors import TinySpec
-from pipeline.llama.llama_log import route_llama_log
+from pipeline.llama.llama_log import llama_log_file, route_llama_log
 from pipeline.measure.bench import decode_token_seconds
 from pipeline.measure.sampling import Estimate, interleaved, median_token_seconds
 from pipeline.spec.hardware import CpuRates, HardwareClass
@@ -191,8 +191,7 @@ def measure_machine(
     *, threads: list[int] | None = None, types: list[str] | None = None, progress: MeasureProgress | None = None
 ) -> HardwareClass:
     """Measure this machine and return it as a hardware class named `local` (not yet cached or saved)."""
-    from pipeline.measure.bench import default_threads
-    from pipeline.spec.local_machine import cpu_name, total_ram_bytes
+    from pipeline.spec.local_machine import cpu_name, default_threads, total_ram_bytes
 
     counts = threads or list(range(1, (os.cpu_count() or 1) + 1))
     kinds = [k.upper() for k in (types or list(MEASURED_TYPES))]
@@ -203,7 +202,7 @@ def measure_machine(
     rates: dict[int, CpuRates] = {}
     rounds: list[int] = []
     cache = cache_bytes()
-    with tempfile.TemporaryDirectory(prefix="mm-hw-") as folder:
+    with tempfile.TemporaryDirectory(prefix="mm-hw-") as folder, llama_log_file("hw-measure"):
         root = Path(folder)
         micro = TinySpec(n_embd=64, n_head=2, n_head_kv=1, n_ff=128)
         models = {"micro2": write_tiny_model(root / "micro2.gguf", micro),
@@ -234,6 +233,32 @@ def measure_machine(
         "name": "local", "description": "this machine, measured", "vram": 0, "ram": total_ram_bytes() or 1,
         "ram_bandwidth_gbps": bandwidth, "cpu_rates": rates, "threads": default_threads(), "measured": how,
     })  # fmt: skip
+
+
+def fewer_threads_note(measured: HardwareClass) -> str | None:
+    """What to say when fewer threads than a run's default (the physical cores) decoded faster: within the
+    measured noise it is no reason to use fewer, and a loaded machine often shows it; beyond the noise,
+    the -t worth trying. The default itself stays what llama-bench uses, so bench, fit and run agree."""
+    default = measured.threads
+    if default not in measured.cpu_rates:
+        return None
+    base = measured.cpu_rates[default]
+    for count in sorted(c for c in measured.cpu_rates if c < default):
+        rates = measured.cpu_rates[count]
+        kinds = [k for k in rates.gflops if base.gflops.get(k)]
+        if not kinds:
+            continue
+        gain = statistics.median(rates.gflops[k] / base.gflops[k] for k in kinds) - 1
+        noise = statistics.median(rates.spread.get(k, 0.0) + base.spread.get(k, 0.0) for k in kinds)
+        if gain <= 0:
+            continue
+        if gain <= noise:
+            return (f"{count} thread(s) measured {gain:.0%} faster than {default} (the physical cores), within the "
+                    f"measurement's noise (±{noise:.0%}): runs keep {default} thread(s); measure again on an idle "
+                    "machine to tell them apart")  # fmt: skip
+        return (f"{count} thread(s) measured {gain:.0%} faster than {default} (the physical cores), beyond the noise "
+                f"(±{noise:.0%}): runs still default to {default} as llama-bench does; try -t {count}")  # fmt: skip
+    return None
 
 
 def cache_measurement(measured: HardwareClass) -> Path:

@@ -10,10 +10,11 @@ from typing import Any, NamedTuple
 from pipeline.base.errors import RegistryError, UsageError
 from pipeline.fitting.fit import fit_model
 from pipeline.hub.transfer import ProgressFactory
-from pipeline.measure.bench import BenchProgress, default_threads, run_bench
+from pipeline.measure.bench import BenchProgress, run_bench
 from pipeline.measure.evaluate import EvalProgress, evaluate
 from pipeline.registry.profile import NAME_RE, Profile, llama_kwargs
 from pipeline.resolve.texts import parse_text, resolve_text
+from pipeline.spec.local_machine import default_threads
 from pipeline.spec.results import BenchResult, EvalResult
 from pipeline.spec.run_settings import RunSettings
 
@@ -28,7 +29,8 @@ class Target(NamedTuple):
 
 def resolve_target(target: str, recipes: Path | None = None, flags: Mapping[str, Any] | None = None) -> Target:
     """A profile name (its exact settings), else a MODEL with the recipe's [run] (on the CPU); either with
-    `flags` (RunSettings fields a user gave) on top, on all cores unless they name the threads."""
+    `flags` (RunSettings fields a user gave) on top, on the physical cores (llama-bench's default) unless they
+    name the threads."""
     from pipeline.registry.run import run_kwargs
     from pipeline.registry.store import get_profile
 
@@ -39,17 +41,18 @@ def resolve_target(target: str, recipes: Path | None = None, flags: Mapping[str,
         except RegistryError:
             profile = None
     if profile is not None:
-        run = _on_all_cores(profile.run.with_flags(**(flags or {})))
+        run = _on_default_threads(profile.run.with_flags(**(flags or {})))
         kwargs = run_kwargs(profile, run=run)
         return Target(Path(kwargs["model_path"]), kwargs, run, profile, run.tensor_overrides)
     from pipeline.resolve.model_ref import resolve_model
 
     path, recipe, _ = resolve_model(target, recipes)
-    run = _on_all_cores((recipe.run if recipe else RunSettings()).with_flags(**{"n_gpu_layers": 0, **(flags or {})}))
+    on_cpu = (recipe.run if recipe else RunSettings()).with_flags(**{"n_gpu_layers": 0, **(flags or {})})
+    run = _on_default_threads(on_cpu)
     return Target(path, llama_kwargs(str(path), run), run, None, [])
 
 
-def _on_all_cores(run: RunSettings) -> RunSettings:
+def _on_default_threads(run: RunSettings) -> RunSettings:
     return run if run.n_threads is not None else run.model_copy(update={"n_threads": default_threads()})
 
 

@@ -45,8 +45,12 @@ class Generation:
 def run_kwargs(profile: Profile, *, verify: bool = False, run: RunSettings | None = None) -> dict[str, Any]:
     """The Llama(...) kwargs of the profile's settings (or `run`, its settings with a user's flags), pointed at
     its blob after the blob passed the pre-run check and the settings passed the model's limits."""
+    from pipeline.spec.local_machine import default_threads
+
     blob = check_blob(profile, full=verify)
     run = run or profile.run
+    if run.n_threads is None:  # llama-cpp-python would take half the logical CPUs; llama.cpp's tools and mm bench
+        run = run.model_copy(update={"n_threads": default_threads()})  # take the physical cores
     check_model(run, read_header(blob), f"profile {profile.name!r}", RegistryError)
     return llama_kwargs(str(blob), run)
 

@@ -21,7 +21,7 @@ from pipeline.base.provenance import check_sha256, read_record
 from pipeline.registry.blobs import store_blob
 from pipeline.registry.profile import Profile, build_profile, check_name, with_blob
 from pipeline.spec.hardware import HardwareClass
-from pipeline.spec.results import BenchResult, EvalResult
+from pipeline.spec.results import BenchResult, EvalResult, machine_label
 from pipeline.spec.run_settings import describe_error
 
 if TYPE_CHECKING:
@@ -218,8 +218,18 @@ def record_measurement(name: str, *, bench: BenchResult | None = None, evaluatio
 
 
 def profile_summary(profile: Profile) -> dict[str, object]:
-    """The row `mm ls` shows (also its JSON)."""
+    """The row `mm ls` shows (also its JSON): the prediction for the profile's hardware class, and apart from it
+    what `mm bench` measured, under the machine it ran on, with the prediction made for that machine."""
     bench = profile.measured.bench
+    measured = bench and {
+        "machine": machine_label(bench.machine),
+        "machine_id": bench.machine.id if bench.machine else None,
+        "tokens_per_second": bench.tg.median_ts if bench.tg else None,
+        "prompt_tokens_per_second": bench.pp.median_ts if bench.pp else None,
+        "predicted_tokens_per_second": bench.predicted_tg_ts,  # by fit, for the machine it ran on
+        "threads": bench.threads,
+        "measured_at": bench.measured_at,
+    }
     return {
         "name": profile.name,
         "quant": profile.quant,
@@ -228,7 +238,7 @@ def profile_summary(profile: Profile) -> dict[str, object]:
         "n_gpu_layers": profile.run.n_gpu_layers,
         "n_layers": profile.prediction.n_layers,
         "tokens_per_second": profile.prediction.tokens_per_second,
-        "measured_tokens_per_second": bench.tg.median_ts if bench and bench.tg else None,
+        "measured": measured,
         "verdict": profile.prediction.verdict,
         "created_at": profile.created_at,
     }

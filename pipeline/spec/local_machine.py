@@ -5,6 +5,7 @@ themselves, built in or from hardware.toml, are data in hardware.py and probe no
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ from pipeline.spec.hardware import (
     HardwareClass,
     hardware_catalog,
 )
+from pipeline.spec.results import Machine
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +106,24 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def default_threads() -> int:
+    """The threads a run uses when it is not told: the physical cores, as llama.cpp's tools (llama-bench,
+    llama-cli) default to them (common.cpp common_cpu_get_num_physical_cores: one per distinct thread_siblings
+    set on Linux; elsewhere its fallback, every logical CPU up to 4 and half of them beyond)."""
+    siblings: set[str] = set()
+    cpu = 0
+    while True:
+        try:
+            siblings.add(Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings").read_text().strip())
+        except OSError:
+            break
+        cpu += 1
+    if siblings:
+        return len(siblings)
+    logical = os.cpu_count() or 4
+    return logical if logical <= 4 else logical // 2
+
+
 def local_gpus() -> tuple[list[LocalGPU], str]:
     """This machine's GPUs and how they were found: NVML, else nvidia-smi, else ([], "none")."""
     gpus = _gpus_nvml()
@@ -121,6 +141,18 @@ def machine_identity() -> tuple[str, int, tuple[str, ...]]:
     (NVML, else nvidia-smi), so a build's stages can fingerprint it without probing per stage."""
     gpus, _ = local_gpus()
     return cpu_name(), os.cpu_count() or 1, tuple(g.name for g in gpus)
+
+
+def this_machine() -> Machine:
+    """This machine as a measurement names it (spec/results.Machine): no host or user name. Asks llama.cpp
+    whether it can offload, so it is called where a measurement has loaded llama.cpp anyway."""
+    import llama_cpp
+
+    cpu, cores, gpus = machine_identity()
+    backend = "gpu" if gpus and llama_cpp.llama_supports_gpu_offload() else "cpu"
+    parts = {"cpu": cpu, "cores": cores, "gpus": list(gpus), "backend": backend}
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+    return Machine.model_validate({**parts, "id": digest[:16]})
 
 
 def local_machine(hardware_file: Path | None = None) -> LocalMachine:

@@ -11,8 +11,32 @@ from pydantic import BaseModel, Field
 
 from pipeline.base.provenance import utc_now
 
-BENCH_SCHEMA_VERSION = 1
-EVAL_SCHEMA_VERSION = 1
+# 2: `machine`, the machine a result was measured on (version 1 records read as "machine unknown")
+BENCH_SCHEMA_VERSION = 2
+EVAL_SCHEMA_VERSION = 2
+UNKNOWN_MACHINE = "machine unknown"  # how a record from before `machine` is shown
+
+
+class Machine(BaseModel):
+    """The machine a measurement ran on, as what its figures depend on: CPU model and logical cores, GPU names
+    and whether llama.cpp could offload to them. Never a host or user name; `id` is a digest of the rest, the
+    same on every run of the same machine, so figures from two machines are never taken for one."""
+
+    cpu: str
+    cores: int
+    gpus: list[str] = Field(default_factory=list)
+    backend: str  # "cpu" (llama.cpp without a GPU backend, or no GPU) or "gpu"
+    id: str
+
+    @property
+    def label(self) -> str:
+        """A short name for tables: `AMD EPYC x2, CPU` or `Ryzen 9 5900X x24, NVIDIA GeForce RTX 3060`."""
+        devices = ", ".join(self.gpus) if self.gpus and self.backend == "gpu" else "CPU"
+        return f"{self.cpu} x{self.cores}, {devices} [{self.id[:8]}]"
+
+
+def machine_label(machine: Machine | None) -> str:
+    return machine.label if machine is not None else UNKNOWN_MACHINE
 
 
 class TestFigure(BaseModel):
@@ -57,8 +81,9 @@ class BenchResult(BaseModel):
     predicted_tg_ts: float | None = None  # fit's prediction for this machine and these settings
     predicted_pp_ts: float | None = None  # ... and of pp512, where fit predicts it (a class with catalog GPUs)
     predicted_tg_spread: float | None = None  # its ± from the spreads of the measured rates
-    hardware: str | None = None  # the class the prediction used
+    hardware: str | None = None  # the class of this machine the prediction used (never another machine's)
     llama_cpp: str  # the llama.cpp that ran it (llama.tools.llama_cpp_version)
+    machine: Machine | None = None  # where it ran (None: a record from before mm kept it)
     measured_at: str = Field(default_factory=utc_now)
     seconds: float = 0.0
 
@@ -91,6 +116,7 @@ class EvalResult(BaseModel):
     kld_stdev: float  # its uncertainty, as llama.cpp computes it
     same_top_rate: float  # "Same top p", as a fraction
     seconds: float
+    machine: Machine | None = None  # where it ran (None: a record from before mm kept it)
     measured_at: str = Field(default_factory=utc_now)
 
     @property

@@ -85,7 +85,7 @@ class RunSettings(BaseModel):
     kv_type: KvType = "f16"
     flash_attn: StrictBool = False  # turned on for a quantized KV cache unless asked off (see _rules)
     parallel: StrictInt = _count(1, 1, MAX_SEQ)  # n_seq_max
-    n_threads: StrictInt | None = _count(None, 1, MAX_THREADS, "n_threads", "threads")  # None: all cores
+    n_threads: StrictInt | None = _count(None, 1, MAX_THREADS, "n_threads", "threads")  # None: the physical cores
     use_mmap: StrictBool = Field(default=True, validation_alias=AliasChoices("use_mmap", "mmap"))
     n_gpu_layers: StrictInt | None = _count(None, 0, MAX_LAYERS)  # None: as many as fit
     # Mixture of experts: keep the routed experts of the first n_cpu_moe layers in RAM (llama.cpp
