@@ -290,8 +290,9 @@ def _assumptions(shape: ModelShape, hardware: HardwareClass, settings: RunSettin
         "(every weight but the embedding table, and the KV cells attended to) over the bandwidth "
         f"(GPU {hardware.gpu_bandwidth_gbps:g} GB/s, RAM {hardware.ram_bandwidth_gbps:g} GB/s) and the matrix work "
         + (
-            f"over the CPU compute rates measured for {hardware.name} ({hardware.measured}), plus the measured "
-            "per-token overhead"
+            f"over the CPU compute rates measured at {hardware.measured_threads(settings.n_threads)} thread(s) "
+            f"(-t {settings.n_threads or hardware.threads or '-'}) for {hardware.name} ({hardware.measured}), plus "
+            "the measured per-token overhead"
             if rates
             else "(no compute rates for this class: the prediction is an upper bound; `mm hw --measure` calibrates "
             "the local machine)"

@@ -144,11 +144,16 @@ class HardwareClass(BaseModel):
 
     def rates_for(self, threads: int | None) -> CpuRates | None:
         """The measured CPU rates for this thread count (else the nearest measured below it, else above)."""
+        measured = self.measured_threads(threads)
+        return self.cpu_rates[measured] if measured is not None else None
+
+    def measured_threads(self, threads: int | None) -> int | None:
+        """The measured thread count whose rates stand for `threads` (None: the class's default)."""
         if not self.cpu_rates:
             return None
         want = threads or self.threads or max(self.cpu_rates)
         below = [t for t in self.cpu_rates if t <= want]
-        return self.cpu_rates[max(below) if below else min(self.cpu_rates)]
+        return max(below) if below else min(self.cpu_rates)
 
 
 def _builtin(name: str, description: str, gpus: list[str], ram: str, ram_bw: float, cores: int) -> HardwareClass:
