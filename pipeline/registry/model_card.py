@@ -132,10 +132,10 @@ def _measured(entries: list[RepoProfile]) -> list[str]:
         if bench is not None:
             speeds = [f"{f.test} {f.median_ts:.1f} tok/s" for f in (bench.tg, bench.pp) if f is not None]
             there = f"~{bench.predicted_tg_ts:.1f} tok/s" if bench.predicted_tg_ts else "—"
-            rows.append(f"| {name} | {machine_label(bench.machine)} | {', '.join(speeds)} ({bench.threads} threads) "
-                        f"| {there} |")  # fmt: skip
+            machine = _cell_text(machine_label(bench.machine))
+            rows.append(f"| {name} | {machine} | {', '.join(speeds)} ({bench.threads} threads) | {there} |")
         for result in entry.profile.measured.evals[-1:]:  # the newest
-            rows.append(f"| {name} | {machine_label(result.machine)} | KLD {result.kld_mean:.4f}, PPL "
+            rows.append(f"| {name} | {_cell_text(machine_label(result.machine))} | KLD {result.kld_mean:.4f}, PPL "
                         f"{result.ppl_delta:+.4f} (ctx {result.n_ctx}) | — |")  # fmt: skip
     if not rows:
         return []
@@ -150,6 +150,11 @@ def _measured(entries: list[RepoProfile]) -> list[str]:
         "|---|---|---|---|",
         *rows,
     ]
+
+
+def _cell_text(text: str) -> str:
+    """A table cell's text: a '|' in a CPU or GPU name would end the cell."""
+    return text.replace("|", "\\|")
 
 
 def _provenance(entry: RepoProfile) -> str:
