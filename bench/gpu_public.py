@@ -12,6 +12,7 @@ Run: .venv/bin/python bench/gpu_public.py [--fit]   (from the repository root; ~
 from __future__ import annotations
 
 import csv
+import itertools
 import statistics
 import sys
 import tempfile
@@ -21,8 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.fitting import gpu_speed
 from pipeline.fitting.fit import FitResult, fit_shape
-from pipeline.fitting.gpu_speed import float_share, gpu_layers
+from pipeline.fitting.gpu_speed import decode_tokens_per_second, float_share, gpu_layers
 from pipeline.fitting.memory import Context, context
 from pipeline.fitting.model_shape import ModelShape, model_shape
 from pipeline.fitting.placement import place
@@ -45,6 +47,12 @@ SHAPES = {
     ),
     "qwen2.5-32b": TinySpec(arch="qwen3", n_layers=64, n_embd=5120, n_head=40, n_head_kv=8, head_dim_override=128,
                             n_ff=27648, n_vocab=152064, context_length=32768),
+    "qwen2.5-14b": TinySpec(arch="qwen3", n_layers=48, n_embd=5120, n_head=40, n_head_kv=8, head_dim_override=128,
+                            n_ff=13824, n_vocab=152064, context_length=32768),
+    "qwen3-14b": TinySpec(arch="qwen3", n_layers=40, n_embd=5120, n_head=40, n_head_kv=8, head_dim_override=128,
+                          n_ff=17408, n_vocab=151936, context_length=40960),
+    "phi4": TinySpec(n_layers=40, n_embd=5120, n_head=40, n_head_kv=10, n_ff=17920, n_vocab=100352,
+                     context_length=16384),
 }  # fmt: skip
 TOLERANCE = {"tg": 0.25, "pp": 0.35}  # issue 21's bar on the held-back split
 
@@ -69,6 +77,8 @@ class Record:
             return "CPU only"
         if self.n_cpu_moe:
             return "MoE, experts in RAM"
+        if self.n_gpu_layers < 99:
+            return "dense partial offload"
         return "full offload" + (f", {len(self.gpus)} GPUs" if len(self.gpus) > 1 else "")
 
 
@@ -145,7 +155,7 @@ def fit(rows: list[Record], found: dict[str, ModelShape]) -> None:
     decode: dict[str, list[tuple[list[float], float]]] = defaultdict(list)
     prompt: dict[str, list[tuple[list[float], float]]] = defaultdict(list)
     for r in rows:
-        if r.split != "calibration" or len(r.gpus) != 1 or r.n_cpu_moe:
+        if r.split != "calibration" or len(r.gpus) != 1 or r.n_cpu_moe or r.n_gpu_layers < 99:
             continue
         gpu, shape = catalog[r.gpus[0]], found[r.model]
         p = place(shape, _ctx(shape), shape.n_layers + 1)
@@ -166,6 +176,30 @@ def fit(rows: list[Record], found: dict[str, ModelShape]) -> None:
         print(f"prompt_efficiency_quant = {1 / q[0]:.3f}\nprompt_efficiency_float = {1 / q[1]:.3f}\n")
 
 
+def fit_hybrid(rows: list[Record], found: dict[str, ModelShape]) -> None:
+    """gpu_speed.py's CPU_RAM_EFFICIENCY (and HANDOVER_MS when the calibration split has a run with experts in
+    RAM: a dense split by layers crosses once per token, too few to tell a hand-over from RAM time) by a grid
+    search minimising the squared log ratio predicted/measured over the calibration split's dense partial
+    offloads and MoE runs, each predicted by gpu_speed's own decode model with the GPU side as calibrated."""
+    cases = [(r, found[r.model]) for r in rows if r.split == "calibration" and r.gpus and not r.test.startswith("pp")
+             and (r.n_cpu_moe or r.n_gpu_layers < 99)]  # fmt: skip
+    placed = [(r, s, place(s, _ctx(s), r.n_gpu_layers, r.n_cpu_moe), hardware(r)) for r, s in cases]
+    saved = gpu_speed.CPU_RAM_EFFICIENCY, gpu_speed.HANDOVER_MS
+    handovers = np.arange(0.0, 0.4001, 0.005) if any(r.n_cpu_moe for r, *_ in placed) else [saved[1]]
+    best = (float("inf"), 0.0, 0.0)
+    try:
+        for efficiency, handover in itertools.product(np.arange(0.30, 1.001, 0.01), handovers):
+            gpu_speed.CPU_RAM_EFFICIENCY, gpu_speed.HANDOVER_MS = float(efficiency), float(handover)
+            error = sum(np.log(decode_tokens_per_second(p, s, hw) / r.measured) ** 2 for r, s, p, hw in placed)
+            best = min(best, (float(error), float(efficiency), float(handover)))
+    finally:
+        gpu_speed.CPU_RAM_EFFICIENCY, gpu_speed.HANDOVER_MS = saved
+    fitted = "fitted" if len(handovers) > 1 else "held at its modelled value"
+    print(f"# CPU side: {len(placed)} calibration records (dense partial offload, MoE experts in RAM)")
+    print(f"CPU_RAM_EFFICIENCY = {best[1]:.2f}  # rms log error {np.sqrt(best[0] / max(len(placed), 1)):.3f}")
+    print(f"HANDOVER_MS = {best[2]:.3f}  # {fitted}")
+
+
 def _ctx(shape: ModelShape) -> Context:
     return context(4096, 2048, 512, 1, "f16", False, True, shape, False)
 
@@ -181,6 +215,7 @@ def main() -> None:
         found = shapes(Path(folder))
         if "--fit" in sys.argv:
             fit(rows, found)
+            fit_hybrid(rows, found)
         else:
             report(rows, found)
 
