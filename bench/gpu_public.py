@@ -31,7 +31,7 @@ from pipeline.fitting.placement import place
 from pipeline.gguf.header import read_model
 from pipeline.gguf.tiny_model import write_header_only_model
 from pipeline.gguf.tiny_tensors import TinySpec
-from pipeline.spec.gpus import gpu_catalog
+from pipeline.spec.gpus import Gpu, gpu_catalog
 from pipeline.spec.hardware import HardwareClass
 from pipeline.spec.run_settings import RunSettings
 
@@ -154,6 +154,7 @@ def fit(rows: list[Record], found: dict[str, ModelShape]) -> None:
     catalog = gpu_catalog().gpus
     decode: dict[str, list[tuple[list[float], float]]] = defaultdict(list)
     prompt: dict[str, list[tuple[list[float], float]]] = defaultdict(list)
+    powered: dict[str, list[tuple[Gpu, float, float, float]]] = defaultdict(list)
     for r in rows:
         if r.split != "calibration" or len(r.gpus) != 1 or r.n_cpu_moe or r.n_gpu_layers < 99:
             continue
@@ -164,6 +165,7 @@ def fit(rows: list[Record], found: dict[str, ModelShape]) -> None:
         if r.test.startswith("pp"):
             flops = 2 * sum(p.read.gpu_elements.values()) / (gpu.fp16_tflops * 1e12)
             prompt[gpu.calibration].append(([flops * (1 - share), flops * share], seconds))
+            powered[gpu.calibration].append((gpu, flops * gpu.fp16_tflops * 1e12, share, seconds))
         else:
             per_bw = p.read.gpu / (gpu.bandwidth_gbps * 1e9)
             decode[gpu.calibration].append(([per_bw * (1 - share), per_bw * share, gpu_layers(shape, 99)], seconds))
@@ -173,7 +175,12 @@ def fit(rows: list[Record], found: dict[str, ModelShape]) -> None:
         print(f"[calibrations.{backend}]  # {len(decode[backend])} tg and {len(prompt[backend])} pp records")
         print(f"decode_efficiency_quant = {1 / d[0]:.3f}\ndecode_efficiency_float = {1 / d[1]:.3f}")
         print(f"token_ms = 0.0\nlayer_ms = {d[2] * 1e3:.4f}")
-        print(f"prompt_efficiency_quant = {1 / q[0]:.3f}\nprompt_efficiency_float = {1 / q[1]:.3f}\n")
+        for kind, start, floats in (("quant", 1 / q[0], False), ("float", 1 / q[1], True)):
+            efficiency, watts = _prompt_fit([r for r in powered[backend] if (r[2] >= 0.5) == floats], start)
+            print(f"prompt_efficiency_{kind} = {efficiency:.3f}")
+            if watts is not None:
+                print(f"prompt_tflops_per_watt_{kind} = {watts:.3f}")
+        print()
 
 
 def fit_hybrid(rows: list[Record], found: dict[str, ModelShape]) -> None:
@@ -198,6 +205,22 @@ def fit_hybrid(rows: list[Record], found: dict[str, ModelShape]) -> None:
     print(f"# CPU side: {len(placed)} calibration records (dense partial offload, MoE experts in RAM)")
     print(f"CPU_RAM_EFFICIENCY = {best[1]:.2f}  # rms log error {np.sqrt(best[0] / max(len(placed), 1)):.3f}")
     print(f"HANDOVER_MS = {best[2]:.3f}  # {fitted}")
+
+
+def _prompt_fit(rows: list[tuple[Gpu, float, float, float]], share: float) -> tuple[float, float | None]:
+    """The prompt efficiency and TFLOP/s per watt of board power (a cap beside it) that best fit the pp records
+    (squared log ratio, a grid over both); the cap is None where it never binds at its best."""
+
+    def error(efficiency: float, per_watt: float) -> float:
+        return sum(np.log(flops / min(g.fp16_tflops * efficiency, (g.board_power_w or 1e9) * per_watt) / 1e12 / t) ** 2
+                   for g, flops, _, t in rows)  # fmt: skip
+
+    if not any(g.board_power_w for g, *_ in rows):
+        return share, None  # no board power known: the least-squares efficiency alone
+    caps = [float(x) for x in np.arange(0.05, 1.5, 0.005)] + [1e9]
+    grid = itertools.product((float(x) for x in np.arange(max(share - 0.3, 0.05), share + 0.3, 0.002)), caps)
+    efficiency, per_watt = min(grid, key=lambda pair: error(*pair))
+    return efficiency, (per_watt if per_watt < 1e9 else None)
 
 
 def _ctx(shape: ModelShape) -> Context:

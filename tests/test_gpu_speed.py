@@ -9,9 +9,10 @@ import pytest
 
 from pipeline.base.errors import HardwareError
 from pipeline.fitting.fit import fit_model
+from pipeline.fitting.gpu_speed import prompt_tflops
 from pipeline.gguf.tiny_model import write_header_only_model
 from pipeline.gguf.tiny_tensors import TinySpec
-from pipeline.spec.gpus import get_gpu, gpu_catalog
+from pipeline.spec.gpus import calibration, get_gpu, gpu_catalog
 from pipeline.spec.hardware import HardwareClass, get_hardware, load_hardware_file
 from pipeline.spec.run_settings import RunSettings
 from tests.test_placement import QWEN3_30B_A3B
@@ -25,8 +26,8 @@ def test_every_catalog_figure_names_a_source_and_every_requested_card_is_there()
     for gpu in catalog.gpus.values():
         assert gpu.id == gpu.id.lower() and catalog.sources[gpu.source]
         assert gpu.calibration in catalog.calibrations
-    for calibration in catalog.calibrations.values():
-        assert catalog.sources[calibration.source]
+    for fitted in catalog.calibrations.values():
+        assert catalog.sources[fitted.source]
     wanted = {"rtx2060", "rtx5090", "rtx3060-8g", "rtx4000-ada", "rtx6000-ada", "a6000", "a40", "l40s", "a100-pcie",
               "a100-sxm", "h100-pcie", "h100-sxm", "m1-max", "m2-ultra", "m4-max"}  # fmt: skip
     assert wanted <= set(catalog.gpus)
@@ -129,3 +130,28 @@ def test_measuring_without_a_gpu_is_skipped_with_the_reason() -> None:
     assert card is None and why.startswith("no GPU found")
     cpu = get_hardware("cpu-32g")
     assert with_gpu(cpu) == (cpu, why)
+
+
+def test_a_card_held_to_a_low_board_power_gets_a_lower_prompt_rate_than_its_datasheet_share() -> None:
+    """The same silicon at 300 W (RTX 6000 Ada) sustains less of its tensor rate in pp512 than at 450 W; a card
+    without a stated board power (Apple) keeps its datasheet share."""
+    for card in ("rtx6000-ada", "rtx4090", "m2-ultra"):
+        gpu = get_gpu(card)
+        cal = calibration(gpu)
+        assert cal is not None
+        quant, floats = prompt_tflops(gpu, cal)
+        share = (gpu.fp16_tflops * cal.prompt_efficiency_quant, gpu.fp16_tflops * cal.prompt_efficiency_float)
+        if gpu.board_power_w is None:
+            assert (quant, floats) == share
+        else:
+            assert quant <= share[0] and floats <= share[1]
+    low, high = get_gpu("rtx6000-ada"), get_gpu("rtx4090")
+    assert low.fp16_tflops > high.fp16_tflops  # more tensor throughput on paper ...
+    low_cal, high_cal = calibration(low), calibration(high)
+    assert low_cal is not None and high_cal is not None
+    assert prompt_tflops(low, low_cal)[0] < prompt_tflops(high, high_cal)[0]  # ... less at its 300 W
+
+
+def test_every_nvidia_card_states_its_board_power() -> None:
+    for gpu in gpu_catalog().gpus.values():
+        assert (gpu.board_power_w is not None) == (gpu.backend == "cuda"), gpu.id

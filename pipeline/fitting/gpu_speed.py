@@ -9,8 +9,11 @@ Decode, per token (llama-bench's tg):
          + the GPU's layer_ms per layer on the CPU (or the class's measured CPU rates, `mm hw --measure`)
     plus HANDOVER_MS each time a token's activations cross between the CPU and a GPU (once for a dense model
     split by layers; twice per layer whose routed experts are in RAM) and between two GPUs.
+    CPU_RAM_EFFICIENCY (0.62) is fitted to public dense partial offloads and HANDOVER_MS (0.05 ms) is modelled;
+    their sources are stated where they are defined, and bench/gpu_public.py prints the fit and a held-back split.
 
-Prompt (llama-bench's pp512): matrix work per token / (fp16 TFLOPS x the backend's prompt efficiency), on the
+Prompt (llama-bench's pp512): matrix work per token / (fp16 TFLOPS x the backend's prompt efficiency, or the
+card's board power x the backend's TFLOP/s per watt where that is lower: prompt_tflops), on the
 GPU even for weights kept in RAM: llama.cpp copies them to the GPU for a large batch (ggml-backend.cpp,
 ggml_backend_sched's offload of ops with batch >= 32), which costs their bytes over the host link per ubatch.
 
@@ -175,13 +178,25 @@ def prompt_tokens_per_second(placement: Placement, shape: ModelShape, hardware: 
     seconds = 0.0
     for gpu, share in zip(devices, _shares(devices), strict=True):
         cal = _calibration(gpu, hardware.gpu_calibration)
-        per_flop = (1 - fraction) / cal.prompt_efficiency_quant + fraction / cal.prompt_efficiency_float
-        seconds += flops * share * per_flop / (gpu.fp16_tflops * 1e12)
+        quant, floats = prompt_tflops(gpu, cal)
+        seconds += flops * share * ((1 - fraction) / quant + fraction / floats) / 1e12
     copied = max(0, placement.cpu.weights - shape.input_bytes)  # the token embeddings stay on the CPU
     link = devices[0].pcie_gbps
     if copied and link and not devices[0].unified:
         seconds += copied / (link * 1e9) / PROMPT_UBATCH
     return round(1.0 / seconds, 1) if seconds > 0 else None
+
+
+def prompt_tflops(gpu: Gpu, cal: Calibration) -> tuple[float, float]:
+    """Matrix throughput a card sustains in pp512 on quantized and on float weights: its datasheet figure times
+    llama.cpp's share, unless its board power holds it lower (cards with many SMs and a low power limit, such as
+    the RTX 6000 Ada at 300 W, clock down under sustained tensor load)."""
+    quant, floats = gpu.fp16_tflops * cal.prompt_efficiency_quant, gpu.fp16_tflops * cal.prompt_efficiency_float
+    if gpu.board_power_w and cal.prompt_tflops_per_watt_quant:
+        quant = min(quant, gpu.board_power_w * cal.prompt_tflops_per_watt_quant)
+    if gpu.board_power_w and cal.prompt_tflops_per_watt_float:
+        floats = min(floats, gpu.board_power_w * cal.prompt_tflops_per_watt_float)
+    return quant, floats
 
 
 def describe(hardware: HardwareClass) -> str:

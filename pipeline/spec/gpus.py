@@ -37,6 +37,10 @@ class Calibration(BaseModel):
     layer_ms: float = Field(ge=0)  # per layer on the device per token: its kernels' launch and tail
     prompt_efficiency_quant: float = Field(gt=0, le=1.5)
     prompt_efficiency_float: float = Field(gt=0, le=1.5)
+    # pp512 on a card held to its board power: matrix work per joule (TFLOP/s per watt) once its clocks drop under
+    # sustained tensor load; the prompt rate is the lower of this times board_power_w and the efficiency above.
+    prompt_tflops_per_watt_quant: float | None = Field(default=None, gt=0)
+    prompt_tflops_per_watt_float: float | None = Field(default=None, gt=0)
     source: str
 
 
@@ -51,6 +55,7 @@ class Gpu(BaseModel):
     bandwidth_gbps: float = Field(gt=0)
     fp16_tflops: float = Field(gt=0)
     pcie_gbps: float = Field(default=0.0, ge=0)  # host link, one direction (0: unified memory)
+    board_power_w: float | None = Field(default=None, gt=0)  # total board / graphics power (TBP, TGP)
     unified: bool = False
     backend: Backend
     calibration: str  # the key of [calibrations] that applies (cards of one memory technology and backend)
