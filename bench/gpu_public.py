@@ -2,11 +2,15 @@
 
 For every record of the calibration split and of the held-back split (never used to calibrate): the source,
 the measured and predicted tokens/s and their ratio, predicted by `mm fit`'s own path (fit_shape) on a class
-composed of the record's catalog GPUs, for header-only GGUFs of the same shapes (Llama-3-8B/70B, Qwen3-30B-A3B,
-Qwen2.5-32B; the data region is a sparse hole). `--fit` prints the [calibrations] parameters of gpus.toml as a
-least-squares fit to the calibration split (relative error, full offload only): how they were obtained.
+composed of the record's catalog GPUs and its stated RAM bandwidth and cores, for header-only GGUFs of the same
+shapes (Llama-3-8B/70B, Qwen2.5-14B/32B, Qwen3-14B, Phi-4, Mistral-Small-24B, Qwen3-30B-A3B, gpt-oss-20b; the
+data region is a sparse hole); then a summary per regime: full offload, dense partial offload (-ngl below the
+layer count), MoE with experts in RAM (--n-cpu-moe), and CPU only, for decode (tg) and prompt (pp512).
+`--fit` prints how the figures were obtained: gpus.toml's [calibrations] per kind of card from the calibration
+split's full offloads (decode by least squares on relative error; prompt share and per-watt cap by a grid on
+log error), then gpu_speed.py's CPU_RAM_EFFICIENCY and HANDOVER_MS from its hybrid runs.
 
-Run: .venv/bin/python bench/gpu_public.py [--fit]   (from the repository root; ~20 s)
+Run: PYTHONPATH=. .venv/bin/python bench/gpu_public.py [--fit]   (from the repository root; ~30 s)
 """
 
 from __future__ import annotations
@@ -51,6 +55,11 @@ SHAPES = {
                             n_ff=13824, n_vocab=152064, context_length=32768),
     "qwen3-14b": TinySpec(arch="qwen3", n_layers=40, n_embd=5120, n_head=40, n_head_kv=8, head_dim_override=128,
                           n_ff=17408, n_vocab=151936, context_length=40960),
+    "gpt-oss-20b": TinySpec(arch="gpt-oss", n_layers=24, n_embd=2880, n_head=64, n_head_kv=8, head_dim_override=64,
+                            n_ff=2880, n_vocab=201088, n_expert=32, n_expert_used=4, n_ff_exp=2880, sliding_window=128,
+                            context_length=131072),
+    "mistral-small-24b": TinySpec(n_layers=40, n_embd=5120, n_head=32, n_head_kv=8, head_dim_override=128,
+                                  n_ff=32768, n_vocab=131072, context_length=32768),
     "phi4": TinySpec(n_layers=40, n_embd=5120, n_head=40, n_head_kv=10, n_ff=17920, n_vocab=100352,
                      context_length=16384),
 }  # fmt: skip
@@ -94,10 +103,10 @@ def records() -> list[Record]:
 
 
 def shapes(folder: Path) -> dict[str, ModelShape]:
-    """Header-only GGUFs per record model: `<shape>-q4_k_m` and `<shape>-f16`."""
+    """Header-only GGUFs per record model: `<shape>-q4_k_m` (gpt-oss: `-mxfp4`, as published) and `<shape>-f16`."""
     out = {}
     for name, spec in SHAPES.items():
-        for dtype, suffix in (("f32", "q4_k_m"), ("f16", "f16")):
+        for dtype, suffix in (("f32", "mxfp4" if spec.arch == "gpt-oss" else "q4_k_m"), ("f16", "f16")):
             kind = TinySpec(**{**spec.__dict__, "dtype": dtype})
             path = write_header_only_model(folder / f"{name}-{suffix}.gguf", kind)
             out[f"{name}-{suffix}"] = model_shape(read_model(path))

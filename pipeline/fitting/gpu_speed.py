@@ -9,8 +9,8 @@ Decode, per token (llama-bench's tg):
          + the GPU's layer_ms per layer on the CPU (or the class's measured CPU rates, `mm hw --measure`)
     plus HANDOVER_MS each time a token's activations cross between the CPU and a GPU (once for a dense model
     split by layers; twice per layer whose routed experts are in RAM) and between two GPUs.
-    CPU_RAM_EFFICIENCY (0.62) is fitted to public dense partial offloads and HANDOVER_MS (0.05 ms) is modelled;
-    their sources are stated where they are defined, and bench/gpu_public.py prints the fit and a held-back split.
+    CPU_RAM_EFFICIENCY (0.59) and HANDOVER_MS (0.10 ms) are fitted to public hybrid runs; their sources are stated
+    where they are defined, and bench/gpu_public.py prints the fit and a held-back split.
 
 Prompt (llama-bench's pp512): matrix work per token / (fp16 TFLOPS x the backend's prompt efficiency, or the
 card's board power x the backend's TFLOP/s per watt where that is lower: prompt_tflops), on the
@@ -40,20 +40,20 @@ from pipeline.spec.gpus import Calibration, Gpu, calibration
 from pipeline.spec.hardware import HardwareClass
 
 # CPU side of a hybrid run on a class that was not measured: the share of the class's stated RAM bandwidth that
-# llama.cpp's CPU layers reach while a GPU holds the rest. Fitted (bench/gpu_public.py --fit) to the calibration
-# split's dense partial offloads: Qwen2.5-Coder-14B Q4_K_M at -ngl 16 and 32 on an RTX 5060 Ti with dual-channel
-# DDR4-2400 (38.4 GB/s), inventivehq.com/blog/vram-offload-cliff-gpu-layers-benchmark; its held-back -ngl 8, 24
-# and 40 and another machine's runs (llmfit pulls 774, 755) land within 25%.
-CPU_RAM_EFFICIENCY = 0.62
+# llama.cpp's CPU layers reach while a GPU holds the rest. Fitted together with HANDOVER_MS (bench/gpu_public.py
+# --fit) to the calibration split's public hybrid runs on two machines: Qwen2.5-Coder-14B Q4_K_M at -ngl 16 and 32
+# on an RTX 5060 Ti with dual-channel DDR4-2400 (inventivehq.com/blog/vram-offload-cliff-gpu-layers-benchmark), and
+# Qwen3-14B at -ngl 32 and Qwen3-30B-A3B with --n-cpu-moe 36 on an RTX 2080 with quad-channel DDR4-3200 (llmfit
+# pulls 774, 755). Fitted on one machine alone they would be 0.62 (HANDOVER_MS not identified) and 0.46 with 0.045 ms.
+CPU_RAM_EFFICIENCY = 0.59
 # Matrix-vector work per core: mainline llama.cpp's Llama-3.1-8B Q6_K decode at 2 threads on a Zen 3 (AVX2)
 # Ryzen 5975WX, 4.04 tokens/s x 15 GFLOP per token / 2 cores (ikawrakow/ik_llama.cpp pull #132).
 CPU_CORE_GFLOPS = 30.0
-# One crossing of a token's activations between devices: a copy of n_embd floats, a stream synchronisation
-# and the CPU thread pool's wake-up (ggml_backend_sched splits). Modelled, not fitted: a dense model split by
-# layers crosses once per token, too few to separate from RAM time, and the one public MoE run with experts in
-# RAM and a stated machine (llmfit pull 755) is kept held back: it lands at 1.19 with this value, and would fit
-# 0.11 ms on its own.
-HANDOVER_MS = 0.05
+# One crossing of a token's activations between the CPU and a GPU, or between two GPUs: a copy of n_embd floats, a
+# stream synchronisation and the CPU thread pool's wake-up (ggml_backend_sched splits). Fitted with
+# CPU_RAM_EFFICIENCY above; only a run with experts in RAM identifies it (72 crossings per token for Qwen3-30B-A3B
+# with --n-cpu-moe 36, where a dense model split by layers crosses once).
+HANDOVER_MS = 0.10
 # Prompt batches: llama.cpp's default ubatch, over which weights copied from RAM are reused.
 PROMPT_UBATCH = 512
 FLOAT_TYPES = frozenset({"F32", "F16", "BF16"})
@@ -210,7 +210,7 @@ def describe(hardware: HardwareClass) -> str:
         f"share llama.cpp reaches on that kind of card, plus a per-layer cost, calibrated on {source} "
         f"(bench/gpu_public.py); the CPU side at {hardware.ram_bandwidth_gbps:g} GB/s x {CPU_RAM_EFFICIENCY:g} and "
         f"{CPU_CORE_GFLOPS:g} GFLOP/s per core ({cpu}), plus {HANDOVER_MS:g} ms per hand-over between devices "
-        "(modelled)"
+        "(fitted to public hybrid runs)"
     )
 
 
