@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import tomllib
 from pathlib import Path
 
@@ -155,3 +156,21 @@ def test_a_card_held_to_a_low_board_power_gets_a_lower_prompt_rate_than_its_data
 def test_every_nvidia_card_states_its_board_power() -> None:
     for gpu in gpu_catalog().gpus.values():
         assert (gpu.board_power_w is not None) == (gpu.backend == "cuda"), gpu.id
+
+
+def test_every_public_speed_record_names_its_source_split_and_machine() -> None:
+    """bench/gpu_public.py's data: each record says where it was published and which split it belongs to, and a
+    run that keeps weights in RAM states the machine's RAM bandwidth and cores (the CPU side is costed from them)."""
+    with Path("bench/data/gpu_public.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {row["split"] for row in rows} <= {"calibration", "held-back", "excluded"}
+    for row in rows:
+        assert row["source"].startswith(("github.com/", "https://")), row["source"]
+        hybrid = row["gpus"] and (int(row["n_cpu_moe"]) > 0 or int(row["n_gpu_layers"]) < 99)
+        if hybrid or not row["gpus"]:
+            assert float(row["ram_bandwidth_gbps"]) > 0 and int(row["cpu_cores"]) > 0, row["source"]
+        if row["gpus"]:
+            assert all(gpu in gpu_catalog().gpus for gpu in row["gpus"].split("+"))
+    kinds = {("moe" if int(r["n_cpu_moe"]) else "partial" if int(r["n_gpu_layers"]) < 99 else "full", r["split"])
+             for r in rows if r["gpus"]}  # fmt: skip
+    assert {(kind, split) for kind in ("full", "partial", "moe") for split in ("calibration", "held-back")} <= kinds
