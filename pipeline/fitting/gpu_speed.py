@@ -207,7 +207,8 @@ def describe(hardware: HardwareClass) -> str:
     cpu = f"{hardware.cpu_cores} cores" if hardware.cpu_cores else "cores unknown: RAM bandwidth only"
     return (
         f"decode (tg128) and prompt (pp512) speed on {cards}: datasheet bandwidth and FP16 throughput times the "
-        f"share llama.cpp reaches on that kind of card, plus a per-layer cost, calibrated on {source} "
+        "share llama.cpp reaches on that kind of card (prompt: at most what its board power sustains), plus a "
+        f"per-layer cost, calibrated on {source} "
         f"(bench/gpu_public.py); the CPU side at {hardware.ram_bandwidth_gbps:g} GB/s x {CPU_RAM_EFFICIENCY:g} and "
         f"{CPU_CORE_GFLOPS:g} GFLOP/s per core ({cpu}), plus {HANDOVER_MS:g} ms per hand-over between devices "
         "(fitted to public hybrid runs)"
