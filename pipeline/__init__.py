@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time __getattr__
     from pipeline.hub.download import pull as pull
     from pipeline.llama.quantize import QuantizeRequest as QuantizeRequest
     from pipeline.llama.quantize import quantize as quantize
+    from pipeline.probe.local_machine import local_class as local_class
     from pipeline.registry.export import export as export
     from pipeline.registry.push import push as push
     from pipeline.registry.store import get_profile as get_profile
@@ -35,7 +36,6 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time __getattr__
     from pipeline.resolve.model_ref import resolve_model as resolve_model
     from pipeline.spec.hardware import HardwareClass as HardwareClass
     from pipeline.spec.hardware import get_hardware as get_hardware
-    from pipeline.spec.local_machine import local_class as local_class
     from pipeline.spec.recipe import Recipe as Recipe
     from pipeline.spec.recipe import load_recipe as load_recipe
     from pipeline.spec.run_settings import RunSettings as RunSettings
@@ -55,7 +55,7 @@ _EXPORTS: dict[str, str] = {
     "quantize": "pipeline.llama.quantize",
     "HardwareClass": "pipeline.spec.hardware",
     "get_hardware": "pipeline.spec.hardware",
-    "local_class": "pipeline.spec.local_machine",
+    "local_class": "pipeline.probe.local_machine",
     "RunSettings": "pipeline.spec.run_settings",
     "FitResult": "pipeline.fitting.fit",
     "fit_model": "pipeline.fitting.fit",

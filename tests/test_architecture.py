@@ -21,6 +21,7 @@ LAYERS: list[str] = [
     "base",  # errors, constants, home (atomic writes, locks), digests, units, provenance, child processes
     "gguf",  # the GGUF header reader, quant and ggml type tables, chat formats, tiny models made locally
     "spec",  # recipes, run settings, hardware classes and the GPU catalog, measured-result shapes
+    "probe",  # this machine, probed (GPUs, RAM, CPU) and as a hardware class
     "hub",  # verified transfers into the Hugging Face cache layout; uploads
     "resolve",  # a MODEL argument or Hub reference -> a local file or a header stub; texts
     "llama",  # llama.cpp: built tools, engines, worker, tensor overrides, quantize, imatrix
@@ -190,6 +191,18 @@ def test_fitting_runs_no_llama_cpp(module: str) -> None:
     }
     assert not loaded & engines
     assert not {e for m in loaded for e in IMPORTS.external[m]} & LLAMA
+
+
+def test_spec_is_data_and_probes_no_machine() -> None:
+    """Hardware classes and the GPU catalog describe machines; probing this one (NVML, nvidia-smi, /proc) is
+    probe/'s, so planning for a machine you are not sitting at never depends on the one you are."""
+    probing = {"subprocess", "pynvml", "platform", "shutil", "ctypes"}
+    offenders = {
+        module: sorted(IMPORTS.external[module] & probing)
+        for module in IMPORTS.runtime
+        if module.startswith("pipeline.spec.") and IMPORTS.external[module] & probing
+    }
+    assert not offenders, offenders
 
 
 def test_below_the_hub_layer_nothing_reaches_the_network() -> None:

@@ -143,7 +143,7 @@ def test_run_takes_a_gguf_file_or_a_name_without_its_hardware(mm: Mm, tiny_model
 
 
 def test_a_gpu_profile_run_without_a_gpu_warns(mm: Mm, tiny_model: Path) -> None:
-    from pipeline.spec.local_machine import local_class
+    from pipeline.probe.local_machine import local_class
 
     if local_class().has_gpu:
         pytest.skip("this machine has a GPU")

@@ -123,7 +123,7 @@ def test_a_probed_device_is_found_in_the_catalog_by_name_and_memory(name: str, g
 def test_measuring_without_a_gpu_is_skipped_with_the_reason() -> None:
     """This machine (and CI) has no GPU: `mm hw --measure` keeps the CPU measurement and says why."""
     from pipeline.measure.gpu import local_card, with_gpu
-    from pipeline.spec.local_machine import local_gpus
+    from pipeline.probe.local_machine import local_gpus
 
     if local_gpus()[0]:
         pytest.skip("a GPU is present: the measurement itself runs (pytest -m gpu)")

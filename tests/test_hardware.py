@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.base.errors import HardwareError
+from pipeline.probe.local_machine import local_class, local_machine
 from pipeline.spec.hardware import (
     BUILTIN_CLASSES,
     HARDWARE_FILE,
@@ -15,7 +16,6 @@ from pipeline.spec.hardware import (
     get_hardware,
     hardware_catalog,
 )
-from pipeline.spec.local_machine import local_class, local_machine
 
 
 def test_a_hardware_file_adds_and_overrides_classes(tmp_path: Path) -> None:

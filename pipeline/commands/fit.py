@@ -114,8 +114,8 @@ def hw_command(
 
     Example: mm hw --measure --save my-laptop
     """
+    from pipeline.probe.local_machine import local_machine
     from pipeline.resolve.model_ref import hardware_file as hardware_toml
-    from pipeline.spec.local_machine import local_machine
 
     if list_gpus:
         _show_gpus(as_json)

@@ -174,8 +174,8 @@ def measure_hardware(
     from pipeline.base.errors import HardwareError, UsageError
     from pipeline.measure.gpu import with_gpu
     from pipeline.measure.machine import cache_measurement, fewer_threads_note, measure_machine, save_class
+    from pipeline.probe.local_machine import cached_measurement
     from pipeline.spec.hardware import user_hardware_file
-    from pipeline.spec.local_machine import cached_measurement
 
     if save is not None and not re.match(r"^[a-z0-9][a-z0-9._-]*$", save):
         raise UsageError(f"--save {save!r}: a class name is lower-case letters, digits and . _ - (e.g. my-laptop)")

@@ -22,7 +22,7 @@ from pipeline.base.errors import UsageError
 from pipeline.llama.llama_log import llama_log_file
 from pipeline.llama.overrides import load_llama
 from pipeline.llama.tools import llama_cpp_version
-from pipeline.spec.local_machine import default_threads, this_machine
+from pipeline.probe.local_machine import default_threads, this_machine
 from pipeline.spec.results import BenchResult, TestFigure
 
 log = logging.getLogger(__name__)

@@ -27,8 +27,8 @@ import numpy as np
 from pipeline.base.errors import LlamaError, UsageError
 from pipeline.llama.llama_log import llama_log_file
 from pipeline.llama.overrides import load_llama
+from pipeline.probe.local_machine import this_machine
 from pipeline.resolve.texts import read_text, text_budget
-from pipeline.spec.local_machine import this_machine
 from pipeline.spec.results import EvalResult
 
 log = logging.getLogger(__name__)

@@ -41,7 +41,7 @@ def local_card() -> tuple[Gpu | None, str]:
     """This machine's first GPU as a catalog card, or None and why the GPU cannot be measured."""
     import llama_cpp
 
-    from pipeline.spec.local_machine import local_gpus
+    from pipeline.probe.local_machine import local_gpus
 
     gpus, how = local_gpus()
     if not gpus:

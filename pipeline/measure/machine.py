@@ -47,8 +47,8 @@ from pipeline.gguf.tiny_tensors import TinySpec
 from pipeline.llama.llama_log import llama_log_file, route_llama_log
 from pipeline.measure.bench import decode_token_seconds
 from pipeline.measure.sampling import Estimate, interleaved, median_token_seconds
+from pipeline.probe.local_machine import measurement_path
 from pipeline.spec.hardware import CpuRates, HardwareClass
-from pipeline.spec.local_machine import measurement_path
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ def measure_machine(
     *, threads: list[int] | None = None, types: list[str] | None = None, progress: MeasureProgress | None = None
 ) -> HardwareClass:
     """Measure this machine and return it as a hardware class named `local` (not yet cached or saved)."""
-    from pipeline.spec.local_machine import cpu_name, default_threads, total_ram_bytes
+    from pipeline.probe.local_machine import cpu_name, default_threads, total_ram_bytes
 
     counts = threads or list(range(1, (os.cpu_count() or 1) + 1))
     kinds = [k.upper() for k in (types or list(MEASURED_TYPES))]

@@ -12,9 +12,9 @@ from pipeline.fitting.fit import fit_model
 from pipeline.hub.transfer import ProgressFactory
 from pipeline.measure.bench import BenchProgress, run_bench
 from pipeline.measure.evaluate import EvalProgress, evaluate
+from pipeline.probe.local_machine import default_threads
 from pipeline.registry.profile import NAME_RE, Profile, llama_kwargs
 from pipeline.resolve.texts import parse_text, resolve_text
-from pipeline.spec.local_machine import default_threads
 from pipeline.spec.results import BenchResult, EvalResult
 from pipeline.spec.run_settings import RunSettings
 
@@ -77,7 +77,7 @@ def bench(
 def with_prediction(result: BenchResult, path: Path, settings: RunSettings) -> BenchResult:
     """The measurement with fit's decode prediction beside it: this machine's class (mm hw --measure's
     rates, else datasheet figures), the settings and placement measured, the threads it ran on."""
-    from pipeline.spec.local_machine import local_class
+    from pipeline.probe.local_machine import local_class
 
     local = local_class()
     fit = fit_model(path, local, settings.model_copy(update={"n_threads": result.threads}))

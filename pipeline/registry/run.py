@@ -45,7 +45,7 @@ class Generation:
 def run_kwargs(profile: Profile, *, verify: bool = False, run: RunSettings | None = None) -> dict[str, Any]:
     """The Llama(...) kwargs of the profile's settings (or `run`, its settings with a user's flags), pointed at
     its blob after the blob passed the pre-run check and the settings passed the model's limits."""
-    from pipeline.spec.local_machine import default_threads
+    from pipeline.probe.local_machine import default_threads
 
     blob = check_blob(profile, full=verify)
     run = run or profile.run

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.base.errors import UsageError
+from pipeline.probe.local_machine import local_class
 from pipeline.registry.profile import Profile
 from pipeline.registry.store import get_profile, publish
-from pipeline.spec.local_machine import local_class
 
 
 def runnable_profile(text: str) -> tuple[Profile, str | None]:

@@ -254,8 +254,8 @@ def target_hardware(
     recipes: Path | None = None,
 ) -> HardwareClass:  # fmt: skip
     """The class to plan for: the one named, else the recipe's, else this machine; vram/ram sizes override."""
+    from pipeline.probe.local_machine import local_class
     from pipeline.spec.hardware import get_hardware
-    from pipeline.spec.local_machine import local_class
 
     if name or recipe:
         base = get_hardware(name or (recipe.hardware if recipe else ""), hardware_file(recipe, recipes))

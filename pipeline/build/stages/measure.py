@@ -70,7 +70,7 @@ def bench_stage(recipe: Recipe, env: StageEnv, qtype: str) -> Stage:
     assert settings is not None
 
     def inputs(up: Upstream) -> dict[str, Any]:
-        from pipeline.spec.local_machine import machine_identity
+        from pipeline.probe.local_machine import machine_identity
 
         cpu, cores, gpus = machine_identity()
         return {
