@@ -99,6 +99,21 @@ def test_the_token_count_is_what_was_sampled(mm: Mm, tiny_model: Path, raw: bool
     assert 1 <= document["n_tokens"] <= 2
 
 
+def test_max_tokens_is_exact_where_a_multibyte_character_straddles_the_limit(mm: Mm, tmp_path: Path) -> None:
+    """Issue 22: `-n 256` reported 257 tokens. llama-cpp-python skips its max_tokens check while a UTF-8
+    character is incomplete; with this model and seed, sampling runs on past 60 there (61 on the old count)."""
+    model = write_tiny_model(tmp_path / "g3.gguf", TinySpec(arch="gemma3", chat_template=None))
+    publish_fitted(model, CPU, name="bytes", settings=RunSettings(n_ctx=512))
+    for flags in (["--raw"], []):
+        out = mm("run", "bytes", "hello there", "-n", "60", "--seed", "1", *flags, "--json")
+        assert out.exit_code == 0, out.output
+        document = json.loads(out.stdout)
+        assert document["n_tokens"] <= 60
+        assert document["tokens_per_second"] == pytest.approx(document["n_tokens"] / document["seconds"], rel=0.02)
+    raw = json.loads(mm("run", "bytes", "hello there", "-n", "60", "--seed", "1", "--raw", "--json").stdout)
+    assert raw["n_tokens"] == 60  # a random-weight model does not stop early in plain completion
+
+
 # --- 6. a taken port -------------------------------------------------------------------------------------
 
 

@@ -90,15 +90,36 @@ def load(profile: Profile, *, verify: bool = False, chat_format: str | None = No
 
 
 class _TokenCounter:
-    """Counts sampled tokens: llama.cpp calls a logits processor once per token it samples, while a
-    stream's chunks are text pieces (held-back multi-byte or stop text arrives in extra chunks)."""
+    """A logits processor that counts sampled tokens and ends the generation at exactly `limit`.
 
-    def __init__(self) -> None:
-        self.count = 0
+    llama.cpp calls a logits processor once per token it samples (an end-of-generation token too, as
+    llama-server's tokens_predicted counts it), while a stream's chunks are text pieces. llama-cpp-python 0.3
+    checks max_tokens only after a complete UTF-8 character (llama.py `_create_completion`: the multi-byte
+    `continue` skips the check), so -n 256 sampled 257 tokens; past the limit this processor leaves only the
+    end-of-generation token to sample, which ends the reply without adding to it.
+    """
+
+    def __init__(self, limit: int, eog_token: int) -> None:
+        self.limit, self.eog_token = limit, eog_token
+        self.sampled = 0
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
-        self.count += 1
+        self.sampled += 1
+        if self.sampled > self.limit:
+            scores[:] = -float("inf")
+            scores[self.eog_token] = 0.0
         return scores
+
+    @property
+    def count(self) -> int:
+        return min(self.sampled, self.limit)
+
+    @classmethod
+    def kwargs(cls, llm: Llama, limit: int) -> tuple[_TokenCounter, dict[str, Any]]:
+        from llama_cpp import LogitsProcessorList
+
+        counter = cls(limit, llm.token_eos())
+        return counter, {"max_tokens": limit, "logits_processor": LogitsProcessorList([counter])}
 
 
 def _stream(chunks: Iterator[dict[str, Any]], text_of: Callable[[dict[str, Any]], str | None],
@@ -119,26 +140,19 @@ def _stream(chunks: Iterator[dict[str, Any]], text_of: Callable[[dict[str, Any]]
 
 def _complete(llm: Llama, prompt: str, max_tokens: int, temperature: float,
               on_token: TokenCallback | None) -> Generation:  # fmt: skip
-    from llama_cpp import LogitsProcessorList
-
-    counter, started = _TokenCounter(), time.perf_counter()
-    stream = llm.create_completion(
-        prompt, max_tokens=max_tokens, temperature=temperature, stream=True,
-        logits_processor=LogitsProcessorList([counter]),
-    )  # fmt: skip
+    (counter, limits), started = _TokenCounter.kwargs(llm, max_tokens), time.perf_counter()
+    stream = llm.create_completion(prompt, temperature=temperature, stream=True, **limits)
     text, stopped = _stream(cast(Iterator[dict[str, Any]], stream), lambda c: str(c["choices"][0]["text"]), on_token)
     return Generation(text, counter.count, time.perf_counter() - started, stopped)
 
 
 def _reply(llm: Llama, messages: Messages, max_tokens: int, temperature: float,
            on_token: TokenCallback | None) -> Generation:  # fmt: skip
-    from llama_cpp import LogitsProcessorList
-
-    counter, started = _TokenCounter(), time.perf_counter()
+    (counter, limits), started = _TokenCounter.kwargs(llm, max_tokens), time.perf_counter()
     stream = llm.create_chat_completion(
         messages=messages,  # type: ignore[arg-type]
-        max_tokens=max_tokens, temperature=temperature, stream=True, logits_processor=LogitsProcessorList([counter]),
-    )  # fmt: skip
+        temperature=temperature, stream=True, **limits,
+    )
     text, stopped = _stream(
         cast(Iterator[dict[str, Any]], stream), lambda c: c["choices"][0]["delta"].get("content"), on_token
     )
