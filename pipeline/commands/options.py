@@ -175,6 +175,18 @@ def parse_kv_type(values: list[str]) -> KvType | None:
     return cast(KvType, chosen.pop()) if chosen else None  # checked against KvType above
 
 
+ChatFormatOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--chat-format",
+        "--chat-template",
+        metavar="FORMAT",
+        help="The chat format (chatml, llama-3, gemma, ...) instead of the GGUF's own template or, without one, "
+        "its architecture's; `mm run` and every export use the same one.",
+    ),
+]
+
+
 # Several devices, spelled as llama.cpp's common/arg.cpp spells them.
 RpcOpt = Annotated[
     str | None,

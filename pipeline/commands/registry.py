@@ -9,7 +9,16 @@ import typer
 from pipeline.base.errors import IntegrityError
 from pipeline.base.plain_text import printable
 from pipeline.base.units import format_size
-from pipeline.commands.options import HardwareOpt, JsonOpt, ModelArg, NameArg, RecipesDirOpt, RunFlags, run_options
+from pipeline.commands.options import (
+    ChatFormatOpt,
+    HardwareOpt,
+    JsonOpt,
+    ModelArg,
+    NameArg,
+    RecipesDirOpt,
+    RunFlags,
+    run_options,
+)
 from pipeline.commands.registration import add_command, add_group
 from pipeline.commands.render import emit_json, note, table
 
@@ -28,6 +37,7 @@ def publish_command(
     name: Annotated[
         str | None, typer.Option(metavar="NAME", help="Profile name (default MODEL-QUANT@HARDWARE).")
     ] = None,
+    chat_format: ChatFormatOpt = None,
     as_json: JsonOpt = False,
     recipes: RecipesDirOpt = None,
 ) -> None:
@@ -44,7 +54,7 @@ def publish_command(
 
     path, recipe, _ = resolve_model(model, recipes)
     target = target_hardware(hardware, None, None, recipe, recipes)
-    settings = run.on(recipe.run if recipe else None)
+    settings = run.on(recipe.run if recipe else None).with_flags(chat_format=chat_format)
     fit = fit_for(path.resolve(), target, settings)
     profile = publish(path, target, fit, name=name, recipe=recipe, threads=settings.n_threads)
     if as_json:
@@ -251,12 +261,14 @@ def _repair(name: str | None, quiet: bool) -> list[Repair]:
 def export_command(
     name: NameArg,
     format: Annotated[str, typer.Option("--format", metavar="FORMAT", help="ollama, llama-server or json.")] = "ollama",
+    chat_format: ChatFormatOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Print a profile as an Ollama Modelfile, a llama-server command line, or JSON.
 
     The Modelfile's FROM is `$MM_HOME/exports/<sha256>.gguf`, a link to the blob (Ollama 0.5.5 wants the
-    .gguf extension); it is for Ollama 0.5.5 and later.
+    .gguf extension); it is for Ollama 0.5.5 and later. Both answer in the chat format `mm run` uses: a GGUF
+    without a template of its own gets llama-server's --chat-template, or a Modelfile TEMPLATE and stop lines.
 
     Example: mm export llama2-70b-chat-q2_k@rtx3060-12g > Modelfile && ollama create llama2-70b -f Modelfile
     """
@@ -264,7 +276,7 @@ def export_command(
     from pipeline.registry.store import get_profile
 
     format = format.strip().lower()  # spelled as the user likes, as quant types are (Ollama, ollama)
-    text = export(get_profile(name), format)
+    text = export(get_profile(name), format, chat_format)
     if as_json:
         emit_json({"profile": name, "format": format, "text": text})
         return

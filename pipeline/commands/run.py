@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from pipeline.commands.options import JsonOpt, RunFlags, run_options
+from pipeline.commands.options import ChatFormatOpt, JsonOpt, RunFlags, run_options
 from pipeline.commands.registration import add_command
 from pipeline.commands.render import emit_json, note
 
@@ -73,12 +73,7 @@ def run_command(
     raw: Annotated[
         bool, typer.Option("--raw", help="Continue the prompt as plain text, without the chat format.")
     ] = False,
-    chat_format: Annotated[
-        str | None,
-        typer.Option(
-            metavar="FORMAT", help="A llama-cpp-python chat format (chatml, llama-3, gemma, ...) instead of the GGUF's."
-        ),
-    ] = None,
+    chat_format: ChatFormatOpt = None,
     max_tokens: Annotated[
         int, typer.Option("--max-tokens", "-n", metavar="N", help="Tokens to generate (per chat turn).", min=1)
     ] = 256,

@@ -1,4 +1,5 @@
-"""Which chat format `mm run` talks to a model in: the GGUF's own template, else its architecture's known one.
+"""Which chat format `mm run` talks to a model in (the GGUF's own template, else its architecture's), and how
+llama-server and Ollama spell the same format, so that an export answers as `mm run` does.
 
 llama-cpp-python, given no template, silently falls back to Llama-2's `[INST]` format (llama.py,
 "Using fallback chat format"), and a model trained on another format answers with `[INST]` lines or
@@ -40,6 +41,72 @@ KNOWN_FORMATS = (
 )  # fmt: skip
 
 
+class ExportedFormat(NamedTuple):
+    """One format as other tools take it. llama_server: the built-in template name of llama.cpp's
+    llama-chat.cpp LLM_CHAT_TEMPLATES (applied by the legacy path, hence --no-jinja: with Jinja, on by
+    default in common/common.h, a name would be read as template text). ollama: a TEMPLATE in Ollama's Go
+    template syntax (.Messages, .Role, .Content) and the PARAMETER stop strings that end a turn."""
+
+    llama_server: str
+    ollama: str
+    stops: tuple[str, ...]
+
+
+_CHATML = ExportedFormat(
+    "chatml",
+    "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n",
+    ("<|im_start|>", "<|im_end|>"),
+)
+# Keyed by the llama-cpp-python names above; each text is what that format's llama_chat_format.py function writes.
+EXPORTED_FORMATS: dict[str, ExportedFormat] = {
+    "chatml": _CHATML,
+    "qwen": _CHATML,  # llama-cpp-python's qwen is ChatML with a default system turn
+    "gemma": ExportedFormat(
+        "gemma",
+        '{{- range .Messages }}<start_of_turn>{{ if eq .Role "assistant" }}model{{ else }}user{{ end }}\n'
+        "{{ .Content }}<end_of_turn>\n{{ end }}<start_of_turn>model\n",
+        ("<start_of_turn>", "<end_of_turn>"),
+    ),
+    "llama-3": ExportedFormat(
+        "llama3",
+        "{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n{{ .Content }}<|eot_id|>{{ end }}"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n",
+        ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+    ),
+    "llama-2": ExportedFormat(
+        "llama2",
+        '{{- range .Messages }}{{ if eq .Role "system" }}<<SYS>>\n{{ .Content }}\n<</SYS>>\n\n'
+        '{{ else if eq .Role "user" }}[INST] {{ .Content }} [/INST]{{ else }} {{ .Content }} </s>{{ end }}{{ end }}',
+        ("[INST]", "[/INST]", "<<SYS>>", "<</SYS>>"),
+    ),
+    "chatglm3": ExportedFormat(
+        "chatglm3",
+        "{{- range .Messages }}<|{{ .Role }}|>\n {{ .Content }}{{ end }}<|assistant|>",
+        ("<|user|>", "<|observation|>", "<|system|>"),
+    ),
+}
+
+
+def exported_format(name: str, tool: str) -> ExportedFormat:
+    """How llama-server and Ollama spell chat format `name`; a UsageError where mm knows no spelling."""
+    known = EXPORTED_FORMATS.get(name)
+    if known is None:
+        raise UsageError(
+            f"chat format {name!r}: mm knows no {tool} equivalent, so the export would answer in another format",
+            hint=f"choose a format that exports: {', '.join(EXPORTED_FORMATS)}",
+            param="chat_format",
+        )
+    return known
+
+
+def check_format(name: str) -> str:
+    """`name` if llama-cpp-python knows the format (what `mm run` loads), else a UsageError listing them."""
+    if name not in KNOWN_FORMATS:
+        raise UsageError(f"unknown chat format {name!r}", hint=f"one of: {', '.join(KNOWN_FORMATS)}",
+                         param="chat_format")  # fmt: skip
+    return name
+
+
 class ChatFormat(NamedTuple):
     name: str | None  # a llama-cpp-python chat_format; None: the GGUF's own template
     notice: str | None  # one line for the user when mm chose for them
@@ -53,22 +120,27 @@ def _arch_format(metadata: Mapping[str, object]) -> str | None:
 
 
 def choose_chat_format(metadata: Mapping[str, object], requested: str | None = None) -> ChatFormat:
-    """The requested format, else the GGUF's template, else the architecture's format (with a notice)."""
-    if requested is not None:
-        if requested not in KNOWN_FORMATS:
-            raise UsageError(f"unknown chat format {requested!r}", hint=f"one of: {', '.join(KNOWN_FORMATS)}")
-        return ChatFormat(requested, None)
-    if isinstance(metadata.get(TEMPLATE_KEY), str):
-        return ChatFormat(None, None)
+    """The requested format, else the GGUF's template, else the architecture's format (with a notice, also
+    when the architecture's format was requested: a profile stores what publish chose for a GGUF without one)."""
     arch = str(metadata.get("general.architecture", "?"))
-    known = _arch_format(metadata)
+    templated = isinstance(metadata.get(TEMPLATE_KEY), str)
+    known = None if templated else _arch_format(metadata)
+    if requested is not None:
+        chosen = check_format(requested)
+        return ChatFormat(chosen, _notice(chosen, arch) if chosen == known else None)
+    if templated:
+        return ChatFormat(None, None)
     if known is None:
         raise UsageError(
             f"the model has no chat template ({TEMPLATE_KEY}) and mm knows no format for architecture {arch!r}",
             hint=f"choose a chat format ({', '.join(KNOWN_FORMATS)}), or plain completion",
             param="chat_format",
         )
-    return ChatFormat(known, f"no chat template in the GGUF; using the {known} format for {arch}")
+    return ChatFormat(known, _notice(known, arch))
+
+
+def _notice(name: str, arch: str) -> str:
+    return f"no chat template in the GGUF; using the {name} format for {arch}"
 
 
 def describe_chat_template(metadata: Mapping[str, object]) -> str:

@@ -8,8 +8,10 @@ from typing import Literal
 from pipeline.base.errors import RegistryError, UsageError
 from pipeline.base.home import Home, atomic_symlink, mm_home
 from pipeline.base.plain_text import has_control
+from pipeline.gguf.chat_format import TEMPLATE_KEY, exported_format
 from pipeline.registry.blobs import blob_path
 from pipeline.registry.profile import Profile, llama_server_command
+from pipeline.registry.run import chat_format_for
 
 ExportFormat = Literal["ollama", "llama-server", "json"]
 FORMATS: tuple[ExportFormat, ...] = ("ollama", "llama-server", "json")
@@ -29,8 +31,9 @@ def gguf_link(home: Home, sha256: str) -> Path:
     return atomic_symlink(home.root / "exports" / f"{sha256}.gguf", blob_path(home, sha256))
 
 
-def modelfile(profile: Profile) -> str:
-    """An Ollama Modelfile; Ollama reads the chat template from the GGUF itself, so none is written.
+def modelfile(profile: Profile, chat_format: str | None = None) -> str:
+    """An Ollama Modelfile in the chat format `mm run` uses: Ollama reads a GGUF's own template, so a GGUF with
+    one gets none; without one (or with --chat-format) a TEMPLATE and its stop strings are written.
 
     Ollama sets flash attention and the KV cache type per server (environment), not per model: they
     are written as comments to copy into the server's environment. Ollama cannot keep a layer's experts
@@ -71,15 +74,34 @@ def modelfile(profile: Profile) -> str:
         if has_control(line):
             raise RegistryError(f"profile {profile.name!r}: a value holds a control character; no Modelfile written",
                                 hint="`mm show NAME --json` shows the profile; publish it again")  # fmt: skip
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _template_lines(profile, chat_format)) + "\n"
 
 
-def export(profile: Profile, fmt: str) -> str:
-    """The profile as text in format `fmt` (ollama | llama-server | json)."""
-    if fmt == "ollama":
-        return modelfile(profile)
-    if fmt == "llama-server":
-        return llama_server_command(str(blob_path(mm_home(), profile.blob.sha256)), profile.run) + "\n"
+def _template_lines(profile: Profile, requested: str | None) -> list[str]:
+    """The TEMPLATE and stop lines of the format `mm run` uses; mm's own constants (no profile text in them),
+    so written after the control-character check. The template holds no triple quote (Modelfile's delimiter)."""
+    chosen = chat_format_for(profile, requested).name
+    if chosen is None:
+        return [f"# chat template: Ollama reads the GGUF's own ({TEMPLATE_KEY}), as `mm run` does"]
+    spelled = exported_format(chosen, "Ollama")
+    return [
+        f"# chat format {chosen}, as `mm run` uses it (the GGUF has no template of its own)",
+        f'TEMPLATE """{spelled.ollama}"""',
+        *(f'PARAMETER stop "{stop}"' for stop in spelled.stops),
+    ]
+
+
+def export(profile: Profile, fmt: str, chat_format: str | None = None) -> str:
+    """The profile as text in format `fmt` (ollama | llama-server | json), in the chat format `mm run` would
+    use (`chat_format`: another, as --chat-format names it)."""
     if fmt == "json":
         return profile.model_dump_json(indent=2) + "\n"
+    if fmt == "ollama":
+        return modelfile(profile, chat_format)
+    chosen = chat_format_for(profile, chat_format).name
+    if chosen is not None:
+        exported_format(chosen, "llama-server")
+        profile = profile.model_copy(update={"run": profile.run.model_copy(update={"chat_format": chosen})})
+    if fmt == "llama-server":
+        return llama_server_command(str(blob_path(mm_home(), profile.blob.sha256)), profile.run) + "\n"
     raise UsageError(f"unknown export format {fmt!r}; expected one of: {', '.join(FORMATS)}")

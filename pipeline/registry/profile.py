@@ -19,6 +19,7 @@ from pipeline.base.plain_text import require_plain
 from pipeline.base.provenance import QuantParams, QuantRecord, SourceRef, source_ref, utc_now
 from pipeline.base.shards import shard_names
 from pipeline.fitting.fit import Verdict
+from pipeline.gguf.chat_format import EXPORTED_FORMATS, TEMPLATE_KEY, choose_chat_format
 from pipeline.gguf.header import GGUFHeader, read_header
 from pipeline.gguf.quant_types import QUANT_TYPES, by_ftype
 from pipeline.llama.tools import llama_cpp_version
@@ -202,6 +203,8 @@ def _common_flags(model_path: str, run: RunSettings) -> list[str]:
         flags += ["--override-tensor", ",".join(run.tensor_overrides)]
     if run.devices is not None:
         flags += run.devices.llama_args()
+    if run.chat_format in EXPORTED_FORMATS:  # another format is refused by `mm export` (chat_format.py)
+        flags += ["--no-jinja", "--chat-template", EXPORTED_FORMATS[run.chat_format].llama_server]
     return flags
 
 
@@ -259,6 +262,7 @@ def build_profile(
     if threads is None and recipe is not None:
         threads = recipe.run.n_threads
     run = fit.settings.placed(fit.n_gpu_layers, fit.n_cpu_moe, fit.tensor_overrides, threads)
+    run = run.model_copy(update={"chat_format": stored_chat_format(header, run.chat_format)})
     if fit.split is not None:  # the split fit planned, as -ts layer counts
         run = run.model_copy(update={"devices": fit.split.layout})
     check_model(run, header, str(model), UsageError)
@@ -287,6 +291,17 @@ def build_profile(
         name=chosen, model=short, architecture=header.architecture, quant=quant, hardware=hardware.name,
         blob=blob, provenance=provenance, run=run, prediction=prediction, **_commands(blob.path, run),
     )  # fmt: skip
+
+
+def stored_chat_format(header: GGUFHeader, requested: str | None) -> str | None:
+    """What a profile keeps as its chat format: the one asked for, else the architecture's for a GGUF without
+    a template (so `mm run`, `mm show` and every export name the same one), else None (the GGUF's own)."""
+    if requested is not None or TEMPLATE_KEY in header.metadata:
+        return requested
+    try:
+        return choose_chat_format(header.metadata).name
+    except UsageError:  # no template and no known format: `mm run` asks for one, --raw still works
+        return None
 
 
 def check_model(run: RunSettings, header: GGUFHeader, where: str, error: type[MMError]) -> RunSettings:

@@ -70,9 +70,10 @@ def with_flags(profile: Profile, flags: Mapping[str, Any]) -> Profile:
 
 
 def chat_format_for(profile: Profile, requested: str | None = None) -> ChatFormat:
-    """The chat format for this profile's model: --chat-format, its GGUF template, or its architecture's."""
+    """The chat format for this profile's model, as `mm run` and `mm export` both use it: --chat-format, else
+    the profile's, else its GGUF's template, else its architecture's (a profile published before mm stored it)."""
     blob = check_blob(profile, full=False)
-    return choose_chat_format(read_header(blob).metadata, requested)
+    return choose_chat_format(read_header(blob).metadata, requested or profile.run.chat_format)
 
 
 def load(profile: Profile, *, verify: bool = False, chat_format: str | None = None) -> Llama:
@@ -151,7 +152,9 @@ def _reply(llm: Llama, messages: Messages, max_tokens: int, temperature: float,
     (counter, limits), started = _TokenCounter.kwargs(llm, max_tokens), time.perf_counter()
     stream = llm.create_chat_completion(
         messages=messages,  # type: ignore[arg-type]
-        temperature=temperature, stream=True, **limits,
+        temperature=temperature,
+        stream=True,
+        **limits,
     )
     text, stopped = _stream(
         cast(Iterator[dict[str, Any]], stream), lambda c: c["choices"][0]["delta"].get("content"), on_token

@@ -28,6 +28,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from pipeline.base.errors import MMError, UsageError
+from pipeline.gguf.chat_format import check_format
 from pipeline.gguf.header import EXPERTS_RE
 from pipeline.spec.devices import DeviceLayout
 
@@ -99,6 +100,9 @@ class RunSettings(BaseModel):
     # Several devices (--rpc workers, -ts split; spec/devices.py). A profile across RPC workers runs through
     # llama-server (registry/run_server.py); None: one GPU and the CPU.
     devices: DeviceLayout | None = None
+    # The chat format `mm run` talks in and exports name (a llama-cpp-python name, gguf/chat_format.py); None:
+    # the GGUF's own template. Publish stores the architecture's format for a GGUF without a template.
+    chat_format: str | None = None
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -146,6 +150,11 @@ class RunSettings(BaseModel):
         # llama-context.cpp: cparams.n_ubatch = min(n_batch, n_ubatch)
         self.__dict__["n_ubatch"] = min(self.n_ubatch, self.n_batch)
         return self
+
+    @field_validator("chat_format")
+    @classmethod
+    def _chat_format(cls, value: str | None) -> str | None:
+        return None if value is None else check_format(value)
 
     @field_validator("tensor_overrides")
     @classmethod
