@@ -165,3 +165,25 @@ def test_moe_fit_says_why_its_placement(mm: Mm, tmp_path: Path) -> None:
     assert "same as llama.cpp's fit order" in doc["placement_reason"]  # everything fits: nothing to choose
     asked = json.loads(mm("fit", str(model), "--hardware", "rtx3060-12g", "--n-cpu-moe", "1", "--json").stdout)
     assert asked["placement_reason"].startswith("the placement asked for")
+
+
+# --- issue 22 point 12: figures that agree with what was given ------------------------------------------------
+
+
+def test_a_gpu_too_small_for_any_layer_is_not_no_gpu(mm: Mm, tiny_model: Path) -> None:
+    """307 MiB is below the 512 MiB runtime overhead a GPU class keeps: nothing goes there, yet a GPU was given."""
+    result = mm("fit", str(tiny_model), "--vram", "0.3", "--ram", "4")
+    assert result.exit_code == 0, result.output
+    assert "n/a (no GPU)" not in result.stdout and "fits VRAM: no layer fits in 307 MiB" in result.stdout
+    assert "fits VRAM: n/a (no GPU)" in mm("fit", str(tiny_model), "--vram", "0", "--ram", "4").stdout
+
+
+def test_vram_units_are_read_as_written_and_the_bandwidth_is_named(mm: Mm, tiny_model: Path) -> None:
+    bits = mm("fit", str(tiny_model), "--vram", "12Gb")
+    assert bits.exit_code == 2 and "ambiguous" in bits.stderr and "12G or 12GiB" in bits.stderr
+    binary = mm("fit", str(tiny_model), "--vram", "12G")
+    assert "(12 GiB VRAM" in binary.stdout
+    assert "a GPU given by its size alone reads 360 GB/s" in binary.stderr
+    assert "(11.2 GiB VRAM" in mm("fit", str(tiny_model), "--vram", "12GB").stdout  # decimal, as SIZE_HELP says
+    catalog = mm("fit", str(tiny_model), "--hardware", "rtx3060-12g")
+    assert "given by its size alone" not in catalog.stderr

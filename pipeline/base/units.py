@@ -29,6 +29,12 @@ def parse_size(text: str | int, *, what: str = "size", bare_unit: str = "") -> i
     match = _SIZE_RE.match(text)
     if not match:
         raise UsageError(f"{what}: {text!r} is not a size; expected {SIZE_HELP}")
+    if re.fullmatch(r"[KMGT]i?b", match.group(2)):  # 12Gb: by convention gigabits, and meant as bytes or GiB
+        raise UsageError(
+            f"{what}: {text!r} is ambiguous (a lowercase b is bits)",
+            hint=f"write {match.group(1)}{match.group(2)[0]} or {match.group(1)}{match.group(2)[0]}iB for binary "
+            f"units (a 12 GB card has 12 GiB), or {match.group(1)}{match.group(2)[0]}B for decimal",
+        )
     number, unit = float(match.group(1)), (match.group(2) or bare_unit).upper()
     if unit in _DECIMAL:
         factor = _DECIMAL[unit]

@@ -194,8 +194,12 @@ def _show_fit(r: FitResult) -> None:
                 for a in r.alternatives]  # fmt: skip
         table(("placement", "gpu layers", "n-cpu-moe", "vram", "tokens/s"), rows)
         typer.echo(f"why: {r.placement_reason}")
-    no_gpu = r.gpu.total_bytes == 0 and r.n_gpu_layers == 0
-    fits_vram = "n/a (no GPU)" if no_gpu else ("yes" if r.fits_vram else "no")
+    if not r.hardware_vram_bytes:
+        fits_vram = "n/a (no GPU)"
+    elif r.n_gpu_layers == 0 and r.gpu.total_bytes == 0:
+        fits_vram = f"no layer fits in {format_size(r.hardware_vram_bytes)} (all on the CPU)"
+    else:
+        fits_vram = "yes" if r.fits_vram else "no"
     typer.echo(f"fits VRAM: {fits_vram}   fits RAM: {'yes' if r.fits_ram else 'no'}")
     for suggestion in r.suggestions:
         typer.echo(f"try {suggestion}")

@@ -34,7 +34,7 @@ from pipeline.fitting.placement import (
 )
 from pipeline.fitting.speed import tokens_per_second_spread
 from pipeline.gguf.header import read_model
-from pipeline.spec.hardware import HardwareClass
+from pipeline.spec.hardware import LOCAL_GPU_BANDWIDTH_GBPS, HardwareClass
 from pipeline.spec.run_settings import RunSettings, beyond_training, check_for_model, expert_overrides
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,7 @@ class FitResult(BaseModel):
     alternatives: list[PlacementOption] = Field(default_factory=list)  # MoE: expert vs plain layer offload
     placement_reason: str = ""  # why this placement (MoE on a GPU)
     vram_bytes: int  # predicted GPU total (0 without a GPU)
+    hardware_vram_bytes: int = 0  # the class's VRAM (0: no GPU), so "nothing on the GPU" is told from "no GPU"
     ram_bytes: int  # predicted CPU total
     gpu: DeviceBreakdown
     cpu: DeviceBreakdown
@@ -215,6 +216,7 @@ def fit_shape(
         schema_version=SCHEMA_VERSION,
         model_path=str(model),
         hardware=hardware.name,
+        hardware_vram_bytes=hardware.vram_bytes,
         settings=settings,
         safety_margin=margin,
         n_layers=shape.n_layers,
@@ -291,7 +293,7 @@ def _assumptions(shape: ModelShape, hardware: HardwareClass, settings: RunSettin
         f"(GPU {hardware.gpu_bandwidth_gbps:g} GB/s, RAM {hardware.ram_bandwidth_gbps:g} GB/s) and the matrix work "
         + (
             f"over the CPU compute rates measured at {hardware.measured_threads(settings.n_threads)} thread(s) "
-            f"(-t {settings.n_threads or hardware.threads or '-'}) for {hardware.name} ({hardware.measured}), plus "
+            f"(-t {settings.n_threads or hardware.threads or '-'}; {hardware.measured}), plus "
             "the measured per-token overhead"
             if rates
             else "(no compute rates for this class: the prediction is an upper bound; `mm hw --measure` calibrates "
@@ -302,6 +304,11 @@ def _assumptions(shape: ModelShape, hardware: HardwareClass, settings: RunSettin
     ]
     if hardware.has_gpu:
         notes.append(f"{format_size(hardware.gpu_overhead_bytes)} of VRAM for the CUDA context and runtime")
+    if hardware.has_gpu and not hardware.gpus and hardware.gpu_bandwidth_gbps == LOCAL_GPU_BANDWIDTH_GBPS:
+        notes.append(
+            f"a GPU given by its size alone reads {LOCAL_GPU_BANDWIDTH_GBPS:g} GB/s, a mid-range card's bandwidth "
+            "(spec/hardware.py); --hardware CLASS (`mm hw`) or a class with gpus = [ID] (`mm hw --gpus`) uses the card's"
+        )
     if shape.is_moe:
         notes.append(
             f"a token reads only {shape.n_expert_used} of {shape.n_expert} routed experts per layer (and all "
