@@ -307,7 +307,8 @@ def _assumptions(shape: ModelShape, hardware: HardwareClass, settings: RunSettin
     if hardware.has_gpu and not hardware.gpus and hardware.gpu_bandwidth_gbps == LOCAL_GPU_BANDWIDTH_GBPS:
         notes.append(
             f"a GPU given by its size alone reads {LOCAL_GPU_BANDWIDTH_GBPS:g} GB/s, a mid-range card's bandwidth "
-            "(spec/hardware.py); --hardware CLASS (`mm hw`) or a class with gpus = [ID] (`mm hw --gpus`) uses the card's"
+            "(spec/hardware.py); --hardware CLASS (`mm hw`) or a class with gpus = [ID] (`mm hw --gpus`) uses "
+            "the card's"
         )
     if shape.is_moe:
         notes.append(
