@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -98,8 +100,30 @@ def test_plan_matches_what_quantize_writes(tiny_model: Path) -> None:
     done = quantize(QuantizeRequest(source=tiny_model, params=QuantParams(type="q4_k_m")))
     actual = tensor_types(done.output)
     assert {t.name: (t.type, t.n_bytes) for t in predicted.tensors} == actual
-    assert abs(predicted.file_bytes - done.output.stat().st_size) < 64  # header padding only
+    assert predicted.file_bytes == done.output.stat().st_size  # header and padding too (issue 22)
     assert not predicted.needs_imatrix and predicted.fallbacks == 0
+
+
+@pytest.mark.parametrize("split", [0, 8])
+def test_dry_run_bytes_and_bpw_are_what_llama_cpp_writes_and_reports(tmp_path: Path, split: int) -> None:
+    """Issue 22: the dry run said 5,901,676 bytes and 7.03 bpw, the file had 5,901,664 bytes and mm said 7.22.
+    Truth: the written file's size, and the BPW llama.cpp's loader prints for it (print_info)."""
+    model = write_tiny_model(tmp_path / "m.gguf", TinySpec(arch="gemma3", split_max_tensors=split))
+    dry = json.loads(_mm("quantize", str(model), "--to", "q8_0", "--dry-run", "--json").stdout)[0]
+    done = json.loads(_mm("quantize", str(model), "--to", "q8_0", "--json").stdout)[0]
+    assert Path(done["output"]).stat().st_size == dry["file_bytes"]
+    load = f"import llama_cpp; llama_cpp.Llama({done['output']!r}, n_ctx=64, verbose=True)"
+    log = subprocess.run([sys.executable, "-c", load], capture_output=True, text=True, timeout=120, check=True).stderr
+    reported = re.search(r"file size\s+=\s+[\d.]+ [MG]iB \(([\d.]+) BPW\)", log)
+    assert reported is not None, log[-2000:]
+    assert dry["bits_per_weight"] == done["bits_per_weight"] == float(reported.group(1))
+
+
+def _mm(*args: str) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], env=dict(os.environ),
+                            capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result
 
 
 def test_plan_is_fast_and_writes_nothing(tiny_model: Path) -> None:

@@ -96,6 +96,9 @@ class GGUFHeader:
     tensors: list[TensorInfo] = field(default_factory=list)
     data_offset: int = 0
     file_size: int = 0
+    # bytes of each metadata key-value pair as stored (key, type, value), for writers that copy them
+    # (llama-quantize): with the tensor infos they give a written header's exact size
+    kv_sizes: dict[str, int] = field(default_factory=dict)
 
     @property
     def architecture(self) -> str:
@@ -248,10 +251,13 @@ def read_header(path: Path) -> GGUFHeader:
         n_tensors = buf.count("tensor count", 24, MAX_TENSORS)
         n_kv = buf.count("metadata count", 12, MAX_KV)
         metadata: dict[str, Any] = {}
+        kv_sizes: dict[str, int] = {}
         for _ in range(n_kv):
+            start = buf.pos
             key = buf.string("metadata key", MAX_KEY_BYTES)
             label = printable(key)  # the key as messages show it
             metadata[key] = _read_value(buf, _value_type(buf, f"type of {label}"), label)
+            kv_sizes[key] = buf.pos - start
         raw = [_read_tensor_info(buf) for _ in range(n_tensors)]
         alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
         if not _is_int(alignment) or not 0 < alignment <= MAX_ALIGNMENT or alignment & (alignment - 1):
@@ -261,7 +267,7 @@ def read_header(path: Path) -> GGUFHeader:
         _check_hparams(path, metadata)
         data_offset = buf.pos + (-buf.pos % alignment)
     tensors = [_tensor(path, data_offset, size, *item) for item in raw]
-    return GGUFHeader(path, version, metadata, tensors, data_offset, size)
+    return GGUFHeader(path, version, metadata, tensors, data_offset, size, kv_sizes)
 
 
 def _tensor(

@@ -103,7 +103,7 @@ class GroupSizes(BaseModel):
 
     groups: dict[str, dict[str, int]]  # group -> ggml type -> bytes (tensor data, 32-byte padded)
     tensors: dict[str, dict[str, tuple[int, str]]] = {}  # tensor -> rung ggml type -> (bytes, type written)
-    header_bytes: int  # the dry run's header estimate (slightly above the written header)
+    header_bytes: int  # the header the dry run predicts (exact: quant_plan._output_header_bytes)
     n_elements: int
 
     def file_bytes(self, mix: TypeMix) -> int:

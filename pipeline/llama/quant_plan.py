@@ -13,7 +13,7 @@ from pipeline.base.errors import ModelFormatError, QuantizeError, UsageError
 from pipeline.base.home import mm_home
 from pipeline.base.provenance import QuantParams
 from pipeline.gguf.ggml_types import ggml_type_id, tensor_bytes
-from pipeline.gguf.header import GGUFHeader, read_model
+from pipeline.gguf.header import DEFAULT_ALIGNMENT, GGUFHeader, read_model
 from pipeline.gguf.quant_types import QuantType, parse_quant_type
 from pipeline.llama.engines import QuantizeLog, dry_run_in_process, require_llama_quantize, run_quantize
 from pipeline.llama.worker import QuantizeJob
@@ -29,13 +29,13 @@ class QuantPlan(BaseModel):
     """What a quantize would produce, from llama.cpp's dry run: exact tensor sizes and types."""
 
     type: str
-    file_bytes: int  # tensor data exact; header estimated from the source's (same keys, two more)
+    file_bytes: int  # exact: the header llama-quantize writes and every tensor, padded
     tensors: list[PlannedTensor]
     needs_imatrix: bool
     fallbacks: int
     fallback_note: str | None = None
     source_bytes: int
-    bits_per_weight: float
+    bits_per_weight: float  # as llama.cpp reports it (bits_per_weight below)
 
     @property
     def tensor_types(self) -> dict[str, int]:
@@ -88,20 +88,35 @@ def read_source(path: Path) -> GGUFHeader:
         [t for h in headers for t in h.tensors],
         first.data_offset,
         sum(h.file_size for h in headers),
+        first.kv_sizes,  # llama.cpp copies the first shard's metadata (llama-quant.cpp gguf_set_kv)
     )
 
 
-def _output_header_bytes(header: GGUFHeader) -> int:
-    """The source's header plus general.file_type / general.quantization_version when it lacks them."""
-    extra = 0
-    for key in ("general.file_type", "general.quantization_version"):
-        if key not in header.metadata:
-            extra += 8 + len(key) + 4 + 4  # key length, key, value type, u32 value
-    return header.data_offset + extra
+# What llama-quantize writes beside the source's metadata (src/llama-quant.cpp, llama_model_quantize_impl): it
+# sets these two u32 keys and removes the split keys; a GGUF key-value pair is a u64 length, the key, a u32 type
+# and the value (ggml/src/gguf.cpp).
+_SET_U32_KEYS = ("general.quantization_version", "general.file_type")
+_REMOVED_KEYS = ("split.no", "split.count", "split.tensors.count")
+_PREFIX_BYTES = 4 + 4 + 8 + 8  # magic, version, tensor count, key-value count
 
 
-def _pad(n: int, alignment: int = 32) -> int:
+def _output_header_bytes(header: GGUFHeader, alignment: int) -> int:
+    """The exact size of the header llama-quantize writes for `header`'s model, padded to the alignment."""
+    kv = {key: size for key, size in header.kv_sizes.items() if key not in _REMOVED_KEYS}
+    kv |= {key: 8 + len(key.encode()) + 4 + 4 for key in _SET_U32_KEYS}
+    # a tensor info: name (u64 length + bytes), n_dims (u32), one u64 per dimension, type (u32), offset (u64)
+    infos = sum(8 + len(t.name.encode()) + 4 + 8 * len(t.shape) + 4 + 8 for t in header.tensors)
+    return _pad(_PREFIX_BYTES + sum(kv.values()) + infos, alignment)
+
+
+def _pad(n: int, alignment: int) -> int:
     return n + (-n % alignment)
+
+
+def bits_per_weight(tensor_bytes: int, n_elements: int) -> float:
+    """As llama.cpp's loader reports it (print_info "file size = ... (x BPW)", llama-model-loader.cpp): tensor
+    data only, without the header and padding, per weight."""
+    return round(tensor_bytes * 8 / (n_elements or 1), 2)
 
 
 def plan(
@@ -137,15 +152,16 @@ def _plan_from_log(header: GGUFHeader, qtype: QuantType, parsed: QuantizeLog) ->
         if new_type is None:
             raise QuantizeError(f"{header.path}: llama.cpp's dry run did not report tensor {info.name}")
         tensors.append(PlannedTensor(info.name, new_type, tensor_bytes(new_type, info.shape)))
-    data = sum(_pad(t.n_bytes) for t in tensors)
-    n_elements = sum(t.n_elements for t in header.tensors) or 1
+    alignment = header.metadata.get("general.alignment", DEFAULT_ALIGNMENT)  # checked by the header reader
+    data = sum(_pad(t.n_bytes, alignment) for t in tensors)  # each tensor padded (llama-quant.cpp zeros())
+    n_elements = sum(t.n_elements for t in header.tensors)
     return QuantPlan(
         type=qtype.canonical,
-        file_bytes=_output_header_bytes(header) + data,
+        file_bytes=_output_header_bytes(header, alignment) + data,
         tensors=tensors,
         needs_imatrix=parsed.needs_imatrix,
         fallbacks=len(parsed.fallbacks),
         fallback_note=parsed.fallback_note(),
         source_bytes=header.file_size,
-        bits_per_weight=round(sum(t.n_bytes for t in tensors) * 8 / n_elements, 3),
+        bits_per_weight=bits_per_weight(sum(t.n_bytes for t in tensors), n_elements),
     )

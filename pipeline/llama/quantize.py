@@ -34,7 +34,7 @@ from pipeline.base.shards import unsplit_stem
 from pipeline.gguf.header import GGUFHeader, read_header
 from pipeline.gguf.quant_types import QuantType, by_ftype, parse_quant_type
 from pipeline.llama.engines import ApiWorker, TensorProgress, require_llama_quantize, run_quantize
-from pipeline.llama.quant_plan import QuantPlan, plan, quantize_job, read_source
+from pipeline.llama.quant_plan import QuantPlan, bits_per_weight, plan, quantize_job, read_source
 from pipeline.llama.tools import llama_cpp_version
 
 log = logging.getLogger(__name__)
@@ -285,7 +285,7 @@ def _result(
     warnings: list[str],
     log_path: Path | None,
 ) -> QuantizeResult:
-    n_elements = sum(t.n_elements for t in source.tensors) or 1
+    written = read_header(output).tensors if output.is_file() else []
     return QuantizeResult(
         record=record,
         output=output,
@@ -293,7 +293,7 @@ def _result(
         type=qtype.canonical,
         source_bytes=source.file_size,
         output_bytes=record.size_bytes,
-        bits_per_weight=round(record.size_bytes * 8 / n_elements, 2),
+        bits_per_weight=bits_per_weight(sum(t.n_bytes for t in written), sum(t.n_elements for t in written)),
         seconds=record.seconds,
         warnings=warnings,
         log_path=log_path,
