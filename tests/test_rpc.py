@@ -157,3 +157,20 @@ def test_a_stopped_worker_is_one_clear_error_before_loading(
     ran = _run("gone", "Hello", 4)
     assert ran.returncode == 7, ran.stderr
     assert f"RPC worker {endpoint} is not reachable" in ran.stderr and "Traceback" not in ran.stderr
+
+
+def test_one_gpu_full_offload_of_a_tied_model_has_token_embd_on_both_sides(
+    llama_tools: BuiltTools, models: dict[str, Path], endpoints: list[str]
+) -> None:
+    """Issue 22: `mm fit` showed CPU weights 0 B for a fully offloaded tied model. llama.cpp keeps the input's
+    token_embd in the CPU buffer and loads its copy as the output head on the GPU (a worker stands in for it)."""
+    truth = reported_buffers(llama_tools, models["tied"], ["--rpc", endpoints[0], "-ngl", "999", "-c", "1024"])
+    argv = [sys.executable, "-m", "pipeline.cli", "fit", str(models["tied"]), "-H", "rtx3060-12g", "-c", "1024"]
+    proc = subprocess.run([*argv, "--json"], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["verdict"] == "full_offload"
+    gpu, cpu = truth[f"RPC0[{endpoints[0]}]"]["model"], truth["CPU_Mapped"]["model"]
+    assert result["gpu"]["weights_bytes"] / MIB == pytest.approx(gpu, rel=0.02, abs=0.011)
+    assert result["cpu"]["weights_bytes"] / MIB == pytest.approx(cpu, rel=0.02, abs=0.011) and cpu > 0
+    assert "token embeddings in RAM, their copy as the tied output head on the GPU" in result["placement"]

@@ -172,7 +172,8 @@ def split_layers(
     """(gpu, cpu) buffers for `n_gpu_layers` (and `n_cpu_moe`), as llama-model.cpp load_tensors assigns them.
 
     i_gpu_start = n_layer + 1 - n_gpu_layers: the output layer (index n_layer) is the first to go to the
-    GPU, then repeating layers from the last one down; token embeddings always stay on the CPU. The KV
+    GPU, then repeating layers from the last one down; token embeddings always stay on the CPU (a tied head
+    puts a copy of them on the output layer's device). The KV
     cache of a layer lives with the layer (offload_kqv, the default). `--n-cpu-moe K` overrides the
     buffer type of the routed experts of layers 0..K-1 to the CPU (common/arg.cpp); the rest of those
     layers stays where -ngl put it (`--cpu-moe` is K = n_layer).
@@ -181,8 +182,10 @@ def split_layers(
     start = shape.n_layers + 1 - ngl
     experts = shape.expert_bytes or (0,) * shape.n_layers
     held = sum(experts[start : max(start, min(n_cpu_moe, shape.n_layers))])  # GPU layers' experts in RAM
-    gpu_w = sum(shape.layer_bytes[start:]) + (shape.output_bytes + shape.tied_bytes if ngl > 0 else 0)
-    gpu_w -= held
+    moved = sum(shape.layer_bytes[start:]) + (shape.output_bytes if ngl > 0 else 0) - held  # left the CPU
+    # A tied head is a second copy of token_embd (TENSOR_DUPLICATED): the input's stays in the CPU buffer
+    # (llama.cpp reports it as CPU_Mapped beside the GPU's model buffer), so the copy adds to the GPU only.
+    gpu_w = moved + (shape.tied_bytes if ngl > 0 else 0)
     kv = kv_per_layer(shape, ctx)
     gpu_kv, all_kv = sum(kv[start:]), sum(kv)
     compute = compute_buffer_bytes(shape, ctx)
@@ -198,5 +201,5 @@ def split_layers(
         # the GPU's compute buffer holds the largest such tensor. An estimate: not checked against a GPU.
         compute += shape.max_expert_tensor_bytes
     gpu = DeviceBuffers(gpu_w, gpu_kv, 0, compute)
-    cpu = DeviceBuffers(shape.weights_bytes - gpu_w, all_kv - gpu_kv, output, host_compute)
+    cpu = DeviceBuffers(shape.weights_bytes - moved, all_kv - gpu_kv, output, host_compute)
     return gpu, cpu

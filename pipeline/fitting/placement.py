@@ -164,6 +164,8 @@ def describe_placement(shape: ModelShape, n_gpu_layers: int, n_cpu_moe: int) -> 
         where = f"only the output layer on the GPU, layers 0-{n - 1} in RAM"
     elif start == 0:
         where = "every layer on the GPU"
+        if shape.tied_bytes:  # llama-model.cpp: the input layer is the CPU's; a tied head is a copy (TENSOR_DUPLICATED)
+            where += " (token embeddings in RAM, their copy as the tied output head on the GPU)"
     else:
         where = f"layers {start}-{n - 1} on the GPU, layers 0-{start - 1} in RAM"
     if not shape.is_moe or n_cpu_moe <= start:
