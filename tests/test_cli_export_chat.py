@@ -17,9 +17,11 @@ from llama_cpp import llama_chat_format
 from typer.testing import Result
 
 from pipeline.base.child import stop
+from pipeline.base.home import mm_home
 from pipeline.gguf.tiny_model import write_tiny_model
 from pipeline.gguf.tiny_tensors import TinySpec
 from pipeline.llama.tools import BuiltTools
+from pipeline.registry.store import profile_path
 from tests.rpc_workers import free_port
 
 Mm = Callable[..., Result]
@@ -98,3 +100,13 @@ def test_a_published_chat_format_is_what_run_and_export_use(mm: Mm, tmp_path: Pa
     assert refused.exit_code == 2 and "no llama-server equivalent" in refused.stderr
     unknown = mm("publish", str(model), "--hardware", "cpu-64g", "--name", "x", "--chat-format", "nope")
     assert unknown.exit_code == 2 and "unknown chat format 'nope'" in unknown.stderr
+
+
+def test_a_profile_published_before_mm_stored_the_format_exports_the_architectures(mm: Mm, untemplated: str) -> None:
+    path = profile_path(mm_home(), untemplated)
+    document = json.loads(path.read_text())
+    del document["run"]["chat_format"]  # as mm wrote profiles before issue 22
+    path.chmod(0o644)
+    path.write_text(json.dumps(document))
+    assert "--no-jinja --chat-template gemma" in mm("export", untemplated, "--format", "llama-server").stdout
+    assert "<start_of_turn>" in mm("export", untemplated).stdout
