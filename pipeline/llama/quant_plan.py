@@ -12,8 +12,8 @@ from pydantic import BaseModel
 from pipeline.base.errors import ModelFormatError, QuantizeError, UsageError
 from pipeline.base.home import mm_home
 from pipeline.base.provenance import QuantParams
-from pipeline.gguf.ggml_types import ggml_type_id, tensor_bytes
 from pipeline.gguf.format import DEFAULT_ALIGNMENT
+from pipeline.gguf.ggml_types import ggml_type_id, tensor_bytes
 from pipeline.gguf.header import GGUFHeader, read_model
 from pipeline.gguf.quant_types import QuantType, parse_quant_type
 from pipeline.llama.engines import QuantizeLog, dry_run_in_process, require_llama_quantize, run_quantize
