@@ -98,8 +98,13 @@ def test_a_published_chat_format_is_what_run_and_export_use(mm: Mm, tmp_path: Pa
     assert "gemma format" not in mm("run", "cm", "hi", "-n", "1").stderr
     refused = mm("export", "cm", "--format", "llama-server", "--chat-format", "vicuna")
     assert refused.exit_code == 2 and "no llama-server equivalent" in refused.stderr
-    unknown = mm("publish", str(model), "--hardware", "cpu-64g", "--name", "x", "--chat-format", "nope")
-    assert unknown.exit_code == 2 and "unknown chat format 'nope'" in unknown.stderr
+    unknown = mm("publish", str(model), "--hardware", "cpu-64g", "--name", "x", "--chat-format", "gemmma")
+    assert unknown.exit_code == 2 and "unknown chat format 'gemmma'; did you mean gemma?" in unknown.stderr
+    # llama.cpp's spelling of a format (as llama-server's --chat-template takes it) is the same format
+    assert (
+        mm("publish", str(model), "--hardware", "cpu-64g", "--name", "l3", "--chat-template", "llama3").exit_code == 0
+    )
+    assert json.loads(mm("show", "l3", "--json").stdout)["run"]["chat_format"] == "llama-3"
 
 
 def test_a_profile_published_before_mm_stored_the_format_exports_the_architectures(mm: Mm, untemplated: str) -> None:

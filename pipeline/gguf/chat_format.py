@@ -8,6 +8,7 @@ nothing. mm chooses explicitly and says so.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 from typing import NamedTuple
 
@@ -100,11 +101,18 @@ def exported_format(name: str, tool: str) -> ExportedFormat:
 
 
 def check_format(name: str) -> str:
-    """`name` if llama-cpp-python knows the format (what `mm run` loads), else a UsageError listing them."""
-    if name not in KNOWN_FORMATS:
-        raise UsageError(f"unknown chat format {name!r}", hint=f"one of: {', '.join(KNOWN_FORMATS)}",
-                         param="chat_format")  # fmt: skip
-    return name
+    """`name` if llama-cpp-python knows the format (what `mm run` loads), or llama.cpp's spelling of one (llama3:
+    llama-3), else a UsageError listing them."""
+    if name in KNOWN_FORMATS:
+        return name
+    spelled = next((mm for mm, known in EXPORTED_FORMATS.items() if known.llama_server == name), None)
+    if spelled is not None:
+        return spelled
+    close = difflib.get_close_matches(name, KNOWN_FORMATS, n=1, cutoff=0.6)
+    raise UsageError(
+        f"unknown chat format {name!r}" + (f"; did you mean {close[0]}?" if close else ""),
+        hint=f"one of: {', '.join(KNOWN_FORMATS)}", param="chat_format",
+    )  # fmt: skip
 
 
 class ChatFormat(NamedTuple):
