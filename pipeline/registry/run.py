@@ -106,7 +106,7 @@ class _TokenCounter:
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         self.sampled += 1
-        if self.sampled > self.limit:
+        if self.sampled > self.limit and self.eog_token >= 0:  # a vocabulary without one: max_tokens ends it
             scores[:] = -float("inf")
             scores[self.eog_token] = 0.0
         return scores
