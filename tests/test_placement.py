@@ -59,7 +59,10 @@ def tensor_sizes(path: Path) -> dict[str, int]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("name", "low", "high"), [("qwen3-30b-a3b", 25, 99), ("gpt-oss-120b", 15, 60)])
+# gpt-oss-120b with its experts in DDR4 (the class: 50 GB/s): 10-17 tok/s on a DDR4 Ryzen 5800X
+# (https://llmgarage.ai/gpt-oss-120b-dual-3090), 18-26 tok/s on DDR5 with a 14900K (Wrong-Historian's post, quoted at
+# https://gokawiil.com/article/74814); RAM at 0.59 of datasheet is what public hybrid runs show (fitting/gpu_speed.py).
+@pytest.mark.parametrize(("name", "low", "high"), [("qwen3-30b-a3b", 25, 99), ("gpt-oss-120b", 10, 60)])
 def test_big_moe_on_a_12g_card_keeps_every_dense_weight_on_the_gpu_and_some_experts_in_ram(
     big: dict[str, Path], name: str, low: float, high: float
 ) -> None:
@@ -92,9 +95,11 @@ def test_active_parameters_are_the_published_a3b_and_5b(big: dict[str, Path]) ->
     assert (qwen.n_expert, qwen.n_expert_used, oss.n_expert, oss.n_expert_used) == (128, 8, 128, 4)
 
 
-def test_dense_70b_is_unchanged_at_one_to_two_tokens_per_second(big: dict[str, Path]) -> None:
+def test_dense_70b_runs_at_about_one_token_per_second(big: dict[str, Path]) -> None:
+    """About 28 GB of a 40 GB Q4_K_M stays in DDR4 that public hybrid runs show reading at ~30 GB/s: ~1 tok/s,
+    as users of 12 GB cards report for 70B models."""
     result = fit_model(big["llama-70b"], get_hardware("rtx3060-12g"), RunSettings(n_ctx=8192))
-    assert 1.0 <= result.tokens_per_second <= 2.0
+    assert 0.7 <= result.tokens_per_second <= 2.0
     assert result.n_expert == 0 and result.n_cpu_moe == 0 and result.tensor_overrides == []
     assert result.alternatives == [] and result.active_params == result.n_params
 
