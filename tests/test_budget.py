@@ -10,9 +10,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from gguf import GGUFReader
 from typer.testing import Result
 
 from pipeline.base.provenance import QuantParams
+from pipeline.base.units import format_size
 from pipeline.gguf.header import read_header
 from pipeline.gguf.tiny_model import write_tiny_model
 from pipeline.gguf.tiny_tensors import TinySpec
@@ -21,6 +23,7 @@ from pipeline.llama.quant_plan import plan
 from pipeline.llama.quantize import QuantizeRequest, quantize
 from pipeline.measure.budget import BudgetRequest, Text, quantize_budget
 from pipeline.measure.mix_search import best_mix
+from tests.hub import VALID_TOKEN, LocalHub
 
 WORDS = [
     *("the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "models", "run", "on"),
@@ -170,3 +173,58 @@ def test_a_recipe_budget_builds_a_mix_profile_once(mm: Callable[..., Result], tm
     assert again.exit_code == 0, again.output
     statuses = {s["name"]: s["status"] for r in json.loads(again.stdout)["recipes"] for s in r["stages"]}
     assert statuses["quantize:budget"] == "skipped"
+
+
+@pytest.mark.slow
+def test_a_budget_mix_and_its_figures_travel_to_the_profile_show_ls_and_the_card(
+    mm: Callable[..., Result], tmp_path: Path, local_hub: LocalHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mix in `mm show --json`, `mm ls --json` and the pushed card is the one the written file holds, read by
+    the gguf package (not mm's reader); its figures are the ones `mm quantize --budget` measured."""
+    model = write_tiny_model(tmp_path / "m.gguf", TinySpec(n_layers=3, n_vocab=512, seed=5))
+    budget = quantize(QuantizeRequest(source=model, params=QuantParams(type="q4_k_m"))).output.stat().st_size
+    made = mm(
+        "quantize",
+        str(model),
+        "--budget",
+        str(budget),
+        "--max-evals",
+        "8",
+        "--json",
+        "--text",
+        str(_text(tmp_path / "cal.txt", 1)),
+        "--eval-text",
+        str(_text(tmp_path / "eval.txt", 2)),
+    )
+    assert made.exit_code == 0, made.output
+    result = json.loads(made.stdout)
+    output = Path(result["output"])
+    reader = GGUFReader(output)
+    written = {t.name: t.tensor_type.name for t in reader.tensors if t.tensor_type.name not in ("F32", "F16")}
+    assert written and all(kind == result["mix"][group_of(name)] for name, kind in written.items())
+    assert result["measured"]["size_bytes"] == output.stat().st_size <= budget
+    n_elements = sum(int(t.n_elements) for t in reader.tensors)
+    assert result["measured"]["bits_per_weight"] == pytest.approx(output.stat().st_size * 8 / n_elements, abs=1e-3)
+
+    assert mm("publish", str(output), "--hardware", "cpu-32g", "--ctx", "256", "--name", "b").exit_code == 0
+    shown = json.loads(mm("show", "b", "--json").stdout)
+    assert shown["quant"] == "mix"
+    carried = shown["provenance"]["mix"]
+    assert carried["mix"] == result["mix"] and carried["measured"] == result["measured"]
+    assert carried["presets"] == result["presets"] and {p["name"] for p in carried["presets"]} >= {"q4_k_m"}
+    assert carried["evaluation_text"] != carried["calibration_text"] and len(carried["evaluation_sha256"]) == 64
+    label = "mix@" + format_size(budget).replace(" ", "").replace("iB", "")
+    row = json.loads(mm("ls", "--json").stdout)["profiles"][0]
+    assert row["quant_label"] == label and row["mix"] == carried
+    text = mm("show", "b").stdout
+    assert label in text and f"{result['measured']['kld_mean']:.5f}" in text
+    assert all(group in text for group in result["mix"])
+
+    monkeypatch.setenv("HF_TOKEN", VALID_TOKEN)
+    assert mm("push", "b", "--repo", "fleet/mix-GGUF").exit_code == 0
+    card = local_hub.repos["fleet/mix-GGUF"].commits[local_hub.repos["fleet/mix-GGUF"].refs["main"]]["README.md"]
+    section = card.decode().split("## Budget mixes", 1)[1]
+    for group, kind in result["mix"].items():
+        assert f"| {group} | {kind.lower()} |" in section
+    for judged in [result["measured"], *result["presets"]]:
+        assert f"| {judged['name']} |" in section and f"{judged['kld_mean']:.5f}" in section

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pipeline.base.digest import file_sha256
 from pipeline.base.errors import IntegrityError, ModelFormatError
 from pipeline.base.home import atomic_write_text, mm_home
+from pipeline.base.mix_record import MixRecord
 from pipeline.base.shards import shard_paths
 
 SCHEMA_VERSION = 1
@@ -164,6 +165,7 @@ class QuantRecord(SidecarRecord):
     threads: int | None = None
     # Made because the user asked for this file (`mm quantize`), not as a step of a build: gc keeps it unless --all.
     requested: bool = False
+    mix: MixRecord | None = None  # `mm quantize --budget`: the mix and its measured figures (added once judged)
 
 
 def quantize_lock_name(output: Path) -> str:

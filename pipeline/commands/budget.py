@@ -21,6 +21,7 @@ class FitFlags(NamedTuple):
 
 
 if TYPE_CHECKING:
+    from pipeline.base.mix_record import MixRecord
     from pipeline.measure.budget import BudgetResult, Text
 
 
@@ -81,15 +82,21 @@ def quantize_to_budget(
 
 
 def _show(result: BudgetResult) -> None:
-    table(["group", "type"], [[group, kind.lower()] for group, kind in result.mix.items()])
-    rows = [result.measured, *result.presets]
-    table(
-        ["quant", "size", "bpw", "mean KLD", "ppl", "Δppl"],
-        [[m.name, format_size(m.size_bytes), m.bits_per_weight, f"{m.kld_mean:.5f} ± {m.kld_stdev:.5f}",
-          f"{m.ppl:.4f}", f"{m.ppl_delta:+.4f}"] for m in rows],
-    )  # fmt: skip
+    show_mix(result)
     note(
         f"{result.output} ({format_size(result.measured.size_bytes)} of {format_size(result.budget_bytes)}); "
         f"chosen on {result.calibration_text}, judged on {result.evaluation_text}; "
         f"{result.evals} measured runs in {result.seconds:.0f} s"
     )
+
+
+def show_mix(record: MixRecord) -> None:
+    """The mix (group -> type) and its figures beside the nearest uniform presets: `mm quantize --budget`,
+    `mm show`."""
+    table(["group", "type"], [[group, kind.lower()] for group, kind in record.mix.items()])
+    rows = [record.measured, *record.presets]
+    table(
+        ["quant", "size", "bpw", "mean KLD", "ppl", "Δppl"],
+        [[m.name, format_size(m.size_bytes), m.bits_per_weight, f"{m.kld_mean:.5f} ± {m.kld_stdev:.5f}",
+          f"{m.ppl:.4f}", f"{m.ppl_delta:+.4f}"] for m in rows],
+    )  # fmt: skip

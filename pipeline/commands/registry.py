@@ -9,6 +9,7 @@ import typer
 from pipeline.base.errors import IntegrityError
 from pipeline.base.plain_text import printable
 from pipeline.base.units import format_size
+from pipeline.commands.budget import show_mix
 from pipeline.commands.options import (
     ChatFormatOpt,
     HardwareOpt,
@@ -81,7 +82,7 @@ def ls_command(as_json: JsonOpt = False) -> None:
         emit_json({"profiles": [profile_summary(p) for p in profiles], "errors": [str(e) for e in errors]})
         return
     rows = [
-        (p.name, p.quant, format_size(p.blob.size_bytes), p.hardware,
+        (p.name, _quant_cell(p), format_size(p.blob.size_bytes), p.hardware,
          f"{p.run.n_gpu_layers}/{p.prediction.n_layers + 1}", f"{p.prediction.tokens_per_second:.1f}",
          p.created_at.replace("T", " ")[:16])
         for p in profiles
@@ -121,8 +122,8 @@ def show_command(name: NameArg, as_json: JsonOpt = False) -> None:
     src, run, p = profile.provenance.source, profile.run, profile.prediction
     origin = f"{src.repo}@{src.commit} {src.file}" if src.kind == "hub" else src.path
     rows = [
-        ("name", profile.name), ("model", f"{profile.model} ({profile.architecture})"), ("quant", profile.quant),
-        ("hardware", profile.hardware), ("blob", profile.blob.path),
+        ("name", profile.name), ("model", f"{profile.model} ({profile.architecture})"),
+        ("quant", profile.quant_label()), ("hardware", profile.hardware), ("blob", profile.blob.path),
         ("size", format_size(profile.blob.size_bytes)), ("sha256", profile.blob.sha256),
         ("source", f"{origin} (sha256 {src.sha256[:12]}…)"), ("recipe", profile.provenance.recipe or "-"),
         ("llama.cpp", profile.provenance.llama_cpp_version or "-"),
@@ -136,7 +137,19 @@ def show_command(name: NameArg, as_json: JsonOpt = False) -> None:
         ("llama-server", profile.llama_server), ("llama-cli", profile.llama_cli), ("created", profile.created_at),
     ]  # fmt: skip
     rows += _measured_rows(profile)
+    mix = profile.provenance.mix
+    if mix is not None:
+        rows.append(("budget mix", f"{mix.label()}: chosen on {mix.calibration_text}, judged on "
+                     f"{mix.evaluation_text} (ctx {mix.n_ctx}); {mix.evals} runs in {mix.seconds:.0f} s"))  # fmt: skip
     table(("field", "value"), rows)
+    if mix is not None:
+        show_mix(mix)
+
+
+def _quant_cell(profile: Profile) -> str:
+    """`mm ls`'s quant column: the type, or a budget mix's label and bits per weight."""
+    mix = profile.provenance.mix
+    return f"{profile.quant_label()} {mix.measured.bits_per_weight:.2f}bpw" if mix else profile.quant
 
 
 def _measured_rows(profile: Profile) -> list[tuple[str, str]]:

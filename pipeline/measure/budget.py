@@ -27,7 +27,8 @@ from pydantic import BaseModel
 from pipeline.base.digest import forget_sha256
 from pipeline.base.errors import FitError, QuantizeError
 from pipeline.base.home import mm_home
-from pipeline.base.provenance import QuantParams
+from pipeline.base.mix_record import JudgedQuant, MixRecord
+from pipeline.base.provenance import QuantParams, read_record, write_record
 from pipeline.base.units import format_size
 from pipeline.fitting.fit import FitResult, fit_model, fit_shape
 from pipeline.fitting.model_shape import model_shape
@@ -77,32 +78,17 @@ class BudgetRequest(BaseModel):
     output: Path | None = None
 
 
-class Measured(BaseModel):
-    """One model judged on the evaluation text."""
+class BudgetResult(MixRecord):
+    """The record that travels with the file (mix and figures), and what only this run needs."""
 
-    name: str  # "mix" or a preset's type
-    size_bytes: int
-    bits_per_weight: float
-    kld_mean: float
-    kld_stdev: float
-    ppl: float
-    ppl_delta: float
-
-
-class BudgetResult(BaseModel):
     schema_version: int = SCHEMA_VERSION
     source: str
-    budget_bytes: int
     output: Path
-    mix: dict[str, str]  # group -> ggml type
     params: QuantParams
-    measured: Measured  # the mix, on the evaluation text
-    presets: list[Measured]  # the uniform presets nearest in size, measured the same way
     sensitivities: list[Sensitivity]
-    calibration_text: str
-    evaluation_text: str
-    evals: int
-    seconds: float
+
+    def record(self) -> MixRecord:
+        return MixRecord.model_validate(self.model_dump(include=set(MixRecord.model_fields)))
 
 
 def _rungs_within(max_evals: int, n_groups: int) -> list[Rung]:
@@ -276,11 +262,11 @@ def _nearest_presets(request: BudgetRequest, budget: int) -> list[str]:
     return under[-1:] + over[:1]
 
 
-def _judged(reference: Reference, name: str, path: Path, n_elements: int) -> Measured:
+def _judged(reference: Reference, name: str, path: Path, n_elements: int) -> JudgedQuant:
     sums = reference.compare(path)
     figures = reference.result(path, sums, text="", text_sha256="", ref_sha256=None, seconds=0.0)
     size = path.stat().st_size
-    return Measured(
+    return JudgedQuant(
         name=name, size_bytes=size, bits_per_weight=round(size * 8 / max(n_elements, 1), 3),
         kld_mean=figures.kld_mean, kld_stdev=figures.kld_stdev, ppl=figures.ppl, ppl_delta=figures.ppl_delta,
     )  # fmt: skip
@@ -351,12 +337,24 @@ def quantize_budget(request: BudgetRequest, progress: BudgetProgress | None = No
                 scratch.evals += 1
     finally:
         scratch.close()
-    return BudgetResult(
+    result = BudgetResult(
         source=str(request.source), budget_bytes=budget, output=output, mix=mix.types, params=params,
         measured=measured, presets=presets, sensitivities=found, calibration_text=calibration.label,
-        evaluation_text=evaluation.label, evals=scratch.evals + 1,
+        calibration_sha256=calibration.sha256, evaluation_text=evaluation.label,
+        evaluation_sha256=evaluation.sha256, n_ctx=request.n_ctx, evaluation_chunks=request.evaluation_chunks,
+        target=request.fit_target.hardware.name if request.fit_target else None, evals=scratch.evals + 1,
         seconds=round(time.perf_counter() - started, 3),
     )  # fmt: skip
+    _attach(result)
+    return result
+
+
+def _attach(result: BudgetResult) -> None:
+    """The mix and its figures into the output's sidecar record, where `mm publish` finds them."""
+    record = read_record(result.output)
+    if record is None:  # quantize writes one with every output
+        raise QuantizeError(f"{result.output}: its quantize record is missing")
+    write_record(record.model_copy(update={"mix": result.record()}))
 
 
 def _str(path: Path | None) -> str | None:

@@ -14,6 +14,7 @@ from typing import Any
 from huggingface_hub import ModelCard, ModelCardData
 
 from pipeline.base.constants import VERSION
+from pipeline.base.mix_record import MixRecord
 from pipeline.base.units import format_size
 from pipeline.registry.repo_profile import RepoProfile
 from pipeline.spec.results import machine_label
@@ -83,7 +84,7 @@ def _generated(repo: str, entries: list[RepoProfile]) -> list[str]:
         if p.prediction.speed_basis:
             planned += f" ({p.prediction.speed_basis})"
         lines.append(
-            f"| {p.name} | [{entry.file}](./{entry.file}) | {p.quant} | {format_size(p.blob.size_bytes)} "
+            f"| {p.name} | [{entry.file}](./{entry.file}) | {p.quant_label()} | {format_size(p.blob.size_bytes)} "
             f"| {entry.bits_per_weight:.2f} | {p.hardware}, ctx {p.run.n_ctx} | {planned} |"
         )
     lines += _measured(entries)
@@ -108,6 +109,11 @@ def _generated(repo: str, entries: list[RepoProfile]) -> list[str]:
             lines.append(f"| {entry.profile.name} | " + " | ".join(cells) + " |")
     lines += ["", "## How each was made", ""]
     lines += [_provenance(entry) for entry in entries]
+    mixes = [e.profile for e in entries if e.profile.provenance.mix is not None]
+    if mixes:
+        lines += ["", "## Budget mixes", "", MIX_INTRO, ""]
+        for profile in mixes:
+            lines += _mix_lines(profile.name, profile.provenance.mix) if profile.provenance.mix else []
     lines += ["", "## Run it", ""]
     for entry in entries:
         lines += _run_lines(repo, entry)
@@ -155,6 +161,33 @@ def _measured(entries: list[RepoProfile]) -> list[str]:
 def _cell_text(text: str) -> str:
     """A table cell's text: a '|' in a CPU or GPU name would end the cell."""
     return text.replace("|", "\\|")
+
+
+MIX_INTRO = (
+    "A type per tensor group, chosen by `mm quantize --budget` to give the least KL-divergence from the "
+    "unquantized model within the size budget (measured on a calibration text), then judged with llama.cpp's "
+    "uniform presets nearest in size on a text the search never used (mean KLD and perplexity change against "
+    "the unquantized model, llama-perplexity's way)."
+)
+
+
+def _mix_lines(name: str, mix: MixRecord) -> list[str]:
+    lines = [f"### {name} ({mix.label()})", "", "| group | type |", "|---|---|"]
+    lines += [f"| {group} | {kind.lower()} |" for group, kind in mix.mix.items()]
+    lines += ["", "| quant | size | bits/weight | mean KLD | Δppl |", "|---|---|---|---|---|"]
+    lines += [
+        f"| {m.name} | {format_size(m.size_bytes)} | {m.bits_per_weight:.3f} | {m.kld_mean:.5f} ± {m.kld_stdev:.5f} "
+        f"| {m.ppl_delta:+.4f} |"
+        for m in [mix.measured, *mix.presets]
+    ]
+    return [
+        *lines,
+        "",
+        f"Chosen on {mix.calibration_text} (sha256 `{mix.calibration_sha256[:12]}`), judged on "
+        f"{mix.evaluation_text} (sha256 `{mix.evaluation_sha256[:12]}`, ctx {mix.n_ctx}); "
+        f"{mix.evals} quantize and score runs in {mix.seconds:.0f} s.",
+        "",
+    ]
 
 
 def _provenance(entry: RepoProfile) -> str:

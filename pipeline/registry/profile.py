@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pipeline.base.errors import UsageError
+from pipeline.base.mix_record import MixRecord
 from pipeline.base.plain_text import require_plain
 from pipeline.base.provenance import QuantParams, QuantRecord, SourceRef, source_ref, utc_now
 from pipeline.base.shards import shard_names
@@ -71,6 +72,7 @@ class Provenance(BaseModel):
     recipe: str | None = None
     recipe_sha256: str | None = None
     created_at: str = Field(default_factory=utc_now)
+    mix: MixRecord | None = None  # a budget quant's mix and its measured figures (mm quantize --budget)
 
 
 class Prediction(BaseModel):
@@ -154,6 +156,11 @@ class Profile(BaseModel):
         for key, value in _commands(self.blob.path, self.run).items():
             self.__dict__[key] = value
         return self
+
+    def quant_label(self) -> str:
+        """The quant as tables name it: the type, or a budget mix with its budget (`mix@11G`)."""
+        mix = self.provenance.mix
+        return mix.label() if mix is not None and self.quant == "mix" else self.quant
 
 
 def llama_kwargs(model_path: str, run: RunSettings) -> dict[str, Any]:
@@ -278,6 +285,7 @@ def build_profile(
         quantize=record.params if record else None,
         recipe=recipe.name if recipe else None,
         recipe_sha256=recipe.content_sha256 if recipe else None,
+        mix=record.mix if record else None,
     )
     layers_only = next((a for a in fit.alternatives if a.n_cpu_moe == 0), None) if fit.n_cpu_moe else None
     prediction = Prediction(

@@ -233,6 +233,7 @@ def profile_summary(profile: Profile) -> dict[str, object]:
     return {
         "name": profile.name,
         "quant": profile.quant,
+        "quant_label": profile.quant_label(),
         "size_bytes": profile.blob.size_bytes,
         "hardware": profile.hardware,
         "n_gpu_layers": profile.run.n_gpu_layers,
@@ -241,4 +242,5 @@ def profile_summary(profile: Profile) -> dict[str, object]:
         "measured": measured,
         "verdict": profile.prediction.verdict,
         "created_at": profile.created_at,
+        "mix": profile.provenance.mix.model_dump(mode="json") if profile.provenance.mix else None,
     }
