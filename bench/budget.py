@@ -7,6 +7,7 @@ nearest in size, and the time the search took. Models are written locally (rando
 k-quants apply without fallback); texts are generated, so no network is needed.
 
     python bench/budget.py [--layers 4] [--embd 512] [--ff 1024] [--vocab 2048] [--presets q2_k,q3_k_m,q4_k_m]
+                           [--bands 1,3]   # whole groups against layer bands (thirds), same budgets and texts
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=2048)
     parser.add_argument("--presets", default="q2_k,q3_k_m,q4_k_m")
     parser.add_argument("--max-evals", type=int, default=36)
+    parser.add_argument("--bands", default="1", help="layer bands to compare, e.g. 1,3 (one run of each)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
@@ -55,20 +57,24 @@ def main() -> None:
         for preset in args.presets.split(","):
             made = quantize(QuantizeRequest(source=source, params=QuantParams(type=preset)))
             budget = made.output.stat().st_size
-            started = time.perf_counter()
-            result = quantize_budget(
-                BudgetRequest(source=source, budget_bytes=budget, calibration=calibration, evaluation=evaluation,
-                              n_ctx=128, calibration_chunks=4, evaluation_chunks=10, max_evals=args.max_evals)
-            )  # fmt: skip
-            seconds = time.perf_counter() - started
-            mix = ", ".join(f"{group}={kind.lower()}" for group, kind in result.mix.items())
-            for row in [result.measured, *result.presets]:
-                note = f"{result.evals} runs, {seconds:.0f} s: {mix}"
-                print(f"{budget:>10} {row.name:>8} {row.size_bytes:>10} {row.bits_per_weight:>6.3f} "
-                      f"{row.kld_mean:>10.5f} {row.ppl_delta:>+8.3f}  {note if row.name == 'mix' else ''}")  # fmt: skip
-            same = next((p for p in result.presets if p.name == preset), None)
-            if same is not None:
-                print(f"{'':>10} KLD mix / {preset}: {result.measured.kld_mean / same.kld_mean:.3f}")
+            for bands in (int(b) for b in args.bands.split(",")):
+                started = time.perf_counter()
+                result = quantize_budget(
+                    BudgetRequest(source=source, budget_bytes=budget, calibration=calibration, evaluation=evaluation,
+                                  n_ctx=128, calibration_chunks=4, evaluation_chunks=10, max_evals=args.max_evals,
+                                  bands=bands)
+                )  # fmt: skip
+                seconds = time.perf_counter() - started
+                mix = ", ".join(f"{group}={kind.lower()}" for group, kind in result.mix.items())
+                name = "mix" if bands == 1 else f"mix/{bands}"
+                for row in [result.measured, *result.presets]:
+                    note = f"{result.evals} runs, {seconds:.0f} s: {mix}"
+                    print(f"{budget:>10} {name if row.name == 'mix' else row.name:>8} {row.size_bytes:>10} "
+                          f"{row.bits_per_weight:>6.3f} {row.kld_mean:>10.5f} {row.ppl_delta:>+8.3f}  "
+                          f"{note if row.name == 'mix' else ''}")  # fmt: skip
+                same = next((p for p in result.presets if p.name == preset), None)
+                if same is not None:
+                    print(f"{'':>10} KLD {name} / {preset}: {result.measured.kld_mean / same.kld_mean:.3f}")
 
 
 if __name__ == "__main__":

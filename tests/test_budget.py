@@ -22,7 +22,7 @@ from pipeline.llama.mix import LADDER, OTHER, GroupSizes, TypeMix, group_of, gro
 from pipeline.llama.quant_plan import plan
 from pipeline.llama.quantize import QuantizeRequest, quantize
 from pipeline.measure.budget import BudgetRequest, Text, quantize_budget
-from pipeline.measure.mix_search import best_mix
+from pipeline.measure.mix_search import Sensitivity, best_mix, costs_over_baseline
 from tests.hub import VALID_TOKEN, LocalHub
 
 WORDS = [
@@ -50,19 +50,40 @@ def test_every_quantizable_tensor_of_an_attention_model_is_in_a_group(tmp_path: 
     assert [name for name in quantized if group_of(name) == OTHER] == []
 
 
-def test_a_mix_is_as_large_as_llama_cpp_writes_it(tmp_path: Path) -> None:
-    """The sum of per-group dry-run bytes equals the tensor data of the file llama.cpp writes for the mix."""
-    model = write_tiny_model(tmp_path / "m.gguf", TinySpec(n_layers=2))
-    sizes = group_sizes(model)
+@pytest.mark.parametrize("bands", [1, 3])
+def test_a_mix_is_as_large_as_llama_cpp_writes_it(tmp_path: Path, bands: int) -> None:
+    """The sum of per-group dry-run bytes equals the tensor data of the file llama.cpp writes for the mix; with
+    layer bands, each layer's tensors have their band's type (read back by the gguf package)."""
+    model = write_tiny_model(tmp_path / "m.gguf", TinySpec(n_layers=3))
+    sizes = group_sizes(model).banded(bands)
+    assert len(sizes.bands) == (3 if bands == 3 else 0)
     mix = TypeMix(types={g: LADDER[i % len(LADDER)].ggml for i, g in enumerate(sorted(sizes.groups)) if g != OTHER})
     made = quantize(QuantizeRequest(source=model, params=mix.params(), output=tmp_path / "mix.gguf"))
     header = read_header(made.output)
-    written = {t.name: t.type_name for t in header.tensors}
+    written = {t.name: t.tensor_type.name for t in GGUFReader(made.output).tensors}
     for name, kind in written.items():
-        if group_of(name) != OTHER:
-            assert kind.upper() == mix.types[group_of(name)], name
+        group = group_of(name, sizes.bands)
+        if group != OTHER:
+            assert kind == mix.types[group], name
+        if bands == 3 and name.startswith("blk.2.attn_output"):
+            assert group == "attn_output:2-2"
     assert sizes.file_bytes(mix) - sizes.header_bytes == header.file_size - header.data_offset
     assert made.output.stat().st_size <= sizes.file_bytes(mix)
+
+
+def test_layer_bands_share_their_groups_measured_cost_by_their_probes() -> None:
+    found = [
+        Sensitivity(group="ffn_down", type="Q8_0", kld_mean=0.01, bytes=3),
+        Sensitivity(group="ffn_down", type="Q4_K", kld_mean=0.05, bytes=2),
+        Sensitivity(group="ffn_down", type="Q2_K", kld_mean=0.41, bytes=1),
+        Sensitivity(group="ffn_down:0-0", type="Q2_K", kld_mean=0.31, bytes=1),
+        Sensitivity(group="ffn_down:1-2", type="Q2_K", kld_mean=0.11, bytes=1),
+    ]
+    cost = costs_over_baseline(found)
+    assert set(cost) == {"ffn_down:0-0", "ffn_down:1-2"}
+    assert cost["ffn_down:0-0"]["Q2_K"] == pytest.approx(0.4 * 0.75)  # 0.30 of the probes' 0.40
+    assert cost["ffn_down:1-2"]["Q4_K"] == pytest.approx(0.04 * 0.25)
+    assert cost["ffn_down:0-0"]["Q8_0"] == 0.0
 
 
 def _brute_force(sizes: GroupSizes, cost: dict[str, dict[str, float]], budget: int) -> float | None:

@@ -34,7 +34,7 @@ def _text(value: str) -> Text:
 
 
 def quantize_to_budget(
-    model: str, budget: str, flags: FitFlags, *, text: str | None, eval_text: str | None, max_evals: int,
+    model: str, budget: str, flags: FitFlags, *, text: str | None, eval_text: str | None, max_evals: int, bands: int,
     imatrix: Path | None, threads: int | None, output: Path | None, recipes: Path | None, as_json: bool, quiet: bool,
 ) -> None:  # fmt: skip
     """Resolve MODEL and the texts, run the measured search with a progress bar, render the result."""
@@ -64,8 +64,8 @@ def quantize_to_budget(
     request = BudgetRequest(
         source=path, budget_bytes=budget_bytes, fit_target=fit_target,
         calibration=_text(str(calibration.path)).model_copy(update={"label": calibration.source}),
-        evaluation=_text(eval_text) if eval_text else None, imatrix=imatrix, max_evals=max_evals, threads=threads,
-        output=output,
+        evaluation=_text(eval_text) if eval_text else None, imatrix=imatrix, max_evals=max_evals, bands=bands,
+        threads=threads, output=output,
     )  # fmt: skip
     with tqdm(desc="measuring", unit="run", disable=not show_progress(quiet), leave=False) as bar:
 

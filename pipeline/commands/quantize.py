@@ -100,6 +100,16 @@ def quantize_command(
     max_evals: Annotated[
         int, typer.Option(metavar="N", min=2, help="With --budget: at most N measured runs to choose the mix.")
     ] = 48,
+    bands: Annotated[
+        int,
+        typer.Option(
+            metavar="N",
+            min=1,
+            max=16,
+            help="With --budget: split each layer's groups into N layer bands (3: first, middle, last thirds), "
+            "each its own type; one more measured run per band.",
+        ),
+    ] = 1,
     recipes: RecipesDirOpt = None,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -119,7 +129,7 @@ def quantize_command(
         _no_flags_with_budget(to, tensor_type, output_tensor_type, token_embedding_type, pure, dry_run)
         target = FitFlags(hardware=hardware, vram=vram, ram=ram, ctx=ctx)
         return quantize_to_budget(
-            model, budget, target, text=text, eval_text=eval_text, max_evals=max_evals, imatrix=imatrix,
+            model, budget, target, text=text, eval_text=eval_text, max_evals=max_evals, bands=bands, imatrix=imatrix,
             threads=threads, output=output, recipes=recipes, as_json=as_json, quiet=quiet,
         )  # fmt: skip
     if any(v is not None for v in (hardware, vram, ram, ctx)):

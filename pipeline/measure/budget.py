@@ -7,6 +7,9 @@ What is measured, and why the search has this shape:
   lowered to each cheaper type and the model's mean KL-divergence from the source is measured on a few chunks
   of the calibration text, as `llama-perplexity --kl-divergence` computes it (measure/evaluate.py). That is
   groups x (types - 1) small quantize+score runs, bounded by `max_evals` (fewer types are tried past it).
+- Layer bands (`bands`, e.g. 3: first, middle and last thirds of the layers, as hand-tuned quants raise the
+  first and last layers) cost one more run each: a band alone at the cheapest type says what share of its
+  group's measured cost is its own, so a band may get a type its group as a whole would not, at few runs.
 - The mix minimises the sum of the groups' KLD increases over the Q8_0 baseline (errors of separate groups
   add, to first order) subject to the exact size: an exact knapsack over a Pareto front of (bytes, KLD), which
   is small because there are few groups and few types.
@@ -34,7 +37,7 @@ from pipeline.fitting.fit import FitResult, fit_model, fit_shape
 from pipeline.fitting.model_shape import model_shape
 from pipeline.gguf.header import read_model
 from pipeline.gguf.quant_types import FLOAT_FILE_TYPES
-from pipeline.llama.mix import LADDER, OTHER, GroupSizes, Rung, TypeMix, group_sizes, uniform
+from pipeline.llama.mix import LADDER, OTHER, GroupSizes, Rung, TypeMix, group_sizes, uniform, whole_group
 from pipeline.llama.quant_plan import plan
 from pipeline.llama.quantize import QuantizeRequest, default_output_path, quantize
 from pipeline.measure.evaluate import Reference
@@ -74,6 +77,7 @@ class BudgetRequest(BaseModel):
     calibration_chunks: int = 4
     evaluation_chunks: int | None = 8
     max_evals: int = 48
+    bands: int = 1  # layer bands per layered group (3: first, middle and last thirds of the layers)
     threads: int | None = None
     output: Path | None = None
 
@@ -157,30 +161,32 @@ def sensitivities(
     request: BudgetRequest, calibration: Text, sizes: GroupSizes, scratch: _Scratch,
     progress: BudgetProgress | None = None,
 ) -> list[Sensitivity]:  # fmt: skip
-    """Each group alone at each cheaper type, the rest at Q8_0: mean KLD on the calibration text."""
+    """Each whole group alone at each cheaper type, the rest at Q8_0, then each layer band alone at the
+    cheapest type: mean KLD on the calibration text."""
     groups = [g for g in sizes.groups if g != OTHER]
-    rungs = _rungs_within(request.max_evals, len(groups))
+    wholes = list(dict.fromkeys(whole_group(g) for g in groups))
+    bands = [g for g in groups if g != whole_group(g)]
+    rungs = _rungs_within(request.max_evals - len(bands), len(wholes))
     top = LADDER[-1]
-    total = 1 + len(groups) * (len(rungs) - 1)
+    total = 1 + len(wholes) * (len(rungs) - 1) + len(bands)
     with Reference(
         request.source, calibration.path, text=calibration.label, n_ctx=request.n_ctx,
         chunks=request.calibration_chunks, threads=request.threads,
     ) as reference:  # fmt: skip
-        baseline = scratch.kld(reference, uniform(groups, top))
-        if progress:
-            progress("sensitivity", 1, total)
-        found = [
-            Sensitivity(group=g, type=top.ggml, kld_mean=baseline, bytes=sizes.groups[g][top.ggml]) for g in groups
-        ]
-        for group in groups:
-            for rung in rungs[:-1]:
-                mix = TypeMix(types={**uniform(groups, top).types, group: rung.ggml})
-                value = scratch.kld(reference, mix)
-                found.append(
-                    Sensitivity(group=group, type=rung.ggml, kld_mean=value, bytes=sizes.groups[group][rung.ggml])
-                )
-                if progress:
-                    progress("sensitivity", scratch.evals, total)
+
+        def measure(group: str, rung: Rung) -> Sensitivity:
+            lowered = [g for g in groups if group in (g, whole_group(g))]
+            value = scratch.kld(
+                reference, TypeMix(types={**uniform(groups, top).types, **uniform(lowered, rung).types})
+            )
+            if progress:
+                progress("sensitivity", scratch.evals, total)
+            return Sensitivity(group=group, type=rung.ggml, kld_mean=value, bytes=sizes.whole_bytes(group, rung.ggml))
+
+        baseline = measure(OTHER, top)  # no group lowered
+        found = [baseline.model_copy(update={"group": g, "bytes": sizes.whole_bytes(g, top.ggml)}) for g in wholes]
+        found += [measure(whole, rung) for whole in wholes for rung in rungs[:-1]]
+        found += [measure(band, LADDER[0]) for band in bands]
     return found
 
 
@@ -305,7 +311,7 @@ def quantize_budget(request: BudgetRequest, progress: BudgetProgress | None = No
             "unquantized model",
             hint="give the F32/F16/BF16 GGUF (`mm convert` makes one from safetensors)",
         )
-    sizes = group_sizes(request.source, QuantParams(type="q8_0", imatrix_path=_str(request.imatrix)))
+    sizes = _banded(request, group_sizes(request.source, QuantParams(type="q8_0", imatrix_path=_str(request.imatrix))))
     groups = [g for g in sizes.groups if g != OTHER]
     cheapest = Front(sizes.file_bytes(uniform(groups, LADDER[0])), 0.0, uniform(groups, LADDER[0]))
     _check_cheapest(request, sizes, cheapest)
@@ -355,6 +361,20 @@ def _attach(result: BudgetResult) -> None:
     if record is None:  # quantize writes one with every output
         raise QuantizeError(f"{result.output}: its quantize record is missing")
     write_record(record.model_copy(update={"mix": result.record()}))
+
+
+def _banded(request: BudgetRequest, sizes: GroupSizes) -> GroupSizes:
+    """`sizes` in layer bands when asked for and `max_evals` leaves every whole group one cheaper type besides
+    one probe per band; else whole groups (with a log line saying why)."""
+    if request.bands <= 1:
+        return sizes
+    banded = sizes.banded(request.bands)
+    n_wholes = len({whole_group(g) for g in sizes.groups if g != OTHER})
+    n_bands = sum(1 for g in banded.groups if g != whole_group(g))
+    if 1 + n_wholes + n_bands > request.max_evals:
+        log.info("max_evals %d leaves no room for %d band probes: whole groups", request.max_evals, n_bands)
+        return sizes
+    return banded
 
 
 def _str(path: Path | None) -> str | None:

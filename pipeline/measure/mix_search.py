@@ -7,13 +7,13 @@ from typing import Any, NamedTuple
 
 from pydantic import BaseModel
 
-from pipeline.llama.mix import LADDER, OTHER, GroupSizes, TypeMix
+from pipeline.llama.mix import LADDER, OTHER, GroupSizes, TypeMix, whole_group
 
 
 class Sensitivity(BaseModel):
     group: str
     type: str
-    kld_mean: float  # the model with only this group at this type, the rest at Q8_0
+    kld_mean: float  # the model with only this group (or layer band) at this type, the rest at Q8_0
     bytes: int
 
 
@@ -66,12 +66,26 @@ def best_mix(sizes: GroupSizes, cost: dict[str, dict[str, float]], budget_bytes:
 
 
 def costs_over_baseline(found: list[Sensitivity]) -> dict[str, dict[str, float]]:
-    """KLD added by each group's type over the all-Q8_0 baseline; noise below the baseline counts as none."""
+    """KLD added by each group's type over the all-Q8_0 baseline; noise below the baseline counts as none.
+
+    A layer band is probed at one type only (alone at the cheapest); it takes its whole group's cost at every
+    type in proportion to its probe, so the bands of a group add up to the group as measured."""
     top = LADDER[-1].ggml
     baseline = {s.group: s.kld_mean for s in found if s.type == top}
     cost: dict[str, dict[str, float]] = {}
+    probes: dict[str, float] = {}
     for s in found:
-        cost.setdefault(s.group, {})[s.type] = max(s.kld_mean - baseline[s.group], 0.0)
+        if s.group in baseline:
+            cost.setdefault(s.group, {})[s.type] = max(s.kld_mean - baseline[s.group], 0.0)
+        else:
+            probes[s.group] = max(s.kld_mean - baseline[whole_group(s.group)], 0.0)
+    for whole in {whole_group(band) for band in probes}:
+        bands = [band for band in probes if whole_group(band) == whole]
+        total = sum(probes[band] for band in bands)
+        for band in bands:
+            share = probes[band] / total if total > 0 else 1 / len(bands)
+            cost[band] = {kind: value * share for kind, value in cost[whole].items()}
+        del cost[whole]
     return cost
 
 

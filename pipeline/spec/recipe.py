@@ -133,6 +133,7 @@ class QuantizeSettings(BaseModel):
     # "11G" or "fit": one more output, a per-tensor mix chosen by measured KLD (mm quantize --budget)
     budget: StrictStr | None = None
     budget_max_evals: int = Field(default=48, ge=2, le=1000)
+    budget_bands: int = Field(default=1, ge=1, le=16)  # layer bands per layered group (mm quantize --bands)
 
     def params(self, qtype: str, imatrix_path: str | None = None, imatrix_sha256: str | None = None) -> QuantParams:
         """Quantize's parameters for one of the types (the imatrix is given: where it is depends on the caller)."""

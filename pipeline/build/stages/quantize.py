@@ -139,6 +139,7 @@ def budget_stage(recipe: Recipe, env: StageEnv, model: str) -> Stage:
             "text_sha256": up["calibration"].value(Text).text_sha256,
             "budget": settings.budget,
             "max_evals": settings.budget_max_evals,
+            **({"bands": settings.budget_bands} if settings.budget_bands > 1 else {}),  # old stamps stay valid
             "target": {"hardware": recipe_hardware(recipe).model_dump(mode="json"), "run": recipe.run.model_dump(
                 mode="json")} if fits else None,
             **env.tool_versions,
@@ -157,7 +158,7 @@ def budget_stage(recipe: Recipe, env: StageEnv, model: str) -> Stage:
             budget_bytes=None if fits else parse_size(settings.budget or "", what="budget"), fit_target=target,
             calibration=BudgetText(path=Path(calibration.path), label=calibration.source,
                                    sha256=calibration.text_sha256),
-            max_evals=settings.budget_max_evals, threads=recipe.run.n_threads,
+            max_evals=settings.budget_max_evals, bands=settings.budget_bands, threads=recipe.run.n_threads,
         )  # fmt: skip
         result = quantize_budget(request)
         out = output_record(env.home, result.output, file_sha256(env.home, result.output))
