@@ -92,7 +92,7 @@ def test_quantize_record_follows_the_source_to_a_new_commit_with_the_same_bytes(
 # QuantRecord's `requested` is new (gc keeps what `mm quantize` was asked for); an older record reads it as False.
 STORED_FIELDS = {
     "QuantRecord": "schema_version output_path sha256 size_bytes file_type n_tensors source params engine "
-    "llama_cpp_version threads seconds created_at requested",
+    "llama_cpp_version threads seconds created_at requested mix",
     "ConvertRecord": "schema_version output_path sha256 size_bytes file_type n_tensors architecture outtype snapshot "
     "key converter seconds created_at",
     "ImatrixRecord": "schema_version output_path sha256 size_bytes n_entries chunks_done perplexity model_path "
@@ -132,5 +132,6 @@ def test_a_record_written_in_the_old_field_order_still_reads(tmp_path: Path) -> 
         "source": {**ref, **dict.fromkeys(["repo", "revision", "commit", "file"]), "shards": [], "shard_sha256": []},
         "params": record.params.model_dump(mode="json"),
         "requested": False,  # not in the old record: a build's output, which gc may collect
+        "mix": None,  # not in the old record: not a budget quant
     }
     assert record.params.type == "Q8_0"
