@@ -21,7 +21,7 @@ from pipeline.gguf.tiny_tensors import TinySpec
 from pipeline.llama.mix import LADDER, OTHER, GroupSizes, TypeMix, group_of, group_sizes
 from pipeline.llama.quant_plan import plan
 from pipeline.llama.quantize import QuantizeRequest, quantize
-from pipeline.measure.budget import BudgetRequest, Text, quantize_budget
+from pipeline.measure.budget import BudgetRequest, Text, quantize_budget, sizes_in_bands
 from pipeline.measure.mix_search import Sensitivity, best_mix, costs_over_baseline
 from tests.hub import VALID_TOKEN, LocalHub
 
@@ -84,6 +84,18 @@ def test_layer_bands_share_their_groups_measured_cost_by_their_probes() -> None:
     assert cost["ffn_down:0-0"]["Q2_K"] == pytest.approx(0.4 * 0.75)  # 0.30 of the probes' 0.40
     assert cost["ffn_down:1-2"]["Q4_K"] == pytest.approx(0.04 * 0.25)
     assert cost["ffn_down:0-0"]["Q8_0"] == 0.0
+
+
+def test_layer_bands_never_cost_the_search_its_types(tmp_path: Path) -> None:
+    """Bands are used only when max_evals holds every whole group at every type plus one probe per band."""
+    model = write_tiny_model(tmp_path / "m.gguf", TinySpec(n_layers=3))
+    sizes = group_sizes(model)
+    n_wholes = len([g for g in sizes.groups if g != OTHER])  # 6: 4 layered (3 bands each), embedding, output
+    needed = 1 + n_wholes * (len(LADDER) - 1) + 4 * 3
+    text = Text(path=tmp_path / "t.txt", label="t", sha256="-")
+    request = BudgetRequest(source=model, budget_bytes=1, calibration=text, bands=3, max_evals=needed)
+    assert len(sizes_in_bands(request, sizes).groups) == len(sizes.groups) + 4 * 2
+    assert sizes_in_bands(request.model_copy(update={"max_evals": needed - 1}), sizes) == sizes
 
 
 def _brute_force(sizes: GroupSizes, cost: dict[str, dict[str, float]], budget: int) -> float | None:

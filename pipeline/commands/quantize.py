@@ -107,7 +107,7 @@ def quantize_command(
             min=1,
             max=16,
             help="With --budget: split each layer's groups into N layer bands (3: first, middle, last thirds), "
-            "each its own type; one more measured run per band.",
+            "each its own type; one more measured run per band (when --max-evals leaves room for them).",
         ),
     ] = 1,
     recipes: RecipesDirOpt = None,

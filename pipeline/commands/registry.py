@@ -140,7 +140,7 @@ def show_command(name: NameArg, as_json: JsonOpt = False) -> None:
     mix = profile.provenance.mix
     if mix is not None:
         rows.append(("budget mix", f"{mix.label()}: chosen on {mix.calibration_text}, judged on "
-                     f"{mix.evaluation_text} (ctx {mix.n_ctx}); {mix.evals} runs in {mix.seconds:.0f} s"))  # fmt: skip
+                     f"{mix.evaluation_text}, ctx {mix.n_ctx}; {mix.evals} runs in {mix.seconds:.0f} s"))  # fmt: skip
     table(("field", "value"), rows)
     if mix is not None:
         show_mix(mix)

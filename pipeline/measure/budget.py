@@ -311,7 +311,8 @@ def quantize_budget(request: BudgetRequest, progress: BudgetProgress | None = No
             "unquantized model",
             hint="give the F32/F16/BF16 GGUF (`mm convert` makes one from safetensors)",
         )
-    sizes = _banded(request, group_sizes(request.source, QuantParams(type="q8_0", imatrix_path=_str(request.imatrix))))
+    whole = group_sizes(request.source, QuantParams(type="q8_0", imatrix_path=_str(request.imatrix)))
+    sizes = sizes_in_bands(request, whole)
     groups = [g for g in sizes.groups if g != OTHER]
     cheapest = Front(sizes.file_bytes(uniform(groups, LADDER[0])), 0.0, uniform(groups, LADDER[0]))
     _check_cheapest(request, sizes, cheapest)
@@ -363,16 +364,17 @@ def _attach(result: BudgetResult) -> None:
     write_record(record.model_copy(update={"mix": result.record()}))
 
 
-def _banded(request: BudgetRequest, sizes: GroupSizes) -> GroupSizes:
-    """`sizes` in layer bands when asked for and `max_evals` leaves every whole group one cheaper type besides
-    one probe per band; else whole groups (with a log line saying why)."""
+def sizes_in_bands(request: BudgetRequest, sizes: GroupSizes) -> GroupSizes:
+    """`sizes` in layer bands when asked for and `max_evals` holds every whole group at every type besides one
+    probe per band (bands refine a full search, never at the cost of the types tried); else whole groups."""
     if request.bands <= 1:
         return sizes
     banded = sizes.banded(request.bands)
     n_wholes = len({whole_group(g) for g in sizes.groups if g != OTHER})
     n_bands = sum(1 for g in banded.groups if g != whole_group(g))
-    if 1 + n_wholes + n_bands > request.max_evals:
-        log.info("max_evals %d leaves no room for %d band probes: whole groups", request.max_evals, n_bands)
+    needed = 1 + n_wholes * (len(LADDER) - 1) + n_bands
+    if needed > request.max_evals:
+        log.warning("layer bands need %d measured runs (max_evals %d): whole groups instead", needed, request.max_evals)
         return sizes
     return banded
 
