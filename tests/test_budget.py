@@ -256,7 +256,8 @@ def test_a_budget_mix_and_its_figures_travel_to_the_profile_show_ls_and_the_card
     monkeypatch.setenv("HF_TOKEN", VALID_TOKEN)
     assert mm("push", "b", "--repo", "fleet/mix-GGUF").exit_code == 0
     card = local_hub.repos["fleet/mix-GGUF"].commits[local_hub.repos["fleet/mix-GGUF"].refs["main"]]["README.md"]
-    section = card.decode().split("## Budget mixes", 1)[1]
+    made_line, section = card.decode().split("## Budget mixes", 1)
+    assert f"per-tensor types: {label}" in made_line
     for group, kind in result["mix"].items():
         assert f"| {group} | {kind.lower()} |" in section
     for judged in [result["measured"], *result["presets"]]:

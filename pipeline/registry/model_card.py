@@ -201,8 +201,11 @@ def _provenance(entry: RepoProfile) -> str:
         origin = f"local file `{source.path.rsplit('/', 1)[-1]}`"
     parts = [f"- **{p.name}**: from {origin} (sha256 `{source.sha256[:16]}…`)"]
     if p.provenance.quantize is not None:
-        params = p.provenance.quantize.model_dump(exclude_defaults=True, exclude={"imatrix_path"})
+        mixed = {"tensor_types", "token_embedding_type", "output_tensor_type"} if p.provenance.mix else set()
+        params = p.provenance.quantize.model_dump(exclude_defaults=True, exclude={"imatrix_path", *mixed})
         parts.append("quantize " + ", ".join(f"{k}={v}" for k, v in params.items()))
+        if p.provenance.mix:  # the overrides are the mix, shown as a table below
+            parts.append(f"per-tensor types: {p.provenance.mix.label()} (Budget mixes, below)")
     if p.provenance.llama_cpp_version:
         parts.append(
             f"llama.cpp {p.provenance.llama_cpp_version}" + (f" ({p.provenance.engine})" if p.provenance.engine else "")
