@@ -10,10 +10,12 @@ import pytest
 
 from pipeline.base.errors import HardwareError
 from pipeline.fitting.fit import fit_model
-from pipeline.fitting.gpu_speed import prompt_tflops
+from pipeline.fitting.gpu_speed import CPU_CORE_TYPE, cpu_kernel_rates, prompt_tflops
+from pipeline.fitting.speed import DeviceWork, compute_seconds, measured_sibling
+from pipeline.gguf.ggml_types import GGML_TYPES, block_size
 from pipeline.gguf.tiny_model import write_header_only_model
 from pipeline.gguf.tiny_tensors import TinySpec
-from pipeline.spec.gpus import calibration, get_gpu, gpu_catalog
+from pipeline.spec.gpus import CpuKernels, calibration, cpu_kernel_factors, get_gpu, gpu_catalog
 from pipeline.spec.hardware import HardwareClass, get_hardware, load_hardware_file
 from pipeline.spec.run_settings import RunSettings
 from tests.test_placement import QWEN3_30B_A3B
@@ -174,3 +176,31 @@ def test_every_public_speed_record_names_its_source_split_and_machine() -> None:
     kinds = {("moe" if int(r["n_cpu_moe"]) else "partial" if int(r["n_gpu_layers"]) < 99 else "full", r["split"])
              for r in rows if r["gpus"]}  # fmt: skip
     assert {(kind, split) for kind in ("full", "partial", "moe") for split in ("calibration", "held-back")} <= kinds
+
+
+def test_every_weight_type_has_a_cpu_kernel_factor_or_a_stated_sibling_relative_to_the_measured_type() -> None:
+    """gpus.toml [cpu_kernels] is normalised to the type CPU_CORE_GFLOPS was measured on, and every type a weight
+    can be stored in (not the integer types) reaches a factor, itself or along speed.py's SIBLING rules."""
+    kernels = gpu_catalog().cpu_kernels
+    assert kernels is not None and kernels.reference == CPU_CORE_TYPE and kernels.factors[CPU_CORE_TYPE] == 1.0
+    assert gpu_catalog().sources[kernels.source]
+    factors = cpu_kernel_factors()
+    for kind in (t.name for t in GGML_TYPES if not t.name.startswith("I") or t.name.startswith("IQ")):
+        assert measured_sibling(kind, factors) is not None, kind
+    with pytest.raises(ValueError, match=r"reference type Q4_K must have the factor 1\.0"):
+        CpuKernels(reference="Q4_K", factors={"Q4_K": 2.0, "Q5_K": 1.0}, source="cpu-kernels-epyc")
+
+
+def test_an_mxfp4_expert_cpu_side_computes_slower_than_q4_k_at_equal_bytes() -> None:
+    """llama.cpp's MXFP4 kernel (a 16-entry value table per index) runs below its Q4_K kernel (measured per type by
+    `mm hw --measure`), so an unmeasured CPU's compute side takes longer for the same bytes of MXFP4 experts."""
+    cores, size = 10, 600 * 10**6
+    rates = cpu_kernel_rates(cores)
+    seconds, per_element = {}, {}
+    for kind in ("MXFP4", "Q4_K"):
+        elements, nbytes = block_size(kind)
+        seconds[kind] = compute_seconds(DeviceWork(size, {kind: size * elements // nbytes}), rates)
+        per_element[kind] = seconds[kind] / (size * elements // nbytes)
+    assert seconds["MXFP4"] > seconds["Q4_K"] > 0
+    assert per_element["MXFP4"] > 1.2 * per_element["Q4_K"]  # the kernel, not only MXFP4's 4.25 bits against 4.5
+    assert compute_seconds(DeviceWork(size, {"Q4_K": 10**9}), cpu_kernel_rates(0)) == 0.0  # cores unknown

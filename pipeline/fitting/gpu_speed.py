@@ -5,7 +5,8 @@ Decode, per token (llama-bench's tg):
 
     GPU  bytes read / (datasheet bandwidth x the backend's efficiency for their type)
          + token_ms + layer_ms per repeating layer on the GPU               (calibrated, gpus.toml [calibrations])
-    CPU  max(bytes read / (RAM bandwidth x CPU_RAM_EFFICIENCY), matrix work / (cores x CPU_CORE_GFLOPS))
+    CPU  max(bytes read / (RAM bandwidth x CPU_RAM_EFFICIENCY), matrix work / (cores x CPU_CORE_GFLOPS x the
+         kernel factor of its weight type, gpus.toml [cpu_kernels]))
          + the GPU's layer_ms per layer on the CPU (or the class's measured CPU rates, `mm hw --measure`)
     plus HANDOVER_MS each time a token's activations cross between the CPU and a GPU (once for a dense model
     split by layers; twice per layer whose routed experts are in RAM) and between two GPUs.
@@ -31,12 +32,14 @@ from pipeline.fitting.model_shape import ModelShape
 from pipeline.fitting.placement import Placement
 from pipeline.fitting.speed import (
     FLOPS_PER_ELEMENT,
+    DeviceRates,
     DeviceWork,
+    compute_seconds,
     device_seconds,
     tokens_per_second,
 )
 from pipeline.gguf.ggml_types import block_size
-from pipeline.spec.gpus import Calibration, Gpu, calibration
+from pipeline.spec.gpus import Calibration, Gpu, calibration, cpu_kernel_factors
 from pipeline.spec.hardware import HardwareClass
 
 # CPU side of a hybrid run on a class that was not measured: the share of the class's stated RAM bandwidth that
@@ -46,9 +49,13 @@ from pipeline.spec.hardware import HardwareClass
 # Qwen3-14B at -ngl 32 and Qwen3-30B-A3B with --n-cpu-moe 36 on an RTX 2080 with quad-channel DDR4-3200 (llmfit
 # pulls 774, 755). Fitted on one machine alone they would be 0.62 (HANDOVER_MS not identified) and 0.46 with 0.045 ms.
 CPU_RAM_EFFICIENCY = 0.59
-# Matrix-vector work per core: mainline llama.cpp's Llama-3.1-8B Q6_K decode at 2 threads on a Zen 3 (AVX2)
-# Ryzen 5975WX, 4.04 tokens/s x 15 GFLOP per token / 2 cores (ikawrakow/ik_llama.cpp pull #132).
+# Matrix-vector work per core on Q5_K: Llama-3.1-8B Q5_K decode at 2 threads on a Zen 3 (AVX2) Ryzen 5975WX,
+# 4.04 tokens/s x 15 GFLOP per token / 2 cores (ikawrakow/ik_llama.cpp pull #132, the Q5_K_R4 pull: its TG table's
+# header says Q6_K, but its rows are not pull #130's Q6_K rows (4.75 at 2 threads) and the pull repacks Q5_K; the
+# column is ik_llama.cpp's own Q5_K kernel, not mainline's). Other types run at this times their factor in gpus.toml
+# [cpu_kernels] (the same rate ratios `mm hw --measure` finds on one CPU).
 CPU_CORE_GFLOPS = 30.0
+CPU_CORE_TYPE = "Q5_K"  # the type CPU_CORE_GFLOPS was measured on: gpus.toml [cpu_kernels] reference
 # One crossing of a token's activations between the CPU and a GPU, or between two GPUs: a copy of n_embd floats, a
 # stream synchronisation and the CPU thread pool's wake-up (ggml_backend_sched splits). Fitted with
 # CPU_RAM_EFFICIENCY above; only a run with experts in RAM identifies it (72 crossings per token for Qwen3-30B-A3B
@@ -131,13 +138,20 @@ def cpu_decode_seconds(placement: Placement, shape: ModelShape, hardware: Hardwa
         head_on_cpu = placement.n_gpu_layers == 0  # the logits are written out where the output layer runs
         return device_seconds(work, ram) + overhead.seconds(cpu_layers, shape.n_vocab if head_on_cpu else 0)
     memory = read.cpu / (hardware.ram_bandwidth_gbps * CPU_RAM_EFFICIENCY * 1e9)
-    cores = threads or hardware.cpu_cores
-    compute = work.flops / (cores * CPU_CORE_GFLOPS * 1e9) if cores else 0.0
+    compute = compute_seconds(work, cpu_kernel_rates(threads or hardware.cpu_cores or 0))
     # A layer on the CPU runs the same graph nodes, each ending in a thread barrier: it is given the GPU's
     # per-layer cost (an assumption; a measured class has its own).
     layers = shape.n_layers - gpu_layers(shape, placement.n_gpu_layers)
     per_layer = _calibration(hardware.devices[0], hardware.gpu_calibration).layer_ms if hardware.devices else 0.0
     return max(memory, compute) + per_layer * layers / 1e3
+
+
+def cpu_kernel_rates(cores: int) -> DeviceRates:
+    """An unmeasured CPU's matrix-vector rates per type: CPU_CORE_GFLOPS per core on the reference type, times
+    each type's kernel factor (a type without one takes its sibling's, speed.py's SIBLING; none: no compute term)."""
+    if not cores:
+        return DeviceRates(0.0)
+    return DeviceRates(0.0, gflops={kind: cores * CPU_CORE_GFLOPS * f for kind, f in cpu_kernel_factors().items()})
 
 
 def handovers(shape: ModelShape, placement: Placement) -> int:
@@ -210,7 +224,8 @@ def describe(hardware: HardwareClass) -> str:
         "share llama.cpp reaches on that kind of card (prompt: at most what its board power sustains), plus a "
         f"per-layer cost, calibrated on {source} "
         f"(bench/gpu_public.py); the CPU side at {hardware.ram_bandwidth_gbps:g} GB/s x {CPU_RAM_EFFICIENCY:g} and "
-        f"{CPU_CORE_GFLOPS:g} GFLOP/s per core ({cpu}), plus {HANDOVER_MS:g} ms per hand-over between devices "
+        f"{CPU_CORE_GFLOPS:g} GFLOP/s per core on Q5_K, other types at llama.cpp's kernel ratios ({cpu}), plus "
+        f"{HANDOVER_MS:g} ms per hand-over between devices "
         "(fitted to public hybrid runs)"
     )
 

@@ -1,6 +1,6 @@
 """The GPU catalog: each card's memory, bandwidth and compute by id, with where each figure comes from, and the
-calibration of llama.cpp's speed per kind of card (pipeline/spec/gpus.toml; the speed model that uses them is
-pipeline/fitting/gpu_speed.py). Data only: nothing here probes a machine."""
+calibration of llama.cpp's speed per kind of card and of its CPU kernels per weight type (pipeline/spec/gpus.toml;
+the speed model that uses them is pipeline/fitting/gpu_speed.py). Data only: nothing here probes a machine."""
 
 from __future__ import annotations
 
@@ -67,12 +67,32 @@ class Gpu(BaseModel):
         return int(self.memory_bytes * UNIFIED_GPU_SHARE) if self.unified else self.memory_bytes
 
 
+class CpuKernels(BaseModel):
+    """How fast llama.cpp's CPU matrix-vector kernel runs on each weight type, relative to the reference type
+    (the one a per-core rate was measured on): the CPU side of a class that was not measured."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    reference: str
+    factors: dict[str, float]  # ggml type (upper case) -> its rate / the reference type's
+    source: str
+
+    @model_validator(mode="after")
+    def _normalized(self) -> CpuKernels:
+        if self.factors.get(self.reference) != 1.0:
+            raise ValueError(f"cpu_kernels: the reference type {self.reference} must have the factor 1.0")
+        if any(f <= 0 for f in self.factors.values()):
+            raise ValueError("cpu_kernels: every factor must be positive")
+        return self
+
+
 class GpuCatalog(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     sources: dict[str, str]
     gpus: dict[str, Gpu]
     calibrations: dict[str, Calibration] = Field(default_factory=dict)
+    cpu_kernels: CpuKernels | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -96,6 +116,8 @@ class GpuCatalog(BaseModel):
         for name, fitted in self.calibrations.items():
             if fitted.source not in self.sources:
                 raise ValueError(f"calibrations.{name}: source {fitted.source!r} is not in [sources]")
+        if self.cpu_kernels and self.cpu_kernels.source not in self.sources:
+            raise ValueError(f"cpu_kernels: source {self.cpu_kernels.source!r} is not in [sources]")
         return self
 
 
@@ -135,3 +157,9 @@ def catalog_id_for(device_name: str, total_bytes: int) -> str | None:
 def calibration(gpu: Gpu) -> Calibration | None:
     """The card's calibrated parameters, if the catalog has them."""
     return gpu_catalog().calibrations.get(gpu.calibration)
+
+
+def cpu_kernel_factors() -> dict[str, float]:
+    """llama.cpp's CPU kernel rate per weight type relative to the catalog's reference type (empty: none known)."""
+    kernels = gpu_catalog().cpu_kernels
+    return dict(kernels.factors) if kernels else {}
