@@ -3,9 +3,10 @@
 For every record of the calibration split and of the held-back split (never used to calibrate): the source,
 the measured and predicted tokens/s and their ratio, predicted by `mm fit`'s own path (fit_shape) on a class
 composed of the record's catalog GPUs and its stated RAM bandwidth and cores, for header-only GGUFs of the same
-shapes (Llama-3-8B/70B, Qwen2.5-14B/32B, Qwen3-14B, Phi-4, Mistral-Small-24B, Qwen3-30B-A3B, gpt-oss-20b; the
-data region is a sparse hole); then a summary per regime: full offload, dense partial offload (-ngl below the
-layer count), MoE with experts in RAM (--n-cpu-moe), and CPU only, for decode (tg) and prompt (pp512).
+shapes (Llama-3-8B/70B, Qwen2.5-14B/32B, Qwen3-14B, Phi-4, Mistral-Small-24B, Qwen3-30B-A3B, gpt-oss-20b,
+DeepSeek-Coder-V2-Lite; the data region is a sparse hole); then a summary per regime: full offload, dense
+partial offload (-ngl below the layer count), MoE with experts in RAM (--n-cpu-moe), and CPU only, for decode (tg)
+and prompt (pp512).
 `--fit` prints how the figures were obtained: gpus.toml's [calibrations] per kind of card from the calibration
 split's full offloads (decode by least squares on relative error; prompt share and per-watt cap by a grid on
 log error), then gpu_speed.py's CPU_RAM_EFFICIENCY and HANDOVER_MS from its hybrid runs.
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.moe import DEEPSEEK_V2_LITE
 from pipeline.fitting import gpu_speed
 from pipeline.fitting.fit import FitResult, fit_shape
 from pipeline.fitting.gpu_speed import decode_tokens_per_second, float_share, gpu_layers
@@ -62,6 +64,7 @@ SHAPES = {
                                   n_ff=32768, n_vocab=131072, context_length=32768),
     "phi4": TinySpec(n_layers=40, n_embd=5120, n_head=40, n_head_kv=10, n_ff=17920, n_vocab=100352,
                      context_length=16384),
+    "deepseek-coder-v2-lite": DEEPSEEK_V2_LITE,
 }  # fmt: skip
 TOLERANCE = {"tg": 0.25, "pp": 0.35}  # issue 21's bar on the held-back split
 
