@@ -8,9 +8,11 @@ without measurements has the bandwidth alone.
 
 from __future__ import annotations
 
+from pipeline.fitting.graph_ops import DEFAULT_LAYER_OPS, decode_ops
+from pipeline.fitting.model_shape import ModelShape
 from pipeline.fitting.placement import ReadBytes
 from pipeline.fitting.speed import DeviceRates, DeviceWork, Overhead
-from pipeline.spec.hardware import HardwareClass
+from pipeline.spec.hardware import CpuRates, HardwareClass
 
 
 def cpu_rates(hardware: HardwareClass, threads: int | None) -> tuple[DeviceRates, Overhead] | None:
@@ -26,15 +28,22 @@ def cpu_rates(hardware: HardwareClass, threads: int | None) -> tuple[DeviceRates
         bandwidth_spread=rates.ram_bandwidth_error,
         ram_compute_share=rates.ram_compute_share,
     )
-    return ram, Overhead(rates.token_overhead_ms, rates.layer_overhead_ms, rates.vocab_overhead_ns)
+    return ram, Overhead(rates.token_overhead_ms, overhead_per_op_us(rates), rates.vocab_overhead_ns)
+
+
+def overhead_per_op_us(rates: CpuRates) -> float:
+    """Microseconds per computed graph node; a class measured per llama layer (before per-node costs) has that
+    cost spread over a llama layer's nodes."""
+    return rates.op_overhead_us or rates.layer_overhead_ms * 1e3 / DEFAULT_LAYER_OPS
 
 
 def roofline_devices(
-    read: ReadBytes, hardware: HardwareClass, threads: int | None, n_layers: int, n_vocab: int
+    read: ReadBytes, hardware: HardwareClass, threads: int | None, shape: ModelShape
 ) -> tuple[list[tuple[DeviceWork, DeviceRates]], float]:
-    """Each device's work and rates for speed.py's roofline, and the per-token overhead in seconds."""
+    """Each device's work and rates for speed.py's roofline, and the per-token overhead in seconds (the graph's
+    nodes, graph_ops.py, and the logits of the vocabulary)."""
     ram, overhead = cpu_rates(hardware, threads) or (DeviceRates(hardware.ram_bandwidth_gbps), Overhead())
     devices = [(DeviceWork(read.cpu, read.cpu_elements), ram)]
     if read.gpu and hardware.gpu_bandwidth_gbps > 0:
         devices.append((DeviceWork(read.gpu, read.gpu_elements), DeviceRates(hardware.gpu_bandwidth_gbps)))
-    return devices, overhead.seconds(n_layers, n_vocab)
+    return devices, overhead.seconds(decode_ops(shape), shape.n_vocab)

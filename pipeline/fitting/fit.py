@@ -268,7 +268,7 @@ def _decode_spread(chosen: Placement, shape: ModelShape, hardware: HardwareClass
     """The ± a measured CPU class's standard errors give its roofline prediction (0 for catalog GPU classes)."""
     if gpu_speed.uses_catalog(hardware):
         return 0.0
-    return tokens_per_second_spread(*roofline_devices(chosen.read, hardware, threads, shape.n_layers, shape.n_vocab))
+    return tokens_per_second_spread(*roofline_devices(chosen.read, hardware, threads, shape))
 
 
 def _speeds(p: gpu_speed.SpeedPrediction) -> dict[str, Any]:

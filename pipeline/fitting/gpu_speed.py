@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from pipeline.fitting.cpu_speed import cpu_rates, roofline_devices
+from pipeline.fitting.graph_ops import decode_ops
 from pipeline.fitting.model_shape import ModelShape
 from pipeline.fitting.placement import Placement
 from pipeline.fitting.speed import (
@@ -136,7 +137,9 @@ def cpu_decode_seconds(placement: Placement, shape: ModelShape, hardware: Hardwa
         ram, overhead = measured
         cpu_layers = shape.n_layers - gpu_layers(shape, placement.n_gpu_layers)
         head_on_cpu = placement.n_gpu_layers == 0  # the logits are written out where the output layer runs
-        return device_seconds(work, ram) + overhead.seconds(cpu_layers, shape.n_vocab if head_on_cpu else 0)
+        return device_seconds(work, ram) + overhead.seconds(
+            decode_ops(shape, cpu_layers), shape.n_vocab if head_on_cpu else 0
+        )
     memory = read.cpu / (hardware.ram_bandwidth_gbps * CPU_RAM_EFFICIENCY * 1e9)
     compute = compute_seconds(work, cpu_kernel_rates(threads or hardware.cpu_cores or 0))
     # A layer on the CPU runs the same graph nodes, each ending in a thread barrier: it is given the GPU's
@@ -171,7 +174,7 @@ def decode_tokens_per_second(
     """llama-bench's tg128 for a placement: the calibrated model on a class of catalog GPUs, else speed.py's
     roofline over what a token reads and multiplies on each device (only the active experts)."""
     if not uses_catalog(hardware):
-        return tokens_per_second(*roofline_devices(placement.read, hardware, threads, shape.n_layers, shape.n_vocab))
+        return tokens_per_second(*roofline_devices(placement.read, hardware, threads, shape))
     read, devices = placement.read, hardware.devices
     layers = gpu_layers(shape, placement.n_gpu_layers)
     seconds = gpu_decode_seconds(read.gpu, read.gpu_elements, layers, devices, hardware.gpu_calibration)

@@ -1,7 +1,7 @@
 """Decode speed: a roofline per device, with rates measured on the machine (`mm hw --measure`).
 
     seconds per token = sum over devices of max(bytes read / bandwidth, matrix work / compute rate)
-                        + a per-token overhead (graph build, thread barriers, one per layer)
+                        + a per-token overhead (graph build, one dispatch and barrier per graph node)
 
 The caller says what each device does per token (`DeviceWork`: bytes read and weight elements multiplied,
 by ggml type); this module turns that into seconds with the class's rates (`DeviceRates`). Which bytes a
@@ -93,15 +93,16 @@ class DeviceRates:
 
 @dataclass(frozen=True)
 class Overhead:
-    """Per-token time outside the matrix work: a fixed part, a part per layer (graph nodes) and a part per
-    vocabulary entry (every token's logits are written out by llama.cpp and copied by llama-cpp-python)."""
+    """Per-token time outside the matrix work: a fixed part, a part per computed graph node (a dispatch and,
+    with several threads, a barrier: fitting/graph_ops.py counts them) and a part per vocabulary entry (every
+    token's logits are written out by llama.cpp and copied by llama-cpp-python)."""
 
     token_ms: float = 0.0
-    layer_ms: float = 0.0
+    op_us: float = 0.0
     vocab_ns: float = 0.0
 
-    def seconds(self, n_layers: int, n_vocab: int = 0) -> float:
-        return (self.token_ms + self.layer_ms * n_layers) / 1e3 + self.vocab_ns * n_vocab / 1e9
+    def seconds(self, n_ops: int, n_vocab: int = 0) -> float:
+        return self.token_ms / 1e3 + self.op_us * n_ops / 1e6 + self.vocab_ns * n_vocab / 1e9
 
 
 def memory_seconds(work: DeviceWork, rates: DeviceRates) -> float:

@@ -4,8 +4,8 @@ weights from RAM, its matrix-vector rate per weight type, and its per-token over
 Everything is measured by llama.cpp itself, through the same llama-cpp-python `mm bench` uses, on models
 made by the tiny-model factory:
   - two micro models (2 and 8 layers, width 64) give the per-token overhead: a fixed part and a part per
-    layer (their matrix work is negligible); a third with a 65536-entry vocabulary gives the part per
-    vocabulary entry (each token's logits written out and copied);
+    computed graph node (fitting/graph_ops.py counts them; their matrix work is negligible); a third with a
+    65536-entry vocabulary gives the part per vocabulary entry (each token's logits written out and copied);
   - one mid model (2 layers, width 512, FFN 1024: 5 M weights, 20 MB even in F32, so it stays in a
     32 MB-class cache and measures arithmetic, not RAM) is quantized "pure" to each weight type llama.cpp
     can make (MEASURED_TYPES: every type a model is stored in but NVFP4, which speed.py derives), and its
@@ -39,6 +39,7 @@ import numpy as np
 from pipeline.base.errors import HardwareError, MMError
 from pipeline.base.home import atomic_write_json, atomic_write_text
 from pipeline.base.provenance import utc_now
+from pipeline.fitting.graph_ops import decode_ops
 from pipeline.fitting.model_shape import model_shape
 from pipeline.fitting.speed import FLOPS_PER_ELEMENT, merge
 from pipeline.gguf.header import read_header, read_model
@@ -146,10 +147,11 @@ def _big_models(folder: Path, cache: int) -> dict[str, Path]:
 
 
 def _work(model: Path) -> tuple[int, int, int]:
-    """(weight elements multiplied, bytes read, layers) of one decoded token of a calibration model."""
+    """(weight elements multiplied, bytes read, graph nodes computed) of one decoded token of a calibration
+    model."""
     shape = model_shape(read_model(model))
     elements = sum(merge([*shape.layer_elements, shape.output_elements]).values())
-    return elements, sum(shape.layer_bytes) + shape.output_bytes, shape.n_layers
+    return elements, sum(shape.layer_bytes) + shape.output_bytes, decode_ops(shape)
 
 
 def _rates(estimates: dict[str, Estimate], models: dict[str, Path], cache: int) -> CpuRates:
@@ -157,17 +159,18 @@ def _rates(estimates: dict[str, Estimate], models: dict[str, Path], cache: int) 
     bandwidth and the out-of-cache share from the big ones; a figure's spread and error are its test's, scaled
     up by how much of the time the overhead took."""
     t2, t8, tv = (estimates.pop(k).centre for k in ("micro2", "micro8", "vocab"))
-    per_layer = max(0.0, (t8 - t2) / 6)
-    fixed = max(0.0, t2 - 2 * per_layer)
+    ops2, ops8 = (_work(models[k])[2] for k in ("micro2", "micro8"))
+    per_op = max(0.0, (t8 - t2) / (ops8 - ops2))
+    fixed = max(0.0, t2 - ops2 * per_op)
     big = {k: estimates.pop(k) for k in ("big-F32", "big-Q4_K")}
 
-    def net(estimate: Estimate, n_layers: int) -> float:  # the matrix work's share of a test's time
-        return max(estimate.centre - fixed - n_layers * per_layer, 1e-7)
+    def net(estimate: Estimate, n_ops: int) -> float:  # the matrix work's share of a test's time
+        return max(estimate.centre - fixed - n_ops * per_op, 1e-7)
 
     gflops, spread, error = {}, {}, {}
     for kind, estimate in estimates.items():
-        elements, _read, n_layers = _work(models[kind])
-        seconds = net(estimate, n_layers)
+        elements, _read, n_ops = _work(models[kind])
+        seconds = net(estimate, n_ops)
         gflops[kind] = round(FLOPS_PER_ELEMENT * elements / seconds / 1e9, 2)
         spread[kind] = round(estimate.spread * estimate.centre / seconds, 4)
         error[kind] = round(estimate.error * estimate.centre / seconds, 4)
@@ -175,12 +178,12 @@ def _rates(estimates: dict[str, Estimate], models: dict[str, Path], cache: int) 
     head_seconds = FLOPS_PER_ELEMENT * sum(vocab_model.output_elements.values()) / (gflops.get("Q8_0", 1.0) * 1e9)
     extra_entries = vocab_model.n_vocab - model_shape(read_model(models["micro2"])).n_vocab
     per_entry = max(0.0, (tv - t2 - head_seconds) / extra_entries) if "Q8_0" in gflops else 0.0
-    _elements, read, n_layers = _work(models["big-F32"])
-    f32_seconds = net(big["big-F32"], n_layers)
-    elements, _read, n_layers = _work(models["big-Q4_K"])
-    out_of_cache = FLOPS_PER_ELEMENT * elements / net(big["big-Q4_K"], n_layers) / 1e9 / gflops.get("Q4_K", 1.0)
+    _elements, read, n_ops = _work(models["big-F32"])
+    f32_seconds = net(big["big-F32"], n_ops)
+    elements, _read, n_ops = _work(models["big-Q4_K"])
+    out_of_cache = FLOPS_PER_ELEMENT * elements / net(big["big-Q4_K"], n_ops) / 1e9 / gflops.get("Q4_K", 1.0)
     return CpuRates(gflops=gflops, spread=spread, error=error, token_overhead_ms=round(fixed * 1e3, 4),
-                    layer_overhead_ms=round(per_layer * 1e3, 4), vocab_overhead_ns=round(per_entry * 1e9, 3),
+                    op_overhead_us=round(per_op * 1e6, 4), vocab_overhead_ns=round(per_entry * 1e9, 3),
                     cache_bytes=cache, ram_bandwidth_gbps=round(read / f32_seconds / 1e9, 2),
                     ram_bandwidth_spread=round(big["big-F32"].spread * big["big-F32"].centre / f32_seconds, 4),
                     ram_bandwidth_error=round(big["big-F32"].error * big["big-F32"].centre / f32_seconds, 4),

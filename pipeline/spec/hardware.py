@@ -61,7 +61,8 @@ class CpuRates(BaseModel):
     # the share of its in-cache rate a type keeps when its weights come from RAM (measured on Q4_K)
     ram_compute_share: float = Field(default=1.0, gt=0, le=1)
     token_overhead_ms: float = Field(default=0.0, ge=0)
-    layer_overhead_ms: float = Field(default=0.0, ge=0)
+    op_overhead_us: float = Field(default=0.0, ge=0)  # per computed node of the decode graph (graph_ops.py)
+    layer_overhead_ms: float = Field(default=0.0, ge=0)  # older measurements: per llama layer, not per node
     vocab_overhead_ns: float = Field(default=0.0, ge=0)  # per vocabulary entry: the logits of every token
     cache_bytes: int = Field(default=0, ge=0)  # the last-level cache these rates were measured in
 
