@@ -10,11 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.fitting.cpu_speed import roofline_devices
 from pipeline.fitting.graph_ops import decode_ops
 from pipeline.fitting.model_shape import model_shape
+from pipeline.fitting.placement import ReadBytes
 from pipeline.gguf.header import read_model
 from pipeline.gguf.tiny_model import write_tiny_model
 from pipeline.gguf.tiny_tensors import TinySpec
+from pipeline.spec.hardware import CpuRates, HardwareClass
 
 # One process loads each model and decodes one token after a marker line; with GGML_SCHED_DEBUG=2 the
 # scheduler lists that token's graph node by node, leaving out the view ops (ggml-backend.cpp
@@ -74,3 +77,20 @@ def test_a_partial_count_takes_the_fixed_nodes_and_the_first_layers(tmp_path: Pa
     shape = model_shape(read_model(write_tiny_model(tmp_path / "m.gguf", TinySpec(n_layers=4))))
     every, none, two = decode_ops(shape), decode_ops(shape, 0), decode_ops(shape, 2)
     assert none < two < every and two - none == (every - none) // 2 and decode_ops(shape, 9) == every
+
+
+def test_a_class_measured_per_layer_spends_that_time_over_a_llama_layers_nodes(tmp_path: Path) -> None:
+    """A class cached before per-node costs (layer_overhead_ms) still predicts a llama model as it did: its
+    per-layer time for each layer, and the same per-node cost for the few nodes outside the layers."""
+    shape = model_shape(read_model(write_tiny_model(tmp_path / "m.gguf", TinySpec(n_layers=4))))
+    rates = {1: {"gflops": {"F32": 10.0}, "layer_overhead_ms": 0.22}}
+    old = HardwareClass.model_validate(
+        {"name": "old", "vram": 0, "ram": "8G", "ram_bandwidth_gbps": 10, "cpu_rates": rates}
+    )
+    new = old.model_copy(update={"cpu_rates": {1: CpuRates(gflops={"F32": 10.0}, op_overhead_us=7.0)}})
+    read = ReadBytes(gpu=0, cpu=1)
+    _, old_seconds = roofline_devices(read, old, 1, shape)
+    _, new_seconds = roofline_devices(read, new, 1, shape)
+    layer_ops = (decode_ops(shape) - decode_ops(shape, 0)) / shape.n_layers
+    assert old_seconds == pytest.approx(0.22e-3 * decode_ops(shape) / layer_ops)
+    assert new_seconds == pytest.approx(7e-6 * decode_ops(shape))
