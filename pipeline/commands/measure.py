@@ -228,8 +228,9 @@ def show_rates(measured: HardwareClass) -> None:
     from pipeline.fitting.cpu_speed import overhead_per_op_us
 
     ops = [overhead_per_op_us(r) for r in rates]
-    table(("threads", "RAM GB/s", "out-of-cache share", "overhead ms", "µs/node", "ns/vocab entry"),
-          [(c, bw, f"{r.ram_compute_share:.2f}", f"{r.token_overhead_ms:.3f}", f"{o:.2f}", f"{r.vocab_overhead_ns:.1f}")
+    table(("threads", "RAM GB/s", "out-of-cache share", "overhead ms", "µs/node", "ns/vocab entry", "ns/SSM state"),
+          [(c, bw, f"{r.ram_compute_share:.2f}", f"{r.token_overhead_ms:.3f}", f"{o:.2f}", f"{r.vocab_overhead_ns:.1f}",
+            f"{r.state_overhead_ns:.1f}")
            for c, bw, r, o in zip(counts, bandwidths, rates, ops, strict=True)])  # fmt: skip
     kinds = sorted({k for r in rates for k in r.gflops})
     table(("type", *(f"{c} thread(s) GFLOP/s" for c in counts)),

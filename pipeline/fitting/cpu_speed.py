@@ -8,7 +8,7 @@ without measurements has the bandwidth alone.
 
 from __future__ import annotations
 
-from pipeline.fitting.graph_ops import DEFAULT_LAYER_OPS, decode_ops
+from pipeline.fitting.graph_ops import DEFAULT_LAYER_OPS, decode_ops, state_elements
 from pipeline.fitting.model_shape import ModelShape
 from pipeline.fitting.placement import ReadBytes
 from pipeline.fitting.speed import DeviceRates, DeviceWork, Overhead
@@ -28,7 +28,8 @@ def cpu_rates(hardware: HardwareClass, threads: int | None) -> tuple[DeviceRates
         bandwidth_spread=rates.ram_bandwidth_error,
         ram_compute_share=rates.ram_compute_share,
     )
-    return ram, Overhead(rates.token_overhead_ms, overhead_per_op_us(rates), rates.vocab_overhead_ns)
+    return ram, Overhead(rates.token_overhead_ms, overhead_per_op_us(rates), rates.vocab_overhead_ns,
+                         rates.state_overhead_ns)  # fmt: skip
 
 
 def overhead_per_op_us(rates: CpuRates) -> float:
@@ -41,9 +42,9 @@ def roofline_devices(
     read: ReadBytes, hardware: HardwareClass, threads: int | None, shape: ModelShape
 ) -> tuple[list[tuple[DeviceWork, DeviceRates]], float]:
     """Each device's work and rates for speed.py's roofline, and the per-token overhead in seconds (the graph's
-    nodes, graph_ops.py, and the logits of the vocabulary)."""
+    nodes and recurrent state, graph_ops.py, and the logits of the vocabulary)."""
     ram, overhead = cpu_rates(hardware, threads) or (DeviceRates(hardware.ram_bandwidth_gbps), Overhead())
     devices = [(DeviceWork(read.cpu, read.cpu_elements), ram)]
     if read.gpu and hardware.gpu_bandwidth_gbps > 0:
         devices.append((DeviceWork(read.gpu, read.gpu_elements), DeviceRates(hardware.gpu_bandwidth_gbps)))
-    return devices, overhead.seconds(decode_ops(shape), shape.n_vocab)
+    return devices, overhead.seconds(decode_ops(shape), shape.n_vocab, state_elements(shape))

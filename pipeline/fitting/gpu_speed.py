@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from pipeline.fitting.cpu_speed import cpu_rates, roofline_devices
-from pipeline.fitting.graph_ops import decode_ops
+from pipeline.fitting.graph_ops import decode_ops, state_elements
 from pipeline.fitting.model_shape import ModelShape
 from pipeline.fitting.placement import Placement
 from pipeline.fitting.speed import (
@@ -137,9 +137,9 @@ def cpu_decode_seconds(placement: Placement, shape: ModelShape, hardware: Hardwa
         ram, overhead = measured
         cpu_layers = shape.n_layers - gpu_layers(shape, placement.n_gpu_layers)
         head_on_cpu = placement.n_gpu_layers == 0  # the logits are written out where the output layer runs
-        return device_seconds(work, ram) + overhead.seconds(
-            decode_ops(shape, cpu_layers), shape.n_vocab if head_on_cpu else 0
-        )
+        n_vocab = shape.n_vocab if head_on_cpu else 0
+        n_state = state_elements(shape, cpu_layers)
+        return device_seconds(work, ram) + overhead.seconds(decode_ops(shape, cpu_layers), n_vocab, n_state)
     memory = read.cpu / (hardware.ram_bandwidth_gbps * CPU_RAM_EFFICIENCY * 1e9)
     compute = compute_seconds(work, cpu_kernel_rates(threads or hardware.cpu_cores or 0))
     # A layer on the CPU runs the same graph nodes, each ending in a thread barrier: it is given the GPU's

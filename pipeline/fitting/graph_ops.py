@@ -1,4 +1,5 @@
-"""The operations llama.cpp's CPU backend runs for one decoded token: the per-token fixed cost of the speed model.
+"""What llama.cpp's CPU backend does for one decoded token beyond its matrix work: the graph nodes it runs, and
+the recurrent state a state-space layer scans.
 
 Every computed node of the decode graph costs a dispatch whatever its size (ggml-cpu.c
 ggml_graph_compute_thread: one ggml_compute_forward per node, then a ggml_barrier that all T threads wait
@@ -8,6 +9,11 @@ rather than their size is what a token pays beyond its matrix work. The counts a
 src/models/<arch>.cpp builds for one token (n_tokens = 1), as llama.cpp's scheduler lists them with
 GGML_SCHED_DEBUG=2 (ggml-backend.cpp ggml_backend_sched_print_assignments, which skips the view ops); the
 tests hold this table to that list.
+
+A recurrent layer also updates its whole SSM state every token: ggml-cpu ops.cpp ggml_compute_forward_ssm_scan_f32
+(the Mamba-1 path) runs a scalar loop with one expf per state element ("can't really use GGML_SIMD here because
+d_state is usually 16"), d_inner x d_state of them per layer, and the state is copied in and out of the cache
+around it. At Mamba-130M's shape that is 24 x 24,576 elements a token: milliseconds, more than its graph nodes.
 """
 
 from __future__ import annotations
@@ -57,3 +63,9 @@ def decode_ops(shape: ModelShape, layers: int | None = None) -> int:
     fixed = FIXED_OPS.get(shape.arch, DEFAULT_FIXED_OPS)
     count = shape.n_layers if layers is None else max(0, min(layers, shape.n_layers))
     return fixed + sum(layer_ops(shape, layer) for layer in range(count))
+
+
+def state_elements(shape: ModelShape, layers: int | None = None) -> int:
+    """Recurrent state elements (n_embd_s: d_inner x d_state for Mamba) the first `layers` layers scan per token."""
+    count = shape.n_layers if layers is None else max(0, min(layers, shape.n_layers))
+    return shape.n_embd_s * sum(shape.is_recurrent[:count])

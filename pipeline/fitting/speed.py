@@ -95,14 +95,17 @@ class DeviceRates:
 class Overhead:
     """Per-token time outside the matrix work: a fixed part, a part per computed graph node (a dispatch and,
     with several threads, a barrier: fitting/graph_ops.py counts them) and a part per vocabulary entry (every
-    token's logits are written out by llama.cpp and copied by llama-cpp-python)."""
+    token's logits are written out by llama.cpp and copied by llama-cpp-python) and a part per element of a
+    recurrent layer's SSM state (the scan's scalar expf each)."""
 
     token_ms: float = 0.0
     op_us: float = 0.0
     vocab_ns: float = 0.0
+    state_ns: float = 0.0  # per recurrent state element scanned (graph_ops.state_elements)
 
-    def seconds(self, n_ops: int, n_vocab: int = 0) -> float:
-        return self.token_ms / 1e3 + self.op_us * n_ops / 1e6 + self.vocab_ns * n_vocab / 1e9
+    def seconds(self, n_ops: int, n_vocab: int = 0, n_state: int = 0) -> float:
+        return (self.token_ms / 1e3 + self.op_us * n_ops / 1e6 + self.vocab_ns * n_vocab / 1e9
+                + self.state_ns * n_state / 1e9)  # fmt: skip
 
 
 def memory_seconds(work: DeviceWork, rates: DeviceRates) -> float:

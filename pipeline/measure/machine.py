@@ -6,6 +6,9 @@ made by the tiny-model factory:
   - two micro models (2 and 8 layers, width 64) give the per-token overhead: a fixed part and a part per
     computed graph node (fitting/graph_ops.py counts them; their matrix work is negligible); a third with a
     65536-entry vocabulary gives the part per vocabulary entry (each token's logits written out and copied);
+  - two micro Mamba models (4 layers, d_inner 512) whose SSM state differs (d_state 16 and 128) give the
+    part per recurrent state element (the scan's scalar expf: fitting/graph_ops.py), their larger x_proj
+    matrix taken out at the F32 rate;
   - one mid model (2 layers, width 512, FFN 1024: 5 M weights, 20 MB even in F32, so it stays in a
     32 MB-class cache and measures arithmetic, not RAM) is quantized "pure" to each weight type llama.cpp
     can make (MEASURED_TYPES: every type a model is stored in but NVFP4, which speed.py derives), and its
@@ -39,7 +42,7 @@ import numpy as np
 from pipeline.base.errors import HardwareError, MMError
 from pipeline.base.home import atomic_write_json, atomic_write_text
 from pipeline.base.provenance import utc_now
-from pipeline.fitting.graph_ops import decode_ops
+from pipeline.fitting.graph_ops import decode_ops, state_elements
 from pipeline.fitting.model_shape import model_shape
 from pipeline.fitting.speed import FLOPS_PER_ELEMENT, merge
 from pipeline.gguf.header import read_header, read_model
@@ -56,6 +59,9 @@ log = logging.getLogger(__name__)
 MeasureProgress = Callable[[str], None]  # a line saying what is being measured
 BIG_MODEL_BYTES = 64 << 20  # at least: twice a 32 MiB L3 (and twice the cache found, when larger)
 VOCAB = 65536  # the vocabulary of the model that measures the per-entry overhead
+# The Mamba pair that measures the per-state-element overhead: d_state 16 (Mamba's own) and 128
+SSM_MODELS = {"ssm16": TinySpec(arch="mamba", n_layers=4, n_embd=256, ssm_state_size=16),
+              "ssm128": TinySpec(arch="mamba", n_layers=4, n_embd=256, ssm_state_size=128)}  # fmt: skip
 # Pure quantizations (every tensor one type) by llama_ftype (llama.h), named by the ggml type each makes
 # (llama-quant.cpp llama_ftype_get_default_type: IQ2_S comes from the IQ2_M ftype, IQ2_XS from IQ2_XS).
 MEASURED_TYPES = {
@@ -163,6 +169,7 @@ def _rates(estimates: dict[str, Estimate], models: dict[str, Path], cache: int) 
     per_op = max(0.0, (t8 - t2) / (ops8 - ops2))
     fixed = max(0.0, t2 - ops2 * per_op)
     big = {k: estimates.pop(k) for k in ("big-F32", "big-Q4_K")}
+    ssm = {k: estimates.pop(k).centre for k in SSM_MODELS}
 
     def net(estimate: Estimate, n_ops: int) -> float:  # the matrix work's share of a test's time
         return max(estimate.centre - fixed - n_ops * per_op, 1e-7)
@@ -178,16 +185,27 @@ def _rates(estimates: dict[str, Estimate], models: dict[str, Path], cache: int) 
     head_seconds = FLOPS_PER_ELEMENT * sum(vocab_model.output_elements.values()) / (gflops.get("Q8_0", 1.0) * 1e9)
     extra_entries = vocab_model.n_vocab - model_shape(read_model(models["micro2"])).n_vocab
     per_entry = max(0.0, (tv - t2 - head_seconds) / extra_entries) if "Q8_0" in gflops else 0.0
+    per_state = _state_seconds(ssm, models, gflops.get("F32"))
     _elements, read, n_ops = _work(models["big-F32"])
     f32_seconds = net(big["big-F32"], n_ops)
     elements, _read, n_ops = _work(models["big-Q4_K"])
     out_of_cache = FLOPS_PER_ELEMENT * elements / net(big["big-Q4_K"], n_ops) / 1e9 / gflops.get("Q4_K", 1.0)
     return CpuRates(gflops=gflops, spread=spread, error=error, token_overhead_ms=round(fixed * 1e3, 4),
                     op_overhead_us=round(per_op * 1e6, 4), vocab_overhead_ns=round(per_entry * 1e9, 3),
+                    state_overhead_ns=round(per_state * 1e9, 3),
                     cache_bytes=cache, ram_bandwidth_gbps=round(read / f32_seconds / 1e9, 2),
                     ram_bandwidth_spread=round(big["big-F32"].spread * big["big-F32"].centre / f32_seconds, 4),
                     ram_bandwidth_error=round(big["big-F32"].error * big["big-F32"].centre / f32_seconds, 4),
                     ram_compute_share=round(min(1.0, out_of_cache), 3) if "Q4_K" in gflops else 1.0)  # fmt: skip
+
+
+def _state_seconds(centres: dict[str, float], models: dict[str, Path], f32_gflops: float | None) -> float:
+    """Seconds per recurrent state element: the Mamba pair's difference in time less their difference in
+    (F32) matrix work, over their difference in state elements."""
+    (lo_elements, _, _), (hi_elements, _, _) = (_work(models[k]) for k in SSM_MODELS)
+    lo_state, hi_state = (state_elements(model_shape(read_model(models[k]))) for k in SSM_MODELS)
+    matrix = FLOPS_PER_ELEMENT * (hi_elements - lo_elements) / (f32_gflops * 1e9) if f32_gflops else 0.0
+    return max(0.0, (centres["ssm128"] - centres["ssm16"] - matrix) / (hi_state - lo_state))
 
 
 def measure_machine(
@@ -211,6 +229,7 @@ def measure_machine(
         models = {"micro2": write_tiny_model(root / "micro2.gguf", micro),
                   "micro8": write_tiny_model(root / "micro8.gguf", micro.with_(n_layers=8)),
                   "vocab": root / "vocab.gguf"}  # fmt: skip
+        models.update({name: write_tiny_model(root / f"{name}.gguf", spec) for name, spec in SSM_MODELS.items()})
         if not quantize_pure(write_tiny_model(root / "vocab-f32.gguf", micro.with_(n_vocab=VOCAB)),
                               models["vocab"], MEASURED_TYPES["Q8_0"]):  # fmt: skip
             raise HardwareError("llama.cpp could not quantize the calibration model to Q8_0")

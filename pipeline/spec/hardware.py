@@ -64,6 +64,7 @@ class CpuRates(BaseModel):
     op_overhead_us: float = Field(default=0.0, ge=0)  # per computed node of the decode graph (graph_ops.py)
     layer_overhead_ms: float = Field(default=0.0, ge=0)  # older measurements: per llama layer, not per node
     vocab_overhead_ns: float = Field(default=0.0, ge=0)  # per vocabulary entry: the logits of every token
+    state_overhead_ns: float = Field(default=0.0, ge=0)  # per recurrent (SSM) state element a token scans
     cache_bytes: int = Field(default=0, ge=0)  # the last-level cache these rates were measured in
 
 
