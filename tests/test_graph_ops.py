@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.fitting.cpu_speed import roofline_devices
-from pipeline.fitting.graph_ops import decode_ops
+from pipeline.fitting.graph_ops import decode_ops, state_elements
 from pipeline.fitting.model_shape import model_shape
 from pipeline.fitting.placement import ReadBytes
 from pipeline.gguf.header import read_model
@@ -94,3 +94,17 @@ def test_a_class_measured_per_layer_spends_that_time_over_a_llama_layers_nodes(t
     layer_ops = (decode_ops(shape) - decode_ops(shape, 0)) / shape.n_layers
     assert old_seconds == pytest.approx(0.22e-3 * decode_ops(shape) / layer_ops)
     assert new_seconds == pytest.approx(7e-6 * decode_ops(shape))
+
+
+@pytest.mark.parametrize("d_state", [16, 64])
+def test_state_elements_are_the_ssm_a_tensors_a_token_scans(tmp_path: Path, d_state: int) -> None:
+    """Per token the scan updates d_inner x d_state state elements per layer: the shape of each layer's ssm_a
+    (A, one decay per state element), read with the gguf package."""
+    from gguf import GGUFReader
+
+    path = write_tiny_model(tmp_path / "m.gguf", TinySpec(arch="mamba", n_layers=3, ssm_state_size=d_state))
+    ssm_a = [int(t.n_elements) for t in GGUFReader(path).tensors if t.name.endswith(".ssm_a")]
+    shape = model_shape(read_model(path))
+    assert len(ssm_a) == 3 and state_elements(shape) == sum(ssm_a) and state_elements(shape, 1) == ssm_a[0]
+    dense = model_shape(read_model(write_tiny_model(tmp_path / "d.gguf", TinySpec())))
+    assert state_elements(dense) == 0
