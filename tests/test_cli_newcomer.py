@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -169,9 +170,10 @@ def _wait_until_reading(pid: int, seconds: float = 30) -> None:
         time.sleep(0.02)
 
 
-def test_ctrl_c_at_an_empty_chat_prompt_leaves(tiny_model: Path) -> None:
-    """Ctrl-C on an empty line ends the chat (as Ollama)."""
-    publish_fitted(tiny_model, get_hardware("cpu-64g"), name="talker")
+@contextlib.contextmanager
+def _chat_on_a_terminal(model: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """`mm run` of a profile of `model` on a pseudo-terminal, at its first prompt: (child, controller fd)."""
+    publish_fitted(model, get_hardware("cpu-64g"), name="talker")
     controller, terminal = os.openpty()
     child = subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli", "run", "talker"],
@@ -180,25 +182,23 @@ def test_ctrl_c_at_an_empty_chat_prompt_leaves(tiny_model: Path) -> None:
     os.close(terminal)
     try:
         assert b"> " in _read_until(controller, b"> ", 60)
-        _wait_until_reading(child.pid)
-        child.send_signal(signal.SIGINT)
-        rest = _read_until(controller, b"\xff", 5)
-        assert child.wait(timeout=30) == 0 and b"Traceback" not in rest
+        yield child, controller
     finally:
         child.kill()
         os.close(controller)
 
 
+def test_ctrl_c_at_an_empty_chat_prompt_leaves(tiny_model: Path) -> None:
+    """Ctrl-C on an empty line ends the chat (as Ollama)."""
+    with _chat_on_a_terminal(tiny_model) as (child, controller):
+        _wait_until_reading(child.pid)
+        child.send_signal(signal.SIGINT)
+        rest = _read_until(controller, b"\xff", 5)
+        assert child.wait(timeout=30) == 0 and b"Traceback" not in rest
+
+
 def test_ctrl_c_with_text_typed_drops_it_and_a_second_ctrl_c_leaves(tiny_model: Path) -> None:
-    publish_fitted(tiny_model, get_hardware("cpu-64g"), name="talker")
-    controller, terminal = os.openpty()
-    child = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "run", "talker"],
-        stdin=terminal, stdout=terminal, stderr=terminal, cwd=REPO_ROOT, env=dict(os.environ),
-    )  # fmt: skip
-    os.close(terminal)
-    try:
-        assert b"> " in _read_until(controller, b"> ", 60)
+    with _chat_on_a_terminal(tiny_model) as (child, controller):
         os.write(controller, b"half a question")
         assert b"half a question" in _read_until(controller, b"half a question", 30)  # readline echoed it
         _wait_until_reading(child.pid)
@@ -208,9 +208,6 @@ def test_ctrl_c_with_text_typed_drops_it_and_a_second_ctrl_c_leaves(tiny_model: 
         _wait_until_reading(child.pid)
         child.send_signal(signal.SIGINT)
         assert child.wait(timeout=30) == 0
-    finally:
-        child.kill()
-        os.close(controller)
 
 
 def test_demo_help_says_seconds_and_gibberish_by_design(mm: Mm) -> None:

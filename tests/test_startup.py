@@ -33,12 +33,14 @@ top = {name.split(".")[0] for name in sys.modules}
 json.dump(sorted(t for t in top - set(sys.stdlib_module_names) if not t.startswith("_")), open(out, "w"))
 """
 CLI = {"pipeline", "typer", "shellingham", "annotated_doc"}  # typer and what it always loads
-# typer checks every parameter with pydantic; a local model's path resolves under the mm home (filelock)
-PARAMS = {"pydantic", "pydantic_core", "annotated_types", "typing_extensions", "typing_inspection", "filelock"}
+# a local model's path resolves under the mm home (filelock)
+HOME = {"filelock"}
+# typer checks a value that is not plain with pydantic (commands/plain_values.py); fit's run settings are models
+PARAMS = {"pydantic", "pydantic_core", "annotated_types", "typing_extensions", "typing_inspection"}
 ALLOWED = {
     "--version": CLI,
-    "inspect": CLI | PARAMS,
-    "fit": CLI | PARAMS | {"pynvml"},  # nvidia-ml-py, where installed, to find this machine's GPUs
+    "inspect": CLI | HOME,
+    "fit": CLI | HOME | PARAMS | {"pynvml"},  # nvidia-ml-py, where installed, to find this machine's GPUs
 }
 NEVER = {"huggingface_hub", "httpx", "httpx2", "requests", "urllib3", "numpy", "gguf", "llama_cpp", "tqdm"}
 
@@ -86,3 +88,37 @@ def test_every_group_module_is_in_the_table() -> None:
 def test_a_command_loaded_late_helps_in_plain_text_as_before(mm: Callable[..., Result], command: list[str]) -> None:
     result = mm(*command, "--help")
     assert result.exit_code == 0 and result.stdout.startswith("Usage: ")  # no rich panels
+
+
+def _every_parameter() -> list[tuple[str, object]]:
+    """Every typer parameter of every mm command (and the root's), each with its command's name."""
+    from pipeline.cli import app
+
+    root = typer.main.get_group(app)
+    params: list[tuple[str, object]] = [("mm", p) for p in root.params]
+    for name in COMMAND_MODULES:
+        command = root.commands[name]
+        subcommands = getattr(command, "commands", {name: command})
+        params += [(f"{name} {sub}", p) for sub, c in subcommands.items() for p in c.params]
+    return params
+
+
+@pytest.mark.parametrize(("where", "param"), _every_parameter(), ids=lambda x: x if isinstance(x, str) else "")
+def test_plain_values_coerce_as_typer_does(where: str, param: typer.core.TyperOption) -> None:
+    """The plain-value path (commands/plain_values.py) returns what typer's own coercion returns, for every
+    parameter mm has: None, a str, an int; typer's answer, or its refusal, is the truth."""
+    from typer._coercion import build_runtime_param
+
+    from pipeline.cli import app
+
+    ctx = typer.Context(typer.main.get_group(app))
+    typers = build_runtime_param(param.type_descriptor)
+    for value in (None, "7", 7, "text"):
+        try:
+            expected: object = typers.coerce(value, param=param, ctx=ctx)
+        except Exception as refusal:
+            with pytest.raises(type(refusal)):
+                param.get_runtime_param().coerce(value, param=param, ctx=ctx)
+            continue
+        got = param.get_runtime_param().coerce(value, param=param, ctx=ctx)
+        assert (got, type(got)) == (expected, type(expected)), f"{where} {param.name} {value!r}"
