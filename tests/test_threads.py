@@ -62,7 +62,7 @@ def test_fit_threads_choose_the_measured_rates_the_prediction_uses(
     assert predicted() == predicted("-t", str(llama_bench_threads))  # no -t: llama-bench's default
     shown = mm("fit", str(tiny_model), "-t", "1")
     said = " ".join((shown.stdout + shown.stderr).split())
-    assert "rates measured at 1 thread(s) (-t 1)" in said
+    assert "rates measured at 1 thread(s) (-t 1;" in said
 
 
 @pytest.mark.parametrize(("gain", "said"), [(0.03, "within the measurement's noise"), (0.5, "try -t 1")])
