@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,6 +23,12 @@ from pipeline.registry.store import publish
 from pipeline.spec.hardware import HardwareClass
 from pipeline.spec.run_settings import RunSettings
 from tests.hub import LocalHub
+
+# A suite started in the background by a shell without job control (`cmd &` in a script, some CI runners) inherits
+# SIGINT ignored, and every child would inherit that too: the Ctrl-C tests would test nothing but the shell. A
+# handler here is reset to the default in each child at exec, so the children get SIGINT as a terminal sends it.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Nothing in a test may reach the internet: an endpoint on a closed loopback port fails fast.
 UNREACHABLE_ENDPOINT = "http://127.0.0.1:9"
