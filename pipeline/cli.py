@@ -16,7 +16,7 @@ from typer.core import TyperGroup
 from pipeline.base.constants import DEBUG_ENV, VERSION, env_flag
 from pipeline.base.errors import MMError
 from pipeline.base.plain_text import printable
-from pipeline.commands.plain_values import coerce_plain_values_first
+from pipeline.commands.plain_values import PlainValuesFirst
 from pipeline.commands.registration import INTERRUPTED_EXIT, set_verbosity
 
 # Each command and the module of pipeline/commands/ that registers it, in `mm --help`'s order. A command loads
@@ -114,18 +114,12 @@ class _LazyCommands(MutableMapping[str, _click.Command]):
         return len(set(COMMAND_MODULES) | set(self._built))
 
 
-class _MMGroup(TyperGroup):
+class _MMGroup(PlainValuesFirst, TyperGroup):
     """Every command runs inside this: an MMError becomes its message and exit code, not a traceback."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        coerce_plain_values_first(self.params)
         self.commands = _LazyCommands()
-
-    def get_help_option(self, ctx: _click.Context) -> Any:
-        option = super().get_help_option(ctx)
-        coerce_plain_values_first([option])
-        return option
 
     def invoke(self, ctx: _click.Context) -> Any:
         try:

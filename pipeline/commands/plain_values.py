@@ -47,9 +47,21 @@ class _PlainFirst:
 
 
 def coerce_plain_values_first(params: list[Any]) -> None:
-    """Give each typer parameter the plain-first coercion (those already coerced, or of another typer, are left).
-
-    A command's --help option is made later, on first use (get_help_option): pass it here then as well."""
+    """Give each typer parameter the plain-first coercion (those already coerced, or of another typer, are left)."""
     for param in params:
         if getattr(param, "_runtime_param", False) is None and hasattr(param, "type_descriptor"):
             param._runtime_param = _PlainFirst(param)
+
+
+class PlainValuesFirst(_click.Command):
+    """Mixed into mm's command and group classes (before typer's): their parameters, and the --help option
+    typer makes later on first use, coerce plain values first."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        coerce_plain_values_first(self.params)
+
+    def get_help_option(self, ctx: _click.Context) -> Any:
+        option = super().get_help_option(ctx)
+        coerce_plain_values_first([option])
+        return option

@@ -17,7 +17,7 @@ import typer
 from typer import _click  # typer vendors click; its Context/Option are the ones its commands use
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 
-from pipeline.commands.plain_values import coerce_plain_values_first
+from pipeline.commands.plain_values import PlainValuesFirst
 
 INTERRUPTED_EXIT = 130  # 128 + SIGINT, as shells report it
 FLASH_ATTN_VALUES = {"on": "--flash-attn", "off": "--no-flash-attn", "auto": None}
@@ -73,23 +73,17 @@ def _returns(text: str) -> Callable[..., str]:
     return lambda *args, **kwargs: text
 
 
-class MMCommand(TyperCommand):
+class MMCommand(PlainValuesFirst, TyperCommand):
     """A typer command with mm's shared habits (see the module docstring)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        coerce_plain_values_first(self.params)
         for param in self.params:
             if isinstance(param, TyperArgument) and param.metavar:
                 # typer 0.29 would print `{MODEL}` in the usage line and `MODEL <str>` in the list
                 param._usage_display_name = _returns(param.metavar)  # type: ignore[method-assign]
                 param._rich_display_name = _returns(param.metavar)  # type: ignore[method-assign]
                 param.display_type_rich = _returns("")  # type: ignore[method-assign]
-
-    def get_help_option(self, ctx: _click.Context) -> Any:
-        option = super().get_help_option(ctx)
-        coerce_plain_values_first([option])
-        return option
 
     def parse_args(self, ctx: _click.Context, args: list[str]) -> list[str]:
         args = _take_verbosity(args)
