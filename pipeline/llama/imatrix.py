@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 # owner/name:FILE[#member][@revision] in a Hub dataset) replaces it; so do --text and a recipe's [imatrix] text.
 DEFAULT_CALIBRATION = f"ggml-org/ci:wikitext-2-raw-v1.zip#wikitext-2-raw/wiki.train.raw@{WIKITEXT_COMMIT}"
 _CHUNKS_RE = re.compile(r"computing over (\d+) chunks")
-_CHUNK_DONE_RE = re.compile(r"^\[(\d+)\]([0-9.]+|nan|inf)")
+_CHUNK_DONE_RE = re.compile(r"^\[(\d+)\](-?nan|-?inf|[0-9.]+)")
 _FINAL_PPL_RE = re.compile(r"Final estimate: PPL = ([0-9.]+)")
 
 ImatrixProgress = Callable[[int, int], None]  # (chunks done, chunks in all)
@@ -134,8 +134,8 @@ def make_imatrix(
         log_path = home.ensure(home.logs) / f"imatrix-{output.name}.log"
         started = time.monotonic()
         with atomic_path(output) as tmp, text_within(text.path, text_budget(params.chunks, params.ctx)) as path:
-            chunks, ppl = _run(tool, model, path, params, tmp, threads, n_gpu_layers, log_path, progress)
-            n_entries = _check_output(tmp)
+            reported, ppl = _run(tool, model, path, params, tmp, threads, n_gpu_layers, log_path, progress)
+            n_entries, stored = _check_output(tmp)
             sha256 = sha256_file(tmp)  # not cached: the temp name is gone after the rename
         record_sha256(home, output, sha256)
         record = ImatrixRecord(
@@ -143,7 +143,7 @@ def make_imatrix(
             sha256=sha256,
             size_bytes=output.stat().st_size,
             n_entries=n_entries,
-            chunks_done=chunks,
+            chunks_done=stored if stored is not None else reported,
             perplexity=ppl,
             model_path=str(model),
             model_sha256=model_sha256,
@@ -200,8 +200,10 @@ def _run(
     return state["done"], final[-1] if final else None
 
 
-def _check_output(path: Path) -> int:
-    """The matrix parses as GGUF and holds importance data (`<tensor>.in_sum2` entries); their count."""
+def _check_output(path: Path) -> tuple[int, int | None]:
+    """The matrix parses as GGUF and holds importance data (`<tensor>.in_sum2` entries): their count, and
+    the chunks it says it holds. The file, not the progress lines, is what a record states: a chunk's
+    line can read `-nan` or be lost to a log that is cut short."""
     try:
         header = read_header(path)
     except ModelFormatError as exc:
@@ -209,4 +211,5 @@ def _check_output(path: Path) -> int:
     entries = sum(1 for t in header.tensors if t.name.endswith(".in_sum2"))
     if entries == 0:
         raise LlamaError("llama-imatrix wrote no importance data (no tensor saw activations)")
-    return entries
+    stored = header.metadata.get("imatrix.chunk_count")
+    return entries, stored if isinstance(stored, int) else None
