@@ -166,6 +166,7 @@ def test_every_public_speed_record_names_its_source_split_and_machine() -> None:
     with Path("bench/data/gpu_public.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert {row["split"] for row in rows} <= {"calibration", "held-back", "excluded"}
+    assert {row["basis"] for row in rows} <= {"reported rate", "request average"}
     for row in rows:
         assert row["source"].startswith(("github.com/", "https://")), row["source"]
         hybrid = row["gpus"] and (int(row["n_cpu_moe"]) > 0 or int(row["n_gpu_layers"]) < 99)

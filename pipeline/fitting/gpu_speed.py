@@ -10,7 +10,7 @@ Decode, per token (llama-bench's tg):
          + the GPU's layer_ms per layer on the CPU (or the class's measured CPU rates, `mm hw --measure`)
     plus HANDOVER_MS each time a token's activations cross between the CPU and a GPU (once for a dense model
     split by layers; twice per layer whose routed experts are in RAM) and between two GPUs.
-    CPU_RAM_EFFICIENCY (0.59) and HANDOVER_MS (0.10 ms) are fitted to public hybrid runs; their sources are stated
+    CPU_RAM_EFFICIENCY (0.60) and HANDOVER_MS (0.105 ms) are fitted to public hybrid runs; their sources are stated
     where they are defined, and bench/gpu_public.py prints the fit and a held-back split.
 
 Prompt (llama-bench's pp512): matrix work per token / (fp16 TFLOPS x the backend's prompt efficiency, or the
@@ -48,8 +48,9 @@ from pipeline.spec.hardware import HardwareClass
 # --fit) to the calibration split's public hybrid runs on two machines: Qwen2.5-Coder-14B Q4_K_M at -ngl 16 and 32
 # on an RTX 5060 Ti with dual-channel DDR4-2400 (inventivehq.com/blog/vram-offload-cliff-gpu-layers-benchmark), and
 # Qwen3-14B at -ngl 32 and Qwen3-30B-A3B with --n-cpu-moe 36 on an RTX 2080 with quad-channel DDR4-3200 (llmfit
-# pulls 774, 755). Fitted on one machine alone they would be 0.62 (HANDOVER_MS not identified) and 0.46 with 0.045 ms.
-CPU_RAM_EFFICIENCY = 0.59
+# pulls 774, 755), each on the decode basis (bench/gpu_public.py's REQUEST_AVERAGE_SHARE for llmfit's request
+# averages).
+CPU_RAM_EFFICIENCY = 0.60
 # Matrix-vector work per core on Q5_K: Llama-3.1-8B Q5_K decode at 2 threads on a Zen 3 (AVX2) Ryzen 5975WX,
 # 4.04 tokens/s x 15 GFLOP per token / 2 cores (ikawrakow/ik_llama.cpp pull #132, the Q5_K_R4 pull: its TG table's
 # header says Q6_K, but its rows are not pull #130's Q6_K rows (4.75 at 2 threads) and the pull repacks Q5_K; the
@@ -61,7 +62,7 @@ CPU_CORE_TYPE = "Q5_K"  # the type CPU_CORE_GFLOPS was measured on: gpus.toml [c
 # stream synchronisation and the CPU thread pool's wake-up (ggml_backend_sched splits). Fitted with
 # CPU_RAM_EFFICIENCY above; only a run with experts in RAM identifies it (72 crossings per token for Qwen3-30B-A3B
 # with --n-cpu-moe 36, where a dense model split by layers crosses once).
-HANDOVER_MS = 0.10
+HANDOVER_MS = 0.105
 # Prompt batches: llama.cpp's default ubatch, over which weights copied from RAM are reused.
 PROMPT_UBATCH = 512
 FLOAT_TYPES = frozenset({"F32", "F16", "BF16"})
