@@ -17,6 +17,7 @@ from click.testing import Result
 
 from pipeline.base.errors import UsageError
 from pipeline.base.home import mm_home
+from pipeline.registry.profile import SCHEMA_VERSION
 from pipeline.registry.store import get_profile, profile_path, read_profile
 from pipeline.spec.hardware import get_hardware
 from pipeline.spec.run_settings import (
@@ -122,6 +123,20 @@ def test_a_profile_written_by_older_mm_still_reads(stored: Callable[..., None]) 
 
     stored(older)
     assert get_profile("p").run == before
+
+
+def test_a_profile_from_a_newer_mm_is_refused_by_its_version(stored: Callable[..., None]) -> None:
+    """A later schema may add fields this mm does not know: the error names the version, not one field."""
+
+    def newer(document: dict[str, Any]) -> None:
+        document["schema_version"] = SCHEMA_VERSION + 1
+        document["run"]["some_later_setting"] = True
+
+    stored(newer)
+    result = _mm_run("p")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert f"schema version {SCHEMA_VERSION + 1} is not supported" in result.stderr, result.stderr
+    assert "some_later_setting" not in result.stderr and "upgrade mm" in result.stderr
 
 
 def _mm_run(*args: str) -> subprocess.CompletedProcess[str]:

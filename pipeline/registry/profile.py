@@ -34,9 +34,12 @@ if TYPE_CHECKING:
     from pipeline.fitting.fit import FitResult
 
 # 2: MoE placement (run.n_cpu_moe, run.tensor_overrides); 3: run is the one run-settings model (n_threads for
-# threads; cpu_moe, swa_full, kv_unified). Versions 1 and 2 still read (run_settings reads their spellings).
-SCHEMA_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+# threads; cpu_moe, swa_full, kv_unified); 4: run.chat_format and provenance.mix, so an mm that predates them
+# names the version it cannot read rather than an unknown field. Versions 1 to 3 still read (run_settings reads
+# their spellings).
+SCHEMA_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
+NEWER_SCHEMA = "written by a newer mm"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,199}$")
 NAME_HELP = "letters, digits and . _ @ + - (at most 200, starting with a letter or digit)"
 
@@ -133,7 +136,8 @@ class Profile(BaseModel):
     @classmethod
     def _schema(cls, value: int) -> int:
         if value not in READABLE_VERSIONS:
-            raise ValueError(f"schema version {value} is not supported (this mm reads {READABLE_VERSIONS})")
+            newer = f"; {NEWER_SCHEMA}" if value > SCHEMA_VERSION else ""
+            raise ValueError(f"schema version {value} is not supported (this mm reads {READABLE_VERSIONS}){newer}")
         return value
 
     @field_validator("run")

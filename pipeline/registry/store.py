@@ -19,7 +19,7 @@ from pipeline.base.errors import FitError, ProfileNotFoundError, RegistryError, 
 from pipeline.base.home import Home, atomic_write_json, inside, locked, mm_home
 from pipeline.base.provenance import check_sha256, read_record
 from pipeline.registry.blobs import store_blob
-from pipeline.registry.profile import Profile, build_profile, check_name, with_blob
+from pipeline.registry.profile import NEWER_SCHEMA, Profile, build_profile, check_name, with_blob
 from pipeline.spec.hardware import HardwareClass
 from pipeline.spec.results import BenchResult, EvalResult, machine_label
 from pipeline.spec.run_settings import describe_error
@@ -52,6 +52,9 @@ def read_profile(path: Path) -> Profile:
         profile = Profile.model_validate_json(text)
     except ValidationError as exc:
         described = [describe_error(e) for e in exc.errors()]
+        newer = [problem for field, problem in described if field == "schema_version" and NEWER_SCHEMA in problem]
+        if newer:  # written by a later mm: its other fields are not this mm's to judge
+            raise RegistryError(f"{path}: {newer[0]}", hint="upgrade mm to read it", param="schema_version") from None
         raise RegistryError(
             f"{path}: not a valid profile: {'; '.join(f'{field}: {problem}' for field, problem in described)}",
             hint="re-publish it (`mm publish`), or remove the file with `mm rm NAME`",
