@@ -150,9 +150,6 @@ class GroupSizes(BaseModel):
             by_type[mix.types.get(group, base)] for group, by_type in self.groups.items()
         )  # fmt: skip
 
-    def bits_per_weight(self, mix: TypeMix) -> float:
-        return (self.file_bytes(mix) - self.header_bytes) * 8 / max(self.n_elements, 1)
-
     def tensor_plan(self, mix: TypeMix) -> tuple[dict[str, int], dict[str, str]]:
         """Each tensor's bytes and ggml type in `mix` (what fitting needs to place a quant not yet written)."""
         base = mix.base.ggml

@@ -35,10 +35,10 @@ from pipeline.base.provenance import QuantParams, read_record, write_record
 from pipeline.base.units import format_size
 from pipeline.fitting.fit import FitResult, fit_model, fit_shape
 from pipeline.fitting.model_shape import model_shape
-from pipeline.gguf.header import read_model
+from pipeline.gguf.header import read_header, read_model
 from pipeline.gguf.quant_types import FLOAT_FILE_TYPES
 from pipeline.llama.mix import LADDER, OTHER, GroupSizes, Rung, TypeMix, group_sizes, uniform, whole_group
-from pipeline.llama.quant_plan import plan
+from pipeline.llama.quant_plan import bits_per_weight, plan
 from pipeline.llama.quantize import QuantizeRequest, default_output_path, quantize
 from pipeline.measure.evaluate import Reference
 from pipeline.measure.mix_search import Front, Sensitivity, best_mix, costs_over_baseline, mix_front, step_down
@@ -268,12 +268,13 @@ def _nearest_presets(request: BudgetRequest, budget: int) -> list[str]:
     return under[-1:] + over[:1]
 
 
-def _judged(reference: Reference, name: str, path: Path, n_elements: int) -> JudgedQuant:
+def _judged(reference: Reference, name: str, path: Path) -> JudgedQuant:
     sums = reference.compare(path)
     figures = reference.result(path, sums, text="", text_sha256="", ref_sha256=None, seconds=0.0)
-    size = path.stat().st_size
+    tensors = read_header(path).tensors
+    bpw = bits_per_weight(sum(t.n_bytes for t in tensors), sum(t.n_elements for t in tensors))
     return JudgedQuant(
-        name=name, size_bytes=size, bits_per_weight=round(size * 8 / max(n_elements, 1), 3),
+        name=name, size_bytes=path.stat().st_size, bits_per_weight=bpw,
         kld_mean=figures.kld_mean, kld_stdev=figures.kld_stdev, ppl=figures.ppl, ppl_delta=figures.ppl_delta,
     )  # fmt: skip
 
@@ -335,12 +336,12 @@ def quantize_budget(request: BudgetRequest, progress: BudgetProgress | None = No
             fitting = _fitting(request, chosen, cost, sizes, budget)
             mix, output = _written(request, fitting, cost, sizes, file_sha256)
             params = mix.params(request.imatrix, request.imatrix_sha256)
-            measured = _judged(reference, "mix", output, sizes.n_elements)
+            measured = _judged(reference, "mix", output)
             presets = []
             for preset in _nearest_presets(request, budget):
                 made = quantize(QuantizeRequest(source=request.source, params=QuantParams(type=preset),
                                                 threads=request.threads))  # fmt: skip
-                presets.append(_judged(reference, preset, made.output, sizes.n_elements))
+                presets.append(_judged(reference, preset, made.output))
                 scratch.evals += 1
     finally:
         scratch.close()

@@ -176,7 +176,7 @@ def _mix_lines(name: str, mix: MixRecord) -> list[str]:
     lines += [f"| {group} | {kind.lower()} |" for group, kind in mix.mix.items()]
     lines += ["", "| quant | size | bits/weight | mean KLD | Δppl |", "|---|---|---|---|---|"]
     lines += [
-        f"| {m.name} | {format_size(m.size_bytes)} | {m.bits_per_weight:.3f} | {m.kld_mean:.5f} ± {m.kld_stdev:.5f} "
+        f"| {m.name} | {format_size(m.size_bytes)} | {m.bits_per_weight:.2f} | {m.kld_mean:.5f} ± {m.kld_stdev:.5f} "
         f"| {m.ppl_delta:+.4f} |"
         for m in [mix.measured, *mix.presets]
     ]
