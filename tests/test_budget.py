@@ -259,6 +259,8 @@ def test_a_budget_mix_and_its_figures_travel_to_the_profile_show_ls_and_the_card
     assert mm("push", "b", "--repo", "fleet/mix-GGUF").exit_code == 0
     card = local_hub.repos["fleet/mix-GGUF"].commits[local_hub.repos["fleet/mix-GGUF"].refs["main"]]["README.md"]
     made_line, section = card.decode().split("## Budget mixes", 1)
+    # a mix has no quant name for Ollama's hf.co/REPO:TAG to find it by: its line goes through mm's Modelfile
+    assert "hf.co/fleet/mix-GGUF:" not in card.decode() and "mm export b > Modelfile" in card.decode()
     assert f"per-tensor types: {label}" in made_line
     for group, kind in result["mix"].items():
         assert f"| {group} | {kind.lower()} |" in section

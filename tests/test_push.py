@@ -59,6 +59,7 @@ def test_push_then_a_second_home_pulls_the_profile_and_runs_it(
     assert card.startswith("---\n") and "library_name: gguf" in card and "- gguf" in card
     assert "tiny-f32" in card and "tiny-f16" in card and "rtx3060-12g" in card
     assert f"mm pull {REPO} --profile tiny-f32" in card and f"--hf-repo {REPO}" in card
+    assert f"ollama run hf.co/{REPO}:F16" in card  # a quant type's name is the tag Ollama finds a file by
 
     # A user machine: another MM_HOME, no token (public repo), pulls one profile and runs it.
     monkeypatch.delenv("HF_TOKEN")

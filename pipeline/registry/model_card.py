@@ -216,6 +216,15 @@ def _provenance(entry: RepoProfile) -> str:
     return "; ".join(parts)
 
 
+def _ollama_line(repo: str, name: str, quant: str) -> str:
+    """Ollama's `hf.co/REPO:TAG` finds a file by its quant type's name; a budget mix has none, so its line
+    goes through the profile's own Modelfile (`mm export`)."""
+    if quant != "mix":
+        return f"ollama run hf.co/{repo}:{quant.upper()}"
+    pulled = f"mm pull {repo} --profile {name}"
+    return f"{pulled} && mm export {name} > Modelfile && ollama create {name} -f Modelfile && ollama run {name}"
+
+
 def _run_lines(repo: str, entry: RepoProfile) -> list[str]:
     p = entry.profile
     server = shlex.split(p.llama_server)
@@ -227,7 +236,7 @@ def _run_lines(repo: str, entry: RepoProfile) -> list[str]:
         "```sh",
         f"mm pull {repo} --profile {p.name} && mm run {p.name}",
         shlex.join(server),
-        f"ollama run hf.co/{repo}:{p.quant.upper()}",
+        _ollama_line(repo, p.name, p.quant),
         "```",
         "",
     ]
