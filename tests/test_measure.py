@@ -63,11 +63,12 @@ def test_bench_measures_and_stores_in_the_profile(mm: Mm, tiny_model: Path, tmp_
         assert 0 < figure["min_ts"] <= figure["median_ts"] <= figure["max_ts"]
     assert result["predicted_tg_ts"] > 0 and result["threads"] >= 1
     listed = json.loads(mm("ls", "--json").stdout)["profiles"][0]
-    assert listed["measured"]["tokens_per_second"] == result["tg"]["median_ts"]
-    assert listed["measured"]["machine_id"] == result["machine"]["id"]
+    (on_this_machine,) = listed["measured"]
+    assert on_this_machine["tokens_per_second"] == result["tg"]["median_ts"]
+    assert on_this_machine["machine_id"] == result["machine"]["id"]
     shown = mm("show", "tiny")
     assert "measured on" in shown.stdout and "(mm bench)" in shown.stdout
-    stored = json.loads(mm("show", "tiny", "--json").stdout)["measured"]["bench"]
+    (stored,) = json.loads(mm("show", "tiny", "--json").stdout)["measured"]["benches"]
     assert stored["tg"]["samples_ts"] == result["tg"]["samples_ts"]
 
 
@@ -207,7 +208,8 @@ def test_build_evals_and_benches_each_quant_once_and_the_profile_carries_both(
     stages = {s["name"]: s["status"] for s in json.loads(first.stdout)["recipes"][0]["stages"]}
     assert stages["eval:q8_0"] == stages["bench:q8_0"] == stages["publish:q8_0"] == "ran"
     measured = json.loads(mm("show", "tiny-q8_0", "--json").stdout)["measured"]
-    assert measured["bench"]["tg"]["n_tokens"] == 8 and measured["bench"]["tg"]["median_ts"] > 0
+    (bench,) = measured["benches"]
+    assert bench["tg"]["n_tokens"] == 8 and bench["tg"]["median_ts"] > 0
     (evaluation,) = measured["evals"]
     assert evaluation["tokens_scored"] == 2 * 63 and evaluation["kld_mean"] > 0
     assert evaluation["text_sha256"] == hashlib.sha256((folder / "eval.txt").read_bytes()).hexdigest()

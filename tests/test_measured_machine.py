@@ -51,8 +51,9 @@ def test_a_measurement_on_this_machine_is_never_shown_as_the_classs(mm: Mm, tiny
     assert _cpu_model() in row and machine["id"][:8] in row and "rtx3060-12g" not in row
     assert measured in row and there in row  # beside the prediction for this machine, not the class's
     summary = json.loads(mm("ls", "--json").stdout)["profiles"][0]
-    assert summary["hardware"] == "rtx3060-12g" and summary["measured"]["machine_id"] == machine["id"]
-    assert summary["measured"]["predicted_tokens_per_second"] == result["predicted_tg_ts"]
+    (on_this_machine,) = summary["measured"]
+    assert summary["hardware"] == "rtx3060-12g" and on_this_machine["machine_id"] == machine["id"]
+    assert on_this_machine["predicted_tokens_per_second"] == result["predicted_tg_ts"]
 
     shown = mm("show", "t@gpu").stdout
     assert "prediction for rtx3060-12g" in shown
@@ -68,12 +69,37 @@ def test_a_measurement_from_before_machines_were_kept_reads_as_machine_unknown(
     assert mm("bench", "old", "-p", "0", "-n", "4", "-r", "1").exit_code == 0
     stored = Path(os.environ["MM_HOME"]) / "profiles" / "old.json"
     document = json.loads(stored.read_text())
-    del document["measured"]["bench"]["machine"]  # as mm wrote it before (bench schema 1)
-    document["measured"]["bench"]["schema_version"] = 1
+    (bench,) = document["measured"].pop("benches")
+    del bench["machine"]  # as mm wrote it before (bench schema 1, one bench in profile schema 3)
+    bench["schema_version"] = 1
+    document["measured"]["bench"] = bench
+    document["schema_version"] = 3
     stored.write_text(json.dumps(document))
     listed = mm("ls")
     assert listed.exit_code == 0 and "error" not in listed.stderr
     row = next(line for line in _section(listed.stdout, "Measured by mm bench")[1].splitlines() if "old" in line)
     assert "machine unknown" in row
     assert "measured on machine unknown" in mm("show", "old").stdout
-    assert json.loads(mm("ls", "--json").stdout)["profiles"][0]["measured"]["machine_id"] is None
+    assert [m["machine_id"] for m in json.loads(mm("ls", "--json").stdout)["profiles"][0]["measured"]] == [None]
+
+
+def test_a_bench_on_a_second_machine_is_kept_beside_the_first(mm: Mm, tiny_model: Path, tmp_path: Path) -> None:
+    """A profile travels (push, pull): each machine's figure stays under its own name, a machine's newer bench
+    replaces its older one."""
+    model = shutil.copy(tiny_model, tmp_path / "tiny.gguf")
+    assert mm("publish", str(model), "--hardware", "cpu-32g", "--ctx", "512", "--name", "two").exit_code == 0
+    assert mm("bench", "two", "-p", "0", "-n", "4", "-r", "1").exit_code == 0
+    stored = Path(os.environ["MM_HOME"]) / "profiles" / "two.json"
+    document = json.loads(stored.read_text())
+    (elsewhere,) = document["measured"]["benches"]
+    elsewhere["machine"].update(cpu="Another CPU", cores=64, id="f" * 16)  # as if benched there, then pulled here
+    stored.write_text(json.dumps(document))
+    for _ in range(2):  # the second run on this machine replaces the first
+        assert mm("bench", "two", "-p", "0", "-n", "4", "-r", "1").exit_code == 0
+    rows = json.loads(mm("ls", "--json").stdout)["profiles"][0]["measured"]
+    there, here = rows
+    assert there["machine_id"] == "f" * 16 and here["machine_id"] not in (None, "f" * 16)
+    listed = _section(mm("ls").stdout, "Measured by mm bench")[1]
+    assert "Another CPU x64" in listed and _cpu_model() in listed
+    shown = [line for line in mm("show", "two").stdout.splitlines() if line.startswith("measured on")]
+    assert len(shown) == 2 and "Another CPU" in shown[0] and _cpu_model() in shown[1]

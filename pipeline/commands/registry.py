@@ -91,7 +91,7 @@ def ls_command(as_json: JsonOpt = False) -> None:
         table(("name", "quant", "size", "hardware", "gpu layers", "predicted tok/s", "created"), rows)
     elif not errors:
         note("no profiles yet; `mm publish MODEL --hardware CLASS` makes one")
-    benched = [(p.name, b) for p in profiles if (b := p.measured.bench) is not None]
+    benched = [(p.name, b) for p in profiles for b in p.measured.benches]
     if benched:
         from pipeline.spec.results import machine_label
 
@@ -158,8 +158,7 @@ def _measured_rows(profile: Profile) -> list[tuple[str, str]]:
     from pipeline.spec.results import machine_label
 
     rows = []
-    bench = profile.measured.bench
-    if bench is not None:
+    for bench in profile.measured.benches:
         figures = ", ".join(f"{f.test} {f.median_ts:.1f} tok/s (±{f.stdev_ts:.1f})" for f in (bench.pp, bench.tg) if f)
         there = f"; predicted there {bench.predicted_tg_ts:.1f} tok/s" if bench.predicted_tg_ts else ""
         rows.append((f"measured on {machine_label(bench.machine)}",

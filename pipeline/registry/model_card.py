@@ -134,8 +134,8 @@ def _measured(entries: list[RepoProfile]) -> list[str]:
     (not the class a profile was planned for), a speed beside the prediction made for that same machine."""
     rows = []
     for entry in entries:
-        name, bench = entry.profile.name, entry.profile.measured.bench
-        if bench is not None:
+        name = entry.profile.name
+        for bench in entry.profile.measured.benches:
             speeds = [f"{f.test} {f.median_ts:.1f} tok/s" for f in (bench.tg, bench.pp) if f is not None]
             there = f"~{bench.predicted_tg_ts:.1f} tok/s" if bench.predicted_tg_ts else "—"
             machine = _cell_text(machine_label(bench.machine))

@@ -102,8 +102,30 @@ class Measured(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    bench: BenchResult | None = None
+    benches: list[BenchResult] = Field(default_factory=list)  # one per machine (Machine.id), newest last
     evals: list[EvalResult] = Field(default_factory=list)  # one per (reference, text, n_ctx), newest kept
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_bench(cls, data: Any) -> Any:
+        """Schemas 1-3 kept a single `bench`: it is that machine's entry."""
+        if isinstance(data, dict) and "bench" in data:
+            data = dict(data)
+            bench = data.pop("bench")
+            data.setdefault("benches", [bench] if bench is not None else [])
+        return data
+
+    @property
+    def bench(self) -> BenchResult | None:
+        """The newest bench, on whichever machine it ran."""
+        return self.benches[-1] if self.benches else None
+
+    def with_bench(self, bench: BenchResult) -> Measured:
+        """These measurements with `bench` as its machine's entry: a bench on another machine is kept beside it
+        (figures from two machines are never one), a machine's earlier bench is replaced."""
+        mine = bench.machine.id if bench.machine else None
+        others = [b for b in self.benches if (b.machine.id if b.machine else None) != mine]
+        return self.model_copy(update={"benches": [*others, bench]})
 
 
 class Profile(BaseModel):

@@ -210,7 +210,7 @@ def record_measurement(name: str, *, bench: BenchResult | None = None, evaluatio
         profile = get_profile(name)
         measured = profile.measured.model_copy(deep=True)
         if bench is not None:
-            measured.bench = bench
+            measured = measured.with_bench(bench)
         if evaluation is not None:
             key = (evaluation.ref_sha256 or evaluation.ref_path, evaluation.text_sha256, evaluation.n_ctx)
             measured.evals = [e for e in measured.evals if (e.ref_sha256 or e.ref_path, e.text_sha256, e.n_ctx) != key]
@@ -222,17 +222,19 @@ def record_measurement(name: str, *, bench: BenchResult | None = None, evaluatio
 
 def profile_summary(profile: Profile) -> dict[str, object]:
     """The row `mm ls` shows (also its JSON): the prediction for the profile's hardware class, and apart from it
-    what `mm bench` measured, under the machine it ran on, with the prediction made for that machine."""
-    bench = profile.measured.bench
-    measured = bench and {
-        "machine": machine_label(bench.machine),
-        "machine_id": bench.machine.id if bench.machine else None,
-        "tokens_per_second": bench.tg.median_ts if bench.tg else None,
-        "prompt_tokens_per_second": bench.pp.median_ts if bench.pp else None,
-        "predicted_tokens_per_second": bench.predicted_tg_ts,  # by fit, for the machine it ran on
-        "threads": bench.threads,
-        "measured_at": bench.measured_at,
-    }
+    what `mm bench` measured on each machine it ran on, with the prediction made for that machine."""
+    measured = [
+        {
+            "machine": machine_label(bench.machine),
+            "machine_id": bench.machine.id if bench.machine else None,
+            "tokens_per_second": bench.tg.median_ts if bench.tg else None,
+            "prompt_tokens_per_second": bench.pp.median_ts if bench.pp else None,
+            "predicted_tokens_per_second": bench.predicted_tg_ts,  # by fit, for the machine it ran on
+            "threads": bench.threads,
+            "measured_at": bench.measured_at,
+        }
+        for bench in profile.measured.benches
+    ]
     return {
         "name": profile.name,
         "quant": profile.quant,
