@@ -203,3 +203,30 @@ def test_one_registration_style_and_one_json_name() -> None:
         assert isinstance(command, MMCommand), f"mm {' '.join(path)} is not registered with add_command"
         json_params = [p.name for p in command.params if "--json" in getattr(p, "opts", [])]
         assert json_params in ([], ["as_json"]), f"mm {' '.join(path)}: --json is {json_params}"
+
+
+def _short_flags(command: object) -> dict[str, str]:
+    """A command's short flags, each with its long option."""
+    out = {}
+    for param in getattr(command, "params", []):
+        opts = [*getattr(param, "opts", []), *getattr(param, "secondary_opts", [])]
+        long = next((o for o in opts if o.startswith("--")), "")
+        out.update({o: long for o in opts if o.startswith("-") and not o.startswith("--")})
+    return out
+
+
+def test_the_planning_flags_mean_one_thing_on_every_command() -> None:
+    """mm's own short flags for planning and running (-H for --hardware, and llama.cpp's -c, -t, -ngl ... as
+    `mm fit` takes them) mean the same long option on every command that has them. Elsewhere a command
+    keeps the short flags of the llama.cpp tool it stands for (`mm bench -p/-n/-r` as llama-bench,
+    `mm rpc serve -p` as rpc-server)."""
+    root = typer.main.get_command(app)
+    planning = _short_flags(root.commands["fit"])  # type: ignore[attr-defined]
+    assert planning["-H"] == "--hardware" and planning["-c"] == "--ctx"
+    for path in _all_commands():
+        command = root
+        for name in path:
+            command = command.commands[name]  # type: ignore[attr-defined]
+        for short, long in _short_flags(command).items():
+            if short in planning:
+                assert long == planning[short], f"mm {' '.join(path)}: {short} is {long}, not {planning[short]}"

@@ -14,7 +14,7 @@ from pipeline.commands.render import emit_json, note, table
 
 def serve_command(
     host: Annotated[
-        str, typer.Option("--host", "-H", metavar="ADDR", help="Address to bind (anything but 127.0.0.1 is unsafe).")
+        str, typer.Option("--host", metavar="ADDR", help="Address to bind (anything but 127.0.0.1 is unsafe).")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", "-p", metavar="PORT", help="TCP port.")] = 50052,
     threads: ThreadsOpt = None,
