@@ -45,6 +45,11 @@ SCHEMA_VERSION = 3
 # Reserve this share of VRAM and RAM: the prediction is held to 5% of llama.cpp's own figures (the test
 # matrix), and allocators fragment; 5% of a 12 GB card is 600 MiB, about one 7B layer at Q8_0.
 DEFAULT_SAFETY_MARGIN = 0.05
+# A MoE placement other than llama.cpp's own (common/fit.cpp's order, what `llama-server --fit` would choose) is
+# taken only when predicted faster by more than this: below it the decode model cannot tell two placements apart
+# (its held-back hybrid predictions spread by 10% and more, bench/gpu_public.py), and the usual one is the one
+# users and llama.cpp's tools will compare against.
+PLACEMENT_GAIN = 0.05
 Verdict = Literal["full_offload", "partial_offload", "cpu_only", "does_not_fit"]
 
 
@@ -144,7 +149,12 @@ def _place(shape: ModelShape, hardware: HardwareClass, settings: RunSettings, ma
         return place(shape, ctx, ngl, asked_k or 0)
     if asked_k is not None or not shape.is_moe:
         return most_layers(shape, ctx, budget, asked_k or 0)
-    return fastest(shape, ctx, budget, lambda p: decode_tokens_per_second(p, shape, hardware, settings.n_threads))
+
+    def speed(placement: Placement) -> float:
+        return decode_tokens_per_second(placement, shape, hardware, settings.n_threads)
+
+    quickest, usual = fastest(shape, ctx, budget, speed), llama_fit_order(shape, ctx, budget)
+    return quickest if speed(quickest) > speed(usual) * (1 + PLACEMENT_GAIN) else usual
 
 
 def _alternatives(
@@ -179,9 +189,10 @@ def _placement_reason(result: FitResult, settings: RunSettings) -> str:
     if asked:
         why = "the placement asked for"
     elif (fit_order.n_gpu_layers, fit_order.n_cpu_moe) == (result.n_gpu_layers, result.n_cpu_moe):
-        why = "the fastest predicted placement that fits, the same as llama.cpp's fit order"
+        why = f"llama.cpp's fit order: no placement that fits is predicted over {PLACEMENT_GAIN:.0%} faster"
     else:
-        why = f"the fastest predicted placement that fits (llama.cpp's fit order: {fit_order.tokens_per_second:g})"
+        why = (f"the fastest predicted placement that fits, over {PLACEMENT_GAIN:.0%} faster than llama.cpp's fit "
+               f"order ({fit_order.tokens_per_second:g})")  # fmt: skip
     return (
         f"{why}: a token reads {format_size(result.cpu_read_bytes)} from RAM; offloading whole layers instead "
         f"fits {layers_only.n_gpu_layers} layers at ~{layers_only.tokens_per_second:g} tokens/s: every token reads all "
