@@ -219,9 +219,9 @@ def test_republishing_an_unchanged_blob_keeps_its_measurements(mm: Mm, tiny_mode
     published = publish_fitted(tiny_model, get_hardware("cpu-64g"), name="tiny@cpu-64g")
     benched = mm("bench", published.name, "--n-prompt", "8", "--n-gen", "4", "--repetitions", "1", "--json")
     assert benched.exit_code == 0, benched.output
-    measured = get_profile(published.name).measured.bench
-    assert measured is not None
+    measured = get_profile(published.name).measured.benches
+    assert len(measured) == 1
     publish_fitted(tiny_model, get_hardware("cpu-64g"), name="tiny@cpu-64g")  # as a later `mm build` does
-    assert get_profile(published.name).measured.bench == measured
+    assert get_profile(published.name).measured.benches == measured
     publish_fitted(tiny_model, get_hardware("cpu-64g"), name="tiny@cpu-64g", settings=RunSettings(n_ctx=256))
-    assert get_profile(published.name).measured.bench is None  # other settings: that measurement is not theirs
+    assert get_profile(published.name).measured.benches == []  # other settings: that measurement is not theirs

@@ -115,11 +115,6 @@ class Measured(BaseModel):
             data.setdefault("benches", [bench] if bench is not None else [])
         return data
 
-    @property
-    def bench(self) -> BenchResult | None:
-        """The newest bench, on whichever machine it ran."""
-        return self.benches[-1] if self.benches else None
-
     def with_bench(self, bench: BenchResult) -> Measured:
         """These measurements with `bench` as its machine's entry: a bench on another machine is kept beside it
         (figures from two machines are never one), a machine's earlier bench is replaced."""
