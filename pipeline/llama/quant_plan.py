@@ -14,7 +14,7 @@ from pipeline.base.home import mm_home
 from pipeline.base.provenance import QuantParams
 from pipeline.gguf.format import DEFAULT_ALIGNMENT
 from pipeline.gguf.ggml_types import ggml_type_id, tensor_bytes
-from pipeline.gguf.header import GGUFHeader, read_model
+from pipeline.gguf.header import GGUFHeader, TensorInfo, read_model
 from pipeline.gguf.quant_types import QuantType, parse_quant_type
 from pipeline.llama.engines import QuantizeLog, dry_run_in_process, require_llama_quantize, run_quantize
 from pipeline.llama.worker import QuantizeJob
@@ -118,6 +118,11 @@ def bits_per_weight(tensor_bytes: int, n_elements: int) -> float:
     """As llama.cpp's loader reports it (print_info "file size = ... (x BPW)", llama-model-loader.cpp): tensor
     data only, without the header and padding, per weight."""
     return round(tensor_bytes * 8 / (n_elements or 1), 2)
+
+
+def file_bits_per_weight(tensors: list[TensorInfo]) -> float:
+    """bits_per_weight of a written file's tensors (its header's)."""
+    return bits_per_weight(sum(t.n_bytes for t in tensors), sum(t.n_elements for t in tensors))
 
 
 def plan(

@@ -34,7 +34,7 @@ from pipeline.base.shards import unsplit_stem
 from pipeline.gguf.header import GGUFHeader, read_header
 from pipeline.gguf.quant_types import QuantType, by_ftype, parse_quant_type
 from pipeline.llama.engines import ApiWorker, TensorProgress, require_llama_quantize, run_quantize
-from pipeline.llama.quant_plan import QuantPlan, bits_per_weight, plan, quantize_job, read_source
+from pipeline.llama.quant_plan import QuantPlan, file_bits_per_weight, plan, quantize_job, read_source
 from pipeline.llama.tools import llama_cpp_version
 
 log = logging.getLogger(__name__)
@@ -293,7 +293,7 @@ def _result(
         type=qtype.canonical,
         source_bytes=source.file_size,
         output_bytes=record.size_bytes,
-        bits_per_weight=bits_per_weight(sum(t.n_bytes for t in written), sum(t.n_elements for t in written)),
+        bits_per_weight=file_bits_per_weight(written),
         seconds=record.seconds,
         warnings=warnings,
         log_path=log_path,

@@ -38,7 +38,7 @@ from pipeline.fitting.model_shape import model_shape
 from pipeline.gguf.header import read_header, read_model
 from pipeline.gguf.quant_types import FLOAT_FILE_TYPES
 from pipeline.llama.mix import LADDER, OTHER, GroupSizes, Rung, TypeMix, group_sizes, uniform, whole_group
-from pipeline.llama.quant_plan import bits_per_weight, plan
+from pipeline.llama.quant_plan import file_bits_per_weight, plan
 from pipeline.llama.quantize import QuantizeRequest, default_output_path, quantize
 from pipeline.measure.evaluate import Reference
 from pipeline.measure.mix_search import Front, Sensitivity, best_mix, costs_over_baseline, mix_front, step_down
@@ -271,8 +271,7 @@ def _nearest_presets(request: BudgetRequest, budget: int) -> list[str]:
 def _judged(reference: Reference, name: str, path: Path) -> JudgedQuant:
     sums = reference.compare(path)
     figures = reference.result(path, sums, text="", text_sha256="", ref_sha256=None, seconds=0.0)
-    tensors = read_header(path).tensors
-    bpw = bits_per_weight(sum(t.n_bytes for t in tensors), sum(t.n_elements for t in tensors))
+    bpw = file_bits_per_weight(read_header(path).tensors)
     return JudgedQuant(
         name=name, size_bytes=path.stat().st_size, bits_per_weight=bpw,
         kld_mean=figures.kld_mean, kld_stdev=figures.kld_stdev, ppl=figures.ppl, ppl_delta=figures.ppl_delta,

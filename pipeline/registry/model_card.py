@@ -16,6 +16,7 @@ from huggingface_hub import ModelCard, ModelCardData
 from pipeline.base.constants import VERSION
 from pipeline.base.mix_record import MixRecord
 from pipeline.base.units import format_size
+from pipeline.registry.profile import MIX_QUANT
 from pipeline.registry.repo_profile import RepoProfile
 from pipeline.spec.results import machine_label
 
@@ -219,7 +220,7 @@ def _provenance(entry: RepoProfile) -> str:
 def _ollama_line(repo: str, name: str, quant: str) -> str:
     """Ollama's `hf.co/REPO:TAG` finds a file by its quant type's name; a budget mix has none, so its line
     goes through the profile's own Modelfile (`mm export`)."""
-    if quant != "mix":
+    if quant != MIX_QUANT:
         return f"ollama run hf.co/{repo}:{quant.upper()}"
     pulled = f"mm pull {repo} --profile {name}"
     return f"{pulled} && mm export {name} > Modelfile && ollama create {name} -f Modelfile && ollama run {name}"

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 SCHEMA_VERSION = 4
 READABLE_VERSIONS = (1, 2, 3, 4)
 NEWER_SCHEMA = "written by a newer mm"
+MIX_QUANT = "mix"  # a profile's quant when its file is a budget mix (per-tensor types), not one preset
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,199}$")
 NAME_HELP = "letters, digits and . _ @ + - (at most 200, starting with a letter or digit)"
 
@@ -181,7 +182,7 @@ class Profile(BaseModel):
     def quant_label(self) -> str:
         """The quant as tables name it: the type, or a budget mix with its budget (`mix@11G`)."""
         mix = self.provenance.mix
-        return mix.label() if mix is not None and self.quant == "mix" else self.quant
+        return mix.label() if mix is not None and self.quant == MIX_QUANT else self.quant
 
 
 def llama_kwargs(model_path: str, run: RunSettings) -> dict[str, Any]:
@@ -286,7 +287,7 @@ def build_profile(
     ftype = header.file_type
     qtype = by_ftype(ftype) if ftype is not None else None
     mixed = record is not None and record.params.pure and bool(record.params.tensor_types)  # mm quantize --budget
-    quant = "mix" if mixed else qtype.name if qtype else (record.params.type if record else "unknown")
+    quant = MIX_QUANT if mixed else qtype.name if qtype else (record.params.type if record else "unknown")
     if threads is None and recipe is not None:
         threads = recipe.run.n_threads
     run = fit.settings.placed(fit.n_gpu_layers, fit.n_cpu_moe, fit.tensor_overrides, threads)
