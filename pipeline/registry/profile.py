@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from pipeline.base.errors import UsageError
 from pipeline.base.mix_record import MixRecord
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
 # their spellings).
 SCHEMA_VERSION = 4
 READABLE_VERSIONS = (1, 2, 3, 4)
-NEWER_SCHEMA = "written by a newer mm"
+NEWER_SCHEMA = "newer_schema"  # the validation error type of a version above SCHEMA_VERSION
 MIX_QUANT = "mix"  # a profile's quant when its file is a budget mix (per-tensor types), not one preset
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,199}$")
 NAME_HELP = "letters, digits and . _ @ + - (at most 200, starting with a letter or digit)"
@@ -153,9 +154,11 @@ class Profile(BaseModel):
     @field_validator("schema_version")
     @classmethod
     def _schema(cls, value: int) -> int:
+        unsupported = f"schema version {value} is not supported (this mm reads {READABLE_VERSIONS})"
+        if value > SCHEMA_VERSION:  # its own error type: a newer document's other fields are not this mm's to judge
+            raise PydanticCustomError(NEWER_SCHEMA, f"{unsupported}; written by a newer mm")
         if value not in READABLE_VERSIONS:
-            newer = f"; {NEWER_SCHEMA}" if value > SCHEMA_VERSION else ""
-            raise ValueError(f"schema version {value} is not supported (this mm reads {READABLE_VERSIONS}){newer}")
+            raise ValueError(unsupported)
         return value
 
     @field_validator("run")

@@ -51,10 +51,10 @@ def read_profile(path: Path) -> Profile:
     try:
         profile = Profile.model_validate_json(text)
     except ValidationError as exc:
-        described = [describe_error(e) for e in exc.errors()]
-        newer = [problem for field, problem in described if field == "schema_version" and NEWER_SCHEMA in problem]
+        newer = [e for e in exc.errors() if e["type"] == NEWER_SCHEMA]
         if newer:  # written by a later mm: its other fields are not this mm's to judge
-            raise RegistryError(f"{path}: {newer[0]}", hint="upgrade mm to read it") from None
+            raise RegistryError(f"{path}: {newer[0]['msg']}", hint="upgrade mm to read it") from None
+        described = [describe_error(e) for e in exc.errors()]
         raise RegistryError(
             f"{path}: not a valid profile: {'; '.join(f'{field}: {problem}' for field, problem in described)}",
             hint="re-publish it (`mm publish`), or remove the file with `mm rm NAME`",
