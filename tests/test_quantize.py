@@ -286,6 +286,18 @@ def test_plan_for_a_70b_q4_k_m_to_q2_k_reads_only_the_header(tmp_path: Path) -> 
     assert 2.5 < predicted.bits_per_weight < 3.6
 
 
+@pytest.mark.parametrize("qtype", ["q4_0", "q8_0"])
+def test_header_only_presets_type_every_tensor_as_llama_quantize_does(tiny_model: Path, qtype: str) -> None:
+    """bench/gpu_public.py stands in header-only files for published Q4_0 and Q8_0 models: each tensor's type and
+    size must be what llama.cpp's own quantizer writes for the same shape."""
+    from pipeline.gguf.tiny_model import write_header_only_model
+
+    result = quantize(QuantizeRequest(source=tiny_model, params=QuantParams(type=qtype)))
+    stand_in = write_header_only_model(tiny_model.parent / f"header-only-{qtype}.gguf", TinySpec(), qtype.upper())
+    assert tensor_types(stand_in) == tensor_types(result.output)
+    assert file_type(stand_in) == file_type(result.output) == FTYPES[qtype]
+
+
 def test_a_missing_imatrix_is_described_by_the_library_and_flagged_by_the_cli(
     tiny_model: Path, mm: Callable[..., Result], tmp_path: Path
 ) -> None:

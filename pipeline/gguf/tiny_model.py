@@ -158,14 +158,27 @@ def _write_metadata(writer: gguf.GGUFWriter, spec: TinySpec, file_type: int | No
         _add_extra(writer, key, value)
 
 
-def _big_type(name: str, spec: TinySpec) -> gguf.GGMLQuantizationType:
-    """Roughly llama.cpp's Q4_K_M mix: Q6_K for output, and attn_v/ffn_down in about half the layers.
+# Header-only presets: the file type and llama-quantize's type for most 2-D weights; the output layer takes Q6_K
+# unless the preset is Q8_0 (src/llama-quant.cpp, the output-tensor rule).
+_PRESETS = {
+    "Q4_K_M": gguf.LlamaFileType.MOSTLY_Q4_K_M,
+    "Q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
+    "Q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+}
+
+
+def _big_type(name: str, spec: TinySpec, preset: str) -> gguf.GGMLQuantizationType:
+    """The preset's type for a 2-D weight. Q4_K_M is roughly llama.cpp's mix: Q6_K for output, and attn_v/ffn_down
+    in about half the layers.
 
     gpt-oss is published as MXFP4 experts with everything else Q8_0 (its widths are not multiples of 256).
     """
     q4, q6, n_layers = gguf.GGMLQuantizationType.Q4_K, gguf.GGMLQuantizationType.Q6_K, spec.n_layers
     if spec.arch == "gpt-oss":
         return gguf.GGMLQuantizationType.MXFP4 if "_exps." in name else gguf.GGMLQuantizationType.Q8_0
+    if preset != "Q4_K_M":
+        pure = gguf.GGMLQuantizationType[preset]
+        return q6 if name == "output.weight" and pure != gguf.GGMLQuantizationType.Q8_0 else pure
     if name == "output.weight":
         return q6
     if ".attn_v." in name or ".ffn_down." in name or ".ffn_down_exps." in name:
@@ -174,18 +187,18 @@ def _big_type(name: str, spec: TinySpec) -> gguf.GGMLQuantizationType:
     return q4
 
 
-def write_header_only_model(path: Path, spec: TinySpec) -> Path:
-    """A Q4_K_M-shaped (gpt-oss: MXFP4; spec.dtype "f16": F16) GGUF whose header is real and whose data region
-    is a sparse hole."""
+def write_header_only_model(path: Path, spec: TinySpec, preset: str = "Q4_K_M") -> Path:
+    """A GGUF quantized as `preset` (Q4_K_M, Q4_0 or Q8_0; gpt-oss: MXFP4; spec.dtype "f16": F16) whose header is
+    real and whose data region is a sparse hole."""
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = gguf.GGUFWriter(str(path), spec.arch)
     f16 = spec.dtype == "f16"
-    ftype = gguf.LlamaFileType.MOSTLY_MXFP4_MOE if spec.arch == "gpt-oss" else gguf.LlamaFileType.MOSTLY_Q4_K_M
+    ftype = gguf.LlamaFileType.MOSTLY_MXFP4_MOE if spec.arch == "gpt-oss" else _PRESETS[preset]
     _write_metadata(writer, spec, gguf.LlamaFileType.MOSTLY_F16 if f16 else ftype)
     total = 0
     for name, shape in tensor_shapes(spec):
         f32 = len(shape) == 1 or name.endswith(_MAMBA_F32) or name.endswith(".bias")
-        big = gguf.GGMLQuantizationType.F16 if f16 else _big_type(name, spec)
+        big = gguf.GGMLQuantizationType.F16 if f16 else _big_type(name, spec, preset)
         qtype = gguf.GGMLQuantizationType.F32 if f32 else big
         block, type_size = block_size(qtype.name)
         n_bytes = int(np.prod(shape)) // block * type_size
