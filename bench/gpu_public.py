@@ -3,10 +3,10 @@
 For every record of the calibration split and of the held-back split (never used to calibrate): the source,
 the measured and predicted tokens/s and their ratio, predicted by `mm fit`'s own path (fit_shape) on a class
 composed of the record's catalog GPUs and its stated RAM bandwidth and cores, for header-only GGUFs of the same
-shapes (Llama-3-8B/70B, Qwen2.5-14B/32B, Qwen3-14B, Phi-4, Mistral-Small-24B, Qwen3-30B-A3B, gpt-oss-20b,
-DeepSeek-Coder-V2-Lite; the data region is a sparse hole); then a summary per regime: full offload, dense
-partial offload (-ngl below the layer count), MoE with experts in RAM (--n-cpu-moe), and CPU only, for decode (tg)
-and prompt (pp512).
+shapes and types (LLaMA-2 7B in F16, Q8_0 and Q4_0, Llama-3-8B/70B, Qwen2.5-14B/32B, Qwen3-14B, Phi-4,
+Mistral-Small-24B, Qwen3-30B-A3B, gpt-oss-20b, DeepSeek-Coder-V2-Lite; the data region is a sparse hole); then a
+summary per regime: full offload, dense partial offload (-ngl below the layer count), MoE with experts in RAM
+(--n-cpu-moe), and CPU only, for decode (tg) and prompt (pp512).
 `--fit` prints how the figures were obtained: gpus.toml's [calibrations] per kind of card from the calibration
 split's full offloads (decode by least squares on relative error; prompt share and per-watt cap by a grid on
 log error), then gpu_speed.py's CPU_RAM_EFFICIENCY and HANDOVER_MS from its hybrid runs.
@@ -42,9 +42,13 @@ from pipeline.spec.hardware import HardwareClass
 from pipeline.spec.run_settings import RunSettings
 
 DATA = Path(__file__).parent / "data" / "gpu_public.csv"
+# LLaMA-2 7B: llama-bench reports its F16, Q8_0 and Q4_0 files as 12.55, 6.67 and 3.56 GiB, 6.74 B parameters
+# (llama.cpp discussion 4167); these header-only files have exactly those sizes.
+LLAMA2_7B = TinySpec(n_layers=32, n_embd=4096, n_head=32, n_head_kv=32, n_ff=11008, n_vocab=32000, context_length=4096)
 LLAMA3_8B = TinySpec(n_layers=32, n_embd=4096, n_head=32, n_head_kv=8, n_ff=14336, n_vocab=128256, context_length=8192)
 LLAMA3_70B = TinySpec(n_layers=80, n_embd=8192, n_head=64, n_head_kv=8, n_ff=28672, n_vocab=128256, context_length=8192)
 SHAPES = {
+    "llama2-7b": LLAMA2_7B,
     "llama3-8b": LLAMA3_8B,
     "llama3-70b": LLAMA3_70B,
     "qwen3-30b-a3b": TinySpec(
@@ -116,14 +120,15 @@ def records() -> list[Record]:
         ]  # fmt: skip
 
 
-def shapes(folder: Path) -> dict[str, ModelShape]:
-    """Header-only GGUFs per record model: `<shape>-q4_k_m` (gpt-oss: `-mxfp4`, as published) and `<shape>-f16`."""
+def shapes(folder: Path, names: set[str]) -> dict[str, ModelShape]:
+    """Header-only GGUFs for the record models `<shape>-<type>`: q4_k_m, q4_0, q8_0 (llama-quantize's presets),
+    mxfp4 (gpt-oss as published) or f16."""
     out = {}
-    for name, spec in SHAPES.items():
-        for dtype, suffix in (("f32", "mxfp4" if spec.arch == "gpt-oss" else "q4_k_m"), ("f16", "f16")):
-            kind = TinySpec(**{**spec.__dict__, "dtype": dtype})
-            path = write_header_only_model(folder / f"{name}-{suffix}.gguf", kind)
-            out[f"{name}-{suffix}"] = model_shape(read_model(path))
+    for name in sorted(names):
+        shape_name, _, kind = name.rpartition("-")
+        spec = TinySpec(**{**SHAPES[shape_name].__dict__, "dtype": "f16" if kind == "f16" else "f32"})
+        preset = kind.upper() if kind in ("q4_0", "q8_0") else "Q4_K_M"
+        out[name] = model_shape(read_model(write_header_only_model(folder / f"{name}.gguf", spec, preset)))
     return out
 
 
@@ -259,7 +264,7 @@ def _lstsq(rows: list[tuple[list[float], float]]) -> np.ndarray:
 def main() -> None:
     rows = records()
     with tempfile.TemporaryDirectory() as folder:
-        found = shapes(Path(folder))
+        found = shapes(Path(folder), {r.model for r in rows})
         if "--fit" in sys.argv:
             fit(rows, found)
             fit_hybrid(rows, found)
