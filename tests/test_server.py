@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -165,3 +166,31 @@ def test_the_port_binds_while_an_old_connection_is_in_time_wait() -> None:
     listener.close()
     client.close()
     bind_port(port).close()
+
+
+@pytest.mark.parametrize("path", ["/v1/completions", "/v1/chat/completions"])
+def test_a_reply_stops_at_max_tokens_and_says_length_when_cut_there(server: Server, path: str) -> None:
+    """llama-cpp-python checks max_tokens only after a whole UTF-8 character; this random model emits byte
+    tokens, and before pipeline/llama/token_limit.py max_tokens 5 was answered with 9 tokens."""
+    for limit, seed in itertools.product((3, 5, 7), (0, 1, 3)):
+        body: dict[str, object] = {"max_tokens": limit, "temperature": 1.5, "seed": seed}
+        body.update(
+            {"prompt": "hello"} if path == "/v1/completions" else {"messages": [{"role": "user", "content": "hi"}]}
+        )
+        answer = request(server.port, path, json.dumps(body).encode())
+        assert answer.status == 200, answer.body
+        reply = answer.json()
+        tokens, finish = reply["usage"]["completion_tokens"], reply["choices"][0]["finish_reason"]  # type: ignore[index]
+        assert 1 <= tokens <= limit, (limit, seed, reply)
+        assert finish == ("length" if tokens == limit else "stop"), (limit, seed, reply)
+
+
+def test_a_cut_inside_a_grammar_s_multi_byte_character_is_a_short_answer(server: Server) -> None:
+    """The cut ends generation without sampling (forcing the end token instead aborts llama.cpp under a grammar
+    that does not allow it)."""
+    for limit in (1, 2, 3, 4):
+        body = _completion(grammar='root ::= "éééé"', max_tokens=limit, temperature=0.0)
+        answer = request(server.port, "/v1/completions", body)
+        assert answer.status == 200, answer.body
+        assert answer.json()["usage"]["completion_tokens"] <= limit  # type: ignore[index]
+    _still_answers(server)

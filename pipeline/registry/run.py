@@ -17,6 +17,7 @@ from pipeline.gguf.chat_format import ChatFormat, choose_chat_format
 from pipeline.gguf.header import read_header
 from pipeline.llama.llama_log import route_llama_log
 from pipeline.llama.overrides import load_llama
+from pipeline.llama.token_limit import HeldLimits, hold_max_tokens
 from pipeline.registry.blobs import check_blob
 from pipeline.registry.profile import Profile, check_model, llama_kwargs
 from pipeline.spec.run_settings import RunSettings, expert_overrides
@@ -90,39 +91,6 @@ def load(profile: Profile, *, verify: bool = False, chat_format: str | None = No
     return llm
 
 
-class _TokenCounter:
-    """A logits processor that counts sampled tokens and ends the generation at exactly `limit`.
-
-    llama.cpp calls a logits processor once per token it samples (an end-of-generation token too, as
-    llama-server's tokens_predicted counts it), while a stream's chunks are text pieces. llama-cpp-python 0.3
-    checks max_tokens only after a complete UTF-8 character (llama.py `_create_completion`: the multi-byte
-    `continue` skips the check), so -n 256 sampled 257 tokens; past the limit this processor leaves only the
-    end-of-generation token to sample, which ends the reply without adding to it.
-    """
-
-    def __init__(self, limit: int, eog_token: int) -> None:
-        self.limit, self.eog_token = limit, eog_token
-        self.sampled = 0
-
-    def __call__(self, input_ids: Any, scores: Any) -> Any:
-        self.sampled += 1
-        if self.sampled > self.limit and self.eog_token >= 0:  # a vocabulary without one: max_tokens ends it
-            scores[:] = -float("inf")
-            scores[self.eog_token] = 0.0
-        return scores
-
-    @property
-    def count(self) -> int:
-        return min(self.sampled, self.limit)
-
-    @classmethod
-    def kwargs(cls, llm: Llama, limit: int) -> tuple[_TokenCounter, dict[str, Any]]:
-        from llama_cpp import LogitsProcessorList
-
-        counter = cls(limit, llm.token_eos())
-        return counter, {"max_tokens": limit, "logits_processor": LogitsProcessorList([counter])}
-
-
 def _stream(chunks: Iterator[dict[str, Any]], text_of: Callable[[dict[str, Any]], str | None],
             on_token: TokenCallback | None) -> tuple[str, bool]:  # fmt: skip
     """(text, stopped): the pieces of a stream sent to `on_token`; Ctrl-C stops the stream, not the caller."""
@@ -139,27 +107,27 @@ def _stream(chunks: Iterator[dict[str, Any]], text_of: Callable[[dict[str, Any]]
     return "".join(pieces), False
 
 
-def _complete(llm: Llama, prompt: str, max_tokens: int, temperature: float,
+def _complete(llm: Llama, held: HeldLimits, prompt: str, max_tokens: int, temperature: float,
               on_token: TokenCallback | None) -> Generation:  # fmt: skip
-    (counter, limits), started = _TokenCounter.kwargs(llm, max_tokens), time.perf_counter()
-    stream = llm.create_completion(prompt, temperature=temperature, stream=True, **limits)
+    started = time.perf_counter()
+    stream = llm.create_completion(prompt, temperature=temperature, stream=True, max_tokens=max_tokens)
     text, stopped = _stream(cast(Iterator[dict[str, Any]], stream), lambda c: str(c["choices"][0]["text"]), on_token)
-    return Generation(text, counter.count, time.perf_counter() - started, stopped)
+    return Generation(text, held.count, time.perf_counter() - started, stopped)
 
 
-def _reply(llm: Llama, messages: Messages, max_tokens: int, temperature: float,
+def _reply(llm: Llama, held: HeldLimits, messages: Messages, max_tokens: int, temperature: float,
            on_token: TokenCallback | None) -> Generation:  # fmt: skip
-    (counter, limits), started = _TokenCounter.kwargs(llm, max_tokens), time.perf_counter()
+    started = time.perf_counter()
     stream = llm.create_chat_completion(
         messages=messages,  # type: ignore[arg-type]
         temperature=temperature,
         stream=True,
-        **limits,
+        max_tokens=max_tokens,
     )
     text, stopped = _stream(
         cast(Iterator[dict[str, Any]], stream), lambda c: c["choices"][0]["delta"].get("content"), on_token
     )
-    return Generation(text, counter.count, time.perf_counter() - started, stopped)
+    return Generation(text, held.count, time.perf_counter() - started, stopped)
 
 
 def generate(
@@ -179,11 +147,12 @@ def generate(
     if max_tokens < 1:
         raise UsageError("max_tokens must be at least 1", param="max_tokens")
     llm = load(profile, verify=verify, chat_format=chat_format)
+    held = hold_max_tokens(llm)
     if seed is not None:
         llm.set_seed(seed)
     if raw:
-        return _complete(llm, prompt, max_tokens, temperature, on_token)
-    return _reply(llm, [{"role": "user", "content": prompt}], max_tokens, temperature, on_token)
+        return _complete(llm, held, prompt, max_tokens, temperature, on_token)
+    return _reply(llm, held, [{"role": "user", "content": prompt}], max_tokens, temperature, on_token)
 
 
 def chat(
@@ -202,13 +171,14 @@ def chat(
     Returns the number of turns answered.
     """
     llm = load(profile, verify=verify, chat_format=chat_format)
+    held = hold_max_tokens(llm)
     messages: Messages = []
     turns = 0
     while (message := read_message()) is not None:
         if not message.strip():
             continue
         messages.append({"role": "user", "content": message})
-        reply = _reply(llm, messages, max_tokens, 0.8, on_token)
+        reply = _reply(llm, held, messages, max_tokens, 0.8, on_token)
         messages.append({"role": "assistant", "content": reply.text})
         if on_reply is not None:
             on_reply(reply)

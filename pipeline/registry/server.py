@@ -25,6 +25,7 @@ from pipeline.base.plain_text import printable
 from pipeline.base.units import parse_size
 from pipeline.llama.llama_log import route_llama_log
 from pipeline.llama.overrides import tensor_overrides
+from pipeline.llama.token_limit import hold_max_tokens
 from pipeline.registry.profile import Profile
 from pipeline.registry.run import run_kwargs
 from pipeline.registry.server_guard import DEFAULT_MAX_BODY_BYTES, GuardSettings, RequestGuard
@@ -128,6 +129,16 @@ def _without_open_cors(app: Any, origins: tuple[str, ...]) -> None:
                            allow_methods=methods, allow_headers=headers)  # fmt: skip
 
 
+def _hold_max_tokens() -> None:
+    """Every completion the server answers stops at its max_tokens (pipeline/llama/token_limit.py says why)."""
+    from llama_cpp.server import app as server_app
+
+    proxy = getattr(server_app, "_llama_proxy", None)
+    model = getattr(proxy, "_current_model", None)
+    if model is not None:
+        hold_max_tokens(model)
+
+
 def _release_llama() -> None:
     """Free the served model and hand llama.cpp's log back to its C default while the interpreter is alive."""
     import llama_cpp
@@ -168,6 +179,7 @@ def serve(profile: Profile, options: ServerOptions, *, on_ready: Callable[[str],
                         model_settings=[ModelSettings(model_alias=profile.name, verbose=False, **model_settings)],
                     )
                 _without_open_cors(app, options.cors_origins)
+                _hold_max_tokens()
                 guard = GuardSettings(profile.name, int(kwargs["n_ctx"]), n_vocab, check, options.max_body_bytes)
                 config = uvicorn.Config(RequestGuard(app, guard), log_level="warning",
                                         limit_concurrency=MAX_CONCURRENT_CONNECTIONS)  # fmt: skip
