@@ -19,8 +19,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from llama_cpp import Llama
 
-DEFAULT_MAX_TOKENS = 16  # llama-cpp-python's create_completion default
-
 
 class TokenLimit:
     """Ends a generation after `limit` tokens; counts what was sampled.
@@ -80,7 +78,7 @@ def hold_max_tokens(llm: Llama) -> HeldLimits:
     @functools.wraps(original)
     def create_completion(*args: Any, **kwargs: Any) -> Any:
         call = signature.bind(*args, **kwargs)
-        limit = call.arguments.get("max_tokens", DEFAULT_MAX_TOKENS)
+        limit = call.arguments.get("max_tokens", signature.parameters["max_tokens"].default)
         if limit is None or limit <= 0:  # up to the context: llama.cpp stops there itself
             return original(*args, **kwargs)
         bound = held.last = TokenLimit(limit)

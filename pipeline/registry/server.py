@@ -129,13 +129,16 @@ def _without_open_cors(app: Any, origins: tuple[str, ...]) -> None:
                            allow_methods=methods, allow_headers=headers)  # fmt: skip
 
 
-def _hold_max_tokens() -> None:
-    """Every completion the server answers stops at its max_tokens (pipeline/llama/token_limit.py says why)."""
+def _served_model() -> Any:
+    """The Llama that llama-cpp-python's server app loaded (None before create_app or after release)."""
     from llama_cpp.server import app as server_app
 
-    proxy = getattr(server_app, "_llama_proxy", None)
-    model = getattr(proxy, "_current_model", None)
-    if model is not None:
+    return getattr(getattr(server_app, "_llama_proxy", None), "_current_model", None)
+
+
+def _hold_max_tokens() -> None:
+    """Every completion the server answers stops at its max_tokens (pipeline/llama/token_limit.py says why)."""
+    if (model := _served_model()) is not None:
         hold_max_tokens(model)
 
 
@@ -144,9 +147,7 @@ def _release_llama() -> None:
     import llama_cpp
     from llama_cpp.server import app as server_app
 
-    proxy = getattr(server_app, "_llama_proxy", None)
-    model = getattr(proxy, "_current_model", None)
-    if model is not None:
+    if (model := _served_model()) is not None:
         model.close()
     server_app._llama_proxy = None
     llama_cpp.llama_log_set(llama_cpp.llama_log_callback(), ctypes.c_void_p(0))  # NULL: llama.cpp's own
