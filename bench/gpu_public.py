@@ -120,16 +120,18 @@ def records() -> list[Record]:
         ]  # fmt: skip
 
 
-def shapes(folder: Path, names: set[str]) -> dict[str, ModelShape]:
-    """Header-only GGUFs for the record models `<shape>-<type>`: q4_k_m, q4_0, q8_0 (llama-quantize's presets),
+def header_only(folder: Path, name: str) -> Path:
+    """The header-only GGUF of a record model `<shape>-<type>`: q4_k_m, q4_0, q8_0 (llama-quantize's presets),
     mxfp4 (gpt-oss as published) or f16."""
-    out = {}
-    for name in sorted(names):
-        shape_name, _, kind = name.rpartition("-")
-        spec = TinySpec(**{**SHAPES[shape_name].__dict__, "dtype": "f16" if kind == "f16" else "f32"})
-        preset = kind.upper() if kind in ("q4_0", "q8_0") else "Q4_K_M"
-        out[name] = model_shape(read_model(write_header_only_model(folder / f"{name}.gguf", spec, preset)))
-    return out
+    shape_name, _, kind = name.rpartition("-")
+    spec = TinySpec(**{**SHAPES[shape_name].__dict__, "dtype": "f16" if kind == "f16" else "f32"})
+    preset = kind.upper() if kind in ("q4_0", "q8_0") else "Q4_K_M"
+    return write_header_only_model(folder / f"{name}.gguf", spec, preset)
+
+
+def shapes(folder: Path, names: set[str]) -> dict[str, ModelShape]:
+    """The shape of each record model's header-only GGUF."""
+    return {name: model_shape(read_model(header_only(folder, name))) for name in sorted(names)}
 
 
 def hardware(record: Record) -> HardwareClass:

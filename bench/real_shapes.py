@@ -3,7 +3,7 @@
     PYTHONPATH=. .venv/bin/python bench/real_shapes.py [--threads 2] [--hardware NAME] [--gen 16] [--reps 3]
 
 bench/measure.py holds predictions to measurements on small factory models; a user runs 7B-30B files. This
-writes header-only GGUFs of published shapes (bench/gpu_public.py's SHAPES: LLaMA-2 7B Q4_0 and Q8_0, Llama-3-8B
+writes header-only GGUFs of published shapes (bench/gpu_public.py's header_only: LLaMA-2 7B Q4_0 and Q8_0, Llama-3-8B
 Q4_K_M, gpt-oss-20b MXFP4, Qwen3-30B-A3B Q4_K_M) whose data region is a sparse hole, so every weight reads as
 zero: llama.cpp's kernels take as long on zeros, and the file costs no disk. The one difference from a real
 model: zero router logits send every token to the same experts (the bytes read per token are the same).
@@ -19,19 +19,16 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from bench.gpu_public import SHAPES
+from bench.gpu_public import header_only
 from pipeline.fitting.fit import fit_shape
 from pipeline.fitting.model_shape import model_shape
 from pipeline.gguf.header import read_model
-from pipeline.gguf.tiny_model import write_header_only_model
-from pipeline.gguf.tiny_tensors import TinySpec
 from pipeline.llama.tools import require_llama_tool
 from pipeline.measure.machine import measure_machine
 from pipeline.spec.hardware import HardwareClass, get_hardware
 from pipeline.spec.run_settings import RunSettings
 
-FILES = (("llama2-7b", "Q4_0"), ("llama2-7b", "Q8_0"), ("llama3-8b", "Q4_K_M"), ("gpt-oss-20b", "Q4_K_M"),
-         ("qwen3-30b-a3b", "Q4_K_M"))  # fmt: skip
+FILES = ("llama2-7b-q4_0", "llama2-7b-q8_0", "llama3-8b-q4_k_m", "gpt-oss-20b-mxfp4", "qwen3-30b-a3b-q4_k_m")
 
 
 def decode_ts(tool: Path, model: Path, threads: int, gen: int, reps: int) -> float:
@@ -55,15 +52,13 @@ def main() -> None:
     print("| file | GB read per token | predicted tok/s | llama-bench tok/s | predicted / measured |")
     print("|---|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory(prefix="mm-real-shapes-") as folder:
-        for name, preset in FILES:
-            spec = TinySpec(**{**SHAPES[name].__dict__})
-            path = write_header_only_model(Path(folder) / f"{name}-{preset.lower()}.gguf", spec, preset)
+        for name in FILES:
+            path = header_only(Path(folder), name)
             shape = model_shape(read_model(path))
             predicted = fit_shape(shape, path, hardware, settings, suggest=False)
             measured = decode_ts(tool, path, args.threads, args.gen, args.reps)
             read = (predicted.cpu_read_bytes + predicted.gpu_read_bytes) / 1e9
-            label = f"{name} {'MXFP4' if spec.arch == 'gpt-oss' else preset}"
-            print(f"| {label} | {read:.2f} | {predicted.tokens_per_second:g} | {measured:.2f} | "
+            print(f"| {name} | {read:.2f} | {predicted.tokens_per_second:g} | {measured:.2f} | "
                   f"{predicted.tokens_per_second / measured:.2f} |")  # fmt: skip
             path.unlink()
 
